@@ -1,0 +1,299 @@
+"""Images and arrays in, preprocessed float32 NCHW batches out.
+
+The same code feeds calibration, ``verify`` and ``bench``. A data set is an iterable of
+:class:`Batch` objects; images are decoded lazily, one batch at a time, so memory does not grow
+with the number of images.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError
+from .models import Preprocessing
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default bomb limit, made an error rather than a warning
+
+
+@dataclass
+class Batch:
+    images: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def load_rgb(path: str | Path):
+    """Decode an image as 8-bit RGB: EXIF orientation applied, first frame of an animation, any mode."""
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+
+
+def to_rgb(image):
+    """Convert any Pillow mode (L, P, RGBA, CMYK, I;16, I, F, 1, LA) to 8-bit RGB."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I") and array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode in ("P", "LA", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def preprocess(image, pre: Preprocessing) -> np.ndarray:
+    """Resize the short side to ``resize_size``, center crop ``image_size``, scale to [0, 1], normalize."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = pre.resize_size / min(width, height)
+    new_size = (max(pre.image_size, round(width * scale)), max(pre.image_size, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BILINEAR)
+    left = (new_size[0] - pre.image_size) // 2
+    top = (new_size[1] - pre.image_size) // 2
+    image = image.crop((left, top, left + pre.image_size, top + pre.image_size))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+@dataclass
+class ImageFolder:
+    """A folder of images, searched recursively; first-level subfolders are classes when present."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int] | None
+    classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @classmethod
+    def scan(cls, root: str | Path) -> ImageFolder:
+        root = Path(root)
+        if not root.is_dir():
+            raise BadInputError(f"{root} is not a directory; pass an image folder, a .npy or a .npz file")
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+            dirnames.sort()
+            files += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+        if not files:
+            raise BadInputError(
+                f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}); point to a folder of images"
+            )
+        top = [p.relative_to(root).parts for p in files]
+        classes = sorted({parts[0] for parts in top if len(parts) > 1})
+        if classes and all(len(parts) > 1 for parts in top):
+            index = {name: i for i, name in enumerate(classes)}
+            return cls(root, files, [index[parts[0]] for parts in top], classes)
+        return cls(root, files, None, [])
+
+    def ordered(self, seed: int) -> list[int]:
+        """All file indices in a seeded order, round-robin over classes so any prefix is class-balanced."""
+        rng = random.Random(seed)
+        if self.labels is None:
+            order = list(range(len(self.files)))
+            rng.shuffle(order)
+            return order
+        per_class: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            per_class.setdefault(label, []).append(i)
+        for members in per_class.values():
+            rng.shuffle(members)
+        order = []
+        queues = [per_class[k] for k in sorted(per_class)]
+        while any(queues):
+            order += [q.pop(0) for q in queues if q]
+        return order
+
+
+class Dataset:
+    """Preprocessed images (with labels where known), produced in batches on demand."""
+
+    def __init__(self, description: str, count: int, has_labels: bool, fingerprint: str) -> None:
+        self.description = description
+        self.count = count
+        self.has_labels = has_labels
+        self.fingerprint = fingerprint
+        self.skipped: list[tuple[Path, str]] = []
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches(32)
+
+    def skipped_summary(self) -> str | None:
+        """One warning line about files that could not be used, or None."""
+        if not self.skipped:
+            return None
+        path, reason = self.skipped[0]
+        return f"skipped {len(self.skipped)} unreadable image(s), e.g. {path}: {reason}"
+
+
+class ImageDataset(Dataset):
+    def __init__(self, folder: ImageFolder, pre: Preprocessing, count: int | None, seed: int) -> None:
+        self.folder = folder
+        self.pre = pre
+        self.order = folder.ordered(seed)
+        wanted = len(self.order) if count is None else min(count, len(self.order))
+        import hashlib
+
+        digest = hashlib.sha256()
+        for i in self.order[:wanted]:
+            stat = folder.files[i].stat() if folder.files[i].exists() else None
+            digest.update(f"{folder.files[i].relative_to(folder.root)}:{stat.st_size if stat else -1}".encode())
+        digest.update(repr(pre).encode())
+        label = f"{folder.root} ({wanted} of {len(folder.files)} images"
+        label += f", {len(folder.classes)} classes)" if folder.labels is not None else ")"
+        super().__init__(label, wanted, folder.labels is not None, digest.hexdigest()[:16])
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        self.skipped = []
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        produced = 0
+        for i in self.order:
+            if produced >= self.count:
+                break
+            path = self.folder.files[i]
+            try:
+                array = preprocess(load_rgb(path), self.pre)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+                self.skipped.append((path, _reason(exc)))
+                continue
+            images.append(array)
+            if self.folder.labels is not None:
+                labels.append(self.folder.labels[i])
+            produced += 1
+            if len(images) == batch_size:
+                yield _batch(images, labels)
+                images, labels = [], []
+        if images:
+            yield _batch(images, labels)
+        if produced == 0:
+            raise BadInputError(
+                f"no usable image in {self.folder.root}: all {len(self.skipped)} files failed to decode "
+                f"(first: {self.skipped[0][0].name}: {self.skipped[0][1]})"
+            )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120]
+
+
+def _batch(images: list[np.ndarray], labels: list[int]) -> Batch:
+    return Batch(np.stack(images), np.asarray(labels, dtype=np.int64) if labels else None)
+
+
+class ArrayDataset(Dataset):
+    """Preprocessed float32 NCHW arrays from ``.npy`` or ``.npz`` (keys ``images``/``x``, ``labels``/``y``)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], count: int | None) -> None:
+        images, labels = _read_arrays(path)
+        if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+            raise BadInputError(
+                f"{path} holds an array of shape {images.shape}; expected (N, {shape[0]}, {shape[1]}, {shape[2]}) "
+                "float32 images already preprocessed for this model"
+            )
+        if not np.issubdtype(images.dtype, np.floating):
+            raise BadInputError(f"{path} holds {images.dtype} values; expected preprocessed float32 images")
+        if labels is not None and len(labels) != len(images):
+            raise BadInputError(f"{path}: {len(labels)} labels for {len(images)} images; they must match")
+        if len(images) == 0:
+            raise BadInputError(f"{path} holds no images")
+        wanted = len(images) if count is None else min(count, len(images))
+        self.images = images[:wanted]
+        self.labels = None if labels is None else labels[:wanted].astype(np.int64)
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.images, dtype=np.float32).tobytes()).hexdigest()[:16]
+        super().__init__(f"{path} ({wanted} arrays)", wanted, self.labels is not None, digest)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, self.count, batch_size):
+            stop = start + batch_size
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield Batch(np.ascontiguousarray(self.images[start:stop], dtype=np.float32), labels)
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadInputError(f"{path} is not a readable .npy/.npz file ({_reason(exc)})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded, None
+    with loaded:
+        keys = set(loaded.files)
+        image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
+        if image_key is None:
+            raise BadInputError(f"{path} has no 'images' (or 'x') array; found {sorted(keys)}")
+        label_key = next((k for k in ("labels", "y") if k in keys), None)
+        return loaded[image_key], None if label_key is None else loaded[label_key]
+
+
+class SyntheticDataset(Dataset):
+    """Seeded standard-normal inputs, for when no data is given (parity only; no accuracy)."""
+
+    def __init__(self, shape: tuple[int, int, int], count: int, seed: int = 0) -> None:
+        self.shape = shape
+        self.seed = seed
+        super().__init__(f"synthetic N(0,1) inputs (seed {seed}, {count} samples)", count, False, f"synthetic-{seed}")
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.count, batch_size):
+            n = min(batch_size, self.count - start)
+            yield Batch(rng.standard_normal((n, *self.shape), dtype=np.float32))
+
+
+def open_dataset(source: str | Path | None, pre: Preprocessing, count: int | None = None, seed: int = 0) -> Dataset:
+    """An image folder, a ``.npy``/``.npz`` of preprocessed arrays, or (``None``) synthetic inputs."""
+    shape = (3, pre.image_size, pre.image_size)
+    if count is not None and count < 1:
+        raise BadInputError(f"count must be at least 1, got {count}")
+    if source is None:
+        return SyntheticDataset(shape, count or 64, seed)
+    path = Path(source)
+    if not path.exists():
+        raise BadInputError(f"{path} does not exist; pass an image folder, a .npy or a .npz file")
+    if path.is_file():
+        if path.suffix not in (".npy", ".npz"):
+            raise BadInputError(f"{path} is a file but not .npy/.npz; pass an image folder or a .npy/.npz")
+        return ArrayDataset(path, shape, count)
+    return ImageDataset(ImageFolder.scan(path), pre, count, seed)
+
+
+def take(dataset: Dataset, count: int, batch_size: int = 32) -> Batch:
+    """The first ``count`` samples of a data set as one batch (for parity checks on a few inputs)."""
+    images, labels = [], []
+    got = 0
+    for batch in dataset.batches(batch_size):
+        images.append(batch.images)
+        if batch.labels is not None:
+            labels.append(batch.labels)
+        got += len(batch.images)
+        if got >= count:
+            break
+    return Batch(np.concatenate(images)[:count], np.concatenate(labels)[:count] if labels else None)

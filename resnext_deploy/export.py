@@ -1,0 +1,136 @@
+"""FP32 ONNX export, checked at once against PyTorch in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import Manifest, atomic_path, tool_versions
+from .errors import BadInputError, VerificationError
+from .metrics import DEFAULT_TOLERANCES, Parity, compare
+from .runners import OnnxRuntimeRunner, TorchRunner
+from .source import ModelSource
+
+ONNX_NAME = "model.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+PARITY_BATCHES = (1, 4)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    parity: dict[int, Parity]
+    reused: bool = False
+
+
+def onnx_metadata(source: ModelSource) -> dict[str, str]:
+    """The ``metadata_props`` every exported file carries, so later steps need nothing else."""
+    pre = source.preprocessing
+    return {
+        "resnext_deploy.arch": source.arch,
+        "resnext_deploy.num_classes": str(source.num_classes),
+        "resnext_deploy.image_size": str(pre.image_size),
+        "resnext_deploy.preprocessing": json.dumps(
+            {
+                "resize_size": pre.resize_size,
+                "crop_size": pre.image_size,
+                "mean": pre.mean,
+                "std": pre.std,
+                "scale": "1/255",
+                "layout": "NCHW",
+                "color": "RGB",
+            }
+        ),
+        "resnext_deploy.class_names": json.dumps(list(source.class_names)),
+        "resnext_deploy.checkpoint_sha256": source.checkpoint_sha256 or "random-init",
+        "resnext_deploy.versions": json.dumps(tool_versions()),
+    }
+
+
+def export_onnx(
+    source: ModelSource,
+    directory: str | Path,
+    opset: int = DEFAULT_OPSET,
+    static_batch: int | None = None,
+    log=print,
+) -> ExportResult:
+    """Write ``DIR/model.onnx`` and record it; reuse it when the manifest says it is current."""
+    import onnx
+    import torch
+
+    if not 13 <= opset <= 21:
+        raise BadInputError(f"--opset must be between 13 and 21 (TensorRT's ONNX parser range), got {opset}")
+    if static_batch is not None and static_batch < 1:
+        raise BadInputError(f"--static-batch must be at least 1, got {static_batch}")
+    directory = Path(directory)
+    manifest = Manifest(directory)
+    options = {"source": source.to_dict(), "opset": opset, "static_batch": static_batch}
+    final = directory / ONNX_NAME
+    if manifest.is_current(ONNX_NAME, source.checkpoint_sha256, options):
+        log(f"{final} is up to date (same model and options); reusing it")
+        return ExportResult(final, {}, reused=True)
+
+    model = source.build()
+    size = source.image_size
+    example = torch.zeros(static_batch or 2, 3, size, size)
+    dynamic = None if static_batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    with atomic_path(final) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        proto.producer_name = "resnext-deploy"
+        onnx.helper.set_model_props(proto, onnx_metadata(source))
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        parity = check_export(model, tmp, static_batch, size)
+        for batch, result in parity.items():
+            log(
+                f"ONNX Runtime vs PyTorch, batch {batch}: max abs diff {result.max_abs:.3g} "
+                f"(logit scale {result.scale:.3g}), min cosine {result.cosine_min:.7f}"
+            )
+        failed = {b: p for b, p in parity.items() if not p}
+        if failed:
+            batch, result = next(iter(failed.items()))
+            raise VerificationError(
+                f"the exported ONNX file disagrees with PyTorch at batch {batch}: {'; '.join(result.failures)}; "
+                "no model.onnx was written"
+            )
+    manifest.record(
+        ONNX_NAME,
+        "fp32",
+        parent_sha256=source.checkpoint_sha256,
+        options=options,
+        parity={str(b): p.to_dict() for b, p in parity.items()},
+    )
+    log(f"wrote {final}")
+    return ExportResult(final, parity)
+
+
+def check_export(model, path: Path, static_batch: int | None, image_size: int) -> dict[int, Parity]:
+    """Run PyTorch and ONNX Runtime on the same seeded inputs at two batch sizes."""
+    rng = np.random.default_rng(0)
+    reference = TorchRunner(model)
+    candidate = OnnxRuntimeRunner(path)
+    results = {}
+    for batch in (static_batch,) if static_batch else PARITY_BATCHES:
+        x = rng.standard_normal((batch, 3, image_size, image_size), dtype=np.float32)
+        results[batch] = compare(reference(x), candidate(x), DEFAULT_TOLERANCES["fp32"])
+    candidate.close()
+    return results
