@@ -18,6 +18,13 @@ from .errors import BadInputError, BusyError
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".resnext-deploy.lock"
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def engine_file(precision: str) -> str:
+    """``model.<precision>.engine``; its manifest is the same name plus ``.json``."""
+    return f"model.{precision}.engine"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import Manifest, atomic_path, tool_versions
+from .artifacts import ONNX_FILES, Manifest, atomic_path, tool_versions
 from .errors import BadInputError, VerificationError
 from .metrics import DEFAULT_TOLERANCES, Parity, compare
 from .runners import OnnxRuntimeRunner, TorchRunner
 from .source import ModelSource
 
-ONNX_NAME = "model.onnx"
+ONNX_NAME = ONNX_FILES["fp32"]
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
