@@ -50,18 +50,30 @@ def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+        detail = _unpickler_detail(exc)
+        if "global" in detail.lower():  # the weights-only unpickler met a class or function reference
             raise BadInputError(
                 f"checkpoint {path} holds pickled objects other than tensors (possibly code), which are never "
-                "loaded; re-save it as a plain state_dict or as .safetensors"
+                f"loaded ({detail}); re-save it as a plain state_dict or as .safetensors"
             ) from None
-        raise BadInputError(f"checkpoint {path} is corrupt ({_first_line(exc)}); re-download or re-save it") from None
+        raise BadInputError(
+            f"checkpoint {path} is truncated or not a weights-only PyTorch checkpoint ({detail}); "
+            "re-download it or re-save it as a plain state_dict"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise BadInputError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(exc)}); "
             "re-download or re-save it"
         ) from None
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """torch's weights-only refusal buries the reason after 'WeightsUnpickler error:'."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    return _first_line(ValueError(text))
 
 
 def _first_line(exc: BaseException) -> str:

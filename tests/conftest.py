@@ -1,0 +1,26 @@
+"""Shared fixtures: a tiny exported model directory, made once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from resnext_deploy.export import export_onnx
+from resnext_deploy.source import resolve_source
+
+
+@pytest.fixture(scope="session")
+def tiny_export_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-template")
+    export_onnx(resolve_source("resnext_tiny"), directory, log=lambda _m: None)
+    return directory
+
+
+@pytest.fixture
+def tiny_dir(tiny_export_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of an artifact directory holding the tiny model's model.onnx and manifest."""
+    directory = tmp_path / "tiny"
+    shutil.copytree(tiny_export_template, directory)
+    return directory
