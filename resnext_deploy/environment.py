@@ -11,7 +11,8 @@ def tensorrt_version() -> str | None:
         import tensorrt as trt
     except Exception:  # noqa: BLE001 - a broken install is the same as none for this question
         return None
-    return str(trt.__version__)
+    # __version__ lives in the tensorrt package's Python __init__, not in the compiled bindings.
+    return str(getattr(trt, "__version__", "unknown"))
 
 
 def cuda_devices() -> list[str]:
