@@ -85,6 +85,185 @@ def export(
         export_onnx(source, directory, opset=opset, static_batch=static_batch, log=log)
 
 
+ExportedDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory of an earlier export.")]
+
+
+def _tolerance_option(flag: str, text: str) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=text, rich_help_panel="Tolerances")
+
+
+@app.command()
+def verify(
+    directory: ExportedDirOption,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Image folder (class subfolders give labels) or .npy/.npz of preprocessed images. Default: the "
+            "demo's labeled validation split for the demo model, else seeded synthetic input.",
+        ),
+    ] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Use at most N images (synthetic: 64).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per runner call.")] = 32,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write verify.json's content here.")] = None,
+    fp16_cosine: Annotated[
+        Optional[float], _tolerance_option("--fp16-cosine", "Min per-image cosine for FP16 (default 0.9995).")
+    ] = None,
+    fp16_top1: Annotated[
+        Optional[float], _tolerance_option("--fp16-top1", "Min top-1 agreement for FP16, a fraction (default 0.99).")
+    ] = None,
+    int8_cosine: Annotated[
+        Optional[float], _tolerance_option("--int8-cosine", "Min per-image cosine for INT8 (default 0.99).")
+    ] = None,
+    int8_top1: Annotated[
+        Optional[float], _tolerance_option("--int8-top1", "Min top-1 agreement for INT8, a fraction (default 0.97).")
+    ] = None,
+    int8_max_accuracy_drop: Annotated[
+        Optional[float],
+        _tolerance_option("--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points, with labels (default 1)."),
+    ] = None,
+) -> None:
+    """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
+    from .artifacts import locked
+    from .errors import VerificationError
+    from .verify import artifact_dir, run_verify, tolerance_overrides
+
+    tolerances = tolerance_overrides(
+        {
+            "fp16_cosine": fp16_cosine,
+            "fp16_top1": fp16_top1,
+            "int8_cosine": int8_cosine,
+            "int8_top1": int8_top1,
+            "int8_max_accuracy_drop": int8_max_accuracy_drop,
+        }
+    )
+    directory = artifact_dir(directory)
+    with locked(directory):
+        report = run_verify(directory, data, count, batch_size, tolerances, json_path, log=log)
+    if not report:
+        raise VerificationError(f"verify: {report.failure_summary()}")
+
+
+@app.command()
+def bench(
+    directory: ExportedDirOption,
+    backends: Annotated[str, typer.Option("--backends", help="Comma list: torch, onnxruntime, tensorrt.")] = (
+        "torch,onnxruntime,tensorrt"
+    ),
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list of batch sizes.")] = "1,8,32",
+    warmup_ms: Annotated[float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.")] = 200.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds measured per runner and batch size.")] = 3.0,
+    min_iterations: Annotated[int, typer.Option("--min-iterations", help="Fewest timed calls per row.")] = 10,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
+    ] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
+) -> None:
+    """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
+    from .artifacts import PRECISIONS, locked
+    from .bench import parse_batch_sizes, parse_list, run_bench
+    from .verify import BACKENDS, artifact_dir
+
+    chosen = parse_list(backends, BACKENDS, "--backends")
+    chosen_precisions = parse_list(precisions, PRECISIONS, "--precisions")
+    sizes = parse_batch_sizes(batch_sizes)
+    directory = artifact_dir(directory)
+    with locked(directory):
+        run_bench(
+            directory,
+            chosen,
+            chosen_precisions,
+            sizes,
+            warmup_ms=warmup_ms,
+            duration_s=duration,
+            min_iterations=min_iterations,
+            threads=threads,
+            json_path=json_path,
+            log=log,
+        )
+
+
+@app.command("triton-repo")
+def triton_repo(
+    directory: Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")],
+    out: Annotated[Path, typer.Option("--out", help="Triton model repository to write (created if missing).")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name prefix; default: the architecture.")] = None,
+    max_batch_size: Annotated[
+        Optional[int],
+        typer.Option("--max-batch-size", help="Largest batch; default: the engine profile's maximum, or 32 for ONNX."),
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int, typer.Option("--max-queue-delay-us", help="How long Triton may hold a request to fill a batch.")
+    ] = 100,
+    instances: Annotated[int, typer.Option("--instances", help="Model instances per device.")] = 1,
+    onnx_kind: Annotated[
+        str, typer.Option("--onnx-kind", help="Where ONNX models run: auto (GPU if the host has one), gpu or cpu.")
+    ] = "auto",
+    trt_accelerator: Annotated[
+        bool,
+        typer.Option("--trt-accelerator", help="Run ONNX models on GPUs through ONNX Runtime's TensorRT provider."),
+    ] = False,
+) -> None:
+    """Write a Triton model repository: one model per ONNX file and engine in DIR."""
+    from .triton import make_triton_repo
+
+    make_triton_repo(
+        directory,
+        out,
+        name=name,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        onnx_kind=onnx_kind,
+        trt_accelerator=trt_accelerator,
+        log=log,
+    )
+
+
+@app.command()
+def serve(
+    directory: Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")],
+    precision: Annotated[str, typer.Option("--precision", help="Which ONNX file: fp32, fp16 or int8.")] = "fp32",
+    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback unless you mean otherwise.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", help="gRPC port; default: --port + 1.")] = None,
+    metrics_port: Annotated[
+        Optional[int], typer.Option("--metrics-port", help="Prometheus metrics port; default: --port + 2.")
+    ] = None,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", help="Largest batch Triton forms; 1 switches batching off.")
+    ] = 32,
+    max_queue_delay_us: Annotated[
+        int, typer.Option("--max-queue-delay-us", help="How long Triton may hold a request to fill a batch.")
+    ] = 100,
+    instances: Annotated[int, typer.Option("--instances", help="Model instances (ONNX Runtime sessions).")] = 1,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="ONNX Runtime threads per instance; default: ORT's.")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
+) -> None:
+    """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
+    from .serve import serve as serve_model
+
+    serve_model(
+        directory,
+        precision,
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        threads=threads,
+        name=name,
+        log=log,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every known failure to one line and its exit code.
 
