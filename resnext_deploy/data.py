@@ -134,6 +134,7 @@ class Dataset:
         self.count = count
         self.has_labels = has_labels
         self.fingerprint = fingerprint
+        self.available = count  # samples in the source from the offset on, before ``count`` caps them
         self.skipped: list[tuple[Path, str]] = []
 
     def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
@@ -151,10 +152,12 @@ class Dataset:
 
 
 class ImageDataset(Dataset):
-    def __init__(self, folder: ImageFolder, pre: Preprocessing, count: int | None, seed: int) -> None:
+    """``count`` images of a folder in its seeded order, starting ``offset`` files in (held-out data)."""
+
+    def __init__(self, folder: ImageFolder, pre: Preprocessing, count: int | None, seed: int, offset: int = 0) -> None:
         self.folder = folder
         self.pre = pre
-        self.order = folder.ordered(seed)
+        self.order = folder.ordered(seed)[offset:]
         wanted = len(self.order) if count is None else min(count, len(self.order))
         import hashlib
 
@@ -164,8 +167,10 @@ class ImageDataset(Dataset):
             digest.update(f"{folder.files[i].relative_to(folder.root)}:{stat.st_size if stat else -1}".encode())
         digest.update(repr(pre).encode())
         label = f"{folder.root} ({wanted} of {len(folder.files)} images"
+        label += f" after the first {offset}" if offset else ""
         label += f", {len(folder.classes)} classes)" if folder.labels is not None else ")"
         super().__init__(label, wanted, folder.labels is not None, digest.hexdigest()[:16])
+        self.available = len(self.order)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         self.skipped = []
@@ -209,7 +214,7 @@ def _batch(images: list[np.ndarray], labels: list[int]) -> Batch:
 class ArrayDataset(Dataset):
     """Preprocessed float32 NCHW arrays from ``.npy`` or ``.npz`` (keys ``images``/``x``, ``labels``/``y``)."""
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], count: int | None) -> None:
+    def __init__(self, path: Path, shape: tuple[int, int, int], count: int | None, offset: int = 0) -> None:
         images, labels = _read_arrays(path)
         if images.ndim != 4 or tuple(images.shape[1:]) != shape:
             raise BadInputError(
@@ -222,13 +227,18 @@ class ArrayDataset(Dataset):
             raise BadInputError(f"{path}: {len(labels)} labels for {len(images)} images; they must match")
         if len(images) == 0:
             raise BadInputError(f"{path} holds no images")
-        wanted = len(images) if count is None else min(count, len(images))
-        self.images = images[:wanted]
-        self.labels = None if labels is None else labels[:wanted].astype(np.int64)
+        available = max(len(images) - offset, 0)
+        wanted = available if count is None else min(count, available)
+        self.images = images[offset : offset + wanted]
+        self.labels = None if labels is None else labels[offset : offset + wanted].astype(np.int64)
         import hashlib
 
-        digest = hashlib.sha256(np.ascontiguousarray(self.images, dtype=np.float32).tobytes()).hexdigest()[:16]
-        super().__init__(f"{path} ({wanted} arrays)", wanted, self.labels is not None, digest)
+        digest = hashlib.sha256()
+        for start in range(0, wanted, 64):  # in chunks, so hashing a memory-mapped .npy stays flat in memory
+            digest.update(np.ascontiguousarray(self.images[start : start + 64], dtype=np.float32).tobytes())
+        label = f"{path} ({wanted} arrays" + (f" after the first {offset})" if offset else ")")
+        super().__init__(label, wanted, self.labels is not None, digest.hexdigest()[:16])
+        self.available = available
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, self.count, batch_size):
@@ -268,8 +278,14 @@ class SyntheticDataset(Dataset):
             yield Batch(rng.standard_normal((n, *self.shape), dtype=np.float32))
 
 
-def open_dataset(source: str | Path | None, pre: Preprocessing, count: int | None = None, seed: int = 0) -> Dataset:
-    """An image folder, a ``.npy``/``.npz`` of preprocessed arrays, or (``None``) synthetic inputs."""
+def open_dataset(
+    source: str | Path | None, pre: Preprocessing, count: int | None = None, seed: int = 0, offset: int = 0
+) -> Dataset:
+    """An image folder, a ``.npy``/``.npz`` of preprocessed arrays, or (``None``) synthetic inputs.
+
+    ``offset`` skips that many samples of the seeded order (a folder) or rows (arrays): calibration
+    takes the first ones and held-out checks the rest.
+    """
     shape = (3, pre.image_size, pre.image_size)
     if count is not None and count < 1:
         raise BadInputError(f"count must be at least 1, got {count}")
@@ -281,8 +297,8 @@ def open_dataset(source: str | Path | None, pre: Preprocessing, count: int | Non
     if path.is_file():
         if path.suffix not in (".npy", ".npz"):
             raise BadInputError(f"{path} is a file but not .npy/.npz; pass an image folder or a .npy/.npz")
-        return ArrayDataset(path, shape, count)
-    return ImageDataset(ImageFolder.scan(path), pre, count, seed)
+        return ArrayDataset(path, shape, count, offset)
+    return ImageDataset(ImageFolder.scan(path), pre, count, seed, offset)
 
 
 def take(dataset: Dataset, count: int, batch_size: int = 32) -> Batch:
