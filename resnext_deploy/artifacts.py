@@ -35,6 +35,15 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _output_error(path: Path, exc: OSError) -> BadInputError:
     if exc.errno == errno.ENOSPC:
         return BadInputError(f"no space left on the device while writing {path}; free some space and run again")
@@ -67,6 +76,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         raise _output_error(final, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the mode a plain open() would give
     try:
         yield tmp
         os.replace(tmp, final)

@@ -95,3 +95,9 @@ def test_debug_variable_shows_the_traceback(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RESNEXT_DEPLOY_DEBUG", "1")
     with pytest.raises(Exception, match="unknown architecture"):
         main(["export", "--arch", "resnet18", "--dir", str(tmp_path)])
+
+
+def test_artifacts_are_readable_by_others(tiny_dir: Path):
+    """Atomic writes must not leave mkstemp's private 0600 mode on artifacts (a server user reads them)."""
+    assert (tiny_dir / "model.onnx").stat().st_mode & 0o044 == 0o044
+    assert (tiny_dir / "manifest.json").stat().st_mode & 0o044 == 0o044
