@@ -229,15 +229,19 @@ def parse_list(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
     return items
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``1,8,32`` into ``(1, 8, 32)``."""
+def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
+    """``1,8,32`` into ``(1, 8, 32)``, each from 1 to ``maximum``."""
     try:
-        sizes = tuple(sorted({int(item) for item in text.split(",") if item.strip()}))
+        values = tuple(sorted({int(item) for item in text.split(",") if item.strip()}))
     except ValueError:
-        sizes = ()
-    if not sizes or not all(1 <= size <= MAX_BATCH for size in sizes):
-        raise BadInputError(f"--batch-sizes takes comma-separated integers from 1 to {MAX_BATCH}; got {text!r}")
-    return sizes
+        values = ()
+    if not values or not all(1 <= value <= maximum for value in values):
+        raise BadInputError(f"{flag} takes comma-separated integers from 1 to {maximum}; got {text!r}")
+    return values
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
 
 
 def _check_numbers(warmup_ms: float, duration_s: float, min_iterations: int, threads: int | None) -> None:

@@ -86,6 +86,183 @@ def export(
 
 
 ExportedDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory of an earlier export.")]
+CalibDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--calib-dir",
+        help="Calibration images (folder, recursive) or .npy/.npz of preprocessed arrays. "
+        "Default: the bundled digits for the demo model; required for INT8 otherwise.",
+    ),
+]
+CalibCountOption = Annotated[int, typer.Option("--calib-count", help="Calibration images, seeded, class-balanced.")]
+CalibMethodOption = Annotated[str, typer.Option("--calib-method", help="entropy, minmax or percentile.")]
+_PROFILE = "TensorRT build"
+
+
+def _build_options(
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_mb: int | None,
+    opt_level: int | None,
+    timing_cache: Path | None,
+    hardware_compat: str | None,
+    version_compatible: bool,
+):
+    from .engine import BuildOptions
+
+    options = BuildOptions(
+        min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
+    )
+    options.validate()
+    return options
+
+
+MinBatch = Annotated[int, typer.Option("--min-batch", help="Profile minimum batch.", rich_help_panel=_PROFILE)]
+OptBatch = Annotated[int, typer.Option("--opt-batch", help="Profile optimum batch.", rich_help_panel=_PROFILE)]
+MaxBatch = Annotated[int, typer.Option("--max-batch", help="Profile maximum batch.", rich_help_panel=_PROFILE)]
+WorkspaceMb = Annotated[
+    Optional[int], typer.Option("--workspace-mb", help="Builder workspace limit (MiB).", rich_help_panel=_PROFILE)
+]
+OptLevel = Annotated[
+    Optional[int], typer.Option("--opt-level", help="Builder optimization level 0-5.", rich_help_panel=_PROFILE)
+]
+TimingCache = Annotated[
+    Optional[Path],
+    typer.Option("--timing-cache", help="Loaded when present, saved after.", rich_help_panel=_PROFILE),
+]
+HardwareCompat = Annotated[
+    Optional[str],
+    typer.Option("--hardware-compat", help="ampere+ or same-cc.", rich_help_panel=_PROFILE),
+]
+VersionCompatible = Annotated[
+    bool,
+    typer.Option("--version-compatible", help="Engine runs on later TensorRT versions.", rich_help_panel=_PROFILE),
+]
+
+
+@app.command("build-trt")
+def build_trt(
+    directory: ExportedDirOption,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 typed ONNX and engine.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Calibrated INT8 (Q/DQ) ONNX and engine.")] = False,
+    calib_dir: CalibDirOption = None,
+    calib_count: CalibCountOption = 512,
+    calib_method: CalibMethodOption = "entropy",
+    percentile: Annotated[float, typer.Option("--percentile", help="For --calib-method percentile.")] = 99.99,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", help="Node-name glob left unquantized (repeatable).")
+    ] = None,
+    high_precision: Annotated[
+        str, typer.Option("--high-precision", help="What INT8 leaves unquantized runs in: fp16 or fp32.")
+    ] = "fp16",
+    onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Stop after the typed ONNX file.")] = False,
+    trt_major: Annotated[
+        Optional[int], typer.Option("--trt-major", help="TensorRT major version for the printed trtexec line.")
+    ] = None,
+    min_batch: MinBatch = 1,
+    opt_batch: OptBatch = 8,
+    max_batch: MaxBatch = 32,
+    workspace_mb: WorkspaceMb = None,
+    opt_level: OptLevel = None,
+    timing_cache: TimingCache = None,
+    hardware_compat: HardwareCompat = None,
+    version_compatible: VersionCompatible = False,
+) -> None:
+    """Write the typed ONNX file (FP32 without flags), check it in ONNX Runtime, then build the engine.
+
+    Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
+    """
+    from .artifacts import locked
+    from .engine import TensorRTUnavailableError, build_engine
+    from .errors import BadInputError
+    from .precision import make_typed_onnx
+    from .verify import artifact_dir
+
+    if fp16 and int8:
+        raise BadInputError("choose one of --fp16 and --int8 (neither means FP32)")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    options = _build_options(
+        min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
+    )
+    directory = artifact_dir(directory)
+    with locked(directory):
+        make_typed_onnx(
+            directory,
+            precision,
+            calib_source=calib_dir,
+            calib_count=calib_count,
+            calib_method=calib_method,
+            percentile=percentile,
+            exclude=tuple(exclude or ()),
+            high_precision=high_precision,
+            log=log,
+        )
+        if onnx_only:
+            return
+        try:
+            build_engine(directory, precision, options, log=log, trt_major=trt_major)
+        except TensorRTUnavailableError as exc:
+            typer.echo(exc.command)
+            raise
+
+
+@app.command()
+def pipeline(
+    directory: DirOption = Path("artifacts/demo"),
+    arch: ArchOption = None,
+    checkpoint: CheckpointOption = None,
+    num_classes: NumClassesOption = None,
+    image_size: ImageSizeOption = None,
+    calib_dir: CalibDirOption = None,
+    calib_count: CalibCountOption = 512,
+    calib_method: CalibMethodOption = "entropy",
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="verify's images (default: demo validation split or synthetic).")
+    ] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="verify uses at most N images.")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="bench batch sizes.")] = "1,8,32",
+    duration: Annotated[float, typer.Option("--duration", help="bench seconds per runner and batch size.")] = 3.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ORT.")] = None,
+    min_batch: MinBatch = 1,
+    opt_batch: OptBatch = 8,
+    max_batch: MaxBatch = 32,
+    workspace_mb: WorkspaceMb = None,
+    opt_level: OptLevel = None,
+    timing_cache: TimingCache = None,
+    hardware_compat: HardwareCompat = None,
+    version_compatible: VersionCompatible = False,
+) -> None:
+    """The whole chain: export, FP16, INT8, TensorRT engines where possible, verify, bench, DIR/report.md.
+
+    With no arguments it runs on the bundled demo model and digits, offline.
+    """
+    from .artifacts import locked, prepare_dir
+    from .bench import parse_batch_sizes
+    from .errors import VerificationError
+    from .pipeline import PipelineOptions, run_pipeline
+    from .source import resolve_source
+
+    options = PipelineOptions(
+        calib_dir=calib_dir,
+        calib_count=calib_count,
+        calib_method=calib_method,
+        data=data,
+        count=count,
+        batch_sizes=parse_batch_sizes(batch_sizes),
+        duration_s=duration,
+        threads=threads,
+        build=_build_options(
+            min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
+        ),
+    )
+    source = resolve_source(arch, checkpoint, num_classes, image_size)
+    directory = prepare_dir(directory)
+    with locked(directory):
+        result = run_pipeline(source, directory, options, log=log)
+    typer.echo(f"report: {result.report}")
+    if not result.verified:
+        raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
 
 
 def _tolerance_option(flag: str, text: str) -> typer.models.OptionInfo:
@@ -159,12 +336,39 @@ def bench(
         Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
+    triton: Annotated[
+        Optional[str],
+        typer.Option(
+            "--triton",
+            help="Load-test a Triton server instead (http://host:port or grpc://host:port); "
+            "writes DIR/bench_triton.json and .md.",
+            rich_help_panel="Triton",
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", help="Triton model name (default: the one `serve` names).", rich_help_panel="Triton"),
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Comma list of concurrent clients.", rich_help_panel="Triton")
+    ] = "1,4,16",
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
     from .artifacts import PRECISIONS, locked
-    from .bench import parse_batch_sizes, parse_list, run_bench
+    from .bench import parse_batch_sizes, parse_int_list, parse_list, run_bench
     from .verify import BACKENDS, artifact_dir
 
+    if triton is not None:
+        from .triton import default_model_name, triton_load_test, write_triton_bench
+
+        levels = parse_int_list(concurrency, "--concurrency", 1024)
+        batch = parse_batch_sizes(batch_sizes)[0]
+        directory = artifact_dir(directory)
+        name = model or default_model_name(directory)
+        rows = triton_load_test(triton, name, levels, duration_s=duration, batch_size=batch, log=log)
+        json_file, md_file = write_triton_bench(rows, directory)
+        log(f"wrote {json_file} and {md_file}")
+        return
     chosen = parse_list(backends, BACKENDS, "--backends")
     chosen_precisions = parse_list(precisions, PRECISIONS, "--precisions")
     sizes = parse_batch_sizes(batch_sizes)

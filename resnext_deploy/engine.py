@@ -235,17 +235,26 @@ def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class TensorRTUnavailableError(BackendUnavailableError):
+    """No TensorRT or no GPU here; ``command`` is the trtexec line that makes the same engine elsewhere."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+
 def build_engine(
     directory: str | Path,
     precision: str,
     options: BuildOptions,
     log: Callable[[str], None] = print,
+    trt_major: int | None = None,
 ) -> Path:
     """Build ``DIR/model.<precision>.engine`` and its manifest from the precision's typed ONNX file.
 
-    Without TensorRT or a GPU nothing is written and :class:`BackendUnavailableError` carries the
-    equivalent trtexec line. An engine already built from the same ONNX file with the same options,
-    TensorRT version and GPU is reused.
+    Without TensorRT or a GPU nothing is written and :class:`TensorRTUnavailableError` carries the
+    equivalent trtexec line (for ``trt_major``; default: the installed major, else 10). An engine
+    already built from the same ONNX file with the same options, TensorRT version and GPU is reused.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -265,8 +274,8 @@ def build_engine(
         )
     reason = tensorrt_status()
     if reason is not None:
-        command = trtexec_command(onnx_path, engine_path, options, (dims[2], dims[3]), input_name)
-        raise BackendUnavailableError(f"{reason}. The same build on a GPU machine: {command}")
+        command = trtexec_command(onnx_path, engine_path, options, (dims[2], dims[3]), input_name, trt_major)
+        raise TensorRTUnavailableError(f"{reason}. The same build on a GPU machine: {command}", command)
 
     version = str(tensorrt_version())
     gpu = _gpu_info()

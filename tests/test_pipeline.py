@@ -1,0 +1,81 @@
+"""The main job on the bundled demo model: every step, the report, and a resumed second run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnext_deploy.artifacts import Manifest
+from resnext_deploy.cli import main
+from resnext_deploy.engine import tensorrt_status
+from resnext_deploy.errors import ExitCode
+
+FAST = ["--batch-sizes", "1,4", "--duration", "0.2", "--count", "200"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    directory = tmp_path_factory.mktemp("pipeline") / "demo"
+    return directory, main(["pipeline", "--dir", str(directory), *FAST])
+
+
+def test_pipeline_makes_every_artifact_and_a_report(demo_run):
+    directory, code = demo_run
+    assert code == ExitCode.OK
+    for name in (
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+        "calibration.json",
+        "verify.json",
+        "bench.json",
+        "bench.csv",
+        "bench.md",
+        "bench.png",
+        "report.md",
+        "report.json",
+    ):
+        assert (directory / name).exists(), name
+    manifest = Manifest(directory)
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx"} <= set(manifest.artifacts)
+    if tensorrt_status() is not None:
+        assert "tensorrt" in manifest.data["skipped"] and "trtexec" in manifest.data["skipped"]["tensorrt"]
+
+
+def test_report_numbers_come_from_verify_and_bench(demo_run):
+    directory, _ = demo_run
+    verify = json.loads((directory / "verify.json").read_text())
+    bench = json.loads((directory / "bench.json").read_text())
+    report = (directory / "report.md").read_text()
+    assert verify["passed"]
+    for result in verify["results"]:
+        assert f"{result['cosine_min']:.6f}" in report
+        assert f"{result['accuracy']:.2f}" in report
+    for row in bench["results"]:
+        assert f"{row['median_ms']:.3f}" in report
+    assert "Skipped" in report or tensorrt_status() is None
+
+
+def test_demo_accuracy_per_precision(demo_run):
+    directory, _ = demo_run
+    verify = json.loads((directory / "verify.json").read_text())
+    by_precision = {r["precision"]: r for r in verify["results"] if r["backend"] == "onnxruntime"}
+    reference = by_precision["fp32"]["reference_accuracy"]
+    assert reference >= 97.0
+    assert abs(by_precision["fp16"]["accuracy"] - reference) <= 0.3
+    assert reference - by_precision["int8"]["accuracy"] <= 1.0
+    assert by_precision["int8"]["top1_agreement"] >= 0.98
+
+
+def test_second_run_reuses_finished_artifacts(demo_run, capsys):
+    directory, _ = demo_run
+    before = {name: entry["sha256"] for name, entry in Manifest(directory).artifacts.items()}
+    capsys.readouterr()
+    assert main(["pipeline", "--dir", str(directory), *FAST]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "model.onnx is up to date" in err
+    assert err.count("reusing") >= 3
+    after = {name: entry["sha256"] for name, entry in Manifest(directory).artifacts.items()}
+    assert after == before
