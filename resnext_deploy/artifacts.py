@@ -110,6 +110,69 @@ def read_json(path: str | Path) -> Any:
         raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
 
 
+def _tensors(graph) -> Iterator[Any]:
+    """Every TensorProto a graph holds: initializers, sparse ones, node attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
+    """Parse an ONNX file; a file that does not parse, or external data outside its directory, is a BadInputError.
+
+    External data (weights kept in side files) must be relative paths to files inside the model's own
+    directory, symlinks resolved: a location such as ``../../etc/shadow`` is refused before anything,
+    ONNX Runtime, TensorRT's parser or trtexec, would read it.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise their own untyped errors on bad bytes
+        detail = _one_line(exc)
+        raise BadInputError(f"{path} is not a readable ONNX model ({detail}); delete it and make it again") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > onnx.defs.onnx_opset_version():
+        raise BadInputError(
+            f"{path} uses ONNX opset {opset}, newer than any this onnx {onnx.__version__} knows "
+            f"({onnx.defs.onnx_opset_version()}); export it again with a lower --opset"
+        )
+    root = path.parent.resolve()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
+            raise BadInputError(
+                f"{path} keeps tensor {tensor.name!r} in {location!r}, outside its directory; external data "
+                f"must be a file inside {root}, so this model is refused"
+            )
+        if not target.is_file():
+            raise BadInputError(f"{path} keeps tensor {tensor.name!r} in {location!r}, which is missing")
+    if load_external_data:
+        try:
+            onnx.load_external_data_for_model(model, str(root))
+        except Exception as exc:  # noqa: BLE001 - a short or unreadable side file
+            raise BadInputError(f"cannot read the external data of {path} ({_one_line(exc)})") from None
+    return model
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of the libraries that shape an artifact (imported lazily, all light here)."""
     import numpy

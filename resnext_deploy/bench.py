@@ -277,15 +277,17 @@ def run_bench(
     skipped = [c.skip_record() for c in found.skipped]
     opened, unavailable, broken = open_runners(found.runnable)
     skipped += unavailable + [c.skip_record(f"cannot be loaded: {error}") for c, error in broken]
+    size = found.source.preprocessing.image_size
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batch_sizes}
+    opened, failing = _drop_failing(opened, inputs[batch_sizes[0]])
+    skipped += failing
     if not opened:
         reasons = "; ".join(f"{s['backend']}-{s['device']}:{s['precision']}: {s['reason']}" for s in skipped)
         raise BadInputError(
             f"nothing to benchmark in {found.manifest.directory} for backends {','.join(backends)} and "
             f"precisions {','.join(precisions)}" + (f" ({reasons})" if reasons else "")
         )
-    size = found.source.preprocessing.image_size
-    rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batch_sizes}
     units = [Unit(c, runner, b, inputs[b]) for b in batch_sizes for c, runner in opened]
     log(
         f"benchmarking {len(opened)} runner(s) x {len(inputs)} batch size(s): {warmup_ms:g} ms warm-up, "
@@ -321,6 +323,34 @@ def run_bench(
     for entry in skipped:
         log(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}")
     return report
+
+
+def _drop_failing(
+    opened: list[tuple[Candidate, Runner]], sample: np.ndarray
+) -> tuple[list[tuple[Candidate, Runner]], list[dict[str, Any]]]:
+    """Run each runner once on ``sample``: those that compute, and skip records (runner closed) for those that raise.
+
+    An artifact that loads but cannot run this model's input (a graph swapped behind the manifest) is
+    reported, never timed.
+    """
+    kept, failing = [], []
+    try:
+        for candidate, runner in opened:
+            try:
+                runner(sample)
+            except Exception as exc:  # noqa: BLE001 - whatever stops a runner is the reason it is skipped
+                runner.close()
+                detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+                failing.append(
+                    candidate.skip_record(f"cannot run a {'x'.join(map(str, sample.shape))} batch: {detail}")
+                )
+            else:
+                kept.append((candidate, runner))
+    except BaseException:
+        for _, runner in opened:
+            runner.close()
+        raise
+    return kept, failing
 
 
 @contextmanager

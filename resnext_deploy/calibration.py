@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import now_iso, read_json, sha256_file, write_json
+from .artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
 from .data import Dataset, ImageDataset, open_dataset
 from .demo import DEMO_CALIB, DEMO_VAL
 from .errors import BadInputError
@@ -301,7 +301,7 @@ def collect_statistics(
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
+    model = load_onnx(model_path)
     tensors, histogram, per_sample = activation_tensors(model)
     graph_inputs = {value.name for value in model.graph.input}
     fetched = [name for name in tensors if name not in graph_inputs]
@@ -310,9 +310,15 @@ def collect_statistics(
     batch_size = MAX_BATCH if per_sample is None else max(1, min(MAX_BATCH, batch_bytes // max(per_sample, 1)))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {' '.join(str(exc).split())[:300]}") from None
     del model
-    feed = session.get_inputs()[0]
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise BadInputError(f"{model_path} must have one NCHW image input; found {[i.name for i in inputs]}")
+    feed = inputs[0]
     static_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
     batch_size = static_batch or batch_size
     stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
@@ -321,6 +327,7 @@ def collect_statistics(
     with progress(dataset.count, f"calibrating on {dataset.count} samples") as advance:
         for batch in dataset.batches(batch_size):
             images = batch.images
+            _check_fits(feed, images, model_path)
             real = len(images)
             if static_batch and real < static_batch:  # pad, then drop the padding's activations below
                 images = np.concatenate([images, np.zeros((static_batch - real, *images.shape[1:]), images.dtype)])
@@ -335,6 +342,16 @@ def collect_statistics(
     if skipped:
         log(f"warning: {skipped}")
     return stats, seen + len(dataset.skipped)
+
+
+def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:
+    """Refuse a model whose fixed C, H or W differ from the preprocessed data (a file swapped behind the manifest)."""
+    declared = feed.shape[1:]
+    if any(isinstance(d, int) and d != actual for d, actual in zip(declared, images.shape[1:], strict=True)):
+        raise BadInputError(
+            f"{model_path} takes input {feed.name!r} of shape {feed.shape}, but its model's preprocessing gives "
+            f"{'x'.join(map(str, images.shape[1:]))} images; the file does not fit its manifest entry: export again"
+        )
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ safetensors. A bare state dict or one wrapped under ``state_dict``/``model`` is 
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -60,7 +59,7 @@ def _read_torch(path: Path) -> object:
             f"checkpoint {path} is truncated or not a weights-only PyTorch checkpoint ({detail}); "
             "re-download it or re-save it as a plain state_dict"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
         raise BadInputError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(exc)}); "
             "re-download or re-save it"
@@ -68,12 +67,13 @@ def _read_torch(path: Path) -> object:
 
 
 def _unpickler_detail(exc: BaseException) -> str:
-    """torch's weights-only refusal buries the reason after 'WeightsUnpickler error:'."""
+    """torch's weights-only refusal buries the reason after 'WeightsUnpickler error:' or in a 'GLOBAL' line."""
     text = str(exc)
     marker = "WeightsUnpickler error:"
     if marker in text:
         text = text.split(marker, 1)[1].strip()
-    return _first_line(ValueError(text))
+    refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+    return refused[:200] if refused else _first_line(ValueError(text))
 
 
 def _first_line(exc: BaseException) -> str:

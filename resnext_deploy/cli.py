@@ -471,18 +471,18 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every known failure to one line and its exit code.
 
-    Typer itself answers usage errors (exit 2) and Ctrl-C (exit 130); everything a command raises
-    is turned into one line here.
+    Typer itself answers usage errors (exit 2) and Ctrl-C (exit 130, said here in one line); everything
+    a command raises is turned into one line here.
     """
     debug = bool(os.environ.get("RESNEXT_DEPLOY_DEBUG"))
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="resnext-deploy", standalone_mode=True)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished artifacts are kept and the next run resumes from them", err=True)
-        return ExitCode.INTERRUPTED
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
+        if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into a silent exit 130
+            typer.echo("interrupted; finished artifacts are kept and the next run resumes from them", err=True)
+        return code
     except DeployError as exc:
         if debug:
             raise

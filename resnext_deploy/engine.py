@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ONNX_FILES, Manifest, engine_file, now_iso, read_json, write_bytes, write_json
+from .artifacts import (
+    ONNX_FILES,
+    Manifest,
+    engine_file,
+    load_onnx,
+    now_iso,
+    read_json,
+    write_bytes,
+    write_json,
+)
 from .environment import tensorrt_version
 from .errors import BackendUnavailableError, BadInputError
 from .runners import Runner, run_in_chunks
@@ -148,9 +157,7 @@ def trtexec_command(
 
 def _onnx_input(path: Path) -> tuple[str, list[int | str]]:
     """The single image input's name and dims (dim_param names for dynamic axes), read without weights."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path, load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -267,6 +274,12 @@ def build_engine(
     onnx_path = directory / onnx_name
     engine_path = directory / engine_file(precision)
     input_name, dims = _onnx_input(onnx_path)
+    size = ((manifest.entry(ONNX_FILES["fp32"]) or {}).get("options") or {}).get("source", {}).get("image_size")
+    if size is not None and dims[1:] != [3, size, size]:
+        raise BadInputError(
+            f"{onnx_path} takes {'x'.join(map(str, dims[1:]))} images, but its model was exported for "
+            f"3x{size}x{size}; the file does not fit its manifest entry: export again"
+        )
     if isinstance(dims[0], int) and not options.min_batch == options.opt_batch == options.max_batch == dims[0]:
         raise BadInputError(
             f"{onnx_path} has a fixed batch of {dims[0]}; export with a dynamic batch, or build with "
@@ -396,11 +409,18 @@ def _build_plan(
     return bytes(plan), seconds
 
 
+def build_trt_command(engine_path: Path) -> str:
+    """The build-trt line that makes this engine again (its precision read from the file name; no flag is FP32)."""
+    precision = next((p for p in ONNX_FILES if engine_path.name == engine_file(p)), "fp32")
+    flag = "" if precision == "fp32" else f" --{precision}"
+    return f"resnext-deploy build-trt --dir {engine_path.parent}{flag}"
+
+
 def read_engine_manifest(engine_path: str | Path) -> dict[str, Any]:
     """The ``.engine.json`` beside an engine, checked against its own checksum; refuses a missing or edited one."""
     engine_path = Path(engine_path)
     path = engine_manifest_path(engine_path)
-    rebuild = f"rebuild the engine with `resnext-deploy build-trt --dir {engine_path.parent}`"
+    rebuild = f"rebuild the engine with `{build_trt_command(engine_path)}`"
     if not engine_path.exists():
         raise BadInputError(f"{engine_path} does not exist; {rebuild}")
     if not path.exists():
@@ -421,9 +441,8 @@ def _check_compatible(body: dict[str, Any], engine_path: Path, installed: str, c
     options = body.get("build_options", {})
     built, cc = body.get("tensorrt_version", "unknown"), body.get("compute_capability", "unknown")
     rebuild = (
-        f"rebuild it on this machine with `resnext-deploy build-trt --dir {engine_path.parent} "
-        f"--{body.get('precision', 'fp32')}` (add --hardware-compat ampere+ and/or --version-compatible "
-        "to build engines that move between GPUs or TensorRT versions)"
+        f"rebuild it on this machine with `{build_trt_command(engine_path)}` (add --hardware-compat ampere+ "
+        "and/or --version-compatible to build engines that move between GPUs or TensorRT versions)"
     )
     if built != installed:
         newer_ok = options.get("version_compatible") and _version_tuple(installed) >= _version_tuple(built)
@@ -457,7 +476,7 @@ class TensorRTRunner(Runner):
         if hashlib.sha256(plan).hexdigest() != meta.get("plan_sha256"):
             raise BadInputError(
                 f"{self.path} is not the engine its manifest describes (sha256 differs): it was replaced or "
-                f"corrupted; rebuild it with `resnext-deploy build-trt --dir {self.path.parent}`"
+                f"corrupted; rebuild it with `{build_trt_command(self.path)}`"
             )
         reason = tensorrt_status()
         if reason is not None:

@@ -99,7 +99,8 @@ def export_onnx(
         onnx.helper.set_model_props(proto, onnx_metadata(source))
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
-        parity = check_export(model, tmp, static_batch, size)
+        weights = f"checkpoint {source.checkpoint}" if source.checkpoint else "the seeded random weights"
+        parity = check_export(model, tmp, static_batch, size, weights)
         for batch, result in parity.items():
             log(
                 f"ONNX Runtime vs PyTorch, batch {batch}: max abs diff {result.max_abs:.3g} "
@@ -123,14 +124,26 @@ def export_onnx(
     return ExportResult(final, parity)
 
 
-def check_export(model, path: Path, static_batch: int | None, image_size: int) -> dict[int, Parity]:
-    """Run PyTorch and ONNX Runtime on the same seeded inputs at two batch sizes."""
+def check_export(
+    model, path: Path, static_batch: int | None, image_size: int, weights: str = "the weights"
+) -> dict[int, Parity]:
+    """Run PyTorch and ONNX Runtime on the same seeded inputs at two batch sizes.
+
+    A reference that is itself NaN or Inf (``weights`` that overflow float32) is bad input, not an export fault.
+    """
     rng = np.random.default_rng(0)
     reference = TorchRunner(model)
     candidate = OnnxRuntimeRunner(path)
     results = {}
     for batch in (static_batch,) if static_batch else PARITY_BATCHES:
         x = rng.standard_normal((batch, 3, image_size, image_size), dtype=np.float32)
-        results[batch] = compare(reference(x), candidate(x), DEFAULT_TOLERANCES["fp32"])
+        expected = reference(x)
+        if not np.isfinite(expected).all():
+            candidate.close()
+            raise BadInputError(
+                f"with {weights} the PyTorch model itself computes NaN or Inf on seeded N(0,1) inputs (values too "
+                "large for float32?); check the weights; no model.onnx was written"
+            )
+        results[batch] = compare(expected, candidate(x), DEFAULT_TOLERANCES["fp32"])
     candidate.close()
     return results

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ONNX_FILES, Manifest, atomic_path
+from .artifacts import ONNX_FILES, Manifest, atomic_path, load_onnx
 from .calibration import (
     DEFAULT_CALIB_COUNT,
     DEFAULT_METHOD,
@@ -287,10 +287,9 @@ def load_prepared(path: str | Path):
     Identity nodes; giving each its own initializer keeps constants visible as constants and lets
     one consumer stay FP32 while another turns FP16.
     """
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     kept = []

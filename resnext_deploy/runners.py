@@ -142,6 +142,12 @@ class OnnxRuntimeRunner(Runner):
         self.input_shape = inputs[0].shape
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        declared = self.input_shape[1:]
+        if batch.ndim != 4 or any(
+            isinstance(d, int) and d != n for d, n in zip(declared, batch.shape[1:], strict=True)
+        ):
+            shape = " x ".join(str(d) for d in self.input_shape)
+            raise BadInputError(f"{self.path} takes {shape} batches; got {' x '.join(map(str, batch.shape))}")
         static_batch = self.input_shape[0]
         if isinstance(static_batch, int) and static_batch != batch.shape[0]:
             return run_in_chunks(self._run, batch, static_batch, pad=True)

@@ -336,6 +336,8 @@ def run_verify(
         tolerance = tolerances[candidate.precision]
         if logits[0] is None:
             error = error or "no reference outputs to compare with"
+        elif error is None and output.shape != logits[0].shape:
+            error = f"outputs of shape {output.shape} where the PyTorch model gives {logits[0].shape}"
         parity = None if error else compare(logits[0], output, tolerance, labels)
         results.append(CandidateResult(candidate, tolerance, parity, error))
     results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in failed]
@@ -375,9 +377,9 @@ def _run_all(
             try:
                 parts[i].append(runner(batch.images))
             except DeployError as exc:
-                errors[i] = str(exc)
+                errors[i] = " ".join(str(exc).split())
             except Exception as exc:  # noqa: BLE001 - a candidate that crashes has failed; its error is the reason
-                errors[i] = f"raised {type(exc).__name__}: {str(exc).strip()[:200]}"
+                errors[i] = f"raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     logits = [None if error else np.concatenate(p) for p, error in zip(parts, errors, strict=True)]
     return logits, np.concatenate(labels) if labels else None, errors
 
