@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, BusyError
+from .errors import BadInputError, BusyError, one_line
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".resnext-deploy.lock"
@@ -139,7 +139,7 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise their own untyped errors on bad bytes
-        detail = _one_line(exc)
+        detail = one_line(exc)
         raise BadInputError(f"{path} is not a readable ONNX model ({detail}); delete it and make it again") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset > onnx.defs.onnx_opset_version():
@@ -164,13 +164,8 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
         try:
             onnx.load_external_data_for_model(model, str(root))
         except Exception as exc:  # noqa: BLE001 - a short or unreadable side file
-            raise BadInputError(f"cannot read the external data of {path} ({_one_line(exc)})") from None
+            raise BadInputError(f"cannot read the external data of {path} ({one_line(exc)})") from None
     return model
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 def tool_versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import PRECISIONS, atomic_path, now_iso, write_json, write_text
-from .errors import BadInputError
+from .errors import BadInputError, one_line
 from .runners import Runner
 from .verify import BACKENDS, Candidate, discover_runners, open_runners, render_table
 
@@ -340,7 +340,7 @@ def _drop_failing(
                 runner(sample)
             except Exception as exc:  # noqa: BLE001 - whatever stops a runner is the reason it is skipped
                 runner.close()
-                detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+                detail = one_line(exc)
                 failing.append(
                     candidate.skip_record(f"cannot run a {'x'.join(map(str, sample.shape))} batch: {detail}")
                 )

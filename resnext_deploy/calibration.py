@@ -30,7 +30,7 @@ import numpy as np
 from .artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
 from .data import Dataset, ImageDataset, open_dataset
 from .demo import DEMO_CALIB, DEMO_VAL
-from .errors import BadInputError
+from .errors import BadInputError, one_line
 from .models import DEMO_ARCH
 from .source import DEMO_WEIGHTS, ModelSource
 
@@ -313,7 +313,7 @@ def collect_statistics(
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
-        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {' '.join(str(exc).split())[:300]}") from None
+        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
     del model
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import BadInputError
+from .errors import BadInputError, one_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -42,7 +42,7 @@ def _read_safetensors(path: Path) -> dict[str, object]:
     try:
         return dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise BadInputError(f"checkpoint {path} is not a valid safetensors file ({_first_line(exc)})") from None
+        raise BadInputError(f"checkpoint {path} is not a valid safetensors file ({one_line(exc, 200)})") from None
 
 
 def _read_torch(path: Path) -> object:
@@ -61,7 +61,7 @@ def _read_torch(path: Path) -> object:
         ) from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
         raise BadInputError(
-            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(exc)}); "
+            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({one_line(exc, 200)}); "
             "re-download or re-save it"
         ) from None
 
@@ -73,12 +73,7 @@ def _unpickler_detail(exc: BaseException) -> str:
     if marker in text:
         text = text.split(marker, 1)[1].strip()
     refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
-    return refused[:200] if refused else _first_line(ValueError(text))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return refused[:200] if refused else one_line(ValueError(text), 200)
 
 
 def _unwrap(raw: object, path: Path) -> dict:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import DeployError, ExitCode
+from .errors import DeployError, ExitCode, one_line
 
 app = typer.Typer(
     name="resnext-deploy",
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a clean line
         if debug:
             raise
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        detail = one_line(exc)
         typer.echo(
             f"internal error: {type(exc).__name__}: {detail} (set RESNEXT_DEPLOY_DEBUG=1 for a traceback, "
             "and please report it)",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, one_line
 from .models import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -184,7 +184,7 @@ class ImageDataset(Dataset):
             try:
                 array = preprocess(load_rgb(path), self.pre)
             except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
-                self.skipped.append((path, _reason(exc)))
+                self.skipped.append((path, one_line(exc, 120)))
                 continue
             images.append(array)
             if self.folder.labels is not None:
@@ -200,11 +200,6 @@ class ImageDataset(Dataset):
                 f"no usable image in {self.folder.root}: all {len(self.skipped)} files failed to decode "
                 f"(first: {self.skipped[0][0].name}: {self.skipped[0][1]})"
             )
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]
 
 
 def _batch(images: list[np.ndarray], labels: list[int]) -> Batch:
@@ -251,7 +246,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
     except (ValueError, OSError, EOFError) as exc:
-        raise BadInputError(f"{path} is not a readable .npy/.npz file ({_reason(exc)})") from None
+        raise BadInputError(f"{path} is not a readable .npy/.npz file ({one_line(exc, 120)})") from None
     if isinstance(loaded, np.ndarray):
         return loaded, None
     with loaded:

@@ -44,3 +44,9 @@ class BusyError(DeployError):
     """Another run holds the artifact directory's lock."""
 
     exit_code = ExitCode.BUSY
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception text on one line, capped, for the one-line messages this tool prints."""
+    text = " ".join(str(exc).split())
+    return text[:limit] if text else type(exc).__name__

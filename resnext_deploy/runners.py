@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailableError, BadInputError
+from .errors import BackendUnavailableError, BadInputError, one_line
 
 
 class Runner:
@@ -133,8 +133,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
-            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise BadInputError(f"ONNX Runtime cannot load {self.path}: {text}") from None
+            raise BadInputError(f"ONNX Runtime cannot load {self.path}: {one_line(exc)}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise BadInputError(f"{self.path} must have one NCHW image input; found {[i.name for i in inputs]}")

@@ -20,7 +20,7 @@ from .artifacts import ONNX_FILES, PRECISIONS, Manifest, engine_file, now_iso, w
 from .data import Dataset, open_dataset
 from .demo import DEMO_VAL
 from .environment import describe
-from .errors import BackendUnavailableError, BadInputError, DeployError
+from .errors import BackendUnavailableError, BadInputError, DeployError, one_line
 from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from .models import DEMO_ARCH
 from .runners import ORT_PROVIDERS, OnnxRuntimeRunner, Runner, TorchRunner, cuda_available
@@ -379,7 +379,7 @@ def _run_all(
             except DeployError as exc:
                 errors[i] = " ".join(str(exc).split())
             except Exception as exc:  # noqa: BLE001 - a candidate that crashes has failed; its error is the reason
-                errors[i] = f"raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                errors[i] = f"raised {type(exc).__name__}: {one_line(exc, 200)}"
     logits = [None if error else np.concatenate(p) for p, error in zip(parts, errors, strict=True)]
     return logits, np.concatenate(labels) if labels else None, errors
 
