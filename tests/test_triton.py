@@ -310,6 +310,14 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     assert [r["concurrency"] for r in json.loads(json_path.read_text())["rows"]] == [1, 4, 2]
     assert f"| {MODEL} | http | 4 | 1 |" in md_path.read_text()
 
+    from resnext_deploy.cli import main
+
+    url = f"http://127.0.0.1:{server.http}"
+    args = ["bench", "--dir", str(tiny_dir), "--triton", url, "--concurrency", "2", "--duration", "0.5"]
+    assert main([*args, "--batch-sizes", "2"]) == 0  # the CLI names the served model from the directory
+    cli_rows = json.loads((tiny_dir / "bench_triton.json").read_text())["rows"]
+    assert [(r["concurrency"], r["batch_size"], r["errors"]) for r in cli_rows] == [(2, 2, 0)]
+
     assert server.stop() == 0, server.log_tail()
     assert "server stopped" in server.log_tail()
     assert not _listen_addresses(server.http)
