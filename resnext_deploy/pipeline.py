@@ -96,7 +96,7 @@ def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], N
         except TensorRTUnavailableError as exc:
             commands.append(exc.command)
     log(f"TensorRT engines skipped: {reason}")
-    skipped = {"tensorrt": f"{reason}. To build them on a GPU machine: " + " ; ".join(commands)}
+    skipped = {"tensorrt": f"{reason}. To build them on a GPU machine:\n" + "\n".join(commands)}
     manifest.data["skipped"] = skipped
     manifest.save()
     return skipped

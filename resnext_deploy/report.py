@@ -156,7 +156,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out += _verify_section(report["verify"])
     out += _bench_section(report["bench"], report["onnxruntime_vs_torch"])
     if report["skipped"]:
-        out += ["", "## Skipped", ""] + [f"- {s['step']}: {s['reason']}" for s in report["skipped"]]
+        out += ["", "## Skipped", ""]
+        for step in report["skipped"]:
+            first, *commands = step["reason"].split("\n")  # later lines are commands to run elsewhere
+            out.append(f"- {step['step']}: {first}")
+            if commands:
+                out += ["", "  ```", *(f"  {command}" for command in commands), "  ```"]
     if report["machine"]:
         out += ["", "## Machine", ""]
         out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report["machine"].items()]))

@@ -55,7 +55,11 @@ def test_report_numbers_come_from_verify_and_bench(demo_run):
         assert f"{result['accuracy']:.2f}" in report
     for row in bench["results"]:
         assert f"{row['median_ms']:.3f}" in report
-    assert "Skipped" in report or tensorrt_status() is None
+    if tensorrt_status() is not None:
+        commands = [line.strip() for line in report.splitlines() if line.strip().startswith("trtexec --onnx=")]
+        assert [c.split()[1] for c in commands] == [
+            f"--onnx={directory / name}" for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+        ]
 
 
 def test_demo_accuracy_per_precision(demo_run):
