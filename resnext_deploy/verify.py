@@ -10,7 +10,7 @@ import functools
 import io
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,20 +232,8 @@ class CandidateResult:
         }
 
 
-_METRIC_FIELDS = [
-    "n",
-    "max_abs",
-    "mean_abs",
-    "max_rel",
-    "scale",
-    "cosine_min",
-    "cosine_mean",
-    "top1_agreement",
-    "top5_overlap",
-    "nonfinite",
-    "accuracy",
-    "reference_accuracy",
-]
+# Parity's metric fields, written as nulls for a candidate that never produced outputs.
+_METRIC_FIELDS = tuple(f.name for f in fields(Parity) if f.name != "failures")
 
 
 @dataclass
