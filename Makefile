@@ -1,19 +1,32 @@
-# `make demo` and `make test` each set up .venv on a fresh clone, then run.
+# `make demo` and `make test` each set up their environments on a fresh clone, then run.
+# .venv is the core tool (numpy 2); .venv-triton holds PyTriton and tritonclient, which need numpy < 2.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
+CORE_EXTRAS := dev
+TRITON_EXTRAS := dev,triton
 DEMO_DIR ?= artifacts/demo
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup setup-triton demo test test-core test-triton lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,triton]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(CORE_EXTRAS)]'
 	touch $(STAMP)
 
+$(TRITON_STAMP): pyproject.toml constraints-triton.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt -e '.[$(TRITON_EXTRAS)]'
+	touch $(TRITON_STAMP)
+
 setup: $(STAMP)
+
+setup-triton: $(TRITON_STAMP)
 
 demo: setup
 	$(BIN)/resnext-deploy pipeline --dir $(DEMO_DIR)
@@ -22,12 +35,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The whole suite in .venv (tests/serving skip there: no Triton packages), then tests/serving in .venv-triton.
+test-core: setup
 	$(BIN)/python -m pytest -q
+
+test-triton: setup-triton
+	$(TRITON_VENV)/bin/python -m pytest -q tests/serving
+
+test: lint test-core test-triton
 
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) artifacts .pytest_cache .ruff_cache

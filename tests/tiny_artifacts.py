@@ -21,7 +21,10 @@ from resnext_deploy.artifacts import Manifest
 
 
 def with_low_precision(template: Path, directory: Path) -> Path:
-    """A copy of an exported tiny-model directory plus model.fp16.onnx and model.int8.onnx, all in the manifest."""
+    """A copy of an exported tiny-model directory plus model.fp16.onnx and model.int8.onnx, all in the manifest.
+
+    Tests use conftest's session-scoped ``low_precision_template`` (one conversion per run) rather than this.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

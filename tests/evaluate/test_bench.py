@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_artifacts import with_low_precision
+from tiny_artifacts import copy_dir
 
 from resnext_deploy.backends.base import Candidate, Runner
 from resnext_deploy.cli import main
@@ -28,8 +28,8 @@ SHORT = ["--duration", "0.2", "--warmup-ms", "10", "--min-iterations", "3", "--t
 
 
 @pytest.fixture(scope="module")
-def art(tiny_export_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return with_low_precision(tiny_export_template, tmp_path_factory.mktemp("bench") / "tiny")
+def art(low_precision_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_dir(low_precision_template, tmp_path_factory.mktemp("bench") / "tiny")
 
 
 def test_bench_measures_every_runner_and_writes_json_csv_md_png(art: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale, with_low_precision
+from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale
 
 from resnext_deploy.artifacts import Manifest, engine_file
 from resnext_deploy.backends.registry import discover_runners
@@ -40,14 +40,9 @@ RESULT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def base(tiny_export_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return with_low_precision(tiny_export_template, tmp_path_factory.mktemp("low") / "tiny")
-
-
 @pytest.fixture
-def art(base: Path, tmp_path: Path) -> Path:
-    return copy_dir(base, tmp_path / "art")
+def art(low_precision_template: Path, tmp_path: Path) -> Path:
+    return copy_dir(low_precision_template, tmp_path / "art")
 
 
 def quiet(_: str) -> None:
@@ -141,14 +136,6 @@ def test_tolerance_flags_reach_the_verdict(art: Path) -> None:
     assert main(["verify", "--dir", str(art), "--count", "16", "--int8-top1", "1.5"]) == 3
 
 
-def test_a_file_changed_after_it_was_recorded_is_refused(art: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    break_int8_scales(art, record=False)
-    assert main(["verify", "--dir", str(art), "--count", "8"]) == 3
-    err = capsys.readouterr().err
-    assert "model.int8.onnx was changed after it was made" in err
-    assert not (art / "verify.json").exists()
-
-
 def test_a_recorded_file_that_does_not_load_fails_its_candidate(art: Path) -> None:
     (art / "model.fp16.onnx").write_bytes(b"not an onnx file")
     manifest = Manifest(art)
@@ -158,18 +145,6 @@ def test_a_recorded_file_that_does_not_load_fails_its_candidate(art: Path) -> No
     [fp16] = [r for r in report.results if r.candidate.precision == "fp16"]
     assert fp16.parity is None and "cannot load" in fp16.failures[0]
     assert json.loads((art / "verify.json").read_text())["results"][-1]["passed"] is False
-
-
-def test_nan_outputs_fail(art: Path) -> None:
-    edit_initializers(art / "model.fp16.onnx", lambda name: name == "fc.bias", lambda a: np.full_like(a, np.nan))
-    manifest = Manifest(art)
-    manifest.record("model.fp16.onnx", "fp16", parent_sha256=manifest.entry("model.onnx")["sha256"])
-    report = run_verify(art, count=8, log=quiet)
-    assert not report
-    [fp16] = [r for r in report.results if r.candidate.precision == "fp16"]
-    assert not fp16.passed and fp16.parity.nonfinite == 8 * 10
-    assert "non-finite" in report.failure_summary() and "model.fp16.onnx" in report.failure_summary()
-    json.loads((art / "verify.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN written
 
 
 def test_labeled_arrays_give_accuracy_and_its_delta(art: Path, tmp_path: Path) -> None:

@@ -828,7 +828,8 @@ def test_non_finite_outputs_fail_verify(capsys, tiny_dir: Path, value: float) ->
     rerecord(tiny_dir)
     line = fails(cli(capsys, "verify", "--dir", tiny_dir, "--count", "4"), ExitCode.VERIFY_FAILED)
     assert "onnxruntime-cpu:fp32 (model.onnx): 40 non-finite outputs" in line
-    result = json.loads((tiny_dir / "verify.json").read_text())["results"][0]
+    # strict JSON: a non-finite metric is written as null, never as NaN
+    result = json.loads((tiny_dir / "verify.json").read_text(), parse_constant=pytest.fail)["results"][0]
     assert result["passed"] is False and result["nonfinite"] == 40
 
 

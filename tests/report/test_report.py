@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_artifacts import copy_dir, edit_initializers, with_low_precision
+from tiny_artifacts import copy_dir, edit_initializers
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.errors import BadInputError
@@ -20,8 +20,8 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def measured(tiny_export_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = with_low_precision(tiny_export_template, tmp_path_factory.mktemp("report") / "tiny")
+def measured(low_precision_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = copy_dir(low_precision_template, tmp_path_factory.mktemp("report") / "tiny")
     run_verify(directory, count=16, log=quiet)
     settings = BenchSettings(batch_sizes=(1, 2), warmup_ms=10, duration_s=0.1, min_iterations=3, threads=1)
     run_bench(directory, settings, log=quiet, progress=False)

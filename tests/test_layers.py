@@ -1,0 +1,102 @@
+"""The package's shape: data flows export -> precision -> backends -> evaluate -> report, and no step reaches back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "resnext_deploy"
+
+# Lower layers never import higher ones (function-level imports included). Same-layer imports are fine.
+LAYERS = {
+    "errors": 0,
+    "ui": 0,
+    "environment": 0,
+    "models": 1,
+    "artifacts": 1,
+    "demo": 2,
+    "checkpoint": 2,
+    "source": 2,
+    "data": 2,
+    "export": 3,
+    "backends": 3,
+    "evaluate.metrics": 3,
+    "precision": 4,
+    "evaluate": 5,
+    "report": 6,
+    "serving": 6,
+    "pipeline": 7,
+    "cli": 8,
+    "__main__": 9,
+}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    """The layer of a module; names of the package root itself (``__version__``) are at the bottom."""
+    keys = [k for k in LAYERS if module == k or module.startswith(k + ".")]
+    return LAYERS[max(keys, key=len)] if keys else 0
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module inside the package, whether the import is at module level)."""
+    module = _module(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names = [target] if node.module else [f"{target}.{a.name}".strip(".") for a in node.names]
+            found += [(name, id(node) in top) for name in names]
+    return found
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_later_layer(path: Path) -> None:
+    module = _module(path)
+    if module == "":
+        return
+    later = [target for target, _ in _imports(path) if target and _layer(target) > _layer(module)]
+    assert not later, f"{module} (layer {_layer(module)}) imports {later}"
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    graph = {_module(p): {t for t, top in _imports(p) if top and t} for p in SOURCES}
+
+    done: set[str] = set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        assert node not in stack, " -> ".join([*stack[stack.index(node) :], node])
+        if node in done:
+            return
+        for target in graph.get(node, ()):
+            visit(target, [*stack, node])
+        done.add(node)
+
+    for node in graph:
+        visit(node, [])
+
+
+def test_tensorrt_is_imported_only_by_its_backend() -> None:
+    importers = sorted(
+        _module(p)
+        for p in SOURCES
+        if any(
+            isinstance(n, ast.Import | ast.ImportFrom)
+            and any((a.name if isinstance(n, ast.Import) else n.module or "").startswith("tensorrt") for a in n.names)
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    )
+    assert all(m.startswith("backends.tensorrt") or m == "environment" for m in importers), importers
