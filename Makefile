@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= artifacts/demo
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean trt-typecheck
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# mypy on the TensorRT backend against NVIDIA's real bindings of TensorRT 10.x and 11.x (needs PyPI and cc).
+trt-typecheck: setup
+	$(BIN)/python scripts/trt_typecheck.py
 
 format: setup
 	$(BIN)/ruff check --fix .
