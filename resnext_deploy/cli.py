@@ -109,7 +109,7 @@ def _build_options(
     hardware_compat: str | None,
     version_compatible: bool,
 ):
-    from .engine import BuildOptions
+    from .backends.tensorrt.options import BuildOptions
 
     options = BuildOptions(
         min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
@@ -173,11 +173,11 @@ def build_trt(
 
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
-    from .artifacts import locked
-    from .engine import TensorRTUnavailableError, build_engine
+    from .artifacts import artifact_dir, locked
+    from .backends.tensorrt.build import build_engine
+    from .backends.tensorrt.probe import TensorRTUnavailableError
     from .errors import BadInputError
-    from .precision import make_typed_onnx
-    from .verify import artifact_dir
+    from .precision.typed import make_typed_onnx
 
     if fp16 and int8:
         raise BadInputError("choose one of --fp16 and --int8 (neither means FP32)")
@@ -238,8 +238,8 @@ def pipeline(
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
-    from .bench import parse_batch_sizes
     from .errors import VerificationError
+    from .evaluate.bench import BenchSettings, parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
@@ -249,9 +249,7 @@ def pipeline(
         calib_method=calib_method,
         data=data,
         count=count,
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        duration_s=duration,
-        threads=threads,
+        bench=BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), duration_s=duration, threads=threads),
         build=_build_options(
             min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
         ),
@@ -301,9 +299,9 @@ def verify(
     ] = None,
 ) -> None:
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
-    from .artifacts import locked
+    from .artifacts import artifact_dir, locked
     from .errors import VerificationError
-    from .verify import artifact_dir, run_verify, tolerance_overrides
+    from .evaluate.verify import run_verify, tolerance_overrides
 
     tolerances = tolerance_overrides(
         {
@@ -324,9 +322,9 @@ def verify(
 @app.command()
 def bench(
     directory: ExportedDirOption,
-    backends: Annotated[str, typer.Option("--backends", help="Comma list: torch, onnxruntime, tensorrt.")] = (
-        "torch,onnxruntime,tensorrt"
-    ),
+    backends: Annotated[
+        str, typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available.")
+    ] = "",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8.")] = "fp32,fp16,int8",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list of batch sizes.")] = "1,8,32",
     warmup_ms: Annotated[float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.")] = 200.0,
@@ -336,56 +334,55 @@ def bench(
         Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
-    triton: Annotated[
-        Optional[str],
-        typer.Option(
-            "--triton",
-            help="Load-test a Triton server instead (http://host:port or grpc://host:port); "
-            "writes DIR/bench_triton.json and .md.",
-            rich_help_panel="Triton",
-        ),
-    ] = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option("--model", help="Triton model name (default: the one `serve` names).", rich_help_panel="Triton"),
-    ] = None,
-    concurrency: Annotated[
-        str, typer.Option("--concurrency", help="Comma list of concurrent clients.", rich_help_panel="Triton")
-    ] = "1,4,16",
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
-    from .artifacts import PRECISIONS, locked
-    from .bench import parse_batch_sizes, parse_int_list, parse_list, run_bench
-    from .verify import BACKENDS, artifact_dir
+    from .artifacts import PRECISIONS, artifact_dir, locked
+    from .backends.registry import backend_names
+    from .evaluate.bench import BenchSettings, parse_batch_sizes, parse_list, run_bench
 
-    if triton is not None:
-        from .triton import default_model_name, triton_load_test, write_triton_bench
-
-        levels = parse_int_list(concurrency, "--concurrency", 1024)
-        batch = parse_batch_sizes(batch_sizes)[0]
-        directory = artifact_dir(directory)
-        name = model or default_model_name(directory)
-        rows = triton_load_test(triton, name, levels, duration_s=duration, batch_size=batch, log=log)
-        json_file, md_file = write_triton_bench(rows, directory)
-        log(f"wrote {json_file} and {md_file}")
-        return
-    chosen = parse_list(backends, BACKENDS, "--backends")
-    chosen_precisions = parse_list(precisions, PRECISIONS, "--precisions")
-    sizes = parse_batch_sizes(batch_sizes)
+    settings = BenchSettings(
+        backends=parse_list(backends, backend_names(), "--backends") if backends else None,
+        precisions=parse_list(precisions, PRECISIONS, "--precisions"),
+        batch_sizes=parse_batch_sizes(batch_sizes),
+        warmup_ms=warmup_ms,
+        duration_s=duration,
+        min_iterations=min_iterations,
+        threads=threads,
+    )
     directory = artifact_dir(directory)
     with locked(directory):
-        run_bench(
-            directory,
-            chosen,
-            chosen_precisions,
-            sizes,
-            warmup_ms=warmup_ms,
-            duration_s=duration,
-            min_iterations=min_iterations,
-            threads=threads,
-            json_path=json_path,
-            log=log,
-        )
+        run_bench(directory, settings, json_path=json_path, log=log)
+
+
+@app.command("bench-triton")
+def bench_triton(
+    directory: ExportedDirOption,
+    url: Annotated[
+        str, typer.Option("--url", help="The Triton server: http://host:port or grpc://host:port.")
+    ] = "http://127.0.0.1:8000",
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Triton model name (default: the one `serve` names).")
+    ] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma list of concurrent clients.")] = "1,4,16",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per request.")] = 1,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds measured per concurrency level.")] = 3.0,
+) -> None:
+    """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
+    from .artifacts import artifact_dir, locked
+    from .evaluate.bench import MAX_BATCH, parse_int_list
+    from .serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
+    from .serving.triton_repo import default_model_name
+
+    settings = LoadTestSettings(
+        levels=parse_int_list(concurrency, "--concurrency", 1024),
+        batch_size=parse_int_list(str(batch_size), "--batch-size", MAX_BATCH)[0],
+        duration_s=duration,
+    )
+    directory = artifact_dir(directory)
+    with locked(directory):
+        rows = triton_load_test(url, model or default_model_name(directory), settings, log=log)
+        json_file, md_file = write_triton_bench(rows, directory)
+    log(f"wrote {json_file} and {md_file}")
 
 
 @app.command("triton-repo")
@@ -410,7 +407,7 @@ def triton_repo(
     ] = False,
 ) -> None:
     """Write a Triton model repository: one model per ONNX file and engine in DIR."""
-    from .triton import make_triton_repo
+    from .serving.triton_repo import make_triton_repo
 
     make_triton_repo(
         directory,
@@ -450,7 +447,7 @@ def serve(
     name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
-    from .serve import serve as serve_model
+    from .serving.pytriton import serve as serve_model
 
     serve_model(
         directory,

@@ -15,10 +15,17 @@ def tensorrt_version() -> str | None:
     return str(getattr(trt, "__version__", "unknown"))
 
 
+def cuda_available() -> bool:
+    """The one CUDA probe: a GPU visible to a CUDA build of torch."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def cuda_devices() -> list[str]:
     import torch
 
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return []
     devices = []
     for index in range(torch.cuda.device_count()):

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import ONNX_FILES, Manifest, atomic_path, tool_versions
+from .backends.onnxruntime import OnnxRuntimeRunner
+from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
-from .metrics import DEFAULT_TOLERANCES, Parity, compare
-from .runners import OnnxRuntimeRunner, TorchRunner
+from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
 from .source import ModelSource
 
 ONNX_NAME = ONNX_FILES["fp32"]

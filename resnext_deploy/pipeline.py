@@ -6,14 +6,17 @@ second run after Ctrl-C redoes only what is missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import PRECISIONS, Manifest
-from .engine import BuildOptions, TensorRTUnavailableError, build_engine, tensorrt_status
+from .backends.tensorrt.build import build_engine
+from .backends.tensorrt.options import BuildOptions
+from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+from .evaluate.bench import BenchSettings
 from .export import export_onnx
-from .precision import DEFAULT_CALIB_COUNT, DEFAULT_METHOD, make_typed_onnx
+from .precision.typed import DEFAULT_CALIB_COUNT, DEFAULT_METHOD, make_typed_onnx
 from .source import ModelSource
 
 
@@ -24,10 +27,7 @@ class PipelineOptions:
     calib_method: str = DEFAULT_METHOD
     data: Path | None = None
     count: int | None = None
-    batch_sizes: Sequence[int] = (1, 8, 32)
-    warmup_ms: float = 200.0
-    duration_s: float = 3.0
-    threads: int | None = None
+    bench: BenchSettings = field(default_factory=BenchSettings)
     build: BuildOptions = field(default_factory=BuildOptions)
 
 
@@ -43,9 +43,9 @@ def run_pipeline(
     source: ModelSource, directory: Path, options: PipelineOptions, log: Callable[[str], None] = print
 ) -> PipelineResult:
     """Run every step in order; the caller holds the directory lock."""
-    from .bench import run_bench
+    from .evaluate.bench import run_bench
+    from .evaluate.verify import run_verify
     from .report import write_report
-    from .verify import BACKENDS, run_verify
 
     options.build.validate()
     log("== export (FP32 ONNX)")
@@ -64,16 +64,7 @@ def run_pipeline(
     log("== verify")
     verified = run_verify(directory, data=options.data, count=options.count, log=log)
     log("== bench")
-    run_bench(
-        directory,
-        BACKENDS,
-        PRECISIONS,
-        options.batch_sizes,
-        warmup_ms=options.warmup_ms,
-        duration_s=options.duration_s,
-        threads=options.threads,
-        log=log,
-    )
+    run_bench(directory, options.bench, log=log)
     report = write_report(directory, log=log, skipped=skipped)
     return PipelineResult(report, bool(verified), "" if verified else verified.failure_summary(), skipped)
 

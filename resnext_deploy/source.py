@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import sha256_file
+from .demo import DEMO_WEIGHTS
 from .errors import BadInputError
 from .models import DEMO_ARCH, ArchSpec, Preprocessing, create_model, get_arch
 
-DEMO_WEIGHTS = Path(__file__).parent / "weights" / f"{DEMO_ARCH}.safetensors"
 RANDOM_SEED = 0
 
 

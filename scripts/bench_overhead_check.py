@@ -24,7 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from resnext_deploy.bench import run_bench  # noqa: E402 - needs the checkout on sys.path first
+from resnext_deploy.evaluate.bench import run_bench  # noqa: E402
 from resnext_deploy.export import export_onnx  # noqa: E402
 from resnext_deploy.source import resolve_source  # noqa: E402
 

@@ -24,7 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from resnext_deploy.artifacts import write_json  # noqa: E402 - needs the checkout on sys.path first
+from resnext_deploy.artifacts import write_json  # noqa: E402
 from resnext_deploy.demo import DEMO_DATA  # noqa: E402
 
 SEED = 0

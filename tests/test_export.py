@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 from resnext_deploy.artifacts import Manifest, sha256_file
+from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import ARCHS
-from resnext_deploy.runners import OnnxRuntimeRunner, TorchRunner
 from resnext_deploy.source import resolve_source
 
 QUIET = {"log": lambda _m: None}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from resnext_deploy.artifacts import Manifest
+from resnext_deploy.backends.tensorrt.probe import tensorrt_status
 from resnext_deploy.cli import main
-from resnext_deploy.engine import tensorrt_status
 from resnext_deploy.errors import ExitCode
 
 FAST = ["--batch-sizes", "1,4", "--duration", "0.2", "--count", "200"]

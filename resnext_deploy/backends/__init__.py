@@ -1,0 +1,1 @@
+"""Backends behind one runner interface, and the registry that ``verify``, ``bench`` and ``serve`` loop over."""

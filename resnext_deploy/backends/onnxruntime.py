@@ -1,0 +1,101 @@
+"""ONNX files in ONNX Runtime: the CPU provider, and CUDA/TensorRT providers where onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import ONNX_FILES
+from ..errors import BackendUnavailableError, BadInputError, one_line
+from .base import ArtifactSet, Backend, Candidate, Runner, run_in_chunks
+
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+GPU_HINT = "pip install 'resnext-deploy[gpu]' (onnxruntime-gpu, after pip uninstall onnxruntime) on a CUDA machine"
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in ONNX Runtime. ``device`` picks the execution provider: cpu, cuda or tensorrt."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str = "fp32",
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        provider = ORT_PROVIDERS.get(device)
+        if provider is None:
+            raise BadInputError(f"unknown ONNX Runtime device {device!r}; use one of {', '.join(ORT_PROVIDERS)}")
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailableError(f"ONNX Runtime has no {provider} here; {GPU_HINT}")
+        self.path = Path(path)
+        self.artifact = self.path.name
+        self.precision = precision
+        self.device = device
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+            raise BadInputError(f"ONNX Runtime cannot load {self.path}: {one_line(exc)}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise BadInputError(f"{self.path} must have one NCHW image input; found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.input_shape = inputs[0].shape
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        declared = self.input_shape[1:]
+        if batch.ndim != 4 or any(
+            isinstance(d, int) and d != n for d, n in zip(declared, batch.shape[1:], strict=True)
+        ):
+            shape = " x ".join(str(d) for d in self.input_shape)
+            raise BadInputError(f"{self.path} takes {shape} batches; got {' x '.join(map(str, batch.shape))}")
+        static_batch = self.input_shape[0]
+        if isinstance(static_batch, int) and static_batch != batch.shape[0]:
+            return run_in_chunks(self._run, batch, static_batch, pad=True)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
+
+    def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        devices = [device for device, provider in ORT_PROVIDERS.items() if provider in available]
+        found = []
+        for precision in precisions:
+            name = ONNX_FILES[precision]
+            if not artifacts.present(name):
+                continue
+            reason = artifacts.unusable(name)
+            for device in devices:
+                opener = functools.partial(OnnxRuntimeRunner, artifacts.path(name), precision, device, threads)
+                found.append(Candidate(self.name, precision, device, name, None if reason else opener, reason))
+        return found
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,135 @@
+"""The backend registry and discovery: which artifact runs on which runner here.
+
+Built-in backends are the modules named in :data:`BUILTIN`, each exposing ``BACKEND``; adding one is
+a new module and one entry there. :func:`register` adds others at run time (tests use it).
+``verify``, ``bench``, ``serve`` and ``pipeline`` loop over :func:`discover_runners` and know nothing
+else about backends.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, artifact_dir
+from ..errors import BackendUnavailableError, BadInputError
+from ..source import ModelSource
+from .base import ArtifactSet, Backend, Candidate, Runner
+
+# Modules under resnext_deploy.backends, each with a module-level BACKEND, in the order rows are shown.
+BUILTIN = ("torch", "onnxruntime", "tensorrt")
+REFERENCE = ("torch", "fp32", "cpu")
+EXPORT_HINT = "run `resnext-deploy export --dir DIR` again"
+
+_registry: dict[str, Backend] = {}
+
+
+def backends() -> dict[str, Backend]:
+    """Every registered backend by name: the built-in ones first, then those added with :func:`register`."""
+    if not _registry:
+        for module in BUILTIN:
+            backend = importlib.import_module(f"{__package__}.{module}").BACKEND
+            _registry[backend.name] = backend
+    return dict(_registry)
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(backends())
+
+
+def register(backend: Backend) -> Backend:
+    """Add a backend (or replace one of the same name); returns it, so it can be used as a decorator value."""
+    backends()
+    _registry[backend.name] = backend
+    return backend
+
+
+def unregister(name: str) -> None:
+    _registry.pop(name, None)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return backends()[name]
+    except KeyError:
+        raise BadInputError(f"unknown backend {name!r}; use one of {', '.join(backends())}") from None
+
+
+@dataclass
+class Discovery:
+    """Every candidate an artifact directory offers here, runnable or skipped with a reason."""
+
+    manifest: Manifest
+    source: ModelSource
+    candidates: list[Candidate]
+
+    @property
+    def runnable(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.skipped is None]
+
+    @property
+    def skipped(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.skipped is not None]
+
+    def hashes(self, candidates: Sequence[Candidate]) -> dict[str, str]:
+        """sha256 of each artifact these candidates used, so that a report can tell stale results from current ones."""
+        return {c.artifact: self.manifest.entry(c.artifact)["sha256"] for c in candidates if c.artifact}
+
+
+def discover_runners(
+    directory: Any,
+    names: Sequence[str] | None = None,
+    precisions: Sequence[str] = PRECISIONS,
+    threads: int | None = None,
+    required: Sequence[str] = (),
+) -> Discovery:
+    """Every artifact in DIR times every runner of the chosen backends, each artifact checked against its sha256.
+
+    A changed artifact is refused (BadInputError) rather than measured; a file that exists but cannot
+    run here (an engine without TensorRT or a GPU, a file missing from the manifest) becomes a
+    candidate with a ``skipped`` reason, never a silent omission. A backend named in ``required``
+    (the user asked for it by name) that cannot run here is an error naming its pip extra.
+    """
+    directory = artifact_dir(directory)
+    manifest = Manifest(directory)
+    entry = manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
+    artifacts = ArtifactSet(manifest, ModelSource.from_dict(entry["options"]["source"]))
+    candidates: list[Candidate] = []
+    for name in names if names is not None else backend_names():
+        backend = get_backend(name)
+        if name in required and (reason := backend.unavailable()) is not None:
+            raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
+        candidates += backend.candidates(artifacts, precisions, threads)
+    return Discovery(manifest, artifacts.source, candidates)
+
+
+def open_runners(
+    candidates: Sequence[Candidate],
+) -> tuple[list[tuple[Candidate, Runner]], list[dict[str, Any]], list[tuple[Candidate, str]]]:
+    """Open each candidate's runner: the opened ones, skip records, and (candidate, error) for files that fail to load.
+
+    A backend missing here is skipped, and so is an engine TensorRT refuses here (built for another
+    GPU or TensorRT version): neither says anything about the artifact. An ONNX file that a present
+    backend cannot load is broken, and is returned as a failure.
+    """
+    opened, skipped, failed = [], [], []
+    for candidate in candidates:
+        if candidate.open is None:
+            skipped.append(candidate.skip_record())
+            continue
+        try:
+            opened.append((candidate, candidate.open()))
+        except BackendUnavailableError as exc:
+            skipped.append(candidate.skip_record(str(exc)))
+        except BadInputError as exc:
+            if candidate.artifact is not None and candidate.artifact.endswith(".engine"):
+                skipped.append(candidate.skip_record(str(exc)))
+            else:
+                failed.append((candidate, str(exc)))
+        except BaseException:
+            for _, runner in opened:
+                runner.close()
+            raise
+    return opened, skipped, failed

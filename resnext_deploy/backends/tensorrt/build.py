@@ -1,0 +1,208 @@
+"""Strongly typed engine builds for TensorRT 10.x and 11.x, from exactly one typed ONNX file.
+
+The build makes no precision decision of its own: it parses ``model.onnx``, ``model.fp16.onnx`` or
+``model.int8.onnx`` into a strongly typed network (the creation flag on 10.x, the only mode on 11.x), so
+the types the graph carries are the types TensorRT runs. TF32 is switched off for every build: it would
+round the graph's FP32 tensors to a 10-bit mantissa, which is a precision choice the graph did not make
+(and what makes "FP32" engines drift from PyTorch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...artifacts import ONNX_FILES, Manifest, engine_file, load_onnx, now_iso, single_input, write_bytes, write_json
+from ...errors import BackendUnavailableError, BadInputError
+from . import probe
+from .manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum, read_engine_manifest
+from .options import BuildOptions
+from .probe import TensorRTUnavailableError, major_version, make_logger
+from .trtexec import trtexec_command
+
+
+def _onnx_input(path: Path) -> tuple[str, list[int | str]]:
+    """The single image input's name and dims, read without weights; C, H and W must be fixed."""
+    name, dims = single_input(load_onnx(path, load_external_data=False), path)
+    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
+        raise BadInputError(f"{path}: input {name!r} must be NCHW with fixed C, H and W; got {dims}")
+    return name, dims
+
+
+def _calibration_fingerprint(entry: dict[str, Any]) -> str | None:
+    """The calibration set's fingerprint recorded with an INT8 ONNX file (top level or in its options)."""
+    return entry.get("calibration_fingerprint") or entry.get("options", {}).get("calibration_fingerprint")
+
+
+def _parser_errors(parser) -> list[str]:
+    """Every ONNX parser error with the node it names, so a user can find it in Netron."""
+    errors = []
+    for index in range(parser.num_errors):
+        err = parser.get_error(index)
+        where = f"node {err.node()}" if err.node() >= 0 else "graph"
+        if err.node_name() or err.node_operator():
+            where += f" ({err.node_name() or '?'}: {err.node_operator() or '?'})"
+        errors.append(f"{where}: {err.desc()}")
+    return errors
+
+
+def build_engine(
+    directory: str | Path,
+    precision: str,
+    options: BuildOptions,
+    log: Callable[[str], None] = print,
+    trt_major: int | None = None,
+) -> Path:
+    """Build ``DIR/model.<precision>.engine`` and its manifest from the precision's typed ONNX file.
+
+    Without TensorRT or a GPU nothing is written and :class:`TensorRTUnavailableError` carries the
+    equivalent trtexec line (for ``trt_major``; default: the installed major, else 10). An engine
+    already built from the same ONNX file with the same options, TensorRT version and GPU is reused.
+    """
+    if precision not in ONNX_FILES:
+        raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
+    options.validate()
+    directory = Path(directory)
+    manifest = Manifest(directory)
+    onnx_name = ONNX_FILES[precision]
+    make = "resnext-deploy export" if precision == "fp32" else f"resnext-deploy build-trt --{precision}"
+    onnx_entry = manifest.require(onnx_name, f"`{make} --dir {directory}` makes it")
+    onnx_path = directory / onnx_name
+    engine_path = directory / engine_file(precision)
+    input_name, dims = _onnx_input(onnx_path)
+    size = ((manifest.entry(ONNX_FILES["fp32"]) or {}).get("options") or {}).get("source", {}).get("image_size")
+    if size is not None and dims[1:] != [3, size, size]:
+        raise BadInputError(
+            f"{onnx_path} takes {'x'.join(map(str, dims[1:]))} images, but its model was exported for "
+            f"3x{size}x{size}; the file does not fit its manifest entry: export again"
+        )
+    if isinstance(dims[0], int) and not options.min_batch == options.opt_batch == options.max_batch == dims[0]:
+        raise BadInputError(
+            f"{onnx_path} has a fixed batch of {dims[0]}; export with a dynamic batch, or build with "
+            f"--min-batch/--opt-batch/--max-batch {dims[0]}"
+        )
+    reason = probe.tensorrt_status()
+    if reason is not None:
+        command = trtexec_command(onnx_path, engine_path, options, (dims[2], dims[3]), input_name, trt_major)
+        raise TensorRTUnavailableError(f"{reason}. The same build on a GPU machine: {command}", command)
+
+    version = str(probe.tensorrt_version())
+    gpu = probe.gpu_info()
+    recorded_options = {**options.to_dict(), "tensorrt": version, "compute_capability": gpu["compute_capability"]}
+    if manifest.is_current(engine_path.name, onnx_entry["sha256"], recorded_options) and _has_manifest(engine_path):
+        log(f"{engine_path} is up to date (same ONNX file, options, TensorRT and GPU); reusing it")
+        return engine_path
+
+    plan, build_seconds = _build_plan(onnx_path, precision, options, version, log)
+    profile = {
+        "input": input_name,
+        "min": [options.min_batch, *dims[1:]],
+        "opt": [options.opt_batch, *dims[1:]],
+        "max": [options.max_batch, *dims[1:]],
+    }
+    body = {
+        "format": ENGINE_MANIFEST_FORMAT,
+        "engine": engine_path.name,
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "plan_bytes": len(plan),
+        "precision": precision,
+        "source_onnx": onnx_name,
+        "source_onnx_sha256": onnx_entry["sha256"],
+        "calibration_fingerprint": _calibration_fingerprint(onnx_entry),
+        "tensorrt_version": version,
+        **gpu,
+        "profile": profile,
+        "strongly_typed": True,
+        "tf32": False,
+        "build_options": options.to_dict(),
+        "build_seconds": round(build_seconds, 3),
+        "built": now_iso(),
+    }
+    body["checksum"] = manifest_checksum(body)
+    write_bytes(engine_path, plan)
+    write_json(engine_manifest_path(engine_path), body)
+    manifest.record(
+        engine_path.name,
+        precision,
+        parent_sha256=onnx_entry["sha256"],
+        options=recorded_options,
+        engine_manifest=engine_manifest_path(engine_path).name,
+        tensorrt_version=version,
+        gpu=gpu["gpu"],
+        profile=profile,
+    )
+    log(f"wrote {engine_path} ({len(plan) / 2**20:.1f} MiB, built in {build_seconds:.1f} s) and its manifest")
+    return engine_path
+
+
+def _has_manifest(engine_path: Path) -> bool:
+    try:
+        read_engine_manifest(engine_path)
+    except BadInputError:
+        return False
+    return True
+
+
+def _build_plan(
+    onnx_path: Path, precision: str, options: BuildOptions, version: str, log: Callable[[str], None]
+) -> tuple[bytes, float]:
+    """Parse, configure and build; returns the serialized plan and the build time in seconds."""
+    import tensorrt as trt
+
+    logger = make_logger(trt, log)
+    builder = trt.Builder(logger)
+    if major_version(version) >= 11:
+        network = builder.create_network()  # every network is strongly typed on 11.x
+    else:
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))  # trt-api: 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = _parser_errors(parser) or logger.errors or ["no detail given"]
+        raise BadInputError(f"TensorRT {version}'s ONNX parser rejected {onnx_path}: {'; '.join(errors)}")
+    if network.num_inputs != 1:
+        raise BadInputError(f"{onnx_path} must have one image input; TensorRT sees {network.num_inputs}")
+    image = network.get_input(0)
+    chw = tuple(image.shape)[1:]
+
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape(image.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
+    config.add_optimization_profile(profile)
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if options.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    if options.opt_level is not None:
+        config.builder_optimization_level = options.opt_level
+    if options.hardware_compat == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif options.hardware_compat == "same-cc":
+        try:
+            config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+        except AttributeError:
+            raise BackendUnavailableError(
+                f"TensorRT {version} has no same-compute-capability level; upgrade TensorRT or use ampere+"
+            ) from None
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    cache_path = Path(options.timing_cache) if options.timing_cache is not None else None
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+        if not config.set_timing_cache(cache, False):
+            log(f"{cache_path} was made for another GPU or TensorRT version; starting a fresh timing cache")
+            config.set_timing_cache(config.create_timing_cache(b""), False)
+
+    precision_note = "FP32" if precision == "fp32" else f"{precision.upper()} as typed in the graph"
+    log(f"building {precision_note} engine from {onnx_path.name} with TensorRT {version} (this can take minutes)")
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if plan is None:
+        detail = "; ".join(logger.errors[-3:]) or "no detail given"
+        raise BadInputError(f"TensorRT {version} could not build an engine from {onnx_path}: {detail}")
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan), seconds

@@ -1,0 +1,51 @@
+"""The optimization profile and builder settings of an engine build, validated once where they are made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import BadInputError
+
+HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}  # ours -> trtexec's spelling
+MAX_OPT_LEVEL = 5
+
+
+@dataclass
+class BuildOptions:
+    """The optimization profile and builder settings; precision is not among them (it is in the ONNX graph)."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mb: int | None = None
+    opt_level: int | None = None
+    timing_cache: Path | None = None
+    hardware_compat: str | None = None  # "ampere+" | "same-cc"
+    version_compatible: bool = False
+
+    def validate(self) -> None:
+        """Reject settings TensorRT would only refuse after parsing the model."""
+        if self.min_batch < 1:
+            raise BadInputError(f"--min-batch must be at least 1, got {self.min_batch}")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise BadInputError(
+                f"the profile needs min <= opt <= max batch; got {self.min_batch} <= {self.opt_batch} <= "
+                f"{self.max_batch}"
+            )
+        if self.opt_level is not None and not 0 <= self.opt_level <= MAX_OPT_LEVEL:
+            raise BadInputError(f"--opt-level must be between 0 and {MAX_OPT_LEVEL}, got {self.opt_level}")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise BadInputError(f"--workspace-mb must be at least 1, got {self.workspace_mb}")
+        if self.hardware_compat is not None and self.hardware_compat not in HARDWARE_COMPAT:
+            raise BadInputError(
+                f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, got {self.hardware_compat!r}"
+            )
+        if self.timing_cache is not None and Path(self.timing_cache).is_dir():
+            raise BadInputError(f"--timing-cache {self.timing_cache} is a directory; pass a file path")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["timing_cache"] = str(self.timing_cache) if self.timing_cache is not None else None
+        return data

@@ -1,0 +1,61 @@
+"""The trtexec and build-trt lines that make the same engine elsewhere."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ...artifacts import ONNX_FILES, engine_file
+from . import probe
+from .options import HARDWARE_COMPAT, BuildOptions
+from .probe import major_version
+
+
+def trtexec_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    options: BuildOptions,
+    image_size: int | tuple[int, int],
+    input_name: str = "input",
+    trt_major: int | None = None,
+) -> str:
+    """The trtexec line that builds the same engine on a GPU machine (TensorRT 10.x form unless told 11).
+
+    The 10.x form passes ``--stronglyTyped``; 11.x no longer needs it (strong typing is the only mode there,
+    though its trtexec still accepts the flag), so the default form works with both.
+    """
+    if trt_major is None:
+        installed = probe.tensorrt_version()
+        trt_major = major_version(installed) if installed else 10
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+
+    def shape(batch: int) -> str:
+        return f"{input_name}:{batch}x3x{height}x{width}"
+
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    if trt_major < 11:
+        args.append("--stronglyTyped")
+    args += [
+        f"--minShapes={shape(options.min_batch)}",
+        f"--optShapes={shape(options.opt_batch)}",
+        f"--maxShapes={shape(options.max_batch)}",
+        "--noTF32",
+    ]
+    if options.workspace_mb is not None:
+        args.append(f"--memPoolSize=workspace:{options.workspace_mb}M")
+    if options.opt_level is not None:
+        args.append(f"--builderOptimizationLevel={options.opt_level}")
+    if options.timing_cache is not None:
+        args.append(f"--timingCacheFile={options.timing_cache}")
+    if options.hardware_compat is not None:
+        args.append(f"--hardwareCompatibilityLevel={HARDWARE_COMPAT[options.hardware_compat]}")
+    if options.version_compatible:
+        args.append("--versionCompatible")
+    return shlex.join(args)
+
+
+def build_trt_command(engine_path: Path) -> str:
+    """The build-trt line that makes this engine again (its precision read from the file name; no flag is FP32)."""
+    precision = next((p for p in ONNX_FILES if engine_path.name == engine_file(p)), "fp32")
+    flag = "" if precision == "fp32" else f" --{precision}"
+    return f"resnext-deploy build-trt --dir {engine_path.parent}{flag}"

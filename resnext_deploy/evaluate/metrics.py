@@ -1,0 +1,137 @@
+"""Parity metrics between reference and candidate logits, and the per-precision tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria for one precision. ``None`` means the criterion is not applied."""
+
+    atol_scale: float | None = None  # max abs diff allowed, as a fraction of max |reference logit|
+    cosine_min: float | None = None  # every sample's cosine similarity at least this
+    top1_min: float | None = None  # top-1 agreement at least this fraction
+    accuracy_drop_max: float | None = None  # accuracy points (percent) lost at most this
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol_scale=1e-4, cosine_min=0.99999),
+    "fp16": Tolerance(cosine_min=0.9995, top1_min=0.99),
+    "int8": Tolerance(cosine_min=0.99, top1_min=0.97, accuracy_drop_max=1.0),
+}
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely candidate logits follow the reference; truthy when every criterion holds."""
+
+    n: int
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    scale: float
+    cosine_min: float
+    cosine_mean: float
+    top1_agreement: float
+    top5_overlap: float
+    nonfinite: int
+    accuracy: float | None
+    reference_accuracy: float | None
+    failures: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["failures"] = list(self.failures)
+        data["passed"] = self.passed
+        return data
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row; two zero rows count as identical (1.0), one zero row as 0.0."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    dot = (a * b).sum(axis=1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.clip(np.where(both_zero, 1.0, cos), -1.0, 1.0)
+
+
+def topk(logits: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    tolerance: Tolerance | None = None,
+    labels: np.ndarray | None = None,
+) -> Parity:
+    """Compare two ``(N, classes)`` logit arrays. Non-finite candidate outputs always fail."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
+    n = reference.shape[0]
+    finite = np.isfinite(candidate).all(axis=1)
+    nonfinite = int((~np.isfinite(candidate)).sum())
+    ref64 = reference.astype(np.float64)
+    cand64 = np.where(np.isfinite(candidate), candidate, 0.0).astype(np.float64)
+    diff = np.abs(ref64 - cand64)
+    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+    cos = np.where(finite, cosine_rows(ref64, cand64), -1.0)
+    ref_top5 = topk(reference, 5)
+    cand_top5 = topk(cand64, 5)
+    top1 = float(np.mean((ref_top5[:, 0] == cand_top5[:, 0]) & finite)) if n else 1.0
+    overlap = [len(set(r) & set(c)) / len(r) for r, c in zip(ref_top5, cand_top5, strict=True)]
+    accuracy = reference_accuracy = None
+    if labels is not None and n:
+        reference_accuracy = float(np.mean(ref_top5[:, 0] == labels) * 100.0)
+        accuracy = float(np.mean((cand_top5[:, 0] == labels) & finite) * 100.0)
+    metrics = dict(
+        n=n,
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float((diff / np.maximum(np.abs(ref64), 1e-6 * max(scale, 1e-12))).max()) if diff.size else 0.0,
+        scale=scale,
+        cosine_min=float(cos.min()) if n else 1.0,
+        cosine_mean=float(np.clip(cos.mean(), cos.min(), cos.max())) if n else 1.0,  # rounding
+        top1_agreement=top1,
+        top5_overlap=float(np.mean(overlap)) if n else 1.0,
+        nonfinite=nonfinite,
+        accuracy=accuracy,
+        reference_accuracy=reference_accuracy,
+    )
+    return Parity(**metrics, failures=tuple(_failures(metrics, tolerance)))
+
+
+def _failures(m: dict, tol: Tolerance | None) -> list[str]:
+    failures = []
+    if m["nonfinite"]:
+        failures.append(f"{m['nonfinite']} non-finite outputs")
+    if tol is None:
+        return failures
+    if tol.atol_scale is not None and m["max_abs"] > tol.atol_scale * max(m["scale"], 1e-12):
+        failures.append(f"max abs diff {m['max_abs']:.3g} > {tol.atol_scale:g} x logit scale {m['scale']:.3g}")
+    if tol.cosine_min is not None and m["cosine_min"] < tol.cosine_min:
+        failures.append(f"min cosine {m['cosine_min']:.6f} < {tol.cosine_min}")
+    if tol.top1_min is not None and m["top1_agreement"] < tol.top1_min:
+        failures.append(f"top-1 agreement {m['top1_agreement']:.2%} < {tol.top1_min:.0%}")
+    if (
+        tol.accuracy_drop_max is not None
+        and m["accuracy"] is not None
+        and m["reference_accuracy"] - m["accuracy"] > tol.accuracy_drop_max
+    ):
+        drop = m["reference_accuracy"] - m["accuracy"]
+        failures.append(f"accuracy drop {drop:.2f} points > {tol.accuracy_drop_max}")
+    return failures

@@ -1,0 +1,287 @@
+"""Does every artifact compute what the PyTorch model computes? The same images through every runner.
+
+The candidates come from the backend registry (:func:`~resnext_deploy.backends.registry.discover_runners`);
+this module knows nothing else about backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import now_iso, write_json
+from ..backends.base import Candidate, Runner
+from ..backends.registry import REFERENCE, discover_runners, open_runners
+from ..data import Dataset, open_dataset
+from ..demo import DEMO_VAL
+from ..environment import describe
+from ..errors import BadInputError, DeployError, one_line
+from ..models import DEMO_ARCH
+from ..source import ModelSource
+from ..ui import render_table
+from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
+
+VERIFY_JSON = "verify.json"
+
+
+# Tolerance criteria the command line can override: flag name -> (precision, Tolerance field, low, high).
+TOLERANCE_FLAGS = {
+    "fp16_cosine": ("fp16", "cosine_min", -1.0, 1.0),
+    "fp16_top1": ("fp16", "top1_min", 0.0, 1.0),
+    "int8_cosine": ("int8", "cosine_min", -1.0, 1.0),
+    "int8_top1": ("int8", "top1_min", 0.0, 1.0),
+    "int8_max_accuracy_drop": ("int8", "accuracy_drop_max", 0.0, 100.0),
+}
+
+
+def tolerance_overrides(values: Mapping[str, float | None]) -> dict[str, Tolerance]:
+    """The default tolerances with some criteria replaced; keys are :data:`TOLERANCE_FLAGS`, None keeps a default."""
+    result = dict(DEFAULT_TOLERANCES)
+    for flag, value in values.items():
+        if value is None:
+            continue
+        precision, name, low, high = TOLERANCE_FLAGS[flag]
+        if not low <= value <= high:
+            raise BadInputError(f"--{flag.replace('_', '-')} must be between {low:g} and {high:g}, got {value:g}")
+        result[precision] = replace(result[precision], **{name: value})
+    return result
+
+
+@dataclass
+class CandidateResult:
+    """One candidate's parity with the reference, or the error that stopped it."""
+
+    candidate: Candidate
+    tolerance: Tolerance
+    parity: Parity | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.parity is not None and self.parity.passed
+
+    @property
+    def failures(self) -> list[str]:
+        return [self.error] if self.error else list(self.parity.failures if self.parity is not None else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        metrics = self.parity.to_dict() if self.parity is not None else dict.fromkeys(_METRIC_FIELDS)
+        return {
+            **self.candidate.identity(),
+            **metrics,
+            "passed": self.passed,
+            "failures": self.failures,
+            "tolerance": asdict(self.tolerance),
+        }
+
+
+# Parity's metric fields, written as nulls for a candidate that never produced outputs.
+_METRIC_FIELDS = tuple(f.name for f in fields(Parity) if f.name != "failures")
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; truthy when the reference is sound and every candidate passed."""
+
+    reference: dict[str, Any]
+    results: list[CandidateResult]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reference["failures"] and all(r.passed for r in self.results)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def failure_summary(self) -> str:
+        """One line naming every failing candidate and its first reason."""
+        parts = [f"reference torch-cpu:fp32: {self.reference['failures'][0]}"] if self.reference["failures"] else []
+        parts += [f"{r.candidate.label}: {r.failures[0]}" for r in self.results if not r.passed]
+        return f"{len(parts)} failed: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _finite(
+            {
+                "created": now_iso(),
+                "reference": self.reference,
+                "results": [r.to_dict() for r in self.results],
+                "skipped": self.skipped,
+                "warnings": self.warnings,
+                "passed": self.passed,
+                "machine": self.machine,
+                "artifacts": self.artifacts,
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write null for them."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def default_data(source: ModelSource) -> Path | None:
+    """The demo model's labeled validation split; nothing (seeded synthetic input) for any other model."""
+    return DEMO_VAL if source.arch == DEMO_ARCH and DEMO_VAL.is_dir() else None
+
+
+def run_verify(
+    directory: str | Path,
+    data: str | Path | None = None,
+    count: int | None = None,
+    batch_size: int = 32,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    json_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> VerifyReport:
+    """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
+
+    Writes ``DIR/verify.json`` (and ``json_path`` when given) and logs a table. Images are decoded
+    once and streamed batch by batch through all runners, so memory does not grow with the count.
+    """
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    found = discover_runners(directory)
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    dataset = open_dataset(data if data is not None else default_data(found.source), found.source.preprocessing, count)
+    reference = next(c for c in found.runnable if c.key == REFERENCE)
+    candidates = [c for c in found.runnable if c is not reference]
+    log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
+    opened, skipped, failed = open_runners([reference, *candidates])
+    try:
+        logits, labels, errors = _run_all([runner for _, runner in opened], dataset, batch_size)
+    finally:
+        for _, runner in opened:
+            runner.close()
+    results = []
+    for (candidate, _), output, error in list(zip(opened, logits, errors, strict=True))[1:]:
+        tolerance = tolerances[candidate.precision]
+        if logits[0] is None:
+            error = error or "no reference outputs to compare with"
+        elif error is None and output.shape != logits[0].shape:
+            error = f"outputs of shape {output.shape} where the PyTorch model gives {logits[0].shape}"
+        parity = None if error else compare(logits[0], output, tolerance, labels)
+        results.append(CandidateResult(candidate, tolerance, parity, error))
+    results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in failed]
+    report = VerifyReport(
+        _reference_record(reference, dataset, logits[0], labels, found.source, errors[0]),
+        results,
+        [c.skip_record() for c in found.skipped] + skipped,
+        [w for w in (dataset.skipped_summary(),) if w],
+        describe(),
+        found.hashes([c for c, _ in opened] + [c for c, _ in failed]),
+    )
+    record = report.to_dict()
+    write_json(found.manifest.directory / VERIFY_JSON, record)
+    if json_path is not None:
+        write_json(json_path, record)
+    log(render_table(*verify_table(record), title=f"verify: {'passed' if report else 'FAILED'}"))
+    for line in report.warnings:
+        log(f"warning: {line}")
+    for entry in report.skipped:
+        log(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}")
+    return report
+
+
+def _run_all(
+    runners: list[Runner], dataset: Dataset, batch_size: int
+) -> tuple[list[np.ndarray | None], np.ndarray | None, list[str | None]]:
+    """Each runner's logits on the whole data set, the labels, and per runner the error that stopped it."""
+    parts: list[list[np.ndarray]] = [[] for _ in runners]
+    errors: list[str | None] = [None] * len(runners)
+    labels: list[np.ndarray] = []
+    for batch in dataset.batches(batch_size):
+        if batch.labels is not None:
+            labels.append(batch.labels)
+        for i, runner in enumerate(runners):
+            if errors[i] is not None:
+                continue
+            try:
+                parts[i].append(runner(batch.images))
+            except DeployError as exc:
+                errors[i] = " ".join(str(exc).split())
+            except Exception as exc:  # noqa: BLE001 - a candidate that crashes has failed; its error is the reason
+                errors[i] = f"raised {type(exc).__name__}: {one_line(exc, 200)}"
+    logits = [None if error else np.concatenate(p) for p, error in zip(parts, errors, strict=True)]
+    return logits, np.concatenate(labels) if labels else None, errors
+
+
+def _reference_record(
+    reference: Candidate,
+    dataset: Dataset,
+    logits: np.ndarray | None,
+    labels: np.ndarray | None,
+    source: ModelSource,
+    error: str | None,
+) -> dict[str, Any]:
+    failures = [error] if error else []
+    nonfinite = None if logits is None else int((~np.isfinite(logits)).sum())
+    if nonfinite:
+        failures.append(f"{nonfinite} non-finite outputs from the PyTorch model itself")
+    accuracy = None
+    if logits is not None and labels is not None:
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
+    return {
+        **reference.identity(),
+        "model": source.to_dict(),
+        "n": None if logits is None else len(logits),
+        "accuracy": accuracy,
+        "nonfinite": nonfinite,
+        "data": dataset.description,
+        "data_fingerprint": dataset.fingerprint,
+        "labeled": dataset.has_labels,
+        "failures": failures,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of ``verify.json`` results (the terminal table and the report share them)."""
+    headers = [
+        "candidate",
+        "artifact",
+        "n",
+        "max abs",
+        "cos min",
+        "top-1",
+        "top-5",
+        "non-finite",
+        "accuracy % (Δ)",
+        "result",
+    ]
+    rows = []
+    for r in data["results"]:
+        accuracy = _fmt(r["accuracy"], ".2f")
+        if r["accuracy"] is not None and r["reference_accuracy"] is not None:
+            accuracy += f" ({r['accuracy'] - r['reference_accuracy']:+.2f})"
+        rows.append(
+            [
+                f"{r['backend']}-{r['device']}:{r['precision']}",
+                r["artifact"] or "-",
+                _fmt(r["n"], "d"),
+                _fmt(r["max_abs"], ".3g"),
+                _fmt(r["cosine_min"], ".6f"),
+                _fmt(r["top1_agreement"], ".2%"),
+                _fmt(r["top5_overlap"], ".2%"),
+                _fmt(r["nonfinite"], "d"),
+                accuracy,
+                "pass" if r["passed"] else f"FAIL: {'; '.join(r['failures'])}",
+            ]
+        )
+    return headers, rows

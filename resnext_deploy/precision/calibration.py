@@ -1,0 +1,466 @@
+"""Calibration data and streaming activation statistics, saved in ``DIR/calibration.json``.
+
+Which data: ``--calib-dir`` (an image folder or a ``.npy``/``.npz`` of preprocessed arrays) with
+``--calib-count N`` taken in a seeded, class-balanced order; for the bundled demo model the bundled
+``calibration/digits/calib`` split when nothing is given. INT8 needs real data for any other model;
+FP16 only needs activation ranges and falls back to seeded synthetic inputs (and says so).
+
+How: the tensors of interest are added as graph outputs of ``model.onnx`` and ONNX Runtime runs it
+batch by batch. Each batch updates, per tensor, a running min/max and (for inputs of Conv, Gemm,
+MatMul and Add) a fixed-size histogram of ``|x|``, then is dropped. ONNX Runtime's
+``HistogramCalibrater`` keeps every batch's activations until the end, so its memory grows with the
+image count; here memory is set by the batch size alone. The histogram keeps ``NUM_BINS`` bins and
+doubles its range when a batch exceeds it (merging bin pairs, exact because the edges align), so
+it never grows either. From it come the per-tensor ranges: ``entropy`` (TensorRT's KL-divergence
+search, as in NVIDIA's pytorch-quantization), ``percentile`` and ``minmax``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
+from ..data import Dataset, ImageDataset, open_dataset
+from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
+from ..errors import BadInputError, one_line
+from ..models import DEMO_ARCH
+from ..source import ModelSource
+from ..ui import progress
+
+CALIBRATION_NAME = "calibration.json"
+CALIBRATION_FORMAT = 1
+METHODS = ("entropy", "minmax", "percentile")
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_CALIB_COUNT = 512  # NVIDIA suggests about 500 images for ImageNet-sized calibration
+NUM_BINS = 2048  # TensorRT's and pytorch-quantization's histogram size
+QUANTIZED_BINS = 128  # positive INT8 levels the entropy search maps the histogram onto
+HISTOGRAM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")  # their activation inputs may get Q/DQ
+BATCH_BYTES = 256 * 2**20  # activations fetched per batch; sets the calibration's memory, not the count
+MAX_BATCH = 32
+HELDOUT_MAX = 500  # held-out images checked at most, by default
+SYNTHETIC_CHECK_COUNT = 64
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Which data
+
+
+def is_demo(source: ModelSource) -> bool:
+    """The bundled demo model (its architecture with the bundled checkpoint), which has bundled data."""
+    if source.arch != DEMO_ARCH or source.checkpoint_sha256 is None or not DEMO_WEIGHTS.exists():
+        return False
+    return sha256_file(DEMO_WEIGHTS) == source.checkpoint_sha256
+
+
+def calibration_dataset(
+    source: ModelSource,
+    precision: str,
+    calib_source: str | Path | None,
+    calib_count: int,
+    seed: int = 0,
+) -> Dataset:
+    """The calibration images: ``--calib-dir``, else the demo's calibration split, else (FP16 only) synthetic.
+
+    INT8 scales taken from synthetic inputs would be meaningless for a real model, so INT8 without
+    data is an error; FP16 only needs ranges to find overflow and can do with synthetic inputs.
+    """
+    if calib_count < 1:
+        raise BadInputError(f"--calib-count must be at least 1, got {calib_count}")
+    pre = source.preprocessing
+    if calib_source is not None:
+        return open_dataset(calib_source, pre, calib_count, seed)
+    if is_demo(source):
+        if not DEMO_CALIB.is_dir():
+            raise BadInputError(f"the demo calibration images {DEMO_CALIB} are missing; pass --calib-dir")
+        return open_dataset(DEMO_CALIB, pre, calib_count, seed)
+    if precision == "int8":
+        raise BadInputError(
+            f"INT8 needs calibration images for {source.arch}: pass --calib-dir with a folder of images "
+            "like the ones the model will see (or a .npy/.npz of preprocessed arrays)"
+        )
+    return open_dataset(None, pre, min(calib_count, SYNTHETIC_CHECK_COUNT), seed)
+
+
+def heldout_dataset(
+    source: ModelSource,
+    calibration: Dataset,
+    consumed: int,
+    calib_source: str | Path | None,
+    seed: int = 0,
+    count: int | None = None,
+) -> Dataset:
+    """Images the typed model is checked on, never the ones it was calibrated on.
+
+    The demo model: its labeled validation split. A user folder or array file: the samples after
+    the calibration subset in the same seeded order (``consumed`` counts the ones calibration read,
+    unreadable files included) when there are any. Otherwise seeded synthetic inputs with another
+    seed than calibration's: they show numeric parity but no accuracy.
+    """
+    pre = source.preprocessing
+    if is_demo(source) and DEMO_VAL.is_dir():
+        return open_dataset(DEMO_VAL, pre, count or HELDOUT_MAX, seed)
+    if calib_source is not None and calibration.available > consumed:
+        return open_dataset(calib_source, pre, count or HELDOUT_MAX, seed, offset=consumed)
+    return open_dataset(None, pre, count or SYNTHETIC_CHECK_COUNT, seed + 1)
+
+
+def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
+    """Whether a data set's labels are the model's class indices, so that accuracy means something.
+
+    Folder labels are the sorted class-subfolder indices (torchvision's ImageFolder convention); they
+    count when the subfolders are the model's class names in order or, without names, as many.
+    """
+    if not dataset.has_labels:
+        return False
+    if not isinstance(dataset, ImageDataset):
+        return True
+    classes = dataset.folder.classes
+    if source.class_names:
+        return list(classes) == list(source.class_names)
+    return len(classes) == source.num_classes
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming statistics
+
+
+class AbsHistogram:
+    """Counts of ``|x|`` in ``bins`` equal bins over ``[0, limit)``; memory is fixed whatever the data."""
+
+    def __init__(self, bins: int = NUM_BINS) -> None:
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.limit = 0.0
+
+    def add(self, magnitudes: np.ndarray, amax: float) -> None:
+        """Add flat ``|x|`` values whose maximum is ``amax`` (known to the caller already)."""
+        bins = len(self.counts)
+        if amax > self.limit:
+            self._grow(amax)
+        if self.limit == 0.0:
+            self.counts[0] += magnitudes.size
+            return
+        index = (magnitudes * np.float32(bins / self.limit)).astype(np.int32)
+        np.minimum(index, bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=bins)
+
+    def _grow(self, amax: float) -> None:
+        """Double the range until it covers ``amax``, summing bin pairs: old edges stay new edges."""
+        if self.limit == 0.0:
+            zeros = int(self.counts.sum())  # values seen so far were all 0
+            self.limit = float(amax)
+            self.counts[:] = 0
+            self.counts[0] = zeros
+            return
+        bins = len(self.counts)
+        factor = 2 ** max(1, math.ceil(math.log2(amax / self.limit)))
+        while self.limit * factor < amax:  # float rounding in log2
+            factor *= 2
+        merged = np.zeros(bins, dtype=np.int64)
+        if factor < bins:
+            merged[: bins // factor] = self.counts.reshape(bins // factor, factor).sum(axis=1)
+        else:
+            merged[0] = self.counts.sum()
+        self.counts = merged
+        self.limit *= factor
+
+    def edge(self, index: int) -> float:
+        return self.limit * index / len(self.counts)
+
+    def percentile_amax(self, percentile: float) -> float:
+        """The upper edge of the bin where the cumulative share of ``|x|`` reaches ``percentile``."""
+        total = self.counts.sum()
+        if total == 0 or self.limit == 0.0:
+            return 0.0
+        cdf = np.cumsum(self.counts) / total
+        index = int(np.searchsorted(cdf, percentile / 100.0))
+        return self.edge(min(index + 1, len(self.counts)))
+
+    def entropy_amax(self, quantized_bins: int = QUANTIZED_BINS) -> float:
+        """TensorRT's entropy calibration: the clip that minimizes KL(P || Q) of |x| quantized to 128 levels.
+
+        As in NVIDIA's pytorch-quantization, bin 0 is set to bin 1's count first, so that the mass of
+        exact zeros after a ReLU does not decide the threshold, and the last of equal minima wins.
+        """
+        counts = self.counts.astype(np.float64)
+        if counts.sum() == 0 or self.limit == 0.0:
+            return 0.0
+        counts[0] = counts[1]
+        tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = counts[i:].sum()
+        best_i, best_kl = len(counts), math.inf
+        for i in range(quantized_bins, len(counts) + 1):
+            head = counts[:i]
+            reference = head.copy()
+            reference[-1] += tail[i]
+            group = np.arange(i) * quantized_bins // i
+            nonzero = head != 0
+            sums = np.bincount(group, weights=head, minlength=quantized_bins)
+            members = np.bincount(group, weights=nonzero, minlength=quantized_bins)
+            average = np.divide(sums, members, out=np.zeros_like(sums), where=members > 0)
+            candidate = np.where(nonzero, average[group], 0.0)
+            kl = _kl_divergence(reference, candidate)
+            if kl <= best_kl:
+                best_i, best_kl = i, kl
+        return self.edge(best_i)
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p_total, q_total = p.sum(), q.sum()
+    if p_total == 0 or q_total == 0:
+        return math.inf
+    p, q = p / p_total, q / q_total
+    support = p > 0
+    if np.any(q[support] == 0):
+        return math.inf
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+@dataclass
+class TensorStats:
+    """Running range of one tensor, with a histogram of ``|x|`` where the tensor may be quantized."""
+
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    histogram: AbsHistogram | None = None
+
+    def add(self, values: np.ndarray) -> None:
+        low, high = float(values.min()), float(values.max())
+        self.minimum = min(self.minimum, low)
+        self.maximum = max(self.maximum, high)
+        if math.isnan(low) or math.isnan(high):
+            self.minimum = self.maximum = math.nan
+        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
+            self.histogram.add(np.abs(values).ravel(), max(abs(low), abs(high)))
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.minimum), abs(self.maximum))
+
+    def amax(self, method: str, percentile: float) -> float:
+        if method == "minmax" or self.histogram is None:
+            return self.max_abs
+        if method == "percentile":
+            return min(self.histogram.percentile_amax(percentile), self.max_abs)
+        return min(self.histogram.entropy_amax(), self.max_abs)
+
+
+def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
+    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per sample.
+
+    The byte count comes from shape inference and is None where a shape is not known.
+    """
+    from onnx import TensorProto, shape_inference
+
+    constant = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:  # Constant nodes and Identity of an initializer are constants too
+        if node.op_type == "Constant" or (node.input and all(name in constant for name in node.input if name)):
+            constant.update(node.output)
+    inferred = shape_inference.infer_shapes(model).graph
+    types = {value.name: value.type.tensor_type for value in [*inferred.input, *inferred.value_info, *inferred.output]}
+    names = [value.name for value in model.graph.input] + [name for node in model.graph.node for name in node.output]
+    tensors = [
+        name
+        for name in names
+        if name and name not in constant and name in types and types[name].elem_type == TensorProto.FLOAT
+    ]
+    wanted = set(tensors)
+    histogram = {
+        name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
+    }
+    per_sample: int | None = 0
+    for name in tensors:
+        dims = [d.dim_value for d in types[name].shape.dim[1:]]
+        if not types[name].HasField("shape") or any(d <= 0 for d in dims):
+            per_sample = None
+            break
+        per_sample += 4 * math.prod(dims)
+    return tensors, [name for name in tensors if name in histogram], per_sample
+
+
+def collect_statistics(
+    model_path: str | Path,
+    dataset: Dataset,
+    log: Log = print,
+    batch_bytes: int = BATCH_BYTES,
+) -> tuple[dict[str, TensorStats], int]:
+    """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
+
+    Every batch's activations are folded into fixed-size statistics and released before the next
+    batch is decoded, so memory depends on the batch size (chosen to fetch about ``batch_bytes``),
+    never on the number of images.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = load_onnx(model_path)
+    tensors, histogram, per_sample = activation_tensors(model)
+    graph_inputs = {value.name for value in model.graph.input}
+    fetched = [name for name in tensors if name not in graph_inputs]
+    outputs = {value.name for value in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
+    batch_size = MAX_BATCH if per_sample is None else max(1, min(MAX_BATCH, batch_bytes // max(per_sample, 1)))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
+    del model
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise BadInputError(f"{model_path} must have one NCHW image input; found {[i.name for i in inputs]}")
+    feed = inputs[0]
+    static_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
+    batch_size = static_batch or batch_size
+    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
+
+    seen = 0
+    with progress(dataset.count, f"calibrating on {dataset.count} samples") as advance:
+        for batch in dataset.batches(batch_size):
+            images = batch.images
+            _check_fits(feed, images, model_path)
+            real = len(images)
+            if static_batch and real < static_batch:  # pad, then drop the padding's activations below
+                images = np.concatenate([images, np.zeros((static_batch - real, *images.shape[1:]), images.dtype)])
+            values = session.run(fetched, {feed.name: images})
+            stats[feed.name].add(images[:real])
+            for name, value in zip(fetched, values, strict=True):
+                stats[name].add(np.asarray(value)[:real])
+            del values
+            seen += real
+            advance(real)
+    skipped = dataset.skipped_summary()
+    if skipped:
+        log(f"warning: {skipped}")
+    return stats, seen + len(dataset.skipped)
+
+
+def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:
+    """Refuse a model whose fixed C, H or W differ from the preprocessed data (a file swapped behind the manifest)."""
+    declared = feed.shape[1:]
+    if any(isinstance(d, int) and d != actual for d, actual in zip(declared, images.shape[1:], strict=True)):
+        raise BadInputError(
+            f"{model_path} takes input {feed.name!r} of shape {feed.shape}, but its model's preprocessing gives "
+            f"{'x'.join(map(str, images.shape[1:]))} images; the file does not fit its manifest entry: export again"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The saved result
+
+
+@dataclass
+class Calibration:
+    """Per-tensor ranges from one calibration run and what they were computed from."""
+
+    model_sha256: str
+    fingerprint: str
+    description: str
+    count: int
+    consumed: int
+    method: str
+    percentile: float
+    tensors: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    created: str = ""
+
+    def amax(self, name: str) -> float:
+        """The calibrated clip for a quantized tensor: ``|x|`` above it saturates."""
+        try:
+            return self.tensors[name]["amax"]
+        except KeyError:
+            raise BadInputError(
+                f"{CALIBRATION_NAME} has no range for tensor {name!r}; delete it and run again"
+            ) from None
+
+    def max_abs(self, name: str) -> float | None:
+        entry = self.tensors.get(name)
+        return None if entry is None else max(abs(entry["min"]), abs(entry["max"]))
+
+    def stale_reason(self, model_sha256: str, dataset: Dataset, method: str, percentile: float) -> str | None:
+        """Why this calibration does not fit a request, or None when it does."""
+        if self.model_sha256 != model_sha256:
+            return "model.onnx changed"
+        if self.fingerprint != dataset.fingerprint or self.count != dataset.count:
+            return f"it was made on other data ({self.description})"
+        if self.method != method:
+            return f"it was made with --calib-method {self.method}"
+        if method == "percentile" and self.percentile != percentile:
+            return f"it was made with --percentile {self.percentile}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibration:
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise ValueError("not a calibration file of this version")
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+def calibrate(
+    directory: str | Path,
+    model_path: str | Path,
+    dataset: Dataset,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    log: Log = print,
+) -> Calibration:
+    """Calibrate ``model_path`` on ``dataset`` or reuse ``DIR/calibration.json`` when it was made for the same.
+
+    Same means the same model.onnx (sha256), the same data (fingerprint and count) and the same
+    method (and percentile); a file made for anything else is recomputed, and the log says why.
+    """
+    check_method(method, percentile)
+    path = Path(directory) / CALIBRATION_NAME
+    model_sha = sha256_file(model_path)
+    if path.exists():
+        try:
+            saved = Calibration.from_dict(read_json(path))
+            reason = saved.stale_reason(model_sha, dataset, method, percentile)
+        except (BadInputError, ValueError, KeyError, TypeError):
+            reason = "it is unreadable"
+        if reason is None:
+            log(f"reusing {path} ({saved.method}, {saved.count} samples of {saved.description})")
+            return saved
+        log(f"{path} is stale ({reason}); calibrating again")
+    started = time.perf_counter()
+    stats, consumed = collect_statistics(model_path, dataset, log)
+    tensors = {}
+    for name, stat in stats.items():
+        entry = {"min": stat.minimum, "max": stat.maximum}
+        if stat.histogram is not None:
+            entry["amax"] = stat.amax(method, percentile)
+        tensors[name] = entry
+    result = Calibration(
+        model_sha256=model_sha,
+        fingerprint=dataset.fingerprint,
+        description=dataset.description,
+        count=dataset.count,
+        consumed=consumed,
+        method=method,
+        percentile=percentile,
+        tensors=tensors,
+        seconds=round(time.perf_counter() - started, 2),
+        created=now_iso(),
+    )
+    write_json(path, result.to_dict())
+    log(f"calibrated {len(stats)} tensors ({method}) on {dataset.description} in {result.seconds:.1f} s; wrote {path}")
+    return result
+
+
+def check_method(method: str, percentile: float) -> None:
+    if method not in METHODS:
+        raise BadInputError(f"unknown --calib-method {method!r}; choose one of: {', '.join(METHODS)}")
+    if not 50.0 < percentile <= 100.0:
+        raise BadInputError(f"--percentile must be in (50, 100], got {percentile}")

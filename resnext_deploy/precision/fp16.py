@@ -1,0 +1,96 @@
+"""FP16 ONNX following NVIDIA ModelOpt's AutoCast.
+
+Everything in float16 with float32 graph I/O, except nodes whose inputs or outputs reached more than
+``FP16_DATA_MAX`` in magnitude on the calibration data (ModelOpt's default ``data_max``, a 128x
+margin below float16's 65504) or that hold an initializer beyond float16: those stay float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import (
+    Calibration,
+)
+from .graph import tag_model, toposort, untie_initializers
+
+FP16_DATA_MAX = 512.0
+FP16_INIT_MAX = 65504.0
+
+
+def overflow_nodes(model, calibration: Calibration, data_max: float = FP16_DATA_MAX) -> list[str]:
+    """Nodes that must stay FP32: an input or output over ``data_max`` (or non-finite) on the calibration
+    data, or a float initializer beyond float16's range."""
+    from onnx import TensorProto, numpy_helper
+
+    big_initializers = {
+        init.name
+        for init in model.graph.initializer
+        if init.data_type == TensorProto.FLOAT and np.abs(numpy_helper.to_array(init)).max(initial=0) > FP16_INIT_MAX
+    }
+    blocked = []
+    for node in model.graph.node:
+        for name in (*node.input, *node.output):
+            magnitude = calibration.max_abs(name)
+            if name in big_initializers or (magnitude is not None and not magnitude <= data_max):
+                blocked.append(node.name)
+                break
+    return blocked
+
+
+def to_float16(model, blocked: set[str]):
+    """Float16 everywhere but ``blocked`` nodes; float32 graph I/O; each Cast where types meet."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    untie_initializers(model, blocked)
+    model = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(blocked))
+    _drop_cast_round_trips(model.graph, blocked)
+    toposort(model.graph)
+    return model
+
+
+def _drop_cast_round_trips(graph, blocked: set[str]) -> None:
+    """Remove float32 -> float16 -> float32 Cast pairs the converter puts between two FP32 nodes.
+
+    It casts every blocked node's output to float16 and back for a blocked consumer; a value kept
+    in float32 because it is too large for float16 must not pass through float16 on the way.
+    """
+    from onnx import TensorProto
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producers = {name: node for node in graph.node for name in node.output}
+    float_inputs = {v.name for v in graph.input if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        up = producers.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
+        if up is None or cast_to(up) != TensorProto.FLOAT16:
+            continue
+        source = up.input[0]
+        if source in float_inputs or (source in producers and producers[source].name in blocked):
+            renamed[node.output[0]] = source
+    graph_outputs = {v.name for v in graph.output}
+    keep = [node for node in graph.node if not (cast_to(node) is not None and node.output[0] in renamed)]
+    for node in keep:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    used = {name for node in keep for name in node.input} | graph_outputs
+    keep = [n for n in keep if not (cast_to(n) == TensorProto.FLOAT16 and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    produced = {name for node in keep for name in node.output}
+    stale = [v for v in graph.value_info if v.name not in produced]
+    for value in stale:
+        graph.value_info.remove(value)
+
+
+def fp16_model(model, calibration: Calibration, data_max: float = FP16_DATA_MAX):
+    """The FP16 graph and the nodes kept FP32 because they would overflow float16 on the calibration data."""
+    blocked = overflow_nodes(model, calibration, data_max)
+    model = to_float16(model, set(blocked))
+    tag_model(model, "fp16", {"fp32_nodes": blocked, "fp16_data_max": data_max})
+    return model, blocked
+
+
+# ----------------------------------------------------------------------------------------------
+# INT8

@@ -1,0 +1,266 @@
+"""INT8 explicit Q/DQ ONNX following TensorRT's placement recommendations and what ModelOpt emits for ResNets.
+
+* every Conv and the classifier (Gemm/MatMul): a DequantizeLinear feeds both the data input
+  (per-tensor scale from calibration) and the weight (INT8 initializer, per-output-channel scales);
+* a residual Add gets Q/DQ on its shortcut input only, the Conv branch stays float, so TensorRT fuses
+  Conv + Add(DQ residual) into one INT8 kernel (ModelOpt's ``build_non_residual_input_map``: the
+  input on the longer path from the common ancestor is the Conv branch);
+* symmetric INT8: every zero point is an int8 0, weights in [-127, 127];
+* biases stay float and are never quantized (TensorRT rejects a DequantizeLinear on an INT32 bias:
+  onnx/onnx-tensorrt#850; ONNX Runtime's quantize_static quantizes them: microsoft/onnxruntime#17738);
+* no Q/DQ on Conv outputs (TensorRT fuses the following ReLU/Add and quantizes at the next Q);
+* what is not quantized runs in float16 (``high_precision="fp16"``) or float32, graph I/O float32.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BadInputError
+from .calibration import (
+    Calibration,
+)
+from .fp16 import FP16_DATA_MAX, overflow_nodes, to_float16
+from .graph import tag_model, toposort
+
+INT8_MAX = 127
+QDQ_OPSET = 19  # DequantizeLinear with float16 scales (and output) needs opset 19
+HIGH_PRECISIONS = ("fp16", "fp32")
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class QdqPlan:
+    """Where INT8 goes: weighted nodes, the activation tensors that get Q/DQ, and for which consumers."""
+
+    weighted: list[str] = field(default_factory=list)
+    residual_adds: list[str] = field(default_factory=list)
+    consumers: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> (node, input index)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+
+
+def qdq_plan(model, calibration: Calibration, exclude: tuple[str, ...] = ()) -> QdqPlan:
+    """Decide which nodes and tensors get Q/DQ (see the module docstring for the rules)."""
+    graph = model.graph
+    names = [node.name for node in graph.node]
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            example = next((n for n in names if "conv" in n.lower()), names[0] if names else "")
+            raise BadInputError(f"--exclude {pattern!r} matches no node; node names look like {example!r}")
+    excluded = {name for name in names if any(fnmatch.fnmatchcase(name, p) for p in exclude)}
+    initializers = {init.name for init in graph.initializer}
+    plan = QdqPlan()
+    consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for node in graph.node:
+        if (
+            node.op_type in WEIGHTED_OPS
+            and node.name not in excluded
+            and len(node.input) > 1
+            and node.input[1] in initializers
+            and node.input[0] not in initializers
+            and _weight_axis(node) is not None
+        ):
+            plan.weighted.append(node.name)
+            consumers[node.input[0]].append((node.name, 0))
+    quantized = set(plan.weighted)
+    producers = {name: node for node in graph.node for name in node.output}
+    for node in graph.node:
+        if node.op_type == "Add" and node.name not in excluded:
+            index = _residual_input(node, producers, quantized, initializers)
+            if index is not None:
+                plan.residual_adds.append(node.name)
+                consumers[node.input[index]].append((node.name, index))
+    for tensor in consumers:
+        if not math.isfinite(calibration.amax(tensor)):
+            raise BadInputError(f"model.onnx computes non-finite values in {tensor} on the calibration data")
+    plan.consumers = dict(consumers)
+    return plan
+
+
+def _weight_axis(node) -> int | None:
+    """The output-channel axis of a weight: Conv [K, C, kh, kw] and Gemm with transB [N, K]: 0; [K, N]: 1."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1  # MatMul
+
+
+def _residual_input(add, producers: dict, quantized: set[str], initializers: set[str]) -> int | None:
+    """The index of the residual Add input that takes Q/DQ (the shortcut), or None if it is no residual Add.
+
+    The other input must come straight from a quantized Conv, so that TensorRT fuses Conv + Add.
+    When both come from Convs (a downsampling block), the Conv on the longer path from the common
+    ancestor is the block's main branch; the shortcut Conv's output gets Q/DQ.
+    """
+    if len(add.input) != 2 or any(name in initializers for name in add.input):
+        return None
+    parents = [producers.get(name) for name in add.input]
+    if any(p is None for p in parents):
+        return None
+    is_conv = [p.op_type == "Conv" and p.name in quantized for p in parents]
+    if not any(is_conv):
+        return None
+    if all(is_conv):
+        depth = _depths_to_common_ancestor(parents[0], parents[1], producers)
+        if depth is None or depth[0] == depth[1]:
+            return None
+        main = 0 if depth[0] > depth[1] else 1
+    else:
+        main = 0 if is_conv[0] else 1
+        if parents[main].name in _ancestors(parents[1 - main], producers):
+            return None  # the Conv also feeds the other input: not a shortcut
+    return 1 - main
+
+
+def _ancestors(node, producers: dict) -> dict[str, int]:
+    """Every ancestor node's name with its distance (in nodes) from ``node``, ``node`` itself at 0."""
+    distance = {node.name: 0}
+    frontier = [node]
+    while frontier:
+        following = []
+        for current in frontier:
+            for name in current.input:
+                parent = producers.get(name)
+                if parent is not None and parent.name not in distance:
+                    distance[parent.name] = distance[current.name] + 1
+                    following.append(parent)
+        frontier = following
+    return distance
+
+
+def _depths_to_common_ancestor(a, b, producers: dict) -> tuple[int, int] | None:
+    up_a, up_b = _ancestors(a, producers), _ancestors(b, producers)
+    common = set(up_a) & set(up_b)
+    if not common:
+        return None
+    lowest = min(common, key=lambda name: up_a[name] + up_b[name])
+    return up_a[lowest], up_b[lowest]
+
+
+def _scale_floor(dtype) -> float:
+    """The smallest scale allowed: the type's smallest normal number, so no scale is 0, subnormal or 1/0."""
+    return float(np.finfo(dtype).tiny)
+
+
+def quantize_weight(weight: np.ndarray, axis: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel INT8 in [-127, 127]: ``(q, scale)`` with ``q * scale ~= weight`` along ``axis``.
+
+    A dead (all-zero) channel gets the floor scale rather than 0, and its values quantize to 0.
+    """
+    channels = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(channels).max(axis=1).astype(np.float64)
+    scale = np.maximum(amax / INT8_MAX, _scale_floor(scale_dtype)).astype(scale_dtype)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.astype(np.float64).reshape(shape)), -INT8_MAX, INT8_MAX)
+    return q.astype(np.int8), scale
+
+
+def activation_scale(amax: float, scale_dtype=np.float32) -> np.ndarray:
+    """The per-tensor scale that maps ``amax`` to 127, floored so that it is never 0."""
+    return np.asarray(max(amax / INT8_MAX, _scale_floor(scale_dtype)), dtype=scale_dtype)
+
+
+def int8_model(
+    model,
+    calibration: Calibration,
+    exclude: tuple[str, ...] = (),
+    high_precision: str = "fp16",
+    data_max: float = FP16_DATA_MAX,
+):
+    """The Q/DQ graph, the nodes kept FP32, and the plan it followed."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if high_precision not in HIGH_PRECISIONS:
+        raise BadInputError(f"--high-precision must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_OPSET:
+        props = list(model.metadata_props)
+        model = onnx.version_converter.convert_version(model, QDQ_OPSET)
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)
+    plan = qdq_plan(model, calibration, exclude)
+    half = high_precision == "fp16"
+    blocked = set(overflow_nodes(model, calibration, data_max)) if half else set()
+    graph = model.graph
+    nodes = {node.name: node for node in graph.node}
+    initializers = {init.name: init for init in graph.initializer}
+    new_nodes: list = []
+    new_inits: list = []
+
+    def scale_type(node_names) -> type:
+        return np.float16 if half and not (set(node_names) & blocked) else np.float32
+
+    for tensor, slots in plan.consumers.items():
+        # consumers kept FP32 get their own pair, with float32 scales, so each DQ feeds its node directly
+        groups: dict[bool, list[tuple[str, int]]] = defaultdict(list)
+        for slot in slots:
+            groups[slot[0] in blocked].append(slot)
+        for is_blocked, group in groups.items():
+            base = f"{tensor}_fp32" if is_blocked and len(groups) > 1 else tensor
+            dtype = np.float32 if is_blocked or not half else np.float16
+            scale = activation_scale(calibration.amax(tensor), dtype)
+            new_inits += [
+                numpy_helper.from_array(scale, f"{base}_scale"),
+                numpy_helper.from_array(np.zeros((), np.int8), f"{base}_zero_point"),
+            ]
+            quant, dequant = f"{base}_QuantizeLinear", f"{base}_DequantizeLinear"
+            zero = [f"{base}_scale", f"{base}_zero_point"]
+            new_nodes += [
+                helper.make_node("QuantizeLinear", [tensor, *zero], [f"{quant}_Output"], name=quant),
+                helper.make_node("DequantizeLinear", [f"{quant}_Output", *zero], [f"{dequant}_Output"], name=dequant),
+            ]
+            if is_blocked:
+                blocked.update({quant, dequant})
+            for node_name, index in group:
+                nodes[node_name].input[index] = f"{dequant}_Output"
+
+    for node_name in plan.weighted:
+        node = nodes[node_name]
+        weight_name = node.input[1]
+        axis = _weight_axis(node)
+        weight = numpy_helper.to_array(initializers[weight_name])
+        q, scale = quantize_weight(weight, axis, scale_type([node_name]))
+        base = f"{weight_name}_{node_name}" if sum(weight_name in n.input for n in graph.node) > 1 else weight_name
+        dequant = f"{base}_DequantizeLinear"
+        new_inits += [
+            numpy_helper.from_array(q, f"{base}_quantized"),
+            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+        ]
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                [f"{dequant}_Output"],
+                name=dequant,
+                axis=axis,
+            )
+        )
+        if node_name in blocked:
+            blocked.add(dequant)
+        node.input[1] = f"{dequant}_Output"
+
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    fp32_nodes = sorted(name for name in blocked if name in nodes)
+    if half:
+        model = to_float16(model, blocked)
+    else:
+        toposort(model.graph)
+    tag_model(model, "int8", {"high_precision": high_precision, "fp32_nodes": fp32_nodes, "exclude": list(exclude)})
+    return model, fp32_nodes, plan

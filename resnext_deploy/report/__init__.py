@@ -1,0 +1,222 @@
+"""One page for a review: DIR/report.md and DIR/report.json, built only from the JSON files in DIR.
+
+Every number comes from ``manifest.json``, ``verify.json`` and ``bench.json`` as written, so the
+report cannot disagree with them; a step that did not run is shown as such, with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json, write_text
+from ..errors import BadInputError
+from ..evaluate.bench import BENCH_JSON, BENCH_PNG, bench_table
+from ..evaluate.verify import VERIFY_JSON, verify_table
+from ..ui import markdown_table
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+
+def write_report(
+    directory: str | Path,
+    log: Callable[[str], None] = print,
+    skipped: Mapping[str, str] | None = None,
+) -> Path:
+    """Write DIR/report.md and DIR/report.json; return the Markdown path.
+
+    ``skipped`` maps a step (e.g. ``"tensorrt"``) to why it did not run; steps recorded in the
+    manifest under ``"skipped"`` (the same mapping) are included too.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST_NAME).exists():
+        raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `resnext-deploy export --dir {directory}` first")
+    manifest = Manifest(directory)
+    verify = _optional_json(directory / VERIFY_JSON)
+    bench = _optional_json(directory / BENCH_JSON)
+    steps = {**manifest.data.get("skipped", {}), **(skipped or {})}
+    report = build_report(manifest, verify, bench, steps, (directory / BENCH_PNG).exists())
+    write_json(directory / REPORT_JSON, report)
+    path = directory / REPORT_MD
+    write_text(path, render_markdown(report))
+    log(f"wrote {path} and {directory / REPORT_JSON}")
+    return path
+
+
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.exists() else None
+
+
+def build_report(
+    manifest: Manifest,
+    verify: dict[str, Any] | None,
+    bench: dict[str, Any] | None,
+    steps: Mapping[str, str],
+    has_plot: bool,
+) -> dict[str, Any]:
+    """The content of report.json: the manifest's artifacts, verify's and bench's results as written."""
+    fp32 = manifest.entry("model.onnx")
+    artifacts = [
+        {
+            "file": name,
+            "precision": entry.get("precision"),
+            "size_bytes": entry.get("size_bytes"),
+            "sha256": entry.get("sha256"),
+            "parent_sha256": entry.get("parent_sha256"),
+            "created": entry.get("created"),
+        }
+        for name, entry in manifest.artifacts.items()
+    ]
+    skipped = [{"step": step, "reason": reason} for step, reason in steps.items()]
+    runners: dict[tuple[str, str], list[str]] = {}  # (runner, reason) -> the commands that skipped it
+    for name, source in (("verify", verify), ("bench", bench)):
+        for entry in (source or {}).get("skipped", []):
+            runner = f"{entry['backend']}-{entry['device']}:{entry['precision']}"
+            runners.setdefault((runner, entry["reason"]), []).append(name)
+    skipped += [{"step": f"{runner} ({', '.join(names)})", "reason": why} for (runner, why), names in runners.items()]
+    if verify is None:
+        skipped.append({"step": "verify", "reason": f"no {VERIFY_JSON} in the directory"})
+    if bench is None:
+        skipped.append({"step": "bench", "reason": f"no {BENCH_JSON} in the directory"})
+    return {
+        "created": now_iso(),
+        "model": fp32["options"].get("source") if fp32 else None,
+        "artifacts": artifacts,
+        "verify": None if verify is None else {k: verify.get(k) for k in ("passed", "reference", "results")},
+        "bench": None
+        if bench is None
+        else {
+            "settings": bench.get("settings"),
+            "results": bench["results"],
+            "warnings": bench.get("warnings", []),
+            "plot": BENCH_PNG if has_plot else None,
+        },
+        "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(bench["results"]),
+        "skipped": skipped,
+        "stale": _stale(manifest, {VERIFY_JSON: verify, BENCH_JSON: bench}),
+        "machine": (bench or verify or {}).get("machine"),
+    }
+
+
+def _stale(manifest: Manifest, sources: Mapping[str, dict[str, Any] | None]) -> list[str]:
+    """Results measured on a file that has changed (or gone) since: the report says so instead of passing them off."""
+    stale = []
+    for name, data in sources.items():
+        for artifact, sha256 in ((data or {}).get("artifacts") or {}).items():
+            entry = manifest.entry(artifact)
+            if entry is None or entry["sha256"] != sha256:
+                stale.append(f"{name} was measured on an earlier {artifact}; run {name.split('.')[0]} again")
+    return stale
+
+
+def _runtime_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ONNX Runtime FP32 against torch FP32 on the CPU at each batch size, as bench measured it."""
+    torch = {
+        r["batch_size"]: r for r in rows if (r["backend"], r["precision"], r["device"]) == ("torch", "fp32", "cpu")
+    }
+    return [
+        {
+            "batch_size": r["batch_size"],
+            "onnxruntime_median_ms": r["median_ms"],
+            "torch_median_ms": torch[r["batch_size"]]["median_ms"],
+            "speedup": r["speedup_vs_reference"],
+        }
+        for r in rows
+        if (r["backend"], r["precision"], r["device"]) == ("onnxruntime", "fp32", "cpu") and r["batch_size"] in torch
+    ]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """report.md from the content of report.json."""
+    model = report["model"] or {}
+    out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
+    out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
+    out += [f"\n**Out of date:** {line}." for line in report["stale"]]
+    if model:
+        weights = model.get("checkpoint") or "random initialisation (seed 0)"
+        out += ["", f"Model: `{model['arch']}`, {model['num_classes']} classes, {model['image_size']} px input."]
+        out.append(f"Weights: {weights}.")
+    out += ["", "## Artifacts", ""]
+    out.append(
+        markdown_table(
+            ["file", "precision", "size", "sha256", "made from (sha256)"],
+            [
+                [
+                    a["file"],
+                    a["precision"] or "-",
+                    _size(a["size_bytes"]),
+                    f"`{(a['sha256'] or '')[:12]}`",
+                    f"`{a['parent_sha256'][:12]}`" if a["parent_sha256"] else "-",
+                ]
+                for a in report["artifacts"]
+            ],
+        )
+    )
+    out += _verify_section(report["verify"])
+    out += _bench_section(report["bench"], report["onnxruntime_vs_torch"])
+    if report["skipped"]:
+        out += ["", "## Skipped", ""]
+        for step in report["skipped"]:
+            first, *commands = step["reason"].split("\n")  # later lines are commands to run elsewhere
+            out.append(f"- {step['step']}: {first}")
+            if commands:
+                out += ["", "  ```", *(f"  {command}" for command in commands), "  ```"]
+    if report["machine"]:
+        out += ["", "## Machine", ""]
+        out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report["machine"].items()]))
+    return "\n".join(out) + "\n"
+
+
+def _verify_section(verify: Mapping[str, Any] | None) -> list[str]:
+    out = ["", "## Parity and accuracy", ""]
+    if verify is None:
+        return [*out, "verify did not run."]
+    reference = verify["reference"]
+    out.append(f"Result: **{'passed' if verify['passed'] else 'FAILED'}**.")
+    out.append(f"Data: {reference['data']}; the same images through every runner.")
+    if reference.get("accuracy") is not None:
+        out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference['accuracy']:.2f}%.")
+    if reference.get("failures"):
+        out.append(f"Reference problems: {'; '.join(reference['failures'])}.")
+    out += ["", markdown_table(*verify_table(verify)), "", "Tolerances applied:", ""]
+    tolerances = {r["precision"]: r["tolerance"] for r in verify["results"]}
+    for precision, tolerance in tolerances.items():
+        used = ", ".join(f"{k} {v}" for k, v in tolerance.items() if v is not None)
+        out.append(f"- {precision}: {used}")
+    return out
+
+
+def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]) -> list[str]:
+    out = ["", "## Latency and throughput", ""]
+    if bench is None:
+        return [*out, "bench did not run."]
+    settings = bench.get("settings") or {}
+    if settings:
+        out.append(
+            f"Warm-up {settings['warmup_ms']:g} ms, then at least {settings['duration_s']:g} s and "
+            f"{settings['min_iterations']} iterations per row, runners interleaved over {settings['rounds']} rounds; "
+            "speedup is torch fp32's median on the same device at the same batch size over the row's median."
+        )
+        out.append("")
+    for ratio in ratios:
+        out.append(
+            f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio['batch_size']}: "
+            f"{ratio['speedup']:.2f}x (median {ratio['onnxruntime_median_ms']:.3f} ms vs "
+            f"{ratio['torch_median_ms']:.3f} ms)"
+        )
+    if ratios:
+        out.append("")
+    out.append(markdown_table(*bench_table(bench["results"])))
+    if bench.get("plot"):
+        out += ["", f"![median latency and throughput against batch size]({bench['plot']})"]
+    if bench["warnings"]:
+        out += ["", "Warnings:", ""] + [f"- {w}" for w in bench["warnings"]]
+    return out
+
+
+def _size(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return "-"
+    return f"{size_bytes / 1e6:.2f} MB" if size_bytes >= 1e5 else f"{size_bytes / 1e3:.1f} kB"

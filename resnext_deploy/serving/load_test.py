@@ -1,0 +1,299 @@
+"""A closed-loop load test of a running Triton server through ``tritonclient`` (HTTP or gRPC)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import now_iso, write_json, write_text
+from ..errors import BackendUnavailableError, BadInputError
+from .triton_repo import INSTALL_HINT
+
+
+@dataclass
+class LoadRow:
+    """One concurrency level of a load test; latencies are per request, client side, in milliseconds."""
+
+    url: str
+    protocol: str
+    model: str
+    concurrency: int
+    batch_size: int
+    duration_s: float
+    requests: int
+    errors: int
+    requests_per_s: float
+    images_per_s: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+    first_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
+    """``host:port`` and the protocol; a ``grpc://`` or ``http://`` prefix decides the protocol."""
+    match = re.match(r"^(https?|grpc)://", url)
+    if match:
+        scheme = "grpc" if match.group(1) == "grpc" else "http"
+        if protocol is not None and protocol != scheme:
+            raise BadInputError(f"--protocol {protocol} contradicts the URL {url}")
+        return url[match.end() :].rstrip("/"), scheme
+    protocol = protocol or "http"
+    if protocol not in ("http", "grpc"):
+        raise BadInputError(f"protocol must be http or grpc, got {protocol!r}")
+    return url.rstrip("/"), protocol
+
+
+class _Client:
+    """The same few calls over tritonclient's HTTP and gRPC clients; one per thread."""
+
+    def __init__(self, protocol: str, address: str, timeout_s: float) -> None:
+        try:
+            if protocol == "http":
+                import tritonclient.http as module
+
+                self.client = module.InferenceServerClient(
+                    address, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
+            else:
+                import tritonclient.grpc as module
+
+                self.client = module.InferenceServerClient(address)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"the Triton load test needs tritonclient[{protocol}] ({exc.name} is missing); {INSTALL_HINT}"
+            ) from None
+        self.module = module
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+
+    def metadata(self, model: str) -> tuple[str, list[int], str, str]:
+        """Input name, input shape (-1 for the batch), input datatype, output name."""
+        if self.protocol == "grpc":
+            meta = self.client.get_model_metadata(model, as_json=True)
+        else:
+            meta = self.client.get_model_metadata(model)
+        if len(meta["inputs"]) != 1 or not meta["outputs"]:
+            raise BadInputError(f"model {model} must have one input and an output; it has {meta['inputs']}")
+        first = meta["inputs"][0]
+        return first["name"], [int(d) for d in first["shape"]], first["datatype"], meta["outputs"][0]["name"]
+
+    def request(self, input_name: str, batch: np.ndarray, datatype: str, output_name: str):
+        tensor = self.module.InferInput(input_name, list(batch.shape), datatype)
+        tensor.set_data_from_numpy(batch)
+        return [tensor], [self.module.InferRequestedOutput(output_name)]
+
+    def infer(self, model: str, inputs, outputs):
+        if self.protocol == "grpc":
+            return self.client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+        return self.client.infer(model, inputs, outputs=outputs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ready_check(client: _Client, address: str, model: str) -> None:
+    try:
+        live = client.client.is_server_live()
+    except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol and version
+        raise BadInputError(f"cannot reach a Triton server at {address}: {str(exc).strip()[:200]}") from None
+    if not live or not client.client.is_model_ready(model):
+        raise BadInputError(f"the Triton server at {address} has no ready model {model!r}")
+
+
+@dataclass(frozen=True)
+class LoadTestSettings:
+    """The load's shape, validated when made: concurrency levels, images per request, and the time window.
+
+    Each level ends after the window or ``max_requests`` requests, whichever comes first, plus at most
+    one request timeout.
+    """
+
+    levels: tuple[int, ...] = (1, 4, 16)
+    batch_size: int = 1
+    duration_s: float = 3.0
+    warmup_s: float = 0.2
+    max_requests: int = 100_000
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(c < 1 for c in self.levels):
+            raise BadInputError(f"concurrency levels must be 1 or more, got {list(self.levels)}")
+        if not 0 < self.duration_s <= 3600:
+            raise BadInputError(f"--duration must be more than 0 and at most 3600 seconds, got {self.duration_s:g}")
+        if self.batch_size < 1 or self.max_requests < 1:
+            raise BadInputError("batch size and max requests must be at least 1")
+
+
+def triton_load_test(
+    url: str,
+    model_name: str,
+    settings: LoadTestSettings | None = None,
+    protocol: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[LoadRow]:
+    """Closed-loop load: per level, ``concurrency`` threads each keep one request in flight.
+
+    A request counts when it finishes inside the measured window (after the warm-up, for the duration).
+    Failed requests are counted, not raised; the first error's text is kept.
+    """
+    settings = settings or LoadTestSettings()
+    batch_size, duration_s, warmup_s = settings.batch_size, settings.duration_s, settings.warmup_s
+    max_requests, timeout_s = settings.max_requests, settings.timeout_s
+    address, protocol = _split_url(url, protocol)
+    probe = _Client(protocol, address, timeout_s)
+    try:
+        _ready_check(probe, address, model_name)
+        input_name, shape, datatype, output_name = probe.metadata(model_name)
+        if shape[0] == -1:
+            shape[0] = batch_size
+        elif shape[0] != batch_size:
+            raise BadInputError(f"model {model_name} takes a fixed batch of {shape[0]}; use --batch-size {shape[0]}")
+        if any(d < 1 for d in shape):
+            raise BadInputError(f"model {model_name} has input shape {shape}; the load test needs fixed image sizes")
+        if datatype != "FP32":
+            raise BadInputError(f"model {model_name} takes {datatype}; the load test sends FP32 images")
+        batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        try:
+            probe.infer(model_name, *probe.request(input_name, batch, datatype, output_name))
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and transport errors
+            raise BadInputError(
+                f"model {model_name} at {address} rejected a request: {str(exc).strip()[:300]}"
+            ) from None
+    finally:
+        probe.close()
+
+    rows = []
+    request = (input_name, batch, datatype, output_name)
+    for concurrency in settings.levels:
+        row = _run_level(
+            url, protocol, address, model_name, request, concurrency, duration_s, warmup_s, max_requests, timeout_s
+        )
+        log(
+            f"triton {model_name} c={concurrency}: {row.requests_per_s:.1f} req/s, {row.images_per_s:.1f} img/s, "
+            f"p50 {_ms(row.p50_ms)}, p99 {_ms(row.p99_ms)} ms, {row.errors} errors"
+        )
+        rows.append(row)
+    return rows
+
+
+def _run_level(
+    url: str,
+    protocol: str,
+    address: str,
+    model: str,
+    request: tuple[str, np.ndarray, str, str],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    max_requests: int,
+    timeout_s: float,
+) -> LoadRow:
+    input_name, batch, datatype, output_name = request
+    per_worker = max(1, -(-max_requests // concurrency))
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    first_error: list[str] = []
+    clients = [_Client(protocol, address, timeout_s) for _ in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+    window: list[float] = []
+
+    def worker(index: int) -> None:
+        client = clients[index]
+        inputs, outputs = client.request(input_name, batch, datatype, output_name)
+        barrier.wait()
+        start, end = window
+        for _ in range(per_worker):
+            begin = time.perf_counter()
+            if begin >= end:
+                break
+            try:
+                client.infer(model, inputs, outputs)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - a failed request is counted, not fatal
+                ok = False
+                if not first_error:
+                    first_error.append(str(exc).strip()[:300])
+            finished = time.perf_counter()
+            if start <= finished <= end:
+                if ok:
+                    latencies[index].append((finished - begin) * 1e3)
+                else:
+                    errors[index] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    now = time.perf_counter()
+    window.extend((now + warmup_s, now + warmup_s + duration_s))
+    barrier.wait()
+    for thread in threads:
+        thread.join(warmup_s + duration_s + timeout_s + 5)
+    for client in clients:
+        client.close()
+    done = np.array([ms for worker_ms in latencies for ms in worker_ms])
+    count = len(done)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(done, q)), 3) if count else None
+
+    return LoadRow(
+        url=url,
+        protocol=protocol,
+        model=model,
+        concurrency=concurrency,
+        batch_size=int(batch.shape[0]),
+        duration_s=duration_s,
+        requests=count,
+        errors=sum(errors),
+        requests_per_s=round(count / duration_s, 2),
+        images_per_s=round(count * batch.shape[0] / duration_s, 2),
+        p50_ms=pct(50),
+        p90_ms=pct(90),
+        p99_ms=pct(99),
+        mean_ms=round(float(done.mean()), 3) if count else None,
+        max_ms=round(float(done.max()), 3) if count else None,
+        first_error=first_error[0] if first_error else None,
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[Path, Path]:
+    """``DIR/bench_triton.json`` and ``DIR/bench_triton.md``; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / "bench_triton.json", directory / "bench_triton.md"
+    write_json(json_path, {"created": now_iso(), "rows": [row.to_dict() for row in rows]})
+    lines = [
+        "# Triton load test",
+        "",
+        "Closed loop: each of `concurrency` clients keeps one request in flight; latency is client side.",
+        "",
+        "| model | protocol | concurrency | batch | requests/s | images/s | p50 ms | p90 ms | p99 ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.protocol} | {r.concurrency} | {r.batch_size} | {r.requests_per_s:.1f} | "
+            f"{r.images_per_s:.1f} | {_ms(r.p50_ms)} | {_ms(r.p90_ms)} | {_ms(r.p99_ms)} | {r.errors} |"
+        )
+    errors = [r for r in rows if r.first_error]
+    if errors:
+        lines += ["", f"First error ({errors[0].model}, concurrency {errors[0].concurrency}): {errors[0].first_error}"]
+    write_text(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path

@@ -1,0 +1,219 @@
+"""A real Triton Inference Server on this machine, via PyTriton, serving the ONNX Runtime runner on the CPU.
+
+PyTriton's wheel ships ``tritonserver`` and its Python backend. Triton batches concurrent requests
+(dynamic batching) and hands each batch to :class:`~resnext_deploy.runners.OnnxRuntimeRunner` in this
+process. The server binds to loopback unless told otherwise. ``pip install 'resnext-deploy[triton]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import socket
+import sysconfig
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import ONNX_FILES, Manifest
+from ..backends.onnxruntime import OnnxRuntimeRunner
+from ..errors import BackendUnavailableError, BadInputError
+from .triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, INSTALL_HINT, MODEL_NAME_RE, default_model_name
+
+EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
+
+
+def _check_numpy() -> None:
+    """Refuse a NumPy that PyTriton does not declare support for.
+
+    Observed with PyTriton 0.7.0 (``numpy<2``) under NumPy 2.x: the model loads, and every response
+    carries an empty output tensor. Pip never installs that pair; a hand-made environment can.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    for text in metadata.requires("nvidia-pytriton") or []:
+        requirement = Requirement(text)
+        if requirement.name == "numpy" and not requirement.specifier.contains(np.__version__, prereleases=True):
+            raise BackendUnavailableError(
+                f"PyTriton {metadata.version('nvidia-pytriton')} needs numpy{requirement.specifier}, but numpy "
+                f"{np.__version__} is installed (its Python backend then answers with empty outputs); "
+                f"{INSTALL_HINT} in a fresh virtual environment installs a matching NumPy"
+            )
+
+
+@contextlib.contextmanager
+def interpreter_libpython_first(log: Callable[[str], None] = print) -> Iterator[None]:
+    """Put this interpreter's ``libpython`` ahead of the system's for the server that starts inside the block.
+
+    Triton's Python backend stub links ``libpython3.X.so.1.0`` dynamically; without help the loader
+    takes the system's copy (e.g. Debian's 3.11.2), whose ABI can differ from the running interpreter's
+    (3.11.7 here), and the model fails to start (``'_thread.RLock' object has no attribute
+    '_recursion_count'``). PyTriton copies ``os.environ`` when it launches ``tritonserver``, and the stubs
+    inherit the server's environment, so the variable is set only while the server starts.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME")
+    if not (sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname and (Path(libdir) / soname).exists()):
+        log(
+            "warning: this Python has no shared libpython; Triton's Python backend will load the system's "
+            f"{soname or 'libpython'}, which must be the same Python version"
+        )
+        yield
+        return
+    before = os.environ.get("LD_LIBRARY_PATH")
+    os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{before}" if before else libdir
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = before
+
+
+def _check_port(flag: str, host: str, port: int) -> None:
+    """Refuse a port that is taken now: tritonserver would exit, and PyTriton wait two minutes to say so."""
+    if not 1 <= port <= 65535:
+        raise BadInputError(f"{flag} must be between 1 and 65535, got {port}")
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BadInputError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another {flag}") from None
+
+
+def _load_error(exc: Exception) -> str:
+    """The first line of a Triton load error and, from the traceback inside it, the line naming the cause."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    causes = [line for line in lines[1:] if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return lines[0][:200] + (f" ... {causes[-1][:200]}" if causes else "")
+
+
+def serve(
+    directory: str | Path,
+    precision: str = "fp32",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instances: int = 1,
+    threads: int | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Serve ``DIR``'s ONNX file of ``precision`` until Ctrl-C or SIGTERM.
+
+    HTTP on ``port``, gRPC on ``grpc_port`` (default port+1), metrics on ``metrics_port`` (default
+    port+2). The model is named like the ``triton-repo`` model of the same file
+    (``<arch>_onnx_<precision>``), so clients and load tests address both alike. ``max_batch_size`` 1
+    switches batching off; ``max_queue_delay_us`` is how long Triton may hold a request to fill a batch.
+    """
+    if precision not in ONNX_FILES:
+        raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
+    grpc_port = port + 1 if grpc_port is None else grpc_port
+    metrics_port = port + 2 if metrics_port is None else metrics_port
+    if len({port, grpc_port, metrics_port}) < 3:
+        raise BadInputError(
+            f"HTTP, gRPC and metrics need three different ports, got {port}, {grpc_port}, {metrics_port}"
+        )
+    if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0:
+        raise BadInputError("--max-batch-size and --instances must be at least 1, --max-queue-delay-us 0 or more")
+    directory = Path(directory)
+    file_name = ONNX_FILES[precision]
+    hint = "run `resnext-deploy export` first" if precision == "fp32" else f"make the {precision} ONNX file first"
+    Manifest(directory).require(file_name, hint)
+    model_name = name or default_model_name(directory, precision)
+    if not MODEL_NAME_RE.match(model_name):
+        raise BadInputError(f"--name {model_name!r} may hold only letters, digits, '_', '-' and '.'")
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise BadInputError(f"--host must be an IP address (or localhost), got {host!r}") from None
+    if not ipaddress.ip_address(host).is_loopback:
+        log(f"warning: binding to {host}: anyone who can reach this address can send requests")
+    for flag, value in (("--port", port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+        _check_port(flag, host, value)
+
+    try:
+        from pytriton.decorators import batch
+        from pytriton.exceptions import PyTritonError
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+        from tritonclient.utils import InferenceServerException
+    except ImportError as exc:
+        raise BackendUnavailableError(f"serve needs PyTriton ({exc.name} is missing); {INSTALL_HINT}") from None
+    _check_numpy()
+
+    runners = [OnnxRuntimeRunner(directory / file_name, precision, threads=threads) for _ in range(instances)]
+    session = runners[0].session
+    image, logits = session.get_inputs()[0], session.get_outputs()[0]
+
+    def make_infer(runner: OnnxRuntimeRunner):
+        @batch
+        def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+            return {logits.name: runner(inputs[image.name])}
+
+        return infer
+
+    config = TritonConfig(
+        http_address=host,
+        http_port=port,
+        grpc_address=host,
+        grpc_port=grpc_port,
+        metrics_address=host,
+        metrics_port=metrics_port,
+        exit_timeout_secs=EXIT_TIMEOUT_S,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with interpreter_libpython_first(log), Triton(config=config) as triton:
+            triton.bind(
+                model_name=model_name,
+                infer_func=[make_infer(r) for r in runners],
+                inputs=[Tensor(name=image.name, dtype=np.float32, shape=tuple(image.shape[1:]))],
+                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=tuple(logits.shape[1:]))],
+                config=ModelConfig(
+                    max_batch_size=max_batch_size,
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us),
+                ),
+                strict=True,
+            )
+            batching = (
+                f"dynamic batching up to {max_batch_size}, queue delay {max_queue_delay_us} us"
+                if max_batch_size > 1
+                else "no batching"
+            )
+            log(
+                f"serving {file_name} as model {model_name!r} ({batching}, {instances} instance(s)) at "
+                f"http://{host}:{port} and grpc://{host}:{grpc_port}; Ctrl-C stops"
+            )
+            triton.serve()
+    except KeyboardInterrupt:
+        pass
+    except (PyTritonError, InferenceServerException) as exc:
+        raise BackendUnavailableError(
+            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log above has the details)"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for runner in runners:
+            runner.close()
+    log("server stopped")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the server the way Ctrl-C does: PyTriton then stops tritonserver and cleans its workspace."""
+    raise KeyboardInterrupt

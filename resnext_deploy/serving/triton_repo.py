@@ -1,0 +1,276 @@
+"""A Triton model repository made from the artifact directory.
+
+One Triton model per artifact (``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for
+engines). Each ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf (shipped by
+``tritonclient``) and printed in protobuf text format, so a field Triton does not know cannot be
+written. ``tritonclient`` is imported where it is used: ``pip install 'resnext-deploy[triton]'``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file
+from ..backends.tensorrt.manifest import read_engine_manifest
+from ..backends.tensorrt.options import BuildOptions
+from ..errors import BackendUnavailableError, BadInputError
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+INSTALL_HINT = "pip install 'resnext-deploy[triton]'"
+# ONNX models batch like an engine built with build-trt's default profile.
+DEFAULT_MAX_BATCH = BuildOptions.max_batch
+DEFAULT_OPT_BATCH = BuildOptions.opt_batch
+DEFAULT_QUEUE_DELAY_US = 100
+ONNX_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+TRT_WORKSPACE_BYTES = 1 << 30
+REPO_FILE_MODE = 0o644  # a repository is shipped: tritonserver often runs as another user than its author
+# Graph I/O types the artifacts can have (onnx.TensorProto names) -> Triton data types.
+ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16"}
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig protobuf module, as ``tritonclient`` ships it."""
+    try:
+        from tritonclient.grpc import model_config_pb2 as module
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"Triton support needs tritonclient[grpc] ({exc.name} is missing); {INSTALL_HINT}"
+        ) from None
+    return module
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output; ``dims`` include the batch dimension, -1 where it is dynamic."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+def onnx_io(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph inputs and outputs of an ONNX file, with Triton data types."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - onnx raises untyped decode errors
+        raise BadInputError(f"cannot read {path} as ONNX: {str(exc).strip()[:200]}") from None
+    initializers = {init.name for init in graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        type_name = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        if type_name not in ONNX_TO_TRITON:
+            raise BadInputError(f"{path}: tensor {value.name!r} has type {type_name}, which Triton cannot serve")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(value.name, ONNX_TO_TRITON[type_name], dims)
+
+    inputs = [spec(v) for v in graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in graph.output]
+
+
+@dataclass(frozen=True)
+class RepoModel:
+    """One model of the repository: where it came from and how Triton should batch it."""
+
+    name: str
+    platform: str  # onnxruntime_onnx | tensorrt_plan
+    artifact: Path
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int  # 0: the graph has a fixed batch and Triton must not batch
+    preferred_batch_sizes: tuple[int, ...]
+    sha256: str
+
+    @property
+    def model_file(self) -> str:
+        return "model.plan" if self.platform == "tensorrt_plan" else "model.onnx"
+
+
+def build_model_config(
+    model: RepoModel,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instances: int = 1,
+    onnx_kind: str = "auto",
+    trt_accelerator: bool = False,
+) -> ModelConfig:
+    """The ``ModelConfig`` message for one model.
+
+    Engines run on ``KIND_GPU``. ONNX models default to ``KIND_AUTO``, which Triton resolves to the GPU
+    where it has one and to the CPU elsewhere, so one repository serves on both kinds of host. The
+    optional TensorRT accelerator for ONNX uses FP16 kernels only for the FP16 and INT8 files, whose
+    graphs already compute in FP16: precision is decided in the graph, not here.
+    """
+    pb = model_config_pb2()
+    batched = model.max_batch_size > 0
+
+    def tensor(spec: TensorSpec, cls):
+        dims = spec.dims[1:] if batched else spec.dims
+        return cls(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=list(dims))
+
+    config = pb.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        max_batch_size=model.max_batch_size,
+        input=[tensor(s, pb.ModelInput) for s in model.inputs],
+        output=[tensor(s, pb.ModelOutput) for s in model.outputs],
+        default_model_filename=model.model_file,
+    )
+    if batched:
+        config.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    kind = "KIND_GPU" if model.platform == "tensorrt_plan" else ONNX_KINDS[onnx_kind]
+    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    if trt_accelerator and model.platform == "onnxruntime_onnx":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP32" if model.precision == "fp32" else "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(TRT_WORKSPACE_BYTES)
+    return config
+
+
+def config_text(model: RepoModel, config: ModelConfig) -> str:
+    """``config.pbtxt``: a comment naming the artifact it serves, then the message in text format."""
+    from google.protobuf import text_format
+
+    header = (
+        f"# Generated by resnext-deploy triton-repo from {model.artifact.name} ({model.precision}, "
+        f"sha256 {model.sha256}).\n"
+    )
+    if any(group.kind == group.KIND_AUTO for group in config.instance_group):
+        header += "# instance_group kind is KIND_AUTO (the default, so not printed): the GPU where there is one.\n"
+    return header + text_format.MessageToString(config)
+
+
+def _batch_plan(
+    dims: tuple[int, ...], source: str, requested: int | None, limit: int | None, opt: int
+) -> tuple[int, tuple[int, ...]]:
+    """max_batch_size and preferred batch sizes for a graph whose leading dimension is ``dims[0]``."""
+    if dims[0] != -1:
+        return 0, ()  # a fixed batch: Triton passes requests through whole
+    if requested is not None and requested < 1:
+        raise BadInputError(f"--max-batch-size must be at least 1, got {requested}")
+    if requested is not None and limit is not None and requested > limit:
+        raise BadInputError(f"--max-batch-size {requested} exceeds {source}'s optimization profile maximum {limit}")
+    max_batch = requested or limit or DEFAULT_MAX_BATCH
+    return max_batch, tuple(sorted({min(opt, max_batch), max_batch}))
+
+
+def collect_models(
+    directory: str | Path, name: str | None = None, max_batch_size: int | None = None
+) -> list[RepoModel]:
+    """One :class:`RepoModel` per ONNX file and engine that exists and still matches the manifest."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BadInputError(f"--dir {directory} is not a directory; run `resnext-deploy export --dir {directory}`")
+    manifest = Manifest(directory)
+    base = name or model_base_name(directory)
+    if not MODEL_NAME_RE.match(base):
+        raise BadInputError(f"--name {base!r} may hold only letters, digits, '_', '-' and '.'")
+
+    def sha256(path: Path) -> str:
+        if manifest.entry(path.name) is None:
+            raise BadInputError(f"{path} is not recorded in {manifest.path}; remake it with resnext-deploy")
+        return manifest.require(path.name, "remake it with resnext-deploy")["sha256"]
+
+    models = []
+    for precision, file_name in ONNX_FILES.items():
+        path = directory / file_name
+        if path.exists():
+            sha = sha256(path)
+            inputs, outputs = onnx_io(path)
+            batch = _batch_plan(inputs[0].dims, file_name, max_batch_size, None, DEFAULT_OPT_BATCH)
+            model_name = f"{base}_onnx_{precision}"  # default_model_name() when no --name
+            models.append(RepoModel(model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha))
+    for precision in PRECISIONS:
+        path = directory / engine_file(precision)
+        if path.exists():
+            sha = sha256(path)
+            body = read_engine_manifest(path)
+            profile = body["profile"]
+            inputs, outputs = onnx_io(directory / body["source_onnx"])  # the engine has its ONNX file's I/O
+            if [s.name for s in inputs] != [profile["input"]]:
+                raise BadInputError(f"{path}'s profile is for input {profile['input']!r}, its ONNX file's is not")
+            limit, opt = int(profile["max"][0]), int(profile["opt"][0])
+            batch = _batch_plan(inputs[0].dims, path.name, max_batch_size, limit, opt)
+            model_name = f"{base}_trt_{precision}"
+            models.append(RepoModel(model_name, "tensorrt_plan", path, precision, inputs, outputs, *batch, sha))
+    if not models:
+        raise BadInputError(f"{directory} holds no ONNX file or engine; run `resnext-deploy export --dir {directory}`")
+    return models
+
+
+def model_base_name(directory: str | Path) -> str:
+    """The architecture recorded in the manifest: the default model-name prefix of ``triton-repo`` and ``serve``."""
+    entry = Manifest(directory).entry(ONNX_FILES["fp32"]) or {}
+    return entry.get("options", {}).get("source", {}).get("arch") or "resnext"
+
+
+def default_model_name(directory: str | Path, precision: str = "fp32") -> str:
+    """What ``serve`` and ``triton-repo`` call DIR's ONNX model of ``precision``, e.g. ``resnext_tiny_onnx_fp32``."""
+    return f"{model_base_name(directory)}_onnx_{precision}"
+
+
+def make_triton_repo(
+    directory: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instances: int = 1,
+    onnx_kind: str = "auto",
+    trt_accelerator: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
+
+    Files are written atomically; models of other names already in ``out`` are left alone.
+    """
+    if max_queue_delay_us < 0:
+        raise BadInputError(f"--max-queue-delay-us must be 0 or more, got {max_queue_delay_us}")
+    if instances < 1:
+        raise BadInputError(f"--instances must be at least 1, got {instances}")
+    if onnx_kind not in ONNX_KINDS:
+        raise BadInputError(f"--onnx-kind must be one of {', '.join(ONNX_KINDS)}, got {onnx_kind!r}")
+    if trt_accelerator and onnx_kind == "cpu":
+        raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
+    model_config_pb2()  # fail before writing anything when tritonclient is missing
+    models = collect_models(directory, name, max_batch_size)
+    out = Path(out)
+    written = []
+    for model in models:
+        config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator)
+        model_dir = out / model.name
+        version_dir = model_dir / "1"
+        try:
+            version_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(
+                f"cannot create {version_dir}: {exc.strerror or exc}; choose a writable --out"
+            ) from None
+        with atomic_path(version_dir / model.model_file) as tmp:
+            shutil.copyfile(model.artifact, tmp)
+            tmp.chmod(REPO_FILE_MODE)
+        with atomic_path(model_dir / "config.pbtxt") as tmp:
+            tmp.write_text(config_text(model, config), encoding="utf-8")
+            tmp.chmod(REPO_FILE_MODE)
+        batching = (
+            f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
+            f"queue delay {max_queue_delay_us} us"
+            if model.max_batch_size
+            else "fixed batch, no dynamic batching"
+        )
+        log(f"wrote {model_dir} ({model.platform} from {model.artifact.name}; {batching})")
+        written.append(model_dir)
+    log(f"serve it with: tritonserver --model-repository {out.resolve()}")
+    return written

@@ -1,0 +1,101 @@
+"""What the user sees: the one progress helper, and tables as text or Markdown.
+
+Progress goes to stderr: a Rich bar in a terminal, a plain line now and then otherwise (a CI log
+or a file), so that stdout stays clean for results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+TABLE_WIDTH = 120
+PLAIN_EVERY_S = 10.0  # a plain progress line at most this often when stderr is not a terminal
+
+Advance = Callable[..., None]
+
+
+@contextlib.contextmanager
+def progress(total: float, description: str, unit: str = "samples") -> Iterator[Advance]:
+    """Yield ``advance(amount, description=None)`` for a bar of ``total`` units on stderr.
+
+    The bar is redrawn only when ``advance`` is called, never from a background thread, so it does
+    not run while a benchmark is timing.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield _plain_progress(total, description, unit)
+        return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, auto_refresh=False, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        bar.refresh()
+
+        def advance(amount: float, description: str | None = None) -> None:
+            bar.update(task, advance=amount, **({"description": description} if description else {}))
+            bar.refresh()
+
+        yield advance
+
+
+def _plain_progress(total: float, description: str, unit: str) -> Advance:
+    """A line on stderr at most every ``PLAIN_EVERY_S`` seconds, and at the end."""
+    state = {"done": 0.0, "last": time.monotonic(), "start": time.monotonic()}
+
+    def advance(amount: float, description_now: str | None = None) -> None:
+        state["done"] += amount
+        now = time.monotonic()
+        finished = state["done"] >= total
+        if finished or now - state["last"] >= PLAIN_EVERY_S:
+            state["last"] = now
+            done = f"{state['done']:.0f}" if unit != "s" else f"{state['done']:.1f}"
+            print(
+                f"{description_now or description}: {done}/{total:g} {unit}, {now - state['start']:.0f} s elapsed",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return advance
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> str:
+    """A Rich table as plain text, at most ``TABLE_WIDTH`` columns wide; columns with no values are left out."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    keep = [i for i in range(len(headers)) if any(row[i] != "-" for row in rows)] if rows else range(len(headers))
+    table = Table(*(Column(headers[i], overflow="fold") for i in keep), title=title)
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    buffer = io.StringIO()
+    width = min(TABLE_WIDTH, max(80, shutil.get_terminal_size().columns))
+    Console(file=buffer, width=width, color_system=None).print(table)
+    return buffer.getvalue().rstrip()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(row) for row in rows)])

@@ -1,0 +1,240 @@
+"""Calibration: data selection, streaming statistics, the saved calibration.json and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from resnext_deploy.data import open_dataset
+from resnext_deploy.errors import BadInputError
+from resnext_deploy.precision.calibration import (
+    CALIBRATION_NAME,
+    NUM_BINS,
+    AbsHistogram,
+    TensorStats,
+    activation_tensors,
+    calibrate,
+    calibration_dataset,
+    collect_statistics,
+    heldout_dataset,
+)
+from resnext_deploy.source import resolve_source
+
+TINY = resolve_source("resnext_tiny")
+PRE = TINY.preprocessing
+
+
+def noise_images(folder: Path, count: int, classes: int = 2, size: int = 32, seed: int = 0) -> Path:
+    """``count`` random RGB PNGs spread over ``classes`` class subfolders."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        target = folder / f"class{i % classes}"
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(target / f"{i:03d}.png")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# The histogram
+
+
+def test_histogram_growth_merges_bins_exactly() -> None:
+    rng = np.random.default_rng(0)
+    batches = [np.abs(rng.standard_normal(5000).astype(np.float32)) * s for s in (0.5, 1.0, 7.0, 3.0)]
+    streamed = AbsHistogram()
+    for values in batches:
+        streamed.add(values, float(values.max()))
+    everything = np.concatenate(batches)
+    direct = np.bincount(
+        np.minimum((everything * np.float32(NUM_BINS / streamed.limit)).astype(np.int64), NUM_BINS - 1),
+        minlength=NUM_BINS,
+    )
+    assert streamed.counts.size == NUM_BINS  # memory stays fixed however much data comes in
+    assert streamed.limit >= everything.max()
+    assert streamed.counts.sum() == everything.size
+    # merged counts may differ from a one-shot histogram only by values sitting on a bin edge
+    assert np.abs(streamed.counts - direct).sum() <= 0.001 * everything.size
+
+
+def test_histogram_of_zeros_then_values() -> None:
+    hist = AbsHistogram()
+    hist.add(np.zeros(100, np.float32), 0.0)
+    hist.add(np.full(10, 2.0, np.float32), 2.0)
+    assert hist.counts[0] == 100 and hist.counts.sum() == 110 and hist.limit == 2.0
+
+
+def test_methods_give_sensible_clips() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(200_000).astype(np.float32)
+    values[0] = 60.0  # one outlier far out
+    stats = TensorStats(histogram=AbsHistogram())
+    for chunk in np.array_split(values, 7):
+        stats.add(chunk)
+    assert stats.amax("minmax", 99.99) == pytest.approx(60.0)
+    percentile = stats.amax("percentile", 99.0)
+    assert 2.4 < percentile < 2.8  # |N(0,1)| 99th percentile is 2.576, up to one bin (60/2048)
+    entropy = stats.amax("entropy", 99.99)
+    assert 2.0 < entropy < 20.0  # the outlier is clipped, the bulk is kept
+
+
+def test_dead_tensor_has_zero_range() -> None:
+    stats = TensorStats(histogram=AbsHistogram())
+    stats.add(np.zeros((4, 3), np.float32))
+    assert stats.amax("entropy", 99.99) == 0.0 and stats.amax("percentile", 99.99) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming collection
+
+
+def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
+    model_path = tiny_dir / "model.onnx"
+    dataset = open_dataset(None, PRE, count=12, seed=3)
+    stats, consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=1)  # batch size 1
+    assert consumed == 12
+
+    model = onnx.load(str(model_path))
+    tensors, histogram, per_sample = activation_tensors(model)
+    assert "input" in tensors and "input" in histogram and per_sample and per_sample > 0
+    fetched = [t for t in tensors if t != "input"]
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetched if t != "logits")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = np.concatenate([b.images for b in dataset.batches(12)])
+    values = dict(zip(fetched, session.run(fetched, {"input": images}), strict=True))
+    values["input"] = images
+    for name in tensors:
+        assert stats[name].minimum == pytest.approx(float(values[name].min()), rel=1e-5, abs=1e-6)
+        assert stats[name].maximum == pytest.approx(float(values[name].max()), rel=1e-5, abs=1e-6)
+        assert (stats[name].histogram is not None) == (name in histogram)
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration.json: saved, reused only when it fits
+
+
+def test_calibration_is_saved_reused_and_recomputed_when_stale(tiny_dir: Path, tmp_path: Path) -> None:
+    folder = noise_images(tmp_path / "calib", 12)
+    model_path = tiny_dir / "model.onnx"
+    messages: list[str] = []
+    dataset = open_dataset(folder, PRE, count=8, seed=0)
+    first = calibrate(tiny_dir, model_path, dataset, "entropy", log=messages.append)
+    saved = json.loads((tiny_dir / CALIBRATION_NAME).read_text())
+    assert saved["method"] == "entropy" and saved["count"] == 8 and saved["fingerprint"] == dataset.fingerprint
+    assert saved["model_sha256"] and all("min" in t and "max" in t for t in saved["tensors"].values())
+    assert first.amax("input") > 0
+
+    messages.clear()
+    again = calibrate(tiny_dir, model_path, dataset, "entropy", log=messages.append)
+    assert again.tensors == first.tensors and messages[0].startswith("reusing")
+
+    for method, data, why in (
+        ("minmax", dataset, "--calib-method entropy"),
+        ("minmax", open_dataset(folder, PRE, count=6, seed=0), "other data"),
+    ):
+        messages.clear()
+        calibrate(tiny_dir, model_path, data, method, log=messages.append)
+        assert "stale" in messages[0] and why in messages[0]
+
+    model = onnx.load(str(model_path))
+    model.producer_version = "changed"
+    onnx.save(model, str(model_path))
+    messages.clear()
+    calibrate(tiny_dir, model_path, open_dataset(folder, PRE, count=6, seed=0), "minmax", log=messages.append)
+    assert "stale (model.onnx changed)" in messages[0]
+
+    (tiny_dir / CALIBRATION_NAME).write_text("{not json")
+    messages.clear()
+    calibrate(tiny_dir, model_path, open_dataset(folder, PRE, count=6, seed=0), "minmax", log=messages.append)
+    assert "stale (it is unreadable)" in messages[0]
+
+
+def test_bad_method_and_percentile(tiny_dir: Path) -> None:
+    dataset = open_dataset(None, PRE, count=2)
+    with pytest.raises(BadInputError, match="calib-method"):
+        calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "kl")
+    with pytest.raises(BadInputError, match="percentile"):
+        calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "percentile", percentile=120)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which data
+
+
+def test_int8_needs_data_for_a_non_demo_model_fp16_does_not() -> None:
+    with pytest.raises(BadInputError, match="--calib-dir"):
+        calibration_dataset(TINY, "int8", None, 16)
+    assert calibration_dataset(TINY, "fp16", None, 16).fingerprint.startswith("synthetic")
+    with pytest.raises(BadInputError, match="--calib-count"):
+        calibration_dataset(TINY, "int8", "x", 0)
+
+
+def test_heldout_is_the_rest_of_the_seeded_order(tmp_path: Path) -> None:
+    folder = noise_images(tmp_path / "imgs", 10)
+    calib = calibration_dataset(TINY, "int8", folder, 6)
+    held = heldout_dataset(TINY, calib, consumed=6, calib_source=folder)
+    taken = {calib.folder.files[i] for i in calib.order[:6]}
+    checked = {held.folder.files[i] for i in held.order[: held.count]}
+    assert held.count == 4 and not taken & checked and held.has_labels
+
+    everything = calibration_dataset(TINY, "int8", folder, 50)
+    assert heldout_dataset(TINY, everything, consumed=10, calib_source=folder).fingerprint.startswith("synthetic")
+
+    arrays = tmp_path / "x.npy"
+    np.save(arrays, np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32))
+    calib = calibration_dataset(TINY, "int8", arrays, 3)
+    held = heldout_dataset(TINY, calib, consumed=3, calib_source=arrays)
+    assert held.count == 2
+    np.testing.assert_array_equal(held.images, np.load(arrays)[3:])
+
+
+def _empty(folder: Path) -> None:
+    """Nothing at all."""
+
+
+def _text_only(folder: Path) -> None:
+    (folder / "notes.txt").write_text("not an image")
+
+
+def _corrupt_only(folder: Path) -> None:
+    (folder / "a.png").write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [(_empty, "no images"), (_text_only, "no images"), (_corrupt_only, "no usable image")],
+    ids=["empty-folder", "no-image-files", "only-corrupt-images"],
+)
+def test_unusable_folders_are_one_line_errors(tiny_dir: Path, tmp_path: Path, make, message: str) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(BadInputError, match=message) as caught:
+        dataset = calibration_dataset(TINY, "int8", folder, 4)
+        calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "entropy", log=lambda _m: None)
+    assert "\n" not in str(caught.value)
+    assert not (tiny_dir / CALIBRATION_NAME).exists()
+
+
+def test_corrupt_files_are_skipped_and_counted(tiny_dir: Path, tmp_path: Path) -> None:
+    folder = noise_images(tmp_path / "imgs", 6, classes=1)
+    (folder / "class0" / "broken1.png").write_bytes(b"\x89PNG garbage")
+    (folder / "class0" / "broken2.jpg").write_bytes(b"")
+    messages: list[str] = []
+    dataset = calibration_dataset(TINY, "int8", folder, 100)
+    result = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "minmax", log=messages.append)
+    warnings = [m for m in messages if m.startswith("warning")]
+    assert len(warnings) == 1 and "skipped 2 unreadable image(s)" in warnings[0]
+    assert result.consumed == 8
+
+
+def test_wrong_shape_npy(tmp_path: Path) -> None:
+    arrays = tmp_path / "x.npy"
+    np.save(arrays, np.zeros((4, 3, 16, 16), np.float32))
+    with pytest.raises(BadInputError, match=r"expected \(N, 3, 32, 32\)"):
+        calibration_dataset(TINY, "int8", arrays, 4)

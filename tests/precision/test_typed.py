@@ -1,0 +1,270 @@
+"""model.fp16.onnx and model.int8.onnx: graph structure TensorRT needs, parity in ONNX Runtime, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from test_calibration import noise_images
+
+from resnext_deploy.artifacts import Manifest
+from resnext_deploy.demo import DEMO_WEIGHTS
+from resnext_deploy.errors import BadInputError, VerificationError
+from resnext_deploy.evaluate.metrics import Tolerance
+from resnext_deploy.export import export_onnx
+from resnext_deploy.precision.calibration import calibrate, calibration_dataset
+from resnext_deploy.precision.fp16 import fp16_model
+from resnext_deploy.precision.graph import load_prepared
+from resnext_deploy.precision.int8 import activation_scale, int8_model, quantize_weight
+from resnext_deploy.precision.typed import make_typed_onnx
+from resnext_deploy.source import resolve_source
+
+RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
+QUIET = {"log": lambda _m: None}
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return noise_images(tmp_path_factory.mktemp("calib"), 24)
+
+
+def _graph_maps(model):
+    producers = {name: node for node in model.graph.node for name in node.output}
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return producers, initializers
+
+
+def _attr(node, name: str, default=None):
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _skip_casts(producers: dict, name: str):
+    """The node behind ``name``, looking through Casts (an Add kept in FP32 takes a Conv's output via a Cast)."""
+    node = producers[name]
+    while node.op_type == "Cast":
+        node = producers[node.input[0]]
+    return node
+
+
+def assert_explicit_int8(model, excluded: frozenset[str] = frozenset()) -> None:
+    """What TensorRT's explicit quantization wants, checked on the graph itself."""
+    graph = model.graph
+    producers, initializers = _graph_maps(model)
+    for value in (*graph.input, *graph.output):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, f"{value.name} is not float32"
+    assert not any(a.dtype == np.int32 for a in initializers.values()), "an INT32 (quantized bias) initializer"
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point, scale = initializers[node.input[2]], initializers[node.input[1]]
+            assert zero_point.dtype == np.int8 and not zero_point.any(), f"{node.name}: zero point not int8 0"
+            assert np.all(np.isfinite(scale)) and np.all(scale > 0), f"{node.name}: bad scale"
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded]
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and n.name not in excluded]
+    assert convs and gemms
+    for node in convs + gemms:
+        data, weight = producers.get(node.input[0]), producers.get(node.input[1])
+        assert data is not None and data.op_type == "DequantizeLinear", f"{node.name}: data input has no DQ"
+        assert weight is not None and weight.op_type == "DequantizeLinear", f"{node.name}: weight has no DQ"
+        assert producers[data.input[0]].op_type == "QuantizeLinear"
+        assert data.input[1] in initializers and initializers[data.input[1]].size == 1, "activation not per-tensor"
+        q = initializers[weight.input[0]]
+        assert q.dtype == np.int8 and np.abs(q.astype(np.int32)).max() <= 127
+        assert _attr(weight, "axis") == 0, f"{node.name}: weight scales not on axis 0"
+        assert initializers[weight.input[1]].shape == (q.shape[0],), f"{node.name}: weight scales not per channel"
+        if len(node.input) > 2:  # the bias is a float initializer, no Q/DQ anywhere near it
+            assert node.input[2] in initializers and initializers[node.input[2]].dtype.kind == "f"
+    residual = 0
+    for node in graph.node:
+        if node.op_type == "Add":
+            kinds = sorted(_skip_casts(producers, name).op_type for name in node.input)
+            assert kinds == ["Conv", "DequantizeLinear"], f"{node.name}: residual Add inputs {kinds}"
+            residual += 1
+    assert residual > 0
+
+
+def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, calib_dir: Path) -> None:
+    result = make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=16, tolerance=RELAXED, check_count=8, **QUIET)
+    assert result.path == tiny_dir / "model.int8.onnx" and not result.reused
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert_explicit_int8(model)
+    producers, initializers = _graph_maps(model)
+    # high precision fp16: activation scales, Conv biases and DQ outputs are float16
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert initializers[producers[conv.input[0]].input[1]].dtype == np.float16
+    assert initializers[conv.input[2]].dtype == np.float16
+    assert result.parity is not None and result.parity.cosine_min >= 0.98
+    assert len(result.quantized_nodes) == sum(n.op_type in ("Conv", "Gemm") for n in model.graph.node)
+
+    entry = Manifest(tiny_dir).entry("model.int8.onnx")
+    parent = Manifest(tiny_dir).entry("model.onnx")
+    assert entry["parent_sha256"] == parent["sha256"] and entry["precision"] == "int8"
+    assert entry["calibration"]["method"] == "entropy" and entry["calibration"]["count"] == 16
+    assert entry["parity"]["cosine_min"] == result.parity.cosine_min and entry["parity"]["passed"]
+    assert entry["options"]["high_precision"] == "fp16"
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert out.dtype == np.float32 and out.shape == (3, 10)
+
+
+def test_int8_with_fp32_high_precision_and_exclude(tiny_dir: Path, calib_dir: Path) -> None:
+    excluded = "/layer2/*/conv2/Conv"
+    result = make_typed_onnx(
+        tiny_dir,
+        "int8",
+        calib_dir,
+        calib_count=16,
+        exclude=[excluded],
+        high_precision="fp32",
+        tolerance=RELAXED,
+        check_count=8,
+        **QUIET,
+    )
+    model = onnx.load(str(result.path))
+    skipped = frozenset(n.name for n in model.graph.node if n.name == "/layer2/layer2.0/conv2/Conv")
+    assert skipped, "the excluded node should still be in the graph"
+    assert_explicit_int8(model, excluded=skipped)
+    producers, initializers = _graph_maps(model)
+    node = next(n for n in model.graph.node if n.name in skipped)
+    assert node.input[1] in initializers and node.input[0] not in {
+        o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output
+    }
+    assert not any(a.dtype == np.float16 for a in initializers.values())
+    with pytest.raises(BadInputError, match="matches no node"):
+        make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=16, exclude=["/nothing*"], **QUIET)
+
+
+def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
+    messages: list[str] = []
+    result = make_typed_onnx(tiny_dir, "fp16", check_count=16, log=messages.append)
+    assert any("synthetic" in m for m in messages)  # no data given: says where the ranges came from
+    model = onnx.load(str(result.path))
+    for value in (*model.graph.input, *model.graph.output):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+    _, initializers = _graph_maps(model)
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert all(initializers[name].dtype == np.float16 for name in node.input[1:])
+    assert result.fp32_nodes == ()
+    assert result.parity.cosine_min >= 0.9999 and result.parity.top1_agreement == 1.0
+    assert Manifest(tiny_dir).entry("model.fp16.onnx")["parity"]["passed"]
+
+
+def _bump(calibration, tensor: str, value: float) -> None:
+    calibration.tensors[tensor]["max"] = value
+
+
+def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
+    dataset = calibration_dataset(resolve_source("resnext_tiny"), "fp16", None, 4)
+    calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
+    hot = "/layer2/layer2.0/conv1/Conv_output_0"
+    _bump(calibration, hot, 5000.0)
+    model, blocked = fp16_model(load_prepared(tiny_dir / "model.onnx"), calibration)
+    assert set(blocked) == {"/layer2/layer2.0/conv1/Conv", "/layer2/layer2.0/relu/Relu"}
+    producers, initializers = _graph_maps(model)
+    conv = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/conv1/Conv")
+    assert initializers[conv.input[1]].dtype == np.float32 and producers[conv.input[0]].op_type == "Cast"
+    relu = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/relu/Relu")
+    assert producers[relu.input[0]].name == conv.name  # FP32 to FP32 directly, never through float16
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    reference = ort.InferenceSession(str(tiny_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], reference.run(None, {"input": x})[0], atol=2e-2)
+
+
+def test_int8_overflowing_conv_gets_its_own_fp32_qdq(tiny_dir: Path, calib_dir: Path) -> None:
+    dataset = calibration_dataset(resolve_source("resnext_tiny"), "int8", calib_dir, 8)
+    calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
+    _bump(calibration, "/layer2/layer2.0/downsample/downsample.0/Conv_output_0", 5000.0)
+    model, fp32_nodes, _ = int8_model(load_prepared(tiny_dir / "model.onnx"), calibration)
+    assert "/layer2/layer2.0/downsample/downsample.0/Conv" in fp32_nodes
+    onnx.checker.check_model(model, full_check=True)
+    assert_explicit_int8(model)
+    producers, initializers = _graph_maps(model)
+    conv = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/downsample/downsample.0/Conv")
+    sibling = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/conv1/Conv")
+    assert initializers[producers[conv.input[0]].input[1]].dtype == np.float32  # own FP32 pair
+    assert initializers[producers[conv.input[1]].input[1]].dtype == np.float32
+    assert initializers[producers[sibling.input[0]].input[1]].dtype == np.float16  # same tensor, FP16 pair
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": np.zeros((1, 3, 32, 32), np.float32)}
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_dead_channels_never_get_a_zero_or_infinite_scale(dtype) -> None:
+    weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    weight[2] = 0.0
+    q, scale = quantize_weight(weight, 0, dtype)
+    assert scale.dtype == dtype and np.all(scale > 0) and np.all(np.isfinite(1.0 / scale.astype(np.float32)))
+    assert not q[2].any() and np.abs(q.astype(np.int32)).max() == 127
+    restored = q.astype(np.float32) * scale.astype(np.float32)[:, None, None, None]
+    assert np.abs(restored - weight).max() <= scale.astype(np.float32).max() / 2 + 1e-6
+    for amax in (0.0, 1e-30):
+        assert float(activation_scale(amax, dtype)) > 0 and np.isfinite(1.0 / float(activation_scale(amax, dtype)))
+
+
+def test_resume_reuse_and_option_changes(tiny_dir: Path, calib_dir: Path) -> None:
+    args = dict(calib_source=calib_dir, calib_count=12, tolerance=RELAXED, check_count=8)
+    first = make_typed_onnx(tiny_dir, "int8", **args, **QUIET)
+    messages: list[str] = []
+    again = make_typed_onnx(tiny_dir, "int8", **args, log=messages.append)
+    assert again.reused and "up to date" in messages[0] and again.parity == first.parity
+    other = make_typed_onnx(tiny_dir, "int8", calib_method="minmax", **args, **QUIET)
+    assert not other.reused
+    calibration = json.loads((tiny_dir / "calibration.json").read_text())
+    assert calibration["method"] == "minmax"
+    fp32 = make_typed_onnx(tiny_dir, "fp32", **QUIET)
+    assert fp32.path == tiny_dir / "model.onnx" and fp32.precision == "fp32"
+
+
+def test_failed_check_writes_nothing(tiny_dir: Path, calib_dir: Path) -> None:
+    impossible = Tolerance(cosine_min=1.5)
+    with pytest.raises(VerificationError, match="no model.int8.onnx was written"):
+        make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=8, tolerance=impossible, check_count=4, **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists()
+    assert Manifest(tiny_dir).entry("model.int8.onnx") is None
+    assert not [p for p in tiny_dir.iterdir() if p.name.endswith(".partial")]
+
+
+def test_missing_export_and_missing_int8_data(tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="resnext-deploy export"):
+        make_typed_onnx(tmp_path, "fp16", **QUIET)
+    with pytest.raises(BadInputError, match="pass --calib-dir"):
+        make_typed_onnx(tiny_dir, "int8", **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists() and not (tiny_dir / "calibration.json").exists()
+    with pytest.raises(BadInputError, match="unknown precision"):
+        make_typed_onnx(tiny_dir, "int4", **QUIET)
+
+
+@pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="the demo weights are not built yet")
+def test_demo_model_uses_its_bundled_data(tmp_path: Path) -> None:
+    export_onnx(resolve_source(), tmp_path, **QUIET)
+    result = make_typed_onnx(tmp_path, "int8", **QUIET)
+    parity = result.parity
+    assert parity.accuracy is not None and parity.reference_accuracy >= 97.0
+    assert parity.reference_accuracy - parity.accuracy <= 1.0 and parity.top1_agreement >= 0.98
+    assert "calib" in Manifest(tmp_path).entry("model.int8.onnx")["calibration"]["description"]
+
+
+@pytest.mark.slow
+def test_resnext50_int8_and_fp16(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The done-means check: ResNeXt-50 (random weights), 64 calibration images, real ORT sessions."""
+    images = noise_images(tmp_path_factory.mktemp("noise"), 80, classes=1, size=64)
+    export_onnx(resolve_source("resnext50_32x4d"), tmp_path, **QUIET)
+    int8 = make_typed_onnx(tmp_path, "int8", images, calib_count=64, tolerance=RELAXED, check_count=16, **QUIET)
+    assert_explicit_int8(onnx.load(str(int8.path)))
+    assert int8.parity.cosine_min >= 0.98
+    fp16 = make_typed_onnx(tmp_path, "fp16", images, calib_count=64, check_count=16, **QUIET)
+    model = onnx.load(str(fp16.path))
+    weights = [i for i in model.graph.initializer if len(i.dims) == 4]
+    assert weights and all(i.data_type == TensorProto.FLOAT16 for i in weights)
+    assert fp16.parity.cosine_min >= 0.9999
+    shutil.rmtree(tmp_path)

@@ -1,0 +1,338 @@
+"""Triton: the repository's configs parse into Triton's own ModelConfig, and a real PyTriton server on
+loopback answers like the ONNX Runtime runner, under a short bounded load test.
+
+The config tests need ``tritonclient`` and the server test ``nvidia-pytriton`` (the ``triton`` extra);
+each skips with the reason where its package is missing. The engine here is a stand-in file with a
+real engine manifest: it tests the ``tensorrt_plan`` config, not TensorRT.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from resnext_deploy.artifacts import Manifest, engine_file, write_json
+from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
+from resnext_deploy.errors import BackendUnavailableError, BadInputError
+from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
+from resnext_deploy.serving.triton_repo import make_triton_repo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = "resnext_tiny_onnx_fp32"
+EXTRA = "pip install 'resnext-deploy[triton]'"
+has_tritonclient = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("grpc") is not None
+needs_tritonclient = pytest.mark.skipif(not has_tritonclient, reason=f"needs tritonclient[grpc]: {EXTRA}")
+needs_pytriton = pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None or not has_tritonclient, reason=f"needs nvidia-pytriton: {EXTRA}"
+)
+
+
+def _parse(model_dir: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def _add_fp16_onnx(directory: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(directory / "model.onnx")), keep_io_types=True)
+    onnx.save(model, str(directory / "model.fp16.onnx"))
+    Manifest(directory).record("model.fp16.onnx", "fp16", options={"fixture": "convert_float_to_float16"})
+
+
+def _add_stand_in_engine(directory: Path, min_batch: int = 1, opt_batch: int = 4, max_batch: int = 16) -> Path:
+    """Plan bytes that are not a plan, with a manifest of the shape build-trt writes."""
+    path = directory / engine_file("fp16")
+    path.write_bytes(b"stand-in plan bytes")
+    profile = {
+        "input": "input",
+        **{k: [b, 3, 32, 32] for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))},
+    }
+    body = {
+        "format": ENGINE_MANIFEST_FORMAT,
+        "engine": path.name,
+        "precision": "fp16",
+        "source_onnx": "model.fp16.onnx",
+        "profile": profile,
+    }
+    body["checksum"] = manifest_checksum(body)
+    write_json(engine_manifest_path(path), body)
+    Manifest(directory).record(path.name, "fp16", options={"fixture": "stand-in engine"}, profile=profile)
+    return path
+
+
+@pytest.fixture
+def full_dir(tiny_dir: Path) -> Path:
+    _add_fp16_onnx(tiny_dir)
+    _add_stand_in_engine(tiny_dir)
+    return tiny_dir
+
+
+@needs_tritonclient
+def test_repository_configs_parse_into_triton_model_config(full_dir: Path, tmp_path: Path):
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    out = tmp_path / "repo"
+    messages: list[str] = []
+    written = make_triton_repo(full_dir, out, trt_accelerator=True, log=messages.append)
+    assert sorted(p.name for p in written) == [
+        "resnext_tiny_onnx_fp16",
+        "resnext_tiny_onnx_fp32",
+        "resnext_tiny_trt_fp16",
+    ]
+    assert "tritonserver --model-repository" in messages[-1]
+
+    for precision in ("fp32", "fp16"):
+        config = _parse(out / f"resnext_tiny_onnx_{precision}")
+        assert config.name == f"resnext_tiny_onnx_{precision}"
+        assert config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 32
+        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input", pb.TYPE_FP32, [3, 32, 32])]
+        assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("logits", pb.TYPE_FP32, [10])]
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 100
+        assert [(g.count, g.kind) for g in config.instance_group] == [(1, pb.ModelInstanceGroup.KIND_AUTO)]
+        (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert accelerator.name == "tensorrt"
+        # FP16 kernels only where the graph already computes in FP16: the repository makes no precision choice.
+        assert accelerator.parameters["precision_mode"] == ("FP32" if precision == "fp32" else "FP16")
+    onnx_name = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+    for precision, name in onnx_name.items():
+        copied = out / f"resnext_tiny_onnx_{precision}" / "1" / "model.onnx"
+        assert copied.read_bytes() == (full_dir / name).read_bytes()
+        assert copied.stat().st_mode & 0o777 == 0o644
+
+    plan = _parse(out / "resnext_tiny_trt_fp16")
+    assert plan.platform == "tensorrt_plan"
+    assert plan.default_model_filename == "model.plan"
+    assert plan.max_batch_size == 16  # the engine profile's maximum
+    assert list(plan.dynamic_batching.preferred_batch_size) == [4, 16]  # its opt and max
+    assert [(i.name, list(i.dims)) for i in plan.input] == [("input", [3, 32, 32])]
+    assert [(g.count, g.kind) for g in plan.instance_group] == [(1, pb.ModelInstanceGroup.KIND_GPU)]
+    assert not plan.optimization.execution_accelerators.gpu_execution_accelerator
+    assert (out / "resnext_tiny_trt_fp16" / "1" / "model.plan").read_bytes() == b"stand-in plan bytes"
+
+
+@needs_tritonclient
+def test_repository_flags_shape_batching_and_placement(full_dir: Path, tmp_path: Path):
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    out = tmp_path / "repo"
+    options = {"max_batch_size": 8, "max_queue_delay_us": 0, "instances": 2, "onnx_kind": "cpu", "name": "digits"}
+    make_triton_repo(full_dir, out, log=lambda _m: None, **options)
+    config = _parse(out / "digits_onnx_fp32")
+    assert config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, pb.ModelInstanceGroup.KIND_CPU)]
+    assert not config.HasField("optimization")
+    assert _parse(out / "digits_trt_fp16").max_batch_size == 8  # a smaller batch than the profile allows is fine
+
+    with pytest.raises(BadInputError, match="exceeds model.fp16.engine's optimization profile maximum 16"):
+        make_triton_repo(full_dir, tmp_path / "r2", max_batch_size=64, log=lambda _m: None)
+    with pytest.raises(BadInputError, match="needs GPU instances"):
+        make_triton_repo(full_dir, tmp_path / "r3", onnx_kind="cpu", trt_accelerator=True, log=lambda _m: None)
+
+
+@needs_tritonclient
+def test_a_fixed_batch_graph_is_served_without_batching(tiny_dir: Path, tmp_path: Path):
+    model = onnx.load(str(tiny_dir / "model.onnx"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(model, str(tiny_dir / "model.onnx"))
+    manifest = Manifest(tiny_dir)
+    manifest.record("model.onnx", "fp32", options=manifest.entry("model.onnx")["options"])
+    make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
+    config = _parse(tmp_path / "repo" / MODEL)
+    assert config.max_batch_size == 0
+    assert list(config.input[0].dims) == [2, 3, 32, 32]
+    assert not config.HasField("dynamic_batching")
+
+
+@needs_tritonclient
+def test_repository_refuses_an_artifact_changed_after_the_manifest(tiny_dir: Path, tmp_path: Path):
+    with open(tiny_dir / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BadInputError, match="sha256 differs"):
+        make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_tritonclient_names_the_extra(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
+    with pytest.raises(BackendUnavailableError, match=r"resnext-deploy\[triton\]"):
+        make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
+
+
+def test_missing_pytriton_names_the_extra(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    from resnext_deploy.serving.pytriton import serve
+
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    monkeypatch.setitem(sys.modules, "pytriton.decorators", None)
+    with pytest.raises(BackendUnavailableError, match=r"resnext-deploy\[triton\]"):
+        serve(tiny_dir, port=_free_ports(1)[0], grpc_port=_free_ports(1)[0], metrics_port=_free_ports(1)[0])
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now on loopback (held together so that they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _listen_addresses(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses of the sockets listening on ``port``, from the kernel's tables."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.split(":")
+            if state != "0A" or int(local_port, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+            ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+            found.append(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip)
+    return found
+
+
+class Server:
+    """``resnext-deploy serve`` in a subprocess on free loopback ports; ``stop`` sends Ctrl-C."""
+
+    def __init__(self, directory: Path, log_path: Path) -> None:
+        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
+        command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(f"127.0.0.1:{self.http}", connection_timeout=2, network_timeout=2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.is_model_ready(MODEL):
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.5)
+        finally:
+            client.close()
+        pytest.fail(f"serve was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def server(tiny_dir: Path, tmp_path: Path):
+    running = Server(tiny_dir, tmp_path / "serve.log")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+@needs_pytriton
+def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server, tiny_dir: Path, tmp_path: Path):
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    for port in (server.http, server.grpc, server.metrics):
+        addresses = _listen_addresses(port)
+        assert addresses and all(a.is_loopback for a in addresses), (port, addresses)
+
+    x = np.random.default_rng(3).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    expected = OnnxRuntimeRunner(tiny_dir / "model.onnx")(x)
+    for module, port in ((http, server.http), (grpc, server.grpc)):
+        client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        request = module.InferInput("input", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        logits = client.infer(MODEL, [request]).as_numpy("logits")
+        client.close()
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+    started = time.monotonic()
+    rows = triton_load_test(
+        f"http://127.0.0.1:{server.http}",
+        MODEL,
+        LoadTestSettings((1, 4), duration_s=1.0, warmup_s=0.2),
+        log=lambda _m: None,
+    )
+    rows += triton_load_test(
+        f"grpc://127.0.0.1:{server.grpc}",
+        MODEL,
+        LoadTestSettings((2,), duration_s=0.5, warmup_s=0.1),
+        log=lambda _m: None,
+    )
+    assert time.monotonic() - started < 30  # bounded: 2.9 s of windows plus setup
+    assert [(r.protocol, r.concurrency) for r in rows] == [("http", 1), ("http", 4), ("grpc", 2)]
+    for row in rows:
+        assert row.errors == 0 and row.first_error is None
+        assert row.requests > 0 and row.images_per_s == row.requests_per_s > 0
+        assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms <= row.max_ms
+
+    with pytest.raises(BadInputError, match="no ready model 'nope'"):
+        triton_load_test(f"127.0.0.1:{server.http}", "nope", LoadTestSettings((1,), duration_s=0.1), log=print)
+
+    json_path, md_path = write_triton_bench(rows, tmp_path / "out")
+    assert [r["concurrency"] for r in json.loads(json_path.read_text())["rows"]] == [1, 4, 2]
+    assert f"| {MODEL} | http | 4 | 1 |" in md_path.read_text()
+
+    from resnext_deploy.cli import main
+
+    url = f"http://127.0.0.1:{server.http}"
+    args = ["bench-triton", "--dir", str(tiny_dir), "--url", url, "--concurrency", "2", "--duration", "0.5"]
+    assert main([*args, "--batch-size", "2"]) == 0  # the CLI names the served model from the directory
+    cli_rows = json.loads((tiny_dir / "bench_triton.json").read_text())["rows"]
+    assert [(r["concurrency"], r["batch_size"], r["errors"]) for r in cli_rows] == [(2, 2, 0)]
+
+    assert server.stop() == 0, server.log_tail()
+    assert "server stopped" in server.log_tail()
+    assert not _listen_addresses(server.http)
+
+
+def test_load_test_says_when_nothing_listens():
+    pytest.importorskip("tritonclient.http", reason=f"needs tritonclient[http]: {EXTRA}")
+    (port,) = _free_ports(1)
+    with pytest.raises(BadInputError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
+        settings = LoadTestSettings((1,), duration_s=0.1, timeout_s=2)
+        triton_load_test(f"127.0.0.1:{port}", MODEL, settings, log=lambda _m: None)
