@@ -103,8 +103,9 @@ def prepare(version: str, cache: Path) -> Path:
         imported = _run([sys.executable, "-c", "import tensorrt; print(tensorrt.__version__)"], env=env).strip()
         if imported != version:
             raise PrepareError(f"{wheel.name} imports as TensorRT {imported}, expected {version}")
-        _run([sys.executable, "-m", "pybind11_stubgen", "tensorrt", "-o", str(tmp / "stubs"), "--ignore-all-errors"],
-             env=env)  # fmt: skip
+        # C++ types the bindings do not name in Python (nvinfer1::IBuilder) are printed as they are; patch() maps them.
+        _run([sys.executable, "-m", "pybind11_stubgen", "tensorrt", "-o", str(tmp / "stubs"), "--ignore-all-errors",
+              "--print-invalid-expressions-as-is"], env=env)  # fmt: skip
         home.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(raw, ignore_errors=True)
         (tmp / "stubs").rename(raw)
@@ -119,13 +120,37 @@ CLASS_ADDITIONS = {
 DIMS_LIKE = "Dims | typing.Sequence[typing.SupportsInt]"  # pybind11 converts any sequence of ints to Dims
 
 
+CPP_NAME = re.compile(r"\b(?:nvinfer1|nvonnxparser)::(?:v_\d+_\d+::)?(\w+)")  # nvinfer1::v_1_0::IErrorRecorder
+OTHER_CPP = re.compile(r"\b(?:\w+::)+\w+(?:<[\w:, <>]*>)?")  # anything else C++ (detail::accessor<...>)
+CPP_DEFAULT = re.compile(r"= <[^<>]*>")  # a default value shown as its repr: = <PluginFieldType.UNKNOWN: 8>
+
+
+def _python_type(match: re.Match[str], classes: set[str]) -> str:
+    """The Python class of a C++ type (IBuilder is Builder, IParserError is ParserError), else ``object``."""
+    name = match.group(1)
+    if name in classes:
+        return name
+    if name.startswith("I") and name[1:] in classes:
+        return name[1:]
+    return "object"
+
+
 def patch(text: str) -> str:
-    """What mypy needs to parse pybind11-stubgen's output of tensorrt, and what pybind11 converts implicitly."""
+    """What mypy needs to parse pybind11-stubgen's output of tensorrt, and what pybind11 converts implicitly.
+
+    Nothing from the bindings is left ``Any``: a C++ type is mapped to its Python class, and where there is
+    none (or the binding returns a plain Python object) the type is ``object``, which cannot be used unchecked.
+    """
+    classes = set(re.findall(r"^class (\w+)", text, flags=re.MULTILINE))
     lines = []
     for line in text.splitlines():
         code = line.lstrip()
         if code.startswith("def ") or (line[:1] == " " and re.match(r"\w+: ", code)):
             line = re.sub(r"\bbool\b", "builtins.bool", line)  # the module's `bool: DataType` shadows the builtin
+            line = CPP_NAME.sub(lambda m: _python_type(m, classes), line)
+            line = OTHER_CPP.sub("object", line)
+            line = CPP_DEFAULT.sub("= ...", line)
+            line = re.sub(r"-> typing\.Any:", "-> object:", line)
         if code.startswith("def "):
             line = re.sub(r"([(,] ?)in: ", r"\1in_: ", line)  # a parameter named `in`
             line = re.sub(r"(= \w+, \w+: [\w.]+)\)", r"\1 = ...)", line)  # add_scale_nd: required after defaults
@@ -191,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"trt-typecheck: mypy found errors against TensorRT {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"trt-typecheck: the TensorRT code type-checks against TensorRT {' and '.join(versions)}")
+    print(f"trt-typecheck: the TensorRT code type-checks against TensorRT {', '.join(versions)}")
     return 0
 
 
