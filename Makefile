@@ -10,7 +10,7 @@ CORE_EXTRAS := dev
 TRITON_EXTRAS := dev,triton
 DEMO_DIR ?= artifacts/demo
 
-.PHONY: setup setup-triton demo test test-core test-triton lint format clean
+.PHONY: setup setup-triton demo test test-core test-triton lint format clean trt-typecheck
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-triton: setup-triton
 	$(TRITON_VENV)/bin/python -m pytest -q tests/serving
 
 test: lint test-core test-triton
+
+# mypy on the TensorRT backend against NVIDIA's real bindings of TensorRT 10.x and 11.x (needs PyPI and cc).
+trt-typecheck: setup
+	$(BIN)/python scripts/trt_typecheck.py
 
 format: setup
 	$(BIN)/ruff check --fix .

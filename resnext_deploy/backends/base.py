@@ -44,16 +44,18 @@ class Runner:
         self.close()
 
 
-def run_in_chunks(
-    run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, size: int, pad: bool = False
-) -> np.ndarray:
-    """Run ``batch`` in chunks of at most ``size``; with ``pad``, the last chunk is zero-padded to ``size``."""
+def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, size: int, pad_to: int = 1) -> np.ndarray:
+    """Run ``batch`` in chunks of at most ``size``; a last chunk shorter than ``pad_to`` is zero-padded up to it.
+
+    ``pad_to`` is the smallest batch the model accepts: ``size`` for a fixed batch, a TensorRT profile's minimum
+    (profile 4..8 and 9 images: chunks of 8 and 1, the 1 padded to 4).
+    """
     outputs = []
     for start in range(0, len(batch), size):
         chunk = batch[start : start + size]
         real = len(chunk)
-        if pad and real < size:
-            chunk = np.concatenate([chunk, np.zeros((size - real, *batch.shape[1:]), dtype=batch.dtype)])
+        if real < pad_to:
+            chunk = np.concatenate([chunk, np.zeros((pad_to - real, *batch.shape[1:]), dtype=batch.dtype)])
         outputs.append(run(chunk)[:real])
     return np.concatenate(outputs)
 

@@ -67,7 +67,7 @@ class OnnxRuntimeRunner(Runner):
             raise BadInputError(f"{self.path} takes {shape} batches; got {' x '.join(map(str, batch.shape))}")
         static_batch = self.input_shape[0]
         if isinstance(static_batch, int) and static_batch != batch.shape[0]:
-            return run_in_chunks(self._run, batch, static_batch, pad=True)
+            return run_in_chunks(self._run, batch, static_batch, pad_to=static_batch)
         return self._run(batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

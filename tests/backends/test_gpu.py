@@ -1,12 +1,15 @@
 """TensorRT on a real GPU: FP32, FP16 and INT8 engines of the tiny and demo models, their runner, their parity.
 
 Every test here is marked ``gpu`` and the module skips, with the reason, where TensorRT or a CUDA GPU is
-missing. On a GPU machine: ``pip install -e '.[dev,tensorrt]'`` then ``pytest -m gpu``.
+missing. On a GPU machine: ``pip install -e '.[dev,tensorrt-cu12]'`` (or ``tensorrt-cu13``, matching
+``torch.version.cuda``) then ``pytest -m gpu``; ``scripts/gpu_check.sh`` does that and more.
 
 FP16 and INT8 engines are built through ``resnext-deploy build-trt --fp16/--int8``, the command that makes
 the typed ONNX file and then the engine. Each engine is compared with ONNX Runtime running the very ONNX
 file it was built from (the engine step makes no precision decision, so they must agree closely) and, for
 the demo model on its real validation digits, with PyTorch under the project's per-precision tolerances.
+Every engine is also run through NVIDIA's Polygraphy (``TrtRunner``), the oracle for our runner: on the same
+engine and input, our outputs must equal Polygraphy's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from resnext_deploy.backends.tensorrt.manifest import read_engine_manifest
 from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.backends.tensorrt.probe import tensorrt_status
 from resnext_deploy.backends.tensorrt.runner import TensorRTRunner
+from resnext_deploy.backends.tensorrt.trtexec import trtexec_tensorrt_version
 from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.data import open_dataset, take
 from resnext_deploy.demo import DEMO_VAL, DEMO_WEIGHTS
@@ -57,6 +61,23 @@ def _torch_logits(source, x: np.ndarray) -> np.ndarray:
     return TorchRunner(source.build())(x)
 
 
+def _assert_matches_polygraphy(path: Path, x: np.ndarray, ours: np.ndarray) -> None:
+    """NVIDIA's Polygraphy runs the same engine on the same input (within the profile); the outputs must agree.
+
+    Same plan, same shapes, same kernels: only our buffers, streams and dtype handling differ, so anything
+    beyond float rounding noise is a bug in our runner.
+    """
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    meta = read_engine_manifest(path)
+    with TrtRunner(EngineFromBytes(path.read_bytes())) as runner:
+        outputs = runner.infer({meta["profile"]["input"]: x})
+    assert len(outputs) == 1, list(outputs)
+    theirs = np.asarray(next(iter(outputs.values())), dtype=np.float32)
+    assert theirs.shape == ours.shape
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6 * max(1.0, float(np.abs(theirs).max())))
+
+
 def test_fp32_engine_matches_pytorch(tiny_dir: Path):
     path = build_engine(tiny_dir, "fp32", SMALL, **QUIET)
     meta = read_engine_manifest(path)
@@ -66,6 +87,7 @@ def test_fp32_engine_matches_pytorch(tiny_dir: Path):
         out = runner(x)
         assert runner.precision == "fp32" and runner.name == "tensorrt-cuda:fp32"
         assert runner.last_device_ms is not None and runner.last_device_ms > 0
+    _assert_matches_polygraphy(path, x, out)
     parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
     assert parity, parity.failures
 
@@ -84,8 +106,13 @@ def test_batches_above_the_profile_max_run_in_chunks(tiny_dir: Path):
 
 def test_batches_below_the_profile_min_are_padded(tiny_dir: Path):
     path = build_engine(tiny_dir, "fp32", BuildOptions(min_batch=4, opt_batch=4, max_batch=8), **QUIET)
+    x = _inputs(9, seed=4)  # 8 + a last chunk of 1, which must be padded up to the profile minimum of 4
     with TensorRTRunner(path) as runner:
-        assert runner(_inputs(1)).shape == (1, 10)
+        assert runner(x[:1]).shape == (1, 10)
+        out = runner(x)
+    parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
+    assert out.shape == (9, 10) and parity, parity.failures
+    _assert_matches_polygraphy(path, x[:8], out[:8])
 
 
 def test_plan_is_plain_bytes_for_trtexec(tiny_dir: Path):
@@ -97,6 +124,11 @@ def test_plan_is_plain_bytes_for_trtexec(tiny_dir: Path):
     trtexec = shutil.which("trtexec")
     if trtexec is None:
         pytest.skip("trtexec is not on PATH; the plan deserialized in the Python runtime above")
+    installed = ".".join(trt.__version__.split(".")[:3])
+    theirs = trtexec_tensorrt_version(trtexec)
+    if theirs != installed:
+        # A plain plan loads only in the TensorRT version that built it; another trtexec refusing it is no finding.
+        pytest.skip(f"{trtexec} is TensorRT {theirs or 'of an unknown version'}, the Python package {installed}")
     done = subprocess.run(
         [trtexec, f"--loadEngine={path}", "--shapes=input:4x3x32x32", "--iterations=5", "--duration=0"],
         capture_output=True,
@@ -147,6 +179,7 @@ def test_typed_engine_of_the_tiny_model(tiny_dir: Path, tmp_path: Path, precisio
     with TensorRTRunner(path) as runner:
         out = runner(x)
         assert runner.precision == precision
+    _assert_matches_polygraphy(path, x, out)
     reference = OnnxRuntimeRunner(tiny_dir / ONNX_FILES[precision], precision=precision)(x)
     parity = compare(reference, out, SAME_GRAPH[precision])
     assert parity, parity.failures
@@ -171,6 +204,7 @@ def test_demo_engines_on_real_digits(demo_dir: Path, precision: str, capsys: pyt
     data = take(open_dataset(DEMO_VAL, source.preprocessing, count=256), 256)
     with TensorRTRunner(path) as runner:
         out = runner(data.images)
+    _assert_matches_polygraphy(path, data.images[:32], out[:32])  # the runner's first chunk: the profile's maximum
     same_graph = compare(OnnxRuntimeRunner(demo_dir / ONNX_FILES[precision])(data.images), out, SAME_GRAPH[precision])
     assert same_graph, same_graph.failures
     parity = compare(_torch_logits(source, data.images), out, DEFAULT_TOLERANCES[precision], labels=data.labels)

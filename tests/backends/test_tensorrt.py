@@ -14,16 +14,19 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnext_deploy.artifacts import Manifest, sha256_file
+from resnext_deploy.backends.base import run_in_chunks
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
 from resnext_deploy.backends.tensorrt.build import build_engine
 from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path, read_engine_manifest
 from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.backends.tensorrt.runner import TensorRTRunner
-from resnext_deploy.backends.tensorrt.trtexec import trtexec_command
+from resnext_deploy.backends.tensorrt.trtexec import trtexec_command, trtexec_tensorrt_version
+from resnext_deploy.environment import tensorrt_summary
 from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 
 QUIET = {"log": lambda _m: None}
@@ -112,6 +115,7 @@ def test_trtexec_command_for_tensorrt_11_drops_the_strongly_typed_flag():
     assert "--stronglyTyped" not in args
     assert "--minShapes=input:1x3x16x24" in args and "--maxShapes=input:32x3x16x24" in args
     assert "--hardwareCompatibilityLevel=sameComputeCapability" in args
+    assert line.endswith("# sameComputeCapability needs TensorRT 10.9 or later")  # a shell comment
     assert not any(a.startswith(("--memPoolSize", "--builderOptimizationLevel", "--timingCacheFile")) for a in args)
 
 
@@ -128,7 +132,7 @@ def test_build_without_tensorrt_prints_trtexec_and_writes_nothing(tiny_dir: Path
         build_engine(tiny_dir, "fp32", BuildOptions(timing_cache=tiny_dir / "trt.cache"), **QUIET)
     message = str(info.value)
     assert info.value.exit_code == ExitCode.BACKEND_UNAVAILABLE
-    assert "TensorRT is not installed" in message and "resnext-deploy[tensorrt]" in message
+    assert "TensorRT is not installed" in message and "resnext-deploy[tensorrt-cu1" in message
     assert "trtexec" in message and f"--onnx={tiny_dir / 'model.onnx'}" in message
     assert "--minShapes=input:1x3x32x32" in message and "--maxShapes=input:32x3x32x32" in message
     assert "\n" not in message
@@ -151,15 +155,38 @@ def test_build_refuses_an_unknown_precision(tiny_dir: Path):
 class StandIn:
     """A stand-in ``tensorrt`` module that records calls. It models no TensorRT behaviour."""
 
-    def __init__(self, version: str, parse_ok: bool = True, plan: bytes | None = b"PLAN-BYTES") -> None:
+    def __init__(
+        self,
+        version: str,
+        parse_ok: bool = True,
+        plan: bytes | None = b"PLAN-BYTES",
+        null_factories: bool = False,
+        cache_readable: bool = True,
+        same_cc: bool = True,
+    ) -> None:
         self.calls: list[tuple] = []
-        self.module = self._module(version, parse_ok, plan)
+        self.module = self._module(version, parse_ok, plan, null_factories, cache_readable, same_cc)
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
 
-    def _module(self, version: str, parse_ok: bool, plan: bytes | None) -> types.ModuleType:
+    def _module(
+        self,
+        version: str,
+        parse_ok: bool,
+        plan: bytes | None,
+        null_factories: bool,
+        cache_readable: bool,
+        same_cc: bool,
+    ) -> types.ModuleType:
         calls = self.calls
+
+        def factory(name: str, logger) -> None:
+            """``null_factories``: log as TensorRT does, then fail as pybind11 does when TensorRT returns NULL."""
+            calls.append((name,))
+            if null_factories:
+                logger.log(severity.ERROR, "CUDA initialization failure with error: 35")
+                raise TypeError("pybind11::init(): factory function returned nullptr")
 
         severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
 
@@ -235,7 +262,7 @@ class StandIn:
 
             def create_timing_cache(self, data):
                 calls.append(("create_timing_cache", bytes(data)))
-                return TimingCache(bytes(data))
+                return TimingCache(bytes(data)) if cache_readable or not data else None
 
             def set_timing_cache(self, cache, ignore_mismatch):
                 calls.append(("set_timing_cache", ignore_mismatch))
@@ -247,7 +274,7 @@ class StandIn:
 
         class Builder:
             def __init__(self, logger) -> None:
-                calls.append(("Builder",))
+                factory("Builder", logger)
 
             def create_network(self, *flags):
                 calls.append(("create_network", flags))
@@ -263,17 +290,23 @@ class StandIn:
                 calls.append(("build_serialized_network",))
                 return plan
 
+        class Runtime:
+            def __init__(self, logger) -> None:
+                factory("Runtime", logger)
+
         module = types.ModuleType("tensorrt")
         module.__version__ = version
         module.ILogger = ILogger
         module.Builder = Builder
+        module.Runtime = Runtime
         module.OnnxParser = OnnxParser
         module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
         module.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
         module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        module.HardwareCompatibilityLevel = types.SimpleNamespace(
-            AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY"
-        )
+        levels = {"AMPERE_PLUS": "AMPERE_PLUS"}
+        if same_cc:  # from TensorRT 10.9
+            levels["SAME_COMPUTE_CAPABILITY"] = "SAME_COMPUTE_CAPABILITY"
+        module.HardwareCompatibilityLevel = types.SimpleNamespace(**levels)
         return module
 
 
@@ -462,3 +495,139 @@ def test_compatibility_rules(built_with, options, installed, capability, allowed
     else:
         with pytest.raises(BadInputError, match="rebuild it on this machine"):
             check()
+
+
+# --- the defects of the line-by-line review (issue 12) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cuda", "extra"), [("12.8", "tensorrt-cu12"), ("13.0", "tensorrt-cu13")])
+def test_install_hint_names_the_extra_of_torchs_cuda_major(monkeypatch: pytest.MonkeyPatch, cuda: str, extra: str):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    assert f"'resnext-deploy[{extra}]'" in probe.install_hint()
+
+
+def test_install_hint_without_a_cuda_torch_names_both_extras(monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    hint = probe.install_hint()
+    assert "[tensorrt-cu12]" in hint and "[tensorrt-cu13]" in hint
+
+
+def test_tensorrt_extras_are_per_cuda_major_and_bounded_to_the_supported_range():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert "tensorrt" not in extras  # the bare metapackage follows the newest CUDA build, not torch's
+    for cuda in ("12", "13"):
+        deps = extras[f"tensorrt-cu{cuda}"]
+        assert f"tensorrt-cu{cuda}>=10.8,<12" in deps
+        assert any(dep.startswith("polygraphy") for dep in deps)
+
+
+def test_contract_null_builder_is_backend_unavailable_with_tensorrt_log(tiny_dir: Path, stand_in):
+    """Contract test, not TensorRT coverage: pybind11's TypeError for a NULL builder becomes exit 4, with the log."""
+    stand_in(null_factories=True)
+    before = _files(tiny_dir)
+    with pytest.raises(BackendUnavailableError) as info:
+        build_engine(tiny_dir, "fp32", BuildOptions(), **QUIET)
+    message = str(info.value)
+    assert info.value.exit_code == ExitCode.BACKEND_UNAVAILABLE
+    assert "could not create a builder (CUDA initialization failure with error: 35)" in message
+    assert "driver" in message and "resnext-deploy[tensorrt-cu1" in message
+    assert _files(tiny_dir) == before
+
+
+def test_contract_null_runtime_makes_tensorrt_unavailable(stand_in, monkeypatch: pytest.MonkeyPatch):
+    """Contract test, not TensorRT coverage: the availability probe creates a Runtime and reports a NULL one."""
+    stand_in(null_factories=True)
+    monkeypatch.setattr(probe, "cuda_available", lambda: True)
+    reason = REAL_TENSORRT_STATUS()
+    assert reason is not None and "could not create a runtime (CUDA initialization failure" in reason
+
+
+def test_contract_info_says_when_tensorrt_cannot_create_a_runtime(stand_in, monkeypatch: pytest.MonkeyPatch):
+    """Contract test, not TensorRT coverage: `info` reports the version and whether a Runtime can be made."""
+    from resnext_deploy import environment
+
+    stand_in("10.13.3.9", null_factories=True)
+    monkeypatch.setattr(environment, "cuda_available", lambda: True)
+    summary = tensorrt_summary()
+    assert summary.startswith("10.13.3.9 (cannot run here: TensorRT 10.13.3.9 could not create a runtime")
+    stand_in("10.13.3.9")
+    assert tensorrt_summary() == "10.13.3.9 (creates a runtime)"
+
+
+def test_contract_runner_with_a_null_runtime_is_backend_unavailable(tiny_dir: Path, stand_in):
+    """Contract test, not TensorRT coverage: the runner turns a NULL runtime into exit 4, not a TypeError."""
+    stand_in()
+    path = build_engine(tiny_dir, "fp32", BuildOptions(), **QUIET)
+    stand_in(null_factories=True)
+    with pytest.raises(BackendUnavailableError, match="could not create a runtime"):
+        TensorRTRunner(path)
+
+
+def test_contract_unreadable_timing_cache_falls_back_to_a_fresh_one(tiny_dir: Path, stand_in):
+    """Contract test, not TensorRT coverage: create_timing_cache returning None means a fresh cache and a warning."""
+    fake = stand_in(cache_readable=False)
+    cache = tiny_dir / "trt.cache"
+    cache.write_bytes(b"FROM ANOTHER GPU")
+    messages: list[str] = []
+    build_engine(tiny_dir, "fp32", BuildOptions(timing_cache=cache), log=messages.append)
+    creates = [c for c in fake.calls if c[0] == "create_timing_cache"]
+    assert creates == [("create_timing_cache", b"FROM ANOTHER GPU"), ("create_timing_cache", b"")]
+    assert [c for c in fake.calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)]
+    assert any(m.startswith(f"warning: {cache} is not a timing cache") for m in messages)
+    assert cache.read_bytes() == b"CACHE:"  # the fresh cache replaced it after the build
+
+
+def test_contract_same_cc_on_tensorrt_10_8_says_it_needs_10_9(tiny_dir: Path, stand_in):
+    """Contract test, not TensorRT coverage: 10.8 has no SAME_COMPUTE_CAPABILITY; the error names 10.9."""
+    stand_in("10.8.0.43", same_cc=False)
+    with pytest.raises(BackendUnavailableError, match=r"same-cc needs TensorRT 10\.9 or later, this is 10\.8\.0\.43"):
+        build_engine(tiny_dir, "fp32", BuildOptions(hardware_compat="same-cc"), **QUIET)
+
+
+def test_chunks_are_padded_up_to_the_profile_minimum():
+    """Profile 4..8 and 9 images: chunks of 8 and 1, the 1 padded to 4 (set_input_shape would refuse 1)."""
+    shapes: list[int] = []
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        shapes.append(len(chunk))
+        return chunk.reshape(len(chunk), -1)[:, :2] * 2
+
+    batch = np.arange(9 * 3 * 2 * 2, dtype=np.float32).reshape(9, 3, 2, 2)
+    out = run_in_chunks(run, batch, 8, pad_to=4)
+    assert shapes == [8, 4]
+    np.testing.assert_array_equal(out, batch.reshape(9, -1)[:, :2] * 2)
+    shapes.clear()
+    assert run_in_chunks(run, batch[:2], 8, pad_to=4).shape == (2, 2) and shapes == [4]
+
+
+@pytest.mark.parametrize(("count", "expected"), [(9, [8, 4]), (2, [4]), (5, [5]), (17, [8, 8, 4])])
+def test_contract_runner_runs_only_batches_its_profile_accepts(count: int, expected: list[int]):
+    """Contract test, not TensorRT coverage: the batch sizes TensorRTRunner hands to TensorRT, profile 4..8."""
+    runner = TensorRTRunner.__new__(TensorRTRunner)  # no engine: only the chunking in front of it is exercised
+    runner.path, runner.min_batch, runner.max_batch, runner.chw = Path("model.fp32.engine"), 4, 8, (3, 2, 2)
+    seen: list[int] = []
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        seen.append(len(chunk))
+        runner._device_ms += 1.0
+        return np.zeros((len(chunk), 10), dtype=np.float32)
+
+    runner._run = run
+    assert runner(np.ones((count, 3, 2, 2), dtype=np.float32)).shape == (count, 10)
+    assert seen == expected and runner.last_device_ms == len(expected)
+
+
+def test_trtexec_version_is_read_from_its_banner(tmp_path: Path):
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v101303] [b9] # trtexec --help'\n")
+    trtexec.chmod(0o755)
+    assert trtexec_tensorrt_version(trtexec) == "10.13.3"
+    trtexec.write_text("#!/bin/sh\necho 'no banner'\n")
+    assert trtexec_tensorrt_version(trtexec) is None
+    assert trtexec_tensorrt_version(tmp_path / "missing") is None

@@ -54,7 +54,9 @@ def _add_fp16_onnx(directory: Path) -> None:
     Manifest(directory).record("model.fp16.onnx", "fp16", options={"fixture": "convert_float_to_float16"})
 
 
-def _add_stand_in_engine(directory: Path, min_batch: int = 1, opt_batch: int = 4, max_batch: int = 16) -> Path:
+def _add_stand_in_engine(
+    directory: Path, min_batch: int = 1, opt_batch: int = 4, max_batch: int = 16, version_compatible: bool = False
+) -> Path:
     """Plan bytes that are not a plan, with a manifest of the shape build-trt writes."""
     path = directory / engine_file("fp16")
     path.write_bytes(b"stand-in plan bytes")
@@ -67,7 +69,9 @@ def _add_stand_in_engine(directory: Path, min_batch: int = 1, opt_batch: int = 4
         "engine": path.name,
         "precision": "fp16",
         "source_onnx": "model.fp16.onnx",
+        "tensorrt_version": "10.13.3.9",
         "profile": profile,
+        "build_options": {"version_compatible": version_compatible},
     }
     body["checksum"] = manifest_checksum(body)
     write_json(engine_manifest_path(path), body)
@@ -125,6 +129,38 @@ def test_repository_configs_parse_into_triton_model_config(full_dir: Path, tmp_p
     assert [(g.count, g.kind) for g in plan.instance_group] == [(1, pb.ModelInstanceGroup.KIND_GPU)]
     assert not plan.optimization.execution_accelerators.gpu_execution_accelerator
     assert (out / "resnext_tiny_trt_fp16" / "1" / "model.plan").read_bytes() == b"stand-in plan bytes"
+
+
+@needs_tritonclient
+def test_a_plain_engine_is_served_with_a_warning_about_tensorrt_versions(full_dir: Path, tmp_path: Path):
+    messages: list[str] = []
+    make_triton_repo(full_dir, tmp_path / "repo", log=messages.append)
+    config = (tmp_path / "repo" / "resnext_tiny_trt_fp16" / "config.pbtxt").read_text()
+    assert "# model.fp16.engine was built with TensorRT 10.13.3.9" in config and "exactly 10.13.3.9" in config
+    (warning,) = [m for m in messages if m.startswith("warning:")]
+    assert "model.fp16.engine" in warning and "exactly 10.13.3.9" in warning
+    assert messages[-1].startswith("serve it with: tritonserver") and "version-compatible" not in messages[-1]
+
+
+@needs_tritonclient
+def test_a_version_compatible_engine_needs_the_backend_config_flag(tiny_dir: Path, tmp_path: Path):
+    _add_fp16_onnx(tiny_dir)
+    _add_stand_in_engine(tiny_dir, version_compatible=True)
+    messages: list[str] = []
+    make_triton_repo(tiny_dir, tmp_path / "repo", log=messages.append)
+    flag = "--backend-config=tensorrt,version-compatible=true"
+    assert messages[-1].endswith(flag)
+    assert flag in (tmp_path / "repo" / "resnext_tiny_trt_fp16" / "config.pbtxt").read_text()
+    assert not [m for m in messages if m.startswith("warning:")]
+
+
+@needs_tritonclient
+def test_an_engine_whose_profile_starts_above_1_is_refused(tiny_dir: Path, tmp_path: Path):
+    _add_fp16_onnx(tiny_dir)
+    _add_stand_in_engine(tiny_dir, min_batch=4, opt_batch=8)
+    with pytest.raises(BadInputError, match=r"starts at batch 4.*batches from 1.*--fp16 --min-batch 1"):
+        make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
+    assert not (tmp_path / "repo").exists()
 
 
 @needs_tritonclient

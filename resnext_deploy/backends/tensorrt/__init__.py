@@ -15,11 +15,14 @@ from . import probe
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    extra = "tensorrt"
+    extra = "tensorrt-cu12"  # or tensorrt-cu13: the one matching torch's CUDA build, which install_hint() names
     description = "TensorRT engines on an NVIDIA GPU"
 
     def unavailable(self) -> str | None:
         return probe.tensorrt_status()
+
+    def install_hint(self) -> str:
+        return probe.install_hint()
 
     def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
         from .runner import TensorRTRunner

@@ -13,31 +13,37 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...artifacts import ONNX_FILES, Manifest, engine_file, load_onnx, now_iso, single_input, write_bytes, write_json
 from ...errors import BackendUnavailableError, BadInputError
 from . import probe
 from .manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum, read_engine_manifest
 from .options import BuildOptions
-from .probe import TensorRTUnavailableError, major_version, make_logger
+from .probe import TensorRTUnavailableError, factory_failed, major_version, make_logger
 from .trtexec import trtexec_command
 
+if TYPE_CHECKING:  # for annotations only: tensorrt is imported where it is used
+    import tensorrt as trt
 
-def _onnx_input(path: Path) -> tuple[str, list[int | str]]:
-    """The single image input's name and dims, read without weights; C, H and W must be fixed."""
+
+def _onnx_input(path: Path) -> tuple[str, int | str, tuple[int, int, int]]:
+    """The single image input's name, batch dim (a dim_param name when dynamic) and fixed C, H, W, without weights."""
     name, dims = single_input(load_onnx(path, load_external_data=False), path)
-    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
-        raise BadInputError(f"{path}: input {name!r} must be NCHW with fixed C, H and W; got {dims}")
-    return name, dims
+    if len(dims) == 4:
+        batch, c, h, w = dims
+        if isinstance(c, int) and isinstance(h, int) and isinstance(w, int):
+            return name, batch, (c, h, w)
+    raise BadInputError(f"{path}: input {name!r} must be NCHW with fixed C, H and W; got {dims}")
 
 
 def _calibration_fingerprint(entry: dict[str, Any]) -> str | None:
     """The calibration set's fingerprint recorded with an INT8 ONNX file (top level or in its options)."""
-    return entry.get("calibration_fingerprint") or entry.get("options", {}).get("calibration_fingerprint")
+    value = entry.get("calibration_fingerprint") or entry.get("options", {}).get("calibration_fingerprint")
+    return str(value) if value else None
 
 
-def _parser_errors(parser) -> list[str]:
+def _parser_errors(parser: trt.OnnxParser) -> list[str]:
     """Every ONNX parser error with the node it names, so a user can find it in Netron."""
     errors = []
     for index in range(parser.num_errors):
@@ -72,21 +78,21 @@ def build_engine(
     onnx_entry = manifest.require(onnx_name, f"`{make} --dir {directory}` makes it")
     onnx_path = directory / onnx_name
     engine_path = directory / engine_file(precision)
-    input_name, dims = _onnx_input(onnx_path)
+    input_name, batch, chw = _onnx_input(onnx_path)
     size = ((manifest.entry(ONNX_FILES["fp32"]) or {}).get("options") or {}).get("source", {}).get("image_size")
-    if size is not None and dims[1:] != [3, size, size]:
+    if size is not None and chw != (3, size, size):
         raise BadInputError(
-            f"{onnx_path} takes {'x'.join(map(str, dims[1:]))} images, but its model was exported for "
+            f"{onnx_path} takes {'x'.join(map(str, chw))} images, but its model was exported for "
             f"3x{size}x{size}; the file does not fit its manifest entry: export again"
         )
-    if isinstance(dims[0], int) and not options.min_batch == options.opt_batch == options.max_batch == dims[0]:
+    if isinstance(batch, int) and not options.min_batch == options.opt_batch == options.max_batch == batch:
         raise BadInputError(
-            f"{onnx_path} has a fixed batch of {dims[0]}; export with a dynamic batch, or build with "
-            f"--min-batch/--opt-batch/--max-batch {dims[0]}"
+            f"{onnx_path} has a fixed batch of {batch}; export with a dynamic batch, or build with "
+            f"--min-batch/--opt-batch/--max-batch {batch}"
         )
     reason = probe.tensorrt_status()
     if reason is not None:
-        command = trtexec_command(onnx_path, engine_path, options, (dims[2], dims[3]), input_name, trt_major)
+        command = trtexec_command(onnx_path, engine_path, options, chw[1:], input_name, trt_major)
         raise TensorRTUnavailableError(f"{reason}. The same build on a GPU machine: {command}", command)
 
     version = str(probe.tensorrt_version())
@@ -99,9 +105,9 @@ def build_engine(
     plan, build_seconds = _build_plan(onnx_path, precision, options, version, log)
     profile = {
         "input": input_name,
-        "min": [options.min_batch, *dims[1:]],
-        "opt": [options.opt_batch, *dims[1:]],
-        "max": [options.max_batch, *dims[1:]],
+        "min": [options.min_batch, *chw],
+        "opt": [options.opt_batch, *chw],
+        "max": [options.max_batch, *chw],
     }
     body = {
         "format": ENGINE_MANIFEST_FORMAT,
@@ -152,16 +158,20 @@ def _build_plan(
     """Parse, configure and build; returns the serialized plan and the build time in seconds."""
     import tensorrt as trt
 
-    logger = make_logger(trt, log)
-    builder = trt.Builder(logger)
+    errors: list[str] = []
+    logger = make_logger(errors, log)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as exc:
+        raise factory_failed("builder", errors, exc) from None
     if major_version(version) >= 11:
         network = builder.create_network()  # every network is strongly typed on 11.x
     else:
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))  # trt-api: 10
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = _parser_errors(parser) or logger.errors or ["no detail given"]
-        raise BadInputError(f"TensorRT {version}'s ONNX parser rejected {onnx_path}: {'; '.join(errors)}")
+        details = _parser_errors(parser) or errors or ["no detail given"]
+        raise BadInputError(f"TensorRT {version}'s ONNX parser rejected {onnx_path}: {'; '.join(details)}")
     if network.num_inputs != 1:
         raise BadInputError(f"{onnx_path} must have one image input; TensorRT sees {network.num_inputs}")
     image = network.get_input(0)
@@ -179,20 +189,21 @@ def _build_plan(
     if options.hardware_compat == "ampere+":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif options.hardware_compat == "same-cc":
-        try:
-            config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
-        except AttributeError:
+        # SAME_COMPUTE_CAPABILITY exists from TensorRT 10.9; the project supports 10.8.
+        same_cc: trt.HardwareCompatibilityLevel | None = getattr(
+            trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None
+        )
+        if same_cc is None:
             raise BackendUnavailableError(
-                f"TensorRT {version} has no same-compute-capability level; upgrade TensorRT or use ampere+"
-            ) from None
+                f"--hardware-compat same-cc needs TensorRT 10.9 or later, this is {version}; upgrade TensorRT or "
+                "use ampere+"
+            )
+        config.hardware_compatibility_level = same_cc
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     cache_path = Path(options.timing_cache) if options.timing_cache is not None else None
     if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-        if not config.set_timing_cache(cache, False):
-            log(f"{cache_path} was made for another GPU or TensorRT version; starting a fresh timing cache")
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+        _use_timing_cache(config, cache_path, log)
 
     precision_note = "FP32" if precision == "fp32" else f"{precision.upper()} as typed in the graph"
     log(f"building {precision_note} engine from {onnx_path.name} with TensorRT {version} (this can take minutes)")
@@ -200,9 +211,26 @@ def _build_plan(
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if plan is None:
-        detail = "; ".join(logger.errors[-3:]) or "no detail given"
+        detail = "; ".join(errors[-3:]) or "no detail given"
         raise BadInputError(f"TensorRT {version} could not build an engine from {onnx_path}: {detail}")
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), seconds
+
+
+def _use_timing_cache(config: trt.IBuilderConfig, path: Path, log: Callable[[str], None]) -> None:
+    """Load the timing cache at ``path`` into ``config``, or a fresh one when it is missing or unusable.
+
+    ``create_timing_cache`` returns None for a corrupt cache or one from another TensorRT version (TensorRT's
+    own samples check for it), and ``set_timing_cache`` refuses one from another GPU; either way the build
+    goes on with an empty cache, which is saved over the old file after a successful build.
+    """
+    cache = config.create_timing_cache(path.read_bytes()) if path.exists() else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if path.exists():
+        log(f"warning: {path} is not a timing cache this TensorRT and GPU can use; starting a fresh one")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, False):
+        raise BackendUnavailableError(f"TensorRT could not create an empty timing cache for {path}")

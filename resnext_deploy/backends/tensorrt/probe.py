@@ -8,27 +8,74 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...environment import cuda_available
 from ...environment import tensorrt_version as tensorrt_version  # asked through this module
-from ...errors import BackendUnavailableError
+from ...errors import BackendUnavailableError, one_line
 
-INSTALL_HINT = "pip install 'resnext-deploy[tensorrt]' on a machine with an NVIDIA GPU"
+if TYPE_CHECKING:  # for annotations only: tensorrt is imported where it is used
+    import tensorrt as trt
+
+# TensorRT's wheels come per CUDA major; the extra must match the CUDA build of torch (which shares the driver).
+CUDA_EXTRAS = {"12": "tensorrt-cu12", "13": "tensorrt-cu13"}
+NULL_FACTORY = "factory function returned nullptr"  # pybind11's TypeError when TensorRT returns NULL
+
+
+def install_hint() -> str:
+    """The pip line for the TensorRT extra that matches this torch's CUDA build."""
+    import torch
+
+    cuda: str | None = torch.version.cuda
+    extra = CUDA_EXTRAS.get((cuda or "").split(".")[0])
+    if extra is None:
+        return (
+            "pip install 'resnext-deploy[tensorrt-cu12]' or 'resnext-deploy[tensorrt-cu13]' (the CUDA major of "
+            "your CUDA build of torch) on a machine with an NVIDIA GPU"
+        )
+    return f"pip install 'resnext-deploy[{extra}]' (torch here is a CUDA {cuda} build) on a machine with an NVIDIA GPU"
 
 
 def tensorrt_status() -> str | None:
-    """None when TensorRT imports and a CUDA GPU is visible; otherwise why not, in one line."""
+    """None when TensorRT imports, a CUDA GPU is visible and TensorRT can create a runtime; else why not."""
     try:
         import tensorrt  # noqa: F401 - the import is the question
     except Exception as exc:  # noqa: BLE001 - a broken install is as unusable as a missing one
-        return f"TensorRT is not installed or does not import ({type(exc).__name__}: {exc}); {INSTALL_HINT}"
+        return f"TensorRT is not installed or does not import ({type(exc).__name__}: {exc}); {install_hint()}"
     if not cuda_available():
         return (
             "no CUDA GPU is visible to PyTorch (no device, no driver, or a CPU build of torch); "
             "TensorRT engines are built and run on an NVIDIA GPU"
         )
+    return runtime_problem()
+
+
+def runtime_problem() -> str | None:
+    """Why TensorRT cannot create a ``Runtime`` here, with what it logged; None when it can."""
+    import tensorrt as trt
+
+    errors: list[str] = []
+    try:
+        trt.Runtime(make_logger(errors, lambda _m: None))
+    except TypeError as exc:
+        return str(factory_failed("runtime", errors, exc))
     return None
+
+
+def factory_failed(what: str, errors: list[str], exc: TypeError) -> BackendUnavailableError:
+    """``trt.Builder``/``trt.Runtime`` got NULL from TensorRT, which pybind11 raises as a TypeError.
+
+    It happens when TensorRT cannot initialize CUDA, most often because the driver is older than the CUDA
+    major of the TensorRT wheels (NVIDIA/TensorRT#2913). A TypeError of another kind is a bug and re-raised.
+    """
+    if NULL_FACTORY not in str(exc):
+        raise exc
+    logged = "; ".join(errors[-3:]) or f"it logged nothing; {one_line(exc)}"
+    return BackendUnavailableError(
+        f"TensorRT {tensorrt_version()} could not create a {what} ({logged}). Most often the NVIDIA driver is "
+        f"older than this TensorRT's CUDA build needs (nvidia-smi shows the newest CUDA it supports); "
+        f"{install_hint()}, or update the driver"
+    )
 
 
 def major_version(version: str) -> int:
@@ -68,17 +115,20 @@ def driver_version(index: int) -> str | None:
     return out.stdout.strip() or None
 
 
-def make_logger(trt, log: Callable[[str], None]):
-    """A TensorRT logger that forwards warnings and keeps errors for the exception message."""
+def make_logger(errors: list[str], log: Callable[[str], None]) -> trt.ILogger:
+    """A TensorRT logger that appends errors to ``errors`` (for the exception message) and forwards warnings.
+
+    The subclass of ``trt.ILogger`` is made here, on use, so that nothing of TensorRT is touched at import.
+    """
+    import tensorrt as trt
 
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors: list[str] = []
 
-        def log(self, severity, msg: str) -> None:
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
+                errors.append(msg)
             elif severity == trt.ILogger.Severity.WARNING:
                 log(f"TensorRT: {msg}")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+import subprocess
 from pathlib import Path
 
 from ...artifacts import ONNX_FILES, engine_file
@@ -51,7 +53,31 @@ def trtexec_command(
         args.append(f"--hardwareCompatibilityLevel={HARDWARE_COMPAT[options.hardware_compat]}")
     if options.version_compatible:
         args.append("--versionCompatible")
-    return shlex.join(args)
+    line = shlex.join(args)
+    if options.hardware_compat == "same-cc":
+        line += f"  # {SAME_CC_NOTE}"
+    return line
+
+
+SAME_CC_NOTE = "sameComputeCapability needs TensorRT 10.9 or later"
+
+
+def trtexec_tensorrt_version(trtexec: str | Path) -> str | None:
+    """The TensorRT version (major.minor.patch) a trtexec binary belongs to, from its ``[TensorRT v101303]`` tag.
+
+    A plain plan loads only in the TensorRT version that built it, so a trtexec of another version (often a
+    system install beside the pip wheels) refusing our engine says nothing about the engine. None when the
+    binary does not run or prints no tag.
+    """
+    try:
+        done = subprocess.run([str(trtexec), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\[TensorRT v(\d+)\]", done.stdout + done.stderr)
+    if match is None:
+        return None
+    number = int(match.group(1))  # major * 10000 + minor * 100 + patch
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
 
 def build_trt_command(engine_path: Path) -> str:
