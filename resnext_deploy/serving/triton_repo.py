@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file, external_files
 from ..backends.tensorrt.manifest import read_engine_manifest
 from ..backends.tensorrt.options import BuildOptions
 from ..errors import BackendUnavailableError, BadInputError
@@ -92,6 +92,7 @@ class RepoModel:
     max_batch_size: int  # 0: the graph has a fixed batch and Triton must not batch
     preferred_batch_sizes: tuple[int, ...]
     sha256: str
+    external: tuple[str, ...] = ()  # the ONNX file's external-data side files, relative to its directory
 
     @property
     def model_file(self) -> str:
@@ -188,10 +189,13 @@ def collect_models(
         path = directory / file_name
         if path.exists():
             sha = sha256(path)
+            external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
             inputs, outputs = onnx_io(path)
             batch = _batch_plan(inputs[0].dims, file_name, max_batch_size, None, DEFAULT_OPT_BATCH)
             model_name = f"{base}_onnx_{precision}"  # default_model_name() when no --name
-            models.append(RepoModel(model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha))
+            models.append(
+                RepoModel(model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha, external)
+            )
     for precision in PRECISIONS:
         path = directory / engine_file(precision)
         if path.exists():
@@ -258,6 +262,12 @@ def make_triton_repo(
             raise BadInputError(
                 f"cannot create {version_dir}: {exc.strerror or exc}; choose a writable --out"
             ) from None
+        for location in model.external:
+            target = version_dir / location
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(model.artifact.parent / location, tmp)
+                tmp.chmod(REPO_FILE_MODE)
         with atomic_path(version_dir / model.model_file) as tmp:
             shutil.copyfile(model.artifact, tmp)
             tmp.chmod(REPO_FILE_MODE)
