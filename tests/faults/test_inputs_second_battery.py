@@ -620,3 +620,11 @@ def test_serve_workspaces_of_dead_processes_are_removed(tmp_path: Path, monkeypa
         assert workspace.parent.name.startswith(f"{pytriton.WORKSPACE_PREFIX}{os.getpid()}-")
         workspace.mkdir()
     assert not workspace.parent.exists()
+
+
+def test_the_triton_load_test_waits_for_no_one_else_s_lock(capsys, tiny_dir: Path) -> None:
+    """It writes bench_triton.json into DIR, so it takes the lock first (before contacting any server)."""
+    with locked(tiny_dir):
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", "http://127.0.0.1:9", "--duration", "0.1")
+    fails(outcome, ExitCode.BUSY, "another resnext-deploy run is using")
+    assert not (tiny_dir / "bench_triton.json").exists()
