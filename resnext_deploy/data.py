@@ -293,7 +293,8 @@ class ArrayDataset(Dataset):
         for start in range(0, self.count, batch_size):
             stop = start + batch_size
             labels = None if self.labels is None else self.labels[start:stop]
-            yield Batch(np.ascontiguousarray(self.images[start:stop], dtype=np.float32), labels)
+            # a copy: memory-mapped and .npz rows are read-only, and runners may hand them to torch
+            yield Batch(np.array(self.images[start:stop], dtype=np.float32), labels)
 
 
 def _check_images(path: Path, dims: tuple[int, ...], dtype: np.dtype, shape: tuple[int, int, int]) -> None:
