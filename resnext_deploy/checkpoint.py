@@ -21,8 +21,19 @@ SUPPORTED_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _SHOWN = 4
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat ``{key: tensor}`` dict, or raise ``BadInputError``."""
+# Float weights load as they are; any other dtype is a different model, not a storage format.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+COUNTER_SUFFIX = "num_batches_tracked"  # BatchNorm's step counter: an integer buffer by design
+SLACK_BYTES = 1 << 20  # room for small extra buffers beyond the architecture's own state
+
+
+def read_state_dict(path: str | Path, arch: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat ``{key: tensor}`` dict, or raise ``BadInputError``.
+
+    Every tensor is checked against its storage before any arithmetic touches it, so a tiny file
+    cannot expand into gigabytes; with ``arch`` the total size is also capped at what that
+    architecture needs.
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"checkpoint {path} does not exist; check the --checkpoint path")
@@ -32,7 +43,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raw = _read_safetensors(path)
     else:
         raw = _read_torch(path)
-    return _normalise(_unwrap(raw, path), path)
+    return _normalise(_unwrap(raw, path), path, arch)
 
 
 def _read_safetensors(path: Path) -> dict[str, object]:
@@ -89,7 +100,55 @@ def _unwrap(raw: object, path: Path) -> dict:
     )
 
 
-def _normalise(state: dict, path: Path) -> dict[str, torch.Tensor]:
+def _check_layout(key: str, value: torch.Tensor, path: Path) -> None:
+    """Refuse views that claim more elements than their storage holds (stride tricks) and odd layouts."""
+    if value.layout != torch.strided or value.is_quantized:
+        raise BadInputError(
+            f"checkpoint {path} stores {key!r} as a {value.layout} tensor; only dense tensors are loaded, "
+            "re-save it with plain tensors"
+        )
+    shape, strides = value.shape, value.stride()
+    if any(size > 1 and stride == 0 for size, stride in zip(shape, strides, strict=True)):
+        raise BadInputError(
+            f"checkpoint {path} stores {key!r} as a broadcast view (stride 0) of shape {tuple(shape)}; "
+            "the file is malformed or hostile, re-save it from the model"
+        )
+    if value.numel() == 0:
+        return
+    storage = value.untyped_storage().nbytes()
+    reach = value.storage_offset() + sum((size - 1) * stride for size, stride in zip(shape, strides, strict=True))
+    if value.numel() * value.element_size() > storage or (reach + 1) * value.element_size() > storage:
+        raise BadInputError(
+            f"checkpoint {path} stores {key!r} as shape {tuple(shape)} over only {storage} bytes of data; "
+            "the file is malformed or hostile, re-save it from the model"
+        )
+
+
+def _check_dtype(key: str, value: torch.Tensor, path: Path) -> None:
+    if value.dtype in FLOAT_DTYPES or (key.endswith(COUNTER_SUFFIX) and value.dtype in (torch.int64, torch.int32)):
+        return
+    raise BadInputError(
+        f"checkpoint {path} stores {key!r} as {value.dtype}; only float32/float16/bfloat16/float64 weights are "
+        "loaded, because casting other types changes the model; convert the weights yourself and save again"
+    )
+
+
+def _check_total(state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """The checkpoint may not hold more than the architecture's own state (plus slack)."""
+    from .models import create_model
+
+    with torch.device("meta"):
+        needed = create_model(arch, infer_num_classes(state)).state_dict()
+    limit = sum(t.numel() * 8 for t in needed.values()) + SLACK_BYTES  # float64 weights are the largest allowed
+    held = sum(t.numel() * t.element_size() for t in state.values())
+    if held > limit:
+        raise BadInputError(
+            f"checkpoint {path} does not fit --arch {arch}: it holds {held} bytes of tensors, more than the "
+            f"architecture can use ({limit}); pass the architecture the checkpoint was trained with"
+        )
+
+
+def _normalise(state: dict, path: Path, arch: str | None = None) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = str(key)
@@ -100,6 +159,11 @@ def _normalise(state: dict, path: Path) -> dict[str, torch.Tensor]:
                 if name.startswith(prefix):
                     name, stripped = name[len(prefix) :], True
         out[name] = value
+    for key, value in out.items():
+        _check_layout(key, value, path)
+        _check_dtype(key, value, path)
+    if arch is not None:
+        _check_total(out, path, arch)
     for key, value in out.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise BadInputError(

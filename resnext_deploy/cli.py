@@ -76,9 +76,10 @@ def export(
 ) -> None:
     """Export DIR/model.onnx (FP32) and check it against PyTorch in ONNX Runtime."""
     from .artifacts import locked, prepare_dir
-    from .export import export_onnx
+    from .export import check_export_options, export_onnx
     from .source import resolve_source
 
+    check_export_options(opset, static_batch)
     source = resolve_source(arch, checkpoint, num_classes, image_size)
     directory = prepare_dir(directory)
     with locked(directory):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from .models import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default bomb limit, made an error rather than a warning
+MAX_ARRAY_BYTES = 2 << 30  # the most array data one .npz read may decompress: its counterpart of Pillow's limit
+_CHUNK = 16 << 20
 
 
 @dataclass
@@ -34,13 +38,33 @@ def load_rgb(path: str | Path):
     from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("not a regular file")
+    with warnings.catch_warnings(), os.fdopen(fd, "rb") as handle:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        with Image.open(handle) as image:
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
+
+
+def _peak(array: np.ndarray, mode: str) -> float:
+    """The full-scale value of a high-bit-depth image, from its real range: 1 (float), 255 or 65535.
+
+    Values outside every such range (negative, non-finite, above 65535) have no known scale, so the
+    image is refused rather than guessed.
+    """
+    if not np.isfinite(array).all():
+        raise ValueError(f"mode {mode} image holds NaN or Inf values")
+    low, high = float(array.min(initial=0)), float(array.max(initial=0))
+    if low < 0 or high > 65535:
+        raise ValueError(f"mode {mode} image values span {low:g}..{high:g}; no known scale, convert it to 8-bit")
+    if mode == "F" and high <= 1.0:
+        return 1.0
+    return 255.0 if high <= 255 else 65535.0
 
 
 def to_rgb(image):
@@ -49,8 +73,7 @@ def to_rgb(image):
 
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I") and array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
+        array = np.clip(array / _peak(array, image.mode) * 255.0, 0, 255).round().astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode in ("P", "LA", "PA"):
         image = image.convert("RGBA")
@@ -77,6 +100,19 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _not_regular(path: Path) -> str | None:
+    """Why a listed file is never opened (a FIFO, socket or device), or None.
+
+    A file that cannot even be stat'ed (a symlink loop, a dangling link) is left to the decoder,
+    which skips it with its own reason.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else "not a regular file (FIFO, socket or device)"
+
+
 @dataclass
 class ImageFolder:
     """A folder of images, searched recursively; first-level subfolders are classes when present."""
@@ -93,19 +129,25 @@ class ImageFolder:
         if not root.is_dir():
             raise BadInputError(f"{root} is not a directory; pass an image folder, a .npy or a .npz file")
         files: list[Path] = []
+        skipped: list[tuple[Path, str]] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
             dirnames.sort()
-            files += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+            for name in sorted(filenames):
+                if _is_image(name):
+                    candidate = Path(dirpath) / name
+                    reason = _not_regular(candidate)
+                    (skipped.append((candidate, reason)) if reason else files.append(candidate))
         if not files:
+            also = f"; skipped {len(skipped)} that are not regular files" if skipped else ""
             raise BadInputError(
-                f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}); point to a folder of images"
+                f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}){also}; point to a folder of images"
             )
         top = [p.relative_to(root).parts for p in files]
         classes = sorted({parts[0] for parts in top if len(parts) > 1})
         if classes and all(len(parts) > 1 for parts in top):
             index = {name: i for i, name in enumerate(classes)}
-            return cls(root, files, [index[parts[0]] for parts in top], classes)
-        return cls(root, files, None, [])
+            return cls(root, files, [index[parts[0]] for parts in top], classes, skipped)
+        return cls(root, files, None, [], skipped)
 
     def ordered(self, seed: int) -> list[int]:
         """All file indices in a seeded order, round-robin over classes so any prefix is class-balanced."""
@@ -173,7 +215,7 @@ class ImageDataset(Dataset):
         self.available = len(self.order)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        self.skipped = []
+        self.skipped = list(self.folder.skipped)
         images: list[np.ndarray] = []
         labels: list[int] = []
         produced = 0
@@ -207,30 +249,42 @@ def _batch(images: list[np.ndarray], labels: list[int]) -> Batch:
 
 
 class ArrayDataset(Dataset):
-    """Preprocessed float32 NCHW arrays from ``.npy`` or ``.npz`` (keys ``images``/``x``, ``labels``/``y``)."""
+    """Preprocessed float32 NCHW arrays from ``.npy`` or ``.npz`` (keys ``images``/``x``, ``labels``/``y``).
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], count: int | None, offset: int = 0) -> None:
-        images, labels = _read_arrays(path)
-        if images.ndim != 4 or tuple(images.shape[1:]) != shape:
-            raise BadInputError(
-                f"{path} holds an array of shape {images.shape}; expected (N, {shape[0]}, {shape[1]}, {shape[2]}) "
-                "float32 images already preprocessed for this model"
-            )
-        if not np.issubdtype(images.dtype, np.floating):
-            raise BadInputError(f"{path} holds {images.dtype} values; expected preprocessed float32 images")
-        if labels is not None and len(labels) != len(images):
-            raise BadInputError(f"{path}: {len(labels)} labels for {len(images)} images; they must match")
-        if len(images) == 0:
-            raise BadInputError(f"{path} holds no images")
-        available = max(len(images) - offset, 0)
-        wanted = available if count is None else min(count, available)
-        self.images = images[offset : offset + wanted]
-        self.labels = None if labels is None else labels[offset : offset + wanted].astype(np.int64)
+    Only the requested rows are read: a ``.npy`` is memory-mapped, a ``.npz`` member is decompressed
+    up to the last row needed, after its header's shape and dtype were checked. Every value must be
+    finite and every label an integer class of the model.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int, int],
+        count: int | None,
+        offset: int = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        images, labels, total = _read_arrays(path, shape, count, offset)
+        available = max(total - offset, 0)
+        wanted = len(images)
+        self.images = images
+        self.labels = labels
+        if labels is not None and num_classes is not None and wanted:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= num_classes:
+                raise BadInputError(
+                    f"{path} has labels from {low} to {high}; the model has {num_classes} classes (0 to "
+                    f"{num_classes - 1}), so these labels belong to another data set"
+                )
         import hashlib
 
         digest = hashlib.sha256()
         for start in range(0, wanted, 64):  # in chunks, so hashing a memory-mapped .npy stays flat in memory
-            digest.update(np.ascontiguousarray(self.images[start : start + 64], dtype=np.float32).tobytes())
+            chunk = np.ascontiguousarray(self.images[start : start + 64], dtype=np.float32)
+            if not np.isfinite(chunk).all():
+                row = start + int(np.argwhere(~np.isfinite(chunk))[0][0]) + offset
+                raise BadInputError(f"{path} holds NaN or Inf values (row {row}); fix or drop those images")
+            digest.update(chunk.tobytes())
         label = f"{path} ({wanted} arrays" + (f" after the first {offset})" if offset else ")")
         super().__init__(label, wanted, self.labels is not None, digest.hexdigest()[:16])
         self.available = available
@@ -239,23 +293,109 @@ class ArrayDataset(Dataset):
         for start in range(0, self.count, batch_size):
             stop = start + batch_size
             labels = None if self.labels is None else self.labels[start:stop]
-            yield Batch(np.ascontiguousarray(self.images[start:stop], dtype=np.float32), labels)
+            # a copy: memory-mapped and .npz rows are read-only, and runners may hand them to torch
+            yield Batch(np.array(self.images[start:stop], dtype=np.float32), labels)
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_images(path: Path, dims: tuple[int, ...], dtype: np.dtype, shape: tuple[int, int, int]) -> None:
+    if len(dims) != 4 or tuple(dims[1:]) != shape:
+        raise BadInputError(
+            f"{path} holds an array of shape {tuple(dims)}; expected (N, {shape[0]}, {shape[1]}, {shape[2]}) "
+            "float32 images already preprocessed for this model"
+        )
+    if not np.issubdtype(dtype, np.floating):
+        raise BadInputError(f"{path} holds {dtype} values; expected preprocessed float32 images")
+    if dims[0] == 0:
+        raise BadInputError(f"{path} holds no images")
+
+
+def _check_labels(path: Path, dims: tuple[int, ...], dtype: np.dtype, rows: int) -> None:
+    if len(dims) != 1 or not np.issubdtype(dtype, np.integer):
+        raise BadInputError(
+            f"{path} has labels of shape {tuple(dims)} and type {dtype}; expected a 1-D integer array of class indices"
+        )
+    if dims[0] != rows:
+        raise BadInputError(f"{path}: {dims[0]} labels for {rows} images; they must match")
+
+
+def _window(rows: int, count: int | None, offset: int) -> tuple[int, int]:
+    """The rows to read: from ``offset``, at most ``count``."""
+    start = min(offset, rows)
+    return start, rows if count is None else min(rows, start + count)
+
+
+def _read_arrays(
+    path: Path, shape: tuple[int, int, int], count: int | None, offset: int
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """The requested image rows (and labels), and how many rows the file holds."""
+    if path.suffix == ".npy":
+        try:
+            images = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise BadInputError(f"{path} is not a readable .npy file ({one_line(exc, 120)})") from None
+        _check_images(path, images.shape, images.dtype, shape)
+        start, stop = _window(len(images), count, offset)
+        return images[start:stop], None, len(images)
     try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadInputError(f"{path} is not a readable .npy/.npz file ({one_line(exc, 120)})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded, None
-    with loaded:
-        keys = set(loaded.files)
-        image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
-        if image_key is None:
-            raise BadInputError(f"{path} has no 'images' (or 'x') array; found {sorted(keys)}")
-        label_key = next((k for k in ("labels", "y") if k in keys), None)
-        return loaded[image_key], None if label_key is None else loaded[label_key]
+        with zipfile.ZipFile(path) as archive:
+            keys = {name[: -len(".npy")]: name for name in archive.namelist() if name.endswith(".npy")}
+            image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
+            if image_key is None:
+                raise BadInputError(f"{path} has no 'images' (or 'x') array; found {sorted(keys)}")
+            label_key = next((k for k in ("labels", "y") if k in keys), None)
+            with archive.open(keys[image_key]) as member:
+                dims, dtype = _member_header(path, member)
+                _check_images(path, dims, dtype, shape)
+                start, stop = _window(dims[0], count, offset)
+                images = _read_rows(path, member, dims, dtype, start, stop)
+            labels = None
+            if label_key is not None:
+                with archive.open(keys[label_key]) as member:
+                    label_dims, label_dtype = _member_header(path, member)
+                    _check_labels(path, label_dims, label_dtype, dims[0])
+                    labels = _read_rows(path, member, label_dims, label_dtype, start, stop).astype(np.int64)
+            return images, labels, dims[0]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise BadInputError(f"{path} is not a readable .npz file ({one_line(exc, 120)})") from None
+
+
+def _member_header(path: Path, member) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` inside a ``.npz``, read from its header alone."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(member)
+    if version == (1, 0):
+        dims, fortran, dtype = npy.read_array_header_1_0(member)
+    elif version == (2, 0):
+        dims, fortran, dtype = npy.read_array_header_2_0(member)
+    else:
+        raise BadInputError(f"{path} holds a .npy of format version {version}; save it again with numpy")
+    if dtype.hasobject:
+        raise BadInputError(f"{path} holds Python objects (dtype {dtype}), which are never loaded; save numbers")
+    if fortran and len(dims) > 1:
+        raise BadInputError(f"{path} holds a Fortran-ordered array; save it with np.ascontiguousarray first")
+    return tuple(int(d) for d in dims), dtype
+
+
+def _read_rows(path: Path, member, dims: tuple[int, ...], dtype: np.dtype, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a C-ordered member, decompressing no further than ``stop``."""
+    row_bytes = int(np.prod(dims[1:], dtype=np.int64)) * dtype.itemsize
+    wanted = (stop - start) * row_bytes
+    if wanted > MAX_ARRAY_BYTES:
+        raise BadInputError(
+            f"{path} would need {wanted / 2**30:.1f} GiB for {stop - start} rows (limit "
+            f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB); pass a smaller --count"
+        )
+    to_skip = start * row_bytes
+    while to_skip:
+        skipped = len(member.read(min(to_skip, _CHUNK)))
+        if not skipped:
+            break
+        to_skip -= skipped
+    data = member.read(wanted)
+    if to_skip or len(data) != wanted:
+        raise BadInputError(f"{path} is truncated: its header promises {dims[0]} rows")
+    return np.frombuffer(data, dtype=dtype).reshape((stop - start, *dims[1:]))
 
 
 class SyntheticDataset(Dataset):
@@ -274,12 +414,17 @@ class SyntheticDataset(Dataset):
 
 
 def open_dataset(
-    source: str | Path | None, pre: Preprocessing, count: int | None = None, seed: int = 0, offset: int = 0
+    source: str | Path | None,
+    pre: Preprocessing,
+    count: int | None = None,
+    seed: int = 0,
+    offset: int = 0,
+    num_classes: int | None = None,
 ) -> Dataset:
     """An image folder, a ``.npy``/``.npz`` of preprocessed arrays, or (``None``) synthetic inputs.
 
     ``offset`` skips that many samples of the seeded order (a folder) or rows (arrays): calibration
-    takes the first ones and held-out checks the rest.
+    takes the first ones and held-out checks the rest. ``num_classes`` bounds the labels of arrays.
     """
     shape = (3, pre.image_size, pre.image_size)
     if count is not None and count < 1:
@@ -289,10 +434,12 @@ def open_dataset(
     path = Path(source)
     if not path.exists():
         raise BadInputError(f"{path} does not exist; pass an image folder, a .npy or a .npz file")
-    if path.is_file():
+    if not path.is_dir():
+        if _not_regular(path):
+            raise BadInputError(f"{path} is not a regular file (FIFO, socket or device); pass a real file")
         if path.suffix not in (".npy", ".npz"):
             raise BadInputError(f"{path} is a file but not .npy/.npz; pass an image folder or a .npy/.npz")
-        return ArrayDataset(path, shape, count, offset)
+        return ArrayDataset(path, shape, count, offset, num_classes)
     return ImageDataset(ImageFolder.scan(path), pre, count, seed, offset)
 
 

@@ -54,6 +54,14 @@ def onnx_metadata(source: ModelSource) -> dict[str, str]:
     }
 
 
+def check_export_options(opset: int, static_batch: int | None) -> None:
+    """Refuse bad export options before anything is created on disk."""
+    if not 13 <= opset <= 21:
+        raise BadInputError(f"--opset must be between 13 and 21 (TensorRT's ONNX parser range), got {opset}")
+    if static_batch is not None and static_batch < 1:
+        raise BadInputError(f"--static-batch must be at least 1, got {static_batch}")
+
+
 def export_onnx(
     source: ModelSource,
     directory: str | Path,
@@ -65,10 +73,7 @@ def export_onnx(
     import onnx
     import torch
 
-    if not 13 <= opset <= 21:
-        raise BadInputError(f"--opset must be between 13 and 21 (TensorRT's ONNX parser range), got {opset}")
-    if static_batch is not None and static_batch < 1:
-        raise BadInputError(f"--static-batch must be at least 1, got {static_batch}")
+    check_export_options(opset, static_batch)
     directory = Path(directory)
     manifest = Manifest(directory)
     options = {"source": source.to_dict(), "opset": opset, "static_batch": static_batch}

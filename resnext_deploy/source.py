@@ -12,6 +12,7 @@ from .errors import BadInputError
 from .models import DEMO_ARCH, ArchSpec, Preprocessing, create_model, get_arch
 
 RANDOM_SEED = 0
+MAX_CLASSES = 1_000_000  # far above any real classifier; a larger count is a typo or a hostile manifest
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,28 @@ class ModelSource:
         if self.checkpoint_sha256 and path.exists() and sha256_file(path) != self.checkpoint_sha256:
             raise BadInputError(f"checkpoint {path} changed since the export (sha256 differs); run export again")
         model = create_model(self.arch, self.num_classes)
-        load_into(model, read_state_dict(path), path, self.arch)
+        load_into(model, read_state_dict(path, self.arch), path, self.arch)
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSource:
+    def from_dict(cls, data: Any) -> ModelSource:
+        """Rebuild a source recorded in a manifest; any malformed field is a ``BadInputError``."""
+        if not isinstance(data, dict) or not all(k in data for k in cls.__dataclass_fields__):
+            raise BadInputError(f"the model source {str(data)[:80]!r} lacks fields of {list(cls.__dataclass_fields__)}")
+        try:
+            get_arch(str(data["arch"]))
+        except KeyError as exc:
+            raise BadInputError(str(exc.args[0])) from None
+        for key, low, high in (("num_classes", 1, MAX_CLASSES), ("image_size", 8, 4096)):
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise BadInputError(f"{key} {str(value)[:40]} is not an integer between {low} and {high}")
+        for key in ("checkpoint", "checkpoint_sha256"):
+            if data[key] is not None and not isinstance(data[key], str):
+                raise BadInputError(f"{key} must be a string or null, got {type(data[key]).__name__}")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
@@ -80,8 +95,8 @@ def resolve_source(
         spec = get_arch(arch)
     except KeyError as exc:
         raise BadInputError(str(exc.args[0])) from None
-    if num_classes is not None and num_classes < 1:
-        raise BadInputError(f"--num-classes must be at least 1, got {num_classes}")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise BadInputError(f"--num-classes must be between 1 and {MAX_CLASSES}, got {num_classes}")
     if image_size is not None and not 8 <= image_size <= 4096:
         raise BadInputError(f"--image-size must be between 8 and 4096, got {image_size}")
     sha = None
@@ -89,7 +104,7 @@ def resolve_source(
         from .checkpoint import infer_num_classes, read_state_dict
 
         checkpoint = Path(checkpoint).resolve()
-        state = read_state_dict(checkpoint)  # fails early, with one line, on a bad file
+        state = read_state_dict(checkpoint, spec.name)  # fails early, with one line, on a bad file
         num_classes = num_classes or infer_num_classes(state)
         sha = sha256_file(checkpoint)
     return ModelSource(

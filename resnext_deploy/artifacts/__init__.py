@@ -1,12 +1,13 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
 from .manifest import MANIFEST_NAME, Manifest, artifact_dir, tool_versions
-from .onnx_io import load_onnx, opset_of, single_input
+from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .store import (
     LOCK_NAME,
     ONNX_FILES,
     PRECISIONS,
     atomic_path,
+    check_writable,
     engine_file,
     locked,
     now_iso,
@@ -26,9 +27,12 @@ __all__ = [
     "Manifest",
     "artifact_dir",
     "atomic_path",
+    "check_writable",
     "engine_file",
+    "external_files",
     "load_onnx",
     "locked",
+    "name_nodes",
     "now_iso",
     "opset_of",
     "prepare_dir",

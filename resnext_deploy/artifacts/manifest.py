@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from ..errors import BadInputError
 from .store import ONNX_FILES, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def tool_versions() -> dict[str, str]:
@@ -41,6 +43,7 @@ class Manifest:
             loaded = read_json(self.path)
             if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
                 raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
+            _check_entries(loaded["artifacts"], self.path)
             self.data = loaded
 
     @property
@@ -106,6 +109,34 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
+    """Every entry is an object with the fields later steps read, so a hand-edited manifest fails here, once."""
+    from ..source import ModelSource
+
+    for name, entry in artifacts.items():
+        problem = None
+        if not isinstance(entry, dict):
+            problem = f"is a {type(entry).__name__}, not an object"
+        elif not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            problem = "has no valid sha256"
+        elif not isinstance(entry.get("options", {}), dict):
+            problem = "has options that are not an object"
+        elif entry.get("parent_sha256") is not None and not isinstance(entry["parent_sha256"], str):
+            problem = "has a parent_sha256 that is not a string"
+        elif name == ONNX_FILES["fp32"]:
+            if "source" not in entry.get("options", {}):
+                problem = "has no model source in its options"
+            else:
+                try:
+                    ModelSource.from_dict(entry["options"]["source"])
+                except BadInputError as exc:
+                    problem = f"has a bad model source: {exc}"
+        if problem:
+            raise BadInputError(
+                f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
+            )
 
 
 def artifact_dir(directory: str | Path) -> Path:

@@ -25,12 +25,41 @@ def _tensors(graph) -> Iterator[Any]:
                 yield from _tensors(subgraph)
 
 
+def name_nodes(graph) -> None:
+    """Give unnamed (or duplicate-named) nodes unique names: the INT8 planner and ``--exclude`` select by name."""
+    taken = {node.name for node in graph.node if node.name}
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        candidate = f"{node.op_type}_{index}"
+        while candidate in taken:
+            candidate += "_"
+        node.name = candidate
+        taken.add(candidate)
+        seen.add(candidate)
+
+
+def external_files(path: str | Path) -> list[str]:
+    """The side files (relative locations) holding an ONNX file's external data, after ``load_onnx``'s checks."""
+    import onnx
+
+    model = load_onnx(path, load_external_data=False)
+    locations = {
+        next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        for tensor in _tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+    }
+    return sorted(locations)
+
+
 def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
     """Parse an ONNX file; a file that does not parse, or external data outside its directory, is a BadInputError.
 
     External data (weights kept in side files) must be relative paths to files inside the model's own
     directory, symlinks resolved: a location such as ``../../etc/shadow`` is refused before anything,
-    ONNX Runtime, TensorRT's parser or trtexec, would read it.
+    ONNX Runtime, TensorRT's parser or trtexec, would read it. Unnamed nodes get names (see ``name_nodes``).
     """
     import onnx
 
@@ -40,6 +69,7 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise their own untyped errors on bad bytes
         detail = one_line(exc)
         raise BadInputError(f"{path} is not a readable ONNX model ({detail}); delete it and make it again") from None
+    name_nodes(model.graph)
     opset = opset_of(model)
     if opset > onnx.defs.onnx_opset_version():
         raise BadInputError(

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,10 +66,37 @@ def prepare_dir(directory: str | Path) -> Path:
     return path
 
 
+def _refuse_special(path: Path) -> None:
+    """A device, FIFO, socket or directory where a file belongs is refused, never replaced or written through."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = "directory" if stat.S_ISDIR(mode) else "special file (device, FIFO or socket)"
+        raise BadInputError(
+            f"cannot write {path}: it exists and is a {kind}, not a regular file; remove it or choose another path"
+        )
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, before any work, if ``path`` could not be written atomically later."""
+    path = Path(path)
+    _refuse_special(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise BadInputError(f"cannot write {path}: {parent} is not a directory; create it or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write {path}: permission denied; choose a writable path")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it into place only if the block succeeds."""
     final = Path(final)
+    _refuse_special(final)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     except OSError as exc:
@@ -113,21 +141,46 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _open_lock(path: Path) -> int:
+    """Open (or create) the lock file itself: never through a symlink, never a FIFO or device."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInputError(
+                f"{path} is a symlink; a lock file is never followed, so remove it and run again"
+            ) from None
+        raise _output_error(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"{path} is not a regular file; remove it and run again")
+    return fd
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Temporary files left by a killed run; only a lock holder writes here, so none is in use."""
+    for leftover in directory.glob(".*.partial"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(leftover).st_mode):
+                leftover.unlink()
+
+
 @contextlib.contextmanager
 def locked(directory: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on the directory so two runs never write the same artifacts."""
+    """Hold an exclusive lock on the directory so two runs never write the same artifacts.
+
+    Once held, temporary files a killed run left behind are removed.
+    """
     path = Path(directory) / LOCK_NAME
-    try:
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime below
-    except OSError as exc:
-        raise _output_error(path, exc) from None
-    with handle:
+    with os.fdopen(_open_lock(path), "r+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BusyError(
                 f"another resnext-deploy run is using {directory}; wait for it to finish or use another --dir"
             ) from None
+        _remove_stale_partials(Path(directory))
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import now_iso, write_json
+from ..artifacts import check_writable, now_iso, write_json
 from ..backends.base import Candidate, Runner
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -154,9 +154,17 @@ def run_verify(
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    check_writable(Path(directory) / VERIFY_JSON)  # fail before the work, not after it
+    if json_path is not None:
+        check_writable(json_path)
     found = discover_runners(directory)
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    dataset = open_dataset(data if data is not None else default_data(found.source), found.source.preprocessing, count)
+    dataset = open_dataset(
+        data if data is not None else default_data(found.source),
+        found.source.preprocessing,
+        count,
+        num_classes=found.source.num_classes,
+    )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")

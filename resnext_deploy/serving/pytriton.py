@@ -11,9 +11,12 @@ import contextlib
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +28,38 @@ from ..errors import BackendUnavailableError, BadInputError
 from .triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, INSTALL_HINT, MODEL_NAME_RE, default_model_name
 
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
+WORKSPACE_PREFIX = "resnext-deploy-serve-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _workspace() -> Iterator[Path]:
+    """PyTriton's workspace in a temporary folder named after this process, removed when serving ends.
+
+    PyTriton's default, a folder under the home cache, outlives a SIGKILLed server; here the
+    workspaces of ``serve`` processes that no longer exist are removed before a new one is made.
+    """
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{WORKSPACE_PREFIX}*"):
+        pid = stale.name[len(WORKSPACE_PREFIX) :].split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            mine = stat.S_ISDIR(stale.lstat().st_mode) and stale.lstat().st_uid == os.getuid()
+            if mine and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+    base = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
+    try:
+        yield base / "workspace"  # PyTriton creates this folder itself and refuses an existing one
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _check_numpy() -> None:
@@ -179,7 +214,11 @@ def serve(
     )
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with interpreter_libpython_first(log), Triton(config=config) as triton:
+        with (
+            _workspace() as workspace,
+            interpreter_libpython_first(log),
+            Triton(config=config, workspace=workspace) as triton,
+        ):
             triton.bind(
                 model_name=model_name,
                 infer_func=[make_infer(r) for r in runners],

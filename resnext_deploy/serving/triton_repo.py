@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file, external_files
 from ..backends.tensorrt.manifest import read_engine_manifest
 from ..backends.tensorrt.options import BuildOptions
 from ..backends.tensorrt.trtexec import build_trt_command
@@ -97,6 +97,7 @@ class RepoModel:
     sha256: str
     tensorrt_version: str | None = None  # engines: the TensorRT that built the plan
     version_compatible: bool = False  # engines: built to load in later TensorRT versions
+    external: tuple[str, ...] = ()  # the ONNX file's external-data side files, relative to its directory
 
     def engine_note(self) -> str | None:
         """What the server must offer for this engine to load (None for ONNX models)."""
@@ -211,10 +212,15 @@ def collect_models(
         path = directory / file_name
         if path.exists():
             sha = sha256(path)
+            external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
             inputs, outputs = onnx_io(path)
             batch = _batch_plan(inputs[0].dims, file_name, max_batch_size, None, DEFAULT_OPT_BATCH)
             model_name = f"{base}_onnx_{precision}"  # default_model_name() when no --name
-            models.append(RepoModel(model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha))
+            models.append(
+                RepoModel(
+                    model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha, external=external
+                )
+            )
     for precision in PRECISIONS:
         path = directory / engine_file(precision)
         if path.exists():
@@ -292,6 +298,12 @@ def make_triton_repo(
             raise BadInputError(
                 f"cannot create {version_dir}: {exc.strerror or exc}; choose a writable --out"
             ) from None
+        for location in model.external:
+            target = version_dir / location
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(model.artifact.parent / location, tmp)
+                tmp.chmod(REPO_FILE_MODE)
         with atomic_path(version_dir / model.model_file) as tmp:
             shutil.copyfile(model.artifact, tmp)
             tmp.chmod(REPO_FILE_MODE)
