@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..errors import BackendUnavailableError, BadInputError
 from .triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, INSTALL_HINT, MODEL_NAME_RE, default_model_name
 
+SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact directory unless --verbose
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
 
 
@@ -112,6 +114,7 @@ def serve(
     threads: int | None = None,
     name: str | None = None,
     log: Callable[[str], None] = print,
+    server_log: str | Path | None = None,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` until Ctrl-C or SIGTERM.
 
@@ -119,6 +122,7 @@ def serve(
     port+2). The model is named like the ``triton-repo`` model of the same file
     (``<arch>_onnx_<precision>``), so clients and load tests address both alike. ``max_batch_size`` 1
     switches batching off; ``max_queue_delay_us`` is how long Triton may hold a request to fill a batch.
+    tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -176,10 +180,18 @@ def serve(
         metrics_address=host,
         metrics_port=metrics_port,
         exit_timeout_secs=EXIT_TIMEOUT_S,
+        log_file=None if server_log is None else Path(server_log).absolute(),
     )
+    if server_log is not None:
+        log(f"Triton server log: {server_log}")
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with interpreter_libpython_first(log), Triton(config=config) as triton:
+        # PyTriton prints the server's output on stdout; results alone belong there.
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            interpreter_libpython_first(log),
+            Triton(config=config) as triton,
+        ):
             triton.bind(
                 model_name=model_name,
                 infer_func=[make_infer(r) for r in runners],
@@ -205,7 +217,7 @@ def serve(
         pass
     except (PyTritonError, InferenceServerException) as exc:
         raise BackendUnavailableError(
-            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log above has the details)"
+            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
