@@ -30,6 +30,7 @@ def setup(verbose: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    logging.captureWarnings(False)  # re-hook: something (a test harness) may have restored warnings.showwarning
     logging.captureWarnings(True)
     warnings.simplefilter("default" if verbose else "ignore")
     try:
