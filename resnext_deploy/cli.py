@@ -1,19 +1,26 @@
 """The ``resnext-deploy`` command line: each command is a thin function over one library call.
 
 Known errors become one line on stderr and a documented exit code in :func:`main`; set
-``RESNEXT_DEPLOY_DEBUG=1`` to see tracebacks.
+``RESNEXT_DEPLOY_DEBUG=1`` to see tracebacks. Results (tables, the trtexec line, ``--json -``) go to
+stdout; progress, logs and warnings to stderr (library logs only with ``--verbose``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
+from typer.core import TyperOption
 
-from .errors import DeployError, ExitCode, one_line
+from . import __version__
+from .errors import BadInputError, DeployError, ExitCode, one_line
+from .logs import log
+from .logs import setup as setup_logging
 
 app = typer.Typer(
     name="resnext-deploy",
@@ -34,9 +41,81 @@ NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="
 ImageSizeOption = Annotated[Optional[int], typer.Option("--image-size", help="Input height and width.")]
 
 
-def log(message: str) -> None:
-    """Progress messages go to stderr so that stdout stays clean for data."""
-    typer.echo(message, err=True)
+STDOUT = "-"
+JsonOption = Annotated[
+    Optional[Path],
+    typer.Option("--json", help="Also write the JSON here; - writes it to stdout (the table then goes to stderr)."),
+]
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No type beside a flag in the help: it takes no value (Typer 0.29's Rich help shows ``<bool>``)."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"resnext-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show library warnings and log lines (torch, ONNX Runtime, Triton) on stderr."
+        ),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_show_version)
+    ] = False,
+) -> None:
+    """ResNeXt from PyTorch to ONNX, FP16/INT8 and TensorRT, with measured parity and speed."""
+    setup_logging(verbose)
+
+
+def _json_target(path: Path | None) -> Path | None:
+    """The file ``--json`` writes, checked before any work: None for stdout (``-``) or no ``--json``.
+
+    An existing target that is not a regular file (a FIFO, a device, a socket, a directory) is refused:
+    the atomic write would replace it, or block on it.
+    """
+    from .artifacts import check_writable
+
+    if path is None or str(path) == STDOUT:
+        return None
+    check_writable(path)
+    return path
+
+
+def _print_result(table: str, json_file: Path, json_option: Path | None) -> None:
+    """The table on stdout; with ``--json -`` the JSON on stdout instead, and the table on stderr."""
+    if json_option is not None and str(json_option) == STDOUT:
+        typer.echo(table, err=True)
+        typer.echo(json_file.read_text(encoding="utf-8"), nl=False)
+    else:
+        typer.echo(table)
+
+
+def _comma_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
+    """A comma list of choices; an unknown one is a usage error (exit 2), as Typer's own choices are."""
+    from .evaluate.bench import parse_list
+
+    try:
+        return parse_list(text, allowed, option)
+    except BadInputError as exc:
+        raise typer.BadParameter(str(exc).removeprefix(f"{option} "), param_hint=f"'{option}'") from None
+
+
+def _backend_list(text: str) -> tuple[str, ...] | None:
+    from .backends.registry import backend_names
+
+    return _comma_list(text, backend_names(), "--backends") if text else None
 
 
 @app.command()
@@ -96,7 +175,9 @@ CalibDirOption = Annotated[
     ),
 ]
 CalibCountOption = Annotated[int, typer.Option("--calib-count", help="Calibration images, seeded, class-balanced.")]
-CalibMethodOption = Annotated[str, typer.Option("--calib-method", help="entropy, minmax or percentile.")]
+CalibMethodOption = Annotated[
+    Literal["entropy", "minmax", "percentile"], typer.Option("--calib-method", help="Calibration method.")
+]
 _PROFILE = "TensorRT build"
 
 
@@ -133,8 +214,8 @@ TimingCache = Annotated[
     typer.Option("--timing-cache", help="Loaded when present, saved after.", rich_help_panel=_PROFILE),
 ]
 HardwareCompat = Annotated[
-    Optional[str],
-    typer.Option("--hardware-compat", help="ampere+ or same-cc.", rich_help_panel=_PROFILE),
+    Optional[Literal["ampere+", "same-cc"]],
+    typer.Option("--hardware-compat", help="Engine runs on other GPUs of these generations.", rich_help_panel=_PROFILE),
 ]
 VersionCompatible = Annotated[
     bool,
@@ -155,7 +236,7 @@ def build_trt(
         Optional[list[str]], typer.Option("--exclude", help="Node-name glob left unquantized (repeatable).")
     ] = None,
     high_precision: Annotated[
-        str, typer.Option("--high-precision", help="What INT8 leaves unquantized runs in: fp16 or fp32.")
+        Literal["fp16", "fp32"], typer.Option("--high-precision", help="What INT8 leaves unquantized runs in.")
     ] = "fp16",
     onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Stop after the typed ONNX file.")] = False,
     trt_major: Annotated[
@@ -177,11 +258,10 @@ def build_trt(
     from .artifacts import artifact_dir, locked
     from .backends.tensorrt.build import build_engine
     from .backends.tensorrt.probe import TensorRTUnavailableError
-    from .errors import BadInputError
     from .precision.typed import make_typed_onnx
 
     if fp16 and int8:
-        raise BadInputError("choose one of --fp16 and --int8 (neither means FP32)")
+        raise typer.BadParameter("choose one of them (neither means FP32)", param_hint="'--fp16' / '--int8'")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     options = _build_options(
         min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
@@ -259,6 +339,8 @@ def pipeline(
     directory = prepare_dir(directory)
     with locked(directory):
         result = run_pipeline(source, directory, options, log=log)
+    for table in result.tables:
+        typer.echo(table)
     typer.echo(f"report: {result.report}")
     if not result.verified:
         raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
@@ -281,7 +363,11 @@ def verify(
     ] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="Use at most N images (synthetic: 64).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per runner call.")] = 32,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write verify.json's content here.")] = None,
+    json_path: JsonOption = None,
+    backends: Annotated[
+        str,
+        typer.Option("--backends", help="Comma list of backends to check (see `info`); default: every one available."),
+    ] = "",
     fp16_cosine: Annotated[
         Optional[float], _tolerance_option("--fp16-cosine", "Min per-image cosine for FP16 (default 0.9995).")
     ] = None,
@@ -302,7 +388,7 @@ def verify(
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import artifact_dir, locked
     from .errors import VerificationError
-    from .evaluate.verify import run_verify, tolerance_overrides
+    from .evaluate.verify import VERIFY_JSON, run_verify, tolerance_overrides, verify_text
 
     tolerances = tolerance_overrides(
         {
@@ -313,9 +399,12 @@ def verify(
             "int8_max_accuracy_drop": int8_max_accuracy_drop,
         }
     )
+    names = _backend_list(backends)
+    json_file = _json_target(json_path)
     directory = artifact_dir(directory)
     with locked(directory):
-        report = run_verify(directory, data, count, batch_size, tolerances, json_path, log=log)
+        report = run_verify(directory, data, count, batch_size, tolerances, json_file, log=log, backends=names)
+        _print_result(verify_text(report.to_dict()), directory / VERIFY_JSON, json_path)
     if not report:
         raise VerificationError(f"verify: {report.failure_summary()}")
 
@@ -334,25 +423,26 @@ def bench(
     threads: Annotated[
         Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
     from .artifacts import PRECISIONS, artifact_dir, locked
-    from .backends.registry import backend_names
-    from .evaluate.bench import BenchSettings, parse_batch_sizes, parse_list, run_bench
+    from .evaluate.bench import BENCH_JSON, BenchSettings, bench_text, parse_batch_sizes, run_bench
 
     settings = BenchSettings(
-        backends=parse_list(backends, backend_names(), "--backends") if backends else None,
-        precisions=parse_list(precisions, PRECISIONS, "--precisions"),
+        backends=_backend_list(backends),
+        precisions=_comma_list(precisions, PRECISIONS, "--precisions"),
         batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
         threads=threads,
     )
+    json_file = _json_target(json_path)
     directory = artifact_dir(directory)
     with locked(directory):
-        run_bench(directory, settings, json_path=json_path, log=log)
+        report = run_bench(directory, settings, json_path=json_file, log=log)
+        _print_result(bench_text(report.results), directory / BENCH_JSON, json_path)
 
 
 @app.command("bench-triton")
@@ -384,6 +474,7 @@ def bench_triton(
         rows = triton_load_test(url, model or default_model_name(directory), settings, log=log)
         json_file, md_file = write_triton_bench(rows, directory)
     log(f"wrote {json_file} and {md_file}")
+    typer.echo(md_file.read_text(encoding="utf-8"), nl=False)
 
 
 @app.command("triton-repo")
@@ -400,7 +491,8 @@ def triton_repo(
     ] = 100,
     instances: Annotated[int, typer.Option("--instances", help="Model instances per device.")] = 1,
     onnx_kind: Annotated[
-        str, typer.Option("--onnx-kind", help="Where ONNX models run: auto (GPU if the host has one), gpu or cpu.")
+        Literal["auto", "gpu", "cpu"],
+        typer.Option("--onnx-kind", help="Where ONNX models run: auto (GPU if the host has one), gpu or cpu."),
     ] = "auto",
     trt_accelerator: Annotated[
         bool,
@@ -426,7 +518,9 @@ def triton_repo(
 @app.command()
 def serve(
     directory: Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")],
-    precision: Annotated[str, typer.Option("--precision", help="Which ONNX file: fp32, fp16 or int8.")] = "fp32",
+    precision: Annotated[
+        Literal["fp32", "fp16", "int8"], typer.Option("--precision", help="Which ONNX file.")
+    ] = "fp32",
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback unless you mean otherwise.")] = (
         "127.0.0.1"
     ),
@@ -448,6 +542,8 @@ def serve(
     name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
+    from .logs import verbose
+    from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
 
     serve_model(
@@ -463,24 +559,30 @@ def serve(
         threads=threads,
         name=name,
         log=log,
+        server_log=None if verbose() else Path(directory) / SERVER_LOG,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every known failure to one line and its exit code.
 
-    Typer itself answers usage errors (exit 2) and Ctrl-C (exit 130, said here in one line); everything
-    a command raises is turned into one line here.
+    Typer's Click parses in non-standalone mode so that its usage errors (unknown option, invalid
+    choice, conflicting flags: exit 2) become one line here, like every error a command raises. Typer turns
+    Ctrl-C into exit 130, said here in one line.
     """
     debug = bool(os.environ.get("RESNEXT_DEPLOY_DEBUG"))
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="resnext-deploy", standalone_mode=True)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
-        if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into a silent exit 130
-            typer.echo("interrupted; finished artifacts are kept and the next run resumes from them", err=True)
-        return code
+        result = command.main(args=argv, prog_name="resnext-deploy", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's usage errors (typer vendors Click)
+        message = exc.format_message().strip()
+        if message:  # empty when there were no arguments at all and the help was shown instead
+            context = getattr(exc, "ctx", None)
+            where = f"`{context.command_path} --help`" if context is not None else "--help"
+            typer.echo(f"error: {message} (see {where})", err=True)
+        return getattr(exc, "exit_code", ExitCode.USAGE)
+    except typer.Abort:
+        result = ExitCode.INTERRUPTED
     except DeployError as exc:
         if debug:
             raise
@@ -496,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return ExitCode.INTERNAL
-    return ExitCode.OK
+    code = result if isinstance(result, int) else ExitCode.OK
+    if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into exit 130
+        typer.echo("interrupted; finished artifacts are kept and the next run resumes from them", err=True)
+    return code
 
 
 def run() -> None:

@@ -37,14 +37,15 @@ class PipelineResult:
     verified: bool
     failure_summary: str
     skipped: dict[str, str]
+    tables: list[str] = field(default_factory=list)  # verify's and bench's, for the caller to print as results
 
 
 def run_pipeline(
     source: ModelSource, directory: Path, options: PipelineOptions, log: Callable[[str], None] = print
 ) -> PipelineResult:
     """Run every step in order; the caller holds the directory lock."""
-    from .evaluate.bench import run_bench
-    from .evaluate.verify import run_verify
+    from .evaluate.bench import bench_text, run_bench
+    from .evaluate.verify import run_verify, verify_text
     from .report import write_report
 
     options.build.validate()
@@ -64,9 +65,10 @@ def run_pipeline(
     log("== verify")
     verified = run_verify(directory, data=options.data, count=options.count, log=log)
     log("== bench")
-    run_bench(directory, options.bench, log=log)
+    measured = run_bench(directory, options.bench, log=log)
     report = write_report(directory, log=log, skipped=skipped)
-    return PipelineResult(report, bool(verified), "" if verified else verified.failure_summary(), skipped)
+    tables = [verify_text(verified.to_dict()), bench_text(measured.results)]
+    return PipelineResult(report, bool(verified), "" if verified else verified.failure_summary(), skipped, tables)
 
 
 def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
@@ -83,11 +85,12 @@ def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], N
     commands = []
     for precision in PRECISIONS:
         try:
-            build_engine(directory, precision, options, log=log)
+            build_engine(directory, precision, options, log=log, relative_to=directory)
         except TensorRTUnavailableError as exc:
             commands.append(exc.command)
     log(f"TensorRT engines skipped: {reason}")
-    skipped = {"tensorrt": f"{reason}. To build them on a GPU machine:\n" + "\n".join(commands)}
+    where = "To build them on a GPU machine, from the directory that holds this report:"
+    skipped = {"tensorrt": f"{reason}. {where}\n" + "\n".join(commands)}
     manifest.data["skipped"] = skipped
     manifest.save()
     return skipped

@@ -67,14 +67,17 @@ def prepare_dir(directory: str | Path) -> Path:
 
 
 def _refuse_special(path: Path) -> None:
-    """A device, FIFO, socket or directory where a file belongs is refused, never replaced or written through."""
+    """A device, FIFO, socket or directory where a file belongs is refused, never replaced or written through.
+
+    Links are followed: ``/dev/stdout`` is a link to a device or pipe, and replacing it would be wrong too.
+    """
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
         raise _output_error(path, exc) from None
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+    if not stat.S_ISREG(mode):
         kind = "directory" if stat.S_ISDIR(mode) else "special file (device, FIFO or socket)"
         raise BadInputError(
             f"cannot write {path}: it exists and is a {kind}, not a regular file; remove it or choose another path"

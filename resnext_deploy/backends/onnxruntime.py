@@ -10,6 +10,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES
 from ..errors import BackendUnavailableError, BadInputError, one_line
+from ..logs import ort_severity
 from .base import ArtifactSet, Backend, Candidate, Runner, run_in_chunks
 
 ORT_PROVIDERS = {
@@ -44,7 +45,7 @@ class OnnxRuntimeRunner(Runner):
         self.precision = precision
         self.device = device
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = ort_severity()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -23,6 +23,7 @@ from ..artifacts import PRECISIONS, atomic_path, now_iso, write_json, write_text
 from ..backends.base import Candidate, Runner
 from ..backends.registry import backend_names, discover_runners, open_runners
 from ..errors import BadInputError, one_line
+from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
 
@@ -211,6 +212,7 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "created": now_iso(),
             "machine": self.machine,
             "settings": self.settings,
@@ -285,7 +287,10 @@ def run_bench(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> BenchReport:
-    """Measure every runner in DIR at every batch size; write bench.json, .csv, .md and .png there."""
+    """Measure every runner in DIR at every batch size; write bench.json, .csv, .md and .png there.
+
+    Returns the report; the caller shows its table (:func:`bench_text`), ``log`` gets the rest.
+    """
     settings = settings or BenchSettings()
     precisions, batch_sizes, threads = settings.precisions, sorted(set(settings.batch_sizes)), settings.threads
     warmup_ms, duration_s, min_iterations = settings.warmup_ms, settings.duration_s, settings.min_iterations
@@ -332,7 +337,6 @@ def run_bench(
     hashes = found.hashes([c for c, _ in opened])
     report = BenchReport(machine, rows, bench_warnings(rows), skipped, record, hashes)
     write_outputs(report, found.manifest.directory, json_path)
-    log(render_table(*bench_table(rows), title="bench (milliseconds per batch)"))
     for line in report.warnings:
         log(f"warning: {line}")
     for entry in skipped:
@@ -366,6 +370,11 @@ def _drop_failing(
             runner.close()
         raise
     return kept, failing
+
+
+def bench_text(rows: Sequence[dict[str, Any]]) -> str:
+    """The terminal table of bench rows; the CLI prints it as the command's result."""
+    return render_table(*bench_table(rows), title="bench (milliseconds per batch)")
 
 
 def bench_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

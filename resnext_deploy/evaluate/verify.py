@@ -6,7 +6,7 @@ this module knows nothing else about backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from ..demo import DEMO_VAL
 from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
 from ..models import DEMO_ARCH
+from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource
-from ..ui import render_table
+from ..ui import progress, render_table
 from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 
 VERIFY_JSON = "verify.json"
@@ -110,6 +111,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         return _finite(
             {
+                "schema_version": SCHEMA_VERSION,
                 "created": now_iso(),
                 "reference": self.reference,
                 "results": [r.to_dict() for r in self.results],
@@ -146,18 +148,23 @@ def run_verify(
     tolerances: Mapping[str, Tolerance] | None = None,
     json_path: str | Path | None = None,
     log: Callable[[str], None] = print,
+    backends: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
-    Writes ``DIR/verify.json`` (and ``json_path`` when given) and logs a table. Images are decoded
-    once and streamed batch by batch through all runners, so memory does not grow with the count.
+    Writes ``DIR/verify.json`` (and ``json_path`` when given) and returns the report; the caller
+    shows it (:func:`verify_text`), so that results can go to stdout and ``log`` lines to stderr.
+    Images are decoded once and streamed batch by batch through all runners, so memory does not grow
+    with the count. ``backends`` limits the candidates to those backends (the PyTorch reference is
+    always run); naming one that cannot run here is an error naming its pip extra.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     check_writable(Path(directory) / VERIFY_JSON)  # fail before the work, not after it
     if json_path is not None:
         check_writable(json_path)
-    found = discover_runners(directory)
+    names = None if backends is None else tuple(dict.fromkeys((REFERENCE[0], *backends)))
+    found = discover_runners(directory, names, required=backends or ())
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     dataset = open_dataset(
         data if data is not None else default_data(found.source),
@@ -196,7 +203,6 @@ def run_verify(
     write_json(found.manifest.directory / VERIFY_JSON, record)
     if json_path is not None:
         write_json(json_path, record)
-    log(render_table(*verify_table(record), title=f"verify: {'passed' if report else 'FAILED'}"))
     for line in report.warnings:
         log(f"warning: {line}")
     for entry in report.skipped:
@@ -211,18 +217,20 @@ def _run_all(
     parts: list[list[np.ndarray]] = [[] for _ in runners]
     errors: list[str | None] = [None] * len(runners)
     labels: list[np.ndarray] = []
-    for batch in dataset.batches(batch_size):
-        if batch.labels is not None:
-            labels.append(batch.labels)
-        for i, runner in enumerate(runners):
-            if errors[i] is not None:
-                continue
-            try:
-                parts[i].append(runner(batch.images))
-            except DeployError as exc:
-                errors[i] = " ".join(str(exc).split())
-            except Exception as exc:  # noqa: BLE001 - a candidate that crashes has failed; its error is the reason
-                errors[i] = f"raised {type(exc).__name__}: {one_line(exc, 200)}"
+    with progress(dataset.count, f"verify ({len(runners)} runners)", unit="images") as advance:
+        for batch in dataset.batches(batch_size):
+            if batch.labels is not None:
+                labels.append(batch.labels)
+            for i, runner in enumerate(runners):
+                if errors[i] is not None:
+                    continue
+                try:
+                    parts[i].append(runner(batch.images))
+                except DeployError as exc:
+                    errors[i] = " ".join(str(exc).split())
+                except Exception as exc:  # noqa: BLE001 - a candidate that crashes has failed; its error is the reason
+                    errors[i] = f"raised {type(exc).__name__}: {one_line(exc, 200)}"
+            advance(len(batch.images))
     logits = [None if error else np.concatenate(p) for p, error in zip(parts, errors, strict=True)]
     return logits, np.concatenate(labels) if labels else None, errors
 
@@ -253,6 +261,11 @@ def _reference_record(
         "labeled": dataset.has_labels,
         "failures": failures,
     }
+
+
+def verify_text(data: Mapping[str, Any]) -> str:
+    """The terminal table of a ``verify.json`` record, titled with the verdict."""
+    return render_table(*verify_table(data), title=f"verify: {'passed' if data['passed'] else 'FAILED'}")
 
 
 def _fmt(value: float | None, spec: str) -> str:

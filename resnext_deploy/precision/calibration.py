@@ -30,7 +30,9 @@ from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
 from ..data import Dataset, ImageDataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
+from ..logs import ort_severity
 from ..models import DEMO_ARCH
+from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource
 from ..ui import progress
 
@@ -309,7 +311,7 @@ def collect_statistics(
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
     batch_size = MAX_BATCH if per_sample is None else max(1, min(MAX_BATCH, batch_bytes // max(per_sample, 1)))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = ort_severity()
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
@@ -399,7 +401,7 @@ class Calibration:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": CALIBRATION_FORMAT, **asdict(self)}
+        return {"schema_version": SCHEMA_VERSION, "format": CALIBRATION_FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: Any) -> Calibration:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..artifacts import now_iso, write_json, write_text
 from ..errors import BackendUnavailableError, BadInputError
+from ..schemas import SCHEMA_VERSION
 from .triton_repo import INSTALL_HINT
 
 
@@ -278,7 +279,8 @@ def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / "bench_triton.json", directory / "bench_triton.md"
-    write_json(json_path, {"created": now_iso(), "rows": [row.to_dict() for row in rows]})
+    record = {"schema_version": SCHEMA_VERSION, "created": now_iso(), "rows": [row.to_dict() for row in rows]}
+    write_json(json_path, record)
     lines = [
         "# Triton load test",
         "",

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..errors import BackendUnavailableError, BadInputError
 from .triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, INSTALL_HINT, MODEL_NAME_RE, default_model_name
 
+SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact directory unless --verbose
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
 WORKSPACE_PREFIX = "resnext-deploy-serve-"
 
@@ -147,6 +149,7 @@ def serve(
     threads: int | None = None,
     name: str | None = None,
     log: Callable[[str], None] = print,
+    server_log: str | Path | None = None,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` until Ctrl-C or SIGTERM.
 
@@ -154,6 +157,7 @@ def serve(
     port+2). The model is named like the ``triton-repo`` model of the same file
     (``<arch>_onnx_<precision>``), so clients and load tests address both alike. ``max_batch_size`` 1
     switches batching off; ``max_queue_delay_us`` is how long Triton may hold a request to fill a batch.
+    tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -211,12 +215,17 @@ def serve(
         metrics_address=host,
         metrics_port=metrics_port,
         exit_timeout_secs=EXIT_TIMEOUT_S,
+        log_file=None if server_log is None else Path(server_log).absolute(),
     )
+    if server_log is not None:
+        log(f"Triton server log: {server_log}")
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        # PyTriton prints the server's output on stdout; results alone belong there.
         with (
-            _workspace() as workspace,
+            contextlib.redirect_stdout(sys.stderr),
             interpreter_libpython_first(log),
+            _workspace() as workspace,
             Triton(config=config, workspace=workspace) as triton,
         ):
             triton.bind(
@@ -244,7 +253,7 @@ def serve(
         pass
     except (PyTritonError, InferenceServerException) as exc:
         raise BackendUnavailableError(
-            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log above has the details)"
+            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)

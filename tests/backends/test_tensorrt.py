@@ -107,9 +107,8 @@ def test_trtexec_command_for_tensorrt_10_names_file_profile_and_options(tmp_path
 
 
 def test_trtexec_command_for_tensorrt_11_drops_the_strongly_typed_flag():
-    line = trtexec_command(
-        "model.fp16.onnx", "model.fp16.engine", BuildOptions(hardware_compat="same-cc"), (16, 24), trt_major=11
-    )
+    options = BuildOptions(hardware_compat="same-cc")
+    line = trtexec_command("model.fp16.onnx", "model.fp16.engine", options, (16, 24), trt_major=11, relative_to=".")
     args = shlex.split(line)
     assert "--onnx=model.fp16.onnx" in args
     assert "--stronglyTyped" not in args

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
@@ -26,7 +27,9 @@ from resnext_deploy.artifacts import Manifest, engine_file, write_json
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
 from resnext_deploy.errors import BackendUnavailableError, BadInputError
+from resnext_deploy.schemas import load_schema
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
+from resnext_deploy.serving.pytriton import SERVER_LOG
 from resnext_deploy.serving.triton_repo import make_triton_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -258,10 +261,12 @@ class Server:
     def __init__(self, directory: Path, log_path: Path) -> None:
         self.http, self.grpc, self.metrics = _free_ports(3)
         self.log_path = log_path
+        self.stdout_path = log_path.with_suffix(".stdout")
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
         command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._stdout, stderr=self._log)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         import tritonclient.http as http
@@ -294,6 +299,7 @@ class Server:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
+        self._stdout.close()
         return self.process.returncode
 
 
@@ -350,7 +356,9 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
         triton_load_test(f"127.0.0.1:{server.http}", "nope", LoadTestSettings((1,), duration_s=0.1), log=print)
 
     json_path, md_path = write_triton_bench(rows, tmp_path / "out")
-    assert [r["concurrency"] for r in json.loads(json_path.read_text())["rows"]] == [1, 4, 2]
+    record = json.loads(json_path.read_text())
+    jsonschema.validate(record, load_schema("bench_triton"))
+    assert [r["concurrency"] for r in record["rows"]] == [1, 4, 2]
     assert f"| {MODEL} | http | 4 | 1 |" in md_path.read_text()
 
     from resnext_deploy.cli import main
@@ -363,6 +371,8 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
 
     assert server.stop() == 0, server.log_tail()
     assert "server stopped" in server.log_tail()
+    assert server.stdout_path.read_bytes() == b""  # the server's own log is never on stdout
+    assert (tiny_dir / SERVER_LOG).stat().st_size > 0
     assert not _listen_addresses(server.http)
 
 

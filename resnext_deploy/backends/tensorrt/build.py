@@ -61,11 +61,13 @@ def build_engine(
     options: BuildOptions,
     log: Callable[[str], None] = print,
     trt_major: int | None = None,
+    relative_to: str | Path | None = None,
 ) -> Path:
     """Build ``DIR/model.<precision>.engine`` and its manifest from the precision's typed ONNX file.
 
     Without TensorRT or a GPU nothing is written and :class:`TensorRTUnavailableError` carries the
-    equivalent trtexec line (for ``trt_major``; default: the installed major, else 10). An engine
+    equivalent trtexec line (for ``trt_major``; default: the installed major, else 10), its paths
+    absolute, or relative to ``relative_to`` (a report's directory). An engine
     already built from the same ONNX file with the same options, TensorRT version and GPU is reused.
     """
     if precision not in ONNX_FILES:
@@ -92,7 +94,7 @@ def build_engine(
         )
     reason = probe.tensorrt_status()
     if reason is not None:
-        command = trtexec_command(onnx_path, engine_path, options, chw[1:], input_name, trt_major)
+        command = trtexec_command(onnx_path, engine_path, options, chw[1:], input_name, trt_major, relative_to)
         raise TensorRTUnavailableError(f"{reason}. The same build on a GPU machine: {command}", command)
 
     version = str(probe.tensorrt_version())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -20,11 +21,13 @@ def trtexec_command(
     image_size: int | tuple[int, int],
     input_name: str = "input",
     trt_major: int | None = None,
+    relative_to: str | Path | None = None,
 ) -> str:
     """The trtexec line that builds the same engine on a GPU machine (TensorRT 10.x form unless told 11).
 
     The 10.x form passes ``--stronglyTyped``; 11.x no longer needs it (strong typing is the only mode there,
-    though its trtexec still accepts the flag), so the default form works with both.
+    though its trtexec still accepts the flag), so the default form works with both. Paths are absolute,
+    so the line works from any directory, or relative to ``relative_to`` for a report that lives there.
     """
     if trt_major is None:
         installed = probe.tensorrt_version()
@@ -34,7 +37,11 @@ def trtexec_command(
     def shape(batch: int) -> str:
         return f"{input_name}:{batch}x3x{height}x{width}"
 
-    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    args = [
+        "trtexec",
+        f"--onnx={shown_path(onnx_path, relative_to)}",
+        f"--saveEngine={shown_path(engine_path, relative_to)}",
+    ]
     if trt_major < 11:
         args.append("--stronglyTyped")
     args += [
@@ -48,7 +55,7 @@ def trtexec_command(
     if options.opt_level is not None:
         args.append(f"--builderOptimizationLevel={options.opt_level}")
     if options.timing_cache is not None:
-        args.append(f"--timingCacheFile={options.timing_cache}")
+        args.append(f"--timingCacheFile={shown_path(options.timing_cache, relative_to)}")
     if options.hardware_compat is not None:
         args.append(f"--hardwareCompatibilityLevel={HARDWARE_COMPAT[options.hardware_compat]}")
     if options.version_compatible:
@@ -80,8 +87,14 @@ def trtexec_tensorrt_version(trtexec: str | Path) -> str | None:
     return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
 
-def build_trt_command(engine_path: Path) -> str:
+def shown_path(path: str | Path, relative_to: str | Path | None = None) -> str:
+    """``path`` as printed in a command: absolute, or relative to ``relative_to``."""
+    absolute = Path(path).absolute()
+    return str(absolute) if relative_to is None else os.path.relpath(absolute, Path(relative_to).absolute())
+
+
+def build_trt_command(engine_path: Path, relative_to: str | Path | None = None) -> str:
     """The build-trt line that makes this engine again (its precision read from the file name; no flag is FP32)."""
     precision = next((p for p in ONNX_FILES if engine_path.name == engine_file(p)), "fp32")
     flag = "" if precision == "fp32" else f" --{precision}"
-    return f"resnext-deploy build-trt --dir {engine_path.parent}{flag}"
+    return shlex.join(["resnext-deploy", "build-trt", "--dir", shown_path(engine_path.parent, relative_to)]) + flag
