@@ -8,7 +8,6 @@ stdout; progress, logs and warnings to stderr (library logs only with ``--verbos
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
