@@ -87,9 +87,10 @@ def compare(
     """Compare two ``(N, classes)`` logit arrays. Non-finite candidate outputs always fail.
 
     Top-1 agreement is judged on decisive samples only: those whose reference top-1 margin (best
-    minus second-best logit) exceeds the candidate's largest logit error on that sample. On a
-    near-tie any rounding may swap the winner without harming the model; a flip on a decisive
-    sample takes an error larger than the typical one, i.e. real damage. Raw agreement is kept too.
+    minus second-best logit) exceeds the candidate's typical error (the median over samples of the
+    largest logit error per sample). On a near-tie the usual rounding may swap the winner without
+    harming the model; a flip on a decisive sample takes a larger error than usual, i.e. real
+    damage. Raw agreement is kept too.
     """
     if reference.shape != candidate.shape:
         raise ValueError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
@@ -107,7 +108,8 @@ def compare(
     top1 = float(np.mean(agree)) if n else 1.0
     ordered = np.sort(ref64, axis=1)
     margin = ordered[:, -1] - ordered[:, -2] if ref64.shape[1] > 1 else np.full(n, np.inf)
-    decisive = (margin > diff.max(axis=1, initial=0.0)) | ~finite
+    typical = float(np.median(diff.max(axis=1, initial=0.0))) if n else 0.0
+    decisive = (margin > typical) | ~finite
     overlap = [len(set(r) & set(c)) / len(r) for r, c in zip(ref_top5, cand_top5, strict=True)]
     accuracy = reference_accuracy = None
     if labels is not None and n:
