@@ -37,7 +37,7 @@ from .int8 import int8_model
 
 SEARCH_NAME = "int8_search.json"
 SEARCH_FORMAT = 1
-SENSITIVITY_SAMPLES = 32  # check samples the per-layer error is measured on (a continuous measure needs few)
+SENSITIVITY_SAMPLES = 8  # check samples the per-layer error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
 
 
