@@ -177,6 +177,89 @@ CalibCountOption = Annotated[int, typer.Option("--calib-count", help="Calibratio
 CalibMethodOption = Annotated[
     Literal["entropy", "minmax", "percentile"], typer.Option("--calib-method", help="Calibration method.")
 ]
+PercentileOption = Annotated[float, typer.Option("--percentile", help="For --calib-method percentile.")]
+ExcludeOption = Annotated[
+    Optional[list[str]], typer.Option("--exclude", help="Node-name glob left unquantized (repeatable).")
+]
+HighPrecisionOption = Annotated[
+    Literal["fp16", "fp32"], typer.Option("--high-precision", help="What INT8 leaves unquantized runs in.")
+]
+CheckDataOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--check-data",
+        help="Held-out images the typed files are checked on. Default: 10% (at least 32) of --calib-dir.",
+    ),
+]
+_SEARCH = "INT8 search"
+NoSearchOption = Annotated[
+    bool, typer.Option("--no-search", help="Fail instead of searching when INT8 fails.", rich_help_panel=_SEARCH)
+]
+SearchFractionOption = Annotated[
+    float,
+    typer.Option("--search-max-fraction", help="Max share of layers kept out of INT8.", rich_help_panel=_SEARCH),
+]
+SearchMinutesOption = Annotated[
+    float, typer.Option("--search-minutes", help="Time limit of the INT8 search.", rich_help_panel=_SEARCH)
+]
+
+
+def _tolerance_option(flag: str, text: str) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=text, rich_help_panel="Tolerances")
+
+
+Fp16Cosine = Annotated[
+    Optional[float], _tolerance_option("--fp16-cosine", "Min per-image cosine for FP16 (default 0.9995).")
+]
+Fp16Top1 = Annotated[
+    Optional[float],
+    _tolerance_option("--fp16-top1", "Min decisive top-1 agreement for FP16, a fraction (default 0.99)."),
+]
+Int8Cosine = Annotated[
+    Optional[float], _tolerance_option("--int8-cosine", "Min per-image cosine for INT8 (default 0.99).")
+]
+Int8Top1 = Annotated[
+    Optional[float],
+    _tolerance_option("--int8-top1", "Min decisive top-1 agreement for INT8, a fraction (default 0.97)."),
+]
+Int8MaxAccuracyDrop = Annotated[
+    Optional[float],
+    _tolerance_option("--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points, with labels (default 1)."),
+]
+
+
+def _precision_options(
+    calib_dir: Path | None,
+    calib_count: int,
+    calib_method: str,
+    percentile: float,
+    exclude: list[str] | None,
+    high_precision: str,
+    check_data: Path | None,
+    no_search: bool,
+    search_max_fraction: float,
+    search_minutes: float,
+    tolerances: dict[str, float | None],
+):
+    """The typed bundle, validated here once (bad values exit 3 before any work)."""
+    from .evaluate.verify import tolerance_overrides
+    from .precision.options import PrecisionOptions
+
+    return PrecisionOptions(
+        calib_source=calib_dir,
+        calib_count=calib_count,
+        calib_method=calib_method,
+        percentile=percentile,
+        exclude=tuple(exclude or ()),
+        high_precision=high_precision,
+        check_source=check_data,
+        search=not no_search,
+        search_max_fraction=search_max_fraction,
+        search_minutes=search_minutes,
+        tolerances=tolerance_overrides(tolerances),
+    )
+
+
 _PROFILE = "TensorRT build"
 
 
@@ -230,13 +313,18 @@ def build_trt(
     calib_dir: CalibDirOption = None,
     calib_count: CalibCountOption = 512,
     calib_method: CalibMethodOption = "entropy",
-    percentile: Annotated[float, typer.Option("--percentile", help="For --calib-method percentile.")] = 99.99,
-    exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", help="Node-name glob left unquantized (repeatable).")
-    ] = None,
-    high_precision: Annotated[
-        Literal["fp16", "fp32"], typer.Option("--high-precision", help="What INT8 leaves unquantized runs in.")
-    ] = "fp16",
+    percentile: PercentileOption = 99.99,
+    exclude: ExcludeOption = None,
+    high_precision: HighPrecisionOption = "fp16",
+    check_data: CheckDataOption = None,
+    no_search: NoSearchOption = False,
+    search_max_fraction: SearchFractionOption = 0.1,
+    search_minutes: SearchMinutesOption = 10.0,
+    fp16_cosine: Fp16Cosine = None,
+    fp16_top1: Fp16Top1 = None,
+    int8_cosine: Int8Cosine = None,
+    int8_top1: Int8Top1 = None,
+    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
     onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Stop after the typed ONNX file.")] = False,
     trt_major: Annotated[
         Optional[int], typer.Option("--trt-major", help="TensorRT major version for the printed trtexec line.")
@@ -265,19 +353,28 @@ def build_trt(
     options = _build_options(
         min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
     )
+    precision_options = _precision_options(
+        calib_dir,
+        calib_count,
+        calib_method,
+        percentile,
+        exclude,
+        high_precision,
+        check_data,
+        no_search,
+        search_max_fraction,
+        search_minutes,
+        dict(
+            fp16_cosine=fp16_cosine,
+            fp16_top1=fp16_top1,
+            int8_cosine=int8_cosine,
+            int8_top1=int8_top1,
+            int8_max_accuracy_drop=int8_max_accuracy_drop,
+        ),
+    )
     directory = artifact_dir(directory)
     with locked(directory):
-        make_typed_onnx(
-            directory,
-            precision,
-            calib_source=calib_dir,
-            calib_count=calib_count,
-            calib_method=calib_method,
-            percentile=percentile,
-            exclude=tuple(exclude or ()),
-            high_precision=high_precision,
-            log=log,
-        )
+        make_typed_onnx(directory, precision, precision_options, log=log)
         if onnx_only:
             return
         try:
@@ -297,6 +394,18 @@ def pipeline(
     calib_dir: CalibDirOption = None,
     calib_count: CalibCountOption = 512,
     calib_method: CalibMethodOption = "entropy",
+    percentile: PercentileOption = 99.99,
+    exclude: ExcludeOption = None,
+    high_precision: HighPrecisionOption = "fp16",
+    check_data: CheckDataOption = None,
+    no_search: NoSearchOption = False,
+    search_max_fraction: SearchFractionOption = 0.1,
+    search_minutes: SearchMinutesOption = 10.0,
+    fp16_cosine: Fp16Cosine = None,
+    fp16_top1: Fp16Top1 = None,
+    int8_cosine: Int8Cosine = None,
+    int8_top1: Int8Top1 = None,
+    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
     data: Annotated[
         Optional[Path], typer.Option("--data", help="verify's images (default: demo validation split or synthetic).")
     ] = None,
@@ -323,10 +432,27 @@ def pipeline(
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
+    tolerances = dict(
+        fp16_cosine=fp16_cosine,
+        fp16_top1=fp16_top1,
+        int8_cosine=int8_cosine,
+        int8_top1=int8_top1,
+        int8_max_accuracy_drop=int8_max_accuracy_drop,
+    )
     options = PipelineOptions(
-        calib_dir=calib_dir,
-        calib_count=calib_count,
-        calib_method=calib_method,
+        precision=_precision_options(
+            calib_dir,
+            calib_count,
+            calib_method,
+            percentile,
+            exclude,
+            high_precision,
+            check_data,
+            no_search,
+            search_max_fraction,
+            search_minutes,
+            tolerances,
+        ),
         data=data,
         count=count,
         bench=BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), duration_s=duration, threads=threads),
@@ -343,10 +469,6 @@ def pipeline(
     typer.echo(f"report: {result.report}")
     if not result.verified:
         raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
-
-
-def _tolerance_option(flag: str, text: str) -> typer.models.OptionInfo:
-    return typer.Option(flag, help=text, rich_help_panel="Tolerances")
 
 
 @app.command()
@@ -367,22 +489,11 @@ def verify(
         str,
         typer.Option("--backends", help="Comma list of backends to check (see `info`); default: every one available."),
     ] = "",
-    fp16_cosine: Annotated[
-        Optional[float], _tolerance_option("--fp16-cosine", "Min per-image cosine for FP16 (default 0.9995).")
-    ] = None,
-    fp16_top1: Annotated[
-        Optional[float], _tolerance_option("--fp16-top1", "Min top-1 agreement for FP16, a fraction (default 0.99).")
-    ] = None,
-    int8_cosine: Annotated[
-        Optional[float], _tolerance_option("--int8-cosine", "Min per-image cosine for INT8 (default 0.99).")
-    ] = None,
-    int8_top1: Annotated[
-        Optional[float], _tolerance_option("--int8-top1", "Min top-1 agreement for INT8, a fraction (default 0.97).")
-    ] = None,
-    int8_max_accuracy_drop: Annotated[
-        Optional[float],
-        _tolerance_option("--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points, with labels (default 1)."),
-    ] = None,
+    fp16_cosine: Fp16Cosine = None,
+    fp16_top1: Fp16Top1 = None,
+    int8_cosine: Int8Cosine = None,
+    int8_top1: Int8Top1 = None,
+    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
 ) -> None:
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import artifact_dir, locked

@@ -1,7 +1,9 @@
 """The main job: export, FP16, calibrated INT8, TensorRT engines where possible, verify, bench, report.
 
 Each step reuses what an earlier (possibly interrupted) run finished, by sha256 in the manifest, so a
-second run after Ctrl-C redoes only what is missing.
+second run after Ctrl-C redoes only what is missing. Once model.onnx exists the run always ends with
+a report: a step that fails is recorded with its reason (and, for INT8, what the search tried), and
+the later steps run on what exists.
 """
 
 from __future__ import annotations
@@ -10,21 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import PRECISIONS, Manifest
+from .artifacts import ONNX_FILES, PRECISIONS, Manifest
 from .backends.tensorrt.build import build_engine
 from .backends.tensorrt.options import BuildOptions
 from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+from .errors import BadInputError, VerificationError
 from .evaluate.bench import BenchSettings
 from .export import export_onnx
-from .precision.typed import DEFAULT_CALIB_COUNT, DEFAULT_METHOD, make_typed_onnx
+from .precision.options import PrecisionOptions
+from .precision.typed import make_typed_onnx
 from .source import ModelSource
 
 
 @dataclass
 class PipelineOptions:
-    calib_dir: Path | None = None
-    calib_count: int = DEFAULT_CALIB_COUNT
-    calib_method: str = DEFAULT_METHOD
+    precision: PrecisionOptions = field(default_factory=PrecisionOptions)
     data: Path | None = None
     count: int | None = None
     bench: BenchSettings = field(default_factory=BenchSettings)
@@ -51,39 +53,47 @@ def run_pipeline(
     options.build.validate()
     log("== export (FP32 ONNX)")
     export_onnx(source, directory, log=log)
+    failed: dict[str, str] = {}
     for precision in ("fp16", "int8"):
         log(f"== {precision.upper()} ONNX")
-        make_typed_onnx(
-            directory,
-            precision,
-            calib_source=options.calib_dir,
-            calib_count=options.calib_count,
-            calib_method=options.calib_method,
-            log=log,
-        )
+        try:
+            make_typed_onnx(directory, precision, options.precision, log=log)
+        except (VerificationError, BadInputError) as exc:
+            failed[f"{precision} ONNX"] = f"failed: {exc}"
+            log(f"{precision.upper()} step failed; continuing with what exists: {exc}")
     skipped = build_engines(directory, options.build, log)
     log("== verify")
     verified = run_verify(directory, data=options.data, count=options.count, log=log)
     log("== bench")
-    measured = run_bench(directory, options.bench, log=log)
+    measured = None
+    try:
+        measured = run_bench(directory, options.bench, log=log)
+    except BadInputError as exc:
+        failed["bench"] = f"failed: {exc}"
+        log(f"bench failed: {exc}")
+    skipped = {**failed, **skipped}
     report = write_report(directory, log=log, skipped=skipped)
-    tables = [verify_text(verified.to_dict()), bench_text(measured.results)]
-    return PipelineResult(report, bool(verified), "" if verified else verified.failure_summary(), skipped, tables)
+    problems = [f"{step} {reason}" for step, reason in failed.items()]
+    if not verified:
+        problems.append(verified.failure_summary())
+    tables = [verify_text(verified.to_dict())] + ([bench_text(measured.results)] if measured is not None else [])
+    return PipelineResult(report, not problems, "; ".join(problems), skipped, tables)
 
 
 def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
-    """Build the three engines, or say once why not and list the trtexec lines that would."""
+    """Build the engines of the typed files that exist, or say once why not and list the trtexec lines that would."""
     reason = tensorrt_status()
     manifest = Manifest(directory)
+    precisions = [p for p in PRECISIONS if manifest.entry(ONNX_FILES[p])]
     if reason is None:
-        for precision in PRECISIONS:
+        for precision in precisions:
             log(f"== TensorRT {precision.upper()} engine")
             build_engine(directory, precision, options, log=log)
         manifest.data.pop("skipped", None)
         manifest.save()
         return {}
     commands = []
-    for precision in PRECISIONS:
+    for precision in precisions:
         try:
             build_engine(directory, precision, options, log=log, relative_to=directory)
         except TensorRTUnavailableError as exc:

@@ -1,9 +1,10 @@
 """Calibration data and streaming activation statistics, saved in ``DIR/calibration.json``.
 
-Which data: ``--calib-dir`` (an image folder or a ``.npy``/``.npz`` of preprocessed arrays) with
-``--calib-count N`` taken in a seeded, class-balanced order; for the bundled demo model the bundled
-``calibration/digits/calib`` split when nothing is given. INT8 needs real data for any other model;
-FP16 only needs activation ranges and falls back to seeded synthetic inputs (and says so).
+Which data: ``--calib-dir`` (an image folder or a ``.npy``/``.npz`` of preprocessed arrays), split
+in a seeded, class-balanced order into calibration and held-out check subsets (:func:`split_datasets`);
+for the bundled demo model its bundled calibration and validation splits when nothing is given.
+INT8 needs real data for any other model; FP16 only needs activation ranges and falls back to seeded
+synthetic inputs (and says so).
 
 How: the tensors of interest are added as graph outputs of ``model.onnx`` and ONNX Runtime runs it
 batch by batch. Each batch updates, per tensor, a running min/max and (for inputs of Conv, Gemm,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
 from ..data import Dataset, ImageDataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
+from ..evaluate.metrics import MIN_CHECK_SAMPLES
 from ..logs import ort_severity
 from ..models import DEMO_ARCH
 from ..schemas import SCHEMA_VERSION
@@ -37,7 +39,7 @@ from ..source import ModelSource
 from ..ui import progress
 
 CALIBRATION_NAME = "calibration.json"
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2  # 2: every method's clip per tensor
 METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.99
@@ -49,6 +51,7 @@ BATCH_BYTES = 256 * 2**20  # activations fetched per batch; sets the calibration
 MAX_BATCH = 32
 HELDOUT_MAX = 500  # held-out images checked at most, by default
 SYNTHETIC_CHECK_COUNT = 64
+CHECK_FRACTION = 0.10  # share of the user's images held out for the check (at least MIN_CHECK_SAMPLES)
 
 Log = Callable[[str], None]
 
@@ -64,56 +67,64 @@ def is_demo(source: ModelSource) -> bool:
     return sha256_file(DEMO_WEIGHTS) == source.checkpoint_sha256
 
 
-def calibration_dataset(
+def check_share(available: int, min_check: int) -> int:
+    """How many of ``available`` user images the held-out check takes: 10% of them, at least ``min_check``."""
+    return max(min_check, math.ceil(available * CHECK_FRACTION))
+
+
+def split_datasets(
     source: ModelSource,
     precision: str,
     calib_source: str | Path | None,
     calib_count: int,
+    check_source: str | Path | None = None,
+    check_count: int | None = None,
+    min_check: int = MIN_CHECK_SAMPLES,
     seed: int = 0,
-) -> Dataset:
-    """The calibration images: ``--calib-dir``, else the demo's calibration split, else (FP16 only) synthetic.
+) -> tuple[Dataset, Dataset]:
+    """The calibration images and the held-out check images, never overlapping.
 
-    INT8 scales taken from synthetic inputs would be meaningless for a real model, so INT8 without
-    data is an error; FP16 only needs ranges to find overflow and can do with synthetic inputs.
+    * ``check_source`` (``--check-data``): the check uses it; calibration takes ``calib_source`` whole.
+    * ``calib_source`` alone: its seeded order is split once; the last ``max(min_check, 10%)`` samples
+      are the check set, the calibration takes up to ``calib_count`` from the rest. The split does not
+      depend on ``calib_count``, so changing it never moves an image from the check into calibration.
+    * the demo model without data: its bundled calibration and validation splits.
+    * no image at all: FP16 calibrates and checks on seeded synthetic inputs (said loudly by the caller:
+      the check shows numeric parity only); INT8 refuses, since its scales would mean nothing.
     """
     if calib_count < 1:
         raise BadInputError(f"--calib-count must be at least 1, got {calib_count}")
     pre = source.preprocessing
-    if calib_source is not None:
-        return open_dataset(calib_source, pre, calib_count, seed)
-    if is_demo(source):
+    if calib_source is None and is_demo(source):
         if not DEMO_CALIB.is_dir():
             raise BadInputError(f"the demo calibration images {DEMO_CALIB} are missing; pass --calib-dir")
-        return open_dataset(DEMO_CALIB, pre, calib_count, seed)
-    if precision == "int8":
-        raise BadInputError(
-            f"INT8 needs calibration images for {source.arch}: pass --calib-dir with a folder of images "
-            "like the ones the model will see (or a .npy/.npz of preprocessed arrays)"
+        calib = open_dataset(DEMO_CALIB, pre, calib_count, seed)
+        check = open_dataset(check_source or DEMO_VAL, pre, check_count or HELDOUT_MAX, seed)
+        return calib, check
+    if calib_source is None:
+        if precision == "int8":
+            raise BadInputError(
+                f"INT8 needs calibration images for {source.arch}: pass --calib-dir with a folder of images "
+                "like the ones the model will see (or a .npy/.npz of preprocessed arrays)"
+            )
+        calib = open_dataset(None, pre, min(calib_count, SYNTHETIC_CHECK_COUNT), seed)
+        if check_source is not None:
+            return calib, open_dataset(check_source, pre, check_count or HELDOUT_MAX, seed)
+        return calib, open_dataset(None, pre, check_count or SYNTHETIC_CHECK_COUNT, seed + 1)
+    if check_source is not None:
+        return open_dataset(calib_source, pre, calib_count, seed), open_dataset(
+            check_source, pre, check_count or HELDOUT_MAX, seed
         )
-    return open_dataset(None, pre, min(calib_count, SYNTHETIC_CHECK_COUNT), seed)
-
-
-def heldout_dataset(
-    source: ModelSource,
-    calibration: Dataset,
-    consumed: int,
-    calib_source: str | Path | None,
-    seed: int = 0,
-    count: int | None = None,
-) -> Dataset:
-    """Images the typed model is checked on, never the ones it was calibrated on.
-
-    The demo model: its labeled validation split. A user folder or array file: the samples after
-    the calibration subset in the same seeded order (``consumed`` counts the ones calibration read,
-    unreadable files included) when there are any. Otherwise seeded synthetic inputs with another
-    seed than calibration's: they show numeric parity but no accuracy.
-    """
-    pre = source.preprocessing
-    if is_demo(source) and DEMO_VAL.is_dir():
-        return open_dataset(DEMO_VAL, pre, count or HELDOUT_MAX, seed)
-    if calib_source is not None and calibration.available > consumed:
-        return open_dataset(calib_source, pre, count or HELDOUT_MAX, seed, offset=consumed)
-    return open_dataset(None, pre, count or SYNTHETIC_CHECK_COUNT, seed + 1)
+    available = open_dataset(calib_source, pre, None, seed).available
+    held = check_share(available, min_check)
+    if available - held < 1:
+        raise BadInputError(
+            f"{calib_source} holds {available} samples: the held-out check takes {held} "
+            f"(10%, at least {min_check}) and calibration needs the rest; add images or pass --check-data"
+        )
+    calib = open_dataset(calib_source, pre, min(calib_count, available - held), seed)
+    check = open_dataset(calib_source, pre, min(check_count or held, held), seed, offset=available - held)
+    return calib, check
 
 
 def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
@@ -384,6 +395,15 @@ class Calibration:
                 f"{CALIBRATION_NAME} has no range for tensor {name!r}; delete it and run again"
             ) from None
 
+    def with_method(self, method: str) -> Calibration:
+        """The same statistics with ``method``'s clips as the ranges (all methods are computed at once)."""
+        check_method(method, self.percentile)
+        tensors = {
+            name: {**entry, "amax": entry.get(f"amax_{method}", entry["amax"])} if "amax" in entry else entry
+            for name, entry in self.tensors.items()
+        }
+        return replace(self, method=method, tensors=tensors)
+
     def max_abs(self, name: str) -> float | None:
         entry = self.tensors.get(name)
         return None if entry is None else max(abs(entry["min"]), abs(entry["max"]))
@@ -441,8 +461,9 @@ def calibrate(
     tensors = {}
     for name, stat in stats.items():
         entry = {"min": stat.minimum, "max": stat.maximum}
-        if stat.histogram is not None:
-            entry["amax"] = stat.amax(method, percentile)
+        if stat.histogram is not None:  # every method's clip, so the INT8 search can try them without rerunning
+            entry.update({f"amax_{m}": stat.amax(m, percentile) for m in METHODS})
+            entry["amax"] = entry[f"amax_{method}"]
         tensors[name] = entry
     result = Calibration(
         model_sha256=model_sha,

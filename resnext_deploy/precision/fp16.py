@@ -35,7 +35,30 @@ def overflow_nodes(model, calibration: Calibration, data_max: float = FP16_DATA_
             if name in big_initializers or (magnitude is not None and not magnitude <= data_max):
                 blocked.append(node.name)
                 break
-    return blocked
+    return residual_closure(model, blocked)
+
+
+def residual_closure(model, blocked: list[str]) -> list[str]:
+    """``blocked`` plus the rest of every residual group (Conv -> Add -> ReLU) it touches.
+
+    TensorRT fuses a Conv with the Add and ReLU that follow it; a Cast between them (one member FP32,
+    another FP16) splits that fusion, so a group is kept in one dtype.
+    """
+    producers = {name: node for node in model.graph.node for name in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    result = set(blocked)
+    for add in model.graph.node:
+        if add.op_type != "Add":
+            continue
+        group = {add.name}
+        group.update(p.name for p in (producers.get(i) for i in add.input) if p is not None and p.op_type == "Conv")
+        group.update(c.name for c in consumers.get(add.output[0], []) if c.op_type == "Relu")
+        if len(group) > 1 and group & result:
+            result |= group
+    return [node.name for node in model.graph.node if node.name in result]
 
 
 def to_float16(model, blocked: set[str]):
@@ -71,6 +94,14 @@ def _drop_cast_round_trips(graph, blocked: set[str]) -> None:
         if source in float_inputs or (source in producers and producers[source].name in blocked):
             renamed[node.output[0]] = source
     graph_outputs = {v.name for v in graph.output}
+    # a dropped Cast that produced a graph output: its FP32 source takes the output's name instead
+    for output in [name for name in renamed if name in graph_outputs]:
+        source = renamed.pop(output)
+        graph.node.remove(next(n for n in graph.node if cast_to(n) is not None and n.output[0] == output))
+        for node in graph.node:
+            node.output[:] = [output if name == source else name for name in node.output]
+            node.input[:] = [output if name == source else name for name in node.input]
+        renamed = {k: (output if v == source else v) for k, v in renamed.items()}
     keep = [node for node in graph.node if not (cast_to(node) is not None and node.output[0] in renamed)]
     for node in keep:
         node.input[:] = [renamed.get(name, name) for name in node.input]

@@ -16,23 +16,15 @@ from ..artifacts import ONNX_FILES, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
-from ..evaluate.metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
+from ..evaluate.metrics import Parity, Tolerance, compare
 from ..source import ModelSource
 from ..ui import progress
-from .calibration import (
-    DEFAULT_CALIB_COUNT,
-    DEFAULT_METHOD,
-    DEFAULT_PERCENTILE,
-    Log,
-    calibrate,
-    calibration_dataset,
-    check_method,
-    heldout_dataset,
-    labels_match_model,
-)
+from .calibration import Log, calibrate, labels_match_model, split_datasets
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import HIGH_PRECISIONS, int8_model
+from .int8 import int8_model
+from .options import PrecisionOptions
+from .search import CheckSet, SearchRecord, search_int8
 
 CHECK_BATCH = 16
 EXPORT_HINT = "run `resnext-deploy export --dir DIR` first"
@@ -48,35 +40,26 @@ class TypedResult:
     reused: bool = False
     fp32_nodes: tuple[str, ...] = ()
     quantized_nodes: tuple[str, ...] = ()
+    search: dict[str, Any] | None = None
 
 
 def make_typed_onnx(
     directory: str | Path,
     precision: str,
-    calib_source: str | Path | None = None,
-    calib_count: int = DEFAULT_CALIB_COUNT,
-    calib_method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
-    exclude: tuple[str, ...] | list[str] = (),
-    high_precision: str = "fp16",
-    seed: int = 0,
+    options: PrecisionOptions | None = None,
     log: Log = print,
-    tolerance: Tolerance | None = None,
-    check_count: int | None = None,
 ) -> TypedResult:
     """Write ``DIR/model.<precision>.onnx`` from ``DIR/model.onnx``, check it, record it; or reuse it.
 
     ``fp32`` returns model.onnx itself once the manifest vouches for it. The typed file is checked
     with ONNX Runtime against model.onnx on held-out inputs (see
-    :func:`~resnext_deploy.calibration.heldout_dataset`) with ``tolerance`` (default: the
-    precision's entry in :data:`~resnext_deploy.metrics.DEFAULT_TOLERANCES`); a failed check
-    raises :class:`VerificationError` and writes nothing.
+    :func:`~resnext_deploy.precision.calibration.split_datasets`) with the precision's tolerance. An
+    INT8 file that fails is searched for sensitive layers (:mod:`~resnext_deploy.precision.search`)
+    unless ``options.search`` is off; a failed check raises :class:`VerificationError` and writes nothing.
     """
+    options = options or PrecisionOptions()
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; choose one of: {', '.join(ONNX_FILES)}")
-    if high_precision not in HIGH_PRECISIONS:
-        raise BadInputError(f"--high-precision must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}")
-    check_method(calib_method, percentile)
     directory = Path(directory)
     manifest = Manifest(directory)
     parent = manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
@@ -91,11 +74,20 @@ def make_typed_onnx(
 
     name = ONNX_FILES[precision]
     final = directory / name
-    tolerance = tolerance or DEFAULT_TOLERANCES[precision]
-    dataset = calibration_dataset(source, precision, calib_source, calib_count, seed)
-    options = _options(precision, dataset, calib_source, calib_method, percentile, exclude, high_precision, seed)
-    options["tolerance"] = asdict(tolerance)
-    if manifest.is_current(name, parent["sha256"], options):
+    tolerance = options.tolerance(precision)
+    dataset, heldout = split_datasets(
+        source,
+        precision,
+        options.calib_source,
+        options.calib_count,
+        options.check_source,
+        options.check_count,
+        options.min_check,
+        options.seed,
+    )
+    record_options = _options(precision, dataset, heldout, options)
+    record_options["tolerance"] = asdict(tolerance)
+    if manifest.is_current(name, parent["sha256"], record_options):
         entry = manifest.entry(name) or {}
         log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
         return TypedResult(
@@ -105,82 +97,141 @@ def make_typed_onnx(
             reused=True,
             fp32_nodes=tuple(entry.get("fp32_nodes", ())),
             quantized_nodes=tuple(entry.get("quantized_nodes", ())),
+            search=entry.get("search"),
         )
+    synthetic = heldout.fingerprint.startswith("synthetic")
     if dataset.fingerprint.startswith("synthetic"):
-        log(f"warning: no calibration images for {source.arch}; FP16 ranges come from {dataset.description}")
+        log(f"WARNING: no images for {source.arch}; FP16 ranges come from {dataset.description}")
+    if synthetic:
+        log(f"WARNING: the check runs on {heldout.description}: it shows numeric parity only, not accuracy")
+    if heldout.count < options.min_check:
+        raise BadInputError(
+            f"only {heldout.count} check samples in {heldout.description}; the check needs at least "
+            f"{options.min_check} (add images, or pass --check-data with more)"
+        )
 
-    calibration = calibrate(directory, parent_path, dataset, calib_method, percentile, log)
-    model = load_prepared(parent_path)
+    calibration = calibrate(directory, parent_path, dataset, options.calib_method, options.percentile, log)
+    prepared = load_prepared(parent_path)
+    use_labels = labels_match_model(heldout, source)
+    search_record = None
     if precision == "fp16":
-        model, fp32_nodes = fp16_model(model, calibration)
+        model, fp32_nodes = fp16_model(prepared, calibration)
         quantized: list[str] = []
     else:
-        model, fp32_nodes, plan = int8_model(model, calibration, tuple(exclude), high_precision)
+        check = CheckSet(parent_path, heldout, use_labels)
+        model, fp32_nodes, plan, parity, search_record = _int8(
+            directory, prepared, calibration, check, tolerance, options, record_options, parent["sha256"], log
+        )
         quantized = plan.weighted
         log(
             f"INT8: {len(plan.weighted)} Conv/Gemm nodes quantized, {len(plan.consumers)} activation tensors "
-            f"with Q/DQ ({len(plan.residual_adds)} residual Add shortcuts); the rest in {high_precision}"
+            f"with Q/DQ ({len(plan.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
         )
+    del prepared
     log(_block_summary(precision, fp32_nodes))
 
-    heldout = heldout_dataset(source, dataset, calibration.consumed, calib_source, seed, check_count)
-    use_labels = labels_match_model(heldout, source)
     with atomic_path(final) as tmp:
         save_model(model, tmp)
         del model
         parity = check_parity(parent_path, tmp, precision, heldout, tolerance, use_labels)
         log(_parity_summary(name, heldout, parity))
         if not parity:
-            hint = " (try --calib-method, --exclude or --high-precision fp32)" if precision == "int8" else ""
             raise VerificationError(
-                f"{name} disagrees with model.onnx on {heldout.description}: {'; '.join(parity.failures)}{hint}; "
-                f"no {name} was written"
+                f"{name} disagrees with model.onnx on {heldout.description}: {'; '.join(parity.failures)}"
+                f"{_tried(search_record, options)}; no {name} was written"
             )
     manifest.record(
         name,
         precision,
         parent_sha256=parent["sha256"],
-        options=options,
+        options=record_options,
         calibration={
             "fingerprint": calibration.fingerprint,
             "description": calibration.description,
             "count": calibration.count,
-            "method": calibration.method,
+            "method": search_record.method if search_record else calibration.method,
             "percentile": calibration.percentile,
         },
         heldout=heldout.description,
+        heldout_synthetic=synthetic,
         parity=parity.to_dict(),
         fp32_nodes=fp32_nodes,
         quantized_nodes=quantized,
+        search=search_record.to_dict() if search_record else None,
     )
     log(f"wrote {final}")
-    return TypedResult(final, precision, parity, fp32_nodes=tuple(fp32_nodes), quantized_nodes=tuple(quantized))
+    return TypedResult(
+        final,
+        precision,
+        parity,
+        fp32_nodes=tuple(fp32_nodes),
+        quantized_nodes=tuple(quantized),
+        search=search_record.to_dict() if search_record else None,
+    )
 
 
-def _options(
-    precision: str,
-    dataset: Dataset,
-    calib_source: str | Path | None,
-    method: str,
-    percentile: float,
-    exclude: tuple[str, ...] | list[str],
-    high_precision: str,
-    seed: int,
-) -> dict[str, Any]:
+def _int8(directory, prepared, calibration, check, tolerance, options, record_options, parent_sha, log):
+    """The INT8 graph with the configured method; searched further when it fails and the search is on."""
+    if not options.search:
+        model, fp32_nodes, plan = int8_model(prepared, calibration, options.exclude, options.high_precision)
+        return model, fp32_nodes, plan, None, None
+    key = {"model": parent_sha, "calibration": calibration.fingerprint, **record_options}
+    model, fp32_nodes, plan, parity, record = search_int8(
+        directory,
+        prepared,
+        calibration,
+        check,
+        tolerance,
+        options.exclude,
+        options.high_precision,
+        options.search_max_fraction,
+        options.search_minutes,
+        key,
+        log,
+    )
+    if record.methods and len(record.methods) == 1 and parity.passed:
+        return model, fp32_nodes, plan, parity, None  # the configured method passed: no search was needed
+    if record.kept:
+        log(f"INT8 search: kept {len(record.kept)} layer(s) out of INT8: {', '.join(record.kept)}")
+    return model, fp32_nodes, plan, parity, record
+
+
+def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
+    """What was tried, for the failure message."""
+    if record is None:
+        return " (the INT8 search is off)" if not options.search else ""
+    text = f" after trying --calib-method {', '.join(record.methods)}"
+    if record.kept:
+        text += f" and keeping {len(record.kept)} of {record.layers} layers out of INT8 (budget {record.budget})"
+    if record.note:
+        text += f" ({record.note})"
+    return text + "; raise --search-max-fraction or --search-minutes, or pass --exclude"
+
+
+def _options(precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions) -> dict[str, Any]:
     """What the typed file depends on besides model.onnx; the manifest compares it to resume."""
-    options: dict[str, Any] = {
+    record: dict[str, Any] = {
         "calibration": {
-            "source": None if calib_source is None else str(Path(calib_source).resolve()),
+            "source": None if options.calib_source is None else str(Path(options.calib_source).resolve()),
             "fingerprint": dataset.fingerprint,
             "count": dataset.count,
-            "seed": seed,
+            "seed": options.seed,
         },
+        "check": {"fingerprint": heldout.fingerprint, "count": heldout.count},
         "fp16_data_max": FP16_DATA_MAX,
     }
     if precision == "int8":
-        options["calibration"].update(method=method, percentile=percentile)
-        options.update(exclude=list(exclude), high_precision=high_precision)
-    return options
+        record["calibration"].update(method=options.calib_method, percentile=options.percentile)
+        record.update(
+            exclude=list(options.exclude),
+            high_precision=options.high_precision,
+            search=options.search
+            and {
+                "max_fraction": options.search_max_fraction,
+                "minutes": options.search_minutes,
+            },
+        )
+    return record
 
 
 def _parity_from_dict(data: dict[str, Any] | None) -> Parity | None:

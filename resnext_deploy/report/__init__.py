@@ -95,6 +95,11 @@ def build_report(
         },
         "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(bench["results"]),
         "skipped": skipped,
+        "precision": {
+            name: {k: entry.get(k) for k in ("heldout", "heldout_synthetic", "search")}
+            for name, entry in manifest.artifacts.items()
+            if "heldout" in entry
+        },
         "stale": _stale(manifest, {VERIFY_JSON: verify, BENCH_JSON: bench}),
         "machine": (bench or verify or {}).get("machine"),
     }
@@ -154,6 +159,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             ],
         )
     )
+    out += _precision_section(report.get("precision") or {})
     out += _verify_section(report["verify"])
     out += _bench_section(report["bench"], report["onnxruntime_vs_torch"])
     if report["skipped"]:
@@ -167,6 +173,41 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += ["", "## Machine", ""]
         out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report["machine"].items()]))
     return "\n".join(out) + "\n"
+
+
+def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """How each typed file was checked when it was made, and what the INT8 search did."""
+    if not checks:
+        return []
+    out = ["", "## Typed files: held-out check and INT8 search", ""]
+    for name, check in checks.items():
+        loud = " **(synthetic inputs: numeric parity only, no accuracy)**" if check.get("heldout_synthetic") else ""
+        out.append(f"- `{name}` was checked on {check.get('heldout')}{loud}.")
+        search = check.get("search")
+        if not search:
+            continue
+        tried = ", ".join(
+            f"{method} ({'pass' if m['passed'] else 'fail'}, cosine min {m['cosine_min']:.4f})"
+            for method, m in search["methods"].items()
+        )
+        out.append(
+            f"- INT8 search ({search['seconds']} s): calibration methods tried: {tried}; kept: {search['method']}."
+        )
+        if search["ranking"]:
+            out += [
+                "",
+                markdown_table(
+                    ["most sensitive layer", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
+                ),
+                "",
+            ]
+        kept = ", ".join(f"`{n}`" for n in search["kept"]) or "none"
+        result = "passes" if search["passed"] else "still fails"
+        out.append(
+            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} layers, budget "
+            f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
+        )
+    return out
 
 
 def _verify_section(verify: Mapping[str, Any] | None) -> list[str]:

@@ -20,9 +20,9 @@ from resnext_deploy.precision.calibration import (
     TensorStats,
     activation_tensors,
     calibrate,
-    calibration_dataset,
+    check_share,
     collect_statistics,
-    heldout_dataset,
+    split_datasets,
 )
 from resnext_deploy.source import resolve_source
 
@@ -166,30 +166,46 @@ def test_bad_method_and_percentile(tiny_dir: Path) -> None:
 # Which data
 
 
+def calib_only(source, count: int):
+    """The calibration subset alone: with a separate check source the calibration source is not split."""
+    return split_datasets(TINY, "int8", source, count, check_source=source)[0]
+
+
 def test_int8_needs_data_for_a_non_demo_model_fp16_does_not() -> None:
     with pytest.raises(BadInputError, match="--calib-dir"):
-        calibration_dataset(TINY, "int8", None, 16)
-    assert calibration_dataset(TINY, "fp16", None, 16).fingerprint.startswith("synthetic")
+        split_datasets(TINY, "int8", None, 16)
+    calib, check = split_datasets(TINY, "fp16", None, 16)
+    assert calib.fingerprint.startswith("synthetic") and check.fingerprint.startswith("synthetic")
+    assert calib.fingerprint != check.fingerprint  # another seed: not the calibration inputs again
     with pytest.raises(BadInputError, match="--calib-count"):
-        calibration_dataset(TINY, "int8", "x", 0)
+        split_datasets(TINY, "int8", "x", 0)
 
 
-def test_heldout_is_the_rest_of_the_seeded_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("available", "held"), [(33, 32), (100, 32), (400, 40), (1000, 100)])
+def test_the_check_takes_ten_percent_and_at_least_32(available: int, held: int) -> None:
+    assert check_share(available, 32) == held
+
+
+def test_heldout_is_split_off_the_seeded_order(tmp_path: Path) -> None:
     folder = noise_images(tmp_path / "imgs", 10)
-    calib = calibration_dataset(TINY, "int8", folder, 6)
-    held = heldout_dataset(TINY, calib, consumed=6, calib_source=folder)
-    taken = {calib.folder.files[i] for i in calib.order[:6]}
+    calib, held = split_datasets(TINY, "int8", folder, 6, min_check=3)
+    taken = {calib.folder.files[i] for i in calib.order[: calib.count]}
     checked = {held.folder.files[i] for i in held.order[: held.count]}
-    assert held.count == 4 and not taken & checked and held.has_labels
+    assert calib.count == 6 and held.count == 3 and not taken & checked and held.has_labels
+    everything, held_again = split_datasets(TINY, "int8", folder, 50, min_check=3)
+    checked_again = {held_again.folder.files[i] for i in held_again.order[: held_again.count]}
+    assert everything.count == 7 and checked_again == checked  # the calibration count never moves the check set
 
-    everything = calibration_dataset(TINY, "int8", folder, 50)
-    assert heldout_dataset(TINY, everything, consumed=10, calib_source=folder).fingerprint.startswith("synthetic")
+    with pytest.raises(BadInputError, match="--check-data"):
+        split_datasets(TINY, "int8", folder, 6)  # 10 images cannot give 32 to the check and some to calibration
+    given = noise_images(tmp_path / "check", 4)
+    calib, held = split_datasets(TINY, "int8", folder, 50, check_source=given)
+    assert calib.count == 10 and held.count == 4 and not held.fingerprint.startswith("synthetic")
 
     arrays = tmp_path / "x.npy"
     np.save(arrays, np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32))
-    calib = calibration_dataset(TINY, "int8", arrays, 3)
-    held = heldout_dataset(TINY, calib, consumed=3, calib_source=arrays)
-    assert held.count == 2
+    calib, held = split_datasets(TINY, "int8", arrays, 3, min_check=2)
+    assert calib.count == 3 and held.count == 2
     np.testing.assert_array_equal(held.images, np.load(arrays)[3:])
 
 
@@ -215,7 +231,7 @@ def test_unusable_folders_are_one_line_errors(tiny_dir: Path, tmp_path: Path, ma
     folder.mkdir()
     make(folder)
     with pytest.raises(BadInputError, match=message) as caught:
-        dataset = calibration_dataset(TINY, "int8", folder, 4)
+        dataset = calib_only(folder, 4)
         calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "entropy", log=lambda _m: None)
     assert "\n" not in str(caught.value)
     assert not (tiny_dir / CALIBRATION_NAME).exists()
@@ -226,7 +242,7 @@ def test_corrupt_files_are_skipped_and_counted(tiny_dir: Path, tmp_path: Path) -
     (folder / "class0" / "broken1.png").write_bytes(b"\x89PNG garbage")
     (folder / "class0" / "broken2.jpg").write_bytes(b"")
     messages: list[str] = []
-    dataset = calibration_dataset(TINY, "int8", folder, 100)
+    dataset = calib_only(folder, 100)
     result = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "minmax", log=messages.append)
     warnings = [m for m in messages if m.startswith("warning")]
     assert len(warnings) == 1 and "skipped 2 unreadable image(s)" in warnings[0]
@@ -237,4 +253,4 @@ def test_wrong_shape_npy(tmp_path: Path) -> None:
     arrays = tmp_path / "x.npy"
     np.save(arrays, np.zeros((4, 3, 16, 16), np.float32))
     with pytest.raises(BadInputError, match=r"expected \(N, 3, 32, 32\)"):
-        calibration_dataset(TINY, "int8", arrays, 4)
+        calib_only(arrays, 4)

@@ -18,15 +18,23 @@ from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
 from resnext_deploy.evaluate.metrics import Tolerance
 from resnext_deploy.export import export_onnx
-from resnext_deploy.precision.calibration import calibrate, calibration_dataset
+from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.int8 import activation_scale, int8_model, quantize_weight
+from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.source import resolve_source
 
 RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
 QUIET = {"log": lambda _m: None}
+
+
+def opts(calib_source: Path | None = None, tolerance: Tolerance | None = None, **kwargs) -> PrecisionOptions:
+    """Precision options for the tiny fixtures: a small check set, one tolerance for both precisions."""
+    kwargs.setdefault("min_check", 8)
+    tolerances = {} if tolerance is None else {"fp16": tolerance, "int8": tolerance}
+    return PrecisionOptions(calib_source=calib_source, tolerances=tolerances, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +97,7 @@ def assert_explicit_int8(model, excluded: frozenset[str] = frozenset()) -> None:
 
 
 def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, calib_dir: Path) -> None:
-    result = make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=16, tolerance=RELAXED, check_count=8, **QUIET)
+    result = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
     assert result.path == tiny_dir / "model.int8.onnx" and not result.reused
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
@@ -115,17 +123,8 @@ def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, cali
 
 def test_int8_with_fp32_high_precision_and_exclude(tiny_dir: Path, calib_dir: Path) -> None:
     excluded = "/layer2/*/conv2/Conv"
-    result = make_typed_onnx(
-        tiny_dir,
-        "int8",
-        calib_dir,
-        calib_count=16,
-        exclude=[excluded],
-        high_precision="fp32",
-        tolerance=RELAXED,
-        check_count=8,
-        **QUIET,
-    )
+    options = opts(calib_dir, calib_count=16, exclude=[excluded], high_precision="fp32", tolerance=RELAXED)
+    result = make_typed_onnx(tiny_dir, "int8", options, **QUIET)
     model = onnx.load(str(result.path))
     skipped = frozenset(n.name for n in model.graph.node if n.name == "/layer2/layer2.0/conv2/Conv")
     assert skipped, "the excluded node should still be in the graph"
@@ -137,12 +136,12 @@ def test_int8_with_fp32_high_precision_and_exclude(tiny_dir: Path, calib_dir: Pa
     }
     assert not any(a.dtype == np.float16 for a in initializers.values())
     with pytest.raises(BadInputError, match="matches no node"):
-        make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=16, exclude=["/nothing*"], **QUIET)
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, exclude=["/nothing*"]), **QUIET)
 
 
 def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
     messages: list[str] = []
-    result = make_typed_onnx(tiny_dir, "fp16", check_count=16, log=messages.append)
+    result = make_typed_onnx(tiny_dir, "fp16", opts(), log=messages.append)
     assert any("synthetic" in m for m in messages)  # no data given: says where the ranges came from
     model = onnx.load(str(result.path))
     for value in (*model.graph.input, *model.graph.output):
@@ -161,7 +160,7 @@ def _bump(calibration, tensor: str, value: float) -> None:
 
 
 def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
-    dataset = calibration_dataset(resolve_source("resnext_tiny"), "fp16", None, 4)
+    dataset = split_datasets(resolve_source("resnext_tiny"), "fp16", None, 4)[0]
     calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
     hot = "/layer2/layer2.0/conv1/Conv_output_0"
     _bump(calibration, hot, 5000.0)
@@ -180,7 +179,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
 
 
 def test_int8_overflowing_conv_gets_its_own_fp32_qdq(tiny_dir: Path, calib_dir: Path) -> None:
-    dataset = calibration_dataset(resolve_source("resnext_tiny"), "int8", calib_dir, 8)
+    dataset = split_datasets(resolve_source("resnext_tiny"), "int8", calib_dir, 8, min_check=8)[0]
     calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
     _bump(calibration, "/layer2/layer2.0/downsample/downsample.0/Conv_output_0", 5000.0)
     model, fp32_nodes, _ = int8_model(load_prepared(tiny_dir / "model.onnx"), calibration)
@@ -212,12 +211,12 @@ def test_dead_channels_never_get_a_zero_or_infinite_scale(dtype) -> None:
 
 
 def test_resume_reuse_and_option_changes(tiny_dir: Path, calib_dir: Path) -> None:
-    args = dict(calib_source=calib_dir, calib_count=12, tolerance=RELAXED, check_count=8)
-    first = make_typed_onnx(tiny_dir, "int8", **args, **QUIET)
+    args = dict(calib_count=12, tolerance=RELAXED)
+    first = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, **args), **QUIET)
     messages: list[str] = []
-    again = make_typed_onnx(tiny_dir, "int8", **args, log=messages.append)
+    again = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, **args), log=messages.append)
     assert again.reused and "up to date" in messages[0] and again.parity == first.parity
-    other = make_typed_onnx(tiny_dir, "int8", calib_method="minmax", **args, **QUIET)
+    other = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_method="minmax", **args), **QUIET)
     assert not other.reused
     calibration = json.loads((tiny_dir / "calibration.json").read_text())
     assert calibration["method"] == "minmax"
@@ -228,7 +227,7 @@ def test_resume_reuse_and_option_changes(tiny_dir: Path, calib_dir: Path) -> Non
 def test_failed_check_writes_nothing(tiny_dir: Path, calib_dir: Path) -> None:
     impossible = Tolerance(cosine_min=1.5)
     with pytest.raises(VerificationError, match="no model.int8.onnx was written"):
-        make_typed_onnx(tiny_dir, "int8", calib_dir, calib_count=8, tolerance=impossible, check_count=4, **QUIET)
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=8, tolerance=impossible), **QUIET)
     assert not (tiny_dir / "model.int8.onnx").exists()
     assert Manifest(tiny_dir).entry("model.int8.onnx") is None
     assert not [p for p in tiny_dir.iterdir() if p.name.endswith(".partial")]
@@ -238,7 +237,7 @@ def test_missing_export_and_missing_int8_data(tiny_dir: Path, tmp_path: Path) ->
     with pytest.raises(BadInputError, match="resnext-deploy export"):
         make_typed_onnx(tmp_path, "fp16", **QUIET)
     with pytest.raises(BadInputError, match="pass --calib-dir"):
-        make_typed_onnx(tiny_dir, "int8", **QUIET)
+        make_typed_onnx(tiny_dir, "int8", opts(), **QUIET)
     assert not (tiny_dir / "model.int8.onnx").exists() and not (tiny_dir / "calibration.json").exists()
     with pytest.raises(BadInputError, match="unknown precision"):
         make_typed_onnx(tiny_dir, "int4", **QUIET)
@@ -259,10 +258,10 @@ def test_resnext50_int8_and_fp16(tmp_path: Path, tmp_path_factory: pytest.TempPa
     """The done-means check: ResNeXt-50 (random weights), 64 calibration images, real ORT sessions."""
     images = noise_images(tmp_path_factory.mktemp("noise"), 80, classes=1, size=64)
     export_onnx(resolve_source("resnext50_32x4d"), tmp_path, **QUIET)
-    int8 = make_typed_onnx(tmp_path, "int8", images, calib_count=64, tolerance=RELAXED, check_count=16, **QUIET)
+    int8 = make_typed_onnx(tmp_path, "int8", opts(images, calib_count=64, tolerance=RELAXED, min_check=16), **QUIET)
     assert_explicit_int8(onnx.load(str(int8.path)))
     assert int8.parity.cosine_min >= 0.98
-    fp16 = make_typed_onnx(tmp_path, "fp16", images, calib_count=64, check_count=16, **QUIET)
+    fp16 = make_typed_onnx(tmp_path, "fp16", opts(images, calib_count=64, min_check=16), **QUIET)
     model = onnx.load(str(fp16.path))
     weights = [i for i in model.graph.initializer if len(i.dims) == 4]
     assert weights and all(i.data_type == TensorProto.FLOAT16 for i in weights)
