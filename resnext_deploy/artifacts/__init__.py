@@ -1,0 +1,42 @@
+"""The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
+
+from .manifest import MANIFEST_NAME, Manifest, artifact_dir, tool_versions
+from .onnx_io import load_onnx, opset_of, single_input
+from .store import (
+    LOCK_NAME,
+    ONNX_FILES,
+    PRECISIONS,
+    atomic_path,
+    engine_file,
+    locked,
+    now_iso,
+    prepare_dir,
+    read_json,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
+
+__all__ = [
+    "LOCK_NAME",
+    "MANIFEST_NAME",
+    "ONNX_FILES",
+    "PRECISIONS",
+    "Manifest",
+    "artifact_dir",
+    "atomic_path",
+    "engine_file",
+    "load_onnx",
+    "locked",
+    "now_iso",
+    "opset_of",
+    "prepare_dir",
+    "read_json",
+    "sha256_file",
+    "single_input",
+    "tool_versions",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]

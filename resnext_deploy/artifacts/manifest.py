@@ -1,0 +1,118 @@
+"""``DIR/manifest.json``: one entry per artifact with its sha256, parent, options and tool versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+from .store import ONNX_FILES, now_iso, read_json, sha256_file, write_json
+
+MANIFEST_NAME = "manifest.json"
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact (imported lazily, all light here)."""
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .. import __version__
+
+    return {
+        "resnext_deploy": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+class Manifest:
+    """``DIR/manifest.json``: one entry per artifact, keyed by file name."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / MANIFEST_NAME
+        self.data: dict[str, Any] = {"format": 1, "artifacts": {}}
+        if self.path.exists():
+            loaded = read_json(self.path)
+            if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
+                raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
+            self.data = loaded
+
+    @property
+    def artifacts(self) -> dict[str, dict[str, Any]]:
+        return self.data["artifacts"]
+
+    def entry(self, name: str) -> dict[str, Any] | None:
+        return self.artifacts.get(name)
+
+    def require(self, name: str, hint: str) -> dict[str, Any]:
+        """The entry of an artifact that exists and still has the recorded sha256."""
+        entry = self.entry(name)
+        path = self.directory / name
+        if entry is None or not path.exists():
+            raise BadInputError(f"{path} is missing; {hint}")
+        if sha256_file(path) != entry["sha256"]:
+            raise BadInputError(f"{path} was changed after it was made (sha256 differs from the manifest); {hint}")
+        return entry
+
+    def is_current(self, name: str, parent_sha256: str | None, options: dict[str, Any]) -> bool:
+        """True when the artifact exists unchanged and was made from the same parent with the same options."""
+        entry = self.entry(name)
+        path = self.directory / name
+        if entry is None or not path.exists():
+            return False
+        return (
+            entry.get("parent_sha256") == parent_sha256
+            and entry.get("options") == json.loads(json.dumps(options, default=str))
+            and sha256_file(path) == entry.get("sha256")
+        )
+
+    def record(
+        self,
+        name: str,
+        precision: str,
+        parent_sha256: str | None = None,
+        options: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        path = self.directory / name
+        entry = {
+            "path": name,
+            "sha256": sha256_file(path),
+            "size_bytes": path.stat().st_size,
+            "precision": precision,
+            "parent_sha256": parent_sha256,
+            "options": json.loads(json.dumps(options or {}, default=str)),
+            "versions": tool_versions(),
+            "created": now_iso(),
+            **extra,
+        }
+        self.artifacts[name] = entry
+        self.save()
+        return entry
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.artifacts[name].update(json.loads(json.dumps(fields, default=str)))
+        self.save()
+
+    def forget(self, name: str) -> None:
+        if self.artifacts.pop(name, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def artifact_dir(directory: str | Path) -> Path:
+    """The directory of an earlier export, checked before anything is locked or written there."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise BadInputError(f"--dir {path} is not a directory; run `resnext-deploy export --dir {path}` first")
+    if Manifest(path).entry(ONNX_FILES["fp32"]) is None:
+        raise BadInputError(f"{path} has no exported model.onnx in its manifest; run `resnext-deploy export` first")
+    return path

@@ -1,0 +1,134 @@
+"""Files in the artifact directory: names, atomic writes, sha256, JSON, the run lock."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError, BusyError
+
+LOCK_NAME = ".resnext-deploy.lock"
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def engine_file(precision: str) -> str:
+    """``model.<precision>.engine``; its manifest is the same name plus ``.json``."""
+    return f"model.{precision}.engine"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _output_error(path: Path, exc: OSError) -> BadInputError:
+    if exc.errno == errno.ENOSPC:
+        return BadInputError(f"no space left on the device while writing {path}; free some space and run again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BadInputError(f"cannot write {path}: permission denied; choose a writable --dir")
+    return BadInputError(f"cannot write {path}: {exc.strerror or exc}; choose another --dir")
+
+
+def prepare_dir(directory: str | Path) -> Path:
+    """Create the artifact directory if needed and check that it is a writable directory."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"--dir {path} is a file, not a directory; pass a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write to --dir {path}: permission denied; choose a writable directory")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only if the block succeeds."""
+    final = Path(final)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    except OSError as exc:
+        raise _output_error(final, exc) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the mode a plain open() would give
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(final, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory so two runs never write the same artifacts."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime below
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(
+                f"another resnext-deploy run is using {directory}; wait for it to finish or use another --dir"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
