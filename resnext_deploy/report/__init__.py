@@ -103,8 +103,10 @@ def build_report(
 
 
 def _stale(manifest: Manifest, sources: Mapping[str, dict[str, Any] | None]) -> list[str]:
-    """Results measured on a file that has changed (or gone) since: the report says so instead of passing them off."""
-    stale = []
+    """Artifacts made from an earlier model.onnx, and results measured on a file that has changed (or gone) since."""
+    stale = [
+        f"{name} is stale, {reason}; build-trt or pipeline makes it again" for name, reason in manifest.stale().items()
+    ]
     for name, data in sources.items():
         for artifact, sha256 in ((data or {}).get("artifacts") or {}).items():
             entry = manifest.entry(artifact)
