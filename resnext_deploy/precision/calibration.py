@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
-from ..data import Dataset, ImageDataset, open_dataset
+from ..data import Dataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
 from ..models import DEMO_ARCH
@@ -112,22 +112,6 @@ def heldout_dataset(
     if calib_source is not None and calibration.available > consumed:
         return open_dataset(calib_source, pre, count or HELDOUT_MAX, seed, offset=consumed)
     return open_dataset(None, pre, count or SYNTHETIC_CHECK_COUNT, seed + 1)
-
-
-def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
-    """Whether a data set's labels are the model's class indices, so that accuracy means something.
-
-    Folder labels are the sorted class-subfolder indices (torchvision's ImageFolder convention); they
-    count when the subfolders are the model's class names in order or, without names, as many.
-    """
-    if not dataset.has_labels:
-        return False
-    if not isinstance(dataset, ImageDataset):
-        return True
-    classes = dataset.folder.classes
-    if source.class_names:
-        return list(classes) == list(source.class_names)
-    return len(classes) == source.num_classes
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..evaluate.metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
-from ..source import ModelSource
+from ..source import ModelSource, labels_match_model
 from ..ui import progress
 from .calibration import (
     DEFAULT_CALIB_COUNT,
@@ -28,7 +28,6 @@ from .calibration import (
     calibration_dataset,
     check_method,
     heldout_dataset,
-    labels_match_model,
 )
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model

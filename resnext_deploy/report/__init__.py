@@ -13,7 +13,7 @@ from typing import Any
 from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BadInputError
 from ..evaluate.bench import BENCH_JSON, BENCH_PNG, STABILITY_RULE, bench_table, format_speedup
-from ..evaluate.verify import VERIFY_JSON, verify_table
+from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
@@ -84,7 +84,9 @@ def build_report(
         "created": now_iso(),
         "model": fp32["options"].get("source") if fp32 else None,
         "artifacts": artifacts,
-        "verify": None if verify is None else {k: verify.get(k) for k in ("passed", "reference", "results")},
+        "verify": None
+        if verify is None
+        else {k: verify.get(k) for k in ("passed", "reference", "results", "warnings")},
         "bench": None
         if bench is None
         else {
@@ -254,7 +256,11 @@ def _verify_section(verify: Mapping[str, Any] | None) -> list[str]:
         out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference['accuracy']:.2f}%.")
     if reference.get("failures"):
         out.append(f"Reference problems: {'; '.join(reference['failures'])}.")
-    out += ["", markdown_table(*verify_table(verify)), "", "Tolerances applied:", ""]
+    out += [f"\n**Note:** {warning}." for warning in verify.get("warnings") or []]
+    out += ["", markdown_table(*verify_table(verify))]
+    if notes := failure_notes(verify):
+        out += ["", "Failures:", "", *(f"- {note}" for note in notes)]
+    out += ["", "Tolerances applied:", ""]
     tolerances = {r["precision"]: r["tolerance"] for r in verify["results"]}
     for precision, tolerance in tolerances.items():
         used = ", ".join(f"{k} {v}" for k, v in tolerance.items() if v is not None)
