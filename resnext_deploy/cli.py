@@ -38,6 +38,28 @@ CheckpointOption = Annotated[
 ]
 NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier outputs.")]
 ImageSizeOption = Annotated[Optional[int], typer.Option("--image-size", help="Input height and width.")]
+_PRE = "Preprocessing (recorded in model.onnx; every later step uses it)"
+PresetOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--preset",
+        help="torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear) or timm "
+        "(crop-pct 0.95, bicubic); default: the architecture's.",
+        rich_help_panel=_PRE,
+    ),
+]
+ResizeSizeOption = Annotated[
+    Optional[int], typer.Option("--resize-size", help="Short side before the center crop.", rich_help_panel=_PRE)
+]
+CropPctOption = Annotated[
+    Optional[float],
+    typer.Option("--crop-pct", help="Image size / resize size (timm's crop_pct).", rich_help_panel=_PRE),
+]
+InterpolationOption = Annotated[
+    Optional[str], typer.Option("--interpolation", help="bilinear or bicubic.", rich_help_panel=_PRE)
+]
+MeanOption = Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean (0-1 scale).", rich_help_panel=_PRE)]
+StdOption = Annotated[Optional[str], typer.Option("--std", help="R,G,B std (0-1 scale).", rich_help_panel=_PRE)]
 
 
 STDOUT = "-"
@@ -147,6 +169,12 @@ def export(
     checkpoint: CheckpointOption = None,
     num_classes: NumClassesOption = None,
     image_size: ImageSizeOption = None,
+    preset: PresetOption = None,
+    resize_size: ResizeSizeOption = None,
+    crop_pct: CropPctOption = None,
+    interpolation: InterpolationOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     static_batch: Annotated[
         Optional[int], typer.Option("--static-batch", help="Fixed batch size instead of a dynamic one.")
@@ -158,10 +186,14 @@ def export(
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
-    source = resolve_source(arch, checkpoint, num_classes, image_size)
+    source = resolve_source(
+        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std
+    )
     directory = prepare_dir(directory)
     with locked(directory):
         export_onnx(source, directory, opset=opset, static_batch=static_batch, log=log)
+    if warning := source.weights_warning():
+        typer.echo(f"WARNING: {warning}")
 
 
 ExportedDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory of an earlier export.")]
@@ -391,6 +423,12 @@ def pipeline(
     checkpoint: CheckpointOption = None,
     num_classes: NumClassesOption = None,
     image_size: ImageSizeOption = None,
+    preset: PresetOption = None,
+    resize_size: ResizeSizeOption = None,
+    crop_pct: CropPctOption = None,
+    interpolation: InterpolationOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     calib_dir: CalibDirOption = None,
     calib_count: CalibCountOption = 512,
     calib_method: CalibMethodOption = "entropy",
@@ -460,13 +498,17 @@ def pipeline(
             min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
         ),
     )
-    source = resolve_source(arch, checkpoint, num_classes, image_size)
+    source = resolve_source(
+        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std
+    )
     directory = prepare_dir(directory)
     with locked(directory):
         result = run_pipeline(source, directory, options, log=log)
     for table in result.tables:
         typer.echo(table)
     typer.echo(f"report: {result.report}")
+    if warning := source.weights_warning():
+        typer.echo(f"WARNING: {warning}")
     if not result.verified:
         raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
 

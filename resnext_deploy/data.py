@@ -81,15 +81,24 @@ def to_rgb(image):
 
 
 def preprocess(image, pre: Preprocessing) -> np.ndarray:
-    """Resize the short side to ``resize_size``, center crop ``image_size``, scale to [0, 1], normalize."""
+    """Resize the short side to ``resize_size``, center crop ``image_size``, scale to [0, 1], normalize.
+
+    Sizes and offsets follow torchvision's ``Resize(int)`` and ``CenterCrop`` (the long side is
+    truncated, the crop offset rounded), which timm's eval transform also uses, so that the
+    published weights see the images they were evaluated on.
+    """
     from PIL import Image
 
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[pre.interpolation]
     width, height = image.size
-    scale = pre.resize_size / min(width, height)
-    new_size = (max(pre.image_size, round(width * scale)), max(pre.image_size, round(height * scale)))
-    image = image.resize(new_size, Image.Resampling.BILINEAR)
-    left = (new_size[0] - pre.image_size) // 2
-    top = (new_size[1] - pre.image_size) // 2
+    if width <= height:
+        new_size = (pre.resize_size, int(pre.resize_size * height / width))
+    else:
+        new_size = (int(pre.resize_size * width / height), pre.resize_size)
+    if new_size != image.size:
+        image = image.resize(new_size, resample)
+    left = int(round((new_size[0] - pre.image_size) / 2.0))
+    top = int(round((new_size[1] - pre.image_size) / 2.0))
     image = image.crop((left, top, left + pre.image_size, top + pre.image_size))
     array = np.asarray(image, dtype=np.float32) / 255.0
     array = (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ONNX_FILES, Manifest, atomic_path, tool_versions
+from .artifacts import ONNX_FILES, Manifest, atomic_path, read_json, tool_versions
 from .backends.onnxruntime import OnnxRuntimeRunner
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
 from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
+from .precision.calibration import CALIBRATION_NAME
 from .source import ModelSource
 
 ONNX_NAME = ONNX_FILES["fp32"]
@@ -41,6 +42,8 @@ def onnx_metadata(source: ModelSource) -> dict[str, str]:
             {
                 "resize_size": pre.resize_size,
                 "crop_size": pre.image_size,
+                "crop_pct": round(pre.crop_pct, 6),
+                "interpolation": pre.interpolation,
                 "mean": pre.mean,
                 "std": pre.std,
                 "scale": "1/255",
@@ -50,6 +53,7 @@ def onnx_metadata(source: ModelSource) -> dict[str, str]:
         ),
         "resnext_deploy.class_names": json.dumps(list(source.class_names)),
         "resnext_deploy.checkpoint_sha256": source.checkpoint_sha256 or "random-init",
+        "resnext_deploy.weights": "random" if source.random_weights else "checkpoint",
         "resnext_deploy.versions": json.dumps(tool_versions()),
     }
 
@@ -125,9 +129,28 @@ def export_onnx(
         parent_sha256=source.checkpoint_sha256,
         options=options,
         parity={str(b): p.to_dict() for b, p in parity.items()},
+        weights_warning=source.weights_warning(),
     )
     log(f"wrote {final}")
+    if warning := source.weights_warning():
+        log(f"warning: {warning}")
+    for name, reason in manifest.stale().items():
+        log(f"warning: {name} is stale ({reason}); verify and bench skip it, build-trt or pipeline remakes it")
+    _warn_stale_calibration(directory, manifest, log)
     return ExportResult(final, parity)
+
+
+def _warn_stale_calibration(directory: Path, manifest: Manifest, log) -> None:
+    """calibration.json is not a manifest artifact; say when it belongs to an earlier model.onnx (redone on use)."""
+    path = directory / CALIBRATION_NAME
+    if not path.exists():
+        return
+    try:
+        made_for = read_json(path).get("model_sha256")
+    except BadInputError:
+        made_for = None
+    if made_for != manifest.artifacts[ONNX_NAME]["sha256"]:
+        log(f"warning: {CALIBRATION_NAME} is stale (made for an earlier model.onnx); build-trt calibrates again")
 
 
 def check_export(

@@ -7,7 +7,9 @@ configurations. State-dict key names are torchvision's (``conv1``, ``bn1``, ``la
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,18 +115,48 @@ class ResNeXt(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an RGB image becomes the model's input: resize the short side, center crop, scale, normalize."""
+    """How an RGB image becomes the model's input: resize the short side, center crop, scale, normalize.
+
+    Weights are trained with their own recipe (torchvision's V1 and V2, timm's), so this travels
+    with the exported model and every later step reads it from there.
+    """
 
     image_size: int
     resize_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    @property
+    def crop_pct(self) -> float:
+        return self.image_size / self.resize_size
 
     def with_image_size(self, image_size: int) -> Preprocessing:
         ratio = self.resize_size / self.image_size
         return replace(self, image_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            image_size=int(data["image_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+
+def resize_for_crop_pct(image_size: int, crop_pct: float) -> int:
+    """timm's rule: the short side is resized to ``floor(image_size / crop_pct)`` before the center crop."""
+    return math.floor(image_size / crop_pct)
 
 
 @dataclass(frozen=True)
@@ -145,6 +177,16 @@ class ArchSpec:
 
 
 _IMAGENET_PRE = Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)
+
+# Evaluation transforms of published ResNeXt weights. torchvision: ResNeXt50_32X4D_Weights.IMAGENET1K_V1
+# (resize 256, crop 224, bilinear) and IMAGENET1K_V2 (resize 232); timm: resnext50_32x4d.a1h_in1k and
+# the other a1/a1h/a2/a3 weights (crop_pct 0.95, bicubic at 224; their test size is 288 with
+# crop_pct 1.0: `--preset timm --image-size 288 --crop-pct 1.0`).
+PRESETS: dict[str, Preprocessing] = {
+    "torchvision-v1": _IMAGENET_PRE,
+    "torchvision-v2": Preprocessing(224, 232, IMAGENET_MEAN, IMAGENET_STD),
+    "timm": Preprocessing(224, resize_for_crop_pct(224, 0.95), IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+}
 _CIFAR_PRE = Preprocessing(32, 32, CIFAR_MEAN, CIFAR_STD)
 _IMAGENET_PLANES = (64, 128, 256, 512)
 _CIFAR_PLANES = (64, 128, 256)

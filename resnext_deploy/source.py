@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .artifacts import sha256_file
+from .data import Dataset, ImageDataset
 from .demo import DEMO_WEIGHTS
 from .errors import BadInputError
-from .models import DEMO_ARCH, ArchSpec, Preprocessing, create_model, get_arch
+from .models import (
+    DEMO_ARCH,
+    INTERPOLATIONS,
+    PRESETS,
+    ArchSpec,
+    Preprocessing,
+    create_model,
+    get_arch,
+    resize_for_crop_pct,
+)
 
 RANDOM_SEED = 0
 MAX_CLASSES = 1_000_000  # far above any real classifier; a larger count is a typo or a hostile manifest
@@ -24,6 +36,7 @@ class ModelSource:
     image_size: int
     checkpoint: str | None
     checkpoint_sha256: str | None
+    preprocess: Preprocessing | None = None  # None: the architecture's default (manifests made before it existed)
 
     @property
     def spec(self) -> ArchSpec:
@@ -31,8 +44,24 @@ class ModelSource:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        if self.preprocess is not None:
+            return self.preprocess
         pre = self.spec.preprocessing
         return pre if pre.image_size == self.image_size else pre.with_image_size(self.image_size)
+
+    @property
+    def random_weights(self) -> bool:
+        """Seeded random weights on a real architecture: its outputs and accuracy mean nothing."""
+        return self.checkpoint is None and self.arch != DEMO_ARCH
+
+    def weights_warning(self) -> str | None:
+        """The loud line every command prints and every record carries when the weights are random."""
+        if not self.random_weights:
+            return None
+        return (
+            f"RANDOM WEIGHTS: {self.arch} was exported without --checkpoint, so its weights are seeded random "
+            "numbers; parity checks still run, but accuracy and INT8 calibration mean nothing"
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -61,9 +90,13 @@ class ModelSource:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelSource:
-        """Rebuild a source recorded in a manifest; any malformed field is a ``BadInputError``."""
-        if not isinstance(data, dict) or not all(k in data for k in cls.__dataclass_fields__):
-            raise BadInputError(f"the model source {str(data)[:80]!r} lacks fields of {list(cls.__dataclass_fields__)}")
+        """Rebuild a source recorded in a manifest; any malformed field is a ``BadInputError``.
+
+        ``preprocess`` is optional: manifests written before it existed use the architecture's own.
+        """
+        required = [k for k in cls.__dataclass_fields__ if k != "preprocess"]
+        if not isinstance(data, dict) or not all(k in data for k in required):
+            raise BadInputError(f"the model source {str(data)[:80]!r} lacks fields of {required}")
         try:
             get_arch(str(data["arch"]))
         except KeyError as exc:
@@ -75,7 +108,66 @@ class ModelSource:
         for key in ("checkpoint", "checkpoint_sha256"):
             if data[key] is not None and not isinstance(data[key], str):
                 raise BadInputError(f"{key} must be a string or null, got {type(data[key]).__name__}")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        pre = data.get("preprocess")
+        try:
+            preprocess = None if pre is None else Preprocessing.from_dict(pre)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise BadInputError(f"the recorded preprocessing {str(pre)[:80]!r} is malformed ({exc})") from None
+        return cls(**{k: data[k] for k in required}, preprocess=preprocess)
+
+
+def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    """``0.485,0.456,0.406`` into three floats (one per RGB channel)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise BadInputError(f"{flag} takes three comma-separated numbers (R,G,B); got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def resolve_preprocessing(
+    spec: ArchSpec,
+    image_size: int | None = None,
+    preset: str | None = None,
+    resize_size: int | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+) -> Preprocessing:
+    """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it."""
+    if preset is not None and preset not in PRESETS:
+        raise BadInputError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    pre = PRESETS[preset] if preset else spec.preprocessing
+    if image_size is not None:
+        pre = pre.with_image_size(image_size)
+    if resize_size is not None and crop_pct is not None:
+        raise BadInputError("give --resize-size or --crop-pct, not both (crop-pct = image size / resize size)")
+    if crop_pct is not None:
+        if not 0.0 < crop_pct <= 1.0:
+            raise BadInputError(f"--crop-pct must be in (0, 1], got {crop_pct:g}")
+        resize_size = resize_for_crop_pct(pre.image_size, crop_pct)
+    if resize_size is not None:
+        if not pre.image_size <= resize_size <= 8 * pre.image_size:
+            raise BadInputError(
+                f"--resize-size must be from the image size {pre.image_size} to {8 * pre.image_size}, got {resize_size}"
+            )
+        pre = replace(pre, resize_size=resize_size)
+    if interpolation is not None:
+        if interpolation not in INTERPOLATIONS:
+            raise BadInputError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        pre = replace(pre, interpolation=interpolation)
+    if (values := parse_triple(mean, "--mean")) is not None:
+        pre = replace(pre, mean=values)
+    if (values := parse_triple(std, "--std")) is not None:
+        if min(values) <= 0:
+            raise BadInputError(f"--std must be positive, got {std!r}")
+        pre = replace(pre, std=values)
+    return pre
 
 
 def resolve_source(
@@ -83,6 +175,12 @@ def resolve_source(
     checkpoint: str | Path | None = None,
     num_classes: int | None = None,
     image_size: int | None = None,
+    preset: str | None = None,
+    resize_size: int | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
 ) -> ModelSource:
     """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model."""
     if arch is None and checkpoint is None:
@@ -99,6 +197,7 @@ def resolve_source(
         raise BadInputError(f"--num-classes must be between 1 and {MAX_CLASSES}, got {num_classes}")
     if image_size is not None and not 8 <= image_size <= 4096:
         raise BadInputError(f"--image-size must be between 8 and 4096, got {image_size}")
+    pre = resolve_preprocessing(spec, image_size, preset, resize_size, crop_pct, interpolation, mean, std)
     sha = None
     if checkpoint is not None:
         from .checkpoint import infer_num_classes, read_state_dict
@@ -110,7 +209,51 @@ def resolve_source(
     return ModelSource(
         arch=spec.name,
         num_classes=num_classes or spec.num_classes,
-        image_size=image_size or spec.preprocessing.image_size,
+        image_size=pre.image_size,
         checkpoint=None if checkpoint is None else str(checkpoint),
         checkpoint_sha256=sha,
+        preprocess=pre,
     )
+
+
+def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
+    """Whether a data set's labels are the model's class indices, so that accuracy means something.
+
+    Folder labels are the sorted class-subfolder indices (torchvision's ImageFolder convention); they
+    count when the subfolders are the model's class names in order or, without names, as many.
+    """
+    if not dataset.has_labels:
+        return False
+    if not isinstance(dataset, ImageDataset):
+        return True
+    classes = dataset.folder.classes
+    if source.class_names:
+        return list(classes) == list(source.class_names)
+    return len(classes) == source.num_classes
+
+
+def label_note(dataset: Dataset, source: ModelSource) -> str | None:
+    """Why accuracy on this data is not reported (unlabeled, or folders that are not the model's classes), or None."""
+    if not isinstance(dataset, ImageDataset):
+        return None
+    classes = dataset.folder.classes
+    if not dataset.has_labels:
+        return (
+            f"{dataset.folder.root} has no class subfolders, so the images are unlabeled: parity is checked, "
+            "accuracy is not (put the images in one subfolder per class for accuracy)"
+        )
+    if labels_match_model(dataset, source):
+        return None
+    expected = (
+        f"the model's classes ({_names(source.class_names)})"
+        if source.class_names
+        else f"the model's {source.num_classes} classes"
+    )
+    return (
+        f"the class folders of {dataset.folder.root} ({len(classes)}: {_names(classes)}) do not match {expected}; "
+        "accuracy is not reported because it would mean nothing"
+    )
+
+
+def _names(names: Sequence[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")

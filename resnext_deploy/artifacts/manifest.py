@@ -107,7 +107,36 @@ class Manifest:
         if self.artifacts.pop(name, None) is not None:
             self.save()
 
+    def stale_reason(self, name: str) -> str | None:
+        """Why an artifact was made from an input that has changed since, following parents up to model.onnx.
+
+        ``model.onnx`` is the root (its parent is a checkpoint); every other artifact's parent is the
+        artifact in this manifest whose sha256 is its ``parent_sha256``. A parent that is gone (a
+        re-export replaced model.onnx) or is itself stale makes the child stale; one recorded without
+        a parent has no lineage to check.
+        """
+        entry = self.entry(name)
+        if entry is None or name == ONNX_FILES["fp32"] or entry.get("parent_sha256") is None:
+            return None
+        parents = {e.get("sha256"): n for n, e in self.artifacts.items() if n != name}
+        parent = parents.get(entry.get("parent_sha256"))
+        if parent is None:
+            return "made from an earlier model.onnx (its parent's sha256 is no longer in the directory)"
+        reason = self.stale_reason(parent)
+        return None if reason is None else f"made from {parent}, which is stale ({reason})"
+
+    def stale(self) -> dict[str, str]:
+        """Every stale artifact and why."""
+        return {name: reason for name in self.artifacts if (reason := self.stale_reason(name)) is not None}
+
     def save(self) -> None:
+        """Write manifest.json, with each artifact's ``stale`` reason brought up to date first."""
+        for name, entry in self.artifacts.items():
+            reason = self.stale_reason(name)
+            if reason is None:
+                entry.pop("stale", None)
+            else:
+                entry["stale"] = reason
         write_json(self.path, self.data)
 
 

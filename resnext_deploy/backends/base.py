@@ -105,7 +105,7 @@ class ArtifactSet:
         return self.manifest.entry(name) is not None or self.path(name).exists()
 
     def unusable(self, name: str) -> str | None:
-        """Why a present artifact is not used (not in the manifest), or None; a changed one is refused with an error."""
+        """Why a present artifact is not used (not in the manifest, or stale), or None; a changed one is an error."""
         if self.manifest.entry(name) is None:
             return (
                 f"{name} is not recorded in manifest.json (not made by resnext-deploy, or made by an interrupted run)"
@@ -113,6 +113,9 @@ class ArtifactSet:
         self.manifest.require(
             name, f"make it again with resnext-deploy (its sha256 no longer matches {self.manifest.path.name})"
         )
+        stale = self.manifest.stale_reason(name)
+        if stale is not None:
+            return f"{name} is stale: {stale}; build-trt or pipeline makes it again"
         return None
 
 

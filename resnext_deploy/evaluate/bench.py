@@ -28,7 +28,20 @@ from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
 
 BENCH_JSON, BENCH_CSV, BENCH_MD, BENCH_PNG = "bench.json", "bench.csv", "bench.md", "bench.png"
-UNSTABLE_CV = 0.025  # trtexec's threshold for "the measurement is not stable"
+# A row is unstable when its per-round medians spread by more than this fraction of their median
+# ((p90 - p10) / median). The per-round median ignores the isolated slow calls every VM has (which
+# push the coefficient of variation over trtexec's 2.5% on an idle machine); the spread across
+# rounds is the machine's speed changing during the run, which is what moves a ratio.
+UNSTABLE_SPREAD = 0.10
+# A speedup is reliable when the 10th-90th percentile interval of its per-round ratios is no wider
+# than this fraction of the ratio of medians.
+RELIABLE_RATIO_WIDTH = 0.25
+STABILITY_RULE = (
+    f"a row is unstable when its per-round medians spread by more than {UNSTABLE_SPREAD:.0%} of their median "
+    "((p90 - p10) / median, 'round spread'); a speedup is the ratio of medians, with the 10th-90th percentile "
+    "interval of the ratios measured round by round, and is unreliable when that interval is wider than "
+    f"{RELIABLE_RATIO_WIDTH:.0%} of the ratio"
+)
 ROUNDS = 10  # time slices per runner in one measurement duration
 MAX_BATCH = 4096
 ROW_FIELDS = (
@@ -47,12 +60,18 @@ ROW_FIELDS = (
     "p99_ms",
     "std_ms",
     "cv",
+    "round_spread",
     "throughput_ips",
     "speedup_vs_reference",
+    "speedup_low",
+    "speedup_high",
+    "speedup_reliable",
     "device_mean_ms",
     "device_median_ms",
     "device_p99_ms",
+    "round_medians_ms",
 )
+CSV_FIELDS = tuple(f for f in ROW_FIELDS if f != "round_medians_ms")
 
 
 @dataclass
@@ -65,10 +84,16 @@ class Unit:
     inputs: np.ndarray
     times_ms: list[float] = field(default_factory=list)
     device_ms: list[float] = field(default_factory=list)
+    round_medians_ms: list[float] = field(default_factory=list)
 
     def run_for(self, seconds: float, record: bool) -> float:
-        """Call the runner until ``seconds`` have passed, at least once; return the seconds spent."""
+        """Call the runner until ``seconds`` have passed, at least once; return the seconds spent.
+
+        A recorded slice also adds its median to ``round_medians_ms``: rounds are aligned across
+        units, so per-round ratios between units compare calls made at nearly the same time.
+        """
         start = time.perf_counter()
+        first = len(self.times_ms)
         while True:
             t0 = time.perf_counter()
             self.runner(self.inputs)
@@ -78,6 +103,8 @@ class Unit:
                 if self.runner.last_device_ms is not None:
                     self.device_ms.append(self.runner.last_device_ms)
             if t1 - start >= seconds:
+                if record:
+                    self.round_medians_ms.append(float(np.median(self.times_ms[first:])))
                 return t1 - start
 
     def done(self, duration_s: float, min_iterations: int) -> bool:
@@ -135,12 +162,25 @@ def result_row(unit: Unit) -> dict[str, Any]:
         "iterations": len(unit.times_ms),
         **stats,
         "cv": stats["std_ms"] / stats["mean_ms"] if stats["mean_ms"] > 0 else 0.0,
+        "round_spread": round_spread(unit.round_medians_ms),
         "throughput_ips": unit.batch_size * 1e3 / stats["mean_ms"] if stats["mean_ms"] > 0 else None,
         "speedup_vs_reference": None,
+        "speedup_low": None,
+        "speedup_high": None,
+        "speedup_reliable": None,
         "device_mean_ms": device.get("device_mean_ms"),
         "device_median_ms": device.get("device_median_ms"),
         "device_p99_ms": device.get("device_p99_ms"),
+        "round_medians_ms": list(unit.round_medians_ms),
     }
+
+
+def round_spread(medians_ms: Sequence[float]) -> float | None:
+    """(p90 - p10) / median of the per-round medians: how much the machine's speed moved during the run."""
+    if len(medians_ms) < 2:
+        return None
+    p10, p50, p90 = np.percentile(np.asarray(medians_ms, dtype=np.float64), [10, 50, 90])
+    return float((p90 - p10) / p50) if p50 > 0 else None
 
 
 def _reference_device(device: str) -> str:
@@ -149,25 +189,45 @@ def _reference_device(device: str) -> str:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Median of torch FP32 on the same device at the same batch size, over the row's median."""
+    """Median of torch FP32 on the same device at the same batch size, over the row's median, with its spread.
+
+    The interval is the 10th-90th percentile of the ratios taken round by round (both rows measured
+    in the same round); the speedup is reliable when that interval is narrow (:data:`RELIABLE_RATIO_WIDTH`).
+    """
     reference = {
-        (r["device"], r["batch_size"]): r["median_ms"]
-        for r in rows
-        if r["backend"] == "torch" and r["precision"] == "fp32"
+        (r["device"], r["batch_size"]): r for r in rows if r["backend"] == "torch" and r["precision"] == "fp32"
     }
     for row in rows:
         base = reference.get((_reference_device(row["device"]), row["batch_size"]))
-        row["speedup_vs_reference"] = base / row["median_ms"] if base and row["median_ms"] > 0 else None
+        row.update(speedup_vs_reference=None, speedup_low=None, speedup_high=None, speedup_reliable=None)
+        if not base or not base["median_ms"] or row["median_ms"] <= 0:
+            continue
+        speedup = base["median_ms"] / row["median_ms"]
+        row["speedup_vs_reference"] = speedup
+        pairs = list(zip(base.get("round_medians_ms") or [], row.get("round_medians_ms") or [], strict=False))
+        ratios = [b / r for b, r in pairs if r > 0]
+        if len(ratios) >= 2:
+            low, high = (float(v) for v in np.percentile(ratios, [10, 90]))
+            row["speedup_low"], row["speedup_high"] = low, high
+            row["speedup_reliable"] = bool((high - low) <= RELIABLE_RATIO_WIDTH * speedup)
+        else:
+            row["speedup_reliable"] = False
 
 
 def bench_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """trtexec-style warnings: unstable measurements, and INT8 that is not faster than FP16."""
-    warnings = [
-        f"{_label(r)} batch {r['batch_size']}: unstable measurement, cv {r['cv']:.1%} above {UNSTABLE_CV:.1%} "
-        "(other load or clock changes; rerun on an idle machine or with a longer --duration)"
+    """Unstable rows (by :data:`STABILITY_RULE`, which bench states once), and INT8 not faster than FP16."""
+    unstable = [
+        f"{_label(r)} batch {r['batch_size']}: unstable measurement, round spread {r['round_spread']:.1%}"
         for r in rows
-        if r["cv"] > UNSTABLE_CV
+        if r.get("round_spread") is not None and r["round_spread"] > UNSTABLE_SPREAD
     ]
+    warnings = []
+    if unstable:
+        warnings.append(
+            f"{len(unstable)} row(s) unstable: round spread over {UNSTABLE_SPREAD:.0%} (other load or clock "
+            "changes; rerun on an idle machine or with a longer --duration)"
+        )
+        warnings += unstable
     fp16 = {(r["backend"], r["device"], r["batch_size"]): r for r in rows if r["precision"] == "fp16"}
     for row in rows:
         other = fp16.get((row["backend"], row["device"], row["batch_size"]))
@@ -333,6 +393,7 @@ def run_bench(
         "rounds": rounds,
         "input": "seeded N(0,1) float32 NCHW, made once per batch size and not timed",
         "speedup": "median of torch fp32 on the same device at the same batch size / this row's median",
+        "stability": STABILITY_RULE,
     }
     hashes = found.hashes([c for c, _ in opened])
     report = BenchReport(machine, rows, bench_warnings(rows), skipped, record, hashes)
@@ -373,8 +434,8 @@ def _drop_failing(
 
 
 def bench_text(rows: Sequence[dict[str, Any]]) -> str:
-    """The terminal table of bench rows; the CLI prints it as the command's result."""
-    return render_table(*bench_table(rows), title="bench (milliseconds per batch)")
+    """The terminal table of bench rows, with the stability rule once; the CLI prints it as the command's result."""
+    return render_table(*bench_table(rows), title="bench (milliseconds per batch)") + f"\nnote: {STABILITY_RULE}"
 
 
 def bench_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -389,9 +450,9 @@ def bench_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
         "mean ms",
         "p90 ms",
         "p99 ms",
-        "cv",
+        "spread",
         "images/s",
-        "speedup",
+        "speedup (p10-p90)",
         "device median ms",
     ]
     cells = [
@@ -405,14 +466,25 @@ def bench_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
             f"{r['mean_ms']:.3f}",
             f"{r['p90_ms']:.3f}",
             f"{r['p99_ms']:.3f}",
-            f"{r['cv']:.1%}",
+            "-" if r.get("round_spread") is None else f"{r['round_spread']:.1%}",
             f"{r['throughput_ips']:.1f}",
-            "-" if r["speedup_vs_reference"] is None else f"{r['speedup_vs_reference']:.2f}x",
+            format_speedup(r),
             "-" if r["device_median_ms"] is None else f"{r['device_median_ms']:.3f}",
         ]
         for r in rows
     ]
     return headers, cells
+
+
+def format_speedup(row: dict[str, Any]) -> str:
+    """``2.10x (1.95-2.30)``, with ``?`` after an unreliable ratio; ``-`` without a reference."""
+    speedup = row["speedup_vs_reference"]
+    if speedup is None:
+        return "-"
+    text = f"{speedup:.2f}x"
+    if row.get("speedup_low") is not None:
+        text += f" ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+    return text if row.get("speedup_reliable") else text + " ?"
 
 
 def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | None = None) -> None:
@@ -422,11 +494,11 @@ def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | 
     if json_path is not None:
         write_json(json_path, data)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(report.results)
     write_text(directory / BENCH_CSV, buffer.getvalue())
-    text = "# bench\n\n" + markdown_table(*bench_table(report.results)) + "\n"
+    text = "# bench\n\n" + markdown_table(*bench_table(report.results)) + f"\n\nNote: {STABILITY_RULE}.\n"
     if report.warnings:
         text += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in report.warnings)
     write_text(directory / BENCH_MD, text)

@@ -22,7 +22,7 @@ from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
 from ..models import DEMO_ARCH
 from ..schemas import SCHEMA_VERSION
-from ..source import ModelSource
+from ..source import ModelSource, label_note, labels_match_model
 from ..ui import progress, render_table
 from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 
@@ -175,12 +175,17 @@ def run_verify(
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
+    notes = [note for note in (label_note(dataset, found.source), found.source.weights_warning()) if note]
+    for note in notes:
+        log(f"warning: {note}")
     opened, skipped, failed = open_runners([reference, *candidates])
     try:
         logits, labels, errors = _run_all([runner for _, runner in opened], dataset, batch_size)
     finally:
         for _, runner in opened:
             runner.close()
+    if not labels_match_model(dataset, found.source):
+        labels = None  # labels that are not the model's classes make accuracy meaningless
     results = []
     for (candidate, _), output, error in list(zip(opened, logits, errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
@@ -195,7 +200,7 @@ def run_verify(
         _reference_record(reference, dataset, logits[0], labels, found.source, errors[0]),
         results,
         [c.skip_record() for c in found.skipped] + skipped,
-        [w for w in (dataset.skipped_summary(),) if w],
+        [w for w in (dataset.skipped_summary(), *notes) if w],
         describe(),
         found.hashes([c for c, _ in opened] + [c for c, _ in failed]),
     )
@@ -264,8 +269,9 @@ def _reference_record(
 
 
 def verify_text(data: Mapping[str, Any]) -> str:
-    """The terminal table of a ``verify.json`` record, titled with the verdict."""
-    return render_table(*verify_table(data), title=f"verify: {'passed' if data['passed'] else 'FAILED'}")
+    """The terminal table of a ``verify.json`` record, titled with the verdict, failure reasons under it."""
+    table = render_table(*verify_table(data), title=f"verify: {'passed' if data['passed'] else 'FAILED'}")
+    return "\n".join([table, *failure_notes(data)])
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -287,7 +293,7 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         "result",
     ]
     rows = []
-    for r in data["results"]:
+    for index, r in enumerate(data["results"]):
         accuracy = _fmt(r["accuracy"], ".2f")
         if r["accuracy"] is not None and r["reference_accuracy"] is not None:
             accuracy += f" ({r['accuracy'] - r['reference_accuracy']:+.2f})"
@@ -302,7 +308,16 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _fmt(r["top5_overlap"], ".2%"),
                 _fmt(r["nonfinite"], "d"),
                 accuracy,
-                "pass" if r["passed"] else f"FAIL: {'; '.join(r['failures'])}",
+                "pass" if r["passed"] else f"FAIL [{len([x for x in data['results'][:index] if not x['passed']]) + 1}]",
             ]
         )
     return headers, rows
+
+
+def failure_notes(data: Mapping[str, Any]) -> list[str]:
+    """``[n] candidate: reasons`` for each failing row of :func:`verify_table`, printed under it to keep it narrow."""
+    failing = [r for r in data["results"] if not r["passed"]]
+    return [
+        f"[{n}] {r['backend']}-{r['device']}:{r['precision']}: {'; '.join(r['failures'])}"
+        for n, r in enumerate(failing, 1)
+    ]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
-from ..data import Dataset, ImageDataset, open_dataset
+from ..data import Dataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
 from ..evaluate.metrics import MIN_CHECK_SAMPLES
@@ -125,22 +125,6 @@ def split_datasets(
     calib = open_dataset(calib_source, pre, min(calib_count, available - held), seed)
     check = open_dataset(calib_source, pre, min(check_count or held, held), seed, offset=available - held)
     return calib, check
-
-
-def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
-    """Whether a data set's labels are the model's class indices, so that accuracy means something.
-
-    Folder labels are the sorted class-subfolder indices (torchvision's ImageFolder convention); they
-    count when the subfolders are the model's class names in order or, without names, as many.
-    """
-    if not dataset.has_labels:
-        return False
-    if not isinstance(dataset, ImageDataset):
-        return True
-    classes = dataset.folder.classes
-    if source.class_names:
-        return list(classes) == list(source.class_names)
-    return len(classes) == source.num_classes
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..evaluate.metrics import Parity, Tolerance, compare
-from ..source import ModelSource
+from ..source import ModelSource, labels_match_model
 from ..ui import progress
-from .calibration import Log, calibrate, labels_match_model, split_datasets
+from .calibration import Log, calibrate, split_datasets
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
 from .int8 import int8_model

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BadInputError
-from ..evaluate.bench import BENCH_JSON, BENCH_PNG, bench_table
-from ..evaluate.verify import VERIFY_JSON, verify_table
+from ..evaluate.bench import BENCH_JSON, BENCH_PNG, STABILITY_RULE, bench_table, format_speedup
+from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
@@ -84,7 +84,9 @@ def build_report(
         "created": now_iso(),
         "model": fp32["options"].get("source") if fp32 else None,
         "artifacts": artifacts,
-        "verify": None if verify is None else {k: verify.get(k) for k in ("passed", "reference", "results")},
+        "verify": None
+        if verify is None
+        else {k: verify.get(k) for k in ("passed", "reference", "results", "warnings")},
         "bench": None
         if bench is None
         else {
@@ -93,6 +95,8 @@ def build_report(
             "warnings": bench.get("warnings", []),
             "plot": BENCH_PNG if has_plot else None,
         },
+        "summary": _summary(verify, bench),
+        "weights_warning": fp32.get("weights_warning") if fp32 else None,
         "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(bench["results"]),
         "skipped": skipped,
         "precision": {
@@ -106,14 +110,56 @@ def build_report(
 
 
 def _stale(manifest: Manifest, sources: Mapping[str, dict[str, Any] | None]) -> list[str]:
-    """Results measured on a file that has changed (or gone) since: the report says so instead of passing them off."""
-    stale = []
+    """Artifacts made from an earlier model.onnx, and results measured on a file that has changed (or gone) since."""
+    stale = [
+        f"{name} is stale, {reason}; build-trt or pipeline makes it again" for name, reason in manifest.stale().items()
+    ]
     for name, data in sources.items():
         for artifact, sha256 in ((data or {}).get("artifacts") or {}).items():
             entry = manifest.entry(artifact)
             if entry is None or entry["sha256"] != sha256:
                 stale.append(f"{name} was measured on an earlier {artifact}; run {name.split('.')[0]} again")
     return stale
+
+
+def _summary(verify: dict[str, Any] | None, bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per device (GPU, CPU): the verified artifact with the best reliable speedup, or why there is none.
+
+    Only a candidate that passed ``verify`` counts, and only a speedup whose per-round interval is
+    narrow is headlined; the fastest unreliable one is named as such instead.
+    """
+    passed = {
+        (r["backend"], r["precision"], r["device"], r["artifact"])
+        for r in (verify or {}).get("results", [])
+        if r.get("passed")
+    }
+    rows = [
+        r
+        for r in (bench or {}).get("results", [])
+        if r.get("speedup_vs_reference") is not None and (r["backend"], r["precision"]) != ("torch", "fp32")
+    ]
+    summary = []
+    for device, on_device in (("GPU", lambda d: d != "cpu"), ("CPU", lambda d: d == "cpu")):
+        measured = [r for r in rows if on_device(r["device"])]
+        verified = [r for r in measured if (r["backend"], r["precision"], r["device"], r["artifact"]) in passed]
+        reliable = [r for r in verified if r.get("speedup_reliable")]
+        item: dict[str, Any] = {"device": device, "best": None, "fastest_unreliable": None}
+        if reliable:
+            item["best"] = max(reliable, key=lambda r: r["speedup_vs_reference"])
+        elif verified:
+            item["fastest_unreliable"] = max(verified, key=lambda r: r["speedup_vs_reference"])
+        if bench is None:
+            item["note"] = "bench did not run"
+        elif not measured:
+            item["note"] = "no runner measured on this device here"
+        elif verify is None:
+            item["note"] = "verify did not run, so no artifact is verified"
+        elif not verified:
+            item["note"] = "no measured artifact passed verify"
+        elif not reliable:
+            item["note"] = "no verified speedup is reliable (the machine's speed moved during the run)"
+        summary.append(item)
+    return summary
 
 
 def _runtime_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,6 +173,9 @@ def _runtime_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "onnxruntime_median_ms": r["median_ms"],
             "torch_median_ms": torch[r["batch_size"]]["median_ms"],
             "speedup": r["speedup_vs_reference"],
+            "speedup_low": r.get("speedup_low"),
+            "speedup_high": r.get("speedup_high"),
+            "speedup_reliable": r.get("speedup_reliable"),
         }
         for r in rows
         if (r["backend"], r["precision"], r["device"]) == ("onnxruntime", "fp32", "cpu") and r["batch_size"] in torch
@@ -139,6 +188,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
     out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
     out += [f"\n**Out of date:** {line}." for line in report["stale"]]
+    out += _summary_section(report["summary"])
+    if report.get("weights_warning"):
+        out += ["", f"**{report['weights_warning']}.**"]
+    warnings = (report["bench"] or {}).get("warnings") or []
+    if warnings:
+        out += ["", "bench warnings:", ""] + [f"- {w}" for w in warnings]
     if model:
         weights = model.get("checkpoint") or "random initialisation (seed 0)"
         out += ["", f"Model: `{model['arch']}`, {model['num_classes']} classes, {model['image_size']} px input."]
@@ -207,6 +262,26 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} layers, budget "
             f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
         )
+
+
+def _summary_section(summary: list[Mapping[str, Any]]) -> list[str]:
+    out = ["", "## Summary", "", f"Read the speedups with their spread: {STABILITY_RULE}.", ""]
+    for item in summary:
+        best, unreliable = item["best"], item["fastest_unreliable"]
+        if best:
+            out.append(
+                f"- {item['device']}: best verified artifact **{best['backend']} {best['precision']}** "
+                f"(`{best['artifact'] or 'in memory'}`), batch {best['batch_size']}: speedup over PyTorch fp32 at the "
+                f"same batch size **{format_speedup(best)}**"
+            )
+        else:
+            out.append(f"- {item['device']}: no headline: {item['note']}.")
+        if unreliable:
+            out.append(
+                f"  The fastest verified one, {unreliable['backend']} {unreliable['precision']} at batch "
+                f"{unreliable['batch_size']}, measured {format_speedup(unreliable)}: unreliable, not a result; "
+                "rerun bench on an idle machine or with a longer --duration."
+            )
     return out
 
 
@@ -221,7 +296,11 @@ def _verify_section(verify: Mapping[str, Any] | None) -> list[str]:
         out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference['accuracy']:.2f}%.")
     if reference.get("failures"):
         out.append(f"Reference problems: {'; '.join(reference['failures'])}.")
-    out += ["", markdown_table(*verify_table(verify)), "", "Tolerances applied:", ""]
+    out += [f"\n**Note:** {warning}." for warning in verify.get("warnings") or []]
+    out += ["", markdown_table(*verify_table(verify))]
+    if notes := failure_notes(verify):
+        out += ["", "Failures:", "", *(f"- {note}" for note in notes)]
+    out += ["", "Tolerances applied:", ""]
     tolerances = {r["precision"]: r["tolerance"] for r in verify["results"]}
     for precision, tolerance in tolerances.items():
         used = ", ".join(f"{k} {v}" for k, v in tolerance.items() if v is not None)
@@ -244,7 +323,8 @@ def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]
     for ratio in ratios:
         out.append(
             f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio['batch_size']}: "
-            f"{ratio['speedup']:.2f}x (median {ratio['onnxruntime_median_ms']:.3f} ms vs "
+            f"{format_speedup({**ratio, 'speedup_vs_reference': ratio['speedup']})} (median "
+            f"{ratio['onnxruntime_median_ms']:.3f} ms vs "
             f"{ratio['torch_median_ms']:.3f} ms)"
         )
     if ratios:
@@ -252,8 +332,6 @@ def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]
     out.append(markdown_table(*bench_table(bench["results"])))
     if bench.get("plot"):
         out += ["", f"![median latency and throughput against batch size]({bench['plot']})"]
-    if bench["warnings"]:
-        out += ["", "Warnings:", ""] + [f"- {w}" for w in bench["warnings"]]
     return out
 
 

@@ -15,6 +15,7 @@ from resnext_deploy.backends.base import Candidate, Runner
 from resnext_deploy.cli import main
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.evaluate.bench import (
+    CSV_FIELDS,
     ROW_FIELDS,
     Unit,
     add_speedups,
@@ -53,12 +54,13 @@ def test_bench_measures_every_runner_and_writes_json_csv_md_png(art: Path, tmp_p
         torch = next(r for r in rows if r["backend"] == "torch" and r["batch_size"] == row["batch_size"])
         assert row["speedup_vs_reference"] == pytest.approx(torch["median_ms"] / row["median_ms"])
     assert data["settings"]["rounds"] >= 1
+    assert all(len(row["round_medians_ms"]) == data["settings"]["rounds"] for row in rows)
     machine = data["machine"]
     assert machine["cpu"] and machine["cpu cores"] >= 1 and machine["threads requested"] == 1
     assert machine["torch threads"] == 1 and machine["onnxruntime"]
     with open(art / "bench.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert list(table[0]) == list(ROW_FIELDS) and len(table) == len(rows)
+    assert list(table[0]) == list(CSV_FIELDS) and len(table) == len(rows)
     assert float(table[0]["median_ms"]) == pytest.approx(rows[0]["median_ms"])
     markdown = (art / "bench.md").read_text()
     assert markdown.count("\n| ") == len(rows) + 2 and f"{rows[0]['median_ms']:.3f}" in markdown
@@ -145,14 +147,14 @@ def test_measure_meets_min_iterations_for_slow_runners_contract() -> None:
     assert len(fast.times_ms) >= 5
 
 
-def _row(backend: str, precision: str, device: str, median: float, cv: float = 0.01, batch: int = 8) -> dict:
+def _row(backend: str, precision: str, device: str, median: float, spread: float = 0.01, batch: int = 8) -> dict:
     return {
         "backend": backend,
         "precision": precision,
         "device": device,
         "batch_size": batch,
         "median_ms": median,
-        "cv": cv,
+        "round_spread": spread,
     }
 
 
@@ -174,9 +176,21 @@ def test_warnings_for_unstable_rows_and_int8_not_faster_than_fp16() -> None:
         _row("tensorrt", "fp16", "cuda", 1.0),
         _row("tensorrt", "int8", "cuda", 1.1),
         _row("onnxruntime", "fp16", "cpu", 5.0),
-        _row("onnxruntime", "int8", "cpu", 3.0, cv=0.04),
+        _row("onnxruntime", "int8", "cpu", 3.0, spread=0.4),
     ]
     warnings = bench_warnings(rows)
-    assert len(warnings) == 2
-    assert "onnxruntime-cpu:int8 batch 8: unstable" in warnings[0] and "4.0%" in warnings[0]
-    assert "tensorrt-cuda batch 8: INT8" in warnings[1] and "grouped convolutions" in warnings[1]
+    assert len(warnings) == 3
+    assert warnings[0].startswith("1 row(s) unstable: round spread over 10%")
+    assert "onnxruntime-cpu:int8 batch 8: unstable" in warnings[1] and "40.0%" in warnings[1]
+    assert "tensorrt-cuda batch 8: INT8" in warnings[2] and "grouped convolutions" in warnings[2]
+
+
+def test_speedup_interval_comes_from_the_per_round_ratios() -> None:
+    reference = {**_row("torch", "fp32", "cpu", 10.0), "round_medians_ms": [10.0] * 10}
+    steady = {**_row("onnxruntime", "fp32", "cpu", 5.0), "round_medians_ms": [5.0, 5.1, 4.9, 5.0] * 2 + [5.0, 5.0]}
+    jumpy = {**_row("onnxruntime", "int8", "cpu", 2.0), "round_medians_ms": [1.0, 10.0] * 5}
+    add_speedups([reference, steady, jumpy])
+    assert steady["speedup_vs_reference"] == 2.0 and steady["speedup_reliable"]
+    assert steady["speedup_low"] == pytest.approx(10 / 5.1) and steady["speedup_high"] == pytest.approx(10 / 4.9)
+    assert jumpy["speedup_vs_reference"] == 5.0 and not jumpy["speedup_reliable"]
+    assert jumpy["speedup_low"] == pytest.approx(1.0) and jumpy["speedup_high"] == pytest.approx(10.0)

@@ -1,0 +1,143 @@
+"""Preprocessing per weights: the presets give what torchvision's and timm's evaluation transforms give.
+
+torchvision's PyPI wheel for this torch is a CUDA build whose compiled ops need libtorch_cuda, which
+the CPU torch here does not have, so ``import torchvision`` fails while registering those ops. Its
+transforms and weight enums are pure Python and need none of them: the fixture below imports
+torchvision's own ``transforms`` and ``models.resnet`` modules from the installed wheel without the
+package's ``__init__`` (the op registration), so the comparison runs torchvision's real code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from resnext_deploy.artifacts import Manifest
+from resnext_deploy.cli import main
+from resnext_deploy.data import preprocess
+from resnext_deploy.errors import BadInputError
+from resnext_deploy.models import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+from resnext_deploy.source import ModelSource, resolve_source
+
+# Odd and even sizes, both orientations, one already at the resize size: every rounding path.
+SIZES = [(500, 375), (375, 500), (301, 233), (232, 640), (257, 257)]
+
+
+@pytest.fixture(scope="module")
+def torchvision() -> Any:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
+        pytest.skip("torchvision is not installed (it comes with the dev extra)")
+    saved = sys.modules.get("torchvision")
+    package = types.ModuleType("torchvision")
+    package.__path__ = list(spec.submodule_search_locations or [])
+    package.__spec__ = spec
+    sys.modules["torchvision"] = package
+    try:
+        yield types.SimpleNamespace(
+            transforms=importlib.import_module("torchvision.transforms"),
+            resnet=importlib.import_module("torchvision.models.resnet"),
+        )
+    finally:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        if saved is not None:
+            sys.modules["torchvision"] = saved
+
+
+def _images() -> list[Image.Image]:
+    """Seeded smooth-plus-noise RGB images (smooth so that interpolation matters, noise so that offsets do)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for width, height in SIZES:
+        y, x = np.mgrid[0:height, 0:width]
+        smooth = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
+        pixels = np.clip(smooth + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels, "RGB"))
+    return images
+
+
+def _max_pixel_diff(ours: np.ndarray, theirs: np.ndarray, std: tuple[float, float, float]) -> float:
+    """Largest difference in [0, 1] pixel units (normalized values times std)."""
+    scale = np.asarray(std, np.float32)[:, None, None]
+    return float(np.abs((ours - theirs) * scale).max())
+
+
+@pytest.mark.parametrize(
+    ("preset", "weights"), [("torchvision-v1", "IMAGENET1K_V1"), ("torchvision-v2", "IMAGENET1K_V2")]
+)
+def test_torchvision_presets_match_the_weights_own_transforms(torchvision: Any, preset: str, weights: str) -> None:
+    transform = getattr(torchvision.resnet.ResNeXt50_32X4D_Weights, weights).transforms()
+    pre = PRESETS[preset]
+    assert (pre.image_size, pre.resize_size) == (transform.crop_size[0], transform.resize_size[0])
+    for image in _images():
+        theirs = transform(image).numpy()
+        ours = preprocess(image, pre)
+        assert ours.shape == theirs.shape == (3, 224, 224)
+        assert _max_pixel_diff(ours, theirs, pre.std) <= 1 / 255
+
+
+def test_timm_preset_matches_timms_eval_transform(torchvision: Any) -> None:
+    # timm.data.transforms_imagenet_eval for resnext50_32x4d.a1h_in1k (crop_pct 0.95, bicubic, 224):
+    # Resize(floor(224 / 0.95)) on the short side, CenterCrop(224), ToTensor, Normalize.
+    T = torchvision.transforms
+    transform = T.Compose(
+        [
+            T.Resize(int(224 / 0.95), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    pre = PRESETS["timm"]
+    assert (pre.resize_size, pre.interpolation) == (235, "bicubic")
+    for image in _images():
+        assert _max_pixel_diff(preprocess(image, pre), transform(image).numpy(), pre.std) <= 1 / 255
+
+
+def test_export_records_the_preprocessing_and_later_steps_read_it(tmp_path: Path) -> None:
+    args = ["--arch", "resnext_tiny", "--image-size", "32", "--crop-pct", "0.8", "--interpolation", "bicubic"]
+    args += ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    assert main(["export", "--dir", str(tmp_path), *args]) == 0
+    model = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    recorded = json.loads(metadata["resnext_deploy.preprocessing"])
+    assert recorded["resize_size"] == 40 and recorded["crop_size"] == 32 and recorded["interpolation"] == "bicubic"
+    assert recorded["mean"] == [0.5] * 3 and recorded["std"] == [0.25] * 3
+    source = ModelSource.from_dict(Manifest(tmp_path).entry("model.onnx")["options"]["source"])
+    pre = source.preprocessing  # what verify, bench and calibration open their data with
+    assert (pre.image_size, pre.resize_size, pre.interpolation) == (32, 40, "bicubic")
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)
+
+
+def test_a_manifest_from_before_presets_still_reads(tmp_path: Path) -> None:
+    source = resolve_source("resnext_tiny")
+    old = {k: v for k, v in source.to_dict().items() if k != "preprocess"}
+    assert ModelSource.from_dict(old).preprocessing == source.preprocessing
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"preset": "imagenet"}, "unknown --preset"),
+        ({"resize_size": 256, "crop_pct": 0.9}, "not both"),
+        ({"crop_pct": 1.5}, "--crop-pct must be in"),
+        ({"resize_size": 100}, "--resize-size must be from the image size 224"),
+        ({"interpolation": "nearest"}, "--interpolation must be one of bilinear, bicubic"),
+        ({"mean": "0.5,0.5"}, "--mean takes three"),
+        ({"std": "0.2,0,0.2"}, "--std must be positive"),
+    ],
+)
+def test_bad_preprocessing_options_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInputError, match=message):
+        resolve_source("resnext50_32x4d", **options)
