@@ -150,7 +150,7 @@ def test_usage_errors_exit_2_with_one_line(tiny_dir: Path, capsys, args, name):
 def test_a_backend_asked_for_by_name_that_is_missing_exits_4(tiny_dir: Path, capsys, command):
     assert main([command, "--dir", str(tiny_dir), "--backends", "tensorrt"]) == ExitCode.BACKEND_UNAVAILABLE
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "resnext-deploy[tensorrt]" in err
+    assert len(err.splitlines()) == 1 and "resnext-deploy[tensorrt-cu1" in err
 
 
 def test_verify_backends_limits_the_candidates(tiny_dir: Path, capsys):
