@@ -10,7 +10,7 @@ DEMO_DIR ?= artifacts/demo
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,triton]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,triton,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP)

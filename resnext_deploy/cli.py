@@ -297,12 +297,18 @@ def verify(
         Optional[float],
         _tolerance_option("--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points, with labels (default 1)."),
     ] = None,
+    precisions: Annotated[
+        str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
+    ] = "fp32,fp16,int8",
 ) -> None:
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import artifact_dir, locked
     from .errors import VerificationError
+    from .evaluate.bench import parse_list
+    from .evaluate.metrics import SELECTABLE_PRECISIONS
     from .evaluate.verify import run_verify, tolerance_overrides
 
+    chosen = parse_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
     tolerances = tolerance_overrides(
         {
             "fp16_cosine": fp16_cosine,
@@ -314,7 +320,7 @@ def verify(
     )
     directory = artifact_dir(directory)
     with locked(directory):
-        report = run_verify(directory, data, count, batch_size, tolerances, json_path, log=log)
+        report = run_verify(directory, data, count, batch_size, tolerances, json_path, log=log, precisions=chosen)
     if not report:
         raise VerificationError(f"verify: {report.failure_summary()}")
 
@@ -325,7 +331,9 @@ def bench(
     backends: Annotated[
         str, typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available.")
     ] = "",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    precisions: Annotated[
+        str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
+    ] = "fp32,fp16,int8",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list of batch sizes.")] = "1,8,32",
     warmup_ms: Annotated[float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.")] = 200.0,
     duration: Annotated[float, typer.Option("--duration", help="Seconds measured per runner and batch size.")] = 3.0,
@@ -334,20 +342,25 @@ def bench(
         Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
+    ov_hint: Annotated[
+        str, typer.Option("--ov-hint", help="OpenVINO performance hint: latency or throughput.")
+    ] = "latency",
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
-    from .artifacts import PRECISIONS, artifact_dir, locked
+    from .artifacts import artifact_dir, locked
     from .backends.registry import backend_names
     from .evaluate.bench import BenchSettings, parse_batch_sizes, parse_list, run_bench
+    from .evaluate.metrics import SELECTABLE_PRECISIONS
 
     settings = BenchSettings(
         backends=parse_list(backends, backend_names(), "--backends") if backends else None,
-        precisions=parse_list(precisions, PRECISIONS, "--precisions"),
+        precisions=parse_list(precisions, SELECTABLE_PRECISIONS, "--precisions"),
         batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
         threads=threads,
+        ov_hint=ov_hint,
     )
     directory = artifact_dir(directory)
     with locked(directory):

@@ -6,14 +6,14 @@ this module knows nothing else about backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import now_iso, write_json
+from ..artifacts import PRECISIONS, now_iso, write_json
 from ..backends.base import Candidate, Runner
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -146,19 +146,22 @@ def run_verify(
     tolerances: Mapping[str, Tolerance] | None = None,
     json_path: str | Path | None = None,
     log: Callable[[str], None] = print,
+    precisions: Sequence[str] = PRECISIONS,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
+
+    ``precisions`` picks the candidates (bf16 only when named); the reference is always torch FP32.
 
     Writes ``DIR/verify.json`` (and ``json_path`` when given) and logs a table. Images are decoded
     once and streamed batch by batch through all runners, so memory does not grow with the count.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    found = discover_runners(directory)
+    found = discover_runners(directory, precisions=tuple(dict.fromkeys(("fp32", *precisions))))
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     dataset = open_dataset(data if data is not None else default_data(found.source), found.source.preprocessing, count)
     reference = next(c for c in found.runnable if c.key == REFERENCE)
-    candidates = [c for c in found.runnable if c is not reference]
+    candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
     opened, skipped, failed = open_runners([reference, *candidates])
     try:
@@ -179,7 +182,7 @@ def run_verify(
     report = VerifyReport(
         _reference_record(reference, dataset, logits[0], labels, found.source, errors[0]),
         results,
-        [c.skip_record() for c in found.skipped] + skipped,
+        [c.skip_record() for c in found.skipped if c.precision in precisions] + skipped,
         [w for w in (dataset.skipped_summary(),) if w],
         describe(),
         found.hashes([c for c, _ in opened] + [c for c, _ in failed]),
