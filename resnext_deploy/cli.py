@@ -458,6 +458,9 @@ def serve(
         Optional[int], typer.Option("--threads", help="ONNX Runtime threads per instance; default: ORT's.")
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>).")
+    ] = "onnxruntime",
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
     from .serving.pytriton import serve as serve_model
@@ -475,6 +478,7 @@ def serve(
         threads=threads,
         name=name,
         log=log,
+        backend=backend,
     )
 
 

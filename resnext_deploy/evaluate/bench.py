@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ ROW_FIELDS = (
     "cv",
     "throughput_ips",
     "speedup_vs_reference",
+    "options",
     "device_mean_ms",
     "device_median_ms",
     "device_p99_ms",
@@ -441,7 +443,7 @@ def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(report.results)
+    writer.writerows({**r, "options": json.dumps(r["options"]) if r["options"] else ""} for r in report.results)
     write_text(directory / BENCH_CSV, buffer.getvalue())
     text = "# bench\n\n" + markdown_table(*bench_table(report.results)) + "\n"
     if report.warnings:
