@@ -339,7 +339,7 @@ def bench(
     duration: Annotated[float, typer.Option("--duration", help="Seconds measured per runner and batch size.")] = 3.0,
     min_iterations: Annotated[int, typer.Option("--min-iterations", help="Fewest timed calls per row.")] = 10,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
+        Optional[int], typer.Option("--threads", help="CPU threads for torch, ONNX Runtime, OpenVINO.")
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write bench.json's content here.")] = None,
     ov_hint: Annotated[
@@ -455,7 +455,7 @@ def serve(
     ] = 100,
     instances: Annotated[int, typer.Option("--instances", help="Model instances (ONNX Runtime sessions).")] = 1,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="ONNX Runtime threads per instance; default: ORT's.")
+        Optional[int], typer.Option("--threads", help="Threads per instance (ONNX Runtime, OpenVINO).")
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
     backend: Annotated[
