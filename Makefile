@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
-CORE_EXTRAS := dev
-TRITON_EXTRAS := dev,triton
+CORE_EXTRAS := dev,openvino
+TRITON_EXTRAS := dev,triton,openvino
 DEMO_DIR ?= artifacts/demo
 
 .PHONY: setup setup-triton demo test test-core test-triton lint format clean trt-typecheck

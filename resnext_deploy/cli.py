@@ -536,12 +536,17 @@ def verify(
     int8_cosine: Int8Cosine = None,
     int8_top1: Int8Top1 = None,
     int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
+    precisions: Annotated[
+        str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
+    ] = "fp32,fp16,int8",
 ) -> None:
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import artifact_dir, locked
     from .errors import VerificationError
+    from .evaluate.metrics import SELECTABLE_PRECISIONS
     from .evaluate.verify import VERIFY_JSON, run_verify, tolerance_overrides, verify_text
 
+    chosen = _comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
     tolerances = tolerance_overrides(
         {
             "fp16_cosine": fp16_cosine,
@@ -555,7 +560,9 @@ def verify(
     json_file = _json_target(json_path)
     directory = artifact_dir(directory)
     with locked(directory):
-        report = run_verify(directory, data, count, batch_size, tolerances, json_file, log=log, backends=names)
+        report = run_verify(
+            directory, data, count, batch_size, tolerances, json_file, log=log, backends=names, precisions=chosen
+        )
         _print_result(verify_text(report.to_dict()), directory / VERIFY_JSON, json_path)
     if not report:
         raise VerificationError(f"verify: {report.failure_summary()}")
@@ -567,28 +574,35 @@ def bench(
     backends: Annotated[
         str, typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available.")
     ] = "",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    precisions: Annotated[
+        str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
+    ] = "fp32,fp16,int8",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list of batch sizes.")] = "1,8,32",
     warmup_ms: Annotated[float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.")] = 200.0,
     duration: Annotated[float, typer.Option("--duration", help="Seconds measured per runner and batch size.")] = 3.0,
     min_iterations: Annotated[int, typer.Option("--min-iterations", help="Fewest timed calls per row.")] = 10,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
+        Optional[int], typer.Option("--threads", help="CPU threads for torch, ONNX Runtime, OpenVINO.")
     ] = None,
     json_path: JsonOption = None,
+    ov_hint: Annotated[
+        Literal["latency", "throughput"], typer.Option("--ov-hint", help="OpenVINO performance hint.")
+    ] = "latency",
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
-    from .artifacts import PRECISIONS, artifact_dir, locked
+    from .artifacts import artifact_dir, locked
     from .evaluate.bench import BENCH_JSON, BenchSettings, bench_text, parse_batch_sizes, run_bench
+    from .evaluate.metrics import SELECTABLE_PRECISIONS
 
     settings = BenchSettings(
         backends=_backend_list(backends),
-        precisions=_comma_list(precisions, PRECISIONS, "--precisions"),
+        precisions=_comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions"),
         batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
         threads=threads,
+        ov_hint=ov_hint,
     )
     json_file = _json_target(json_path)
     directory = artifact_dir(directory)
@@ -689,9 +703,12 @@ def serve(
     ] = 100,
     instances: Annotated[int, typer.Option("--instances", help="Model instances (ONNX Runtime sessions).")] = 1,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="ONNX Runtime threads per instance; default: ORT's.")
+        Optional[int], typer.Option("--threads", help="Threads per instance (ONNX Runtime, OpenVINO).")
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>).")
+    ] = "onnxruntime",
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
     from .logs import verbose
@@ -712,6 +729,7 @@ def serve(
         name=name,
         log=log,
         server_log=None if verbose() else Path(directory) / SERVER_LOG,
+        backend=backend,
     )
 
 

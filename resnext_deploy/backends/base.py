@@ -20,13 +20,18 @@ from ..source import ModelSource
 
 
 class Runner:
-    """Base class. ``last_device_ms`` is the device compute time of the last call where measurable."""
+    """Base class. ``last_device_ms`` is the device compute time of the last call where measurable.
+
+    ``options`` are the backend settings that shape its numbers (OpenVINO's hint, precision, streams),
+    recorded in bench rows.
+    """
 
     backend: str = ""
     precision: str = "fp32"
     device: str = "cpu"
     artifact: str | None = None
     last_device_ms: float | None = None
+    options: dict[str, Any] | None = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

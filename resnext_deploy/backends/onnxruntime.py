@@ -89,8 +89,8 @@ class OnnxRuntimeBackend(Backend):
         devices = [device for device, provider in ORT_PROVIDERS.items() if provider in available]
         found = []
         for precision in precisions:
-            name = ONNX_FILES[precision]
-            if not artifacts.present(name):
+            name = ONNX_FILES.get(precision)
+            if name is None or not artifacts.present(name):
                 continue
             reason = artifacts.unusable(name)
             for device in devices:

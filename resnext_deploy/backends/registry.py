@@ -9,7 +9,7 @@ else about backends.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..source import ModelSource
 from .base import ArtifactSet, Backend, Candidate, Runner
 
 # Modules under resnext_deploy.backends, each with a module-level BACKEND, in the order rows are shown.
-BUILTIN = ("torch", "onnxruntime", "tensorrt")
+BUILTIN = ("torch", "onnxruntime", "openvino", "tensorrt")
 REFERENCE = ("torch", "fp32", "cpu")
 EXPORT_HINT = "run `resnext-deploy export --dir DIR` again"
 
@@ -84,6 +84,7 @@ def discover_runners(
     precisions: Sequence[str] = PRECISIONS,
     threads: int | None = None,
     required: Sequence[str] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Discovery:
     """Every artifact in DIR times every runner of the chosen backends, each artifact checked against its sha256.
 
@@ -91,6 +92,8 @@ def discover_runners(
     run here (an engine without TensorRT or a GPU, a file missing from the manifest) becomes a
     candidate with a ``skipped`` reason, never a silent omission. A backend named in ``required``
     (the user asked for it by name) that cannot run here is an error naming its pip extra.
+    ``options`` holds keyword arguments for one backend's ``candidates`` by backend name (OpenVINO's
+    performance hint), so that options of one backend need no change to the others.
     """
     directory = artifact_dir(directory)
     manifest = Manifest(directory)
@@ -101,7 +104,7 @@ def discover_runners(
         backend = get_backend(name)
         if name in required and (reason := backend.unavailable()) is not None:
             raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
-        candidates += backend.candidates(artifacts, precisions, threads)
+        candidates += backend.candidates(artifacts, precisions, threads, **(options or {}).get(name, {}))
     return Discovery(manifest, artifacts.source, candidates)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,13 @@ import numpy as np
 
 from ..artifacts import PRECISIONS, atomic_path, now_iso, write_json, write_text
 from ..backends.base import Candidate, Runner
+from ..backends.openvino import PERFORMANCE_HINTS
 from ..backends.registry import backend_names, discover_runners, open_runners
 from ..errors import BadInputError, one_line
 from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
+from .metrics import SELECTABLE_PRECISIONS
 
 BENCH_JSON, BENCH_CSV, BENCH_MD, BENCH_PNG = "bench.json", "bench.csv", "bench.md", "bench.png"
 # A row is unstable when its per-round medians spread by more than this fraction of their median
@@ -66,6 +69,7 @@ ROW_FIELDS = (
     "speedup_low",
     "speedup_high",
     "speedup_reliable",
+    "options",
     "device_mean_ms",
     "device_median_ms",
     "device_p99_ms",
@@ -168,6 +172,7 @@ def result_row(unit: Unit) -> dict[str, Any]:
         "speedup_low": None,
         "speedup_high": None,
         "speedup_reliable": None,
+        "options": unit.runner.options,
         "device_mean_ms": device.get("device_mean_ms"),
         "device_median_ms": device.get("device_median_ms"),
         "device_p99_ms": device.get("device_p99_ms"),
@@ -214,6 +219,20 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             row["speedup_reliable"] = False
 
 
+# Why INT8 may not beat FP16, by (backend, device); measured or documented, not guessed.
+INT8_NOT_FASTER = {
+    ("onnxruntime", "cpu"): "ONNX Runtime's CPU provider runs this Q/DQ graph through quantize/dequantize pairs "
+    "and float kernels (QDQ-to-float fallbacks) rather than fused int8 kernels",
+    ("onnxruntime", "cuda"): "ONNX Runtime's CUDA provider has few int8 kernels and runs most Q/DQ pairs as "
+    "separate quantize/dequantize steps",
+    ("onnxruntime", "tensorrt"): "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
+    ("tensorrt", "cuda"): "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
+    ("openvino", "cpu"): "OpenVINO's CPU plugin fuses the Q/DQ pairs into int8 convolutions, which are fast "
+    "only with VNNI or AMX-INT8 instructions (avx512_vnni, avx_vnni, amx_int8); without them, or when the "
+    "machine is busy, int8 gains little",
+}
+
+
 def bench_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Unstable rows (by :data:`STABILITY_RULE`, which bench states once), and INT8 not faster than FP16."""
     unstable = [
@@ -234,8 +253,8 @@ def bench_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
         if row["precision"] == "int8" and other and row["median_ms"] >= other["median_ms"]:
             warnings.append(
                 f"{row['backend']}-{row['device']} batch {row['batch_size']}: INT8 ({row['median_ms']:.3f} ms) is not "
-                f"faster than FP16 ({other['median_ms']:.3f} ms); common with ResNeXt's grouped convolutions, "
-                "which have few fast INT8 kernels"
+                f"faster than FP16 ({other['median_ms']:.3f} ms): "
+                + INT8_NOT_FASTER.get((row["backend"], row["device"]), "this runner has no faster int8 path here")
             )
     return warnings
 
@@ -321,11 +340,13 @@ class BenchSettings:
     duration_s: float = 3.0
     min_iterations: int = 10
     threads: int | None = None
+    ov_hint: str = "latency"
 
     def __post_init__(self) -> None:
         if self.backends is not None:
             parse_list(",".join(self.backends), backend_names(), "--backends")
-        parse_list(",".join(self.precisions), PRECISIONS, "--precisions")
+        parse_list(",".join(self.precisions), SELECTABLE_PRECISIONS, "--precisions")
+        parse_list(self.ov_hint, PERFORMANCE_HINTS, "--ov-hint")
         parse_batch_sizes(",".join(str(b) for b in self.batch_sizes))
         if not 0 <= self.warmup_ms <= 600_000:
             raise BadInputError(f"--warmup-ms must be between 0 and 600000, got {self.warmup_ms:g}")
@@ -355,7 +376,14 @@ def run_bench(
     precisions, batch_sizes, threads = settings.precisions, sorted(set(settings.batch_sizes)), settings.threads
     warmup_ms, duration_s, min_iterations = settings.warmup_ms, settings.duration_s, settings.min_iterations
     backends = settings.backends or backend_names()
-    found = discover_runners(directory, backends, precisions, threads, required=settings.backends or ())
+    found = discover_runners(
+        directory,
+        backends,
+        precisions,
+        threads,
+        required=settings.backends or (),
+        options={"openvino": {"performance_hint": settings.ov_hint}},
+    )
     skipped = [c.skip_record() for c in found.skipped]
     opened, unavailable, broken = open_runners(found.runnable)
     skipped += unavailable + [c.skip_record(f"cannot be loaded: {error}") for c, error in broken]
@@ -496,7 +524,7 @@ def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(report.results)
+    writer.writerows({**r, "options": json.dumps(r["options"]) if r["options"] else ""} for r in report.results)
     write_text(directory / BENCH_CSV, buffer.getvalue())
     text = "# bench\n\n" + markdown_table(*bench_table(report.results)) + f"\n\nNote: {STABILITY_RULE}.\n"
     if report.warnings:

@@ -21,7 +21,11 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol_scale=1e-4, cosine_min=0.99999),
     "fp16": Tolerance(cosine_min=0.9995, top1_min=0.99),
     "int8": Tolerance(cosine_min=0.99, top1_min=0.97, accuracy_drop_max=1.0),
+    # bf16 keeps fp32's range but 8 significand bits (fp16 has 11): about 8x coarser rounding than fp16.
+    "bf16": Tolerance(cosine_min=0.999, top1_min=0.98),
 }
+# Every precision a user can ask for: the artifact precisions, and bf16 (the FP32 file computed in bf16).
+SELECTABLE_PRECISIONS = tuple(DEFAULT_TOLERANCES)
 
 # A held-out check on fewer samples cannot resolve a 1-3% top-1 tolerance; the typed check refuses it.
 MIN_CHECK_SAMPLES = 32

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import check_writable, now_iso, write_json
+from ..artifacts import PRECISIONS, check_writable, now_iso, write_json
 from ..backends.base import Candidate, Runner
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -149,6 +149,7 @@ def run_verify(
     json_path: str | Path | None = None,
     log: Callable[[str], None] = print,
     backends: Sequence[str] | None = None,
+    precisions: Sequence[str] = PRECISIONS,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
@@ -156,7 +157,8 @@ def run_verify(
     shows it (:func:`verify_text`), so that results can go to stdout and ``log`` lines to stderr.
     Images are decoded once and streamed batch by batch through all runners, so memory does not grow
     with the count. ``backends`` limits the candidates to those backends (the PyTorch reference is
-    always run); naming one that cannot run here is an error naming its pip extra.
+    always run); naming one that cannot run here is an error naming its pip extra. ``precisions``
+    picks the candidates' precisions (bf16 only when named); the reference is always torch FP32.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -164,7 +166,8 @@ def run_verify(
     if json_path is not None:
         check_writable(json_path)
     names = None if backends is None else tuple(dict.fromkeys((REFERENCE[0], *backends)))
-    found = discover_runners(directory, names, required=backends or ())
+    chosen = tuple(dict.fromkeys(("fp32", *precisions)))
+    found = discover_runners(directory, names, chosen, required=backends or ())
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     dataset = open_dataset(
         data if data is not None else default_data(found.source),
@@ -173,7 +176,7 @@ def run_verify(
         num_classes=found.source.num_classes,
     )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
-    candidates = [c for c in found.runnable if c is not reference]
+    candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
     notes = [note for note in (label_note(dataset, found.source), found.source.weights_warning()) if note]
     for note in notes:
@@ -199,7 +202,7 @@ def run_verify(
     report = VerifyReport(
         _reference_record(reference, dataset, logits[0], labels, found.source, errors[0]),
         results,
-        [c.skip_record() for c in found.skipped] + skipped,
+        [c.skip_record() for c in found.skipped if c.precision in precisions] + skipped,
         [w for w in (dataset.skipped_summary(), *notes) if w],
         describe(),
         found.hashes([c for c, _ in opened] + [c for c, _ in failed]),

@@ -1,8 +1,9 @@
-"""A real Triton Inference Server on this machine, via PyTriton, serving the ONNX Runtime runner on the CPU.
+"""A real Triton Inference Server on this machine, via PyTriton, serving a CPU runner from the backend registry.
 
 PyTriton's wheel ships ``tritonserver`` and its Python backend. Triton batches concurrent requests
-(dynamic batching) and hands each batch to :class:`~resnext_deploy.runners.OnnxRuntimeRunner` in this
-process. The server binds to loopback unless told otherwise. ``pip install 'resnext-deploy[triton]'``.
+(dynamic batching) and hands each batch to a runner (ONNX Runtime by default, or OpenVINO) opened
+through :mod:`resnext_deploy.backends.registry` in this process. The server binds to loopback unless
+told otherwise. ``pip install 'resnext-deploy[triton]'``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import ONNX_FILES, Manifest
-from ..backends.onnxruntime import OnnxRuntimeRunner
+from ..backends.base import Runner
+from ..backends.registry import discover_runners
 from ..errors import BackendUnavailableError, BadInputError
-from .triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, INSTALL_HINT, MODEL_NAME_RE, default_model_name
+from .triton_repo import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_QUEUE_DELAY_US,
+    INSTALL_HINT,
+    MODEL_NAME_RE,
+    default_model_name,
+    onnx_io,
+)
 
 SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact directory unless --verbose
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
@@ -150,13 +159,15 @@ def serve(
     name: str | None = None,
     log: Callable[[str], None] = print,
     server_log: str | Path | None = None,
+    backend: str = "onnxruntime",
 ) -> None:
-    """Serve ``DIR``'s ONNX file of ``precision`` until Ctrl-C or SIGTERM.
+    """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
 
     HTTP on ``port``, gRPC on ``grpc_port`` (default port+1), metrics on ``metrics_port`` (default
     port+2). The model is named like the ``triton-repo`` model of the same file
-    (``<arch>_onnx_<precision>``), so clients and load tests address both alike. ``max_batch_size`` 1
-    switches batching off; ``max_queue_delay_us`` is how long Triton may hold a request to fill a batch.
+    (``<arch>_onnx_<precision>``, ``<arch>_openvino_<precision>``), so clients and load tests address both
+    alike. ``max_batch_size`` 1 switches batching off; ``max_queue_delay_us`` is how long Triton may hold a
+    request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     """
     if precision not in ONNX_FILES:
@@ -173,7 +184,7 @@ def serve(
     file_name = ONNX_FILES[precision]
     hint = "run `resnext-deploy export` first" if precision == "fp32" else f"make the {precision} ONNX file first"
     Manifest(directory).require(file_name, hint)
-    model_name = name or default_model_name(directory, precision)
+    model_name = name or default_model_name(directory, precision, backend)
     if not MODEL_NAME_RE.match(model_name):
         raise BadInputError(f"--name {model_name!r} may hold only letters, digits, '_', '-' and '.'")
     host = "127.0.0.1" if host == "localhost" else host
@@ -196,11 +207,22 @@ def serve(
         raise BackendUnavailableError(f"serve needs PyTriton ({exc.name} is missing); {INSTALL_HINT}") from None
     _check_numpy()
 
-    runners = [OnnxRuntimeRunner(directory / file_name, precision, threads=threads) for _ in range(instances)]
-    session = runners[0].session
-    image, logits = session.get_inputs()[0], session.get_outputs()[0]
+    found = discover_runners(directory, (backend,), (precision,), threads, required=(backend,))
+    usable = [c for c in found.candidates if c.device == "cpu" and c.artifact == file_name]
+    if not usable:
+        raise BadInputError(f"backend {backend} does not run {file_name} on the CPU; use onnxruntime or openvino")
+    if usable[0].open is None:
+        raise BackendUnavailableError(f"backend {backend} cannot serve {file_name}: {usable[0].skipped}")
+    (image,), (logits,) = onnx_io(directory / file_name)
+    runners: list[Runner] = []
+    try:
+        runners += [usable[0].open() for _ in range(instances)]
+    except BaseException:
+        for runner in runners:
+            runner.close()
+        raise
 
-    def make_infer(runner: OnnxRuntimeRunner):
+    def make_infer(runner: Runner):
         @batch
         def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
             return {logits.name: runner(inputs[image.name])}
@@ -231,8 +253,8 @@ def serve(
             triton.bind(
                 model_name=model_name,
                 infer_func=[make_infer(r) for r in runners],
-                inputs=[Tensor(name=image.name, dtype=np.float32, shape=tuple(image.shape[1:]))],
-                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=tuple(logits.shape[1:]))],
+                inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
+                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
                 config=ModelConfig(
                     max_batch_size=max_batch_size,
                     batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us),
@@ -245,7 +267,7 @@ def serve(
                 else "no batching"
             )
             log(
-                f"serving {file_name} as model {model_name!r} ({batching}, {instances} instance(s)) at "
+                f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
                 f"http://{host}:{port} and grpc://{host}:{grpc_port}; Ctrl-C stops"
             )
             triton.serve()

@@ -1,9 +1,10 @@
 """A Triton model repository made from the artifact directory.
 
-One Triton model per artifact (``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for
-engines). Each ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf (shipped by
-``tritonclient``) and printed in protobuf text format, so a field Triton does not know cannot be
-written. ``tritonclient`` is imported where it is used: ``pip install 'resnext-deploy[triton]'``.
+One Triton model per artifact (``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for engines),
+and one more per ONNX file on Triton's ``openvino`` backend (CPU instances). Each ``config.pbtxt`` is
+built as Triton's own ``ModelConfig`` protobuf (shipped by ``tritonclient``) and printed in protobuf
+text format, so a field Triton does not know cannot be written. ``tritonclient`` is imported where it is
+used: ``pip install 'resnext-deploy[triton]'``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16"}
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Triton's TensorRT backend lets a plan run its embedded lean runtime only when the server is started with this.
 VERSION_COMPATIBLE_FLAG = "--backend-config=tensorrt,version-compatible=true"
+OPENVINO = "openvino"  # a Triton backend, not a platform: config.backend, CPU instances
+# The part of a model name that says what runs it: <arch>_<kind>_<precision>.
+NAME_KINDS = {"onnxruntime": "onnx", "onnxruntime_onnx": "onnx", "tensorrt_plan": "trt", OPENVINO: OPENVINO}
+# OpenVINO's throughput hint fits a server's concurrent requests only with several instances; one instance
+# serves Triton's batches one at a time, which the latency hint runs fastest.
+OPENVINO_HINT = "LATENCY"
 
 
 def model_config_pb2() -> ModuleType:
@@ -87,7 +94,7 @@ class RepoModel:
     """One model of the repository: where it came from and how Triton should batch it."""
 
     name: str
-    platform: str  # onnxruntime_onnx | tensorrt_plan
+    platform: str  # onnxruntime_onnx | tensorrt_plan | openvino (the backend)
     artifact: Path
     precision: str
     inputs: list[TensorSpec]
@@ -142,16 +149,21 @@ def build_model_config(
 
     config = pb.ModelConfig(
         name=model.name,
-        platform=model.platform,
         max_batch_size=model.max_batch_size,
         input=[tensor(s, pb.ModelInput) for s in model.inputs],
         output=[tensor(s, pb.ModelOutput) for s in model.outputs],
         default_model_filename=model.model_file,
     )
+    if model.platform == OPENVINO:
+        config.backend = OPENVINO
+        config.parameters["PERFORMANCE_HINT"].string_value = OPENVINO_HINT
+    else:
+        config.platform = model.platform
     if batched:
         config.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    kind = "KIND_GPU" if model.platform == "tensorrt_plan" else ONNX_KINDS[onnx_kind]
+    kinds = {"tensorrt_plan": "KIND_GPU", OPENVINO: "KIND_CPU"}
+    kind = kinds.get(model.platform, ONNX_KINDS[onnx_kind])
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
     if trt_accelerator and model.platform == "onnxruntime_onnx":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -215,12 +227,11 @@ def collect_models(
             external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
             inputs, outputs = onnx_io(path)
             batch = _batch_plan(inputs[0].dims, file_name, max_batch_size, None, DEFAULT_OPT_BATCH)
-            model_name = f"{base}_onnx_{precision}"  # default_model_name() when no --name
-            models.append(
-                RepoModel(
-                    model_name, "onnxruntime_onnx", path, precision, inputs, outputs, *batch, sha, external=external
+            for platform in ("onnxruntime_onnx", OPENVINO):
+                model_name = f"{base}_{NAME_KINDS[platform]}_{precision}"  # default_model_name() when no --name
+                models.append(
+                    RepoModel(model_name, platform, path, precision, inputs, outputs, *batch, sha, external=external)
                 )
-            )
     for precision in PRECISIONS:
         path = directory / engine_file(precision)
         if path.exists():
@@ -256,9 +267,12 @@ def model_base_name(directory: str | Path) -> str:
     return entry.get("options", {}).get("source", {}).get("arch") or "resnext"
 
 
-def default_model_name(directory: str | Path, precision: str = "fp32") -> str:
-    """What ``serve`` and ``triton-repo`` call DIR's ONNX model of ``precision``, e.g. ``resnext_tiny_onnx_fp32``."""
-    return f"{model_base_name(directory)}_onnx_{precision}"
+def default_model_name(directory: str | Path, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+    """What ``serve`` and ``triton-repo`` call DIR's ONNX model of ``precision`` on ``backend``.
+
+    For example ``resnext_tiny_onnx_fp32`` (ONNX Runtime) or ``resnext_tiny_openvino_fp32``.
+    """
+    return f"{model_base_name(directory)}_{NAME_KINDS.get(backend, backend)}_{precision}"
 
 
 def make_triton_repo(

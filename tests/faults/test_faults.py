@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, Manifest, engine_file, locked, sha256_file
+from resnext_deploy.backends.openvino import CACHE_DIR
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
 from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path
@@ -53,7 +54,8 @@ TINY = ["--arch", "resnext_tiny"]
 DEMO = ["--arch", "resnext11_digits"]
 QUICK_BENCH = ["--duration", "0.02", "--warmup-ms", "0", "--min-iterations", "1", "--batch-sizes", "1"]
 QUICK_PIPELINE = ["--calib-count", "64", "--count", "100", "--batch-sizes", "1", "--duration", "0.02"]
-REPORTS = {"verify.json", "bench.json", "bench.csv", "bench.md", "bench.png", "report.md", LOCK_NAME}
+# Run outputs, not artifacts (OpenVINO's compiled-model cache among them).
+REPORTS = {"verify.json", "bench.json", "bench.csv", "bench.md", "bench.png", "report.md", LOCK_NAME, CACHE_DIR}
 INT8_ONLY = ["--int8", "--onnx-only", "--calib-count", "64"]
 
 

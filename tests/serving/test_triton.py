@@ -99,6 +99,8 @@ def test_repository_configs_parse_into_triton_model_config(full_dir: Path, tmp_p
     assert sorted(p.name for p in written) == [
         "resnext_tiny_onnx_fp16",
         "resnext_tiny_onnx_fp32",
+        "resnext_tiny_openvino_fp16",
+        "resnext_tiny_openvino_fp32",
         "resnext_tiny_trt_fp16",
     ]
     assert "tritonserver --model-repository" in messages[-1]
@@ -122,6 +124,18 @@ def test_repository_configs_parse_into_triton_model_config(full_dir: Path, tmp_p
         copied = out / f"resnext_tiny_onnx_{precision}" / "1" / "model.onnx"
         assert copied.read_bytes() == (full_dir / name).read_bytes()
         assert copied.stat().st_mode & 0o777 == 0o644
+
+    for precision, name in onnx_name.items():
+        model_dir = out / f"resnext_tiny_openvino_{precision}"
+        ov = _parse(model_dir)
+        assert (ov.name, ov.backend, ov.platform) == (model_dir.name, "openvino", "")
+        assert ov.default_model_filename == "model.onnx"
+        assert (model_dir / "1" / "model.onnx").read_bytes() == (full_dir / name).read_bytes()
+        assert ov.max_batch_size == 32 and list(ov.dynamic_batching.preferred_batch_size) == [8, 32]
+        assert [(i.name, i.data_type, list(i.dims)) for i in ov.input] == [("input", pb.TYPE_FP32, [3, 32, 32])]
+        assert [(g.count, g.kind) for g in ov.instance_group] == [(1, pb.ModelInstanceGroup.KIND_CPU)]
+        assert ov.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+        assert not ov.optimization.execution_accelerators.gpu_execution_accelerator  # no GPU accelerator on CPU
 
     plan = _parse(out / "resnext_tiny_trt_fp16")
     assert plan.platform == "tensorrt_plan"
@@ -258,14 +272,16 @@ def _listen_addresses(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6A
 class Server:
     """``resnext-deploy serve`` in a subprocess on free loopback ports; ``stop`` sends Ctrl-C."""
 
-    def __init__(self, directory: Path, log_path: Path) -> None:
+    def __init__(self, directory: Path, log_path: Path, backend: str = "onnxruntime", model: str = MODEL) -> None:
         self.http, self.grpc, self.metrics = _free_ports(3)
+        self.model = model
         self.log_path = log_path
         self.stdout_path = log_path.with_suffix(".stdout")
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
         command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        command += ["--backend", backend]
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._stdout, stderr=self._log)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
@@ -278,7 +294,7 @@ class Server:
                 if self.process.poll() is not None:
                     pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log_tail()}")
                 try:
-                    if client.is_model_ready(MODEL):
+                    if client.is_model_ready(self.model):
                         return
                 except Exception:
                     pass
@@ -374,6 +390,26 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     assert server.stdout_path.read_bytes() == b""  # the server's own log is never on stdout
     assert (tiny_dir / SERVER_LOG).stat().st_size > 0
     assert not _listen_addresses(server.http)
+
+
+@needs_pytriton
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs OpenVINO: the openvino extra")
+def test_serve_on_openvino_answers_like_onnx_runtime(tiny_dir: Path, tmp_path: Path):
+    import tritonclient.http as http
+
+    running = Server(tiny_dir, tmp_path / "serve.log", backend="openvino", model="resnext_tiny_openvino_fp32")
+    try:
+        running.wait_ready()
+        x = np.random.default_rng(4).standard_normal((3, 3, 32, 32), dtype=np.float32)
+        client = http.InferenceServerClient(f"127.0.0.1:{running.http}")
+        request = http.InferInput("input", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        logits = client.infer(running.model, [request]).as_numpy("logits")
+        client.close()
+    finally:
+        code = running.stop()
+    np.testing.assert_allclose(logits, OnnxRuntimeRunner(tiny_dir / "model.onnx")(x), rtol=1e-4, atol=1e-5)
+    assert code == 0 and "on openvino" in running.log_tail()
 
 
 def test_load_test_says_when_nothing_listens():

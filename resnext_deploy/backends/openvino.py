@@ -1,0 +1,168 @@
+"""ONNX files in OpenVINO on the CPU: the explicit-Q/DQ INT8 file runs on fused int8 kernels here.
+
+OpenVINO's CPU plugin defaults to bf16 compute on CPUs that have it, so the fp32 candidate pins
+``INFERENCE_PRECISION_HINT=f32``; bf16 is a candidate of its own, run only when asked for. Compiled
+models are cached under the artifact directory, one folder per file content (sha256), so a changed
+file is compiled again and never served from a stale cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import ONNX_FILES
+from ..errors import BadInputError, one_line
+from .base import ArtifactSet, Backend, Candidate, Runner
+
+PERFORMANCE_HINTS = ("latency", "throughput")
+CACHE_DIR = "openvino_cache"
+# The ONNX file each precision runs; bf16 is the FP32 file computed in bf16.
+FILES = {**ONNX_FILES, "bf16": ONNX_FILES["fp32"]}
+# INT8: the layers between Q/DQ pairs in f32. OpenVINO 2026.4 cannot compile some Q/DQ files (ONNX Runtime's
+# per-channel S8S8 ones) in bf16, and on ResNeXt-50 f32 there cost no measurable time: the convolutions are int8.
+PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+
+
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+        return False
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """What OpenVINO's CPU plugin can compute natively here (FP32, BF16, FP16, INT8, ...)."""
+    import openvino as ov
+
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVINORunner(Runner):
+    """An ONNX file compiled by OpenVINO for the CPU.
+
+    ``precision`` picks the compute precision: fp32 and bf16 force it, fp16 computes in f16 where the
+    CPU has native FP16 and in f32 otherwise, int8 runs the quantized layers in int8 and the rest in
+    f32. With the throughput hint a batch is split over OpenVINO's optimal number of parallel infer
+    requests (its streams); with the latency hint one request runs the whole batch.
+    """
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str = "fp32",
+        threads: int | None = None,
+        performance_hint: str = "latency",
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        import openvino as ov
+
+        if performance_hint not in PERFORMANCE_HINTS:
+            raise BadInputError(
+                f"unknown OpenVINO hint {performance_hint!r}; use one of {', '.join(PERFORMANCE_HINTS)}"
+            )
+        self.path = Path(path)
+        self.artifact = self.path.name
+        self.precision = precision
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
+        hint = PRECISION_HINTS.get(precision)
+        if precision == "fp16":
+            hint = "f16" if "FP16" in cpu_capabilities() else "f32"
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
+        try:
+            self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises untyped errors for files it cannot compile
+            raise BadInputError(f"OpenVINO cannot compile {self.path}: {one_line(exc)}") from None
+        inputs = self.compiled.inputs
+        if len(inputs) != 1 or inputs[0].get_partial_shape().rank.get_length() != 4:
+            raise BadInputError(f"{self.path} must have one NCHW image input; found {len(inputs)} input(s)")
+        # Declared dimensions (None where dynamic), to refuse a wrong batch with a clear message.
+        self.input_shape = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()]
+        self.requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self.request = self.compiled.create_infer_request()
+        self.queue = ov.AsyncInferQueue(self.compiled, self.requests) if self.requests > 1 else None
+        self.options = {
+            "performance_hint": performance_hint,
+            "inference_precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+            "num_streams": int(self.compiled.get_property("NUM_STREAMS")),
+            "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "infer_requests": self.requests,
+        }
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or any(d not in (None, n) for d, n in zip(self.input_shape, batch.shape, strict=True)):
+            shape = " x ".join("?" if d is None else str(d) for d in self.input_shape)
+            raise BadInputError(f"{self.path} takes {shape} batches; got {' x '.join(map(str, batch.shape))}")
+        if self.queue is None or len(batch) == 1:
+            return np.array(self.request.infer({0: batch})[0], dtype=np.float32)
+        chunks = np.array_split(batch, min(self.requests, len(batch)))
+        outputs: list[np.ndarray | None] = [None] * len(chunks)
+
+        def done(request: Any, index: int) -> None:
+            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        self.queue.set_callback(done)
+        for index, chunk in enumerate(chunks):
+            self.queue.start_async({0: chunk}, index)
+        self.queue.wait_all()
+        return np.concatenate(outputs)
+
+    def close(self) -> None:
+        self.queue = self.request = self.compiled = None
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    extra = "openvino"
+    description = "OpenVINO on the CPU (fp32 pinned to f32; bf16 only when asked for)"
+
+    def unavailable(self) -> str | None:
+        return None if _installed() else f"OpenVINO is not installed; {self.install_hint()}"
+
+    def candidates(
+        self,
+        artifacts: ArtifactSet,
+        precisions: Sequence[str],
+        threads: int | None,
+        performance_hint: str = "latency",
+    ) -> list[Candidate]:
+        missing = self.unavailable()
+        found = []
+        for precision in precisions:
+            name = FILES.get(precision)
+            if name is None or not artifacts.present(name):
+                continue
+            reason = missing or artifacts.unusable(name)
+            if reason is None and precision == "bf16" and "BF16" not in cpu_capabilities():
+                reason = "this CPU has no native bf16 (OpenVINO lists no BF16 capability)"
+            opener = None
+            if reason is None:
+                sha256 = artifacts.manifest.entry(name)["sha256"]
+                cache = artifacts.directory / CACHE_DIR / f"{name}-{sha256[:16]}"
+                opener = functools.partial(_open, artifacts.path(name), precision, threads, performance_hint, cache)
+            found.append(Candidate(self.name, precision, "cpu", name, opener, reason))
+        return found
+
+
+def _open(path: Path, precision: str, threads: int | None, performance_hint: str, cache: Path) -> Runner:
+    """Open a runner, caching compiled models in ``cache`` when it can be created (a read-only DIR runs uncached)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return OpenVINORunner(path, precision, threads, performance_hint)
+    return OpenVINORunner(path, precision, threads, performance_hint, cache)
+
+
+BACKEND = OpenVINOBackend()

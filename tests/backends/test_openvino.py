@@ -1,0 +1,172 @@
+"""OpenVINO: the demo's real FP32, FP16 and INT8 files verified and benched, its cache, and its failures.
+
+The demo's artifacts are made here by the CLI (export, then the FP16 and INT8 ONNX files), exactly as
+a user makes them. Skips where OpenVINO is not installed (the ``openvino`` extra), except the tests
+of what happens when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnext_deploy.artifacts import Manifest
+from resnext_deploy.backends.registry import discover_runners
+from resnext_deploy.cli import main
+from resnext_deploy.evaluate.bench import INT8_NOT_FASTER, BenchSettings, bench_warnings, run_bench
+from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES
+from resnext_deploy.evaluate.verify import run_verify
+
+EXTRA = "pip install 'resnext-deploy[openvino]'"
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=f"needs OpenVINO: {EXTRA}")
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def _bf16_here() -> bool:
+    from resnext_deploy.backends.openvino import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("ov-demo") / "demo"
+    assert main(["export", "--dir", str(directory)]) == 0
+    assert main(["build-trt", "--fp16", "--onnx-only", "--dir", str(directory)]) == 0
+    assert main(["build-trt", "--int8", "--onnx-only", "--dir", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture
+def demo_copy(demo: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(demo, tmp_path / "demo"))
+
+
+@needs_openvino
+def test_verify_passes_the_demos_openvino_candidates_at_the_usual_tolerances(demo_copy: Path) -> None:
+    precisions = ("fp32", "fp16", "int8", "bf16") if _bf16_here() else ("fp32", "fp16", "int8")
+    report = run_verify(demo_copy, count=200, log=quiet, precisions=precisions)
+    results = {r.candidate.precision: r for r in report.results if r.candidate.backend == "openvino"}
+    assert set(results) == set(precisions)
+    for precision, result in results.items():
+        assert result.passed, (precision, result.failures)
+        assert result.tolerance == DEFAULT_TOLERANCES[precision]  # FP32 held to FP32's
+    assert results["fp32"].candidate.artifact == results.get("bf16", results["fp32"]).candidate.artifact
+    assert report
+
+
+@needs_openvino
+def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -> None:
+    found = discover_runners(demo_copy, ("openvino",))
+    assert {c.precision for c in found.runnable} == {"fp32", "fp16", "int8"}
+    [fp32] = [c for c in found.runnable if c.precision == "fp32"]
+    with fp32.open() as runner:
+        assert runner.options["inference_precision"] == "f32"
+    if _bf16_here():
+        [bf16] = discover_runners(demo_copy, ("openvino",), precisions=("bf16",)).runnable
+        with bf16.open() as runner:
+            assert runner.options["inference_precision"] == "bf16"
+            assert bf16.label.endswith(":bf16 (model.onnx)")
+
+
+@needs_openvino
+def test_compiled_models_are_cached_per_file_content(demo_copy: Path) -> None:
+    [int8] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable
+    sha256 = Manifest(demo_copy).entry("model.int8.onnx")["sha256"]
+    int8.open().close()
+    cache = demo_copy / "openvino_cache"
+    assert [p.name for p in cache.iterdir()] == [f"model.int8.onnx-{sha256[:16]}"]
+    assert any((cache / f"model.int8.onnx-{sha256[:16]}").iterdir())
+    # A new file (here the FP16 one recorded as the INT8 one) gets a folder of its own: no stale cache.
+    shutil.copyfile(demo_copy / "model.fp16.onnx", demo_copy / "model.int8.onnx")
+    Manifest(demo_copy).record("model.int8.onnx", "int8")
+    [changed] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable
+    changed.open().close()
+    assert len(list(cache.iterdir())) == 2
+
+
+@needs_openvino
+def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
+    settings = BenchSettings(
+        backends=("openvino",),
+        precisions=("fp32", "int8"),
+        batch_sizes=(1, 4),
+        warmup_ms=0,
+        duration_s=0.1,
+        min_iterations=2,
+        threads=1,
+        ov_hint="throughput",
+    )
+    report = run_bench(demo_copy, settings, log=quiet, progress=False)
+    assert {(r["precision"], r["batch_size"]) for r in report.results} == {
+        (p, b) for p in ("fp32", "int8") for b in (1, 4)
+    }
+    for row in report.results:
+        assert row["options"]["performance_hint"] == "throughput"
+        assert row["options"]["threads"] == 1
+    saved = json.loads((demo_copy / "bench.json").read_text())
+    assert saved["settings"]["ov_hint"] == "throughput"
+
+
+@needs_openvino
+def test_a_file_openvino_cannot_compile_fails_its_candidate_only(demo_copy: Path) -> None:
+    (demo_copy / "model.int8.onnx").write_bytes(b"not an onnx file")
+    Manifest(demo_copy).record("model.int8.onnx", "int8")
+    report = run_verify(demo_copy, count=16, log=quiet, precisions=("fp32", "int8"))
+    [int8] = [r for r in report.results if r.candidate.key == ("openvino", "int8", "cpu")]
+    assert not int8.passed and "OpenVINO cannot compile" in int8.failures[0]
+    [fp32] = [r for r in report.results if r.candidate.key == ("openvino", "fp32", "cpu")]
+    assert fp32.passed
+    settings = BenchSettings(("openvino",), ("fp32", "int8"), (1,), 0, 0.05, 1)
+    bench = run_bench(demo_copy, settings, log=quiet, progress=False)
+    assert [r["precision"] for r in bench.results] == ["fp32"]
+    [skipped] = bench.skipped
+    assert skipped["precision"] == "int8" and "OpenVINO cannot compile" in skipped["reason"]
+
+
+def test_missing_openvino_names_the_extra(tiny_dir: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["bench", "--dir", str(tiny_dir), "--backends", "openvino", "--duration", "0.05"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and EXTRA in err
+    # Not asked for by name: its candidates are skipped, with the reason.
+    [skipped] = discover_runners(tiny_dir).skipped
+    assert skipped.backend == "openvino" and EXTRA in skipped.skipped
+
+
+def test_the_int8_warning_gives_each_backends_own_reason() -> None:
+    def row(backend: str, precision: str, median_ms: float) -> dict:
+        return {"backend": backend, "device": "cpu", "precision": precision, "batch_size": 1, "cv": 0.0,
+                "median_ms": median_ms}  # fmt: skip
+
+    rows = [row(b, p, m) for b in ("onnxruntime", "openvino") for p, m in (("fp16", 1.0), ("int8", 2.0))]
+    warnings = bench_warnings(rows)
+    assert len(warnings) == 2
+    assert INT8_NOT_FASTER["onnxruntime", "cpu"] in warnings[0] and "quantize/dequantize" in warnings[0]
+    assert INT8_NOT_FASTER["openvino", "cpu"] in warnings[1] and "VNNI" in warnings[1]
+    assert not any("grouped convolutions" in w for w in warnings)
+
+
+def test_bad_hint_and_precision_are_one_line_errors(tiny_dir: Path, capsys) -> None:
+    assert main(["bench", "--dir", str(tiny_dir), "--ov-hint", "fastest"]) == 3
+    assert "--ov-hint" in capsys.readouterr().err
+    assert main(["verify", "--dir", str(tiny_dir), "--precisions", "fp8"]) == 3
+    assert "--precisions" in capsys.readouterr().err
+
+
+@needs_openvino
+def test_a_wrong_input_shape_is_a_clear_error(demo_copy: Path) -> None:
+    from resnext_deploy.backends.openvino import OpenVINORunner
+    from resnext_deploy.errors import BadInputError
+
+    with OpenVINORunner(demo_copy / "model.onnx") as runner, pytest.raises(BadInputError, match="takes"):
+        runner(np.zeros((1, 3, 5, 5), dtype=np.float32))
