@@ -75,7 +75,7 @@ def _flag_type(self: TyperOption, ctx: Any) -> str | None:
 
 
 _option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
 
 
 def _show_version(value: bool) -> None:
@@ -156,9 +156,10 @@ def archs() -> None:
 @app.command()
 def info() -> None:
     """Versions of torch, onnx, onnxruntime and TensorRT; CUDA devices; ONNX Runtime providers."""
+    from .backends.tensorrt.probe import summary
     from .environment import describe
 
-    for key, value in describe().items():
+    for key, value in {**describe(), "tensorrt": summary()}.items():
         typer.echo(f"{key:<22} {value}")
 
 

@@ -64,21 +64,5 @@ def describe() -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime providers": ", ".join(onnxruntime.get_available_providers()),
-        "tensorrt": tensorrt_summary(),
+        "tensorrt": tensorrt_version() or "not installed",
     }
-
-
-def tensorrt_summary() -> str:
-    """TensorRT's version and whether it can create a runtime here (what `info` shows).
-
-    An import alone proves little: the wheels import without a GPU, and with a driver too old for their CUDA build.
-    """
-    from .backends.tensorrt import probe
-
-    version = tensorrt_version()
-    if version is None:
-        return f"not installed ({probe.install_hint()})"
-    if not cuda_available():
-        return f"{version} (no CUDA GPU visible, so not usable here)"
-    problem = probe.runtime_problem()
-    return f"{version} (cannot run here: {problem})" if problem else f"{version} (creates a runtime)"

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ONNX_FILES, Manifest, atomic_path, read_json, tool_versions
+from .artifacts import CALIBRATION_NAME, ONNX_FILES, Manifest, atomic_path, read_json, tool_versions
 from .backends.onnxruntime import OnnxRuntimeRunner
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
 from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
-from .precision.calibration import CALIBRATION_NAME
 from .source import ModelSource
 
 ONNX_NAME = ONNX_FILES["fp32"]

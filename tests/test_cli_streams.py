@@ -17,13 +17,14 @@ import jsonschema
 import pytest
 
 from resnext_deploy import __version__, logs
+from resnext_deploy.artifacts import CALIBRATION_NAME
 from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.backends.tensorrt.probe import tensorrt_status
 from resnext_deploy.backends.tensorrt.trtexec import build_trt_command, trtexec_command
 from resnext_deploy.cli import main
 from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.precision.calibration import CALIBRATION_NAME, calibrate
+from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.schemas import SCHEMA_VERSION, load_schema
 from resnext_deploy.serving.load_test import LoadRow, write_triton_bench
 from resnext_deploy.source import resolve_source
@@ -67,7 +68,18 @@ def test_verify_table_on_stdout_logs_on_stderr(tiny_dir: Path, tmp_path: Path):
     out_file = tmp_path / "out.txt"
     with out_file.open("w") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "resnext_deploy", "verify", "--dir", str(tiny_dir), "--count", "8"],
+            [
+                sys.executable,
+                "-m",
+                "resnext_deploy",
+                "verify",
+                "--dir",
+                str(tiny_dir),
+                "--count",
+                "8",
+                "--backends",
+                "onnxruntime",
+            ],
             cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.PIPE,
@@ -230,7 +242,18 @@ def test_verify_draws_a_progress_bar_in_a_terminal(tiny_dir: Path):
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
     env.pop("NO_COLOR", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "resnext_deploy", "verify", "--dir", str(tiny_dir), "--count", "64"],
+        [
+            sys.executable,
+            "-m",
+            "resnext_deploy",
+            "verify",
+            "--dir",
+            str(tiny_dir),
+            "--count",
+            "64",
+            "--backends",
+            "onnxruntime",
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=secondary,

@@ -3,6 +3,7 @@
 from .manifest import MANIFEST_NAME, Manifest, artifact_dir, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .store import (
+    CALIBRATION_NAME,
     LOCK_NAME,
     ONNX_FILES,
     PRECISIONS,
@@ -20,6 +21,7 @@ from .store import (
 )
 
 __all__ = [
+    "CALIBRATION_NAME",
     "LOCK_NAME",
     "MANIFEST_NAME",
     "ONNX_FILES",

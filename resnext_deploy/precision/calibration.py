@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import load_onnx, now_iso, read_json, sha256_file, write_json
+from ..artifacts import CALIBRATION_NAME, load_onnx, now_iso, read_json, sha256_file, write_json
 from ..data import Dataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
@@ -38,7 +38,6 @@ from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource
 from ..ui import progress
 
-CALIBRATION_NAME = "calibration.json"
 CALIBRATION_FORMAT = 2  # 2: every method's clip per tensor
 METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_METHOD = "entropy"

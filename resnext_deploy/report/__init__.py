@@ -262,6 +262,7 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} layers, budget "
             f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
         )
+    return out
 
 
 def _summary_section(summary: list[Mapping[str, Any]]) -> list[str]:

@@ -26,7 +26,6 @@ from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path, read
 from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.backends.tensorrt.runner import TensorRTRunner
 from resnext_deploy.backends.tensorrt.trtexec import trtexec_command, trtexec_tensorrt_version
-from resnext_deploy.environment import tensorrt_summary
 from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 
 QUIET = {"log": lambda _m: None}
@@ -549,14 +548,12 @@ def test_contract_null_runtime_makes_tensorrt_unavailable(stand_in, monkeypatch:
 
 def test_contract_info_says_when_tensorrt_cannot_create_a_runtime(stand_in, monkeypatch: pytest.MonkeyPatch):
     """Contract test, not TensorRT coverage: `info` reports the version and whether a Runtime can be made."""
-    from resnext_deploy import environment
-
     stand_in("10.13.3.9", null_factories=True)
-    monkeypatch.setattr(environment, "cuda_available", lambda: True)
-    summary = tensorrt_summary()
+    monkeypatch.setattr(probe, "cuda_available", lambda: True)
+    summary = probe.summary()
     assert summary.startswith("10.13.3.9 (cannot run here: TensorRT 10.13.3.9 could not create a runtime")
     stand_in("10.13.3.9")
-    assert tensorrt_summary() == "10.13.3.9 (creates a runtime)"
+    assert probe.summary() == "10.13.3.9 (creates a runtime)"
 
 
 def test_contract_runner_with_a_null_runtime_is_backend_unavailable(tiny_dir: Path, stand_in):

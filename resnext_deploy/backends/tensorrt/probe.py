@@ -141,3 +141,17 @@ class TensorRTUnavailableError(BackendUnavailableError):
     def __init__(self, message: str, command: str) -> None:
         super().__init__(message)
         self.command = command
+
+
+def summary() -> str:
+    """TensorRT's version and whether it can create a runtime here (what `info` shows).
+
+    An import alone proves little: the wheels import without a GPU, and with a driver too old for their CUDA build.
+    """
+    version = tensorrt_version()
+    if version is None:
+        return f"not installed ({install_hint()})"
+    if not cuda_available():
+        return f"{version} (no CUDA GPU visible, so not usable here)"
+    problem = runtime_problem()
+    return f"{version} (cannot run here: {problem})" if problem else f"{version} (creates a runtime)"
