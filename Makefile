@@ -35,12 +35,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The whole suite in .venv (tests/serving skip there: no Triton packages), then tests/serving in .venv-triton.
+# The whole suite in .venv (tests that need tritonclient or PyTriton skip there), then those tests in .venv-triton.
 test-core: setup
 	$(BIN)/python -m pytest -q
 
 test-triton: setup-triton
-	$(TRITON_VENV)/bin/python -m pytest -q tests/serving
+	$(TRITON_VENV)/bin/python -m pytest -q tests/serving tests/faults/test_inputs_second_battery.py -k "serving or triton_repo or serve"
 
 test: lint test-core test-triton
 

@@ -375,10 +375,11 @@ def build_trt(
 
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
-    from .artifacts import artifact_dir, locked
+    from .artifacts import locked
     from .backends.tensorrt.build import build_engine
     from .backends.tensorrt.probe import TensorRTUnavailableError
     from .precision.typed import make_typed_onnx
+    from .source import artifact_dir
 
     if fp16 and int8:
         raise typer.BadParameter("choose one of them (neither means FP32)", param_hint="'--fp16' / '--int8'")
@@ -542,10 +543,11 @@ def verify(
     ] = "fp32,fp16,int8",
 ) -> None:
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
-    from .artifacts import artifact_dir, locked
+    from .artifacts import locked
     from .errors import VerificationError
     from .evaluate.metrics import SELECTABLE_PRECISIONS
     from .evaluate.verify import VERIFY_JSON, run_verify, tolerance_overrides, verify_text
+    from .source import artifact_dir
 
     chosen = _comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
     tolerances = tolerance_overrides(
@@ -591,9 +593,10 @@ def bench(
     ] = "latency",
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
-    from .artifacts import artifact_dir, locked
+    from .artifacts import locked
     from .evaluate.bench import BENCH_JSON, BenchSettings, bench_text, parse_batch_sizes, run_bench
     from .evaluate.metrics import SELECTABLE_PRECISIONS
+    from .source import artifact_dir
 
     settings = BenchSettings(
         backends=_backend_list(backends),
@@ -626,10 +629,11 @@ def bench_triton(
     duration: Annotated[float, typer.Option("--duration", help="Seconds measured per concurrency level.")] = 3.0,
 ) -> None:
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
-    from .artifacts import artifact_dir, locked
+    from .artifacts import locked
     from .evaluate.bench import MAX_BATCH, parse_int_list
     from .serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
     from .serving.triton_repo import default_model_name
+    from .source import artifact_dir
 
     settings = LoadTestSettings(
         levels=parse_int_list(concurrency, "--concurrency", 1024),

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .artifacts import sha256_file
+from .artifacts import ONNX_FILES, Manifest, sha256_file
 from .data import Dataset, ImageDataset
 from .demo import DEMO_WEIGHTS
 from .errors import BadInputError
@@ -257,3 +257,32 @@ def label_note(dataset: Dataset, source: ModelSource) -> str | None:
 
 def _names(names: Sequence[str], shown: int = 6) -> str:
     return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def recorded_source(manifest: Manifest) -> ModelSource:
+    """The model ``model.onnx`` was exported from, as its manifest entry records it.
+
+    A malformed record is a ``BadInputError`` that names the manifest, so the fix (export again) is clear.
+    """
+    entry = manifest.entry(ONNX_FILES["fp32"]) or {}
+    try:
+        return ModelSource.from_dict(entry["options"]["source"])
+    except (KeyError, TypeError):
+        problem = "names no model source"
+    except BadInputError as exc:
+        problem = f"has a bad model source: {exc}"
+    raise BadInputError(
+        f"{manifest.path}: the entry {ONNX_FILES['fp32']!r} {problem}; delete the manifest and run export again"
+    )
+
+
+def artifact_dir(directory: str | Path) -> Path:
+    """The directory of an earlier export, its manifest and recorded model checked before anything is locked there."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise BadInputError(f"--dir {path} is not a directory; run `resnext-deploy export --dir {path}` first")
+    manifest = Manifest(path)
+    if manifest.entry(ONNX_FILES["fp32"]) is None:
+        raise BadInputError(f"{path} has no exported model.onnx in its manifest; run `resnext-deploy export` first")
+    recorded_source(manifest)
+    return path

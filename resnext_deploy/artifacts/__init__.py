@@ -1,6 +1,6 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
-from .manifest import MANIFEST_NAME, Manifest, artifact_dir, tool_versions
+from .manifest import MANIFEST_NAME, Manifest, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .store import (
     CALIBRATION_NAME,
@@ -27,7 +27,6 @@ __all__ = [
     "ONNX_FILES",
     "PRECISIONS",
     "Manifest",
-    "artifact_dir",
     "atomic_path",
     "check_writable",
     "engine_file",

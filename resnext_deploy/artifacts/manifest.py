@@ -162,13 +162,3 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
             )
-
-
-def artifact_dir(directory: str | Path) -> Path:
-    """The directory of an earlier export, checked before anything is locked or written there."""
-    path = Path(directory)
-    if not path.is_dir():
-        raise BadInputError(f"--dir {path} is not a directory; run `resnext-deploy export --dir {path}` first")
-    if Manifest(path).entry(ONNX_FILES["fp32"]) is None:
-        raise BadInputError(f"{path} has no exported model.onnx in its manifest; run `resnext-deploy export` first")
-    return path

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, artifact_dir
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest
 from ..errors import BackendUnavailableError, BadInputError
-from ..source import ModelSource
+from ..source import ModelSource, artifact_dir, recorded_source
 from .base import ArtifactSet, Backend, Candidate, Runner
 
 # Modules under resnext_deploy.backends, each with a module-level BACKEND, in the order rows are shown.
@@ -97,8 +97,8 @@ def discover_runners(
     """
     directory = artifact_dir(directory)
     manifest = Manifest(directory)
-    entry = manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
-    artifacts = ArtifactSet(manifest, ModelSource.from_dict(entry["options"]["source"]))
+    manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
+    artifacts = ArtifactSet(manifest, recorded_source(manifest))
     candidates: list[Candidate] = []
     for name in names if names is not None else backend_names():
         backend = get_backend(name)

@@ -17,7 +17,7 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..evaluate.metrics import Parity, Tolerance, compare
-from ..source import ModelSource, labels_match_model
+from ..source import labels_match_model, recorded_source
 from ..ui import progress
 from .calibration import Log, calibrate, split_datasets
 from .fp16 import FP16_DATA_MAX, fp16_model
@@ -67,10 +67,7 @@ def make_typed_onnx(
     if precision == "fp32":
         log(f"{parent_path} is the FP32 model (recorded in the manifest)")
         return TypedResult(parent_path, "fp32", None, reused=True)
-    try:
-        source = ModelSource.from_dict(parent["options"]["source"])
-    except (KeyError, TypeError):
-        raise BadInputError(f"the manifest entry of {parent_path} names no model source; {EXPORT_HINT}") from None
+    source = recorded_source(manifest)
 
     name = ONNX_FILES[precision]
     final = directory / name

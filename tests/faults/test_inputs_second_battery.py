@@ -497,7 +497,7 @@ MANIFEST_CASES = {
     "options-a-list": (lambda a: a["model.onnx"].update(options=[]), "options that are not an object"),
     "missing-options": (lambda a: a["model.onnx"].pop("options"), "has no model source"),
     "missing-source": (lambda a: a["model.onnx"]["options"].pop("source"), "has no model source"),
-    "source-a-number": (lambda a: a["model.onnx"]["options"].update(source=7), "lacks fields"),
+    "source-a-number": (lambda a: a["model.onnx"]["options"].update(source=7), "no model source"),
     "unknown-arch": (_source(arch="resnext9000"), "unknown architecture 'resnext9000'"),
     "arch-a-list": (_source(arch=["resnext_tiny"]), "unknown architecture"),
     "huge-class-count": (_source(num_classes=10**12), "num_classes 1000000000000 is not an integer between"),
