@@ -89,7 +89,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: s
     for row in rows:
         table.add_row(*(row[i] for i in keep))
     buffer = io.StringIO()
-    width = min(TABLE_WIDTH, max(80, shutil.get_terminal_size().columns))
+    # A terminal's own width up to TABLE_WIDTH; a file or pipe has none, so it gets TABLE_WIDTH (not 80).
+    width = min(TABLE_WIDTH, max(80, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns))
     Console(file=buffer, width=width, color_system=None).print(table)
     return buffer.getvalue().rstrip()
 
