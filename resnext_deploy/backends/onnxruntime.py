@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,18 @@ ORT_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 GPU_HINT = "pip install 'resnext-deploy[gpu]' (onnxruntime-gpu, after pip uninstall onnxruntime) on a CUDA machine"
+
+
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime session options as every session here uses them: the log level ``--verbose`` sets, and threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = ort_severity()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 class OnnxRuntimeRunner(Runner):
@@ -44,13 +57,8 @@ class OnnxRuntimeRunner(Runner):
         self.artifact = self.path.name
         self.precision = precision
         self.device = device
-        options = ort.SessionOptions()
-        options.log_severity_level = ort_severity()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
+            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[provider])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
             raise BadInputError(f"ONNX Runtime cannot load {self.path}: {one_line(exc)}") from None
         inputs = self.session.get_inputs()

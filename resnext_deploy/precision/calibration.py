@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import CALIBRATION_NAME, load_onnx, now_iso, read_json, sha256_file, write_json
+from ..backends.onnxruntime import session_options
 from ..data import Dataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
 from ..evaluate.metrics import MIN_CHECK_SAMPLES
-from ..logs import ort_severity
 from ..models import DEMO_ARCH
 from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource
@@ -304,10 +304,8 @@ def collect_statistics(
     outputs = {value.name for value in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
     batch_size = MAX_BATCH if per_sample is None else max(1, min(MAX_BATCH, batch_bytes // max(per_sample, 1)))
-    options = ort.SessionOptions()
-    options.log_severity_level = ort_severity()
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
         raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
     del model

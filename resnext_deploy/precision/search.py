@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import read_json, write_json
+from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
 from ..evaluate.metrics import Parity, Tolerance, compare
@@ -97,10 +98,8 @@ def run_model(model: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an ONNX model (a path or a ModelProto) on the CPU provider."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     source = model if isinstance(model, str) else model.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(out).astype(np.float32)
