@@ -17,7 +17,9 @@ import typer
 from typer.core import TyperOption
 
 from . import __version__
+from .artifacts.precisions import PRECISIONS, Precision
 from .errors import BadInputError, DeployError, ExitCode, one_line
+from .evaluate.settings import BenchSettings
 from .logs import log
 from .logs import setup as setup_logging
 
@@ -60,6 +62,39 @@ InterpolationOption = Annotated[
 ]
 MeanOption = Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean (0-1 scale).", rich_help_panel=_PRE)]
 StdOption = Annotated[Optional[str], typer.Option("--std", help="R,G,B std (0-1 scale).", rich_help_panel=_PRE)]
+
+
+_BENCH = "Benchmark (bench, and pipeline's bench step)"
+_PRECISION_CHOICES = ", ".join(Precision.names())
+BackendsOption = Annotated[
+    str,
+    typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available here."),
+]
+PrecisionsOption = Annotated[
+    str, typer.Option("--precisions", help=f"Comma list: {_PRECISION_CHOICES} (bf16: OpenVINO, only when named).")
+]
+BatchSizesOption = Annotated[
+    str, typer.Option("--batch-sizes", help="Comma list of batch sizes.", rich_help_panel=_BENCH)
+]
+BudgetOption = Annotated[
+    float,
+    typer.Option(
+        "--budget",
+        help="Seconds for the whole bench run; slices, then rounds, shrink to fit (never below --min-rounds).",
+        rich_help_panel=_BENCH,
+    ),
+]
+DurationOption = Annotated[
+    float,
+    typer.Option(
+        "--duration", help="Seconds measured per runner and batch size, within --budget.", rich_help_panel=_BENCH
+    ),
+]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option("--threads", help="CPU threads for torch, ONNX Runtime and OpenVINO.")
+]
+_PRECISION_DEFAULT = ",".join(PRECISIONS)
+_BATCH_DEFAULT = ",".join(map(str, BenchSettings.batch_sizes))
 
 
 STDOUT = "-"
@@ -125,7 +160,7 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
 
 def _comma_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
     """A comma list of choices; an unknown one is a usage error (exit 2), as Typer's own choices are."""
-    from .evaluate.bench import parse_list
+    from .evaluate.settings import parse_list
 
     try:
         return parse_list(text, allowed, option)
@@ -450,9 +485,12 @@ def pipeline(
         Optional[Path], typer.Option("--data", help="verify's images (default: demo validation split or synthetic).")
     ] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="verify uses at most N images.")] = None,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="bench batch sizes.")] = "1,8,32",
-    duration: Annotated[float, typer.Option("--duration", help="bench seconds per runner and batch size.")] = 3.0,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ORT.")] = None,
+    backends: BackendsOption = "",
+    precisions: PrecisionsOption = _PRECISION_DEFAULT,
+    batch_sizes: BatchSizesOption = _BATCH_DEFAULT,
+    budget: BudgetOption = BenchSettings.budget_s,
+    duration: DurationOption = BenchSettings.duration_s,
+    threads: ThreadsOption = None,
     min_batch: MinBatch = 1,
     opt_batch: OptBatch = 8,
     max_batch: MaxBatch = 32,
@@ -468,7 +506,7 @@ def pipeline(
     """
     from .artifacts import locked, prepare_dir
     from .errors import VerificationError
-    from .evaluate.bench import BenchSettings, parse_batch_sizes
+    from .evaluate.bench import parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
@@ -495,7 +533,14 @@ def pipeline(
         ),
         data=data,
         count=count,
-        bench=BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), duration_s=duration, threads=threads),
+        bench=BenchSettings(
+            backends=_backend_list(backends),
+            precisions=_comma_list(precisions, Precision.names(), "--precisions"),
+            batch_sizes=parse_batch_sizes(batch_sizes),
+            budget_s=budget,
+            duration_s=duration,
+            threads=threads,
+        ),
         build=_build_options(
             min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
         ),
@@ -574,45 +619,68 @@ def verify(
 @app.command()
 def bench(
     directory: ExportedDirOption,
-    backends: Annotated[
-        str, typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available.")
-    ] = "",
-    precisions: Annotated[
-        str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
-    ] = "fp32,fp16,int8",
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list of batch sizes.")] = "1,8,32",
-    warmup_ms: Annotated[float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.")] = 200.0,
-    duration: Annotated[float, typer.Option("--duration", help="Seconds measured per runner and batch size.")] = 3.0,
-    min_iterations: Annotated[int, typer.Option("--min-iterations", help="Fewest timed calls per row.")] = 10,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", help="CPU threads for torch, ONNX Runtime, OpenVINO.")
-    ] = None,
+    backends: BackendsOption = "",
+    precisions: PrecisionsOption = _PRECISION_DEFAULT,
+    batch_sizes: BatchSizesOption = _BATCH_DEFAULT,
+    budget: BudgetOption = BenchSettings.budget_s,
+    duration: DurationOption = BenchSettings.duration_s,
+    warmup_ms: Annotated[
+        float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.", rich_help_panel=_BENCH)
+    ] = BenchSettings.warmup_ms,
+    min_iterations: Annotated[
+        int, typer.Option("--min-iterations", help="Fewest timed calls per row.", rich_help_panel=_BENCH)
+    ] = BenchSettings.min_iterations,
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="Interleaved rounds (fewer only to fit --budget).", rich_help_panel=_BENCH)
+    ] = BenchSettings.rounds,
+    min_rounds: Annotated[
+        int, typer.Option("--min-rounds", help="Rounds kept however short --budget is.", rich_help_panel=_BENCH)
+    ] = BenchSettings.min_rounds,
+    pause_ms: Annotated[
+        float, typer.Option("--pause-ms", help="Idle time between two slices.", rich_help_panel=_BENCH)
+    ] = BenchSettings.pause_ms,
+    allow_spinning: Annotated[
+        bool,
+        typer.Option(
+            "--allow-spinning",
+            help="Leave thread pools spinning between calls (ONNX Runtime, OpenMP); default: they sleep.",
+            rich_help_panel=_BENCH,
+        ),
+    ] = BenchSettings.allow_spinning,
+    threads: ThreadsOption = None,
     json_path: JsonOption = None,
     ov_hint: Annotated[
         Literal["latency", "throughput"], typer.Option("--ov-hint", help="OpenVINO performance hint.")
     ] = "latency",
 ) -> None:
-    """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
+    """Latency and throughput of every runner at every batch size, each runner in its own process.
+
+    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
+    """
     from .artifacts import locked
-    from .evaluate.bench import BENCH_JSON, BenchSettings, bench_text, parse_batch_sizes, run_bench
-    from .evaluate.metrics import SELECTABLE_PRECISIONS
+    from .evaluate.bench import BENCH_JSON, bench_text, parse_batch_sizes, run_bench
     from .source import artifact_dir
 
     settings = BenchSettings(
         backends=_backend_list(backends),
-        precisions=_comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions"),
+        precisions=_comma_list(precisions, Precision.names(), "--precisions"),
         batch_sizes=parse_batch_sizes(batch_sizes),
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
         threads=threads,
         ov_hint=ov_hint,
+        budget_s=budget,
+        rounds=rounds,
+        min_rounds=min_rounds,
+        pause_ms=pause_ms,
+        allow_spinning=allow_spinning,
     )
     json_file = _json_target(json_path)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_bench(directory, settings, json_path=json_file, log=log)
-        _print_result(bench_text(report.results), directory / BENCH_JSON, json_path)
+        _print_result(bench_text(report), directory / BENCH_JSON, json_path)
 
 
 @app.command("bench-triton")
@@ -630,7 +698,7 @@ def bench_triton(
 ) -> None:
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
     from .artifacts import locked
-    from .evaluate.bench import MAX_BATCH, parse_int_list
+    from .evaluate.settings import MAX_BATCH, parse_int_list
     from .serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
     from .serving.triton_repo import default_model_name
     from .source import artifact_dir

@@ -17,7 +17,7 @@ from .backends.tensorrt.build import build_engine
 from .backends.tensorrt.options import BuildOptions
 from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
 from .errors import BadInputError, VerificationError
-from .evaluate.bench import BenchSettings
+from .evaluate.settings import BenchSettings
 from .export import export_onnx
 from .precision.options import PrecisionOptions
 from .precision.typed import make_typed_onnx
@@ -76,7 +76,7 @@ def run_pipeline(
     problems = [f"{step} {reason}" for step, reason in failed.items()]
     if not verified:
         problems.append(verified.failure_summary())
-    tables = [verify_text(verified.to_dict())] + ([bench_text(measured.results)] if measured is not None else [])
+    tables = [verify_text(verified.to_dict())] + ([bench_text(measured)] if measured is not None else [])
     return PipelineResult(report, not problems, "; ".join(problems), skipped, tables)
 
 

@@ -14,26 +14,21 @@ row against PyTorch eager and against this reference; writes ``DIR/ort_reference
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from resnext_deploy.artifacts import Manifest, atomic_path, write_json
-from resnext_deploy.backends.base import Candidate
+from resnext_deploy.backends.base import ArtifactSet, Backend, Candidate
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
-from resnext_deploy.backends.registry import discover_runners, open_runners
+from resnext_deploy.backends.registry import register
 from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import DeployError
-from resnext_deploy.evaluate.bench import (
-    Unit,
-    add_speedups,
-    bench_table,
-    machine_record,
-    measure,
-    parse_batch_sizes,
-    result_row,
-)
+from resnext_deploy.evaluate.bench import bench_table, measure_bench
+from resnext_deploy.evaluate.settings import BenchSettings, parse_batch_sizes
 from resnext_deploy.source import ModelSource
 from resnext_deploy.ui import render_table
 
@@ -86,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--min-iterations", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds for the whole measurement")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -94,45 +90,52 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
+class QuantizeStaticBackend(Backend):
+    """The reference file as a bench backend of its own, so it is measured in a worker like every other row.
 
-    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    Its pool sleeps between calls like bench's ONNX Runtime rows (``allow_spinning`` off).
+    """
+
+    name = REFERENCE_BACKEND
+    description = "ONNX Runtime quantize_static QOperator U8S8 (a speed reference, not an artifact)"
+
+    def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+        opener = functools.partial(OnnxRuntimeRunner, artifacts.path(REFERENCE), "int8", "cpu", threads, False)
+        return [Candidate(self.name, "int8", "cpu", REFERENCE, opener)]
+
+
+def run(args: argparse.Namespace) -> int:
     target = args.dir / REFERENCE
     if not target.exists():
         print(f"building {target} with quantize_static (QOperator, U8S8)", file=sys.stderr)
         build_reference(args.dir, args.calib_dir, args.calib_count)
-    found = discover_runners(args.dir, args.backends.split(","), args.precisions.split(","), args.threads)
-    opened, skipped, failed = open_runners(found.runnable)
-    for entry in skipped:
-        print(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}", file=sys.stderr)
-    for candidate, error in failed:
-        print(f"failed {candidate.label}: {error}", file=sys.stderr)
-    reference = Candidate(REFERENCE_BACKEND, "int8", "cpu", REFERENCE)
-    opened.append((reference, OnnxRuntimeRunner(target, "int8", threads=args.threads)))
-    size = found.source.preprocessing.image_size
-    rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batch_sizes}
-    units = [Unit(c, runner, b, inputs[b]) for b in batch_sizes for c, runner in opened]
-    try:
-        rounds = measure(units, args.warmup_ms / 1e3, args.duration, args.min_iterations)
-    finally:
-        for _, runner in opened:
-            runner.close()
-    rows = [result_row(unit) for unit in units]
-    add_speedups(rows)
+    register(QuantizeStaticBackend())
+    settings = BenchSettings(
+        backends=(*args.backends.split(","), REFERENCE_BACKEND),
+        precisions=tuple(args.precisions.split(",")),
+        batch_sizes=parse_batch_sizes(args.batch_sizes),
+        warmup_ms=args.warmup_ms,
+        duration_s=args.duration,
+        min_iterations=args.min_iterations,
+        threads=args.threads,
+        budget_s=args.budget,
+    )
+    report = measure_bench(args.dir, settings, log=lambda line: print(line, file=sys.stderr))
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    rows = report.results
     print(render_table(*bench_table(rows), title="interleaved with ONNX Runtime's quantize_static reference"))
     summary = []
-    for b in batch_sizes:
-        at_b = [r for r in rows if r["batch_size"] == b and r["device"] == "cpu"]
-        ref = next(r for r in at_b if r["backend"] == REFERENCE_BACKEND)
-        best = min((r for r in at_b if r["backend"] not in (REFERENCE_BACKEND, "torch")), key=lambda r: r["median_ms"])
+    for b in settings.batch_sizes:
+        at_b = [r for r in rows if r.batch_size == b and r.device == "cpu"]
+        ref = next(r for r in at_b if r.backend == REFERENCE_BACKEND)
+        best = min((r for r in at_b if r.backend not in (REFERENCE_BACKEND, "torch")), key=lambda r: r.median_ms)
         line = {
             "batch_size": b,
-            "best": f"{best['backend']}-{best['device']}:{best['precision']}",
-            "vs_torch_eager": best["speedup_vs_reference"],
-            "vs_quantize_static": ref["median_ms"] / best["median_ms"],
-            "quantize_static_vs_torch_eager": ref["speedup_vs_reference"],
+            "best": best.label,
+            "vs_torch_eager": best.speedup_vs_reference,
+            "vs_quantize_static": ref.median_ms / best.median_ms,
+            "quantize_static_vs_torch_eager": ref.speedup_vs_reference,
         }
         summary.append(line)
         print(
@@ -140,9 +143,7 @@ def run(args: argparse.Namespace) -> int:
             f"{line['vs_quantize_static']:.2f}x ONNX Runtime quantize_static U8S8 "
             f"(which is {line['quantize_static_vs_torch_eager']:.2f}x PyTorch eager)"
         )
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    record = {"machine": machine_record(args.threads), "rounds": rounds, "settings": settings}
-    write_json(args.dir / "ort_reference_bench.json", {**record, "results": rows, "summary": summary})
+    write_json(args.dir / "ort_reference_bench.json", {**report.to_dict(), "summary": summary})
     return 0
 
 

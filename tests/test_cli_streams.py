@@ -112,7 +112,7 @@ def test_bench_json_dash_and_table(tiny_dir: Path, capsys):
     assert "bench (milliseconds per batch)" in captured.err
     assert main(["bench", "--dir", str(tiny_dir), *BENCH_FAST]) == 0
     captured = capsys.readouterr()
-    assert "bench (milliseconds per batch)" in captured.out and "benchmarking" in captured.err
+    assert "bench (milliseconds per batch)" in captured.out and "starting 1 runner process" in captured.err
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])

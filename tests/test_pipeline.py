@@ -12,7 +12,7 @@ from resnext_deploy.backends.tensorrt.probe import tensorrt_status
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
 
-FAST = ["--batch-sizes", "1,4", "--duration", "0.2", "--count", "200"]
+FAST = ["--batch-sizes", "1,4", "--duration", "0.2", "--count", "200", "--budget", "90", "--precisions", "fp32,int8"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,9 @@ def test_report_numbers_come_from_verify_and_bench(demo_run):
         assert f"{result['accuracy']:.2f}" in report
     for row in bench["results"]:
         assert f"{row['median_ms']:.3f}" in report
+    # bench's options reach its step: fp16 is made and verified, but not benchmarked when not asked for.
+    assert {r["precision"] for r in bench["results"]} == {"fp32", "int8"}
+    assert bench["settings"]["budget_s"] == 90 and bench["settings"]["batch_sizes"] == [1, 4]
     if tensorrt_status() is not None:
         commands = [line.strip() for line in report.splitlines() if line.strip().startswith("trtexec --onnx=")]
         # relative to the report's directory, and the report says so

@@ -7,7 +7,8 @@ from pathlib import Path
 from tiny_artifacts import with_low_precision
 
 from resnext_deploy.artifacts import Manifest
-from resnext_deploy.evaluate.bench import BenchSettings, run_bench
+from resnext_deploy.evaluate.bench import run_bench
+from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.typed import make_typed_onnx
@@ -37,14 +38,14 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
 
     report = run_verify(directory, count=8, log=lines.append)
     assert report.passed and {r.candidate.artifact for r in report.results} == {"model.onnx"}
-    skipped = {(s["backend"], s["artifact"]): s["reason"] for s in report.skipped}
+    skipped = {(s.backend, s.artifact): s.reason for s in report.skipped}
     assert "model.fp16.onnx is stale" in skipped[("onnxruntime", "model.fp16.onnx")]
     assert "model.int8.onnx is stale" in skipped[("onnxruntime", "model.int8.onnx")]
 
     settings = BenchSettings(batch_sizes=(1,), warmup_ms=0, duration_s=0.05, min_iterations=2, threads=1)
     bench = run_bench(directory, settings, log=lines.append, progress=False)
-    assert {r["artifact"] for r in bench.results} <= {None, "model.onnx"}
-    assert any("model.int8.onnx is stale" in s["reason"] for s in bench.skipped)
+    assert {r.artifact for r in bench.results} <= {None, "model.onnx"}
+    assert any("model.int8.onnx is stale" in s.reason for s in bench.skipped)
 
     make_typed_onnx(directory, "fp16", log=lines.append)
     manifest = Manifest(directory)

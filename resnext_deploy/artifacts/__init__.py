@@ -2,11 +2,10 @@
 
 from .manifest import MANIFEST_NAME, Manifest, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
+from .precisions import ONNX_FILES, PRECISIONS, Precision
 from .store import (
     CALIBRATION_NAME,
     LOCK_NAME,
-    ONNX_FILES,
-    PRECISIONS,
     atomic_path,
     check_writable,
     engine_file,
@@ -26,6 +25,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ONNX_FILES",
     "PRECISIONS",
+    "Precision",
     "Manifest",
     "atomic_path",
     "check_writable",

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from .store import ONNX_FILES, now_iso, read_json, sha256_file, write_json
+from .precisions import ONNX_FILES
+from .store import now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

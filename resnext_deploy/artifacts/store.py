@@ -18,9 +18,7 @@ from typing import Any
 from ..errors import BadInputError, BusyError
 
 LOCK_NAME = ".resnext-deploy.lock"
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_NAME = "calibration.json"  # activation ranges (precision/calibration.py), beside the files it made
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 def engine_file(precision: str) -> str:

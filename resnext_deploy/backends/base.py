@@ -9,7 +9,7 @@ Heavy or optional imports happen inside the runners that need them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class Runner:
     artifact: str | None = None
     last_device_ms: float | None = None
     options: dict[str, Any] | None = None
+    # What the runtime really computes in, where it says (OpenVINO may run an fp16 file in f32); None: as typed.
+    compute_precision: str | None = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -88,8 +90,30 @@ class Candidate:
     def identity(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device, "artifact": self.artifact}
 
-    def skip_record(self, reason: str | None = None) -> dict[str, Any]:
-        return {**self.identity(), "reason": reason or self.skipped}
+    def skip_record(self, reason: str | None = None) -> SkipRecord:
+        return SkipRecord(self.backend, self.precision, self.device, self.artifact, reason or self.skipped or "")
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    """A candidate that was not run, and why: what verify, bench and the report list under "skipped"."""
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}-{self.device}:{self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkipRecord:
+        return cls(data["backend"], data["precision"], data["device"], data.get("artifact"), data["reason"])
 
 
 @dataclass(frozen=True)

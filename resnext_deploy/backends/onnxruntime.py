@@ -22,8 +22,12 @@ ORT_PROVIDERS = {
 GPU_HINT = "pip install 'resnext-deploy[gpu]' (onnxruntime-gpu, after pip uninstall onnxruntime) on a CUDA machine"
 
 
-def session_options(threads: int | None = None) -> Any:
-    """ONNX Runtime session options as every session here uses them: the log level ``--verbose`` sets, and threads."""
+def session_options(threads: int | None = None, allow_spinning: bool = True) -> Any:
+    """ONNX Runtime session options as every session here uses them: the log level ``--verbose`` sets, and threads.
+
+    ``allow_spinning=False`` makes idle pool threads sleep at once instead of spinning for the next
+    call: bench turns it off so a runner's pool never takes the cores from the one measured next.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -31,6 +35,9 @@ def session_options(threads: int | None = None) -> Any:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -45,6 +52,7 @@ class OnnxRuntimeRunner(Runner):
         precision: str = "fp32",
         device: str = "cpu",
         threads: int | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -58,7 +66,8 @@ class OnnxRuntimeRunner(Runner):
         self.precision = precision
         self.device = device
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[provider])
+            options = session_options(threads, allow_spinning)
+            self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
             raise BadInputError(f"ONNX Runtime cannot load {self.path}: {one_line(exc)}") from None
         inputs = self.session.get_inputs()
@@ -66,6 +75,7 @@ class OnnxRuntimeRunner(Runner):
             raise BadInputError(f"{self.path} must have one NCHW image input; found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape
+        self.options = {"intra_op_threads": options.intra_op_num_threads or "default", "allow_spinning": allow_spinning}
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         declared = self.input_shape[1:]
@@ -90,7 +100,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
 
-    def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+    def candidates(
+        self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None, allow_spinning: bool = True
+    ) -> list[Candidate]:
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
@@ -102,7 +114,9 @@ class OnnxRuntimeBackend(Backend):
                 continue
             reason = artifacts.unusable(name)
             for device in devices:
-                opener = functools.partial(OnnxRuntimeRunner, artifacts.path(name), precision, device, threads)
+                opener = functools.partial(
+                    OnnxRuntimeRunner, artifacts.path(name), precision, device, threads, allow_spinning
+                )
                 found.append(Candidate(self.name, precision, device, name, None if reason else opener, reason))
         return found
 

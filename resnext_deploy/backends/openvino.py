@@ -100,6 +100,7 @@ class OpenVINORunner(Runner):
             "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
             "infer_requests": self.requests,
         }
+        self.compute_precision = self.options["inference_precision"]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or any(d not in (None, n) for d, n in zip(self.input_shape, batch.shape, strict=True)):

@@ -16,7 +16,7 @@ from typing import Any
 from ..artifacts import ONNX_FILES, PRECISIONS, Manifest
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import ModelSource, artifact_dir, recorded_source
-from .base import ArtifactSet, Backend, Candidate, Runner
+from .base import ArtifactSet, Backend, Candidate, Runner, SkipRecord
 
 # Modules under resnext_deploy.backends, each with a module-level BACKEND, in the order rows are shown.
 BUILTIN = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -75,7 +75,8 @@ class Discovery:
 
     def hashes(self, candidates: Sequence[Candidate]) -> dict[str, str]:
         """sha256 of each artifact these candidates used, so that a report can tell stale results from current ones."""
-        return {c.artifact: self.manifest.entry(c.artifact)["sha256"] for c in candidates if c.artifact}
+        entries = {c.artifact: self.manifest.entry(c.artifact) for c in candidates if c.artifact}
+        return {name: entry["sha256"] for name, entry in entries.items() if entry is not None}
 
 
 def discover_runners(
@@ -110,7 +111,7 @@ def discover_runners(
 
 def open_runners(
     candidates: Sequence[Candidate],
-) -> tuple[list[tuple[Candidate, Runner]], list[dict[str, Any]], list[tuple[Candidate, str]]]:
+) -> tuple[list[tuple[Candidate, Runner]], list[SkipRecord], list[tuple[Candidate, str]]]:
     """Open each candidate's runner: the opened ones, skip records, and (candidate, error) for files that fail to load.
 
     A backend missing here is skipped, and so is an engine TensorRT refuses here (built for another

@@ -43,6 +43,8 @@ class TorchRunner(Runner):
         self.precision = precision
         model = copy.deepcopy(model).eval().to(device)
         self.model = model.half() if precision == "fp16" else model
+        self.compute_precision = "f16" if precision == "fp16" else "f32"
+        self.options = {"threads": torch.get_num_threads()}
         if device == "cuda":
             matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,9 +1,17 @@
-"""How much faster is each artifact? Latency and throughput of every runner, measured the way trtexec does.
+"""How much faster is each artifact? Latency and throughput of every runner, measured so the ratios can be trusted.
 
-Each runner at each batch size is warmed up by time, then measured for a duration and at least a
-number of iterations. Runners are interleaved: every round gives every (runner, batch size) one
-short time slice, so drift of the machine (other load, clocks, heat) hits all of them alike.
-Only the runner call is timed; inputs are made once per batch size beforehand.
+- **Isolated.** Each runner lives in its own worker process (:mod:`.worker`), so thread pools of
+  different runtimes never meet; idle pools are told to sleep rather than spin.
+- **Interleaved.** Every round gives every (runner, batch size) one time slice, one worker running
+  at a time, so drift of the machine hits all rows alike; a speedup pairs rounds measured side by side.
+- **Against the machine's own noise.** A fixed small workload measures how much this machine's
+  speed moves from round to round; a row is unstable only beyond that. During every slice the CPU
+  time used by other processes is read from ``/proc``: a disturbed row is marked, and a busy machine said.
+- **Within a budget.** ``budget_s`` bounds the whole run; slices, then rounds, shrink to fit, down to
+  a minimum number of rounds, and the progress bar counts the planned work.
+
+Statistics agree with themselves: a row's median, its images/s and its speedup come from the same
+calls, and every interval contains its estimate (:mod:`.timing`).
 """
 
 from __future__ import annotations
@@ -11,181 +19,565 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import PRECISIONS, atomic_path, now_iso, write_json, write_text
-from ..backends.base import Candidate, Runner
-from ..backends.openvino import PERFORMANCE_HINTS
-from ..backends.registry import backend_names, discover_runners, open_runners
-from ..errors import BadInputError, one_line
+from ..artifacts import atomic_path, now_iso, write_json, write_text
+from ..backends.base import Candidate, SkipRecord
+from ..backends.registry import BUILTIN, backend_names, backends, discover_runners
+from ..errors import BadInputError
 from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
-from .metrics import SELECTABLE_PRECISIONS
+from .machine import DISTURBED_CPU, LoadMonitor, disturbed, load_average, machine_record
+from .settings import BenchSettings, parse_batch_sizes, parse_int_list, parse_list  # noqa: F401 - re-exported
+from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread
+from .worker import NOISE_PROBE, QUIET_ENV, Opened, RunnerProcess, WorkerError, WorkerSpec
 
 BENCH_JSON, BENCH_CSV, BENCH_MD, BENCH_PNG = "bench.json", "bench.csv", "bench.md", "bench.png"
-# A row is unstable when its per-round medians spread by more than this fraction of their median
-# ((p90 - p10) / median). The per-round median ignores the isolated slow calls every VM has (which
-# push the coefficient of variation over trtexec's 2.5% on an idle machine); the spread across
-# rounds is the machine's speed changing during the run, which is what moves a ratio.
-UNSTABLE_SPREAD = 0.10
-# A speedup is reliable when the 10th-90th percentile interval of its per-round ratios is no wider
-# than this fraction of the ratio of medians.
+# A row is unstable when its round spread exceeds max(UNSTABLE_FLOOR, NOISE_FACTOR x the noise probe's spread).
+UNSTABLE_FLOOR = 0.05
+NOISE_FACTOR = 3.0
+# A speedup is reliable when its interval is no wider than this fraction of it, and neither row is unstable or
+# disturbed.
 RELIABLE_RATIO_WIDTH = 0.25
-STABILITY_RULE = (
-    f"a row is unstable when its per-round medians spread by more than {UNSTABLE_SPREAD:.0%} of their median "
-    "((p90 - p10) / median, 'round spread'); a speedup is the ratio of medians, with the 10th-90th percentile "
-    "interval of the ratios measured round by round, and is unreliable when that interval is wider than "
-    f"{RELIABLE_RATIO_WIDTH:.0%} of the ratio"
-)
-ROUNDS = 10  # time slices per runner in one measurement duration
-MAX_BATCH = 4096
-ROW_FIELDS = (
-    "backend",
-    "precision",
-    "device",
-    "artifact",
-    "batch_size",
-    "iterations",
-    "mean_ms",
-    "median_ms",
-    "min_ms",
-    "max_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "std_ms",
-    "cv",
-    "round_spread",
-    "throughput_ips",
-    "speedup_vs_reference",
-    "speedup_low",
-    "speedup_high",
-    "speedup_reliable",
-    "options",
-    "device_mean_ms",
-    "device_median_ms",
-    "device_p99_ms",
-    "round_medians_ms",
-)
+# A row is disturbed when other processes took over DISTURBED_CPU of the machine in this share of its rounds.
+DISTURBED_ROUNDS = 0.2
+NOISE_PROBE_ROUNDS = 15
+NOISE_PROBE_SLICE_S = 0.1
+CLOSE_RESERVE_S = 3.0  # kept from the budget for closing workers, statistics and the output files
+REFERENCE_KEY = ("torch", "fp32")
+
+
+@dataclass
+class BenchRow:
+    """One runner at one batch size: what ``bench.json`` holds per row, and what the tables and report read."""
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    batch_size: int
+    iterations: int
+    rounds: int
+    mean_ms: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    std_ms: float
+    cv: float
+    median_low_ms: float | None
+    median_high_ms: float | None
+    round_spread: float | None
+    unstable: bool
+    other_cpu: float | None
+    disturbed_rounds: int
+    disturbed: bool
+    throughput_ips: float
+    speedup_vs_reference: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    speedup_reliable: bool | None = None
+    compute_precision: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    load_s: float | None = None
+    first_call_ms: float | None = None
+    peak_rss_mb: float | None = None
+    runner_rss_mb: float | None = None
+    artifact_bytes: int | None = None
+    device_mean_ms: float | None = None
+    device_median_ms: float | None = None
+    device_p99_ms: float | None = None
+    round_medians_ms: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}-{self.device}:{self.precision}"
+
+    @property
+    def is_reference(self) -> bool:
+        return (self.backend, self.precision) == REFERENCE_KEY
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchRow:
+        """A row read back from ``bench.json`` (fields a newer writer added are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+ROW_FIELDS = tuple(f.name for f in fields(BenchRow))
 CSV_FIELDS = tuple(f for f in ROW_FIELDS if f != "round_medians_ms")
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The machine's own round-to-round noise, measured with a fixed workload, and the threshold it gives.
+
+    The workload runs in 15 quick rounds before the rows are measured (``start_spread``), then as a
+    control with one slice in every round of the measurement (``run_spread``), so that slow drift over the
+    whole run counts too; ``spread`` is the larger of the two.
+    """
+
+    spread: float | None
+    threshold: float
+    rounds: int
+    workload: str
+    start_spread: float | None = None
+    run_spread: float | None = None
+
+    @staticmethod
+    def measured(start: float | None, run: float | None, rounds: int, workload: str) -> NoiseFloor:
+        known = [s for s in (start, run) if s is not None]
+        spread = max(known) if known else None
+        threshold = max(UNSTABLE_FLOOR, NOISE_FACTOR * spread) if spread is not None else UNSTABLE_FLOOR
+        return NoiseFloor(spread, threshold, rounds, workload, start, run)
+
+    @property
+    def rule(self) -> str:
+        measured = (
+            f"a fixed small workload ({self.workload}) moved {self.spread:.1%} from round to round here "
+            f"({_percent(self.start_spread)} in {NOISE_PROBE_ROUNDS} rounds before the rows, "
+            f"{_percent(self.run_spread)} as a control slice in each of {self.rounds} rounds among them)"
+            if self.spread is not None
+            else "the noise probe could not run here"
+        )
+        return (
+            f"noise floor: {measured}; a row is unstable when its per-round medians spread ((p90 - p10) / median) "
+            f"by more than {self.threshold:.1%} (the larger of {UNSTABLE_FLOOR:.0%} and {NOISE_FACTOR:g}x the "
+            f"probe's spread); a slice is disturbed when other processes used over {DISTURBED_CPU:.0%} of the CPU "
+            f"during it; a speedup is the ratio of medians with a {CONFIDENCE:.0%} bootstrap interval over rounds "
+            f"measured side by side, and is reliable when the interval is within {RELIABLE_RATIO_WIDTH:.0%} of it "
+            "and neither row is unstable or disturbed"
+        )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """How busy other processes kept the machine while bench measured."""
+
+    monitored: bool
+    other_cpu: float | None  # share of the machine's CPU time other processes used over all slices
+    disturbed_slices: int
+    slices: int
+    load_average_before: tuple[float, float, float] | None
+    load_average_after: tuple[float, float, float] | None
+    busy: bool
+
+    def note(self) -> str | None:
+        """The sentence a reader must see first when the machine was busy, else None."""
+        if not self.monitored:
+            return "the load monitor could not read /proc here: other load was not measured"
+        if not self.busy:
+            return None
+        return (
+            f"the machine was busy: other processes used {self.other_cpu:.0%} of the CPU while bench measured, "
+            f"and disturbed {self.disturbed_slices} of {self.slices} slices (over {DISTURBED_CPU:.0%} each); "
+            "ratios of disturbed rows are not headlined. Rerun on an idle machine"
+        )
+
+
+@dataclass
+class BenchReport:
+    """What ``bench`` measured; ``to_dict`` is the shape of ``bench.json``."""
+
+    machine: dict[str, Any]
+    results: list[BenchRow]
+    warnings: list[str]
+    skipped: list[SkipRecord]
+    settings: dict[str, Any]
+    artifacts: dict[str, str]
+    noise: NoiseFloor
+    load: LoadRecord
+    directory: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": now_iso(),
+            "machine": self.machine,
+            "settings": self.settings,
+            "noise": asdict(self.noise),
+            "load": asdict(self.load),
+            "results": [row.to_dict() for row in self.results],
+            "warnings": self.warnings,
+            "skipped": [s.to_dict() for s in self.skipped],
+            "artifacts": self.artifacts,
+        }
 
 
 @dataclass
 class Unit:
-    """One runner at one batch size, with its input made beforehand and its measured times."""
+    """One worker at one batch size: what the plan gives it per round, and what it measured, round by round."""
 
     candidate: Candidate
-    runner: Runner
+    worker: RunnerProcess
     batch_size: int
-    inputs: np.ndarray
-    times_ms: list[float] = field(default_factory=list)
+    first_call_ms: float = 0.0
+    call_ms: float = 0.0  # a warm call's time, from the warm-up; the plan is built on it
+    min_calls: int = 1
+    fixed_slice_s: float | None = None  # the noise control's own slice, whatever the plan's
+    rounds_ms: list[list[float]] = field(default_factory=list)
     device_ms: list[float] = field(default_factory=list)
-    round_medians_ms: list[float] = field(default_factory=list)
-
-    def run_for(self, seconds: float, record: bool) -> float:
-        """Call the runner until ``seconds`` have passed, at least once; return the seconds spent.
-
-        A recorded slice also adds its median to ``round_medians_ms``: rounds are aligned across
-        units, so per-round ratios between units compare calls made at nearly the same time.
-        """
-        start = time.perf_counter()
-        first = len(self.times_ms)
-        while True:
-            t0 = time.perf_counter()
-            self.runner(self.inputs)
-            t1 = time.perf_counter()
-            if record:
-                self.times_ms.append((t1 - t0) * 1e3)
-                if self.runner.last_device_ms is not None:
-                    self.device_ms.append(self.runner.last_device_ms)
-            if t1 - start >= seconds:
-                if record:
-                    self.round_medians_ms.append(float(np.median(self.times_ms[first:])))
-                return t1 - start
-
-    def done(self, duration_s: float, min_iterations: int) -> bool:
-        return len(self.times_ms) >= min_iterations and sum(self.times_ms) >= duration_s * 1e3
+    ticks: list[tuple[int, int]] = field(default_factory=list)  # (other processes', machine's) per slice
 
 
-def measure(
-    units: Sequence[Unit],
-    warmup_s: float,
-    duration_s: float,
-    min_iterations: int,
-    on_slice: Callable[[Unit, float], None] | None = None,
-) -> int:
-    """Warm every unit up, then run rounds of one time slice per unit until every unit is done.
+@dataclass(frozen=True)
+class Plan:
+    """Rounds, the time slice every unit gets per round, and how long that should take."""
 
-    Each round starts one unit later than the previous, so no unit always follows the same other
-    one. Returns the number of rounds.
+    rounds: int
+    slice_s: float
+    seconds: float
+    fits: bool
+
+
+def plan_rounds(units: Sequence[Unit], settings: BenchSettings, available_s: float, control_s: float = 0.0) -> Plan:
+    """The most measurement that fits ``available_s``, giving up in this order: slice length, then
+    ``min_iterations`` (one call per round), then rounds (down to ``min_rounds``).
+
+    Every unit gets at least ``min_calls`` calls per round (its share of ``min_iterations``), so a slow
+    row (one call longer than its slice) costs its calls, not its slice. Sets each unit's ``min_calls``.
+    ``control_s`` is what each round spends besides the units (the noise control's slice).
     """
-    for unit in units:
-        unit.run_for(warmup_s, record=False)
-    slice_s = duration_s / ROUNDS
-    rounds = 0
-    while not all(unit.done(duration_s, min_iterations) for unit in units):
-        shift = rounds % len(units)
-        for unit in [*units[shift:], *units[:shift]]:
-            spent = unit.run_for(slice_s, record=True)
-            if on_slice is not None:
-                on_slice(unit, spent)
-        rounds += 1
-    return rounds
+    pause_s = settings.pause_ms / 1e3
+
+    def seconds(rounds: int, slice_s: float, calls: int | None = None) -> float:
+        for unit in units:
+            unit.min_calls = calls or max(1, math.ceil(settings.min_iterations / rounds))
+        return rounds * (control_s + sum(max(slice_s, u.min_calls * u.call_ms / 1e3) + pause_s for u in units))
+
+    def plan(rounds: int, slice_s: float, calls: int | None = None, fits: bool = True) -> Plan:
+        return Plan(rounds, slice_s, seconds(rounds, slice_s, calls), fits)
+
+    full, rounds = settings.duration_s / settings.rounds, settings.rounds
+    if seconds(rounds, full) <= available_s:
+        return plan(rounds, full)
+    if seconds(rounds, 0.0) <= available_s:
+        low, high = 0.0, full
+        for _ in range(40):
+            middle = (low + high) / 2
+            low, high = (middle, high) if seconds(rounds, middle) <= available_s else (low, middle)
+        return plan(rounds, low)
+    for fewer in range(rounds, settings.min_rounds - 1, -1):
+        if seconds(fewer, 0.0, calls=1) <= available_s:
+            return plan(fewer, 0.0, calls=1)
+    return plan(settings.min_rounds, 0.0, calls=1, fits=False)
 
 
-def _stats(values_ms: Sequence[float], prefix: str = "") -> dict[str, float]:
-    values = np.asarray(values_ms, dtype=np.float64)
-    p50, p90, p95, p99 = np.percentile(values, [50, 90, 95, 99])
+def run_bench(
+    directory: str | Path,
+    settings: BenchSettings | None = None,
+    json_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> BenchReport:
+    """Measure every runner in DIR at every batch size; write bench.json, .csv, .md and .png there.
+
+    Returns the report; the caller shows its table (:func:`bench_text`), ``log`` gets the rest.
+    """
+    report = measure_bench(directory, settings, log, progress)
+    write_outputs(report, report.directory, json_path)
+    for line in report.warnings:
+        log(f"warning: {line}")
+    for entry in report.skipped:
+        log(f"skipped {entry.label}: {entry.reason}")
+    return report
+
+
+def measure_bench(
+    directory: str | Path,
+    settings: BenchSettings | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> BenchReport:
+    """What :func:`run_bench` measures, without writing anything (scripts that compare with other files)."""
+    started = time.monotonic()
+    settings = settings or BenchSettings()
+    backends_used = settings.backends or backend_names()
+    options = {"openvino": {"performance_hint": settings.ov_hint}, "onnxruntime": {}}
+    if not settings.allow_spinning:
+        options["onnxruntime"]["allow_spinning"] = False
+    found = discover_runners(
+        directory, backends_used, settings.precisions, settings.threads, settings.backends or (), options
+    )
+    skipped = [c.skip_record() for c in found.skipped]
+    runnable = found.runnable
+    if not runnable:
+        _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
+    extra = tuple(b for name, b in backends().items() if name not in BUILTIN)
+    size = found.source.preprocessing.image_size
+
+    def spec(candidate: Candidate) -> WorkerSpec:
+        return WorkerSpec(
+            str(found.manifest.directory),
+            candidate.backend,
+            candidate.precision,
+            candidate.device,
+            candidate.artifact,
+            settings.threads,
+            size,
+            options.get(candidate.backend, {}),
+            extra,
+            quiet=not settings.allow_spinning,
+        )
+
+    probe_spec = WorkerSpec(
+        "", NOISE_PROBE, "fp32", "cpu", None, settings.threads, 1, quiet=not settings.allow_spinning
+    )
+    log(f"starting {len(runnable)} runner process(es) and a noise probe")
+    workers = [(c, RunnerProcess(spec(c))) for c in runnable]
+    probe = RunnerProcess(probe_spec)
+    opened: list[tuple[Candidate, RunnerProcess, Opened]] = []
+    peaks: dict[int, float | None] = {}
+    try:
+        with ui_progress(len(workers), "opening runners", unit="runners") as advance:
+            for candidate, worker in workers:
+                try:
+                    opened.append((candidate, worker, worker.open()))
+                except WorkerError as exc:
+                    worker.kill()
+                    reason = str(exc) if exc.kind == "unavailable" else f"cannot be loaded: {exc}"
+                    skipped.append(candidate.skip_record(reason))
+                advance(1, f"opened {candidate.label}")
+        if not opened:
+            _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
+        start_spread, control, workload = measure_noise(probe)
+        monitor = LoadMonitor()
+        before = load_average()
+        units = _warm_up(opened, settings, skipped, progress)
+        if not units:
+            _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
+        setup_s = time.monotonic() - started
+        control_s = NOISE_PROBE_SLICE_S + settings.pause_ms / 1e3 if control is not None else 0.0
+        plan = plan_rounds(units, settings, settings.budget_s - setup_s - CLOSE_RESERVE_S, control_s)
+        log(
+            f"measuring {len(units)} row(s) in {plan.rounds} interleaved rounds of {plan.slice_s * 1e3:.0f} ms "
+            f"slices (at least {units[0].min_calls} call(s) each): about {plan.seconds:.0f} s"
+        )
+        _measure([*units, *([control] if control else [])], plan, settings.pause_ms / 1e3, monitor, progress)
+        after = load_average()
+        run_spread = round_spread(control.rounds_ms) if control else None
+        noise = NoiseFloor.measured(start_spread, run_spread, plan.rounds, workload)
+    finally:
+        probe.kill()
+        for _, worker, *_ in opened:
+            peaks[id(worker)] = worker.close()
+        for _, worker in workers:
+            worker.kill()
+    info = {id(worker): (candidate, opened_info) for candidate, worker, opened_info in opened}
+    rows = [_row(u, info[id(u.worker)][1], peaks.get(id(u.worker)), found.manifest.directory, noise) for u in units]
+    add_speedups(rows, {id(row): unit.rounds_ms for row, unit in zip(rows, units, strict=True)})
+    load = _load_record(units, rows, monitor.available, before, after)
+    warnings = bench_warnings(rows, noise, load)
+    if not plan.fits:
+        warnings.insert(
+            0,
+            f"--budget {settings.budget_s:g} s is too short: opening and warming up the runners took {setup_s:.0f} s, "
+            f"then {plan.rounds} rounds of one call per row took about {plan.seconds:.0f} s more; give a larger "
+            "--budget, or fewer backends, precisions or batch sizes",
+        )
+    short = [r for r in rows if r.iterations < settings.min_iterations]
+    if short:
+        warnings.append(
+            f"{len(short)} row(s) have fewer than --min-iterations {settings.min_iterations} calls to fit --budget"
+        )
+    record = {
+        **settings.to_dict(),
+        "rounds": plan.rounds,
+        "slice_s": plan.slice_s,
+        "setup_s": setup_s,
+        "planned_s": plan.seconds,
+        "plan_fits": plan.fits,
+        "wall_s": time.monotonic() - started,
+        "input": "seeded N(0,1) float32 NCHW, made once per batch size in each worker and not timed",
+        "speedup": "median of torch fp32 on the same device at the same batch size / this row's median",
+        "isolation": _isolation(settings),
+        "stability": noise.rule,
+    }
+    report = BenchReport(
+        machine_record(settings.threads),
+        rows,
+        warnings,
+        skipped,
+        record,
+        found.hashes([c for c, *_ in opened]),
+        noise,
+        load,
+        found.manifest.directory,
+    )
+    return report
+
+
+def _nothing_to_bench(
+    directory: Path, backends_used: Sequence[str], settings: BenchSettings, skipped: Sequence[SkipRecord]
+) -> None:
+    reasons = "; ".join(f"{s.label}: {s.reason}" for s in skipped)
+    raise BadInputError(
+        f"nothing to benchmark in {directory} for backends {','.join(backends_used)} and precisions "
+        f"{','.join(settings.precisions)}" + (f" ({reasons})" if reasons else "")
+    )
+
+
+def _isolation(settings: BenchSettings) -> dict[str, Any]:
+    """How the runners were kept apart, recorded in the settings and in every row's options."""
     return {
-        f"{prefix}mean_ms": float(values.mean()),
-        f"{prefix}median_ms": float(p50),
-        f"{prefix}min_ms": float(values.min()),
-        f"{prefix}max_ms": float(values.max()),
-        f"{prefix}p90_ms": float(p90),
-        f"{prefix}p95_ms": float(p95),
-        f"{prefix}p99_ms": float(p99),
-        f"{prefix}std_ms": float(values.std()),
+        "process_per_runner": True,
+        "environment": {} if settings.allow_spinning else dict(QUIET_ENV),
+        "onnxruntime_allow_spinning": settings.allow_spinning,
+        "pause_ms": settings.pause_ms,
     }
 
 
-def result_row(unit: Unit) -> dict[str, Any]:
-    """One row of ``bench.json``; ``speedup_vs_reference`` is filled in by :func:`add_speedups`."""
-    stats = _stats(unit.times_ms)
-    device = _stats(unit.device_ms, "device_") if unit.device_ms else {}
-    return {
-        **unit.candidate.identity(),
-        "batch_size": unit.batch_size,
-        "iterations": len(unit.times_ms),
-        **stats,
-        "cv": stats["std_ms"] / stats["mean_ms"] if stats["mean_ms"] > 0 else 0.0,
-        "round_spread": round_spread(unit.round_medians_ms),
-        "throughput_ips": unit.batch_size * 1e3 / stats["mean_ms"] if stats["mean_ms"] > 0 else None,
-        "speedup_vs_reference": None,
-        "speedup_low": None,
-        "speedup_high": None,
-        "speedup_reliable": None,
-        "options": unit.runner.options,
-        "device_mean_ms": device.get("device_mean_ms"),
-        "device_median_ms": device.get("device_median_ms"),
-        "device_p99_ms": device.get("device_p99_ms"),
-        "round_medians_ms": list(unit.round_medians_ms),
-    }
+def measure_noise(probe: RunnerProcess) -> tuple[float | None, Unit | None, str]:
+    """Run the fixed workload in quick rounds: its round spread, and the unit that keeps it running as a control.
+
+    The control takes one slice in every round of the measurement (see :class:`NoiseFloor`); None,
+    with no spread, where the probe cannot run.
+    """
+    workload = "4 conv3x3 32ch 28x28 in ONNX Runtime"
+    try:
+        opened = probe.open()
+        workload = str(opened.options.get("workload", workload))
+        warm = probe.run(1, NOISE_PROBE_SLICE_S, 2).times_ms
+        rounds = [probe.run(1, NOISE_PROBE_SLICE_S, 1).times_ms for _ in range(NOISE_PROBE_ROUNDS)]
+    except WorkerError:
+        return None, None, workload
+    candidate = Candidate(NOISE_PROBE, "fp32", "cpu", None)
+    control = Unit(candidate, probe, 1, warm[0], float(np.median(warm[1:])), fixed_slice_s=NOISE_PROBE_SLICE_S)
+    return round_spread(rounds), control, workload
 
 
-def round_spread(medians_ms: Sequence[float]) -> float | None:
-    """(p90 - p10) / median of the per-round medians: how much the machine's speed moved during the run."""
-    if len(medians_ms) < 2:
-        return None
-    p10, p50, p90 = np.percentile(np.asarray(medians_ms, dtype=np.float64), [10, 50, 90])
-    return float((p90 - p10) / p50) if p50 > 0 else None
+def _warm_up(
+    opened: Sequence[tuple[Candidate, RunnerProcess, Opened]],
+    settings: BenchSettings,
+    skipped: list[SkipRecord],
+    progress: bool,
+) -> list[Unit]:
+    """Warm every (runner, batch size) up by time, at least one call; its first call is reported on its own.
+
+    The warm calls' median is what the plan expects a call to cost; where the first call already used up
+    the warm-up time, the first call is the (pessimistic) estimate. A runner that cannot run a batch is
+    reported and not timed.
+    """
+    units = []
+    with ui_progress(len(opened) * len(settings.batch_sizes), "warming up", unit="rows") as advance:
+        for candidate, worker, _ in opened:
+            for batch_size in sorted(settings.batch_sizes):
+                try:
+                    calls = worker.run(batch_size, settings.warmup_ms / 1e3, 1)
+                except WorkerError as exc:
+                    skipped.append(candidate.skip_record(f"cannot run a batch of {batch_size}: {exc}"))
+                else:
+                    first, *warm = calls.times_ms
+                    units.append(Unit(candidate, worker, batch_size, first, float(np.median(warm or [first]))))
+                if progress:
+                    advance(1, f"warming up {candidate.label} batch {batch_size}")
+    return units
+
+
+def _measure(units: Sequence[Unit], plan: Plan, pause_s: float, monitor: LoadMonitor, progress: bool) -> None:
+    """Rounds of one slice per unit, each round starting one unit later; the bar counts planned seconds."""
+    with ui_progress(plan.seconds, "measuring", unit="s") as advance:
+        for round_index in range(plan.rounds):
+            shift = round_index % len(units)
+            for unit in [*units[shift:], *units[:shift]]:
+                before = monitor.sample(unit.worker.pid)
+                try:
+                    calls = unit.worker.run(unit.batch_size, slice_s := _slice(unit, plan), unit.min_calls)
+                except WorkerError as exc:
+                    raise WorkerError(exc.kind, f"{unit.candidate.label} batch {unit.batch_size}: {exc}") from None
+                after = monitor.sample(unit.worker.pid)
+                unit.rounds_ms.append(calls.times_ms)
+                unit.device_ms += calls.device_ms
+                ticks = LoadMonitor.others(before, after)
+                if ticks is not None:
+                    unit.ticks.append(ticks)
+                if pause_s:
+                    time.sleep(pause_s)
+                if progress:
+                    planned = max(slice_s, unit.min_calls * unit.call_ms / 1e3) + pause_s
+                    advance(
+                        planned,
+                        f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} batch {unit.batch_size}",
+                    )
+
+
+def measured_row(
+    candidate: Candidate,
+    batch_size: int,
+    rounds_ms: Sequence[Sequence[float]],
+    noise: NoiseFloor,
+    ticks: Sequence[tuple[int, int]] = (),
+    device_ms: Sequence[float] = (),
+) -> BenchRow:
+    """A row's statistics from its calls, round by round, and the CPU ticks others used during its slices."""
+    times = [t for r in rounds_ms for t in r]
+    stats = latency_stats(times)
+    interval = median_interval(rounds_ms)
+    spread = round_spread(rounds_ms)
+    other, total = sum(o for o, _ in ticks), sum(t for _, t in ticks)
+    disturbed_rounds = sum(disturbed(o, t) for o, t in ticks)
+    device = latency_stats(device_ms) if device_ms else None
+    return BenchRow(
+        backend=candidate.backend,
+        precision=str(candidate.precision),
+        device=candidate.device,
+        artifact=candidate.artifact,
+        batch_size=batch_size,
+        iterations=len(times),
+        rounds=len(rounds_ms),
+        **asdict(stats),
+        cv=stats.cv,
+        median_low_ms=interval[0] if interval else None,
+        median_high_ms=interval[1] if interval else None,
+        round_spread=spread,
+        unstable=spread is not None and spread > noise.threshold,
+        other_cpu=other / total if total else None,
+        disturbed_rounds=disturbed_rounds,
+        disturbed=disturbed_rounds >= max(1, math.ceil(DISTURBED_ROUNDS * len(rounds_ms)))
+        or (total > 0 and other / total > DISTURBED_CPU),
+        throughput_ips=batch_size * 1e3 / stats.median_ms,
+        device_mean_ms=device.mean_ms if device else None,
+        device_median_ms=device.median_ms if device else None,
+        device_p99_ms=device.p99_ms if device else None,
+        round_medians_ms=[float(np.median(r)) for r in rounds_ms],
+    )
+
+
+def _slice(unit: Unit, plan: Plan) -> float:
+    return plan.slice_s if unit.fixed_slice_s is None else unit.fixed_slice_s
+
+
+def _row(unit: Unit, opened: Opened, peak_rss_mb: float | None, directory: Path, noise: NoiseFloor) -> BenchRow:
+    """The measured row, with what the worker said about its runner: load time, memory, compute precision."""
+    row = measured_row(unit.candidate, unit.batch_size, unit.rounds_ms, noise, unit.ticks, unit.device_ms)
+    artifact = directory / unit.candidate.artifact if unit.candidate.artifact else None
+    return replace(
+        row,
+        compute_precision=opened.compute_precision,
+        options=dict(opened.options),
+        load_s=opened.load_s,
+        first_call_ms=unit.first_call_ms,
+        peak_rss_mb=peak_rss_mb,
+        runner_rss_mb=None if peak_rss_mb is None else max(peak_rss_mb - opened.rss_before_open_mb, 0.0),
+        artifact_bytes=artifact.stat().st_size if artifact is not None and artifact.exists() else None,
+    )
 
 
 def _reference_device(device: str) -> str:
@@ -193,30 +585,60 @@ def _reference_device(device: str) -> str:
     return "cpu" if device == "cpu" else "cuda"
 
 
-def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Median of torch FP32 on the same device at the same batch size, over the row's median, with its spread.
+def add_speedups(rows: Sequence[BenchRow], rounds: dict[int, list[list[float]]] | None = None) -> None:
+    """Each row's speedup over torch FP32 on the same device at the same batch size, with its interval.
 
-    The interval is the 10th-90th percentile of the ratios taken round by round (both rows measured
-    in the same round); the speedup is reliable when that interval is narrow (:data:`RELIABLE_RATIO_WIDTH`).
+    The estimate is the ratio of the two medians; the interval resamples the rounds the two rows
+    shared (bootstrap, :func:`.timing.ratio_interval`), from the per-round times when given (``rounds``
+    by ``id(row)``) and else from the per-round medians. Reliable: a narrow interval, and neither row
+    unstable or disturbed.
     """
-    reference = {
-        (r["device"], r["batch_size"]): r for r in rows if r["backend"] == "torch" and r["precision"] == "fp32"
-    }
+    reference = {(r.device, r.batch_size): r for r in rows if r.is_reference}
     for row in rows:
-        base = reference.get((_reference_device(row["device"]), row["batch_size"]))
-        row.update(speedup_vs_reference=None, speedup_low=None, speedup_high=None, speedup_reliable=None)
-        if not base or not base["median_ms"] or row["median_ms"] <= 0:
+        base = reference.get((_reference_device(row.device), row.batch_size))
+        row.speedup_vs_reference = row.speedup_low = row.speedup_high = row.speedup_reliable = None
+        if base is None or row.median_ms <= 0:
             continue
-        speedup = base["median_ms"] / row["median_ms"]
-        row["speedup_vs_reference"] = speedup
-        pairs = list(zip(base.get("round_medians_ms") or [], row.get("round_medians_ms") or [], strict=False))
-        ratios = [b / r for b, r in pairs if r > 0]
-        if len(ratios) >= 2:
-            low, high = (float(v) for v in np.percentile(ratios, [10, 90]))
-            row["speedup_low"], row["speedup_high"] = low, high
-            row["speedup_reliable"] = bool((high - low) <= RELIABLE_RATIO_WIDTH * speedup)
-        else:
-            row["speedup_reliable"] = False
+        speedup = base.median_ms / row.median_ms
+        row.speedup_vs_reference = speedup
+        if row is base:
+            row.speedup_low = row.speedup_high = 1.0
+            row.speedup_reliable = not (row.unstable or row.disturbed)
+            continue
+        rounds = rounds or {}
+        interval = ratio_interval(
+            rounds.get(id(base), [[m] for m in base.round_medians_ms]),
+            rounds.get(id(row), [[m] for m in row.round_medians_ms]),
+        )
+        if interval is None:
+            row.speedup_reliable = False
+            continue
+        _, low, high = interval
+        row.speedup_low, row.speedup_high = min(low, speedup), max(high, speedup)
+        narrow = (row.speedup_high - row.speedup_low) <= RELIABLE_RATIO_WIDTH * speedup
+        row.speedup_reliable = narrow and not (row.unstable or row.disturbed or base.unstable or base.disturbed)
+
+
+def _load_record(
+    units: Sequence[Unit],
+    rows: Sequence[BenchRow],
+    monitored: bool,
+    before: tuple[float, float, float] | None,
+    after: tuple[float, float, float] | None,
+) -> LoadRecord:
+    ticks = [t for unit in units for t in unit.ticks]
+    other, total = sum(o for o, _ in ticks), sum(t for _, t in ticks)
+    share = other / total if total else None
+    busy = monitored and (any(r.disturbed for r in rows) or (share is not None and share > DISTURBED_CPU))
+    return LoadRecord(
+        monitored and bool(ticks),
+        share,
+        sum(disturbed(o, t) for o, t in ticks),
+        len(ticks),
+        before,
+        after,
+        busy,
+    )
 
 
 # Why INT8 may not beat FP16, by (backend, device); measured or documented, not guessed.
@@ -233,286 +655,122 @@ INT8_NOT_FASTER = {
 }
 
 
-def bench_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Unstable rows (by :data:`STABILITY_RULE`, which bench states once), and INT8 not faster than FP16."""
-    unstable = [
-        f"{_label(r)} batch {r['batch_size']}: unstable measurement, round spread {r['round_spread']:.1%}"
-        for r in rows
-        if r.get("round_spread") is not None and r["round_spread"] > UNSTABLE_SPREAD
-    ]
+def bench_warnings(rows: Sequence[BenchRow], noise: NoiseFloor, load: LoadRecord) -> list[str]:
+    """A busy machine first, then unstable and disturbed rows, then INT8 not faster than FP16."""
     warnings = []
+    if note := load.note():
+        warnings.append(note)
+    unstable = [
+        f"{r.label} batch {r.batch_size}: unstable, round spread {r.round_spread:.1%}"
+        for r in rows
+        if r.unstable and r.round_spread is not None
+    ]
     if unstable:
         warnings.append(
-            f"{len(unstable)} row(s) unstable: round spread over {UNSTABLE_SPREAD:.0%} (other load or clock "
-            "changes; rerun on an idle machine or with a longer --duration)"
+            f"{len(unstable)} row(s) unstable: round spread over the measured threshold {noise.threshold:.1%} "
+            "(rerun on an idle machine or with a longer --duration)"
         )
         warnings += unstable
-    fp16 = {(r["backend"], r["device"], r["batch_size"]): r for r in rows if r["precision"] == "fp16"}
+    if busy := [f"{r.label} batch {r.batch_size} ({r.other_cpu or 0:.0%})" for r in rows if r.disturbed]:
+        warnings.append(
+            f"{len(busy)} row(s) disturbed by other processes (their share of the CPU while the row ran): "
+            + ", ".join(busy)
+        )
+    fp16 = {(r.backend, r.device, r.batch_size): r for r in rows if r.precision == "fp16"}
     for row in rows:
-        other = fp16.get((row["backend"], row["device"], row["batch_size"]))
-        if row["precision"] == "int8" and other and row["median_ms"] >= other["median_ms"]:
+        other = fp16.get((row.backend, row.device, row.batch_size))
+        if row.precision == "int8" and other and row.median_ms >= other.median_ms:
             warnings.append(
-                f"{row['backend']}-{row['device']} batch {row['batch_size']}: INT8 ({row['median_ms']:.3f} ms) is not "
-                f"faster than FP16 ({other['median_ms']:.3f} ms): "
-                + INT8_NOT_FASTER.get((row["backend"], row["device"]), "this runner has no faster int8 path here")
+                f"{row.backend}-{row.device} batch {row.batch_size}: INT8 ({row.median_ms:.3f} ms) is not "
+                f"faster than FP16 ({other.median_ms:.3f} ms): "
+                + INT8_NOT_FASTER.get((row.backend, row.device), "this runner has no faster int8 path here")
             )
     return warnings
 
 
-def _label(row: dict[str, Any]) -> str:
-    return f"{row['backend']}-{row['device']}:{row['precision']}"
+def bench_text(report: BenchReport) -> str:
+    """The terminal tables (rows, then one line per runner), a busy machine and the stability rule said once."""
+    text = render_table(*bench_table(report.results), title="bench (milliseconds per batch)")
+    text += "\n" + render_table(*runner_table(report.results), title="runners")
+    note = report.load.note()
+    return text + (f"\nWARNING: {note}" if note else "") + f"\nnote: {report.noise.rule}"
 
 
-def machine_record(threads: int | None) -> dict[str, Any]:
-    """The machine and library versions the numbers belong to, with the threads actually used."""
-    import torch
+def bench_table(rows: Sequence[BenchRow]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of bench rows (the terminal, bench.md and the report share them).
 
-    from ..environment import describe
-
-    return {
-        **describe(),
-        "cpu cores": os.cpu_count(),
-        "cpus usable": len(os.sched_getaffinity(0)),
-        "threads requested": threads if threads else "library defaults",
-        "torch threads": torch.get_num_threads(),
-    }
-
-
-@dataclass
-class BenchReport:
-    """What ``bench`` measured, in the shape of ``bench.json``."""
-
-    machine: dict[str, Any]
-    results: list[dict[str, Any]]
-    warnings: list[str]
-    skipped: list[dict[str, Any]]
-    settings: dict[str, Any]
-    artifacts: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "created": now_iso(),
-            "machine": self.machine,
-            "settings": self.settings,
-            "results": self.results,
-            "warnings": self.warnings,
-            "skipped": self.skipped,
-            "artifacts": self.artifacts,
-        }
-
-
-def parse_list(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
-    """``a,b`` into ``("a", "b")``, each checked against ``allowed``."""
-    items = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
-    unknown = [item for item in items if item not in allowed]
-    if unknown or not items:
-        raise BadInputError(f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}")
-    return items
-
-
-def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
-    """``1,8,32`` into ``(1, 8, 32)``, each from 1 to ``maximum``."""
-    try:
-        values = tuple(sorted({int(item) for item in text.split(",") if item.strip()}))
-    except ValueError:
-        values = ()
-    if not values or not all(1 <= value <= maximum for value in values):
-        raise BadInputError(f"{flag} takes comma-separated integers from 1 to {maximum}; got {text!r}")
-    return values
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """What to measure and for how long; validated when made, so nothing downstream checks it again.
-
-    ``backends`` None means every registered backend; naming one that cannot run here is an error.
+    "spread" is the round spread, marked ``!`` beyond the noise threshold and ``busy`` when other
+    processes disturbed the row; a speedup marked ``?`` is not reliable.
     """
-
-    backends: tuple[str, ...] | None = None
-    precisions: tuple[str, ...] = PRECISIONS
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    warmup_ms: float = 200.0
-    duration_s: float = 3.0
-    min_iterations: int = 10
-    threads: int | None = None
-    ov_hint: str = "latency"
-
-    def __post_init__(self) -> None:
-        if self.backends is not None:
-            parse_list(",".join(self.backends), backend_names(), "--backends")
-        parse_list(",".join(self.precisions), SELECTABLE_PRECISIONS, "--precisions")
-        parse_list(self.ov_hint, PERFORMANCE_HINTS, "--ov-hint")
-        parse_batch_sizes(",".join(str(b) for b in self.batch_sizes))
-        if not 0 <= self.warmup_ms <= 600_000:
-            raise BadInputError(f"--warmup-ms must be between 0 and 600000, got {self.warmup_ms:g}")
-        if not 0 < self.duration_s <= 3600:
-            raise BadInputError(f"--duration must be more than 0 and at most 3600 seconds, got {self.duration_s:g}")
-        if self.min_iterations < 1:
-            raise BadInputError(f"--min-iterations must be at least 1, got {self.min_iterations}")
-        if self.threads is not None and self.threads < 1:
-            raise BadInputError(f"--threads must be at least 1, got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "backends": list(self.backends) if self.backends else list(backend_names())}
-
-
-def run_bench(
-    directory: str | Path,
-    settings: BenchSettings | None = None,
-    json_path: str | Path | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-) -> BenchReport:
-    """Measure every runner in DIR at every batch size; write bench.json, .csv, .md and .png there.
-
-    Returns the report; the caller shows its table (:func:`bench_text`), ``log`` gets the rest.
-    """
-    settings = settings or BenchSettings()
-    precisions, batch_sizes, threads = settings.precisions, sorted(set(settings.batch_sizes)), settings.threads
-    warmup_ms, duration_s, min_iterations = settings.warmup_ms, settings.duration_s, settings.min_iterations
-    backends = settings.backends or backend_names()
-    found = discover_runners(
-        directory,
-        backends,
-        precisions,
-        threads,
-        required=settings.backends or (),
-        options={"openvino": {"performance_hint": settings.ov_hint}},
-    )
-    skipped = [c.skip_record() for c in found.skipped]
-    opened, unavailable, broken = open_runners(found.runnable)
-    skipped += unavailable + [c.skip_record(f"cannot be loaded: {error}") for c, error in broken]
-    size = found.source.preprocessing.image_size
-    rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batch_sizes}
-    opened, failing = _drop_failing(opened, inputs[batch_sizes[0]])
-    skipped += failing
-    if not opened:
-        reasons = "; ".join(f"{s['backend']}-{s['device']}:{s['precision']}: {s['reason']}" for s in skipped)
-        raise BadInputError(
-            f"nothing to benchmark in {found.manifest.directory} for backends {','.join(backends)} and "
-            f"precisions {','.join(precisions)}" + (f" ({reasons})" if reasons else "")
-        )
-    units = [Unit(c, runner, b, inputs[b]) for b in batch_sizes for c, runner in opened]
-    log(
-        f"benchmarking {len(opened)} runner(s) x {len(inputs)} batch size(s): {warmup_ms:g} ms warm-up, "
-        f"then at least {duration_s:g} s and {min_iterations} iterations each, interleaved in rounds"
-    )
-    try:
-        with ui_progress(len(units) * duration_s, "warming up", unit="s") as advance:
-
-            def on_slice(unit: Unit, spent: float) -> None:
-                advance(spent, f"{unit.candidate.label} batch {unit.batch_size}")
-
-            rounds = measure(units, warmup_ms / 1e3, duration_s, min_iterations, on_slice if progress else None)
-        machine = machine_record(threads)
-    finally:
-        for _, runner in opened:
-            runner.close()
-    rows = [result_row(unit) for unit in units]
-    add_speedups(rows)
-    record = {
-        **settings.to_dict(),
-        "rounds": rounds,
-        "input": "seeded N(0,1) float32 NCHW, made once per batch size and not timed",
-        "speedup": "median of torch fp32 on the same device at the same batch size / this row's median",
-        "stability": STABILITY_RULE,
-    }
-    hashes = found.hashes([c for c, _ in opened])
-    report = BenchReport(machine, rows, bench_warnings(rows), skipped, record, hashes)
-    write_outputs(report, found.manifest.directory, json_path)
-    for line in report.warnings:
-        log(f"warning: {line}")
-    for entry in skipped:
-        log(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}")
-    return report
-
-
-def _drop_failing(
-    opened: list[tuple[Candidate, Runner]], sample: np.ndarray
-) -> tuple[list[tuple[Candidate, Runner]], list[dict[str, Any]]]:
-    """Run each runner once on ``sample``: those that compute, and skip records (runner closed) for those that raise.
-
-    An artifact that loads but cannot run this model's input (a graph swapped behind the manifest) is
-    reported, never timed.
-    """
-    kept, failing = [], []
-    try:
-        for candidate, runner in opened:
-            try:
-                runner(sample)
-            except Exception as exc:  # noqa: BLE001 - whatever stops a runner is the reason it is skipped
-                runner.close()
-                detail = one_line(exc)
-                failing.append(
-                    candidate.skip_record(f"cannot run a {'x'.join(map(str, sample.shape))} batch: {detail}")
-                )
-            else:
-                kept.append((candidate, runner))
-    except BaseException:
-        for _, runner in opened:
-            runner.close()
-        raise
-    return kept, failing
-
-
-def bench_text(rows: Sequence[dict[str, Any]]) -> str:
-    """The terminal table of bench rows, with the stability rule once; the CLI prints it as the command's result."""
-    return render_table(*bench_table(rows), title="bench (milliseconds per batch)") + f"\nnote: {STABILITY_RULE}"
-
-
-def bench_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of bench rows (the terminal, bench.md and the report share them)."""
     headers = [
         "backend",
         "precision",
         "device",
         "batch",
-        "iterations",
-        "median ms",
-        "mean ms",
-        "p90 ms",
+        "calls",
+        "median ms (95% interval)",
         "p99 ms",
         "spread",
         "images/s",
-        "speedup (p10-p90)",
+        "speedup (95% interval)",
         "device median ms",
     ]
     cells = [
         [
-            r["backend"],
-            r["precision"],
-            r["device"],
-            str(r["batch_size"]),
-            str(r["iterations"]),
-            f"{r['median_ms']:.3f}",
-            f"{r['mean_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
-            "-" if r.get("round_spread") is None else f"{r['round_spread']:.1%}",
-            f"{r['throughput_ips']:.1f}",
+            r.backend,
+            r.precision,
+            r.device,
+            str(r.batch_size),
+            str(r.iterations),
+            f"{r.median_ms:.3f}"
+            + (f" ({r.median_low_ms:.3f}-{r.median_high_ms:.3f})" if r.median_low_ms is not None else ""),
+            f"{r.p99_ms:.3f}",
+            ("-" if r.round_spread is None else f"{r.round_spread:.1%}")
+            + (" !" if r.unstable else "")
+            + (" busy" if r.disturbed else ""),
+            f"{r.throughput_ips:.1f}",
             format_speedup(r),
-            "-" if r["device_median_ms"] is None else f"{r['device_median_ms']:.3f}",
+            "-" if r.device_median_ms is None else f"{r.device_median_ms:.3f}",
         ]
         for r in rows
     ]
     return headers, cells
 
 
-def format_speedup(row: dict[str, Any]) -> str:
-    """``2.10x (1.95-2.30)``, with ``?`` after an unreliable ratio; ``-`` without a reference."""
-    speedup = row["speedup_vs_reference"]
-    if speedup is None:
+def runner_table(rows: Sequence[BenchRow]) -> tuple[list[str], list[list[str]]]:
+    """One line per runner: what it computes in, its file's size, load time, first call and peak memory."""
+    headers = ["runner", "artifact", "size MB", "computes in", "load s", "first call ms", "peak RSS MB", "runner MB"]
+    seen: dict[tuple[str, str | None], BenchRow] = {}
+    for row in rows:
+        seen.setdefault((row.label, row.artifact), row)
+    cells = [
+        [
+            r.label,
+            r.artifact or "in memory",
+            "-" if r.artifact_bytes is None else f"{r.artifact_bytes / 1e6:.1f}",
+            r.compute_precision or "as typed in the graph",
+            "-" if r.load_s is None else f"{r.load_s:.2f}",
+            "-" if r.first_call_ms is None else f"{r.first_call_ms:.1f} (batch {r.batch_size})",
+            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+            "-" if r.runner_rss_mb is None else f"{r.runner_rss_mb:.0f}",
+        ]
+        for r in seen.values()
+    ]
+    return headers, cells
+
+
+def format_speedup(row: BenchRow) -> str:
+    """A row's speedup as :func:`format_ratio` writes it; the reference row has no interval."""
+    low, high = (None, None) if row.is_reference else (row.speedup_low, row.speedup_high)
+    return format_ratio(row.speedup_vs_reference, low, high, bool(row.speedup_reliable))
+
+
+def format_ratio(ratio: float | None, low: float | None, high: float | None, reliable: bool) -> str:
+    """``2.10x (1.95-2.30)``, with ``?`` after an unreliable ratio; ``-`` without one."""
+    if ratio is None:
         return "-"
-    text = f"{speedup:.2f}x"
-    if row.get("speedup_low") is not None:
-        text += f" ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
-    return text if row.get("speedup_reliable") else text + " ?"
+    text = f"{ratio:.2f}x" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+    return text if reliable else text + " ?"
 
 
 def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | None = None) -> None:
@@ -524,38 +782,72 @@ def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**r, "options": json.dumps(r["options"]) if r["options"] else ""} for r in report.results)
+    writer.writerows({**r, "options": json.dumps(r["options"]) if r["options"] else ""} for r in data["results"])
     write_text(directory / BENCH_CSV, buffer.getvalue())
-    text = "# bench\n\n" + markdown_table(*bench_table(report.results)) + f"\n\nNote: {STABILITY_RULE}.\n"
+    text = "# bench\n\n" + markdown_table(*bench_table(report.results))
+    text += "\n\n" + markdown_table(*runner_table(report.results)) + f"\n\nNote: {report.noise.rule}.\n"
     if report.warnings:
         text += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in report.warnings)
     write_text(directory / BENCH_MD, text)
     plot(report.results, directory / BENCH_PNG)
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Median latency against batch size, and throughput, one line per runner (Agg; no display needed)."""
+def plot(rows: Sequence[BenchRow], path: Path) -> None:
+    """Median latency (log scale, 95% interval as error bars) and speedup over PyTorch against batch size."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4.2), layout="constrained")
-    latency, throughput = figure.subplots(1, 2)
-    series: dict[str, list[dict[str, Any]]] = {}
+    latency, speedup = figure.subplots(1, 2)
+    series: dict[str, list[BenchRow]] = {}
     for row in rows:
-        series.setdefault(_label(row), []).append(row)
+        series.setdefault(row.label, []).append(row)
     for label, points in series.items():
-        points = sorted(points, key=lambda r: r["batch_size"])
-        sizes = [r["batch_size"] for r in points]
-        latency.plot(sizes, [r["median_ms"] for r in points], marker="o", label=label)
-        throughput.plot(sizes, [r["throughput_ips"] for r in points], marker="o", label=label)
-    batch_sizes = sorted({r["batch_size"] for r in rows})
-    for axes, title, unit in ((latency, "median latency", "ms per batch"), (throughput, "throughput", "images/s")):
+        points = sorted(points, key=lambda r: r.batch_size)
+        sizes = [r.batch_size for r in points]
+        medians = np.array([r.median_ms for r in points])
+        low = np.array([r.median_low_ms if r.median_low_ms is not None else r.median_ms for r in points])
+        high = np.array([r.median_high_ms if r.median_high_ms is not None else r.median_ms for r in points])
+        latency.errorbar(sizes, medians, yerr=[medians - low, high - medians], marker="o", capsize=3, label=label)
+        ratios = [r for r in points if r.speedup_vs_reference is not None]
+        if ratios:
+            values = np.array([r.speedup_vs_reference for r in ratios])
+            errors = [
+                values - np.array([r.speedup_low or v for r, v in zip(ratios, values, strict=True)]),
+                np.array([r.speedup_high or v for r, v in zip(ratios, values, strict=True)]) - values,
+            ]
+            speedup.errorbar([r.batch_size for r in ratios], values, yerr=errors, marker="o", capsize=3, label=label)
+    batch_sizes = sorted({r.batch_size for r in rows})
+    titles = ((latency, "median latency (95% interval)", "ms per batch"), (speedup, "speedup over PyTorch fp32", "x"))
+    for axes, title, unit in titles:
         if len(batch_sizes) > 1:
             axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
         axes.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
         axes.set_xlabel("batch size")
         axes.set_ylabel(unit)
         axes.set_title(title)
-        axes.grid(True, alpha=0.3)
-    throughput.legend(fontsize="small")
+        axes.grid(True, which="both", alpha=0.3)
+    latency.legend(fontsize="small")
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
+
+
+def read_bench(data: dict[str, Any]) -> tuple[list[BenchRow], NoiseFloor | None, LoadRecord | None]:
+    """Typed rows, noise floor and load record of a ``bench.json`` as read (for the report)."""
+    rows = [BenchRow.from_dict(r) for r in data.get("results", [])]
+    noise = NoiseFloor(**data["noise"]) if isinstance(data.get("noise"), dict) else None
+    load = None
+    if isinstance(data.get("load"), dict):
+        raw = data["load"]
+        load = LoadRecord(
+            **{
+                **raw,
+                "load_average_before": _triple(raw.get("load_average_before")),
+                "load_average_after": _triple(raw.get("load_average_after")),
+            }
+        )
+    return rows, noise, load
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    return tuple(value) if isinstance(value, list) and len(value) == 3 else None  # type: ignore[return-value]

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..artifacts.precisions import Precision
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -25,7 +27,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(cosine_min=0.999, top1_min=0.98),
 }
 # Every precision a user can ask for: the artifact precisions, and bf16 (the FP32 file computed in bf16).
-SELECTABLE_PRECISIONS = tuple(DEFAULT_TOLERANCES)
+SELECTABLE_PRECISIONS = Precision.names()
 
 # A held-out check on fewer samples cannot resolve a 1-3% top-1 tolerance; the typed check refuses it.
 MIN_CHECK_SAMPLES = 32

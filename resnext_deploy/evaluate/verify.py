@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import PRECISIONS, check_writable, now_iso, write_json
-from ..backends.base import Candidate, Runner
+from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
 from ..demo import DEMO_VAL
@@ -90,7 +90,7 @@ class VerifyReport:
 
     reference: dict[str, Any]
     results: list[CandidateResult]
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -115,7 +115,7 @@ class VerifyReport:
                 "created": now_iso(),
                 "reference": self.reference,
                 "results": [r.to_dict() for r in self.results],
-                "skipped": self.skipped,
+                "skipped": [s.to_dict() for s in self.skipped],
                 "warnings": self.warnings,
                 "passed": self.passed,
                 "machine": self.machine,
@@ -214,7 +214,7 @@ def run_verify(
     for line in report.warnings:
         log(f"warning: {line}")
     for entry in report.skipped:
-        log(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}")
+        log(f"skipped {entry.label}: {entry.reason}")
     return report
 
 

@@ -12,12 +12,22 @@ from typing import Any
 
 from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BadInputError
-from ..evaluate.bench import BENCH_JSON, BENCH_PNG, STABILITY_RULE, bench_table, format_speedup
+from ..evaluate.bench import (
+    BENCH_JSON,
+    BENCH_PNG,
+    BenchRow,
+    bench_table,
+    format_ratio,
+    format_speedup,
+    read_bench,
+    runner_table,
+)
 from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
+NAMED = 3  # faster-but-unreliable rows named beside a headline
 
 
 def write_report(
@@ -91,13 +101,15 @@ def build_report(
         if bench is None
         else {
             "settings": bench.get("settings"),
+            "noise": bench.get("noise"),
+            "load": bench.get("load"),
             "results": bench["results"],
             "warnings": bench.get("warnings", []),
             "plot": BENCH_PNG if has_plot else None,
         },
         "summary": _summary(verify, bench),
         "weights_warning": fp32.get("weights_warning") if fp32 else None,
-        "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(bench["results"]),
+        "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(read_bench(bench)[0]),
         "skipped": skipped,
         "precision": {
             name: {k: entry.get(k) for k in ("heldout", "heldout_synthetic", "search")}
@@ -123,31 +135,36 @@ def _stale(manifest: Manifest, sources: Mapping[str, dict[str, Any] | None]) -> 
 
 
 def _summary(verify: dict[str, Any] | None, bench: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per device (GPU, CPU): the verified artifact with the best reliable speedup, or why there is none.
+    """Per device (GPU, CPU): the fastest verified artifact whose speedup is reliable, and faster unreliable ones.
 
-    Only a candidate that passed ``verify`` counts, and only a speedup whose per-round interval is
-    narrow is headlined; the fastest unreliable one is named as such instead.
+    Only a candidate that passed ``verify`` counts, and only a reliable speedup (a narrow interval, no
+    unstable or disturbed row) is headlined; verified rows that measured faster but unreliably are
+    named beside it, never as the result.
     """
     passed = {
         (r["backend"], r["precision"], r["device"], r["artifact"])
         for r in (verify or {}).get("results", [])
         if r.get("passed")
     }
-    rows = [
-        r
-        for r in (bench or {}).get("results", [])
-        if r.get("speedup_vs_reference") is not None and (r["backend"], r["precision"]) != ("torch", "fp32")
-    ]
+    rows = (
+        [r for r in read_bench(bench)[0] if r.speedup_vs_reference is not None and not r.is_reference] if bench else []
+    )
     summary = []
     for device, on_device in (("GPU", lambda d: d != "cpu"), ("CPU", lambda d: d == "cpu")):
-        measured = [r for r in rows if on_device(r["device"])]
-        verified = [r for r in measured if (r["backend"], r["precision"], r["device"], r["artifact"]) in passed]
-        reliable = [r for r in verified if r.get("speedup_reliable")]
-        item: dict[str, Any] = {"device": device, "best": None, "fastest_unreliable": None}
-        if reliable:
-            item["best"] = max(reliable, key=lambda r: r["speedup_vs_reference"])
-        elif verified:
-            item["fastest_unreliable"] = max(verified, key=lambda r: r["speedup_vs_reference"])
+        measured = [r for r in rows if on_device(r.device)]
+        verified = [r for r in measured if (r.backend, r.precision, r.device, r.artifact) in passed]
+        reliable = [r for r in verified if r.speedup_reliable]
+        best = max(reliable, key=lambda r: r.speedup_vs_reference or 0.0) if reliable else None
+        floor = best.speedup_vs_reference or 0.0 if best else 0.0
+        faster = sorted(
+            (r for r in verified if not r.speedup_reliable and (r.speedup_vs_reference or 0.0) > floor),
+            key=lambda r: -(r.speedup_vs_reference or 0.0),
+        )
+        item: dict[str, Any] = {
+            "device": device,
+            "best": best.to_dict() if best else None,
+            "faster_unreliable": [r.to_dict() for r in faster],
+        }
         if bench is None:
             item["note"] = "bench did not run"
         elif not measured:
@@ -157,28 +174,26 @@ def _summary(verify: dict[str, Any] | None, bench: dict[str, Any] | None) -> lis
         elif not verified:
             item["note"] = "no measured artifact passed verify"
         elif not reliable:
-            item["note"] = "no verified speedup is reliable (the machine's speed moved during the run)"
+            item["note"] = "no verified speedup is reliable (see the stability note)"
         summary.append(item)
     return summary
 
 
-def _runtime_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _runtime_ratios(rows: list[BenchRow]) -> list[dict[str, Any]]:
     """ONNX Runtime FP32 against torch FP32 on the CPU at each batch size, as bench measured it."""
-    torch = {
-        r["batch_size"]: r for r in rows if (r["backend"], r["precision"], r["device"]) == ("torch", "fp32", "cpu")
-    }
+    torch = {r.batch_size: r for r in rows if (r.backend, r.precision, r.device) == ("torch", "fp32", "cpu")}
     return [
         {
-            "batch_size": r["batch_size"],
-            "onnxruntime_median_ms": r["median_ms"],
-            "torch_median_ms": torch[r["batch_size"]]["median_ms"],
-            "speedup": r["speedup_vs_reference"],
-            "speedup_low": r.get("speedup_low"),
-            "speedup_high": r.get("speedup_high"),
-            "speedup_reliable": r.get("speedup_reliable"),
+            "batch_size": r.batch_size,
+            "onnxruntime_median_ms": r.median_ms,
+            "torch_median_ms": torch[r.batch_size].median_ms,
+            "speedup": r.speedup_vs_reference,
+            "speedup_low": r.speedup_low,
+            "speedup_high": r.speedup_high,
+            "speedup_reliable": r.speedup_reliable,
         }
         for r in rows
-        if (r["backend"], r["precision"], r["device"]) == ("onnxruntime", "fp32", "cpu") and r["batch_size"] in torch
+        if (r.backend, r.precision, r.device) == ("onnxruntime", "fp32", "cpu") and r.batch_size in torch
     ]
 
 
@@ -188,7 +203,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
     out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
     out += [f"\n**Out of date:** {line}." for line in report["stale"]]
-    out += _summary_section(report["summary"])
+    out += _summary_section(report["summary"], report["bench"])
     if report.get("weights_warning"):
         out += ["", f"**{report['weights_warning']}.**"]
     warnings = (report["bench"] or {}).get("warnings") or []
@@ -265,23 +280,32 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _summary_section(summary: list[Mapping[str, Any]]) -> list[str]:
-    out = ["", "## Summary", "", f"Read the speedups with their spread: {STABILITY_RULE}.", ""]
+def _summary_section(summary: list[Mapping[str, Any]], bench: Mapping[str, Any] | None) -> list[str]:
+    out = ["", "## Summary", ""]
+    _, noise, load = read_bench(dict(bench)) if bench else ([], None, None)
+    if load is not None and (note := load.note()):
+        out += [f"**{note}.**", ""]
+    if noise is not None:
+        out += [f"Read the speedups with their interval: {noise.rule}.", ""]
     for item in summary:
-        best, unreliable = item["best"], item["fastest_unreliable"]
+        best = BenchRow.from_dict(item["best"]) if item["best"] else None
         if best:
             out.append(
-                f"- {item['device']}: best verified artifact **{best['backend']} {best['precision']}** "
-                f"(`{best['artifact'] or 'in memory'}`), batch {best['batch_size']}: speedup over PyTorch fp32 at the "
-                f"same batch size **{format_speedup(best)}**"
+                f"- {item['device']}: fastest verified artifact with a reliable ratio: **{best.backend} "
+                f"{best.precision}** (`{best.artifact or 'in memory'}`), batch {best.batch_size}: speedup over "
+                f"PyTorch fp32 at the same batch size **{format_speedup(best)}**"
             )
         else:
             out.append(f"- {item['device']}: no headline: {item['note']}.")
-        if unreliable:
+        faster = [BenchRow.from_dict(r) for r in item.get("faster_unreliable") or []]
+        if faster:
+            named = "; ".join(
+                f"{r.backend} {r.precision} at batch {r.batch_size}, {format_speedup(r)}" for r in faster[:NAMED]
+            )
+            named += f" and {len(faster) - NAMED} more" if len(faster) > NAMED else ""
             out.append(
-                f"  The fastest verified one, {unreliable['backend']} {unreliable['precision']} at batch "
-                f"{unreliable['batch_size']}, measured {format_speedup(unreliable)}: unreliable, not a result; "
-                "rerun bench on an idle machine or with a longer --duration."
+                f"  Measured faster but unreliable, not a result: {named}. Rerun bench on an idle machine or with a "
+                "longer --duration."
             )
     return out
 
@@ -314,25 +338,28 @@ def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]
     if bench is None:
         return [*out, "bench did not run."]
     settings = bench.get("settings") or {}
+    rows = [BenchRow.from_dict(r) for r in bench["results"]]
     if settings:
         out.append(
-            f"Warm-up {settings['warmup_ms']:g} ms, then at least {settings['duration_s']:g} s and "
-            f"{settings['min_iterations']} iterations per row, runners interleaved over {settings['rounds']} rounds; "
-            "speedup is torch fp32's median on the same device at the same batch size over the row's median."
+            f"Each runner in its own process; warm-up {settings['warmup_ms']:g} ms, then {settings['rounds']} "
+            f"interleaved rounds of {settings.get('slice_s', 0) * 1e3:.0f} ms slices (at least "
+            f"{settings['min_iterations']} calls per row), {settings.get('wall_s', 0):.0f} s in all within a "
+            f"{settings.get('budget_s', 0):g} s budget. Speedup is torch fp32's median on the same device at the same "
+            "batch size over the row's median; images/s comes from the same median."
         )
         out.append("")
     for ratio in ratios:
+        speedup = format_ratio(ratio["speedup"], ratio["speedup_low"], ratio["speedup_high"], ratio["speedup_reliable"])
         out.append(
-            f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio['batch_size']}: "
-            f"{format_speedup({**ratio, 'speedup_vs_reference': ratio['speedup']})} (median "
-            f"{ratio['onnxruntime_median_ms']:.3f} ms vs "
-            f"{ratio['torch_median_ms']:.3f} ms)"
+            f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio['batch_size']}: {speedup} (median "
+            f"{ratio['onnxruntime_median_ms']:.3f} ms vs {ratio['torch_median_ms']:.3f} ms)"
         )
     if ratios:
         out.append("")
-    out.append(markdown_table(*bench_table(bench["results"])))
+    out.append(markdown_table(*bench_table(rows)))
+    out += ["", markdown_table(*runner_table(rows))]
     if bench.get("plot"):
-        out += ["", f"![median latency and throughput against batch size]({bench['plot']})"]
+        out += ["", f"![median latency and speedup against batch size, log scale, 95% intervals]({bench['plot']})"]
     return out
 
 

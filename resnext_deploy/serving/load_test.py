@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import now_iso, write_json, write_text
+from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, write_json, write_text
 from ..errors import BackendUnavailableError, BadInputError
+from ..evaluate.machine import machine_record
 from ..schemas import SCHEMA_VERSION
-from .triton_repo import INSTALL_HINT
+from .triton_repo import INSTALL_HINT, default_model_name
 
 
 @dataclass
@@ -38,6 +39,7 @@ class LoadRow:
     mean_ms: float | None
     max_ms: float | None
     first_error: str | None = None
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +130,7 @@ class LoadTestSettings:
     warmup_s: float = 0.2
     max_requests: int = 100_000
     timeout_s: float = 30.0
+    min_requests: int = 100  # fewer requests than this in a level: its p99 is the slowest one or two, said so
 
     def __post_init__(self) -> None:
         if not self.levels or any(c < 1 for c in self.levels):
@@ -182,10 +185,17 @@ def triton_load_test(
         row = _run_level(
             url, protocol, address, model_name, request, concurrency, duration_s, warmup_s, max_requests, timeout_s
         )
+        if row.requests < settings.min_requests:
+            row.warning = (
+                f"only {row.requests} requests at concurrency {concurrency}: percentiles need at least "
+                f"{settings.min_requests} (p99 of fewer is the slowest one or two); give a longer --duration"
+            )
         log(
             f"triton {model_name} c={concurrency}: {row.requests_per_s:.1f} req/s, {row.images_per_s:.1f} img/s, "
             f"p50 {_ms(row.p50_ms)}, p99 {_ms(row.p99_ms)} ms, {row.errors} errors"
         )
+        if row.warning:
+            log(f"warning: {row.warning}")
         rows.append(row)
     return rows
 
@@ -279,7 +289,13 @@ def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / "bench_triton.json", directory / "bench_triton.md"
-    record = {"schema_version": SCHEMA_VERSION, "created": now_iso(), "rows": [row.to_dict() for row in rows]}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "created": now_iso(),
+        "machine": machine_record(None),
+        **served_files(directory, {row.model for row in rows}),
+        "rows": [row.to_dict() for row in rows],
+    }
     write_json(json_path, record)
     lines = [
         "# Triton load test",
@@ -294,8 +310,27 @@ def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[
             f"| {r.model} | {r.protocol} | {r.concurrency} | {r.batch_size} | {r.requests_per_s:.1f} | "
             f"{r.images_per_s:.1f} | {_ms(r.p50_ms)} | {_ms(r.p90_ms)} | {_ms(r.p99_ms)} | {r.errors} |"
         )
+    lines += [f"\nWarning: {r.warning}." for r in rows if r.warning]
     errors = [r for r in rows if r.first_error]
     if errors:
         lines += ["", f"First error ({errors[0].model}, concurrency {errors[0].concurrency}): {errors[0].first_error}"]
     write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def served_files(directory: Path, models: set[str]) -> dict[str, Any]:
+    """sha256 of every artifact in DIR, and which file each load-tested model name is (where DIR names it).
+
+    The server may serve anything under a name; this records what DIR held, so a result can be tied to
+    the file it was meant to measure (and told stale when that file changes).
+    """
+    if not (directory / MANIFEST_NAME).exists():
+        return {"artifacts": {}, "models": {model: None for model in models}}
+    manifest = Manifest(directory)
+    artifacts = {name: entry["sha256"] for name, entry in manifest.artifacts.items()}
+    names = {
+        default_model_name(directory, precision, backend): ONNX_FILES[precision]
+        for precision in ONNX_FILES
+        for backend in ("onnxruntime", "openvino")
+    }
+    return {"artifacts": artifacts, "models": {model: names.get(model) for model in models}}

@@ -17,10 +17,20 @@ import numpy as np
 import pytest
 
 from resnext_deploy.artifacts import Manifest
+from resnext_deploy.backends.base import Candidate
 from resnext_deploy.backends.registry import discover_runners
 from resnext_deploy.cli import main
-from resnext_deploy.evaluate.bench import INT8_NOT_FASTER, BenchSettings, bench_warnings, run_bench
+from resnext_deploy.evaluate.bench import (
+    INT8_NOT_FASTER,
+    BenchRow,
+    LoadRecord,
+    NoiseFloor,
+    bench_warnings,
+    measured_row,
+    run_bench,
+)
 from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES
+from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import run_verify
 
 EXTRA = "pip install 'resnext-deploy[openvino]'"
@@ -107,12 +117,10 @@ def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
         ov_hint="throughput",
     )
     report = run_bench(demo_copy, settings, log=quiet, progress=False)
-    assert {(r["precision"], r["batch_size"]) for r in report.results} == {
-        (p, b) for p in ("fp32", "int8") for b in (1, 4)
-    }
+    assert {(r.precision, r.batch_size) for r in report.results} == {(p, b) for p in ("fp32", "int8") for b in (1, 4)}
     for row in report.results:
-        assert row["options"]["performance_hint"] == "throughput"
-        assert row["options"]["threads"] == 1
+        assert row.options["performance_hint"] == "throughput"
+        assert row.options["threads"] == 1
     saved = json.loads((demo_copy / "bench.json").read_text())
     assert saved["settings"]["ov_hint"] == "throughput"
 
@@ -128,9 +136,9 @@ def test_a_file_openvino_cannot_compile_fails_its_candidate_only(demo_copy: Path
     assert fp32.passed
     settings = BenchSettings(("openvino",), ("fp32", "int8"), (1,), 0, 0.05, 1)
     bench = run_bench(demo_copy, settings, log=quiet, progress=False)
-    assert [r["precision"] for r in bench.results] == ["fp32"]
+    assert [r.precision for r in bench.results] == ["fp32"]
     [skipped] = bench.skipped
-    assert skipped["precision"] == "int8" and "OpenVINO cannot compile" in skipped["reason"]
+    assert skipped.precision == "int8" and "OpenVINO cannot compile" in skipped.reason
 
 
 def test_missing_openvino_names_the_extra(tiny_dir: Path, monkeypatch, capsys) -> None:
@@ -144,12 +152,13 @@ def test_missing_openvino_names_the_extra(tiny_dir: Path, monkeypatch, capsys) -
 
 
 def test_the_int8_warning_gives_each_backends_own_reason() -> None:
-    def row(backend: str, precision: str, median_ms: float) -> dict:
-        return {"backend": backend, "device": "cpu", "precision": precision, "batch_size": 1, "cv": 0.0,
-                "median_ms": median_ms}  # fmt: skip
+    noise = NoiseFloor(0.01, 0.05, 15, "test")
+
+    def row(backend: str, precision: str, median_ms: float) -> BenchRow:
+        return measured_row(Candidate(backend, precision, "cpu", None), 1, [[median_ms]] * 4, noise)
 
     rows = [row(b, p, m) for b in ("onnxruntime", "openvino") for p, m in (("fp16", 1.0), ("int8", 2.0))]
-    warnings = bench_warnings(rows)
+    warnings = bench_warnings(rows, noise, LoadRecord(True, 0.0, 0, 16, None, None, False))
     assert len(warnings) == 2
     assert INT8_NOT_FASTER["onnxruntime", "cpu"] in warnings[0] and "quantize/dequantize" in warnings[0]
     assert INT8_NOT_FASTER["openvino", "cpu"] in warnings[1] and "VNNI" in warnings[1]

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from tiny_artifacts import copy_dir, edit_initializers
 
 from resnext_deploy.artifacts import Manifest
-from resnext_deploy.backends.base import Candidate, Runner
+from resnext_deploy.backends.base import Candidate
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.evaluate import bench as bench_module
 from resnext_deploy.evaluate.bench import (
-    BenchSettings,
-    Unit,
+    UNSTABLE_FLOOR,
+    LoadRecord,
+    NoiseFloor,
     add_speedups,
     bench_warnings,
-    measure,
-    result_row,
+    measured_row,
     run_bench,
 )
+from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.report import build_report, render_markdown, write_report
 
@@ -60,13 +57,14 @@ def test_report_numbers_are_the_json_numbers(measured: Path, tmp_path: Path) -> 
     assert report["verify"]["results"] == verify["results"]
     assert report["bench"]["results"] == bench["results"]
     assert report["machine"] == bench["machine"]
+    parity = markdown[markdown.index("## Parity and accuracy") : markdown.index("## Latency and throughput")]
     for result in verify["results"]:
-        line = _line(markdown, f"{result['backend']}-{result['device']}:{result['precision']}", result["artifact"])
+        line = _line(parity, f"{result['backend']}-{result['device']}:{result['precision']}", result["artifact"])
         assert f" {result['cosine_min']:.6f} " in line and f" {result['max_abs']:.3g} " in line
         assert f" {result['top1_agreement']:.2%} " in line and line.endswith("| pass |")
     for row in bench["results"]:
         line = _line(markdown, row["backend"], row["precision"], row["device"], str(row["batch_size"]))
-        assert f" {row['median_ms']:.3f} " in line and f" {row['p99_ms']:.3f} " in line
+        assert f" {row['median_ms']:.3f} (" in line and f" {row['p99_ms']:.3f} " in line
         assert f" {row['throughput_ips']:.1f} " in line and f" {row['speedup_vs_reference']:.2f}x " in line
     for name, entry in manifest.artifacts.items():
         line = _line(markdown, name, entry["precision"])
@@ -80,7 +78,7 @@ def test_report_numbers_are_the_json_numbers(measured: Path, tmp_path: Path) -> 
         assert ratio["speedup"] == row["speedup_vs_reference"]
         assert f"batch {ratio['batch_size']}: {ratio['speedup']:.2f}x" in markdown
     assert len(report["onnxruntime_vs_torch"]) == 2
-    assert "![median latency and throughput against batch size](bench.png)" in markdown
+    assert "![median latency and speedup against batch size, log scale, 95% intervals](bench.png)" in markdown
     assert "- tensorrt: no GPU on this machine" in markdown
     assert "Result: **passed**." in markdown and "## Machine" in markdown
 
@@ -122,74 +120,54 @@ def test_a_directory_without_a_manifest_is_refused(tmp_path: Path) -> None:
         write_report(tmp_path, log=quiet)
 
 
-class _Clock:
-    """A fake ``time.perf_counter``: runners advance it by what their call costs."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+NOISE = NoiseFloor(0.01, UNSTABLE_FLOOR, 15, "test")
+QUIET_LOAD = LoadRecord(True, 0.0, 0, 20, None, None, False)
 
 
-class _TimedRunner(Runner):
-    """Costs ``cost(clock)`` seconds of fake time per call; the output is irrelevant to bench."""
-
-    def __init__(self, clock: _Clock, cost: Callable[[float], float]) -> None:
-        self.clock, self.cost = clock, cost
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.clock.now += self.cost(self.clock.now)
-        return batch
-
-
-def _report_with_timer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, candidate_cost: Callable[[float], float]
-) -> tuple[dict, str]:
-    """Bench torch fp32 (a steady 10 ms) against an ONNX Runtime candidate on a fake clock; the report of it."""
-    clock = _Clock()
-    monkeypatch.setattr(bench_module, "time", SimpleNamespace(perf_counter=clock))
-    inputs = np.zeros((1, 3, 8, 8), np.float32)
+def _report_from_rounds(tmp_path: Path, candidate_rounds: list[list[float]]) -> tuple[dict, str]:
+    """Torch fp32 (a steady 10 ms a call) against an ONNX Runtime candidate's calls, round by round; the report."""
     reference = Candidate("torch", "fp32", "cpu", None)
     candidate = Candidate("onnxruntime", "fp32", "cpu", "model.onnx")
-    units = [
-        Unit(reference, _TimedRunner(clock, lambda now: 0.010), 1, inputs),
-        Unit(candidate, _TimedRunner(clock, candidate_cost), 1, inputs),
-    ]
-    measure(units, warmup_s=0.05, duration_s=2.0, min_iterations=10)
-    rows = [result_row(unit) for unit in units]
-    add_speedups(rows)
-    bench = {"results": rows, "warnings": bench_warnings(rows), "settings": None}
+    reference_rounds = [[10.0] * 20 for _ in candidate_rounds]
+    rows = [measured_row(reference, 1, reference_rounds, NOISE), measured_row(candidate, 1, candidate_rounds, NOISE)]
+    add_speedups(rows, {id(rows[0]): reference_rounds, id(rows[1]): candidate_rounds})
+    bench = {
+        "results": [r.to_dict() for r in rows],
+        "warnings": bench_warnings(rows, NOISE, QUIET_LOAD),
+        "settings": None,
+        "noise": {**NOISE.__dict__},
+        "load": {**QUIET_LOAD.__dict__},
+    }
     verify = {"passed": True, "reference": {}, "results": [{**candidate.identity(), "passed": True}]}
-    manifest = Manifest(tmp_path)
-    report = build_report(manifest, verify, bench, {}, has_plot=False)
-    markdown = render_markdown({**report, "verify": None})
-    return rows[1], markdown
+    report = build_report(Manifest(tmp_path), verify, bench, {}, has_plot=False)
+    return rows[1].to_dict(), render_markdown({**report, "verify": None})
 
 
-def test_a_noisy_timer_does_not_make_a_headline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Half of the time the machine is idle and the candidate takes 5 µs, the other half it is
-    # starved (20 ms): the fast calls fill their time slices, so the ratio of medians is about 2000x
-    # while the rounds disagree by four orders of magnitude.
-    row, markdown = _report_with_timer(tmp_path, monkeypatch, lambda now: 5e-6 if int(now / 0.5) % 2 == 0 else 0.020)
-    assert row["speedup_vs_reference"] > 100 and not row["speedup_reliable"]
+def test_a_noisy_timer_does_not_make_a_headline(tmp_path: Path) -> None:
+    # Half of the rounds the machine is idle and the candidate takes 5 µs a call, the other half it is
+    # starved (20 ms): the ratio of medians is large while the rounds disagree by four orders of magnitude.
+    rounds = [[0.005] * 100 if i % 2 == 0 else [20.0] * 5 for i in range(10)]
+    row, markdown = _report_from_rounds(tmp_path, rounds)
+    assert row["speedup_vs_reference"] > 100 and not row["speedup_reliable"] and row["unstable"]
+    assert row["speedup_low"] <= row["speedup_vs_reference"] <= row["speedup_high"]
     summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "- CPU: no headline: no verified speedup is reliable" in summary
-    assert f"measured {row['speedup_vs_reference']:.2f}x" in summary and "unreliable, not a result" in summary
-    assert "**" not in summary
+    assert f"onnxruntime fp32 at batch 1, {row['speedup_vs_reference']:.2f}x" in summary
+    assert "unreliable, not a result" in summary
     assert markdown.index("## Summary") < markdown.index("## Artifacts")
-    assert "unstable measurement" in summary
+    assert "unstable, round spread" in markdown
 
 
-def test_an_idle_machine_with_outliers_is_headlined_and_not_called_unstable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_idle_machine_with_outliers_is_headlined_and_not_called_unstable(tmp_path: Path) -> None:
     # A VM at rest: a steady 4 ms with a slow call (3x) now and then, which puts the CV far over
     # trtexec's 2.5% while every round's median is the same.
-    calls = iter(range(10**9))
-    row, markdown = _report_with_timer(tmp_path, monkeypatch, lambda now: 0.012 if next(calls) % 10 == 0 else 0.004)
-    assert row["cv"] > 0.025 and row["round_spread"] < 0.1 and row["speedup_reliable"]
+    rounds = [[12.0] + [4.0] * 9 for _ in range(10)]
+    row, markdown = _report_from_rounds(tmp_path, rounds)
+    assert row["cv"] > 0.025 and row["round_spread"] < UNSTABLE_FLOOR and row["speedup_reliable"]
     summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    headline = "- CPU: best verified artifact **onnxruntime fp32** (`model.onnx`), batch 1: speedup over PyTorch fp32"
-    assert f"{headline} at the same batch size **{row['speedup_vs_reference']:.2f}x (" in summary
-    assert "unstable measurement" not in markdown and "bench warnings" not in markdown
+    headline = "- CPU: fastest verified artifact with a reliable ratio: **onnxruntime fp32** (`model.onnx`), batch 1"
+    assert (
+        f"{headline}: speedup over PyTorch fp32 at the same batch size **{row['speedup_vs_reference']:.2f}x ("
+        in summary
+    )
+    assert "unstable, round spread" not in markdown and "bench warnings" not in markdown

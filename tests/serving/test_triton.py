@@ -367,6 +367,10 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
         assert row.errors == 0 and row.first_error is None
         assert row.requests > 0 and row.images_per_s == row.requests_per_s > 0
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms <= row.max_ms
+        # Percentiles of fewer than 100 requests are said to be so, with the count.
+        assert (row.warning is not None) == (row.requests < 100)
+        if row.warning:
+            assert f"only {row.requests} requests at concurrency {row.concurrency}" in row.warning
 
     with pytest.raises(BadInputError, match="no ready model 'nope'"):
         triton_load_test(f"127.0.0.1:{server.http}", "nope", LoadTestSettings((1,), duration_s=0.1), log=print)
@@ -382,8 +386,14 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     url = f"http://127.0.0.1:{server.http}"
     args = ["bench-triton", "--dir", str(tiny_dir), "--url", url, "--concurrency", "2", "--duration", "0.5"]
     assert main([*args, "--batch-size", "2"]) == 0  # the CLI names the served model from the directory
-    cli_rows = json.loads((tiny_dir / "bench_triton.json").read_text())["rows"]
+    cli_record = json.loads((tiny_dir / "bench_triton.json").read_text())
+    cli_rows = cli_record["rows"]
     assert [(r["concurrency"], r["batch_size"], r["errors"]) for r in cli_rows] == [(2, 2, 0)]
+    # The record ties the numbers to the file DIR held under that model name, and to the machine.
+    manifest = Manifest(tiny_dir)
+    assert cli_record["models"] == {MODEL: "model.onnx"}
+    assert cli_record["artifacts"]["model.onnx"] == manifest.entry("model.onnx")["sha256"]
+    assert cli_record["machine"]["cpu"] and "cpu flags" in cli_record["machine"]
 
     assert server.stop() == 0, server.log_tail()
     assert "server stopped" in server.log_tail()

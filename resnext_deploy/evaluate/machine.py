@@ -1,0 +1,138 @@
+"""The machine a measurement belongs to: its CPU and instruction sets, and how busy other processes kept it.
+
+CPU figures mean little without the CPU's flags (VNNI and AMX decide INT8 speed) and without knowing
+whether something else ran at the same time; both are read from ``/proc`` (Linux). Elsewhere the
+flags are "unknown" and the load monitor says it could not look.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Instruction-set flags that decide CPU inference speed, in the order they are listed.
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "amx_fp16",
+)
+# A slice is disturbed when other processes used more than this fraction of the machine's CPU time during it.
+DISTURBED_CPU = 0.10
+# ... and at least this many clock ticks (1/100 s each): shorter slices cannot resolve 10% of two cores.
+MIN_TICKS = 3
+_PROC = Path("/proc")
+
+
+def cpu_flags() -> tuple[str, ...] | None:
+    """The :data:`ISA_FLAGS` this CPU has, or None where ``/proc/cpuinfo`` cannot be read."""
+    try:
+        text = (_PROC / "cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return tuple(flag for flag in ISA_FLAGS if flag in present)
+    return None
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Clock ticks so far: busy and total for the whole machine, and used by the processes we account for."""
+
+    busy: int
+    total: int
+    ours: int
+
+
+def _machine_ticks() -> tuple[int, int]:
+    fields = (_PROC / "stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _process_ticks(pid: int | str) -> int:
+    text = (_PROC / str(pid) / "stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+
+
+class LoadMonitor:
+    """How much CPU time processes other than ours used between two samples, as a fraction of the machine.
+
+    Ours are this process and the worker being measured; steal time (the hypervisor running someone
+    else) counts as other load. ``available`` is False where ``/proc`` cannot be read.
+    """
+
+    def __init__(self) -> None:
+        try:
+            _machine_ticks()
+            _process_ticks("self")
+            self.available = True
+        except (OSError, ValueError, IndexError):
+            self.available = False
+
+    def sample(self, pid: int) -> CpuSample | None:
+        if not self.available:
+            return None
+        try:
+            busy, total = _machine_ticks()
+            return CpuSample(busy, total, _process_ticks("self") + _process_ticks(pid))
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def others(before: CpuSample | None, after: CpuSample | None) -> tuple[int, int] | None:
+        """(ticks other processes used, ticks the machine had) between two samples; None if either is missing."""
+        if before is None or after is None:
+            return None
+        total = after.total - before.total
+        other = (after.busy - before.busy) - (after.ours - before.ours)
+        return max(other, 0), max(total, 0)
+
+
+def disturbed(other_ticks: int, total_ticks: int) -> bool:
+    """Whether a slice with these tick counts was disturbed (see :data:`DISTURBED_CPU`)."""
+    return total_ticks > 0 and other_ticks >= MIN_TICKS and other_ticks / total_ticks > DISTURBED_CPU
+
+
+def machine_record(threads: int | None) -> dict[str, Any]:
+    """The machine and library versions numbers belong to: CPU model and ISA flags, cores, threads used."""
+    from ..environment import describe
+
+    flags = cpu_flags()
+    return {
+        **describe(),
+        "openvino": _openvino_version(),
+        "cpu flags": " ".join(flags) if flags is not None else "unknown",
+        "cpu cores": os.cpu_count(),
+        "cpus usable": len(os.sched_getaffinity(0)),
+        "threads requested": threads if threads else "library defaults",
+    }
+
+
+def _openvino_version() -> str:
+    try:
+        import openvino
+    except ImportError:
+        return "not installed"
+    return str(openvino.__version__)

@@ -1,0 +1,92 @@
+"""What bench measures and for how long, validated once where it is made; light to import (the CLI's defaults)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..artifacts.precisions import PRECISIONS, Precision
+from ..errors import BadInputError
+
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and for how long; validated when made, so nothing downstream checks it again.
+
+    ``backends`` None means every registered backend; naming one that cannot run here is an error.
+    ``duration_s`` is the measured time each row aims for; ``budget_s`` bounds the whole run, and the
+    plan shrinks slices, then rounds (down to ``min_rounds``), to fit it.
+    """
+
+    backends: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] = PRECISIONS
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    warmup_ms: float = 200.0
+    duration_s: float = 3.0
+    min_iterations: int = 10
+    threads: int | None = None
+    ov_hint: str = "latency"
+    budget_s: float = 180.0
+    rounds: int = 10
+    min_rounds: int = 5
+    pause_ms: float = 0.0
+    allow_spinning: bool = False
+
+    def __post_init__(self) -> None:
+        from ..backends.openvino import PERFORMANCE_HINTS
+        from ..backends.registry import backend_names
+
+        if self.backends is not None:
+            parse_list(",".join(self.backends), backend_names(), "--backends")
+        parse_list(",".join(self.precisions), Precision.names(), "--precisions")
+        parse_list(self.ov_hint, PERFORMANCE_HINTS, "--ov-hint")
+        parse_batch_sizes(",".join(str(b) for b in self.batch_sizes))
+        _check_range("--warmup-ms", self.warmup_ms, 0, 600_000)
+        _check_range("--duration", self.duration_s, 0, 3600, open_low=True)
+        _check_range("--budget", self.budget_s, 0, 86_400, open_low=True)
+        _check_range("--pause-ms", self.pause_ms, 0, 10_000)
+        if self.min_iterations < 1:
+            raise BadInputError(f"--min-iterations must be at least 1, got {self.min_iterations}")
+        if not 2 <= self.min_rounds <= self.rounds <= 1000:
+            raise BadInputError(f"--rounds must be from 2 to 1000, got {self.rounds} (at least {self.min_rounds})")
+        if self.threads is not None and self.threads < 1:
+            raise BadInputError(f"--threads must be at least 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..backends.registry import backend_names
+
+        return {**asdict(self), "backends": list(self.backends) if self.backends else list(backend_names())}
+
+
+def _check_range(flag: str, value: float, low: float, high: float, open_low: bool = False) -> None:
+    if not (math.isfinite(value) and (value > low if open_low else value >= low) and value <= high):
+        bound = "more than" if open_low else "at least"
+        raise BadInputError(f"{flag} must be {bound} {low:g} and at most {high:g}, got {value:g}")
+
+
+def parse_list(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
+    """``a,b`` into ``("a", "b")``, each checked against ``allowed``."""
+    items = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise BadInputError(f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}")
+    return items
+
+
+def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
+    """``1,8,32`` into ``(1, 8, 32)``, each from 1 to ``maximum``."""
+    try:
+        values = tuple(sorted({int(item) for item in text.split(",") if item.strip()}))
+    except ValueError:
+        values = ()
+    if not values or not all(1 <= value <= maximum for value in values):
+        raise BadInputError(f"{flag} takes comma-separated integers from 1 to {maximum}; got {text!r}")
+    return values
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
