@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 
 
 def tensorrt_version() -> str | None:
@@ -66,3 +68,16 @@ def describe() -> dict[str, str]:
         "onnxruntime providers": ", ".join(onnxruntime.get_available_providers()),
         "tensorrt": tensorrt_version() or "not installed",
     }
+
+
+def stay_offline() -> None:
+    """Turn off the telemetry of the libraries this tool drives, before any of them is imported.
+
+    ONNX Runtime (1.2x+ on Linux) writes a device id under ``~/.cache/Microsoft/DeveloperTools`` on import
+    unless ``ORT_DISABLE_TELEMETRY`` is set; OpenVINO's converter package initialises ``openvino_telemetry``
+    on ``import openvino``, which writes ``~/intel/openvino_ga_cid`` and looks up Google Analytics' host.
+    Its own fallback (a stub) is taken when ``openvino_telemetry`` cannot be imported, which a ``None``
+    entry in ``sys.modules`` arranges without touching the installation.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None makes imports fail
