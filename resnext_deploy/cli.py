@@ -100,16 +100,17 @@ def _global_options(
     setup_logging(verbose)
 
 
-def _json_target(path: Path | None) -> Path | None:
+def _json_target(path: Path | None, directory: Path) -> Path | None:
     """The file ``--json`` writes, checked before any work: None for stdout (``-``) or no ``--json``.
 
     An existing target that is not a regular file (a FIFO, a device, a socket, a directory) is refused:
-    the atomic write would replace it, or block on it.
+    the atomic write would replace it, or block on it. So is a file the tool owns in ``--dir``.
     """
-    from .artifacts import check_writable
+    from .artifacts import check_writable, refuse_owned
 
     if path is None or str(path) == STDOUT:
         return None
+    refuse_owned(path, directory)
     check_writable(path)
     return path
 
@@ -377,6 +378,7 @@ def build_trt(
     """
     from .artifacts import locked
     from .backends.tensorrt.build import build_engine
+    from .backends.tensorrt.options import check_trt_major
     from .backends.tensorrt.probe import TensorRTUnavailableError
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
@@ -384,6 +386,7 @@ def build_trt(
     if fp16 and int8:
         raise typer.BadParameter("choose one of them (neither means FP32)", param_hint="'--fp16' / '--int8'")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    check_trt_major(trt_major)
     options = _build_options(
         min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
     )
@@ -467,6 +470,7 @@ def pipeline(
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
+    from .environment import cap_threads
     from .errors import VerificationError
     from .evaluate.bench import BenchSettings, parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
@@ -495,7 +499,9 @@ def pipeline(
         ),
         data=data,
         count=count,
-        bench=BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), duration_s=duration, threads=threads),
+        bench=BenchSettings(
+            batch_sizes=parse_batch_sizes(batch_sizes), duration_s=duration, threads=cap_threads(threads, log)
+        ),
         build=_build_options(
             min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
         ),
@@ -560,7 +566,7 @@ def verify(
         }
     )
     names = _backend_list(backends)
-    json_file = _json_target(json_path)
+    json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_verify(
@@ -594,6 +600,7 @@ def bench(
 ) -> None:
     """Latency and throughput of every runner at every batch size: DIR/bench.json, .csv, .md and .png."""
     from .artifacts import locked
+    from .environment import cap_threads
     from .evaluate.bench import BENCH_JSON, BenchSettings, bench_text, parse_batch_sizes, run_bench
     from .evaluate.metrics import SELECTABLE_PRECISIONS
     from .source import artifact_dir
@@ -605,10 +612,10 @@ def bench(
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
-        threads=threads,
+        threads=cap_threads(threads, log),
         ov_hint=ov_hint,
     )
-    json_file = _json_target(json_path)
+    json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_bench(directory, settings, json_path=json_file, log=log)
@@ -716,6 +723,7 @@ def serve(
     ] = "onnxruntime",
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
+    from .environment import cap_threads
     from .logs import verbose
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
@@ -730,7 +738,7 @@ def serve(
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         instances=instances,
-        threads=threads,
+        threads=cap_threads(threads, log),
         name=name,
         log=log,
         server_log=None if verbose() else Path(directory) / SERVER_LOG,

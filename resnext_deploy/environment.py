@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 
 def tensorrt_version() -> str | None:
@@ -81,3 +82,26 @@ def stay_offline() -> None:
     """
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None makes imports fail
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(threads: int | None, log: Callable[[str], None]) -> int | None:
+    """``--threads`` capped at the CPUs this process may use, with a warning when it asked for more.
+
+    Every command taking ``--threads`` passes it through here: thread pools larger than the machine
+    oversubscribe it (``--threads 1000`` on 2 cores ran 30x slower), and ONNX Runtime's session creation
+    can hang when the process limit stops it from starting them. None (library defaults) and values
+    below 1 (refused by the command's own check) pass through unchanged.
+    """
+    cpus = usable_cpus()
+    if threads is None or threads <= cpus:
+        return threads
+    log(f"warning: --threads {threads} is more than the {cpus} CPUs this process may use; using {cpus}")
+    return cpus

@@ -1,11 +1,12 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
-from .manifest import MANIFEST_NAME, Manifest, tool_versions
+from .manifest import MANIFEST_NAME, Manifest, refuse_owned, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .store import (
     CALIBRATION_NAME,
     LOCK_NAME,
     ONNX_FILES,
+    PARTIAL_PREFIX,
     PRECISIONS,
     atomic_path,
     check_writable,
@@ -25,6 +26,7 @@ __all__ = [
     "LOCK_NAME",
     "MANIFEST_NAME",
     "ONNX_FILES",
+    "PARTIAL_PREFIX",
     "PRECISIONS",
     "Manifest",
     "atomic_path",
@@ -37,6 +39,7 @@ __all__ = [
     "now_iso",
     "opset_of",
     "prepare_dir",
+    "refuse_owned",
     "read_json",
     "sha256_file",
     "single_input",

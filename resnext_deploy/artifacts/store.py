@@ -20,6 +20,7 @@ from ..errors import BadInputError, BusyError
 LOCK_NAME = ".resnext-deploy.lock"
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_NAME = "calibration.json"  # activation ranges (precision/calibration.py), beside the files it made
+PARTIAL_PREFIX = ".resnext-deploy-partial."  # atomic writes' temporary files; only these are ever cleaned up
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
@@ -29,8 +30,17 @@ def engine_file(precision: str) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256; a FIFO, device or socket (a manifest may record ``/dev/zero``) is refused, not read.
+
+    Opened without blocking, so a FIFO with no writer does not hang the open before the check.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"{path} is not a regular file (a device, FIFO or socket); point at a regular file")
+    os.set_blocking(fd, True)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -102,7 +112,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     _refuse_special(final)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{final.name}.", suffix=".partial", dir=final.parent)
     except OSError as exc:
         raise _output_error(final, exc) from None
     os.close(fd)
@@ -139,6 +149,8 @@ def read_json(path: str | Path) -> Any:
         raise BadInputError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
+    except RecursionError:
+        raise BadInputError(f"{path} is nested too deeply to be a resnext-deploy file; delete it and run again") from None
 
 
 def now_iso() -> str:
@@ -163,8 +175,8 @@ def _open_lock(path: Path) -> int:
 
 
 def _remove_stale_partials(directory: Path) -> None:
-    """Temporary files left by a killed run; only a lock holder writes here, so none is in use."""
-    for leftover in directory.glob(".*.partial"):
+    """Temporary files a killed run left (this tool's prefix only); only a lock holder writes here, so none is in use."""
+    for leftover in directory.glob(f"{PARTIAL_PREFIX}*.partial"):
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(leftover).st_mode):
                 leftover.unlink()
