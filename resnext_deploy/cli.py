@@ -721,6 +721,12 @@ def serve(
     backend: Annotated[
         str, typer.Option("--backend", help="CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>).")
     ] = "onnxruntime",
+    restarts: Annotated[
+        int, typer.Option("--restarts", help="Restart a Triton server that dies, at most N times (default: exit 4).")
+    ] = 0,
+    http: Annotated[
+        bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
+    ] = True,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
     from .environment import cap_threads
@@ -743,6 +749,8 @@ def serve(
         log=log,
         server_log=None if verbose() else Path(directory) / SERVER_LOG,
         backend=backend,
+        restarts=restarts,
+        http=http,
     )
 
 

@@ -8,11 +8,17 @@ PyTriton live in tests/serving (they run in the Triton environment).
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import importlib.util
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +171,205 @@ def test_bench_warns_and_runs_with_too_many_threads(capsys, tiny_dir: Path) -> N
     outcome = cli(capsys, "bench", "--dir", tiny_dir, *args)
     assert outcome.code == ExitCode.OK, outcome.err
     assert f"using {usable_cpus()}" in outcome.err
+
+
+# ----------------------------------------------------------------------------------------------
+# The served endpoint (Triton environment: `make test-triton`)
+
+needs_pytriton = pytest.mark.skipif(
+    importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None,
+    reason="needs nvidia-pytriton: pip install 'resnext-deploy[triton]'",
+)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Descendant process ids of ``pid``, from /proc."""
+    parents = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(status.parent.name)] = int(status.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        todo += kids
+    return found
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(field)
+
+
+class Served:
+    """``resnext-deploy serve`` in a child process on free loopback ports, with its tritonserver's memory."""
+
+    def __init__(self, directory: Path, tmp_path: Path, *extra: str) -> None:
+        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.log = tmp_path / "serve.log"
+        command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
+        command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        self.model = "resnext_tiny_onnx_fp32"
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        import tritonclient.grpc as grpc
+
+        client = grpc.InferenceServerClient(f"127.0.0.1:{self.grpc}")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            with contextlib.suppress(Exception):
+                if client.is_model_ready(self.model):
+                    client.close()
+                    return
+            time.sleep(0.5)
+        pytest.fail(f"serve was not ready after {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def server_pid(self) -> int:
+        pids = [p for p in _children(self.process.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "tritonserver"]
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture
+def served(tiny_dir: Path, tmp_path: Path):
+    running = Served(tiny_dir, tmp_path)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def _http_infer(port: int, model: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """POST a raw inference request; the status and the start of the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")[:4000]
+    finally:
+        connection.close()
+
+
+def _json_request(shape: list[int], data: list[float]) -> bytes:
+    return json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]}).encode()
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_serve_rejects_nan_inputs_on_both_protocols(served: Served) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    status, text = _http_infer(served.http, served.model, _json_request([1, 3, 32, 32], [float("nan")] * 3072))
+    assert status >= 400 and "NaN" in text, (status, text)
+    client = grpc.InferenceServerClient(f"127.0.0.1:{served.grpc}")
+    request = grpc.InferInput("input", [1, 3, 32, 32], "FP32")
+    request.set_data_from_numpy(np.full((1, 3, 32, 32), np.inf, np.float32))
+    with pytest.raises(InferenceServerException, match="NaN or Inf"):
+        client.infer(served.model, [request])
+    request.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+    assert np.isfinite(client.infer(served.model, [request]).as_numpy("logits")).all()  # still up
+    client.close()
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_serve_exits_4_when_the_server_dies(served: Served) -> None:
+    os.kill(served.server_pid(), signal.SIGKILL)
+    assert served.process.wait(60) == ExitCode.BACKEND_UNAVAILABLE
+    errors = [line for line in served.log.read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the Triton server died") and "--restarts" in errors[0]
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_serve_restarts_a_dead_server_only_when_asked(tiny_dir: Path, tmp_path: Path) -> None:
+    running = Served(tiny_dir, tmp_path, "--restarts", "1")
+    try:
+        running.wait_ready()
+        os.kill(running.server_pid(), signal.SIGKILL)
+        time.sleep(2)
+        running.wait_ready()
+        assert "restarting it (1 of 1)" in running.log.read_text()
+        os.kill(running.server_pid(), signal.SIGKILL)
+        assert running.process.wait(60) == ExitCode.BACKEND_UNAVAILABLE
+    finally:
+        running.stop()
+
+
+def _grpc_shape_claim(port: int, model: str, shape: list[int]) -> str:
+    """A raw gRPC request claiming ``shape`` with 12 KB of data (the client library would refuse to send it)."""
+    import numpy as np
+    import tritonclient.grpc as grpc
+    from tritonclient.grpc import service_pb2
+
+    client = grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    request = service_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend(shape)
+    request.raw_input_contents.append(np.zeros(3072, np.float32).tobytes())
+    try:
+        client._client_stub.ModelInfer(request, timeout=30)
+        return "accepted"
+    except Exception as exc:  # noqa: BLE001 - grpc's RpcError carries the server's reason
+        return exc.details() if hasattr(exc, "details") else str(exc)
+    finally:
+        client.close()
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_a_shape_claim_over_http_that_kills_the_server_makes_serve_exit_4(served: Served) -> None:
+    """Triton's HTTP frontend allocates a JSON request's claimed shape before it checks it (README, Serving)."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        _http_infer(served.http, served.model, _json_request([2**31, 3, 32, 32], [0.0] * 3072))
+    assert served.process.wait(60) == ExitCode.BACKEND_UNAVAILABLE
+    errors = [line for line in served.log.read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the Triton server died"), errors
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_no_http_leaves_grpc_which_checks_the_shape_before_allocating(tiny_dir: Path, tmp_path: Path) -> None:
+    """With --no-http a 12 KB request claiming 800 MB is refused by batch size, and the server's peak stays put."""
+    running = Served(tiny_dir, tmp_path, "--no-http")
+    try:
+        running.wait_ready()
+        pid = running.server_pid()
+        before = _status_kb(pid, "VmHWM")
+        with pytest.raises(ConnectionRefusedError):
+            _http_infer(running.http, running.model, _json_request([1, 3, 32, 32], [0.0] * 3072))
+        assert "batch-size must be <= 32" in _grpc_shape_claim(running.grpc, running.model, [2**16, 3, 32, 32])
+        assert _status_kb(pid, "VmHWM") - before < 50 * 1024  # kB: 800 MB if the claim were allocated
+    finally:
+        assert running.stop() == 0
