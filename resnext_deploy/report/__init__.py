@@ -14,6 +14,7 @@ from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json,
 from ..errors import BadInputError
 from ..evaluate.bench import BENCH_JSON, BENCH_PNG, STABILITY_RULE, bench_table, format_speedup
 from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
+from ..source import export_command
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
@@ -32,7 +33,7 @@ def write_report(
     """
     directory = Path(directory)
     if not (directory / MANIFEST_NAME).exists():
-        raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `resnext-deploy export --dir {directory}` first")
+        raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `{export_command(directory)}` first")
     manifest = Manifest(directory)
     verify = _optional_json(directory / VERIFY_JSON)
     bench = _optional_json(directory / BENCH_JSON)

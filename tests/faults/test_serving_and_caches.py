@@ -13,6 +13,7 @@ import http.client
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -373,3 +374,74 @@ def test_no_http_leaves_grpc_which_checks_the_shape_before_allocating(tiny_dir: 
         assert _status_kb(pid, "VmHWM") - before < 50 * 1024  # kB: 800 MB if the claim were allocated
     finally:
         assert running.stop() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Stale files, planted symlinks and huge numbers: serve and triton-repo
+
+needs_tritonclient = pytest.mark.skipif(
+    importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient: pip install 'resnext-deploy[triton]'"
+)
+
+
+@pytest.fixture
+def stale_fp16_dir(tmp_path: Path, low_precision_template: Path) -> Path:
+    """The tiny model with FP16 and INT8 files, then model.onnx re-exported from other weights (both now stale)."""
+    directory = tmp_path / "tiny"
+    shutil.copytree(low_precision_template, directory)
+    data = json.loads((directory / MANIFEST_NAME).read_text())
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        data["artifacts"][name]["parent_sha256"] = "1" * 64  # made from a model.onnx that is gone
+    (directory / MANIFEST_NAME).write_text(json.dumps(data))
+    return directory
+
+
+def test_serve_refuses_a_stale_file_as_bad_input(capsys, stale_fp16_dir: Path) -> None:
+    outcome = cli(capsys, "serve", "--dir", stale_fp16_dir, "--precision", "fp16", "--port", str(_free_ports(1)[0]))
+    fails(outcome, ExitCode.BAD_INPUT, "model.fp16.onnx is stale")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-batch-size", "1000000"), ("--restarts", "-1")])
+def test_serve_refuses_out_of_range_numbers_as_bad_input(capsys, tiny_dir: Path, flag: str, value: str) -> None:
+    fails(cli(capsys, "serve", "--dir", tiny_dir, flag, value), ExitCode.BAD_INPUT, flag)
+
+
+@needs_tritonclient
+def test_triton_repo_skips_stale_files_with_the_reason(capsys, stale_fp16_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    outcome = cli(capsys, "triton-repo", "--dir", stale_fp16_dir, "--out", out)
+    assert outcome.code == ExitCode.OK, outcome.err
+    assert "skipped model.fp16.onnx: stale" in outcome.err and "skipped model.int8.onnx: stale" in outcome.err
+    assert sorted(p.name for p in out.iterdir()) == ["resnext_tiny_onnx_fp32", "resnext_tiny_openvino_fp32"]
+
+
+@needs_tritonclient
+def test_triton_repo_never_writes_through_a_symlink_planted_in_out(capsys, tiny_dir: Path, tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "resnext_tiny_onnx_fp32").symlink_to(elsewhere)
+    outcome = cli(capsys, "triton-repo", "--dir", tiny_dir, "--out", out)
+    fails(outcome, ExitCode.BAD_INPUT, "is a symlink")
+    assert list(elsewhere.iterdir()) == []
+
+
+@needs_tritonclient
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-batch-size", str(2**70)), ("--max-queue-delay-us", str(2**70)), ("--instances", str(2**40))],
+)
+def test_triton_repo_refuses_huge_numbers(capsys, tiny_dir: Path, tmp_path: Path, flag: str, value: str) -> None:
+    fails(cli(capsys, "triton-repo", "--dir", tiny_dir, "--out", tmp_path / "repo", flag, value), ExitCode.BAD_INPUT)
+    assert not (tmp_path / "repo").exists()
+
+
+@needs_tritonclient
+def test_the_printed_tritonserver_line_is_shell_quoted(capsys, tmp_path: Path, tiny_export_template: Path) -> None:
+    directory = tmp_path / "my dir; rm -rf x"
+    shutil.copytree(tiny_export_template, directory)
+    out = tmp_path / "repo $HOME"
+    outcome = cli(capsys, "triton-repo", "--dir", directory, "--out", out)
+    assert outcome.code == ExitCode.OK, outcome.err
+    line = next(line for line in outcome.err.splitlines() if line.startswith("serve it with: "))
+    assert shlex.split(line.removeprefix("serve it with: ")) == ["tritonserver", "--model-repository", str(out)]
