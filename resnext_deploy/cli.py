@@ -7,6 +7,7 @@ stdout; progress, logs and warnings to stderr (library logs only with ``--verbos
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -754,6 +755,25 @@ def serve(
     )
 
 
+# A path component over 255 bytes, or a path over PATH_MAX: the user's path, wherever a library trips on it.
+PATH_ERRNOS = frozenset({errno.ENAMETOOLONG})
+
+
+def _refuse_undecodable(args: Sequence[str]) -> None:
+    """Refuse an argument that is not valid UTF-8 (a Latin-1 ``--dir``), before any work.
+
+    Python keeps such bytes as lone surrogates; torch's ONNX export, ONNX, ONNX Runtime and OpenVINO take
+    paths as UTF-8 strings and fail on them, after the work is done. File names inside a data folder are
+    read with Python's own calls and need no such rule.
+    """
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise BadInputError(f"{shown} is not valid UTF-8; rename it (ONNX libraries need UTF-8 paths)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every known failure to one line and its exit code.
 
@@ -764,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("RESNEXT_DEPLOY_DEBUG"))
     command = typer.main.get_command(app)
     try:
+        _refuse_undecodable(sys.argv[1:] if argv is None else argv)
         result = command.main(args=argv, prog_name="resnext-deploy", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (typer vendors Click)
         message = exc.format_message().strip()
@@ -782,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a clean line
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS:  # a path the file system refuses: bad input
+            typer.echo(f"error: {exc.filename or 'a path'}: {exc.strerror}; use a shorter or valid path", err=True)
+            return ExitCode.BAD_INPUT
         detail = one_line(exc)
         typer.echo(
             f"internal error: {type(exc).__name__}: {detail} (set RESNEXT_DEPLOY_DEBUG=1 for a traceback, "

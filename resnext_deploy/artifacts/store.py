@@ -135,7 +135,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a name that was not UTF-8 on disk (a lone surrogate) is written as a backslash escape."""
+    write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def write_json(path: str | Path, data: Any) -> None:

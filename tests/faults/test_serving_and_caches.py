@@ -23,11 +23,15 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_faults import QUICK_BENCH, TINY, cli, fails, snapshot, unchanged
+from test_inputs_second_battery import MEMORY_BOUND, measured
 
 from resnext_deploy.artifacts import MANIFEST_NAME
+from resnext_deploy.data import ImageDataset, ImageFolder
 from resnext_deploy.environment import cap_threads, usable_cpus
 from resnext_deploy.errors import ExitCode
+from resnext_deploy.source import resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -445,3 +449,59 @@ def test_the_printed_tritonserver_line_is_shell_quoted(capsys, tmp_path: Path, t
     assert outcome.code == ExitCode.OK, outcome.err
     line = next(line for line in outcome.err.splitlines() if line.startswith("serve it with: "))
     assert shlex.split(line.removeprefix("serve it with: ")) == ["tritonserver", "--model-repository", str(out)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Images and paths: extreme aspect ratios, Latin-1 names, non-UTF-8 arguments, long components
+
+
+def _image_folder(root: Path) -> Path:
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (i * 60, 80, 120)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_a_one_pixel_high_png_is_skipped_in_bounded_memory(tiny_dir: Path, tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "data")
+    Image.new("L", (1_000_000, 1)).save(data / "a" / "wide.png")  # 3 KB; 32 x 32,000,000 once resized
+    assert (data / "a" / "wide.png").stat().st_size < 10_000
+    code, err, peak = measured(tmp_path, "verify", "--dir", tiny_dir, "--data", data, "--backends", "onnxruntime")
+    assert code == ExitCode.OK, err
+    assert "wide.png: 1000000x1 is more than 100:1" in err
+    assert peak < MEMORY_BOUND
+
+
+def test_a_latin1_file_name_in_the_data_folder_is_read(capsys, tiny_dir: Path, tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "data")
+    (data / "a" / "0.png").rename(data / "a" / os.fsdecode(b"caf\xe9.png"))
+    outcome = cli(capsys, "verify", "--dir", tiny_dir, "--data", data, "--backends", "onnxruntime")
+    assert outcome.code == ExitCode.OK, outcome.err
+    assert json.loads((tiny_dir / "verify.json").read_text())["results"][0]["n"] == 6
+
+
+def test_calibration_fingerprint_follows_file_contents(tmp_path: Path) -> None:
+    """An image rewritten in place with the same name and size is other data."""
+    data = _image_folder(tmp_path / "data")
+    pre = resolve_source("resnext_tiny").preprocessing
+    before = ImageDataset(ImageFolder.scan(data), pre, None, seed=0).fingerprint
+    image = data / "a" / "1.png"
+    size = image.stat().st_size
+    Image.new("RGB", (40, 40), (61, 80, 120)).save(image)
+    assert image.stat().st_size == size
+    assert ImageDataset(ImageFolder.scan(data), pre, None, seed=0).fingerprint != before
+
+
+def test_a_non_utf8_dir_is_refused_before_any_work(capsys, tmp_path: Path) -> None:
+    directory = tmp_path / os.fsdecode(b"d\xe9")
+    fails(cli(capsys, "export", "--dir", directory, *TINY), ExitCode.BAD_INPUT, "not valid UTF-8")
+    assert not directory.exists()
+
+
+@pytest.mark.parametrize("command", [["export", *TINY], ["verify"]])
+def test_a_path_component_over_255_bytes_is_bad_input(capsys, tiny_dir: Path, tmp_path: Path, command) -> None:
+    long = "x" * 300
+    target = tmp_path / long / "d" if command[0] == "export" else tiny_dir
+    extra = [] if command[0] == "export" else ["--data", tmp_path / long]
+    fails(cli(capsys, command[0], "--dir", target, *command[1:], *extra), ExitCode.BAD_INPUT, "too long")
