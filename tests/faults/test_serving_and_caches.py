@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -505,3 +507,78 @@ def test_a_path_component_over_255_bytes_is_bad_input(capsys, tiny_dir: Path, tm
     target = tmp_path / long / "d" if command[0] == "export" else tiny_dir
     extra = [] if command[0] == "export" else ["--data", tmp_path / long]
     fails(cli(capsys, command[0], "--dir", target, *command[1:], *extra), ExitCode.BAD_INPUT, "too long")
+
+
+# ----------------------------------------------------------------------------------------------
+# bench-triton against servers that are not what they claim
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    """Answers Triton's health and metadata paths with ``routes``; anything else is a 404 HTML page."""
+
+    routes: dict[str, tuple[int, str]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        status, body = self.routes.get(self.path, (404, "<html>not found</html>"))
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _fake_server(routes: dict[str, tuple[int, str]]):
+    handler = type("Handler", (_FakeServer,), {"routes": routes})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_LIVE = {"/v2/health/live": (200, ""), "/v2/models/m/ready": (200, "")}
+
+
+@needs_tritonclient
+@pytest.mark.parametrize(
+    ("routes", "fragment"),
+    [
+        ({}, "no ready model"),  # a web server that is not Triton
+        ({**_LIVE, "/v2/models/m": (200, '{"inputs": "nope"}')}, "not Triton's"),
+        ({**_LIVE, "/v2/models/m": (200, "[" * 100_000)}, "m"),
+        (
+            {
+                **_LIVE,
+                "/v2/models/m": (
+                    200,
+                    json.dumps(
+                        {
+                            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 30000, 30000]}],
+                            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+                        }
+                    ),
+                ),
+            },
+            "MiB per request",
+        ),
+    ],
+)
+def test_bench_triton_against_a_server_that_is_not_triton(capsys, tiny_dir: Path, routes, fragment: str) -> None:
+    with _fake_server(routes) as url:
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--model", "m", "--duration", "0.1")
+    fails(outcome, ExitCode.BAD_INPUT, fragment)
+    assert not (tiny_dir / "bench_triton.json").exists()
+
+
+@needs_tritonclient
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "grpc://:::", "http://"])
+def test_bench_triton_with_a_malformed_url(capsys, tiny_dir: Path, url: str) -> None:
+    outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
+    fails(outcome, ExitCode.BAD_INPUT)
