@@ -472,7 +472,6 @@ def pipeline(
     """
     from .artifacts import locked, prepare_dir
     from .environment import cap_threads
-    from .errors import VerificationError
     from .evaluate.bench import BenchSettings, parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
@@ -519,7 +518,7 @@ def pipeline(
     if warning := source.weights_warning():
         typer.echo(f"WARNING: {warning}")
     if not result.verified:
-        raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
+        raise result.error()
 
 
 @app.command()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_faults import QUICK_BENCH, TINY, cli, fails, snapshot, unchanged
+from test_faults import QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails, snapshot, unchanged
 from test_inputs_second_battery import MEMORY_BOUND, measured
 
 from resnext_deploy.artifacts import MANIFEST_NAME
@@ -582,3 +582,16 @@ def test_bench_triton_against_a_server_that_is_not_triton(capsys, tiny_dir: Path
 def test_bench_triton_with_a_malformed_url(capsys, tiny_dir: Path, url: str) -> None:
     outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
     fails(outcome, ExitCode.BAD_INPUT)
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline: each step's error keeps its documented code
+
+
+@pytest.mark.slow
+def test_pipeline_with_too_few_calibration_images_is_exit_3(capsys, tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "few")
+    args = ["--dir", tmp_path / "o", "--calib-dir", data, *QUICK_PIPELINE, "--count", "4"]
+    outcome = cli(capsys, "pipeline", *TINY, *args)
+    line = fails(outcome, ExitCode.BAD_INPUT, "pipeline:", "int8 ONNX failed")
+    assert (tmp_path / "o" / "report.md").exists(), line
