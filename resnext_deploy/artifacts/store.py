@@ -8,7 +8,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
+import shlex
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -152,6 +154,16 @@ def read_json(path: str | Path) -> Any:
         raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
     except RecursionError:
         raise BadInputError(f"{path} is nested too deeply to be a resnext-deploy file; delete it and run again") from None
+
+
+def cache_error(path: str | Path, problem: str) -> BadInputError:
+    """Exit 3 for a cache file (calibration.json, int8_search.json) whose fields are not what this tool wrote."""
+    return BadInputError(f"{path} {problem}; it is a cache: delete it (rm {shlex.quote(str(path))}) and run again")
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float from JSON (not a bool, not NaN or Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def now_iso() -> str:

@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,13 +27,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_faults import QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails, snapshot, unchanged
+from test_faults import INT8_ONLY, QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails, snapshot, unchanged
 from test_inputs_second_battery import MEMORY_BOUND, measured
 
-from resnext_deploy.artifacts import MANIFEST_NAME
+from resnext_deploy.artifacts import CALIBRATION_NAME, MANIFEST_NAME
+from resnext_deploy.cli import main
 from resnext_deploy.data import ImageDataset, ImageFolder
 from resnext_deploy.environment import cap_threads, usable_cpus
-from resnext_deploy.errors import ExitCode
+from resnext_deploy.errors import BadInputError, ExitCode
+from resnext_deploy.export import export_onnx
+from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, _load_ranking
 from resnext_deploy.source import resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -595,3 +599,69 @@ def test_pipeline_with_too_few_calibration_images_is_exit_3(capsys, tmp_path: Pa
     outcome = cli(capsys, "pipeline", *TINY, *args)
     line = fails(outcome, ExitCode.BAD_INPUT, "pipeline:", "int8 ONNX failed")
     assert (tmp_path / "o" / "report.md").exists(), line
+
+
+# ----------------------------------------------------------------------------------------------
+# Caches: read field by field; a hand edit is exit 3 naming the file and how to drop it
+
+
+@pytest.fixture(scope="module")
+def calibrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with model.int8.onnx and the calibration.json it was made from (read-only: copy it)."""
+    directory = tmp_path_factory.mktemp("calibrated") / "demo"
+    directory.mkdir()
+    export_onnx(resolve_source(), directory, log=lambda _m: None)
+    assert main(["build-trt", "--dir", str(directory), *INT8_ONLY]) == ExitCode.OK
+    return directory
+
+
+def _nan(data: dict) -> None:
+    next(iter(data["tensors"].values()))["amax"] = float("nan")
+
+
+def _negative(data: dict) -> None:
+    next(iter(data["tensors"].values()))["amax"] = -1.0
+
+
+def _zero(data: dict) -> None:
+    entry = next(entry for entry in data["tensors"].values() if max(abs(entry["min"]), abs(entry["max"])) > 0)
+    entry["amax"] = 0.0
+
+
+def _wrong_type(data: dict) -> None:
+    data["count"] = "many"
+
+
+def _nested(data: dict) -> None:
+    next(iter(data["tensors"].values()))["min"] = [[[[1.0]]]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", [_nan, _negative, _zero, _wrong_type, _nested])
+def test_an_edited_calibration_json_is_exit_3_naming_it(capsys, calibrated_template: Path, tmp_path: Path, edit):
+    directory = Path(shutil.copytree(calibrated_template, tmp_path / "demo"))
+    (directory / "model.int8.onnx").unlink()  # so that the next run reads the calibration again
+    path = directory / CALIBRATION_NAME
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    outcome = cli(capsys, "build-trt", "--dir", directory, *INT8_ONLY)
+    fails(outcome, ExitCode.BAD_INPUT, str(path), "delete it (rm ")
+
+
+def test_an_edited_search_ranking_is_exit_3_naming_it(tmp_path: Path) -> None:
+    key = {"model": "m"}
+    path = tmp_path / SEARCH_NAME
+    for ranking, fragment in [
+        ("nope", "not a list"),
+        ([["conv1", "high"]], "not [layer, finite score]"),
+        ([["conv1", float("nan")]], "not [layer, finite score]"),
+        ([["ghost", 1.0]], "does not quantize"),
+        ([["conv1", 1.0], ["conv1", 2.0]], "twice"),
+    ]:
+        path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "ranking": ranking}))
+        with pytest.raises(BadInputError, match=re.escape(fragment)) as caught:
+            _load_ranking(tmp_path, key, ["conv1", "conv2"])
+        assert str(path) in str(caught.value) and "delete it" in str(caught.value)
+    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "ranking": [["conv2", 0.5], ["conv1", 0.1]]}))
+    assert _load_ranking(tmp_path, key, ["conv1", "conv2"]) == [("conv2", 0.5), ("conv1", 0.1)]
