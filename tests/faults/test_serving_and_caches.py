@@ -31,6 +31,7 @@ from test_faults import INT8_ONLY, QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails
 from test_inputs_second_battery import MEMORY_BOUND, measured
 
 from resnext_deploy.artifacts import CALIBRATION_NAME, MANIFEST_NAME
+from resnext_deploy.backends.openvino import CACHE_DIR, CACHE_SEAL
 from resnext_deploy.cli import main
 from resnext_deploy.data import ImageDataset, ImageFolder
 from resnext_deploy.environment import cap_threads, usable_cpus
@@ -665,3 +666,34 @@ def test_an_edited_search_ranking_is_exit_3_naming_it(tmp_path: Path) -> None:
         assert str(path) in str(caught.value) and "delete it" in str(caught.value)
     path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "ranking": [["conv2", 0.5], ["conv1", 0.1]]}))
     assert _load_ranking(tmp_path, key, ["conv1", "conv2"]) == [("conv2", 0.5), ("conv1", 0.1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenVINO's compiled-model cache
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino extra")
+OV_VERIFY = ["--backends", "openvino", "--precisions", "fp32", "--count", "4"]
+
+
+@needs_openvino
+def test_a_corrupted_openvino_blob_is_recompiled_not_trusted(capsys, tiny_dir: Path) -> None:
+    assert cli(capsys, "verify", "--dir", tiny_dir, *OV_VERIFY).code == ExitCode.OK
+    blobs = list((tiny_dir / CACHE_DIR).rglob("*.blob"))
+    assert blobs and list((tiny_dir / CACHE_DIR).rglob(CACHE_SEAL))
+    for blob in blobs:  # same size, other bytes: what a bad disk or a hand edit leaves
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 4096] = b"\xff" * len(data[len(data) // 2 : len(data) // 2 + 4096])
+        blob.write_bytes(bytes(data))
+    outcome = cli(capsys, "verify", "--dir", tiny_dir, *OV_VERIFY)
+    assert outcome.code == ExitCode.OK, outcome.err + outcome.out
+    assert all(blob.read_bytes() != data for blob in blobs if blob.exists())
+
+
+@needs_openvino
+def test_a_symlinked_openvino_cache_is_never_followed(capsys, tiny_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tiny_dir / CACHE_DIR).symlink_to(elsewhere)
+    outcome = cli(capsys, "verify", "--dir", tiny_dir, *OV_VERIFY)
+    assert outcome.code == ExitCode.OK, outcome.err
+    assert list(elsewhere.iterdir()) == []
