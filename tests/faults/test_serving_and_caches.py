@@ -697,3 +697,13 @@ def test_a_symlinked_openvino_cache_is_never_followed(capsys, tiny_dir: Path, tm
     outcome = cli(capsys, "verify", "--dir", tiny_dir, *OV_VERIFY)
     assert outcome.code == ExitCode.OK, outcome.err
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_excluding_every_node_is_refused_rather_than_an_int8_file_without_int8(capsys, tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    export_onnx(resolve_source(), directory, log=lambda _m: None)
+    outcome = cli(capsys, "build-trt", "--dir", directory, *INT8_ONLY, "--exclude", "*")
+    fails(outcome, ExitCode.BAD_INPUT, "leaves no layer in INT8")
+    assert not (directory / "model.int8.onnx").exists()
