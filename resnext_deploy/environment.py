@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import stat
 import sys
+import tempfile
 from collections.abc import Callable
 
 
@@ -82,6 +84,23 @@ def stay_offline() -> None:
     """
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None makes imports fail
+    if "MPLCONFIGDIR" not in os.environ:  # matplotlib (bench's plot) keeps its font cache under HOME otherwise
+        os.environ["MPLCONFIGDIR"] = _private_temp_dir("matplotlib")
+
+
+def _private_temp_dir(name: str) -> str:
+    """A folder of this user's under the temporary directory, reused across runs; a fresh one if it is not ours."""
+    path = os.path.join(tempfile.gettempdir(), f"resnext-deploy-{name}-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix=f"resnext-deploy-{name}-")
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():  # a link or another user's: not trusted
+        return tempfile.mkdtemp(prefix=f"resnext-deploy-{name}-")
+    return path
 
 
 def usable_cpus() -> int:

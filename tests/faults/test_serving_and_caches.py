@@ -72,6 +72,19 @@ def test_verify_makes_no_lookup_and_writes_nothing_under_home(tiny_dir: Path, tm
     assert list(home.rglob("*")) == []
 
 
+@pytest.mark.slow
+def test_bench_writes_nothing_under_home(tiny_dir: Path, tmp_path: Path) -> None:
+    """bench draws its plot with matplotlib, whose font cache would otherwise go to ~/.cache/matplotlib."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in child_env(home).items() if k != "MPLCONFIGDIR"}
+    command = [sys.executable, "-m", "resnext_deploy", "bench", "--dir", str(tiny_dir), "--backends", "onnxruntime"]
+    command += ["--precisions", "fp32", *QUICK_BENCH]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tiny_dir / "bench.png").exists() and list(home.rglob("*")) == []
+
+
 # ----------------------------------------------------------------------------------------------
 # Protected files and the tool's own temporary files
 
@@ -504,6 +517,13 @@ def test_a_non_utf8_dir_is_refused_before_any_work(capsys, tmp_path: Path) -> No
     directory = tmp_path / os.fsdecode(b"d\xe9")
     fails(cli(capsys, "export", "--dir", directory, *TINY), ExitCode.BAD_INPUT, "not valid UTF-8")
     assert not directory.exists()
+
+
+def test_a_non_utf8_data_folder_is_refused_before_the_pipeline_starts(capsys, tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / os.fsdecode(b"donn\xe9es"))
+    outcome = cli(capsys, "pipeline", *TINY, "--dir", tmp_path / "o", "--data", data, *QUICK_PIPELINE)
+    fails(outcome, ExitCode.BAD_INPUT, "not valid UTF-8")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("command", [["export", *TINY], ["verify"]])
