@@ -7,6 +7,7 @@ stdout; progress, logs and warnings to stderr (library logs only with ``--verbos
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -135,16 +136,17 @@ def _global_options(
     setup_logging(verbose)
 
 
-def _json_target(path: Path | None) -> Path | None:
+def _json_target(path: Path | None, directory: Path) -> Path | None:
     """The file ``--json`` writes, checked before any work: None for stdout (``-``) or no ``--json``.
 
     An existing target that is not a regular file (a FIFO, a device, a socket, a directory) is refused:
-    the atomic write would replace it, or block on it.
+    the atomic write would replace it, or block on it. So is a file the tool owns in ``--dir``.
     """
-    from .artifacts import check_writable
+    from .artifacts import check_writable, refuse_owned
 
     if path is None or str(path) == STDOUT:
         return None
+    refuse_owned(path, directory)
     check_writable(path)
     return path
 
@@ -412,6 +414,7 @@ def build_trt(
     """
     from .artifacts import locked
     from .backends.tensorrt.build import build_engine
+    from .backends.tensorrt.options import check_trt_major
     from .backends.tensorrt.probe import TensorRTUnavailableError
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
@@ -419,6 +422,7 @@ def build_trt(
     if fp16 and int8:
         raise typer.BadParameter("choose one of them (neither means FP32)", param_hint="'--fp16' / '--int8'")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    check_trt_major(trt_major)
     options = _build_options(
         min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
     )
@@ -505,8 +509,8 @@ def pipeline(
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
-    from .errors import VerificationError
-    from .evaluate.bench import parse_batch_sizes
+    from .environment import cap_threads
+    from .evaluate.settings import parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
@@ -539,7 +543,7 @@ def pipeline(
             batch_sizes=parse_batch_sizes(batch_sizes),
             budget_s=budget,
             duration_s=duration,
-            threads=threads,
+            threads=cap_threads(threads, log),
         ),
         build=_build_options(
             min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
@@ -557,7 +561,7 @@ def pipeline(
     if warning := source.weights_warning():
         typer.echo(f"WARNING: {warning}")
     if not result.verified:
-        raise VerificationError(f"verify: {result.failure_summary} (see {result.report})")
+        raise result.error()
 
 
 @app.command()
@@ -605,7 +609,7 @@ def verify(
         }
     )
     names = _backend_list(backends)
-    json_file = _json_target(json_path)
+    json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_verify(
@@ -658,7 +662,9 @@ def bench(
     Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
     """
     from .artifacts import locked
-    from .evaluate.bench import BENCH_JSON, bench_text, parse_batch_sizes, run_bench
+    from .environment import cap_threads
+    from .evaluate.bench import BENCH_JSON, bench_text, run_bench
+    from .evaluate.settings import parse_batch_sizes
     from .source import artifact_dir
 
     settings = BenchSettings(
@@ -668,7 +674,7 @@ def bench(
         warmup_ms=warmup_ms,
         duration_s=duration,
         min_iterations=min_iterations,
-        threads=threads,
+        threads=cap_threads(threads, log),
         ov_hint=ov_hint,
         budget_s=budget,
         rounds=rounds,
@@ -676,7 +682,7 @@ def bench(
         pause_ms=pause_ms,
         allow_spinning=allow_spinning,
     )
-    json_file = _json_target(json_path)
+    json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_bench(directory, settings, json_path=json_file, log=log)
@@ -782,8 +788,15 @@ def serve(
     backend: Annotated[
         str, typer.Option("--backend", help="CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>).")
     ] = "onnxruntime",
+    restarts: Annotated[
+        int, typer.Option("--restarts", help="Restart a Triton server that dies, at most N times (default: exit 4).")
+    ] = 0,
+    http: Annotated[
+        bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
+    ] = True,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
+    from .environment import cap_threads
     from .logs import verbose
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
@@ -798,12 +811,33 @@ def serve(
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         instances=instances,
-        threads=threads,
+        threads=cap_threads(threads, log),
         name=name,
         log=log,
         server_log=None if verbose() else Path(directory) / SERVER_LOG,
         backend=backend,
+        restarts=restarts,
+        http=http,
     )
+
+
+# A path component over 255 bytes, or a path over PATH_MAX: the user's path, wherever a library trips on it.
+PATH_ERRNOS = frozenset({errno.ENAMETOOLONG})
+
+
+def _refuse_undecodable(args: Sequence[str]) -> None:
+    """Refuse an argument that is not valid UTF-8 (a Latin-1 ``--dir``), before any work.
+
+    Python keeps such bytes as lone surrogates; torch's ONNX export, ONNX, ONNX Runtime and OpenVINO take
+    paths as UTF-8 strings and fail on them, after the work is done. File names inside a data folder are
+    read with Python's own calls and need no such rule.
+    """
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise BadInputError(f"{shown} is not valid UTF-8; rename it (ONNX libraries need UTF-8 paths)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -816,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("RESNEXT_DEPLOY_DEBUG"))
     command = typer.main.get_command(app)
     try:
+        _refuse_undecodable(sys.argv[1:] if argv is None else argv)
         result = command.main(args=argv, prog_name="resnext-deploy", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (typer vendors Click)
         message = exc.format_message().strip()
@@ -834,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns the unexpected into a clean line
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS:  # a path the file system refuses: bad input
+            typer.echo(f"error: {exc.filename or 'a path'}: {exc.strerror}; use a shorter or valid path", err=True)
+            return ExitCode.BAD_INPUT
         detail = one_line(exc)
         typer.echo(
             f"internal error: {type(exc).__name__}: {detail} (set RESNEXT_DEPLOY_DEBUG=1 for a traceback, "

@@ -23,6 +23,7 @@ from .models import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default bomb limit, made an error rather than a warning
+MAX_ASPECT = 100  # long side / short side; the short side is resized first, so this bounds the resized image
 MAX_ARRAY_BYTES = 2 << 30  # the most array data one .npz read may decompress: its counterpart of Pillow's limit
 _CHUNK = 16 << 20
 
@@ -91,6 +92,8 @@ def preprocess(image, pre: Preprocessing) -> np.ndarray:
 
     resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[pre.interpolation]
     width, height = image.size
+    if max(width, height) > MAX_ASPECT * min(width, height):  # a 1,000,000x1 PNG would resize to 32 x 32,000,000
+        raise ValueError(f"{width}x{height} is more than {MAX_ASPECT}:1; crop it to a usable aspect ratio")
     if width <= height:
         new_size = (pre.resize_size, int(pre.resize_size * height / width))
     else:
@@ -213,9 +216,9 @@ class ImageDataset(Dataset):
         import hashlib
 
         digest = hashlib.sha256()
-        for i in self.order[:wanted]:
-            stat = folder.files[i].stat() if folder.files[i].exists() else None
-            digest.update(f"{folder.files[i].relative_to(folder.root)}:{stat.st_size if stat else -1}".encode())
+        for i in self.order[:wanted]:  # names as bytes (a Latin-1 name is not UTF-8) and each file's contents
+            digest.update(os.fsencode(folder.files[i].relative_to(folder.root)) + b"\0")
+            digest.update(_content_sha256(folder.files[i]).encode())
         digest.update(repr(pre).encode())
         label = f"{folder.root} ({wanted} of {len(folder.files)} images"
         label += f" after the first {offset}" if offset else ""
@@ -251,6 +254,19 @@ class ImageDataset(Dataset):
                 f"no usable image in {self.folder.root}: all {len(self.skipped)} files failed to decode "
                 f"(first: {self.skipped[0][0].name}: {self.skipped[0][1]})"
             )
+
+
+def _content_sha256(path: Path) -> str:
+    """The file's sha256, so that an image rewritten in place changes the fingerprint; a placeholder if unreadable.
+
+    An unreadable file is skipped later with its reason; here it only needs a stable mark.
+    """
+    from .artifacts import sha256_file
+
+    try:
+        return sha256_file(path)
+    except (OSError, BadInputError):
+        return "unreadable"
 
 
 def _batch(images: list[np.ndarray], labels: list[int]) -> Batch:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
 
 
 def tensorrt_version() -> str | None:
@@ -66,3 +71,56 @@ def describe() -> dict[str, str]:
         "onnxruntime providers": ", ".join(onnxruntime.get_available_providers()),
         "tensorrt": tensorrt_version() or "not installed",
     }
+
+
+def stay_offline() -> None:
+    """Turn off the telemetry of the libraries this tool drives, before any of them is imported.
+
+    ONNX Runtime (1.2x+ on Linux) writes a device id under ``~/.cache/Microsoft/DeveloperTools`` on import
+    unless ``ORT_DISABLE_TELEMETRY`` is set; OpenVINO's converter package initialises ``openvino_telemetry``
+    on ``import openvino``, which writes ``~/intel/openvino_ga_cid`` and looks up Google Analytics' host.
+    Its own fallback (a stub) is taken when ``openvino_telemetry`` cannot be imported, which a ``None``
+    entry in ``sys.modules`` arranges without touching the installation.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None makes imports fail
+    if "MPLCONFIGDIR" not in os.environ:  # matplotlib (bench's plot) keeps its font cache under HOME otherwise
+        os.environ["MPLCONFIGDIR"] = _private_temp_dir("matplotlib")
+
+
+def _private_temp_dir(name: str) -> str:
+    """A folder of this user's under the temporary directory, reused across runs; a fresh one if it is not ours."""
+    path = os.path.join(tempfile.gettempdir(), f"resnext-deploy-{name}-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix=f"resnext-deploy-{name}-")
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():  # a link or another user's: not trusted
+        return tempfile.mkdtemp(prefix=f"resnext-deploy-{name}-")
+    return path
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(threads: int | None, log: Callable[[str], None]) -> int | None:
+    """``--threads`` capped at the CPUs this process may use, with a warning when it asked for more.
+
+    Every command taking ``--threads`` passes it through here: thread pools larger than the machine
+    oversubscribe it (``--threads 1000`` on 2 cores ran 30x slower), and ONNX Runtime's session creation
+    can hang when the process limit stops it from starting them. None (library defaults) and values
+    below 1 (refused by the command's own check) pass through unchanged.
+    """
+    cpus = usable_cpus()
+    if threads is None or threads <= cpus:
+        return threads
+    log(f"warning: --threads {threads} is more than the {cpus} CPUs this process may use; using {cpus}")
+    return cpus

@@ -11,6 +11,7 @@ import numpy as np
 
 from .artifacts import CALIBRATION_NAME, ONNX_FILES, Manifest, atomic_path, read_json, tool_versions
 from .backends.onnxruntime import OnnxRuntimeRunner
+from .backends.tensorrt.options import BATCH_LIMIT
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
 from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
@@ -61,8 +62,8 @@ def check_export_options(opset: int, static_batch: int | None) -> None:
     """Refuse bad export options before anything is created on disk."""
     if not 13 <= opset <= 21:
         raise BadInputError(f"--opset must be between 13 and 21 (TensorRT's ONNX parser range), got {opset}")
-    if static_batch is not None and static_batch < 1:
-        raise BadInputError(f"--static-batch must be at least 1, got {static_batch}")
+    if static_batch is not None and not 1 <= static_batch <= BATCH_LIMIT:
+        raise BadInputError(f"--static-batch must be between 1 and {BATCH_LIMIT}, got {static_batch}")
 
 
 def export_onnx(

@@ -16,7 +16,7 @@ from .artifacts import ONNX_FILES, PRECISIONS, Manifest
 from .backends.tensorrt.build import build_engine
 from .backends.tensorrt.options import BuildOptions
 from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
-from .errors import BadInputError, VerificationError
+from .errors import BadInputError, DeployError, VerificationError
 from .evaluate.settings import BenchSettings
 from .export import export_onnx
 from .precision.options import PrecisionOptions
@@ -40,6 +40,12 @@ class PipelineResult:
     failure_summary: str
     skipped: dict[str, str]
     tables: list[str] = field(default_factory=list)  # verify's and bench's, for the caller to print as results
+    bad_input: bool = False  # a step failed on its input (too few images, a full disk): exit 3, not 1
+
+    def error(self) -> DeployError:
+        """The failure to raise after the report: bad input when a step met one, else a verification failure."""
+        kind = BadInputError if self.bad_input else VerificationError
+        return kind(f"pipeline: {self.failure_summary} (see {self.report})")
 
 
 def run_pipeline(
@@ -54,11 +60,13 @@ def run_pipeline(
     log("== export (FP32 ONNX)")
     export_onnx(source, directory, log=log)
     failed: dict[str, str] = {}
+    bad_input = False
     for precision in ("fp16", "int8"):
         log(f"== {precision.upper()} ONNX")
         try:
             make_typed_onnx(directory, precision, options.precision, log=log)
         except (VerificationError, BadInputError) as exc:
+            bad_input |= isinstance(exc, BadInputError)
             failed[f"{precision} ONNX"] = f"failed: {exc}"
             log(f"{precision.upper()} step failed; continuing with what exists: {exc}")
     skipped = build_engines(directory, options.build, log)
@@ -69,6 +77,7 @@ def run_pipeline(
     try:
         measured = run_bench(directory, options.bench, log=log)
     except BadInputError as exc:
+        bad_input = True
         failed["bench"] = f"failed: {exc}"
         log(f"bench failed: {exc}")
     skipped = {**failed, **skipped}
@@ -77,7 +86,7 @@ def run_pipeline(
     if not verified:
         problems.append(verified.failure_summary())
     tables = [verify_text(verified.to_dict())] + ([bench_text(measured)] if measured is not None else [])
-    return PipelineResult(report, not problems, "; ".join(problems), skipped, tables)
+    return PipelineResult(report, not problems, "; ".join(problems), skipped, tables, bad_input)
 
 
 def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:

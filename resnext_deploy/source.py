@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -280,9 +281,14 @@ def artifact_dir(directory: str | Path) -> Path:
     """The directory of an earlier export, its manifest and recorded model checked before anything is locked there."""
     path = Path(directory)
     if not path.is_dir():
-        raise BadInputError(f"--dir {path} is not a directory; run `resnext-deploy export --dir {path}` first")
+        raise BadInputError(f"--dir {path} is not a directory; run `{export_command(path)}` first")
     manifest = Manifest(path)
     if manifest.entry(ONNX_FILES["fp32"]) is None:
         raise BadInputError(f"{path} has no exported model.onnx in its manifest; run `resnext-deploy export` first")
     recorded_source(manifest)
     return path
+
+
+def export_command(directory: str | Path) -> str:
+    """The ``resnext-deploy export`` line hints print, shell-quoted so that it can be pasted as it is."""
+    return shlex.join(["resnext-deploy", "export", "--dir", str(directory)])

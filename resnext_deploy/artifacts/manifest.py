@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -9,10 +10,51 @@ from typing import Any
 
 from ..errors import BadInputError
 from .precisions import ONNX_FILES
-from .store import now_iso, read_json, sha256_file, write_json
+from .store import CALIBRATION_NAME, LOCK_NAME, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# Files this tool writes in an artifact directory besides those its manifest records (which every command reads).
+TOOL_FILES = frozenset(
+    {
+        MANIFEST_NAME,
+        CALIBRATION_NAME,
+        "int8_search.json",
+        "verify.json",
+        "bench.json",
+        "bench.csv",
+        "bench.md",
+        "bench.png",
+        "bench_triton.json",
+        "bench_triton.md",
+        "report.md",
+        "report.json",
+        "triton_server.log",
+        LOCK_NAME,
+    }
+)
+
+
+def refuse_owned(path: str | Path, directory: str | Path) -> None:
+    """Refuse a user-named output (``--json``) that would replace a file this tool owns in ``directory``.
+
+    Owned: the manifest and every file it records, any ``model.*`` file (models, engines and their
+    manifests), and the reports and caches in :data:`TOOL_FILES`. Replacing one would break later commands.
+    """
+    target, home = Path(path).absolute(), Path(directory).absolute()
+    with contextlib.suppress(OSError):
+        target, home = target.parent.resolve() / target.name, home.resolve()
+    if target.parent != home:
+        return
+    recorded = set()
+    with contextlib.suppress(BadInputError):
+        recorded = set(Manifest(home).artifacts) if (home / MANIFEST_NAME).is_file() else set()
+    if target.name in TOOL_FILES or target.name in recorded or target.name.startswith("model."):
+        raise BadInputError(
+            f"{path} is a file resnext-deploy owns in --dir {directory}; write the JSON to another name"
+        )
 
 
 def tool_versions() -> dict[str, str]:
@@ -108,14 +150,18 @@ class Manifest:
         if self.artifacts.pop(name, None) is not None:
             self.save()
 
-    def stale_reason(self, name: str) -> str | None:
+    def stale_reason(self, name: str, seen: frozenset[str] = frozenset()) -> str | None:
         """Why an artifact was made from an input that has changed since, following parents up to model.onnx.
 
         ``model.onnx`` is the root (its parent is a checkpoint); every other artifact's parent is the
         artifact in this manifest whose sha256 is its ``parent_sha256``. A parent that is gone (a
         re-export replaced model.onnx) or is itself stale makes the child stale; one recorded without
-        a parent has no lineage to check.
+        a parent has no lineage to check. A hand-edited manifest whose parents form a cycle is refused.
         """
+        if name in seen:
+            raise BadInputError(
+                f"{self.path}: the parents of {name} form a cycle; delete the manifest and run export again"
+            )
         entry = self.entry(name)
         if entry is None or name == ONNX_FILES["fp32"] or entry.get("parent_sha256") is None:
             return None
@@ -123,7 +169,7 @@ class Manifest:
         parent = parents.get(entry.get("parent_sha256"))
         if parent is None:
             return "made from an earlier model.onnx (its parent's sha256 is no longer in the directory)"
-        reason = self.stale_reason(parent)
+        reason = self.stale_reason(parent, seen | {name})
         return None if reason is None else f"made from {parent}, which is stale ({reason})"
 
     def stale(self) -> dict[str, str]:

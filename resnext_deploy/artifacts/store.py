@@ -8,7 +8,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
+import shlex
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from ..errors import BadInputError, BusyError
 
 LOCK_NAME = ".resnext-deploy.lock"
 CALIBRATION_NAME = "calibration.json"  # activation ranges (precision/calibration.py), beside the files it made
+PARTIAL_PREFIX = ".resnext-deploy-partial."  # atomic writes' temporary files; only these are ever cleaned up
 
 
 def engine_file(precision: str) -> str:
@@ -27,8 +30,17 @@ def engine_file(precision: str) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256; a FIFO, device or socket (a manifest may record ``/dev/zero``) is refused, not read.
+
+    Opened without blocking, so a FIFO with no writer does not hang the open before the check.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"{path} is not a regular file (a device, FIFO or socket); point at a regular file")
+    os.set_blocking(fd, True)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -100,7 +112,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     _refuse_special(final)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{final.name}.", suffix=".partial", dir=final.parent)
     except OSError as exc:
         raise _output_error(final, exc) from None
     os.close(fd)
@@ -123,7 +135,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a name that was not UTF-8 on disk (a lone surrogate) is written as a backslash escape."""
+    write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -137,6 +150,18 @@ def read_json(path: str | Path) -> Any:
         raise BadInputError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
+    except RecursionError:
+        raise BadInputError(f"{path} is nested too deeply to be a resnext-deploy file; delete it and run again") from None
+
+
+def cache_error(path: str | Path, problem: str) -> BadInputError:
+    """Exit 3 for a cache file (calibration.json, int8_search.json) whose fields are not what this tool wrote."""
+    return BadInputError(f"{path} {problem}; it is a cache: delete it (rm {shlex.quote(str(path))}) and run again")
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float from JSON (not a bool, not NaN or Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def now_iso() -> str:
@@ -161,8 +186,8 @@ def _open_lock(path: Path) -> int:
 
 
 def _remove_stale_partials(directory: Path) -> None:
-    """Temporary files left by a killed run; only a lock holder writes here, so none is in use."""
-    for leftover in directory.glob(".*.partial"):
+    """Temporary files a killed run left (this tool's prefix only); only a lock holder writes here, so none is in use."""
+    for leftover in directory.glob(f"{PARTIAL_PREFIX}*.partial"):
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(leftover).st_mode):
                 leftover.unlink()

@@ -3,25 +3,29 @@
 OpenVINO's CPU plugin defaults to bf16 compute on CPUs that have it, so the fp32 candidate pins
 ``INFERENCE_PRECISION_HINT=f32``; bf16 is a candidate of its own, run only when asked for. Compiled
 models are cached under the artifact directory, one folder per file content (sha256), so a changed
-file is compiled again and never served from a stale cache.
+file is compiled again and never served from a stale cache; each folder's blobs are sealed by sha256 after
+compiling and checked before use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES
+from ..artifacts import ONNX_FILES, read_json, sha256_file, write_json
 from ..errors import BadInputError, one_line
 from .base import ArtifactSet, Backend, Candidate, Runner
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 CACHE_DIR = "openvino_cache"
+CACHE_SEAL = "compiled.json"  # sha256 of each blob OpenVINO wrote, taken right after it compiled
 # The ONNX file each precision runs; bf16 is the FP32 file computed in bf16.
 FILES = {**ONNX_FILES, "bf16": ONNX_FILES["fp32"]}
 # INT8: the layers between Q/DQ pairs in f32. OpenVINO 2026.4 cannot compile some Q/DQ files (ONNX Runtime's
@@ -158,12 +162,49 @@ class OpenVINOBackend(Backend):
 
 
 def _open(path: Path, precision: str, threads: int | None, performance_hint: str, cache: Path) -> Runner:
-    """Open a runner, caching compiled models in ``cache`` when it can be created (a read-only DIR runs uncached)."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    """Open a runner with OpenVINO's compiled-model cache in ``cache`` when it can be trusted, else uncached.
+
+    Uncached: a read-only DIR, or an ``openvino_cache`` that is a symlink (never followed out of DIR).
+    """
+    if not _usable_cache(cache):
         return OpenVINORunner(path, precision, threads, performance_hint)
-    return OpenVINORunner(path, precision, threads, performance_hint, cache)
+    runner = OpenVINORunner(path, precision, threads, performance_hint, cache)
+    with contextlib.suppress(OSError, BadInputError):  # an unsealed cache is checked, and emptied, next time
+        write_json(cache / CACHE_SEAL, {"blobs": _blob_hashes(cache)})
+    return runner
+
+
+def _blob_hashes(cache: Path) -> dict[str, str]:
+    """sha256 of every regular file in ``cache`` except the seal (OpenVINO's compiled blobs)."""
+    return {
+        entry.name: sha256_file(entry)
+        for entry in sorted(cache.iterdir())
+        if entry.name != CACHE_SEAL and stat.S_ISREG(entry.lstat().st_mode)
+    }
+
+
+def _usable_cache(cache: Path) -> bool:
+    """True when ``cache`` is a real folder under DIR whose blobs match the seal taken after they were made.
+
+    Blobs that differ from what was compiled (corrupted, edited) or that have no seal are removed, so
+    OpenVINO compiles again: a corrupted blob gave NaN logits with HTTP 200 from ``serve --backend
+    openvino``. A symlink or anything but regular files is not followed and makes the run uncached.
+    """
+    try:
+        for level in (cache.parent, cache):
+            if level.is_symlink() or (level.exists() and not level.is_dir()):
+                return False
+            level.mkdir(exist_ok=True)
+        entries = list(cache.iterdir())
+        if any(not stat.S_ISREG(entry.lstat().st_mode) for entry in entries):
+            return False
+        sealed = read_json(cache / CACHE_SEAL).get("blobs") if (cache / CACHE_SEAL).exists() else None
+        if entries and sealed != _blob_hashes(cache):
+            for entry in entries:
+                entry.unlink()
+    except (OSError, BadInputError, AttributeError):  # AttributeError: a seal that is not an object
+        return False
+    return True
 
 
 BACKEND = OpenVINOBackend()

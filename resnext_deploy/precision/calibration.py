@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import CALIBRATION_NAME, load_onnx, now_iso, read_json, sha256_file, write_json
+from ..artifacts import (
+    CALIBRATION_NAME,
+    cache_error,
+    is_number,
+    load_onnx,
+    now_iso,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from ..backends.onnxruntime import session_options
 from ..data import Dataset, open_dataset
 from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
@@ -404,6 +413,30 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "format": CALIBRATION_FORMAT, **asdict(self)}
 
+    def problem(self) -> str | None:
+        """What in a loaded file this tool would never have written (a hand edit), field by field, or None."""
+        texts = ("model_sha256", "fingerprint", "description", "method", "created")
+        if bad := [name for name in texts if not isinstance(getattr(self, name), str)]:
+            return f"has {bad[0]} that is not a string"
+        if self.method not in METHODS:
+            return f"has an unknown method {self.method!r}"
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (self.count, self.consumed)):
+            return "has a count that is not a non-negative integer"
+        if not is_number(self.percentile) or not is_number(self.seconds):
+            return "has a percentile or seconds that is not a finite number"
+        if not isinstance(self.tensors, dict):
+            return "has tensors that are not an object"
+        for name, entry in self.tensors.items():
+            if not isinstance(entry, dict) or not all(is_number(v) for v in entry.values()):
+                return f"has tensor {str(name)[:80]!r} with values that are not finite numbers"
+            if not is_number(entry.get("min")) or not is_number(entry.get("max")) or entry["min"] > entry["max"]:
+                return f"has tensor {str(name)[:80]!r} without a valid min <= max"
+            peak = max(abs(entry["min"]), abs(entry["max"]))
+            clips = [v for key, v in entry.items() if key.startswith("amax")]
+            if any(v < 0 or v > peak * 1.001 or (v == 0 and peak > 0) for v in clips):
+                return f"has tensor {str(name)[:80]!r} with a range that is negative, zero or beyond its min/max"
+        return None
+
     @classmethod
     def from_dict(cls, data: Any) -> Calibration:
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
@@ -430,9 +463,12 @@ def calibrate(
     if path.exists():
         try:
             saved = Calibration.from_dict(read_json(path))
-            reason = saved.stale_reason(model_sha, dataset, method, percentile)
         except (BadInputError, ValueError, KeyError, TypeError):
             reason = "it is unreadable"
+        else:
+            if problem := saved.problem():
+                raise cache_error(path, problem)
+            reason = saved.stale_reason(model_sha, dataset, method, percentile)
         if reason is None:
             log(f"reusing {path} ({saved.method}, {saved.count} samples of {saved.description})")
             return saved

@@ -70,6 +70,10 @@ def qdq_plan(model, calibration: Calibration, exclude: tuple[str, ...] = ()) -> 
         ):
             plan.weighted.append(node.name)
             consumers[node.input[0]].append((node.name, 0))
+    if exclude and not plan.weighted:  # the file would be called INT8 and hold no QuantizeLinear
+        raise BadInputError(
+            f"--exclude {' '.join(exclude)} leaves no layer in INT8; exclude fewer nodes, or use the FP16 file"
+        )
     quantized = set(plan.weighted)
     producers = {name: node for node in graph.node for name in node.output}
     for node in graph.node:

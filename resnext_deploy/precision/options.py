@@ -49,8 +49,8 @@ class PrecisionOptions:
             raise BadInputError(f"the minimum check size must be at least 1, got {self.min_check}")
         if not 0.0 <= self.search_max_fraction <= 1.0:
             raise BadInputError(f"--search-max-fraction must be between 0 and 1, got {self.search_max_fraction:g}")
-        if self.search_minutes <= 0:
-            raise BadInputError(f"--search-minutes must be positive, got {self.search_minutes:g}")
+        if not 0 < self.search_minutes < float("inf"):  # NaN fails this too (it would reach manifest.json)
+            raise BadInputError(f"--search-minutes must be a positive number, got {self.search_minutes:g}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "tolerances", MappingProxyType({**DEFAULT_TOLERANCES, **self.tolerances}))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import read_json, write_json
+from ..artifacts import cache_error, is_number, read_json, write_json
 from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
@@ -166,7 +166,7 @@ def search_int8(
     if parity.passed or record.budget == 0:
         return _finish(record, model, fp32_nodes, plan, parity, started)
 
-    saved = _load_ranking(directory, {**key, "method": method})
+    saved = _load_ranking(directory, {**key, "method": method}, plan.weighted)
     if saved is not None:
         record.ranking, record.ranked, record.reused_ranking = saved, len(saved), True
         log(f"INT8 search: reusing the sensitivity ranking in {directory / SEARCH_NAME}")
@@ -228,7 +228,8 @@ def _rank(
     return scores, len(scores)
 
 
-def _load_ranking(directory: Path, key: dict[str, Any]) -> list[tuple[str, float]] | None:
+def _load_ranking(directory: Path, key: dict[str, Any], layers: list[str]) -> list[tuple[str, float]] | None:
+    """The saved ranking for the same key, checked entry by entry against this model's quantized ``layers``."""
     path = directory / SEARCH_NAME
     if not path.exists():
         return None
@@ -238,7 +239,18 @@ def _load_ranking(directory: Path, key: dict[str, Any]) -> list[tuple[str, float
         return None
     if not isinstance(data, dict) or data.get("format") != SEARCH_FORMAT or data.get("key") != key:
         return None
-    return [(str(name), float(score)) for name, score in data.get("ranking", [])]
+    ranking = data.get("ranking")
+    if not isinstance(ranking, list):
+        raise cache_error(path, "has a ranking that is not a list")
+    known = set(layers)
+    for item in ranking:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and is_number(item[1])):
+            raise cache_error(path, f"has a ranking entry {str(item)[:80]} that is not [layer, finite score]")
+        if item[0] not in known:
+            raise cache_error(path, f"ranks layer {item[0][:80]!r}, which this model does not quantize")
+    if len({name for name, _ in ranking}) != len(ranking):
+        raise cache_error(path, "ranks a layer twice")
+    return [(name, float(score)) for name, score in ranking]
 
 
 def _line(parity: Parity) -> str:

@@ -23,6 +23,7 @@ from ..evaluate.bench import (
     runner_table,
 )
 from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
+from ..source import export_command
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
@@ -42,7 +43,7 @@ def write_report(
     """
     directory = Path(directory)
     if not (directory / MANIFEST_NAME).exists():
-        raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `resnext-deploy export --dir {directory}` first")
+        raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `{export_command(directory)}` first")
     manifest = Manifest(directory)
     verify = _optional_json(directory / VERIFY_JSON)
     bench = _optional_json(directory / BENCH_JSON)

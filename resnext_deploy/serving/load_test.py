@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -13,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, write_json, write_text
-from ..errors import BackendUnavailableError, BadInputError
+from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..evaluate.machine import machine_record
 from ..schemas import SCHEMA_VERSION
 from .triton_repo import INSTALL_HINT, default_model_name
+
+MAX_REQUEST_BYTES = 256 << 20  # one request's images; 32 images of 3x224x224 take 18 MiB
 
 
 @dataclass
@@ -78,20 +81,34 @@ class _Client:
             raise BackendUnavailableError(
                 f"the Triton load test needs tritonclient[{protocol}] ({exc.name} is missing); {INSTALL_HINT}"
             ) from None
+        except Exception as exc:  # noqa: BLE001 - tritonclient checks the address in its own ways
+            raise BadInputError(f"cannot use {address!r} as a Triton address: {one_line(exc, 200)}") from None
         self.module = module
         self.protocol = protocol
         self.timeout_s = timeout_s
 
     def metadata(self, model: str) -> tuple[str, list[int], str, str]:
         """Input name, input shape (-1 for the batch), input datatype, output name."""
-        if self.protocol == "grpc":
-            meta = self.client.get_model_metadata(model, as_json=True)
-        else:
-            meta = self.client.get_model_metadata(model)
-        if len(meta["inputs"]) != 1 or not meta["outputs"]:
-            raise BadInputError(f"model {model} must have one input and an output; it has {meta['inputs']}")
-        first = meta["inputs"][0]
-        return first["name"], [int(d) for d in first["shape"]], first["datatype"], meta["outputs"][0]["name"]
+        try:
+            if self.protocol == "grpc":
+                meta = self.client.get_model_metadata(model, as_json=True)
+            else:
+                meta = self.client.get_model_metadata(model)
+        except Exception as exc:  # noqa: BLE001 - tritonclient's, transport and parser errors (deep JSON) alike
+            raise BadInputError(f"cannot read the metadata of model {model}: {one_line(exc, 160)}") from None
+        try:
+            inputs, outputs = meta["inputs"], meta["outputs"]
+            if len(inputs) != 1 or not outputs:
+                raise BadInputError(f"model {model} must have one input and an output; it has {str(inputs)[:200]}")
+            first = inputs[0]
+            return (
+                str(first["name"]),
+                [int(d) for d in first["shape"]],
+                str(first["datatype"]),
+                str(outputs[0]["name"]),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # not what a Triton server answers
+            raise BadInputError(f"the metadata of model {model} is not Triton's: {one_line(exc, 120)}") from None
 
     def request(self, input_name: str, batch: np.ndarray, datatype: str, output_name: str):
         tensor = self.module.InferInput(input_name, list(batch.shape), datatype)
@@ -110,9 +127,10 @@ class _Client:
 def _ready_check(client: _Client, address: str, model: str) -> None:
     try:
         live = client.client.is_server_live()
+        ready = live and client.client.is_model_ready(model)
     except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol and version
         raise BadInputError(f"cannot reach a Triton server at {address}: {str(exc).strip()[:200]}") from None
-    if not live or not client.client.is_model_ready(model):
+    if not ready:
         raise BadInputError(f"the Triton server at {address} has no ready model {model!r}")
 
 
@@ -169,6 +187,12 @@ def triton_load_test(
             raise BadInputError(f"model {model_name} has input shape {shape}; the load test needs fixed image sizes")
         if datatype != "FP32":
             raise BadInputError(f"model {model_name} takes {datatype}; the load test sends FP32 images")
+        if math.prod(shape) * 4 > MAX_REQUEST_BYTES:  # the shape is the server's word: bound it before allocating
+            raise BadInputError(
+                f"model {model_name} declares input shape {shape}: {math.prod(shape) * 4 / 2**20:.0f} MiB per "
+                f"request, more than the load test's {MAX_REQUEST_BYTES >> 20} MiB; use a smaller --batch-size or "
+                "check the server"
+            )
         batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         try:
             probe.infer(model_name, *probe.request(input_name, batch, datatype, output_name))

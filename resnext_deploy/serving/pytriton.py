@@ -19,6 +19,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from ..artifacts import ONNX_FILES, Manifest
 from ..backends.base import Runner
 from ..backends.registry import discover_runners
+from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
@@ -40,6 +42,7 @@ from .triton_repo import (
 SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact directory unless --verbose
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
 WORKSPACE_PREFIX = "resnext-deploy-serve-"
+ALIVE_CHECK_S = 1.0  # how often serve checks that tritonserver still runs
 
 
 def _alive(pid: int) -> bool:
@@ -160,6 +163,8 @@ def serve(
     log: Callable[[str], None] = print,
     server_log: str | Path | None = None,
     backend: str = "onnxruntime",
+    restarts: int = 0,
+    http: bool = True,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
 
@@ -169,6 +174,8 @@ def serve(
     alike. ``max_batch_size`` 1 switches batching off; ``max_queue_delay_us`` is how long Triton may hold a
     request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
+    A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
+    ``http`` False serves gRPC alone, whose frontend checks a request's size before it allocates.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -178,12 +185,19 @@ def serve(
         raise BadInputError(
             f"HTTP, gRPC and metrics need three different ports, got {port}, {grpc_port}, {metrics_port}"
         )
-    if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0:
-        raise BadInputError("--max-batch-size and --instances must be at least 1, --max-queue-delay-us 0 or more")
+    if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0 or restarts < 0:
+        raise BadInputError(
+            "--max-batch-size and --instances must be at least 1, --max-queue-delay-us and --restarts 0 or more"
+        )
+    if max_batch_size > BATCH_LIMIT:
+        raise BadInputError(f"--max-batch-size must be at most {BATCH_LIMIT}, got {max_batch_size}")
     directory = Path(directory)
     file_name = ONNX_FILES[precision]
     hint = "run `resnext-deploy export` first" if precision == "fp32" else f"make the {precision} ONNX file first"
-    Manifest(directory).require(file_name, hint)
+    manifest = Manifest(directory)
+    manifest.require(file_name, hint)
+    if stale := manifest.stale_reason(file_name):
+        raise BadInputError(f"{directory / file_name} is stale: {stale}; {hint}")
     model_name = name or default_model_name(directory, precision, backend)
     if not MODEL_NAME_RE.match(model_name):
         raise BadInputError(f"--name {model_name!r} may hold only letters, digits, '_', '-' and '.'")
@@ -199,7 +213,7 @@ def serve(
 
     try:
         from pytriton.decorators import batch
-        from pytriton.exceptions import PyTritonError
+        from pytriton.exceptions import PyTritonError, PyTritonValidationError
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
         from tritonclient.utils import InferenceServerException
@@ -225,7 +239,10 @@ def serve(
     def make_infer(runner: Runner):
         @batch
         def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-            return {logits.name: runner(inputs[image.name])}
+            images = inputs[image.name]
+            if not np.isfinite(images).all():  # the client gets an error, not HTTP 200 with NaN logits
+                raise PyTritonValidationError(f"{image.name} holds NaN or Inf values; send finite pixels")
+            return {logits.name: runner(images)}
 
         return infer
 
@@ -236,13 +253,16 @@ def serve(
         grpc_port=grpc_port,
         metrics_address=host,
         metrics_port=metrics_port,
+        allow_http=http,
         exit_timeout_secs=EXIT_TIMEOUT_S,
         log_file=None if server_log is None else Path(server_log).absolute(),
     )
     if server_log is not None:
         log(f"Triton server log: {server_log}")
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    endpoints = (f"http://{host}:{port} and " if http else "") + f"grpc://{host}:{grpc_port}"
+
+    def serve_once() -> None:
+        """Start tritonserver, bind the model, and return when the server is gone; Ctrl-C raises through."""
         # PyTriton prints the server's output on stdout; results alone belong there.
         with (
             contextlib.redirect_stdout(sys.stderr),
@@ -268,9 +288,24 @@ def serve(
             )
             log(
                 f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
-                f"http://{host}:{port} and grpc://{host}:{grpc_port}; Ctrl-C stops"
+                f"{endpoints}; Ctrl-C stops"
             )
-            triton.serve()
+            # Not triton.serve(): it swallows Ctrl-C and returns the same way as when the server dies.
+            triton.run()
+            while triton.is_alive():
+                time.sleep(ALIVE_CHECK_S)
+
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        for attempt in range(restarts + 1):
+            if attempt:
+                log(f"warning: the Triton server died; restarting it ({attempt} of {restarts})")
+            serve_once()
+        where = server_log if server_log is not None else "its log above"
+        raise BackendUnavailableError(
+            f"the Triton server died (see {where}); serving stopped"
+            + ("" if restarts else " (--restarts N restarts it up to N times)")
+        )
     except KeyboardInterrupt:
         pass
     except (PyTritonError, InferenceServerException) as exc:

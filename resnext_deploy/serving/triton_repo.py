@@ -10,6 +10,7 @@ used: ``pip install 'resnext-deploy[triton]'``.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file, external_files
 from ..backends.tensorrt.manifest import read_engine_manifest
-from ..backends.tensorrt.options import BuildOptions
+from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
 from ..backends.tensorrt.trtexec import build_trt_command
 from ..errors import BackendUnavailableError, BadInputError
+from ..source import export_command
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -31,6 +33,8 @@ INSTALL_HINT = "pip install 'resnext-deploy[triton]'"
 DEFAULT_MAX_BATCH = BuildOptions.max_batch
 DEFAULT_OPT_BATCH = BuildOptions.opt_batch
 DEFAULT_QUEUE_DELAY_US = 100
+MAX_QUEUE_DELAY_US = 60_000_000  # a minute; Triton's field is a uint64, and larger values only stall clients
+MAX_INSTANCES = 1024
 ONNX_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 TRT_WORKSPACE_BYTES = 1 << 30
 REPO_FILE_MODE = 0o644  # a repository is shipped: tritonserver often runs as another user than its author
@@ -194,8 +198,8 @@ def _batch_plan(
     """max_batch_size and preferred batch sizes for a graph whose leading dimension is ``dims[0]``."""
     if dims[0] != -1:
         return 0, ()  # a fixed batch: Triton passes requests through whole
-    if requested is not None and requested < 1:
-        raise BadInputError(f"--max-batch-size must be at least 1, got {requested}")
+    if requested is not None and not 1 <= requested <= BATCH_LIMIT:
+        raise BadInputError(f"--max-batch-size must be between 1 and {BATCH_LIMIT}, got {requested}")
     if requested is not None and limit is not None and requested > limit:
         raise BadInputError(f"--max-batch-size {requested} exceeds {source}'s optimization profile maximum {limit}")
     max_batch = requested or limit or DEFAULT_MAX_BATCH
@@ -203,12 +207,19 @@ def _batch_plan(
 
 
 def collect_models(
-    directory: str | Path, name: str | None = None, max_batch_size: int | None = None
+    directory: str | Path,
+    name: str | None = None,
+    max_batch_size: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> list[RepoModel]:
-    """One :class:`RepoModel` per ONNX file and engine that exists and still matches the manifest."""
+    """One :class:`RepoModel` per ONNX file and engine that exists, still matches the manifest and is not stale.
+
+    A stale file (made from an earlier model.onnx) would be served under the current model's name with
+    another input size or other weights, so it is skipped with the reason.
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        raise BadInputError(f"--dir {directory} is not a directory; run `resnext-deploy export --dir {directory}`")
+        raise BadInputError(f"--dir {directory} is not a directory; run `{export_command(directory)}`")
     manifest = Manifest(directory)
     base = name or model_base_name(directory)
     if not MODEL_NAME_RE.match(base):
@@ -219,10 +230,18 @@ def collect_models(
             raise BadInputError(f"{path} is not recorded in {manifest.path}; remake it with resnext-deploy")
         return manifest.require(path.name, "remake it with resnext-deploy")["sha256"]
 
+    def current(path: Path) -> bool:
+        if not path.exists():
+            return False
+        if (reason := manifest.stale_reason(path.name)) is not None:
+            log(f"warning: skipped {path.name}: stale, {reason}; remake it to include it")
+            return False
+        return True
+
     models = []
     for precision, file_name in ONNX_FILES.items():
         path = directory / file_name
-        if path.exists():
+        if current(path):
             sha = sha256(path)
             external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
             inputs, outputs = onnx_io(path)
@@ -234,7 +253,7 @@ def collect_models(
                 )
     for precision in PRECISIONS:
         path = directory / engine_file(precision)
-        if path.exists():
+        if current(path):
             sha = sha256(path)
             body = read_engine_manifest(path)
             profile = body["profile"]
@@ -257,7 +276,7 @@ def collect_models(
             )
             models.append(engine)
     if not models:
-        raise BadInputError(f"{directory} holds no ONNX file or engine; run `resnext-deploy export --dir {directory}`")
+        raise BadInputError(f"{directory} holds no current ONNX file or engine; run `{export_command(directory)}`")
     return models
 
 
@@ -275,6 +294,18 @@ def default_model_name(directory: str | Path, precision: str = "fp32", backend: 
     return f"{model_base_name(directory)}_{NAME_KINDS.get(backend, backend)}_{precision}"
 
 
+def _make_dirs(out: Path, directory: Path) -> None:
+    """Create ``directory`` under ``out``, refusing a symlink at any level below ``out`` (never followed out)."""
+    for level in [*reversed(directory.relative_to(out).parents), directory.relative_to(out)][1:]:
+        path = out / level
+        if path.is_symlink():
+            raise BadInputError(f"{path} is a symlink; triton-repo never writes through one, so remove it")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(f"cannot create {path}: {exc.strerror or exc}; choose a writable --out") from None
+
+
 def make_triton_repo(
     directory: str | Path,
     out: str | Path,
@@ -290,31 +321,28 @@ def make_triton_repo(
 
     Files are written atomically; models of other names already in ``out`` are left alone.
     """
-    if max_queue_delay_us < 0:
-        raise BadInputError(f"--max-queue-delay-us must be 0 or more, got {max_queue_delay_us}")
-    if instances < 1:
-        raise BadInputError(f"--instances must be at least 1, got {instances}")
+    if not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+        raise BadInputError(
+            f"--max-queue-delay-us must be between 0 and {MAX_QUEUE_DELAY_US}, got {max_queue_delay_us}"
+        )
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise BadInputError(f"--instances must be between 1 and {MAX_INSTANCES}, got {instances}")
     if onnx_kind not in ONNX_KINDS:
         raise BadInputError(f"--onnx-kind must be one of {', '.join(ONNX_KINDS)}, got {onnx_kind!r}")
     if trt_accelerator and onnx_kind == "cpu":
         raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
-    models = collect_models(directory, name, max_batch_size)
+    models = collect_models(directory, name, max_batch_size, log)
     out = Path(out)
     written = []
     for model in models:
         config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator)
         model_dir = out / model.name
         version_dir = model_dir / "1"
-        try:
-            version_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInputError(
-                f"cannot create {version_dir}: {exc.strerror or exc}; choose a writable --out"
-            ) from None
+        _make_dirs(out, version_dir)
         for location in model.external:
             target = version_dir / location
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(out, target.parent)
             with atomic_path(target) as tmp:
                 shutil.copyfile(model.artifact.parent / location, tmp)
                 tmp.chmod(REPO_FILE_MODE)
@@ -335,8 +363,9 @@ def make_triton_repo(
         if note is not None and not model.version_compatible:
             log(f"warning: {model.artifact.name} was {note}")
         written.append(model_dir)
-    server = f"tritonserver --model-repository {out.resolve()}"
+    server = ["tritonserver", "--model-repository", str(out.resolve())]
     if any(model.version_compatible for model in models):
-        server += f" {VERSION_COMPATIBLE_FLAG}"
+        server += shlex.split(VERSION_COMPATIBLE_FLAG)
+    server = shlex.join(server)
     log(f"serve it with: {server}")
     return written

@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from test_faults import INT8_ONLY, QUICK_BENCH, TINY, cli, fails, quiet_export, rerecord
 
-from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, atomic_path, locked, sha256_file
+from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, PARTIAL_PREFIX, atomic_path, locked, sha256_file
 from resnext_deploy.checkpoint import read_state_dict
 from resnext_deploy.data import MAX_ARRAY_BYTES, load_rgb, open_dataset
 from resnext_deploy.errors import BadInputError, ExitCode
@@ -414,18 +414,22 @@ def test_a_fifo_as_the_lock_is_refused_without_blocking(capsys, tiny_dir: Path) 
 
 
 def test_stale_partial_files_are_removed_once_the_lock_is_held(tiny_dir: Path) -> None:
-    stale = [tiny_dir / ".model.onnx.k3j2.partial", tiny_dir / ".verify.json.abcd.partial"]
+    stale = [
+        tiny_dir / f"{PARTIAL_PREFIX}model.onnx.k3j2.partial",
+        tiny_dir / f"{PARTIAL_PREFIX}verify.json.abcd.partial",
+    ]
     for path in stale:
         path.write_bytes(b"left by a SIGKILLed run")
-    keep = tiny_dir / "notes.partial"  # not a hidden temporary file of ours
-    keep.write_text("mine")
+    keep = [tiny_dir / "notes.partial", tiny_dir / ".notes.partial"]  # the user's files: not of our prefix
+    for path in keep:
+        path.write_text("mine")
     with locked(tiny_dir):
         assert not any(path.exists() for path in stale)
-    assert keep.exists()
+    assert all(path.exists() for path in keep)
 
 
 def test_a_later_run_cleans_what_a_killed_one_left(capsys, tiny_dir: Path) -> None:
-    (tiny_dir / ".model.fp16.onnx.x1y2.partial").write_bytes(b"\0" * 1024)
+    (tiny_dir / f"{PARTIAL_PREFIX}model.fp16.onnx.x1y2.partial").write_bytes(b"\0" * 1024)
     outcome = cli(capsys, "bench", "--dir", tiny_dir, "--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH)
     assert outcome.code == ExitCode.OK, outcome.err
     assert not list(tiny_dir.glob(".*.partial"))

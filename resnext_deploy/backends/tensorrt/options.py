@@ -10,6 +10,14 @@ from ...errors import BadInputError
 
 HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}  # ours -> trtexec's spelling
 MAX_OPT_LEVEL = 5
+BATCH_LIMIT = 4096  # the largest batch any command accepts (profile, static export, Triton's max_batch_size)
+TRT_MAJORS = range(10, 100)  # --trt-major: 10 and 11 are supported; later majors get 11's trtexec flags
+
+
+def check_trt_major(trt_major: int | None) -> None:
+    """Refuse a ``--trt-major`` no TensorRT has (or will soon have) before any work."""
+    if trt_major is not None and trt_major not in TRT_MAJORS:
+        raise BadInputError(f"--trt-major must be between {TRT_MAJORS[0]} and {TRT_MAJORS[-1]}, got {trt_major}")
 
 
 @dataclass
@@ -29,6 +37,8 @@ class BuildOptions:
         """Reject settings TensorRT would only refuse after parsing the model."""
         if self.min_batch < 1:
             raise BadInputError(f"--min-batch must be at least 1, got {self.min_batch}")
+        if self.max_batch > BATCH_LIMIT:
+            raise BadInputError(f"--max-batch must be at most {BATCH_LIMIT}, got {self.max_batch}")
         if not self.min_batch <= self.opt_batch <= self.max_batch:
             raise BadInputError(
                 f"the profile needs min <= opt <= max batch; got {self.min_batch} <= {self.opt_batch} <= "
