@@ -27,6 +27,8 @@ FILES = {**ONNX_FILES, "bf16": ONNX_FILES["fp32"]}
 # INT8: the layers between Q/DQ pairs in f32. OpenVINO 2026.4 cannot compile some Q/DQ files (ONNX Runtime's
 # per-channel S8S8 ones) in bf16, and on ResNeXt-50 f32 there cost no measurable time: the convolutions are int8.
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+# x86 flags of int8 dot products that accumulate in int32 (no int16 saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _installed() -> bool:
@@ -34,6 +36,20 @@ def _installed() -> bool:
         return importlib.util.find_spec("openvino") is not None
     except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
         return False
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU sums int8 products in int32 (VNNI, AVX-VNNI, AMX-INT8); None where /proc/cpuinfo can't say.
+
+    Without them OpenVINO's int8 convolutions sum pairs of u8 x s8 products in a saturating int16
+    (``vpmaddubsw``): the reason model.int8.onnx has 7-bit weights (``precision/int8.py``, ``WEIGHT_MAX``).
+    """
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    return None if flags is None else bool(VNNI_FLAGS & set(flags))
 
 
 def cpu_capabilities() -> tuple[str, ...]:
