@@ -18,6 +18,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES
 from ..errors import BadInputError, one_line
+from ..precision.int8 import WEIGHT_MAX
 from .base import ArtifactSet, Backend, Candidate, Runner
 
 PERFORMANCE_HINTS = ("latency", "throughput")
@@ -163,6 +164,8 @@ class OpenVINOBackend(Backend):
             reason = missing or artifacts.unusable(name)
             if reason is None and precision == "bf16" and "BF16" not in cpu_capabilities():
                 reason = "this CPU has no native bf16 (OpenVINO lists no BF16 capability)"
+            if reason is None and precision == "int8" and cpu_has_vnni() is False:
+                reason = _saturating_weights(artifacts.path(name))
             opener = None
             if reason is None:
                 sha256 = artifacts.manifest.entry(name)["sha256"]
@@ -170,6 +173,34 @@ class OpenVINOBackend(Backend):
                 opener = functools.partial(_open, artifacts.path(name), precision, threads, performance_hint, cache)
             found.append(Candidate(self.name, precision, "cpu", name, opener, reason))
         return found
+
+
+def _saturating_weights(path: Path) -> str | None:
+    """Why an INT8 file's weights would saturate OpenVINO's int16 pair sums on this CPU (no VNNI), or None.
+
+    Files made before weights had 7 bits (or by other tools) may hold weights up to 127; OpenVINO runs
+    them without a word and returns wrong logits, so the candidate is skipped with the fix instead.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception:  # noqa: BLE001 - an unreadable file fails where OpenVINO compiles it, with its own message
+        return None
+    weights = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    largest = max(
+        (int(np.abs(numpy_helper.to_array(init).astype(np.int32)).max(initial=0)) for init in graph.initializer
+         if init.name in weights and init.data_type == onnx.TensorProto.INT8),
+        default=0,
+    )  # fmt: skip
+    if largest <= WEIGHT_MAX:
+        return None
+    return (
+        f"{path.name} has 8-bit weights (up to {largest}); OpenVINO's int8 convolutions on this CPU (no VNNI/AMX) "
+        f"sum them in a saturating int16 and return wrong logits; make it again with build-trt --int8 "
+        f"(weights in [-{WEIGHT_MAX}, {WEIGHT_MAX}])"
+    )
 
 
 def _open(path: Path, precision: str, threads: int | None, performance_hint: str, cache: Path) -> Runner:

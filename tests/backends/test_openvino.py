@@ -111,6 +111,28 @@ def test_8_bit_weights_saturate_in_openvino_on_cpus_without_vnni_only(demo: Path
 
 
 @needs_openvino
+@pytest.mark.parametrize("vnni", [False, True])
+def test_an_int8_file_with_8_bit_weights_is_skipped_only_where_it_would_saturate(
+    demo_copy: Path, monkeypatch, vnni: bool
+) -> None:
+    """Files made before weights had 7 bits give wrong logits on CPUs without VNNI: skipped there, with the fix.
+    The CPU is stubbed, so both branches run on any machine."""
+    import resnext_deploy.backends.openvino as openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "cpu_has_vnni", lambda: vnni)
+    [ok] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable  # today's file runs anywhere
+    _with_8_bit_weights(demo_copy / "model.int8.onnx", demo_copy / "model.int8.onnx")
+    Manifest(demo_copy).record("model.int8.onnx", "int8")
+    found = discover_runners(demo_copy, ("openvino",), precisions=("int8",))
+    if vnni:
+        assert [c.artifact for c in found.runnable] == ["model.int8.onnx"] and not found.skipped
+    else:
+        [skipped] = found.skipped
+        assert "8-bit weights (up to 126)" in skipped.skipped and "no VNNI" in skipped.skipped
+        assert "build-trt --int8" in skipped.skipped and not found.runnable
+
+
+@needs_openvino
 def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -> None:
     found = discover_runners(demo_copy, ("openvino",))
     assert {c.precision for c in found.runnable} == {"fp32", "fp16", "int8"}
