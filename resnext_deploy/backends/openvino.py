@@ -31,6 +31,11 @@ FILES = {**ONNX_FILES, "bf16": ONNX_FILES["fp32"]}
 # INT8: the layers between Q/DQ pairs in f32. OpenVINO 2026.4 cannot compile some Q/DQ files (ONNX Runtime's
 # per-channel S8S8 ones) in bf16, and on ResNeXt-50 f32 there cost no measurable time: the convolutions are int8.
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+# x86 flags of int8 dot products that accumulate in int32 (no int16 saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# Without them a pair of u8 x s8 products (u8 up to 255) must fit in an int16: |weight| <= 64. model.int8.onnx
+# keeps 63 (WEIGHT_MAX); ONNX Runtime's quantize_static(reduce_range=True) gives 64.
+SAFE_WEIGHT_MAX = int(np.iinfo(np.int16).max) // (2 * 255)
 
 
 def _installed() -> bool:
@@ -38,6 +43,20 @@ def _installed() -> bool:
         return importlib.util.find_spec("openvino") is not None
     except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
         return False
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU sums int8 products in int32 (VNNI, AVX-VNNI, AMX-INT8); None where /proc/cpuinfo can't say.
+
+    Without them OpenVINO's int8 convolutions sum pairs of u8 x s8 products in a saturating int16
+    (``vpmaddubsw``): the reason model.int8.onnx has 7-bit weights (``precision/int8.py``, ``WEIGHT_MAX``).
+    """
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    return None if flags is None else bool(VNNI_FLAGS & set(flags))
 
 
 def cpu_capabilities() -> tuple[str, ...]:
@@ -152,6 +171,8 @@ class OpenVINOBackend(Backend):
             reason = missing or artifacts.unusable(name)
             if reason is None and precision == "bf16" and "BF16" not in cpu_capabilities():
                 reason = "this CPU has no native bf16 (OpenVINO lists no BF16 capability)"
+            if reason is None and precision == "int8" and cpu_has_vnni() is False:
+                reason = _saturating_weights(artifacts.path(name))
             opener = None
             if reason is None:
                 sha256 = artifacts.manifest.entry(name)["sha256"]
@@ -159,6 +180,34 @@ class OpenVINOBackend(Backend):
                 opener = functools.partial(_open, artifacts.path(name), precision, threads, performance_hint, cache)
             found.append(Candidate(self.name, precision, "cpu", name, opener, reason))
         return found
+
+
+def _saturating_weights(path: Path) -> str | None:
+    """Why an INT8 file's weights would saturate OpenVINO's int16 pair sums on this CPU (no VNNI), or None.
+
+    Files made before weights had 7 bits (or by other tools) may hold weights up to 127; OpenVINO runs
+    them without a word and returns wrong logits, so the candidate is skipped with the fix instead.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception:  # noqa: BLE001 - an unreadable file fails where OpenVINO compiles it, with its own message
+        return None
+    weights = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    largest = max(
+        (int(np.abs(numpy_helper.to_array(init).astype(np.int32)).max(initial=0)) for init in graph.initializer
+         if init.name in weights and init.data_type == onnx.TensorProto.INT8),
+        default=0,
+    )  # fmt: skip
+    if largest <= SAFE_WEIGHT_MAX:
+        return None
+    return (
+        f"{path.name} has 8-bit weights (up to {largest}); OpenVINO's int8 convolutions on this CPU (no VNNI/AMX) "
+        f"sum them in a saturating int16 and return wrong logits; make it again with build-trt --int8 "
+        f"(7-bit weights; at most {SAFE_WEIGHT_MAX} is safe)"
+    )
 
 
 def _open(path: Path, precision: str, threads: int | None, performance_hint: str, cache: Path) -> Runner:

@@ -5,7 +5,8 @@
 * a residual Add gets Q/DQ on its shortcut input only, the Conv branch stays float, so TensorRT fuses
   Conv + Add(DQ residual) into one INT8 kernel (ModelOpt's ``build_non_residual_input_map``: the
   input on the longer path from the common ancestor is the Conv branch);
-* symmetric INT8: every zero point is an int8 0, weights in [-127, 127];
+* symmetric INT8: every zero point is an int8 0, activations in [-127, 127], weights in [-63, 63]
+  (7 bits, NNCF's ``OverflowFix.ENABLE``): see ``WEIGHT_MAX``;
 * biases stay float and are never quantized (TensorRT rejects a DequantizeLinear on an INT32 bias:
   onnx/onnx-tensorrt#850; ONNX Runtime's quantize_static quantizes them: microsoft/onnxruntime#17738);
 * no Q/DQ on Conv outputs (TensorRT fuses the following ReLU/Add and quantizes at the next Q);
@@ -29,6 +30,12 @@ from .fp16 import FP16_DATA_MAX, overflow_nodes, to_float16
 from .graph import tag_model, toposort
 
 INT8_MAX = 127
+# Weights use 7 bits so that OpenVINO runs the file correctly on CPUs without VNNI (AVX2, AVX-512 before
+# Cascade Lake): their int8 convolutions add 128 to the signed int8 activations (u8, up to 255) and sum
+# u8 x s8 products in pairs into a saturating int16 (vpmaddubsw). 2 * 255 * 63 fits in 32767; with
+# 8-bit weights the sums clip and the demo model lost 16 points of accuracy. Same file on every CPU
+# and GPU (the machine that makes it need not be the one that runs it); the cost is one bit of weight precision.
+WEIGHT_MAX = 63
 QDQ_OPSET = 19  # DequantizeLinear with float16 scales (and output) needs opset 19
 HIGH_PRECISIONS = ("fp16", "fp32")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -156,17 +163,19 @@ def _scale_floor(dtype) -> float:
     return float(np.finfo(dtype).tiny)
 
 
-def quantize_weight(weight: np.ndarray, axis: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel INT8 in [-127, 127]: ``(q, scale)`` with ``q * scale ~= weight`` along ``axis``.
+def quantize_weight(
+    weight: np.ndarray, axis: int, scale_dtype=np.float32, qmax: int = WEIGHT_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel INT8 in [-qmax, qmax]: ``(q, scale)`` with ``q * scale ~= weight`` along ``axis``.
 
     A dead (all-zero) channel gets the floor scale rather than 0, and its values quantize to 0.
     """
     channels = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
     amax = np.abs(channels).max(axis=1).astype(np.float64)
-    scale = np.maximum(amax / INT8_MAX, _scale_floor(scale_dtype)).astype(scale_dtype)
+    scale = np.maximum(amax / qmax, _scale_floor(scale_dtype)).astype(scale_dtype)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    q = np.clip(np.round(weight / scale.astype(np.float64).reshape(shape)), -INT8_MAX, INT8_MAX)
+    q = np.clip(np.round(weight / scale.astype(np.float64).reshape(shape)), -qmax, qmax)
     return q.astype(np.int8), scale
 
 
@@ -266,5 +275,6 @@ def int8_model(
         model = to_float16(model, blocked)
     else:
         toposort(model.graph)
-    tag_model(model, "int8", {"high_precision": high_precision, "fp32_nodes": fp32_nodes, "exclude": list(exclude)})
+    info = {"high_precision": high_precision, "fp32_nodes": fp32_nodes, "exclude": list(exclude)}
+    tag_model(model, "int8", {**info, "weight_max": WEIGHT_MAX})
     return model, fp32_nodes, plan

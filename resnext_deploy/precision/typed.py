@@ -22,7 +22,7 @@ from ..ui import progress
 from .calibration import Log, calibrate, split_datasets
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import int8_model
+from .int8 import WEIGHT_MAX, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
 
@@ -222,6 +222,7 @@ def _options(precision: str, dataset: Dataset, heldout: Dataset, options: Precis
         record.update(
             exclude=list(options.exclude),
             high_precision=options.high_precision,
+            weight_max=WEIGHT_MAX,  # 7-bit weights: OpenVINO on CPUs without VNNI (int8.py)
             search=options.search
             and {
                 "max_fraction": options.search_max_fraction,

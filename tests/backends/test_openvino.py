@@ -32,6 +32,7 @@ from resnext_deploy.evaluate.bench import (
 from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES
 from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import run_verify
+from resnext_deploy.precision.int8 import WEIGHT_MAX
 
 EXTRA = "pip install 'resnext-deploy[openvino]'"
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=f"needs OpenVINO: {EXTRA}")
@@ -72,6 +73,73 @@ def test_verify_passes_the_demos_openvino_candidates_at_the_usual_tolerances(dem
         assert result.tolerance == DEFAULT_TOLERANCES[precision]  # FP32 held to FP32's
     assert results["fp32"].candidate.artifact == results.get("bf16", results["fp32"]).candidate.artifact
     assert report
+
+
+def _with_8_bit_weights(source: Path, target: Path) -> None:
+    """The same function with full-range weights: every weight's q doubled and its scale halved."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and any(a.name == "axis" for a in node.attribute):
+            q, scale = (numpy_helper.to_array(initializers[name]) for name in node.input[:2])
+            assert np.abs(q.astype(np.int32)).max() <= WEIGHT_MAX
+            initializers[node.input[0]].CopyFrom(numpy_helper.from_array((q * 2).astype(np.int8), node.input[0]))
+            initializers[node.input[1]].CopyFrom(numpy_helper.from_array(scale / scale.dtype.type(2), node.input[1]))
+    onnx.save(model, str(target))
+
+
+@needs_openvino
+def test_8_bit_weights_saturate_in_openvino_on_cpus_without_vnni_only(demo: Path, tmp_path: Path) -> None:
+    """CPU-dependent on purpose: why model.int8.onnx has 7-bit weights, checked on the CPU at hand.
+
+    The 7-bit file agrees with ONNX Runtime everywhere. Its exact twin with 8-bit weights (same products,
+    same logits in ONNX Runtime) agrees too on CPUs with VNNI/AMX, and breaks where OpenVINO's int8
+    convolutions sum u8 x s8 pairs into a saturating int16 (AVX2). Where /proc/cpuinfo is missing it
+    checks the 7-bit file only.
+    """
+    from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from resnext_deploy.backends.openvino import OpenVINORunner, cpu_has_vnni
+    from resnext_deploy.data import open_dataset, take
+    from resnext_deploy.demo import DEMO_VAL
+    from resnext_deploy.evaluate.metrics import cosine_rows
+    from resnext_deploy.source import recorded_source
+
+    images = take(open_dataset(DEMO_VAL, recorded_source(Manifest(demo)).preprocessing, count=64), 64).images
+    full = tmp_path / "model.int8-8bit.onnx"
+    _with_8_bit_weights(demo / "model.int8.onnx", full)
+    worst = {}
+    for path in (demo / "model.int8.onnx", full):
+        with OnnxRuntimeRunner(path) as ort_runner, OpenVINORunner(path, "int8") as ov_runner:
+            worst[path.name] = cosine_rows(ort_runner(images), ov_runner(images)).min()
+    assert worst["model.int8.onnx"] > 0.99, worst
+    vnni = cpu_has_vnni()
+    if vnni is not None:
+        assert (worst[full.name] > 0.99) == vnni, (worst, f"VNNI: {vnni}")
+
+
+@needs_openvino
+@pytest.mark.parametrize("vnni", [False, True])
+def test_an_int8_file_with_8_bit_weights_is_skipped_only_where_it_would_saturate(
+    demo_copy: Path, monkeypatch, vnni: bool
+) -> None:
+    """Files made before weights had 7 bits give wrong logits on CPUs without VNNI: skipped there, with the fix.
+    The CPU is stubbed, so both branches run on any machine."""
+    import resnext_deploy.backends.openvino as openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "cpu_has_vnni", lambda: vnni)
+    [ok] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable  # today's file runs anywhere
+    _with_8_bit_weights(demo_copy / "model.int8.onnx", demo_copy / "model.int8.onnx")
+    Manifest(demo_copy).record("model.int8.onnx", "int8")
+    found = discover_runners(demo_copy, ("openvino",), precisions=("int8",))
+    if vnni:
+        assert [c.artifact for c in found.runnable] == ["model.int8.onnx"] and not found.skipped
+    else:
+        [skipped] = found.skipped
+        assert "8-bit weights (up to 126)" in skipped.skipped and "no VNNI" in skipped.skipped
+        assert "build-trt --int8" in skipped.skipped and not found.runnable
 
 
 @needs_openvino

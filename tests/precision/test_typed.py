@@ -21,7 +21,7 @@ from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
-from resnext_deploy.precision.int8 import activation_scale, int8_model, quantize_weight
+from resnext_deploy.precision.int8 import WEIGHT_MAX, activation_scale, int8_model, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.source import resolve_source
@@ -82,7 +82,7 @@ def assert_explicit_int8(model, excluded: frozenset[str] = frozenset()) -> None:
         assert producers[data.input[0]].op_type == "QuantizeLinear"
         assert data.input[1] in initializers and initializers[data.input[1]].size == 1, "activation not per-tensor"
         q = initializers[weight.input[0]]
-        assert q.dtype == np.int8 and np.abs(q.astype(np.int32)).max() <= 127
+        assert q.dtype == np.int8 and np.abs(q.astype(np.int32)).max() <= WEIGHT_MAX, f"{node.name}: not 7-bit"
         assert _attr(weight, "axis") == 0, f"{node.name}: weight scales not on axis 0"
         assert initializers[weight.input[1]].shape == (q.shape[0],), f"{node.name}: weight scales not per channel"
         if len(node.input) > 2:  # the bias is a float initializer, no Q/DQ anywhere near it
@@ -116,6 +116,8 @@ def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, cali
     assert entry["calibration"]["method"] == "entropy" and entry["calibration"]["count"] == 16
     assert entry["parity"]["cosine_min"] == result.parity.cosine_min and entry["parity"]["passed"]
     assert entry["options"]["high_precision"] == "fp16"
+    assert entry["options"]["weight_max"] == WEIGHT_MAX == 63  # the 7-bit weights are on record
+    assert {p.key: p.value for p in model.metadata_props}["resnext_deploy.weight_max"] == "63"
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
     assert out.dtype == np.float32 and out.shape == (3, 10)
@@ -197,13 +199,24 @@ def test_int8_overflowing_conv_gets_its_own_fp32_qdq(tiny_dir: Path, calib_dir: 
     )
 
 
+def test_7_bit_weights_keep_avx2_int8_pair_sums_from_saturating() -> None:
+    """CPUs without VNNI sum u8 x s8 products in pairs into an int16 (``vpmaddubsw``); OpenVINO makes the
+    signed activations u8 by adding 128, so a pair can reach 2 * 255 * max|q|, which must fit in 32767."""
+    assert 2 * 255 * WEIGHT_MAX <= np.iinfo(np.int16).max < 2 * 255 * 127
+    weight = np.random.default_rng(1).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    q, scale = quantize_weight(weight, 0)
+    assert np.abs(q.astype(np.int32)).max(axis=(1, 2, 3)).tolist() == [WEIGHT_MAX] * 8  # each channel's range used
+    full, full_scale = quantize_weight(weight, 0, qmax=127)
+    np.testing.assert_allclose(scale, full_scale * 127 / WEIGHT_MAX, rtol=1e-6)  # the scale is ~doubled
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dead_channels_never_get_a_zero_or_infinite_scale(dtype) -> None:
     weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
     weight[2] = 0.0
     q, scale = quantize_weight(weight, 0, dtype)
     assert scale.dtype == dtype and np.all(scale > 0) and np.all(np.isfinite(1.0 / scale.astype(np.float32)))
-    assert not q[2].any() and np.abs(q.astype(np.int32)).max() == 127
+    assert not q[2].any() and np.abs(q.astype(np.int32)).max() == WEIGHT_MAX
     restored = q.astype(np.float32) * scale.astype(np.float32)[:, None, None, None]
     assert np.abs(restored - weight).max() <= scale.astype(np.float32).max() / 2 + 1e-6
     for amax in (0.0, 1e-30):
