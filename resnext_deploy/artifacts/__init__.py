@@ -1,6 +1,6 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
-from .manifest import MANIFEST_NAME, Manifest, tool_versions
+from .manifest import MANIFEST_NAME, Manifest, recorded_step, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .store import (
     CALIBRATION_NAME,
@@ -38,6 +38,7 @@ __all__ = [
     "opset_of",
     "prepare_dir",
     "read_json",
+    "recorded_step",
     "sha256_file",
     "single_input",
     "tool_versions",

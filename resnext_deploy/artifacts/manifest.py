@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
+from ..errors import BadInputError, VerificationError
 from .store import ONNX_FILES, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
@@ -103,6 +105,22 @@ class Manifest:
         self.artifacts[name].update(json.loads(json.dumps(fields, default=str)))
         self.save()
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Steps that did not run or failed, and why: what ``report`` lists, whichever commands ran."""
+        return dict(self.data.get("skipped") or {})
+
+    def record_skipped(self, step: str, reason: str | None) -> None:
+        """Record why ``step`` did not run or failed, or, with None, that it has run since."""
+        steps = self.data.setdefault("skipped", {})
+        if reason is None:
+            steps.pop(step, None)
+        else:
+            steps[step] = reason
+        if not steps:
+            del self.data["skipped"]
+        self.save()
+
     def forget(self, name: str) -> None:
         if self.artifacts.pop(name, None) is not None:
             self.save()
@@ -138,6 +156,17 @@ class Manifest:
             else:
                 entry["stale"] = reason
         write_json(self.path, self.data)
+
+
+@contextmanager
+def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
+    """Run a step whose failure (bad input, a failed check) goes into the manifest for the report, then on up."""
+    try:
+        yield
+    except (BadInputError, VerificationError) as exc:
+        Manifest(directory).record_skipped(step, f"failed: {exc}")
+        raise
+    Manifest(directory).record_skipped(step, None)
 
 
 def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
