@@ -64,7 +64,7 @@ def torchvision(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
         spec = importlib.util.find_spec("torchvision")
         locations = list(spec.submodule_search_locations or []) if spec else []
     else:
-        cache = pytestconfig.cache  # None with -p no:cacheprovider: fetched again in the session's temporary folder
+        cache = getattr(pytestconfig, "cache", None)  # none with -p no:cacheprovider: a temporary folder then
         folder = cache.mkdir("torchvision-wheel") if cache is not None else tmp_path_factory.mktemp("torchvision")
         locations = [str(_torchvision_wheel_folder(folder))]
         spec = importlib.util.spec_from_file_location(
