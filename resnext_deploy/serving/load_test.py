@@ -72,9 +72,10 @@ class _Client:
                 import tritonclient.grpc as module
 
                 self.client = module.InferenceServerClient(address)
-        except ImportError as exc:
+        except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient installed without this protocol
+            missing = f"{exc.name} is missing" if isinstance(exc, ImportError) else "installed without it"
             raise BackendUnavailableError(
-                f"the Triton load test needs tritonclient[{protocol}] ({exc.name} is missing); {INSTALL_HINT}"
+                f"the Triton load test needs tritonclient[{protocol}] ({missing}); {INSTALL_HINT}"
             ) from None
         self.module = module
         self.protocol = protocol

@@ -472,8 +472,24 @@ def test_serve_says_ready_only_when_the_model_is_and_classification_returns_clas
         assert [label for _, _, label in entries] == [names[int(index)] for _, index, _ in entries]
 
 
+def _has_http_client() -> bool:
+    """tritonclient[http]; the core install has tritonclient[grpc] only, whose http module refuses at import."""
+    try:
+        import tritonclient.http  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+def test_the_load_test_names_a_missing_http_client(monkeypatch: pytest.MonkeyPatch):
+    if _has_http_client():
+        monkeypatch.setitem(sys.modules, "tritonclient.http", None)
+    with pytest.raises(BackendUnavailableError, match=r"tritonclient\[http\].*`make setup-triton`"):
+        triton_load_test("127.0.0.1:1", MODEL, LoadTestSettings((1,), duration_s=0.1), log=lambda _m: None)
+
+
+@pytest.mark.skipif(not _has_http_client(), reason=f"needs tritonclient[http]: {EXTRA}")
 def test_load_test_says_when_nothing_listens():
-    pytest.importorskip("tritonclient.http", reason=f"needs tritonclient[http]: {EXTRA}")
     (port,) = _free_ports(1)
     with pytest.raises(BadInputError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
         settings = LoadTestSettings((1,), duration_s=0.1, timeout_s=2)
