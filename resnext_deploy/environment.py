@@ -73,13 +73,14 @@ def torchvision_mismatch() -> str | None:
         if requirement.name == "torch" and requirement.marker is None and not fits:
             return f"torchvision {installed} needs torch{requirement.specifier}, not torch {torch.__version__}"
     try:
-        label = Version(_torchvision_build() or installed).local or ""
+        build = Version(_torchvision_build() or installed)
     except InvalidVersion:
-        label = ""
+        return None
+    label = build.local or ""
     if label.startswith("cu") and torch.version.cuda is None:
-        return f"torchvision {installed}+{label} is a CUDA build, but torch {torch.__version__} is a CPU build"
+        return f"torchvision {build} is a CUDA build, but torch {torch.__version__} is a CPU build"
     if label.startswith("cu") and not label.startswith(f"cu{torch.version.cuda.split('.')[0]}"):
-        return f"torchvision {installed}+{label} and torch {torch.__version__} (CUDA {torch.version.cuda}) differ"
+        return f"torchvision {build} and torch {torch.__version__} (CUDA {torch.version.cuda}) differ"
     return None
 
 
