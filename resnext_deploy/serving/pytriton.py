@@ -93,8 +93,7 @@ def _check_numpy() -> None:
         if requirement.name == "numpy" and not requirement.specifier.contains(np.__version__, prereleases=True):
             raise BackendUnavailableError(
                 f"PyTriton {metadata.version('nvidia-pytriton')} needs numpy{requirement.specifier}, but numpy "
-                f"{np.__version__} is installed (its Python backend then answers with empty outputs); "
-                f"{INSTALL_HINT} in a fresh virtual environment installs a matching NumPy"
+                f"{np.__version__} is installed (its Python backend then answers with empty outputs); {INSTALL_HINT}"
             )
 
 
