@@ -421,7 +421,7 @@ def build_trt(
     )
     directory = artifact_dir(directory)
     with locked(directory):
-        with recorded_step(directory, f"{precision} ONNX"):
+        with recorded_step(directory, f"{precision} ONNX", record_failure=False):
             make_typed_onnx(directory, precision, precision_options, log=log)
         reason = tensorrt_status()
         if reason is not None:  # for `report`, as pipeline records it: why, and every file's trtexec line
@@ -638,7 +638,7 @@ def bench(
     )
     json_file = _json_target(json_path)
     directory = artifact_dir(directory)
-    with locked(directory), recorded_step(directory, "bench"):
+    with locked(directory), recorded_step(directory, "bench", record_failure=False):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report.results), directory / BENCH_JSON, json_path)
 

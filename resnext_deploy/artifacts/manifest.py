@@ -111,12 +111,15 @@ class Manifest:
         return dict(self.data.get("skipped") or {})
 
     def record_skipped(self, step: str, reason: str | None) -> None:
-        """Record why ``step`` did not run or failed, or, with None, that it has run since."""
-        steps = self.data.setdefault("skipped", {})
+        """Record why ``step`` did not run or failed, or, with None, that it has run since (written only on a change)."""
+        steps = self.skipped
+        if steps.get(step) == reason:
+            return
         if reason is None:
-            steps.pop(step, None)
+            del steps[step]
         else:
             steps[step] = reason
+        self.data["skipped"] = steps
         if not steps:
             del self.data["skipped"]
         self.save()
@@ -159,12 +162,17 @@ class Manifest:
 
 
 @contextmanager
-def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
-    """Run a step whose failure (bad input, a failed check) goes into the manifest for the report, then on up."""
+def recorded_step(directory: str | Path, step: str, record_failure: bool = True) -> Iterator[None]:
+    """Run a step; once it succeeds, a failure recorded earlier (by ``pipeline``) is cleared from the manifest.
+
+    With ``record_failure`` (``pipeline``, which goes on and ends with a report) a failure (bad input, a failed
+    check) is recorded for the report before it goes on up; single commands leave the directory as it was.
+    """
     try:
         yield
     except (BadInputError, VerificationError) as exc:
-        Manifest(directory).record_skipped(step, f"failed: {exc}")
+        if record_failure:
+            Manifest(directory).record_skipped(step, f"failed: {exc}")
         raise
     Manifest(directory).record_skipped(step, None)
 
