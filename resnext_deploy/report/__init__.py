@@ -23,8 +23,8 @@ REPORT_JSON = "report.json"
 def write_report(directory: str | Path, log: Callable[[str], None] = print) -> Path:
     """Write DIR/report.md and DIR/report.json from the directory alone; return the Markdown path.
 
-    Steps that did not run or failed are read from the manifest (``pipeline``, ``build-trt`` and ``bench``
-    record them there), so ``report --dir`` after single commands writes what ``pipeline`` writes.
+    Steps that did not run or failed are read from the manifest (``build-trt`` and ``pipeline`` record them
+    there), so ``report --dir`` after single commands writes what ``pipeline`` writes.
     """
     directory = Path(directory)
     if not (directory / MANIFEST_NAME).exists():
