@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(CORE_EXTRAS)]'
+	@# A torchvision built for another torch (an earlier setup put PyPI's CUDA build beside the CPU torch) cannot be
+	@# imported; none is better: the preprocessing test reads torchvision's transforms from its wheel instead.
+	$(BIN)/python -m resnext_deploy.environment || $(BIN)/python -m pip uninstall -q -y torchvision
 	touch $(STAMP)
 
 $(TRITON_STAMP): pyproject.toml constraints-triton.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt -e '.[$(TRITON_EXTRAS)]'
+	$(TRITON_VENV)/bin/python -m resnext_deploy.environment || $(TRITON_VENV)/bin/python -m pip uninstall -q -y torchvision
 	touch $(TRITON_STAMP)
 
 setup: $(STAMP)

@@ -30,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
@@ -63,6 +64,14 @@ InterpolationOption = Annotated[
 ]
 MeanOption = Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean (0-1 scale).", rich_help_panel=_PRE)]
 StdOption = Annotated[Optional[str], typer.Option("--std", help="R,G,B std (0-1 scale).", rich_help_panel=_PRE)]
+ClassNamesOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--class-names",
+        help="Class names: a file with one per line, or a folder of class subfolders (recorded in model.onnx, the "
+        "manifest and Triton's labels.txt).",
+    ),
+]
 
 
 _BENCH = "Benchmark (bench, and pipeline's bench step)"
@@ -178,11 +187,11 @@ def _backend_list(text: str) -> tuple[str, ...] | None:
 
 @app.command()
 def archs() -> None:
-    """List the registered architectures and their defaults."""
-    from .models import ARCHS, count_parameters, create_model
+    """List the registered architectures and their defaults (from the registry alone: no model is built)."""
+    from .archs import ARCHS
 
     for spec in ARCHS.values():
-        params = count_parameters(create_model(spec))
+        params = spec.parameter_count()
         pre = spec.preprocessing
         typer.echo(
             f"{spec.name:<18} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
@@ -192,12 +201,14 @@ def archs() -> None:
 
 @app.command()
 def info() -> None:
-    """Versions of torch, onnx, onnxruntime and TensorRT; CUDA devices; ONNX Runtime providers."""
+    """Versions of torch, torchvision, timm, onnx, onnxruntime, OpenVINO and TensorRT; CUDA devices; providers."""
     from .backends.tensorrt.probe import summary
-    from .environment import describe
+    from .environment import TORCHVISION_FIX, describe, optional_libraries, torchvision_mismatch
 
-    for key, value in {**describe(), "tensorrt": summary()}.items():
+    for key, value in {**describe(), **optional_libraries(), "tensorrt": summary()}.items():
         typer.echo(f"{key:<22} {value}")
+    if mismatch := torchvision_mismatch():
+        log(f"warning: {mismatch}: `import torchvision` and `import timm` fail; {TORCHVISION_FIX}")
 
 
 @app.command()
@@ -213,6 +224,7 @@ def export(
     interpolation: InterpolationOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    class_names: ClassNamesOption = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     static_batch: Annotated[
         Optional[int], typer.Option("--static-batch", help="Fixed batch size instead of a dynamic one.")
@@ -225,7 +237,7 @@ def export(
 
     check_export_options(opset, static_batch)
     source = resolve_source(
-        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std
+        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std, class_names
     )
     directory = prepare_dir(directory)
     with locked(directory):
@@ -412,10 +424,11 @@ def build_trt(
 
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
-    from .artifacts import locked
+    from .artifacts import locked, recorded_step
     from .backends.tensorrt.build import build_engine
     from .backends.tensorrt.options import check_trt_major
-    from .backends.tensorrt.probe import TensorRTUnavailableError
+    from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+    from .pipeline import record_engines_skipped
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
 
@@ -447,7 +460,11 @@ def build_trt(
     )
     directory = artifact_dir(directory)
     with locked(directory):
-        make_typed_onnx(directory, precision, precision_options, log=log)
+        with recorded_step(directory, f"{precision} ONNX", record_failure=False):
+            make_typed_onnx(directory, precision, precision_options, log=log)
+        reason = tensorrt_status()
+        if reason is not None:  # for `report`, as pipeline records it: why, and every file's trtexec line
+            record_engines_skipped(directory, options, reason)
         if onnx_only:
             return
         try:
@@ -455,6 +472,7 @@ def build_trt(
         except TensorRTUnavailableError as exc:
             typer.echo(exc.command)
             raise
+        record_engines_skipped(directory, options, None)
 
 
 @app.command()
@@ -470,6 +488,14 @@ def pipeline(
     interpolation: InterpolationOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    class_names: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--class-names",
+            help="Class names: a file with one per line, or a folder of class subfolders. Default: the class "
+            "subfolders of --calib-dir or --data when they are as many as the model's classes.",
+        ),
+    ] = None,
     calib_dir: CalibDirOption = None,
     calib_count: CalibCountOption = 512,
     calib_method: CalibMethodOption = "entropy",
@@ -550,7 +576,9 @@ def pipeline(
         ),
     )
     source = resolve_source(
-        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std
+        *(arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std),
+        class_names=class_names,
+        name_folders=(calib_dir, data),
     )
     directory = prepare_dir(directory)
     with locked(directory):
@@ -661,7 +689,7 @@ def bench(
 
     Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
     """
-    from .artifacts import locked
+    from .artifacts import locked, recorded_step
     from .environment import cap_threads
     from .evaluate.bench import BENCH_JSON, bench_text, run_bench
     from .evaluate.settings import parse_batch_sizes
@@ -684,7 +712,7 @@ def bench(
     )
     json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
-    with locked(directory):
+    with locked(directory), recorded_step(directory, "bench", record_failure=False):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
 
@@ -720,6 +748,19 @@ def bench_triton(
         json_file, md_file = write_triton_bench(rows, directory)
     log(f"wrote {json_file} and {md_file}")
     typer.echo(md_file.read_text(encoding="utf-8"), nl=False)
+
+
+@app.command()
+def report(directory: ExportedDirOption) -> None:
+    """Write DIR/report.md and report.json from what DIR holds, whichever commands made it (as pipeline does)."""
+    from .artifacts import locked
+    from .report import write_report
+    from .source import artifact_dir
+
+    directory = artifact_dir(directory)
+    with locked(directory):
+        path = write_report(directory, log=log)
+    typer.echo(f"report: {path}")
 
 
 @app.command("triton-repo")

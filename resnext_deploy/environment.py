@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import stat
 import sys
 import tempfile
 from collections.abc import Callable
+from importlib import metadata, util
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+# The README's fix for a torchvision that is not the build of the installed torch.
+TORCHVISION_FIX = (
+    "install the torchvision built for this torch from the index torch came from (README, Install), "
+    "or `pip uninstall torchvision`"
+)
 
 
 def tensorrt_version() -> str | None:
@@ -18,6 +30,68 @@ def tensorrt_version() -> str | None:
         return None
     # __version__ lives in the tensorrt package's Python __init__, not in the compiled bindings.
     return str(getattr(trt, "__version__", "unknown"))
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, read from its metadata without importing it (None: not installed)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _torchvision_build() -> str | None:
+    """torchvision's own version string with its build label (``0.28.0+cu130``), read from its ``version.py``.
+
+    The distribution's version often drops the label; importing torchvision to ask would crash on a mismatch.
+    """
+    spec = util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = (Path(folder) / "version.py").read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if found := re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.MULTILINE):
+            return found.group(1)
+    return None
+
+
+def torchvision_mismatch() -> str | None:
+    """Why the installed torchvision cannot work with the installed torch, or None (it fits, or there is none).
+
+    A torchvision wheel is built against one torch release and one CUDA build: PyPI's are CUDA builds, whose
+    compiled ops need libtorch_cuda, so beside a CPU torch ``import torchvision`` (and ``import timm``) fails
+    with "operator torchvision::nms does not exist".
+    """
+    installed = package_version("torchvision")
+    if installed is None:
+        return None
+    import torch
+
+    torch_version = Version(torch.__version__)
+    for line in metadata.requires("torchvision") or []:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        fits = requirement.specifier.contains(torch_version.base_version, prereleases=True)
+        if requirement.name == "torch" and requirement.marker is None and not fits:
+            return f"torchvision {installed} needs torch{requirement.specifier}, not torch {torch.__version__}"
+    try:
+        build = Version(_torchvision_build() or installed)
+    except InvalidVersion:
+        return None
+    label = build.local or ""
+    if label.startswith("cu") and torch.version.cuda is None:
+        return f"torchvision {build} is a CUDA build, but torch {torch.__version__} is a CPU build"
+    if label.startswith("cu") and not label.startswith(f"cu{torch.version.cuda.split('.')[0]}"):
+        return f"torchvision {build} and torch {torch.__version__} (CUDA {torch.version.cuda}) differ"
+    return None
+
+
+def optional_libraries() -> dict[str, str]:
+    """The optional libraries users bring (torchvision, timm for their weights) and OpenVINO: version or absent."""
+    return {name: package_version(name) or "not installed" for name in ("torchvision", "timm", "openvino")}
 
 
 def cuda_available() -> bool:
@@ -124,3 +198,9 @@ def cap_threads(threads: int | None, log: Callable[[str], None]) -> int | None:
         return threads
     log(f"warning: --threads {threads} is more than the {cpus} CPUs this process may use; using {cpus}")
     return cpus
+
+
+if __name__ == "__main__":  # `make setup`: exit 1 when the installed torchvision cannot work with this torch
+    if problem := torchvision_mismatch():
+        print(f"{problem}; {TORCHVISION_FIX}", file=sys.stderr)
+        sys.exit(1)

@@ -22,6 +22,12 @@ class DeployError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
 
 
+class UsageError(DeployError):
+    """A command line that cannot mean anything: an invalid choice, or an option that needs another."""
+
+    exit_code = ExitCode.USAGE
+
+
 class BadInputError(DeployError):
     """A file, directory, option value or data set that cannot be used as given."""
 

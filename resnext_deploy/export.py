@@ -82,15 +82,18 @@ def export_onnx(
     manifest = Manifest(directory)
     options = {"source": source.to_dict(), "opset": opset, "static_batch": static_batch}
     final = directory / ONNX_NAME
+    log(f"model: {source.describe()}")
     if manifest.is_current(ONNX_NAME, source.checkpoint_sha256, options):
         log(f"{final} is up to date (same model and options); reusing it")
         return ExportResult(final, {}, reused=True)
 
+    log("building the PyTorch model")
     model = source.build()
     size = source.image_size
     example = torch.zeros(static_batch or 2, 3, size, size)
     dynamic = None if static_batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     with atomic_path(final) as tmp:
+        log(f"exporting to ONNX (opset {opset}; up to a minute for the largest models on a small CPU)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -108,6 +111,7 @@ def export_onnx(
         proto.producer_name = "resnext-deploy"
         onnx.helper.set_model_props(proto, onnx_metadata(source))
         onnx.save(proto, str(tmp))
+        log("checking the ONNX file (onnx.checker), then ONNX Runtime against PyTorch")
         onnx.checker.check_model(str(tmp), full_check=True)
         weights = f"checkpoint {source.checkpoint}" if source.checkpoint else "the seeded random weights"
         parity = check_export(model, tmp, static_batch, size, weights)

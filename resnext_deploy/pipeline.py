@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import ONNX_FILES, PRECISIONS, Manifest
+from .artifacts import ONNX_FILES, PRECISIONS, Manifest, recorded_step
 from .backends.tensorrt.build import build_engine
 from .backends.tensorrt.options import BuildOptions
 from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
@@ -64,7 +64,8 @@ def run_pipeline(
     for precision in ("fp16", "int8"):
         log(f"== {precision.upper()} ONNX")
         try:
-            make_typed_onnx(directory, precision, options.precision, log=log)
+            with recorded_step(directory, f"{precision} ONNX"):
+                make_typed_onnx(directory, precision, options.precision, log=log)
         except (VerificationError, BadInputError) as exc:
             bad_input |= isinstance(exc, BadInputError)
             failed[f"{precision} ONNX"] = f"failed: {exc}"
@@ -75,13 +76,14 @@ def run_pipeline(
     log("== bench")
     measured = None
     try:
-        measured = run_bench(directory, options.bench, log=log)
+        with recorded_step(directory, "bench"):
+            measured = run_bench(directory, options.bench, log=log)
     except BadInputError as exc:
         bad_input = True
         failed["bench"] = f"failed: {exc}"
         log(f"bench failed: {exc}")
     skipped = {**failed, **skipped}
-    report = write_report(directory, log=log, skipped=skipped)
+    report = write_report(directory, log=log)  # the same report as `report --dir`: the steps are in the manifest
     problems = [f"{step} {reason}" for step, reason in failed.items()]
     if not verified:
         problems.append(verified.failure_summary())
@@ -92,24 +94,29 @@ def run_pipeline(
 def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
     """Build the engines of the typed files that exist, or say once why not and list the trtexec lines that would."""
     reason = tensorrt_status()
-    manifest = Manifest(directory)
-    precisions = [p for p in PRECISIONS if manifest.entry(ONNX_FILES[p])]
     if reason is None:
-        for precision in precisions:
+        for precision in [p for p in PRECISIONS if Manifest(directory).entry(ONNX_FILES[p])]:
             log(f"== TensorRT {precision.upper()} engine")
             build_engine(directory, precision, options, log=log)
-        manifest.data.pop("skipped", None)
-        manifest.save()
-        return {}
+    skipped = record_engines_skipped(directory, options, reason)
+    if reason is not None:
+        log(f"TensorRT engines skipped: {reason}")
+    return skipped
+
+
+def record_engines_skipped(directory: Path, options: BuildOptions, reason: str | None) -> dict[str, str]:
+    """Record in the manifest why no engine was built here, with the trtexec lines that build them on a GPU.
+
+    ``pipeline`` and ``build-trt`` both record it, so ``report`` lists it whichever made the directory; with
+    ``reason`` None (engines were built) the record is cleared.
+    """
     commands = []
-    for precision in precisions:
+    for precision in [p for p in PRECISIONS if reason is not None and Manifest(directory).entry(ONNX_FILES[p])]:
         try:
-            build_engine(directory, precision, options, log=log, relative_to=directory)
+            build_engine(directory, precision, options, relative_to=directory)
         except TensorRTUnavailableError as exc:
             commands.append(exc.command)
-    log(f"TensorRT engines skipped: {reason}")
     where = "To build them on a GPU machine, from the directory that holds this report:"
-    skipped = {"tensorrt": f"{reason}. {where}\n" + "\n".join(commands)}
-    manifest.data["skipped"] = skipped
-    manifest.save()
+    skipped = {} if reason is None else {"tensorrt": f"{reason}. {where}\n" + "\n".join(commands)}
+    Manifest(directory).record_skipped("tensorrt", skipped.get("tensorrt"))
     return skipped

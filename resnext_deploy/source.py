@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ONNX_FILES, Manifest, sha256_file
-from .data import Dataset, ImageDataset
+from .data import Dataset, ImageDataset, ImageFolder
 from .demo import DEMO_WEIGHTS
-from .errors import BadInputError
+from .errors import BadInputError, UsageError
 from .models import (
     DEMO_ARCH,
     INTERPOLATIONS,
@@ -38,6 +38,7 @@ class ModelSource:
     checkpoint: str | None
     checkpoint_sha256: str | None
     preprocess: Preprocessing | None = None  # None: the architecture's default (manifests made before it existed)
+    classes: tuple[str, ...] = ()  # names given at export (--class-names, the data's class folders); () none given
 
     @property
     def spec(self) -> ArchSpec:
@@ -66,8 +67,20 @@ class ModelSource:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        names = self.spec.class_names
+        """The names given at export, else the architecture's own when the class count is theirs, else none."""
+        names = self.classes or self.spec.class_names
         return names if len(names) == self.num_classes else ()
+
+    def describe(self) -> str:
+        """The choices an export makes, in one line: what the user reads before a minute of work."""
+        pre = self.preprocessing
+        names = f": {_names(self.class_names)}" if self.class_names else " (no class names; --class-names FILE)"
+        weights = self.checkpoint or "seeded random weights"
+        return (
+            f"{self.arch}, {self.num_classes} classes{names}; weights: {weights}; preprocessing: resize the short "
+            f"side to {pre.resize_size} ({pre.interpolation}), center crop {pre.image_size}, mean "
+            f"{','.join(f'{v:g}' for v in pre.mean)}, std {','.join(f'{v:g}' for v in pre.std)}"
+        )
 
     def build(self):
         """The model with its weights: the checkpoint's, or seeded random weights when there is none."""
@@ -87,15 +100,18 @@ class ModelSource:
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.classes:  # as manifests recorded it before names could be given: they stay up to date
+            del data["classes"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelSource:
         """Rebuild a source recorded in a manifest; any malformed field is a ``BadInputError``.
 
-        ``preprocess`` is optional: manifests written before it existed use the architecture's own.
+        ``preprocess`` and ``classes`` are optional: manifests written before they existed use the architecture's.
         """
-        required = [k for k in cls.__dataclass_fields__ if k != "preprocess"]
+        required = [k for k in cls.__dataclass_fields__ if k not in ("preprocess", "classes")]
         if not isinstance(data, dict) or not all(k in data for k in required):
             raise BadInputError(f"the model source {str(data)[:80]!r} lacks fields of {required}")
         try:
@@ -114,7 +130,12 @@ class ModelSource:
             preprocess = None if pre is None else Preprocessing.from_dict(pre)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"the recorded preprocessing {str(pre)[:80]!r} is malformed ({exc})") from None
-        return cls(**{k: data[k] for k in required}, preprocess=preprocess)
+        classes = data.get("classes") or []
+        if not isinstance(classes, (list, tuple)) or not all(isinstance(n, str) for n in classes):
+            raise BadInputError(f"the recorded class names {str(classes)[:80]!r} are not a list of strings")
+        if classes and len(classes) != data["num_classes"]:
+            raise BadInputError(f"{len(classes)} recorded class names for {data['num_classes']} classes")
+        return cls(**{k: data[k] for k in required}, preprocess=preprocess, classes=tuple(classes))
 
 
 def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
@@ -142,7 +163,7 @@ def resolve_preprocessing(
 ) -> Preprocessing:
     """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it."""
     if preset is not None and preset not in PRESETS:
-        raise BadInputError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise UsageError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     pre = PRESETS[preset] if preset else spec.preprocessing
     if image_size is not None:
         pre = pre.with_image_size(image_size)
@@ -160,7 +181,7 @@ def resolve_preprocessing(
         pre = replace(pre, resize_size=resize_size)
     if interpolation is not None:
         if interpolation not in INTERPOLATIONS:
-            raise BadInputError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+            raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         pre = replace(pre, interpolation=interpolation)
     if (values := parse_triple(mean, "--mean")) is not None:
         pre = replace(pre, mean=values)
@@ -182,14 +203,21 @@ def resolve_source(
     interpolation: str | None = None,
     mean: str | None = None,
     std: str | None = None,
+    class_names: str | Path | None = None,
+    name_folders: Sequence[str | Path | None] = (),
 ) -> ModelSource:
-    """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model."""
+    """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model.
+
+    Class names come from ``class_names`` (a file, one per line, or a folder of class subfolders), else from
+    the first of ``name_folders`` (the data given with the export) whose class subfolders are as many as the
+    model's classes; the model's class count follows the names when nothing else sets it.
+    """
     if arch is None and checkpoint is None:
         arch, checkpoint = DEMO_ARCH, DEMO_WEIGHTS
         if not DEMO_WEIGHTS.exists():
             raise BadInputError(f"the bundled demo weights {DEMO_WEIGHTS} are missing; reinstall resnext-deploy")
     if arch is None:
-        raise BadInputError("--checkpoint needs --arch to say which architecture it holds")
+        raise UsageError("--checkpoint needs --arch to say which architecture it holds")
     try:
         spec = get_arch(arch)
     except KeyError as exc:
@@ -207,14 +235,42 @@ def resolve_source(
         state = read_state_dict(checkpoint, spec.name)  # fails early, with one line, on a bad file
         num_classes = num_classes or infer_num_classes(state)
         sha = sha256_file(checkpoint)
+    names = read_class_names(class_names) if class_names is not None else ()
+    num_classes = num_classes or len(names) or spec.num_classes
+    if names and len(names) != num_classes:
+        raise BadInputError(f"--class-names {class_names} names {len(names)} classes; the model has {num_classes}")
+    for folder in [] if names else [f for f in name_folders if f is not None and Path(f).is_dir()]:
+        found = tuple(ImageFolder.scan(folder).classes)
+        if len(found) == num_classes:
+            names = found
+            break
     return ModelSource(
         arch=spec.name,
-        num_classes=num_classes or spec.num_classes,
+        num_classes=num_classes,
         image_size=pre.image_size,
         checkpoint=None if checkpoint is None else str(checkpoint),
         checkpoint_sha256=sha,
         preprocess=pre,
+        classes=names,
     )
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """``--class-names``: a text file with one name per line (blank lines ignored), or a folder's class subfolders."""
+    path = Path(path)
+    if path.is_dir():
+        names = tuple(ImageFolder.scan(path).classes)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"cannot read --class-names {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise BadInputError(f"--class-names {path} names no class (one name per line, or class subfolders)")
+    if len(set(names)) != len(names):
+        raise BadInputError(f"--class-names {path} names a class twice")
+    return names
 
 
 def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.models import create_model
+from resnext_deploy.models import ARCHS, create_model
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -101,3 +103,76 @@ def test_artifacts_are_readable_by_others(tiny_dir: Path):
     """Atomic writes must not leave mkstemp's private 0600 mode on artifacts (a server user reads them)."""
     assert (tiny_dir / "model.onnx").stat().st_mode & 0o044 == 0o044
     assert (tiny_dir / "manifest.json").stat().st_mode & 0o044 == 0o044
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnext_tiny", "--preset", "imagenet"], "unknown --preset 'imagenet'"),
+        (["--arch", "resnext_tiny", "--interpolation", "nearest"], "--interpolation must be one of bilinear, bicubic"),
+        (["--checkpoint", "ckpt.pth"], "--checkpoint needs --arch"),
+    ],
+)
+def test_invalid_choices_are_usage_errors(tmp_path: Path, capsys, args, message):
+    code = main(["export", *args, "--dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == ExitCode.USAGE
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["-h"], ["export", "-h"], ["build-trt", "-h"], ["report", "-h"]])
+def test_dash_h_is_help(capsys, args):
+    assert main(args) == 0
+    assert "Usage:" in capsys.readouterr().out
+
+
+def test_export_says_what_it_chose_on_stderr(tmp_path: Path, capsys):
+    names = tmp_path / "classes.txt"
+    names.write_text("".join(f"n{i}\n" for i in range(10)))
+    args = ["--arch", "resnext_tiny", "--preset", "timm", "--image-size", "32", "--class-names", str(names)]
+    assert main(["export", *args, "--dir", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "model: resnext_tiny, 10 classes: n0, n1," in err
+    assert "resize the short side to 34 (bicubic), center crop 32, mean 0.485,0.456,0.406" in err
+    lines = err.splitlines()
+    # each slow phase is announced before it starts, so the command is never silent for long
+    for phase in ("building the PyTorch model", "exporting to ONNX", "checking the ONNX file"):
+        assert any(line.startswith(phase) for line in lines), phase
+    assert "model:" not in out  # logs never on stdout
+
+
+def test_build_trt_without_tensorrt_is_one_block(tiny_dir: Path, capsys):
+    from resnext_deploy.backends.tensorrt.probe import tensorrt_status
+
+    if tensorrt_status() is None:
+        pytest.skip("TensorRT can build here")
+    assert main(["build-trt", "--dir", str(tiny_dir)]) == ExitCode.BACKEND_UNAVAILABLE
+    out, err = capsys.readouterr()
+    assert out.count("trtexec ") == 1 and out.strip().startswith("trtexec --onnx=")  # the result, once
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "trtexec --onnx" not in error[0] and "--onnx-only" in error[0]
+
+
+def test_info_shows_openvino_torchvision_and_timm(capsys, monkeypatch):
+    import resnext_deploy.environment as environment
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("openvino", "torchvision", "timm"):
+        [line] = [line for line in out.splitlines() if line.split()[0] == name]
+        assert line.split(None, 1)[1] == (environment.package_version(name) or "not installed")
+    monkeypatch.setattr(environment, "torchvision_mismatch", lambda: "torchvision 0.28.0+cu130 is a CUDA build")
+    assert main(["info"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: torchvision 0.28.0+cu130 is a CUDA build" in err and "import timm" in err
+    assert "warning" not in out
+
+
+def test_archs_answers_without_building_or_importing_torch():
+    code = "import sys; from resnext_deploy.cli import main; main(['archs']); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    *table, imported = done.stdout.splitlines()
+    assert imported == "False" and len(table) == len(ARCHS)
+    assert "resnext50_32x4d      25.03M params  1000 classes" in table[0]

@@ -14,6 +14,7 @@ LAYERS = {
     "errors": 0,
     "ui": 0,
     "environment": 0,
+    "archs": 1,
     "models": 1,
     "artifacts": 1,
     "demo": 2,

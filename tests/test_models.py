@@ -55,3 +55,12 @@ def test_every_architecture_runs_at_a_small_size(name):
 def test_unknown_architecture_lists_the_known_ones():
     with pytest.raises(KeyError, match="resnext50_32x4d"):
         get_arch("resnet18")
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("num_classes", [None, 7])
+def test_parameter_count_from_the_registry_is_the_built_models(name, num_classes):
+    """`archs` counts from the configuration alone; the count must be the network's (built on the meta device)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes)
+    assert get_arch(name).parameter_count(num_classes) == count_parameters(model)

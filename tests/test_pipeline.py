@@ -88,3 +88,54 @@ def test_second_run_reuses_finished_artifacts(demo_run, capsys):
     assert err.count("reusing") >= 3
     after = {name: entry["sha256"] for name, entry in Manifest(directory).artifacts.items()}
     assert after == before
+
+
+def _without_times(report: dict) -> dict:
+    """report.json less what differs between two runs: times, and the speeds measured (compared by their rows)."""
+    kept = {k: v for k, v in report.items() if k not in ("created", "bench", "summary", "onnxruntime_vs_torch")}
+    return {**kept, "artifacts": [{k: v for k, v in a.items() if k != "created"} for a in report["artifacts"]]}
+
+
+def test_report_command_rebuilds_the_pipelines_report_from_the_directory(demo_run, capsys):
+    directory, _ = demo_run
+    made_by_pipeline = json.loads((directory / "report.json").read_text())
+    markdown = (directory / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["report", "--dir", str(directory)]) == ExitCode.OK
+    assert capsys.readouterr().out.strip() == f"report: {directory / 'report.md'}"
+    rebuilt = json.loads((directory / "report.json").read_text())
+    assert {k: v for k, v in rebuilt.items() if k != "created"} == {
+        k: v for k, v in made_by_pipeline.items() if k != "created"
+    }
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("Made ")]  # the one line with a time
+
+    assert body((directory / "report.md").read_text()) == body(markdown)
+
+
+@pytest.mark.slow
+def test_single_commands_then_report_write_what_pipeline_writes(demo_run, tmp_path: Path):
+    """export, build-trt, verify, bench and report, no pipeline: the same artifacts, steps, results and sections."""
+    pipeline_dir, code = demo_run
+    directory = str(tmp_path / "steps")
+    assert main(["export", "--dir", directory]) == ExitCode.OK
+    engines = ExitCode.OK if tensorrt_status() is None else ExitCode.BACKEND_UNAVAILABLE
+    assert main(["build-trt", "--fp16", "--dir", directory]) == engines
+    assert main(["build-trt", "--int8", "--dir", directory]) == engines
+    assert main(["verify", "--dir", directory, "--count", "200"]) == code  # verify decides both exit codes
+    assert main(["bench", "--dir", directory, "--batch-sizes", "1,4", "--duration", "0.2"]) == ExitCode.OK
+    assert main(["report", "--dir", directory]) == ExitCode.OK
+    steps = json.loads((tmp_path / "steps" / "report.json").read_text())
+    pipeline = json.loads((pipeline_dir / "report.json").read_text())
+    assert _without_times(steps) == _without_times(pipeline)  # artifacts, verify's results, skipped steps, ...
+
+    def rows(report: dict) -> list[tuple]:
+        return sorted((r["backend"], r["precision"], r["device"], r["batch_size"]) for r in report["bench"]["results"])
+
+    assert rows(steps) == rows(pipeline)
+    sections = [
+        [line for line in (d / "report.md").read_text().splitlines() if line.startswith("#")]
+        for d in (tmp_path / "steps", pipeline_dir)
+    ]
+    assert sections[0] == sections[1]

@@ -1,6 +1,6 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
-from .manifest import MANIFEST_NAME, Manifest, refuse_owned, tool_versions
+from .manifest import MANIFEST_NAME, Manifest, recorded_step, refuse_owned, tool_versions
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .precisions import ONNX_FILES, PRECISIONS, Precision
 from .store import (
@@ -45,6 +45,7 @@ __all__ = [
     "prepare_dir",
     "refuse_owned",
     "read_json",
+    "recorded_step",
     "sha256_file",
     "single_input",
     "tool_versions",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
+from ..errors import BadInputError, VerificationError
 from .precisions import ONNX_FILES
 from .store import CALIBRATION_NAME, LOCK_NAME, now_iso, read_json, sha256_file, write_json
 
@@ -146,6 +148,25 @@ class Manifest:
         self.artifacts[name].update(json.loads(json.dumps(fields, default=str)))
         self.save()
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Steps that did not run or failed, and why: what ``report`` lists, whichever commands ran."""
+        return dict(self.data.get("skipped") or {})
+
+    def record_skipped(self, step: str, reason: str | None) -> None:
+        """Record why ``step`` did not run or failed, or, with None, that it has run since (written only on a change)."""
+        steps = self.skipped
+        if steps.get(step) == reason:
+            return
+        if reason is None:
+            del steps[step]
+        else:
+            steps[step] = reason
+        self.data["skipped"] = steps
+        if not steps:
+            del self.data["skipped"]
+        self.save()
+
     def forget(self, name: str) -> None:
         if self.artifacts.pop(name, None) is not None:
             self.save()
@@ -185,6 +206,22 @@ class Manifest:
             else:
                 entry["stale"] = reason
         write_json(self.path, self.data)
+
+
+@contextmanager
+def recorded_step(directory: str | Path, step: str, record_failure: bool = True) -> Iterator[None]:
+    """Run a step; once it succeeds, a failure recorded earlier (by ``pipeline``) is cleared from the manifest.
+
+    With ``record_failure`` (``pipeline``, which goes on and ends with a report) a failure (bad input, a failed
+    check) is recorded for the report before it goes on up; single commands leave the directory as it was.
+    """
+    try:
+        yield
+    except (BadInputError, VerificationError) as exc:
+        if record_failure:
+            Manifest(directory).record_skipped(step, f"failed: {exc}")
+        raise
+    Manifest(directory).record_skipped(step, None)
 
 
 def _check_entries(artifacts: dict[str, Any], path: Path) -> None:

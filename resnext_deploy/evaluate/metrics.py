@@ -45,7 +45,7 @@ class Parity:
     cosine_min: float
     cosine_mean: float
     top1_agreement: float
-    top5_overlap: float
+    top5_overlap: float | None  # None with 5 classes or fewer, where every top-5 holds every class
     nonfinite: int
     accuracy: float | None
     reference_accuracy: float | None
@@ -132,7 +132,7 @@ def compare(
         top1_agreement=top1,
         top1_decisive=float(np.mean(agree[decisive])) if decisive.any() else 1.0,
         decisive=int(decisive.sum()),
-        top5_overlap=float(np.mean(overlap)) if n else 1.0,
+        top5_overlap=(float(np.mean(overlap)) if n else 1.0) if reference.shape[1] > 5 else None,
         nonfinite=nonfinite,
         accuracy=accuracy,
         reference_accuracy=reference_accuracy,

@@ -267,9 +267,10 @@ def check_parity(
 def _parity_summary(name: str, dataset: Dataset, parity: Parity) -> str:
     text = (
         f"{name} vs model.onnx on {dataset.description}: cosine min {parity.cosine_min:.6f} "
-        f"mean {parity.cosine_mean:.6f}, top-1 agreement {parity.top1_agreement:.2%}, "
-        f"top-5 overlap {parity.top5_overlap:.2%}"
+        f"mean {parity.cosine_mean:.6f}, top-1 agreement {parity.top1_agreement:.2%}"
     )
+    if parity.top5_overlap is not None:
+        text += f", top-5 overlap {parity.top5_overlap:.2%}"
     if parity.accuracy is not None:
         text += f", accuracy {parity.accuracy:.2f}% (FP32 {parity.reference_accuracy:.2f}%)"
     return text + ("" if parity else f" -- FAILED: {'; '.join(parity.failures)}")

@@ -31,15 +31,11 @@ REPORT_JSON = "report.json"
 NAMED = 3  # faster-but-unreliable rows named beside a headline
 
 
-def write_report(
-    directory: str | Path,
-    log: Callable[[str], None] = print,
-    skipped: Mapping[str, str] | None = None,
-) -> Path:
-    """Write DIR/report.md and DIR/report.json; return the Markdown path.
+def write_report(directory: str | Path, log: Callable[[str], None] = print) -> Path:
+    """Write DIR/report.md and DIR/report.json from the directory alone; return the Markdown path.
 
-    ``skipped`` maps a step (e.g. ``"tensorrt"``) to why it did not run; steps recorded in the
-    manifest under ``"skipped"`` (the same mapping) are included too.
+    Steps that did not run or failed are read from the manifest (``build-trt`` and ``pipeline`` record them
+    there), so ``report --dir`` after single commands writes what ``pipeline`` writes.
     """
     directory = Path(directory)
     if not (directory / MANIFEST_NAME).exists():
@@ -47,7 +43,7 @@ def write_report(
     manifest = Manifest(directory)
     verify = _optional_json(directory / VERIFY_JSON)
     bench = _optional_json(directory / BENCH_JSON)
-    steps = {**manifest.data.get("skipped", {}), **(skipped or {})}
+    steps = manifest.skipped
     report = build_report(manifest, verify, bench, steps, (directory / BENCH_PNG).exists())
     write_json(directory / REPORT_JSON, report)
     path = directory / REPORT_MD

@@ -77,9 +77,10 @@ class _Client:
                 import tritonclient.grpc as module
 
                 self.client = module.InferenceServerClient(address)
-        except ImportError as exc:
+        except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient installed without this protocol
+            missing = f"{exc.name} is missing" if isinstance(exc, ImportError) else "installed without it"
             raise BackendUnavailableError(
-                f"the Triton load test needs tritonclient[{protocol}] ({exc.name} is missing); {INSTALL_HINT}"
+                f"the Triton load test needs tritonclient[{protocol}] ({missing}); {INSTALL_HINT}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - tritonclient checks the address in its own ways
             raise BadInputError(f"cannot use {address!r} as a Triton address: {one_line(exc, 200)}") from None

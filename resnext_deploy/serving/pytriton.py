@@ -3,7 +3,8 @@
 PyTriton's wheel ships ``tritonserver`` and its Python backend. Triton batches concurrent requests
 (dynamic batching) and hands each batch to a runner (ONNX Runtime by default, or OpenVINO) opened
 through :mod:`resnext_deploy.backends.registry` in this process. The server binds to loopback unless
-told otherwise. ``pip install 'resnext-deploy[triton]'``.
+told otherwise. It needs PyTriton, which needs numpy < 2: ``make setup-triton`` (a checkout) or the ``triton``
+extra in an environment of its own.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from ..backends.base import Runner
 from ..backends.registry import discover_runners
 from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
+from ..source import recorded_source
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
     INSTALL_HINT,
+    LABELS_FILE,
     MODEL_NAME_RE,
+    TensorSpec,
     default_model_name,
+    labels_text,
     onnx_io,
 )
 
@@ -91,8 +96,7 @@ def _check_numpy() -> None:
         if requirement.name == "numpy" and not requirement.specifier.contains(np.__version__, prereleases=True):
             raise BackendUnavailableError(
                 f"PyTriton {metadata.version('nvidia-pytriton')} needs numpy{requirement.specifier}, but numpy "
-                f"{np.__version__} is installed (its Python backend then answers with empty outputs); "
-                f"{INSTALL_HINT} in a fresh virtual environment installs a matching NumPy"
+                f"{np.__version__} is installed (its Python backend then answers with empty outputs); {INSTALL_HINT}"
             )
 
 
@@ -268,6 +272,7 @@ def serve(
             contextlib.redirect_stdout(sys.stderr),
             interpreter_libpython_first(log),
             _workspace() as workspace,
+            _with_labels(model_name, logits, recorded_source(Manifest(directory)).class_names),
             Triton(config=config, workspace=workspace) as triton,
         ):
             triton.bind(
@@ -286,6 +291,8 @@ def serve(
                 if max_batch_size > 1
                 else "no batching"
             )
+            triton.run()  # starts tritonserver and loads the model, so that "serving" below means ready
+            _require_ready(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", model_name)
             log(
                 f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
                 f"{endpoints}; Ctrl-C stops"
@@ -317,6 +324,50 @@ def serve(
         for runner in runners:
             runner.close()
     log("server stopped")
+
+
+@contextlib.contextmanager
+def _with_labels(model_name: str, output: TensorSpec, labels: tuple[str, ...]) -> Iterator[None]:
+    """Give the served model Triton's labels.txt, as triton-repo does, so classification requests return names.
+
+    PyTriton's model configuration has no label field, so the configuration and files it sends to Triton are
+    extended while this server runs (PyTriton's own ``Model``, restored after).
+    """
+    from pytriton.models.model import Model
+
+    if not labels or output.dims[-1] != len(labels):
+        yield
+        return
+    config, files = Model.get_model_config, Model.get_proxy_model_files
+
+    def labelled_config(model: Model) -> dict:
+        data = config(model)
+        if model.model_name == model_name:
+            for item in data.get("output", []):
+                if item.get("name") == output.name:
+                    item["label_filename"] = LABELS_FILE
+        return data
+
+    def labelled_files(model: Model) -> dict[str, bytes]:
+        data = files(model)
+        if model.model_name == model_name:
+            data[f"file:{LABELS_FILE}"] = labels_text(labels).encode()
+        return data
+
+    Model.get_model_config, Model.get_proxy_model_files = labelled_config, labelled_files  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Model.get_model_config, Model.get_proxy_model_files = config, files  # type: ignore[method-assign]
+
+
+def _require_ready(url: str, model_name: str) -> None:
+    """Ask the server itself whether the model is ready: PyTriton only warns when its own wait times out."""
+    from tritonclient.http import InferenceServerClient
+
+    with contextlib.closing(InferenceServerClient(url)) as client:
+        if not client.is_model_ready(model_name):
+            raise BackendUnavailableError(f"Triton started but model {model_name!r} is not ready (see the server log)")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

@@ -3,8 +3,9 @@
 One Triton model per artifact (``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for engines),
 and one more per ONNX file on Triton's ``openvino`` backend (CPU instances). Each ``config.pbtxt`` is
 built as Triton's own ``ModelConfig`` protobuf (shipped by ``tritonclient``) and printed in protobuf
-text format, so a field Triton does not know cannot be written. ``tritonclient`` is imported where it is
-used: ``pip install 'resnext-deploy[triton]'``.
+text format, so a field Triton does not know cannot be written. ``tritonclient[grpc]`` (the protobuf
+modules) is a core dependency: writing a repository needs neither PyTriton nor numpy < 2. With class names
+(``export --class-names``) each model gets Triton's ``labels.txt``, so classification requests return names.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from ..backends.tensorrt.manifest import read_engine_manifest
 from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
 from ..backends.tensorrt.trtexec import build_trt_command
 from ..errors import BackendUnavailableError, BadInputError
-from ..source import export_command
+from ..source import export_command, recorded_source
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-INSTALL_HINT = "pip install 'resnext-deploy[triton]'"
+# PyTriton (serve) and tritonclient's HTTP client (bench-triton) need numpy < 2, so they live in their own environment.
+INSTALL_HINT = (
+    "from a checkout, `make setup-triton` makes .venv-triton: run `.venv-triton/bin/resnext-deploy ...`; from a "
+    "wheel, `pip install 'resnext-deploy[triton]'` into a virtual environment of its own (PyTriton needs numpy < 2)"
+)
+LABELS_FILE = "labels.txt"
 # ONNX models batch like an engine built with build-trt's default profile.
 DEFAULT_MAX_BATCH = BuildOptions.max_batch
 DEFAULT_OPT_BATCH = BuildOptions.opt_batch
@@ -57,7 +63,8 @@ def model_config_pb2() -> ModuleType:
         from tritonclient.grpc import model_config_pb2 as module
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"Triton support needs tritonclient[grpc] ({exc.name} is missing); {INSTALL_HINT}"
+            f"Triton's model configuration needs tritonclient[grpc] ({exc.name} is missing), a dependency of "
+            "resnext-deploy: reinstall it (a checkout: `make setup`; a wheel: `pip install resnext_deploy-*.whl`)"
         ) from None
     return module
 
@@ -136,8 +143,9 @@ def build_model_config(
     instances: int = 1,
     onnx_kind: str = "auto",
     trt_accelerator: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> ModelConfig:
-    """The ``ModelConfig`` message for one model.
+    """The ``ModelConfig`` message for one model; with ``labels``, outputs of as many classes name labels.txt.
 
     Engines run on ``KIND_GPU``. ONNX models default to ``KIND_AUTO``, which Triton resolves to the GPU
     where it has one and to the CPU elsewhere, so one repository serves on both kinds of host. The
@@ -158,6 +166,9 @@ def build_model_config(
         output=[tensor(s, pb.ModelOutput) for s in model.outputs],
         default_model_filename=model.model_file,
     )
+    for output, spec in zip(config.output, model.outputs, strict=True):
+        if labels and spec.dims[-1] == len(labels):  # Triton's classification extension returns these names
+            output.label_filename = LABELS_FILE
     if model.platform == OPENVINO:
         config.backend = OPENVINO
         config.parameters["PERFORMANCE_HINT"].string_value = OPENVINO_HINT
@@ -190,6 +201,11 @@ def config_text(model: RepoModel, config: ModelConfig) -> str:
     if any(group.kind == group.KIND_AUTO for group in config.instance_group):
         header += "# instance_group kind is KIND_AUTO (the default, so not printed): the GPU where there is one.\n"
     return header + text_format.MessageToString(config)
+
+
+def labels_text(labels: tuple[str, ...]) -> str:
+    """Triton's label file: one class name per line, line i naming output i."""
+    return "".join(f"{label}\n" for label in labels)
 
 
 def _batch_plan(
@@ -333,10 +349,11 @@ def make_triton_repo(
         raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
     models = collect_models(directory, name, max_batch_size, log)
+    labels = recorded_source(Manifest(directory)).class_names
     out = Path(out)
     written = []
     for model in models:
-        config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator)
+        config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator, labels)
         model_dir = out / model.name
         version_dir = model_dir / "1"
         _make_dirs(out, version_dir)
@@ -349,6 +366,10 @@ def make_triton_repo(
         with atomic_path(version_dir / model.model_file) as tmp:
             shutil.copyfile(model.artifact, tmp)
             tmp.chmod(REPO_FILE_MODE)
+        if any(output.label_filename for output in config.output):
+            with atomic_path(model_dir / LABELS_FILE) as tmp:
+                tmp.write_text(labels_text(labels), encoding="utf-8")
+                tmp.chmod(REPO_FILE_MODE)
         with atomic_path(model_dir / "config.pbtxt") as tmp:
             tmp.write_text(config_text(model, config), encoding="utf-8")
             tmp.chmod(REPO_FILE_MODE)

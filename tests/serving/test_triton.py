@@ -225,19 +225,48 @@ def test_repository_refuses_an_artifact_changed_after_the_manifest(tiny_dir: Pat
     assert not (tmp_path / "repo").exists()
 
 
-def test_missing_tritonclient_names_the_extra(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_missing_tritonclient_says_how_to_reinstall(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """tritonclient[grpc] is a core dependency (triton-repo only writes files): the hint is a reinstall."""
     monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
-    with pytest.raises(BackendUnavailableError, match=r"resnext-deploy\[triton\]"):
+    with pytest.raises(BackendUnavailableError, match=r"`make setup`.*`pip install resnext_deploy-\*\.whl`"):
         make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
 
 
-def test_missing_pytriton_names_the_extra(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def test_missing_pytriton_names_commands_for_a_checkout_and_a_wheel(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
     from resnext_deploy.serving.pytriton import serve
 
     monkeypatch.setitem(sys.modules, "pytriton", None)
     monkeypatch.setitem(sys.modules, "pytriton.decorators", None)
-    with pytest.raises(BackendUnavailableError, match=r"resnext-deploy\[triton\]"):
+    with pytest.raises(BackendUnavailableError, match=r"`make setup-triton`.*resnext-deploy\[triton\]") as caught:
         serve(tiny_dir, port=_free_ports(1)[0], grpc_port=_free_ports(1)[0], metrics_port=_free_ports(1)[0])
+    assert "numpy < 2" in str(caught.value)
+    done = subprocess.run(["make", "-n", "setup-triton"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "constraints-triton.txt" in done.stdout  # the named target exists
+
+
+def _export_with_class_names(directory: Path, names: list[str]) -> None:
+    from resnext_deploy.cli import main
+
+    names_file = directory.parent / "classes.txt"
+    names_file.write_text("\n".join(names) + "\n")
+    assert main(["export", "--arch", "resnext_tiny", "--dir", str(directory), "--class-names", str(names_file)]) == 0
+
+
+@needs_tritonclient
+def test_repository_models_carry_triton_labels(tmp_path: Path):
+    names = [f"class-{i}" for i in range(10)]
+    _export_with_class_names(tmp_path / "d", names)
+    written = make_triton_repo(tmp_path / "d", tmp_path / "repo", log=lambda _m: None)
+    for model_dir in written:
+        assert (model_dir / "labels.txt").read_text().splitlines() == names
+        assert [o.label_filename for o in _parse(model_dir).output] == ["labels.txt"]
+
+
+@needs_tritonclient
+def test_repository_without_class_names_has_no_labels(tiny_dir: Path, tmp_path: Path):
+    for model_dir in make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None):
+        assert not (model_dir / "labels.txt").exists()
+        assert [o.label_filename for o in _parse(model_dir).output] == [""]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -422,8 +451,55 @@ def test_serve_on_openvino_answers_like_onnx_runtime(tiny_dir: Path, tmp_path: P
     assert code == 0 and "on openvino" in running.log_tail()
 
 
+@needs_pytriton
+def test_serve_says_ready_only_when_the_model_is_and_classification_returns_class_names(tmp_path: Path):
+    import tritonclient.http as http
+
+    names = ["cat", "dog", "fox", "owl", "eel", "bee", "ant", "yak", "emu", "gnu"]
+    directory = tmp_path / "d"
+    _export_with_class_names(directory, names)
+    running = Server(directory, tmp_path / "serve.log")
+    client = http.InferenceServerClient(f"127.0.0.1:{running.http}")
+    try:
+        deadline = time.monotonic() + 90
+        while "serving model.onnx" not in running.log_tail() and running.process.poll() is None:
+            assert time.monotonic() < deadline, running.log_tail()
+            time.sleep(0.05)
+        assert client.is_model_ready(MODEL), "serve said it was serving before the model was ready"
+        x = np.random.default_rng(5).standard_normal((2, 3, 32, 32), dtype=np.float32)
+        request = http.InferInput("input", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        wanted = http.InferRequestedOutput("logits", class_count=3)
+        top3 = client.infer(MODEL, [request], outputs=[wanted]).as_numpy("logits")
+    finally:
+        client.close()
+        running.stop()
+    expected = OnnxRuntimeRunner(directory / "model.onnx")(x)
+    assert top3.shape == (2, 3)
+    for row, logits in zip(top3, expected, strict=True):
+        entries = [entry.decode().split(":") for entry in row]  # Triton's classification: score:index:label
+        assert [int(index) for _, index, _ in entries] == list(np.argsort(-logits)[:3])
+        assert [label for _, _, label in entries] == [names[int(index)] for _, index, _ in entries]
+
+
+def _has_http_client() -> bool:
+    """tritonclient[http]; the core install has tritonclient[grpc] only, whose http module refuses at import."""
+    try:
+        import tritonclient.http  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+def test_the_load_test_names_a_missing_http_client(monkeypatch: pytest.MonkeyPatch):
+    if _has_http_client():
+        monkeypatch.setitem(sys.modules, "tritonclient.http", None)
+    with pytest.raises(BackendUnavailableError, match=r"tritonclient\[http\].*`make setup-triton`"):
+        triton_load_test("127.0.0.1:1", MODEL, LoadTestSettings((1,), duration_s=0.1), log=lambda _m: None)
+
+
+@pytest.mark.skipif(not _has_http_client(), reason=f"needs tritonclient[http]: {EXTRA}")
 def test_load_test_says_when_nothing_listens():
-    pytest.importorskip("tritonclient.http", reason=f"needs tritonclient[http]: {EXTRA}")
     (port,) = _free_ports(1)
     with pytest.raises(BadInputError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
         settings = LoadTestSettings((1,), duration_s=0.1, timeout_s=2)

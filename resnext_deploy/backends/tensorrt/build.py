@@ -95,7 +95,11 @@ def build_engine(
     reason = probe.tensorrt_status()
     if reason is not None:
         command = trtexec_command(onnx_path, engine_path, options, chw[1:], input_name, trt_major, relative_to)
-        raise TensorRTUnavailableError(f"{reason}. The same build on a GPU machine: {command}", command)
+        raise TensorRTUnavailableError(
+            f"no engine built: {reason}; the trtexec line (printed by build-trt on stdout) makes it on a GPU "
+            f"machine, and `build-trt --onnx-only` stops after the {onnx_path.name} file without this error",
+            command,
+        )
 
     version = str(probe.tensorrt_version())
     gpu = probe.gpu_info()
