@@ -154,7 +154,7 @@ class Manifest:
         return dict(self.data.get("skipped") or {})
 
     def record_skipped(self, step: str, reason: str | None) -> None:
-        """Record why ``step`` did not run or failed, or, with None, that it has run since (written only on a change)."""
+        """Record why ``step`` did not run or failed, or with None that it has run since (written on a change only)."""
         steps = self.skipped
         if steps.get(step) == reason:
             return
@@ -239,9 +239,8 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             problem = "has options that are not an object"
         elif entry.get("parent_sha256") is not None and not isinstance(entry["parent_sha256"], str):
             problem = "has a parent_sha256 that is not a string"
-        elif name == ONNX_FILES["fp32"]:
-            if not isinstance(entry.get("options", {}).get("source"), dict):
-                problem = "has no model source object in its options"
+        elif name == ONNX_FILES["fp32"] and not isinstance(entry.get("options", {}).get("source"), dict):
+            problem = "has no model source object in its options"
         if problem:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"

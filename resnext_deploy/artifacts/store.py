@@ -151,7 +151,9 @@ def read_json(path: str | Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not valid JSON ({exc}); delete it and run again") from None
     except RecursionError:
-        raise BadInputError(f"{path} is nested too deeply to be a resnext-deploy file; delete it and run again") from None
+        raise BadInputError(
+            f"{path} is nested too deeply to be a resnext-deploy file; delete it and run again"
+        ) from None
 
 
 def cache_error(path: str | Path, problem: str) -> BadInputError:
@@ -186,7 +188,7 @@ def _open_lock(path: Path) -> int:
 
 
 def _remove_stale_partials(directory: Path) -> None:
-    """Temporary files a killed run left (this tool's prefix only); only a lock holder writes here, so none is in use."""
+    """Temporary files a killed run left (this tool's prefix only): only a lock holder writes here, none is in use."""
     for leftover in directory.glob(f"{PARTIAL_PREFIX}*.partial"):
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(leftover).st_mode):
