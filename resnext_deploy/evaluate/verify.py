@@ -288,8 +288,9 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         "artifact",
         "n",
         "max abs",
+        "rel err",
         "cos min",
-        "top-1",
+        "top-1 raw / decisive (count)",
         "top-5",
         "non-finite",
         "accuracy % (Δ)",
@@ -306,8 +307,9 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 r["artifact"] or "-",
                 _fmt(r["n"], "d"),
                 _fmt(r["max_abs"], ".3g"),
+                _fmt(r.get("rel_error"), ".3g"),
                 _fmt(r["cosine_min"], ".6f"),
-                _fmt(r["top1_agreement"], ".2%"),
+                _top1_cell(r),
                 _fmt(r["top5_overlap"], ".2%"),
                 _fmt(r["nonfinite"], "d"),
                 accuracy,
@@ -315,6 +317,17 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return headers, rows
+
+
+def _top1_cell(r: Mapping[str, Any]) -> str:
+    """Raw agreement beside the decisive figure and its count; the figure not judged is in brackets."""
+    if r["top1_agreement"] is None:
+        return "-"
+    raw = f"{r['top1_agreement']:.2%}"
+    if r.get("top1_decisive") is None:
+        return raw
+    decisive = f"{r['top1_decisive']:.2%} ({r['decisive']})"
+    return f"{raw} / [{decisive}]" if r.get("top1_decidable") is False else f"[{raw}] / {decisive}"
 
 
 def failure_notes(data: Mapping[str, Any]) -> list[str]:

@@ -70,14 +70,21 @@ def _summary(parity: Parity) -> dict[str, Any]:
         "cosine_min": parity.cosine_min,
         "top1_agreement": parity.top1_agreement,
         "top1_decisive": parity.top1_decisive,
+        "decisive": parity.decisive,
+        "top1_decidable": parity.top1_decidable,
+        "rel_error": parity.rel_error,
         "accuracy": parity.accuracy,
         "failures": list(parity.failures),
     }
 
 
 def _score(parity: Parity) -> tuple:
-    """Higher is better: passing first, then accuracy, decisive agreement and cosine."""
-    return (parity.passed, parity.accuracy or 0.0, parity.top1_decisive, parity.cosine_mean)
+    """Higher is better: passing first, then accuracy, the judged top-1 figure and the relative error.
+
+    The judged top-1 (:attr:`Parity.top1`) falls back to raw agreement when too few samples are
+    decisive, so a candidate that agrees on a fifth of the images never ranks first as "100% decisive".
+    """
+    return (parity.passed, parity.accuracy or 0.0, parity.top1, -parity.rel_error)
 
 
 class CheckSet:
@@ -243,8 +250,9 @@ def _load_ranking(directory: Path, key: dict[str, Any]) -> list[tuple[str, float
 
 def _line(parity: Parity) -> str:
     text = (
-        f"cosine min {parity.cosine_min:.4f}, top-1 {parity.top1_decisive:.2%} decisive "
-        f"({parity.top1_agreement:.2%} raw)"
+        f"cosine min {parity.cosine_min:.4f}, relative error {parity.rel_error:.3g}, top-1 "
+        f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive"
+        + ("" if parity.top1_decidable else " (undecidable: raw judged)")
     )
     if parity.accuracy is not None:
         text += f", accuracy {parity.accuracy:.2f}% (FP32 {parity.reference_accuracy:.2f}%)"
