@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import PRECISIONS, check_writable, now_iso, write_json
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_onnx, now_iso, write_json
 from ..backends.base import Candidate, Runner
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -190,6 +190,7 @@ def run_verify(
     if not labels_match_model(dataset, found.source):
         labels = None  # labels that are not the model's classes make accuracy meaningless
     results = []
+    shortfall = int8_shortfall(found.manifest) if any(c.precision == "int8" for c, _ in opened) else None
     for (candidate, _), output, error in list(zip(opened, logits, errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
         if logits[0] is None:
@@ -197,6 +198,8 @@ def run_verify(
         elif error is None and output.shape != logits[0].shape:
             error = f"outputs of shape {output.shape} where the PyTorch model gives {logits[0].shape}"
         parity = None if error else compare(logits[0], output, tolerance, labels)
+        if parity is not None and candidate.precision == "int8" and shortfall:
+            parity = replace(parity, failures=(*parity.failures, shortfall))
         results.append(CandidateResult(candidate, tolerance, parity, error))
     results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in failed]
     report = VerifyReport(
@@ -216,6 +219,23 @@ def run_verify(
     for entry in report.skipped:
         log(f"skipped {entry['backend']}-{entry['device']}:{entry['precision']}: {entry['reason']}")
     return report
+
+
+def int8_shortfall(manifest: Manifest) -> str | None:
+    """Why ``model.int8.onnx`` (which every INT8 candidate runs or was built from) is not the INT8 file recorded.
+
+    Parity alone cannot tell a float file from an INT8 one that is close to it; the graph can.
+    """
+    from ..precision.int8 import quantization_shortfall
+
+    entry = manifest.entry(ONNX_FILES["int8"])
+    if entry is None:
+        return None
+    try:
+        model = load_onnx(manifest.directory / ONNX_FILES["int8"], load_external_data=False)
+    except BadInputError:
+        return None  # a file that does not load fails its candidates with that error already
+    return quantization_shortfall(model, entry.get("quantized_nodes"), entry.get("quantized_tensors"))
 
 
 def _run_all(

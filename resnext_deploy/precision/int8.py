@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,57 @@ class QdqPlan:
     weighted: list[str] = field(default_factory=list)
     residual_adds: list[str] = field(default_factory=list)
     consumers: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> (node, input index)
+
+
+@dataclass(frozen=True)
+class GraphQuantization:
+    """What a Q/DQ graph actually quantizes, read from its nodes rather than from any record."""
+
+    layers: frozenset[str]  # weighted nodes whose data and weight inputs both come from a DequantizeLinear
+    tensors: frozenset[str]  # activation tensors (not initializers) that feed a QuantizeLinear
+
+
+def graph_quantization(model) -> GraphQuantization:
+    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    dequantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    layers = frozenset(
+        node.name
+        for node in graph.node
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and {node.input[0], node.input[1]} <= dequantized
+    )
+    casts = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Cast"}
+
+    def uncast(name: str) -> str:  # the float16 graph reads float32 tensors (the graph input) through a Cast
+        while name in casts:
+            name = casts[name]
+        return name
+
+    tensors = frozenset(
+        uncast(node.input[0])
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers
+    )
+    return GraphQuantization(layers, tensors)
+
+
+def quantization_shortfall(model, layers: Sequence[str] | None, tensors: Sequence[str] | None) -> str | None:
+    """Why ``model`` is not the INT8 file its manifest records (``layers``, ``tensors``; None: not recorded).
+
+    A file with no activation QuantizeLinear computes in float whatever it is called; one that
+    quantizes fewer layers or tensors than recorded is not the file that was checked when it was made.
+    """
+    found = graph_quantization(model)
+    if not found.tensors:
+        return "the INT8 file quantizes no activation (no QuantizeLinear on any tensor): it is not INT8"
+    problems = []
+    for what, recorded, present in (("layers", layers, found.layers), ("activation tensors", tensors, found.tensors)):
+        missing = sorted(set(recorded or ()) - present)
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            problems.append(f"{len(missing)} of the {len(recorded)} {what} its manifest records are not INT8 ({shown})")
+    return "; ".join(problems) or None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,12 +114,18 @@ def make_typed_onnx(
     if precision == "fp16":
         model, fp32_nodes = fp16_model(prepared, calibration)
         quantized: list[str] = []
+        tensors: list[str] = []
     else:
         check = CheckSet(parent_path, heldout, use_labels)
         model, fp32_nodes, plan, parity, search_record = _int8(
             directory, prepared, calibration, check, tolerance, options, record_options, parent["sha256"], log
         )
-        quantized = plan.weighted
+        quantized, tensors = plan.weighted, sorted(plan.consumers)
+        if not tensors:
+            raise BadInputError(
+                f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
+                "the file would be float, not INT8; exclude fewer nodes"
+            )
         log(
             f"INT8: {len(plan.weighted)} Conv/Gemm nodes quantized, {len(plan.consumers)} activation tensors "
             f"with Q/DQ ({len(plan.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
@@ -154,6 +160,7 @@ def make_typed_onnx(
         parity=parity.to_dict(),
         fp32_nodes=fp32_nodes,
         quantized_nodes=quantized,
+        quantized_tensors=tensors,
         search=search_record.to_dict() if search_record else None,
     )
     log(f"wrote {final}")

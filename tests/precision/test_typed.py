@@ -12,11 +12,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 from test_calibration import noise_images
+from tiny_artifacts import strip_activation_qdq
 
-from resnext_deploy.artifacts import Manifest
+from resnext_deploy.artifacts import Manifest, sha256_file
 from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
 from resnext_deploy.evaluate.metrics import Tolerance
+from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
@@ -28,6 +30,7 @@ from resnext_deploy.source import resolve_source
 
 RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
 QUIET = {"log": lambda _m: None}
+TINY = {"int8": Tolerance(cosine_min=0.98, rel_error_max=0.2)}  # random weights on noise, 8 samples
 
 
 def opts(calib_source: Path | None = None, tolerance: Tolerance | None = None, **kwargs) -> PrecisionOptions:
@@ -137,6 +140,26 @@ def test_int8_with_fp32_high_precision_and_exclude(tiny_dir: Path, calib_dir: Pa
     assert not any(a.dtype == np.float16 for a in initializers.values())
     with pytest.raises(BadInputError, match="matches no node"):
         make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, exclude=["/nothing*"]), **QUIET)
+
+
+def test_excluding_everything_is_not_int8(tiny_dir: Path, calib_dir: Path) -> None:
+    with pytest.raises(BadInputError, match="no activation is left in INT8"):
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, exclude=["*"], search=False), **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists()
+
+
+def test_verify_fails_an_int8_file_that_quantizes_less_than_recorded(tiny_dir: Path, calib_dir: Path) -> None:
+    result = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
+    entry = Manifest(tiny_dir).entry("model.int8.onnx")
+    assert set(entry["quantized_tensors"]) and set(entry["quantized_nodes"]) == set(result.quantized_nodes)
+    check = dict(count=8, log=QUIET["log"], backends=("onnxruntime",), precisions=("int8",), tolerances=TINY)
+    assert run_verify(tiny_dir, **check)
+    [removed] = strip_activation_qdq(result.path, lambda tensor: tensor == "/Flatten_output_0")
+    Manifest(tiny_dir).update("model.int8.onnx", sha256=sha256_file(result.path))
+    [int8] = run_verify(tiny_dir, **check).results
+    assert not int8.passed
+    assert any("1 of the" in f and "activation tensors" in f and removed in f for f in int8.failures), int8.failures
+    assert any("layers its manifest records are not INT8 (/fc/Gemm)" in f for f in int8.failures), int8.failures
 
 
 def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
