@@ -86,16 +86,19 @@ def strip_activation_qdq(path: Path, select: Callable[[str], bool] = lambda _ten
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     consumers = {name: node for node in graph.node for name in node.input}
+    outputs = {value.name for value in graph.output}
     removed, rename, drop = [], {}, []
     for node in graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in initializers and select(node.input[0]):
             dequantize = consumers[node.output[0]]
-            rename[dequantize.output[0]] = node.input[0]
+            tensor, result = node.input[0], dequantize.output[0]
+            rename.update({tensor: result} if result in outputs else {result: tensor})  # graph outputs keep their name
             drop += [node, dequantize]
-            removed.append(node.input[0])
+            removed.append(tensor)
     for node in drop:
         graph.node.remove(node)
     for node in graph.node:
         node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
     onnx.save(model, str(path))
     return removed

@@ -150,6 +150,7 @@ def run_verify(
     log: Callable[[str], None] = print,
     backends: Sequence[str] | None = None,
     precisions: Sequence[str] = PRECISIONS,
+    dataset: Dataset | None = None,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
@@ -159,6 +160,7 @@ def run_verify(
     with the count. ``backends`` limits the candidates to those backends (the PyTorch reference is
     always run); naming one that cannot run here is an error naming its pip extra. ``precisions``
     picks the candidates' precisions (bf16 only when named); the reference is always torch FP32.
+    ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces ``data`` and ``count``.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -169,12 +171,13 @@ def run_verify(
     chosen = tuple(dict.fromkeys(("fp32", *precisions)))
     found = discover_runners(directory, names, chosen, required=backends or ())
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    dataset = open_dataset(
-        data if data is not None else default_data(found.source),
-        found.source.preprocessing,
-        count,
-        num_classes=found.source.num_classes,
-    )
+    if dataset is None:
+        dataset = open_dataset(
+            data if data is not None else default_data(found.source),
+            found.source.preprocessing,
+            count,
+            num_classes=found.source.num_classes,
+        )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")

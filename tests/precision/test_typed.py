@@ -15,9 +15,10 @@ from test_calibration import noise_images
 from tiny_artifacts import strip_activation_qdq
 
 from resnext_deploy.artifacts import Manifest, sha256_file
+from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
-from resnext_deploy.evaluate.metrics import Tolerance
+from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.calibration import calibrate, split_datasets
@@ -25,7 +26,7 @@ from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.int8 import activation_scale, int8_model, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
-from resnext_deploy.precision.typed import make_typed_onnx
+from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
 from resnext_deploy.source import resolve_source
 
 RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
@@ -148,7 +149,7 @@ def test_excluding_everything_is_not_int8(tiny_dir: Path, calib_dir: Path) -> No
     assert not (tiny_dir / "model.int8.onnx").exists()
 
 
-def test_verify_fails_an_int8_file_that_quantizes_less_than_recorded(tiny_dir: Path, calib_dir: Path) -> None:
+def test_verify_fails_int8_that_quantizes_less_than_recorded_or_nothing(tiny_dir: Path, calib_dir: Path) -> None:
     result = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
     entry = Manifest(tiny_dir).entry("model.int8.onnx")
     assert set(entry["quantized_tensors"]) and set(entry["quantized_nodes"]) == set(result.quantized_nodes)
@@ -160,6 +161,32 @@ def test_verify_fails_an_int8_file_that_quantizes_less_than_recorded(tiny_dir: P
     assert not int8.passed
     assert any("1 of the" in f and "activation tensors" in f and removed in f for f in int8.failures), int8.failures
     assert any("layers its manifest records are not INT8 (/fc/Gemm)" in f for f in int8.failures), int8.failures
+
+    assert strip_activation_qdq(result.path)  # no activation Q/DQ at all: a float file with INT8 weights
+    Manifest(tiny_dir).update("model.int8.onnx", sha256=sha256_file(result.path))
+    [int8] = run_verify(tiny_dir, **check).results
+    assert int8.parity.cosine_min > 0.99 and not int8.passed  # as close to FP32 as the INT8 file, yet not INT8
+    assert any("quantizes no activation" in f for f in int8.failures), int8.failures
+
+
+def test_a_candidate_that_barely_passes_a_small_check_is_not_written(tiny_dir: Path, calib_dir: Path) -> None:
+    """The check's minimum cosine on a few images overstates verify's on many: the margin turns it down."""
+    found = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
+    small = found.parity.cosine_min
+    images = np.random.default_rng(5).standard_normal((256, 3, 32, 32)).astype(np.float32)
+    np.save(tiny_dir.parent / "large.npy", images)
+    large = OnnxRuntimeRunner(found.path, "int8")(images)
+    reference = OnnxRuntimeRunner(tiny_dir / "model.onnx")(images)
+    barely = Tolerance(cosine_min=small - 1e-5)  # passes the 8-image check without a margin
+    assert not compare(reference, large, barely).passed  # and fails on 256 images
+    Manifest(tiny_dir).forget("model.int8.onnx")
+    (tiny_dir / "model.int8.onnx").unlink()
+    with pytest.raises(VerificationError, match="keeps a margin: half of each allowance"):
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=barely, search=False), **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists()
+    tight, note = check_tolerance(DEFAULT_TOLERANCES["int8"], 32)
+    assert tight.cosine_min == pytest.approx(0.995) and tight.rel_error_max == pytest.approx(0.075) and note
+    assert check_tolerance(DEFAULT_TOLERANCES["int8"], 500) == (DEFAULT_TOLERANCES["int8"], "")
 
 
 def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
