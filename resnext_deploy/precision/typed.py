@@ -6,6 +6,7 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,12 @@ def _int8(directory, prepared, calibration, check, tolerance, options, record_op
     if not options.search:
         model, fp32_nodes, plan = int8_model(prepared, calibration, options.exclude, options.high_precision)
         return model, fp32_nodes, plan, None, None
-    key = {"model": parent_sha, "calibration": calibration.fingerprint, **record_options}
+    key = {
+        "model": parent_sha,
+        "calibration": calibration.fingerprint,
+        "check": record_options["check"],
+        "percentile": options.percentile,
+    }
     model, fp32_nodes, plan, parity, record = search_int8(
         directory,
         prepared,
@@ -215,20 +221,33 @@ def _int8(directory, prepared, calibration, check, tolerance, options, record_op
     if record.methods and len(record.methods) == 1 and parity.passed:
         return model, fp32_nodes, plan, parity, None  # the configured method passed: no search was needed
     if record.kept:
-        log(f"INT8 search: kept {len(record.kept)} layer(s) out of INT8: {', '.join(record.kept)}")
+        log(f"INT8 search: kept {len(record.kept)} Q/DQ site(s) out of INT8: {', '.join(record.kept)}")
     return model, fp32_nodes, plan, parity, record
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
-    """What was tried, for the failure message."""
+    """What was tried and what would pass, for the failure message."""
     if record is None:
         return " (the INT8 search is off)" if not options.search else ""
     text = f" after trying --calib-method {', '.join(record.methods)}"
     if record.kept:
-        text += f" and keeping {len(record.kept)} of {record.layers} layers out of INT8 (budget {record.budget})"
+        text += f" and keeping {len(record.kept)} of {record.layers} Q/DQ sites out of INT8 (budget {record.budget})"
     if record.note:
         text += f" ({record.note})"
-    return text + "; raise --search-max-fraction or --search-minutes, or pass --exclude"
+    if record.needed is not None:
+        fraction = math.ceil(100 * record.needed / record.layers) / 100
+        return (
+            text + f"; keeping the {record.needed} most sensitive of {record.layers} Q/DQ sites out passes: "
+            f"pass --search-max-fraction {fraction:g}"
+        )
+    if record.time_limited:
+        return text + "; raise --search-minutes (the search ran out of time), or pass --exclude"
+    if record.ranked:
+        return (
+            text + f"; keeping up to half of the {record.layers} Q/DQ sites out does not pass either: the damage "
+            "is spread, not in a few sites (try --high-precision fp32, more calibration images, or a looser tolerance)"
+        )
+    return text
 
 
 def _options(precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions) -> dict[str, Any]:

@@ -252,16 +252,18 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
             out += [
                 "",
                 markdown_table(
-                    ["most sensitive layer", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
+                    ["most sensitive Q/DQ site", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
                 ),
                 "",
             ]
         kept = ", ".join(f"`{n}`" for n in search["kept"]) or "none"
         result = "passes" if search["passed"] else "still fails"
         out.append(
-            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} layers, budget "
+            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} Q/DQ sites, budget "
             f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
         )
+        if search.get("needed"):
+            out.append(f"- Keeping the {search['needed']} most sensitive sites out would pass (beyond the budget).")
     return out
 
 

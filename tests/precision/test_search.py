@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
 from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, compare
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
+from resnext_deploy.precision import search
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.search import SEARCH_NAME
 from resnext_deploy.precision.typed import make_typed_onnx
@@ -197,8 +199,60 @@ def test_the_search_finds_and_keeps_the_outlier_layer(tmp_path: Path, block, bn,
     assert layer not in result.quantized_nodes
     entry = Manifest(directory).entry("model.int8.onnx")
     assert entry["search"]["kept"] == [layer] and entry["heldout_synthetic"] is False
-    saved = json.loads((directory / SEARCH_NAME).read_text())
-    assert saved["ranking"][0][0] == layer
+    saved = json.loads((directory / SEARCH_NAME).read_text())["scores"]
+    assert max(saved, key=saved.get) == layer
+
+
+def _shortcut_outliers(state, block: str = "layer2.0", channels=(3, 11), shift: float = 100.0) -> None:
+    """Channels of ``block``'s shortcut (downsample) output shifted by ``shift``, its main branch by -shift.
+
+    The Add's sum is unchanged, so the model computes the same function; only the shortcut input of
+    the residual Add, a Q/DQ site of its own, gets outlier channels. Keeping a Conv in float cannot fix it.
+    """
+    for channel in channels:
+        state[f"{block}.downsample.1.bias"][channel] += shift
+        state[f"{block}.bn3.bias"][channel] -= shift
+
+
+@needs_demo
+def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(tmp_path: Path) -> None:
+    state = load_file(str(DEMO_WEIGHTS))
+    _shortcut_outliers(state)
+    directory = _export(state, "resnext11_digits", tmp_path)
+    data = dict(calib_source=DEMO_CALIB, check_source=DEMO_VAL)
+    with pytest.raises(VerificationError) as failed:
+        make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.0), **QUIET)
+    message = str(failed.value)
+    assert "keeping the 1 most sensitive of 17 Q/DQ sites out passes: pass --search-max-fraction 0.06" in message
+    assert "--search-minutes" not in message
+    messages: list[str] = []
+    result = make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.06), log=messages.append)
+    assert any("reusing 17 saved sensitivities" in m for m in messages)  # a new budget reuses the ranking
+    assert result.parity.passed and result.search["kept"] == ["/layer2/layer2.0/Add"]
+    assert result.search["reused_ranking"] and result.search["ranking"][0][0] == "/layer2/layer2.0/Add"
+    assert "/layer2/layer2.0/downsample/downsample.0/Conv" in result.quantized_nodes
+
+
+def test_a_ranking_cut_short_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sites = ["a", "b", "c", "d"]
+    check = SimpleNamespace(images=np.zeros((8, 1)), reference=np.ones((8, 2), np.float32))
+    monkeypatch.setattr(search, "run_model", lambda model, images: model)
+    measured: list[str] = []
+
+    def build(method, kept, precision, only):
+        measured.extend(only)
+        return (np.full((8, 2), 1.0 + sites.index(only[0]), np.float32),)  # d is the most sensitive
+
+    calls = iter(range(100))
+    ranking, reused = search._ranking(
+        tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: next(calls) >= 2, print
+    )
+    assert [name for name, _ in ranking] == ["b", "a"] and not reused and measured == ["a", "b"]
+    ranking, reused = search._ranking(tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: False, print)
+    assert reused and measured == ["a", "b", "c", "d"]  # only the missing ones measured
+    assert [name for name, _ in ranking] == ["d", "c", "b", "a"]
+    _, reused = search._ranking(tmp_path, {"k": 2}, build, "entropy", sites, check, lambda: False, print)
+    assert not reused  # another model or data set: measured again
 
 
 @needs_demo

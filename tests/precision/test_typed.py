@@ -24,7 +24,7 @@ from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
-from resnext_deploy.precision.int8 import activation_scale, int8_model, quantize_weight
+from resnext_deploy.precision.int8 import activation_scale, int8_model, qdq_plan, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
 from resnext_deploy.source import resolve_source
@@ -245,6 +245,23 @@ def test_int8_overflowing_conv_gets_its_own_fp32_qdq(tiny_dir: Path, calib_dir: 
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": np.zeros((1, 3, 32, 32), np.float32)}
     )
+
+
+def test_qdq_sites_include_residual_adds_and_exclusion_never_moves_a_pair(tiny_dir: Path, calib_dir: Path) -> None:
+    dataset = split_datasets(resolve_source("resnext_tiny"), "int8", calib_dir, 8, min_check=8)[0]
+    calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
+    prepared = load_prepared(tiny_dir / "model.onnx")
+    full = qdq_plan(prepared, calibration)
+    add, main = "/layer2/layer2.0/Add", "/layer2/layer2.0/conv3/Conv"
+    assert add in full.residual_adds and full.sites == [*full.weighted, *full.residual_adds]
+    shortcut = "/layer2/layer2.0/downsample/downsample.0/Conv_output_0"
+    assert (add, 1) in full.consumers[shortcut] or (add, 0) in full.consumers[shortcut]
+    without_main = qdq_plan(prepared, calibration, exclude=(main,))
+    assert main not in without_main.weighted and add in without_main.residual_adds
+    assert without_main.consumers[shortcut] == full.consumers[shortcut]  # the Add's pair stays on the shortcut
+    alone = qdq_plan(prepared, calibration, only=[add])
+    assert alone.weighted == [] and alone.residual_adds == [add]
+    assert alone.consumers == {shortcut: [slot for slot in full.consumers[shortcut] if slot[0] == add]}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
