@@ -186,6 +186,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md from the content of report.json."""
     model = report["model"] or {}
     out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
+    out += _status_lines(report)
     out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
     out += [f"\n**Out of date:** {line}." for line in report["stale"]]
     out += _summary_section(report["summary"])
@@ -228,6 +229,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += ["", "## Machine", ""]
         out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report["machine"].items()]))
     return "\n".join(out) + "\n"
+
+
+def _status_lines(report: Mapping[str, Any]) -> list[str]:
+    """The first lines: every step that failed (a typed file, verify, bench), or that all that ran passed."""
+    failed = [(step["step"], step["reason"]) for step in report["skipped"] if step["reason"].startswith("failed")]
+    verify = report["verify"]
+    if verify is not None and not verify["passed"]:
+        failed += [("verify", note) for note in failure_notes(verify)] or [("verify", "failed")]
+    if not failed:
+        ran = "every step that ran passed" + ("" if verify is not None else " (verify did not run)")
+        return [f"**Status: passed**: {ran}.", ""]
+    lines = [f"**Status: FAILED** ({len(failed)} problem{'s' if len(failed) > 1 else ''}):", ""]
+    for step, reason in failed:
+        first = reason.split("\n")[0]
+        lines.append(f"- {step}: {first[:400] + ' ...' if len(first) > 400 else first}")
+    return [*lines, ""]
 
 
 def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
