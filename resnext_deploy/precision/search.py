@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,9 @@ from ..data import Dataset
 from ..errors import BadInputError
 from ..evaluate.metrics import Parity, Tolerance, compare
 from ..ui import progress
-from .calibration import METHODS, Calibration, Log
+from .calibration import METHODS, Calibration, Log, measure_calibration
+from .equalize import equalize
+from .graph import save_model
 from .int8 import int8_model
 
 SEARCH_NAME = "int8_search.json"
@@ -63,6 +66,7 @@ class SearchRecord:
     note: str = ""
     needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
     time_limited: bool = False
+    equalization: dict[str, Any] | None = None  # pairs rescaled, best parity, whether the file uses it
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,6 +140,7 @@ def search_int8(
     directory: Path,
     prepared: Any,
     calibration: Calibration,
+    dataset: Dataset,
     check: CheckSet,
     tolerance: Tolerance,
     exclude: tuple[str, ...],
@@ -162,23 +167,41 @@ def search_int8(
         return time.perf_counter() > deadline
 
     def build(method: str, kept: list[str], precision: str = high_precision, only: list[str] | None = None):
+        base, ranges = current  # model.onnx, or its equalized graph once the search chose that
         model = onnx.ModelProto()
-        model.CopyFrom(prepared)
-        return int8_model(model, calibration.with_method(method), exclude + _patterns(kept), precision, only=only)
+        model.CopyFrom(base)
+        return int8_model(model, ranges.with_method(method), exclude + _patterns(kept), precision, only=only)
 
     def check_parity(model) -> Parity:
         return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
 
-    best: tuple | None = None
-    for method in [calibration.method, *[m for m in METHODS if m != calibration.method]]:
-        built = build(method, [])
-        parity = check_parity(built[0])
-        record.methods[method] = _summary(parity)
-        log(f"INT8 search: --calib-method {method}: {_line(parity)}")
-        if best is None or _score(parity) > _score(best[3]):
-            best = (*built, parity, method)
-        if parity.passed:
-            break
+    current = prepared, calibration
+
+    def try_methods(label: str) -> tuple:
+        """Each calibration method on the current graph, best first; stops at the first that passes."""
+        best: tuple | None = None
+        for method in [calibration.method, *[m for m in METHODS if m != calibration.method]]:
+            built = build(method, [])
+            parity = check_parity(built[0])
+            record.methods[f"{method}{label}"] = _summary(parity)
+            log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
+            if best is None or _score(parity) > _score(best[3]):
+                best = (*built, parity, method)
+            if parity.passed:
+                break
+        return best
+
+    best = try_methods("")
+    if not best[3].passed:
+        equalized = _equalized(directory, prepared, dataset, calibration, log)
+        if equalized is not None:
+            plain, current = current, equalized[:2]
+            candidate = try_methods(" + equalization")
+            record.equalization = {"pairs": len(equalized[2]), **_summary(candidate[3]), "chosen": False}
+            if _score(candidate[3]) > _score(best[3]):
+                best, record.equalization["chosen"] = candidate, True
+            else:
+                current = plain
     model, fp32_nodes, plan, parity, method = best
     record.method = method
     sites = plan.sites
@@ -186,6 +209,8 @@ def search_int8(
     record.budget = min(len(sites), math.floor(max_fraction * len(sites)))
     if parity.passed:
         return _finish(record, model, fp32_nodes, plan, parity, started)
+    if record.equalization and record.equalization["chosen"]:
+        key = {**key, "equalized": True}
 
     record.ranking, record.reused_ranking = _ranking(
         directory, {**key, "method": method}, build, method, sites, check, expired, log
@@ -224,6 +249,27 @@ def search_int8(
         if record.needed is None and expired():
             record.time_limited = True
     return _finish(record, model, fp32_nodes, plan, parity, started)
+
+
+def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Calibration, log: Log) -> tuple | None:
+    """model.onnx with cross-layer equalization, its calibration and the pairs rescaled; None without any pair.
+
+    Equalization changes the activations between the pairs, so the graph is calibrated again (on the
+    same images), in a temporary file inside the artifact directory.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared)
+    pairs = equalize(model)
+    if not pairs:
+        return None
+    log(f"INT8 search: cross-layer equalization of {len(pairs)} Conv -> ReLU -> Conv pairs; calibrating it")
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".equalized.") as tmp:
+        path = Path(tmp) / "model.equalized.onnx"
+        save_model(model, path)
+        ranges = measure_calibration(path, dataset, calibration.method, calibration.percentile, log)
+    return model, ranges, pairs
 
 
 def _smallest_passing(

@@ -127,7 +127,7 @@ def make_typed_onnx(
     else:
         check = CheckSet(parent_path, heldout, use_labels)
         model, fp32_nodes, plan, parity, search_record = _int8(
-            directory, prepared, calibration, check, tolerance, options, record_options, parent["sha256"], log
+            directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent["sha256"], log
         )
         quantized, tensors = plan.weighted, sorted(plan.consumers)
         if not tensors:
@@ -194,7 +194,7 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
     return tolerance.tightened(BUILD_MARGIN), note
 
 
-def _int8(directory, prepared, calibration, check, tolerance, options, record_options, parent_sha, log):
+def _int8(directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent_sha, log):
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     if not options.search:
         model, fp32_nodes, plan = int8_model(prepared, calibration, options.exclude, options.high_precision)
@@ -209,6 +209,7 @@ def _int8(directory, prepared, calibration, check, tolerance, options, record_op
         directory,
         prepared,
         calibration,
+        dataset,
         check,
         tolerance,
         options.exclude,

@@ -265,6 +265,12 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
         out.append(
             f"- INT8 search ({search['seconds']} s): calibration methods tried: {tried}; kept: {search['method']}."
         )
+        if equalization := search.get("equalization"):
+            out.append(
+                f"- Cross-layer equalization (Nagel et al.) of {equalization['pairs']} Conv -> ReLU -> Conv pairs, "
+                f"tried before keeping sites in float: {'pass' if equalization['passed'] else 'fail'}, cosine min "
+                f"{equalization['cosine_min']:.4f}; {'used in the file' if equalization['chosen'] else 'not used'}."
+            )
         if search["ranking"]:
             out += [
                 "",
