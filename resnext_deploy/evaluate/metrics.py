@@ -134,8 +134,9 @@ def compare(
     largest logit error per sample). On a near-tie the usual rounding may swap the winner without
     harming the model; a flip on a decisive sample takes a larger error than usual, i.e. real
     damage. The rule goes blind as the error grows (fewer samples are decisive), so with fewer than
-    :func:`min_decisive` decisive samples raw agreement is judged instead; the relative L2 error
-    judges the logits' scale, which cosine ignores.
+    :func:`min_decisive` decisive samples raw agreement is judged instead, unless the relative L2 error
+    (which judges the logits' scale, which cosine ignores) is within its bound: then the reference's
+    margins are near-ties at a small error, and top-1 is not judged.
     """
     if reference.shape != candidate.shape:
         raise ValueError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
@@ -207,7 +208,11 @@ def _failures(m: dict, tol: Tolerance | None) -> list[str]:
             f"top-1 agreement {m['top1_decisive']:.2%} on {m['decisive']} decisive samples < {tol.top1_min:.0%} "
             f"(raw {m['top1_agreement']:.2%} on {m['n']})"
         )
-    if tol.top1_min is not None and not m["top1_decidable"] and m["top1_agreement"] < tol.top1_min:
+    # Undecidable with an error within its bound: the reference's margins are near-ties at this error
+    # (random weights, flat logits), so top-1 says nothing and the relative error and cosine judge.
+    # Undecidable with a larger error (or no bound): raw agreement is judged.
+    small_error = tol.rel_error_max is not None and m["rel_error"] <= tol.rel_error_max
+    if tol.top1_min is not None and not m["top1_decidable"] and not small_error and m["top1_agreement"] < tol.top1_min:
         failures.append(
             f"raw top-1 agreement {m['top1_agreement']:.2%} on {m['n']} < {tol.top1_min:.0%} (only {m['decisive']} "
             f"decisive samples, fewer than {min_decisive(m['n'])}: the decisive figure is undecidable)"

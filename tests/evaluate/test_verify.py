@@ -179,6 +179,17 @@ def test_swapped_answers_at_a_larger_scale_fail_even_relaxed_and_unlabeled() -> 
     assert any(f.startswith("relative logit error") for f in parity.failures)
 
 
+def test_near_tie_logits_with_a_small_error_are_judged_by_the_error() -> None:
+    """Random weights: 1000 near-tied logits, INT8-sized noise flips winners; top-1 can tell nothing there."""
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal((32, 1000)).astype(np.float32) * 0.05
+    candidate = reference + 0.004 * rng.standard_normal(reference.shape).astype(np.float32)
+    parity = compare(reference, candidate, DEFAULT_TOLERANCES["int8"])
+    assert not parity.top1_decidable and parity.rel_error < 0.15 and parity.passed, parity.failures
+    scaled = compare(reference, candidate * 3, DEFAULT_TOLERANCES["int8"])
+    assert not scaled.passed and any(f.startswith("raw top-1") for f in scaled.failures)
+
+
 def test_no_decisive_sample_is_not_a_perfect_score() -> None:
     reference = np.tile(np.arange(10, dtype=np.float32), (40, 1))
     candidate = reference[:, ::-1] * 1.0  # every answer wrong, errors as large as the logits
