@@ -367,7 +367,7 @@ def _line(parity: Parity) -> str:
     text = (
         f"cosine min {parity.cosine_min:.4f}, relative error {parity.rel_error:.3g}, top-1 "
         f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive"
-        + ("" if parity.top1_decidable else " (undecidable: raw judged)")
+        + ("" if parity.top1_decidable else " (too few decisive: undecidable)")
     )
     if parity.accuracy is not None:
         text += f", accuracy {parity.accuracy:.2f}% (FP32 {parity.reference_accuracy:.2f}%)"
