@@ -437,19 +437,6 @@ def calibrate(
             log(f"reusing {path} ({saved.method}, {saved.count} samples of {saved.description})")
             return saved
         log(f"{path} is stale ({reason}); calibrating again")
-    result = measure_calibration(model_path, dataset, method, percentile, log)
-    write_json(path, result.to_dict())
-    log(
-        f"calibrated {len(result.tensors)} tensors ({method}) on {dataset.description} in {result.seconds:.1f} s; "
-        f"wrote {path}"
-    )
-    return result
-
-
-def measure_calibration(
-    model_path: str | Path, dataset: Dataset, method: str, percentile: float, log: Log = print
-) -> Calibration:
-    """Calibrate ``model_path`` on ``dataset`` (no cache: the INT8 search calibrates its equalized graph here)."""
     started = time.perf_counter()
     stats, consumed = collect_statistics(model_path, dataset, log)
     tensors = {}
@@ -459,8 +446,8 @@ def measure_calibration(
             entry.update({f"amax_{m}": stat.amax(m, percentile) for m in METHODS})
             entry["amax"] = entry[f"amax_{method}"]
         tensors[name] = entry
-    return Calibration(
-        model_sha256=sha256_file(model_path),
+    result = Calibration(
+        model_sha256=model_sha,
         fingerprint=dataset.fingerprint,
         description=dataset.description,
         count=dataset.count,
@@ -471,6 +458,9 @@ def measure_calibration(
         seconds=round(time.perf_counter() - started, 2),
         created=now_iso(),
     )
+    write_json(path, result.to_dict())
+    log(f"calibrated {len(stats)} tensors ({method}) on {dataset.description} in {result.seconds:.1f} s; wrote {path}")
+    return result
 
 
 def check_method(method: str, percentile: float) -> None:

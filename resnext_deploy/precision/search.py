@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,18 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import read_json, write_json
+from ..artifacts import atomic_path, read_json, write_json
 from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
 from ..evaluate.metrics import Parity, Tolerance, compare
 from ..ui import progress
-from .calibration import METHODS, Calibration, Log, measure_calibration
+from .calibration import METHODS, Calibration, Log, calibrate
 from .equalize import equalize
 from .graph import save_model
 from .int8 import int8_model
 
 SEARCH_NAME = "int8_search.json"
+EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reused by a rerun
 SEARCH_FORMAT = 3  # 3: every Q/DQ site (weighted layers, residual Adds); keyed by model, data and method only
 SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
@@ -254,8 +254,9 @@ def search_int8(
 def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Calibration, log: Log) -> tuple | None:
     """model.onnx with cross-layer equalization, its calibration and the pairs rescaled; None without any pair.
 
-    Equalization changes the activations between the pairs, so the graph is calibrated again (on the
-    same images), in a temporary file inside the artifact directory.
+    Equalization changes the activations between the pairs, so the graph is calibrated again on the
+    same images; the graph and its calibration are kept in ``DIR/int8_equalized/`` so that a rerun
+    (another budget, a resumed ranking) reuses the calibration, which is checked by content as usual.
     """
     import onnx
 
@@ -265,10 +266,12 @@ def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Ca
     if not pairs:
         return None
     log(f"INT8 search: cross-layer equalization of {len(pairs)} Conv -> ReLU -> Conv pairs; calibrating it")
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".equalized.") as tmp:
-        path = Path(tmp) / "model.equalized.onnx"
-        save_model(model, path)
-        ranges = measure_calibration(path, dataset, calibration.method, calibration.percentile, log)
+    folder = directory / EQUALIZED_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / "model.equalized.onnx"
+    with atomic_path(path) as tmp:
+        save_model(model, tmp)
+    ranges = calibrate(folder, path, dataset, calibration.method, calibration.percentile, log)
     return model, ranges, pairs
 
 

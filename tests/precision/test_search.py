@@ -247,6 +247,7 @@ def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(t
     messages: list[str] = []
     result = make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.06), log=messages.append)
     assert any("reusing 17 saved sensitivities" in m for m in messages)  # a new budget reuses the ranking
+    assert any(m.startswith(f"reusing {directory / 'int8_equalized' / 'calibration.json'}") for m in messages)
     assert result.parity.passed and result.search["kept"] == ["/layer2/layer2.0/Add"]
     assert result.search["reused_ranking"] and result.search["ranking"][0][0] == "/layer2/layer2.0/Add"
     assert "/layer2/layer2.0/downsample/downsample.0/Conv" in result.quantized_nodes
