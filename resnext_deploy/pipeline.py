@@ -16,9 +16,11 @@ from .artifacts import ONNX_FILES, PRECISIONS, Manifest, recorded_step
 from .backends.tensorrt.build import build_engine
 from .backends.tensorrt.options import BuildOptions
 from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+from .data import Dataset, open_dataset
 from .errors import BadInputError, DeployError, VerificationError
 from .evaluate.settings import BenchSettings
 from .export import export_onnx
+from .precision.calibration import split_datasets
 from .precision.options import PrecisionOptions
 from .precision.typed import make_typed_onnx
 from .source import ModelSource
@@ -72,7 +74,9 @@ def run_pipeline(
             log(f"{precision.upper()} step failed; continuing with what exists: {exc}")
     skipped = build_engines(directory, options.build, log)
     log("== verify")
-    verified = run_verify(directory, data=options.data, count=options.count, log=log)
+    verified = run_verify(
+        directory, data=options.data, count=options.count, log=log, dataset=verify_dataset(source, options)
+    )
     log("== bench")
     measured = None
     try:
@@ -89,6 +93,27 @@ def run_pipeline(
         problems.append(verified.failure_summary())
     tables = [verify_text(verified.to_dict())] + ([bench_text(measured)] if measured is not None else [])
     return PipelineResult(report, not problems, "; ".join(problems), skipped, tables, bad_input)
+
+
+def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | None:
+    """Verify's images without ``--data``: ``--check-data``, else the held-out part of ``--calib-dir``.
+
+    Never noise while real images exist (a folder too small to split is verified whole); None leaves
+    verify's own default (the demo's validation split, or synthetic inputs said loudly for a model
+    without any image).
+    """
+    precision, pre = options.precision, source.preprocessing
+    if options.data is not None or (precision.calib_source is None and precision.check_source is None):
+        return None
+    if precision.check_source is not None:
+        return open_dataset(precision.check_source, pre, options.count, precision.seed, num_classes=source.num_classes)
+    try:
+        return split_datasets(
+            source, "int8", precision.calib_source, precision.calib_count, None, options.count, precision.min_check,
+            precision.seed,
+        )[1]  # fmt: skip
+    except BadInputError:
+        return open_dataset(precision.calib_source, pre, options.count, precision.seed, num_classes=source.num_classes)
 
 
 def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:

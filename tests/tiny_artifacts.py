@@ -79,3 +79,27 @@ def edit_initializers(path: Path, select: Callable[[str], bool], change: Callabl
 def is_weight_scale(name: str) -> bool:
     """The QDQ quantizer names a per-channel weight scale ``<weight>_scale``; activations end ``_output_0_scale``."""
     return name.endswith("_scale") and "Conv" in name and "output" not in name
+
+
+def strip_activation_qdq(path: Path, select: Callable[[str], bool] = lambda _tensor: True) -> list[str]:
+    """Remove the Q/DQ pair of each activation tensor ``select`` picks (consumers read the float); return them."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    consumers = {name: node for node in graph.node for name in node.input}
+    outputs = {value.name for value in graph.output}
+    removed, rename, drop = [], {}, []
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers and select(node.input[0]):
+            dequantize = consumers[node.output[0]]
+            tensor, result = node.input[0], dequantize.output[0]
+            rename.update({tensor: result} if result in outputs else {result: tensor})  # graph outputs keep their name
+            drop += [node, dequantize]
+            removed.append(tensor)
+    for node in drop:
+        graph.node.remove(node)
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    onnx.save(model, str(path))
+    return removed

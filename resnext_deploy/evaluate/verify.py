@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import PRECISIONS, check_writable, now_iso, write_json
+from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_onnx, now_iso, write_json
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -150,6 +150,7 @@ def run_verify(
     log: Callable[[str], None] = print,
     backends: Sequence[str] | None = None,
     precisions: Sequence[str] = PRECISIONS,
+    dataset: Dataset | None = None,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
@@ -159,6 +160,7 @@ def run_verify(
     with the count. ``backends`` limits the candidates to those backends (the PyTorch reference is
     always run); naming one that cannot run here is an error naming its pip extra. ``precisions``
     picks the candidates' precisions (bf16 only when named); the reference is always torch FP32.
+    ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces ``data`` and ``count``.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -169,12 +171,13 @@ def run_verify(
     chosen = tuple(dict.fromkeys(("fp32", *precisions)))
     found = discover_runners(directory, names, chosen, required=backends or ())
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    dataset = open_dataset(
-        data if data is not None else default_data(found.source),
-        found.source.preprocessing,
-        count,
-        num_classes=found.source.num_classes,
-    )
+    if dataset is None:
+        dataset = open_dataset(
+            data if data is not None else default_data(found.source),
+            found.source.preprocessing,
+            count,
+            num_classes=found.source.num_classes,
+        )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
     log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
@@ -190,6 +193,7 @@ def run_verify(
     if not labels_match_model(dataset, found.source):
         labels = None  # labels that are not the model's classes make accuracy meaningless
     results = []
+    shortfall = int8_shortfall(found.manifest) if any(c.precision == "int8" for c, _ in opened) else None
     for (candidate, _), output, error in list(zip(opened, logits, errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
         if logits[0] is None:
@@ -197,6 +201,8 @@ def run_verify(
         elif error is None and output.shape != logits[0].shape:
             error = f"outputs of shape {output.shape} where the PyTorch model gives {logits[0].shape}"
         parity = None if error else compare(logits[0], output, tolerance, labels)
+        if parity is not None and candidate.precision == "int8" and shortfall:
+            parity = replace(parity, failures=(*parity.failures, shortfall))
         results.append(CandidateResult(candidate, tolerance, parity, error))
     results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in failed]
     report = VerifyReport(
@@ -216,6 +222,23 @@ def run_verify(
     for entry in report.skipped:
         log(f"skipped {entry.label}: {entry.reason}")
     return report
+
+
+def int8_shortfall(manifest: Manifest) -> str | None:
+    """Why ``model.int8.onnx`` (which every INT8 candidate runs or was built from) is not the INT8 file recorded.
+
+    Parity alone cannot tell a float file from an INT8 one that is close to it; the graph can.
+    """
+    from ..precision.int8 import quantization_shortfall
+
+    entry = manifest.entry(ONNX_FILES["int8"])
+    if entry is None:
+        return None
+    try:
+        model = load_onnx(manifest.directory / ONNX_FILES["int8"], load_external_data=False)
+    except BadInputError:
+        return None  # a file that does not load fails its candidates with that error already
+    return quantization_shortfall(model, entry.get("quantized_nodes"), entry.get("quantized_tensors"))
 
 
 def _run_all(
@@ -288,8 +311,9 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         "artifact",
         "n",
         "max abs",
+        "rel err",
         "cos min",
-        "top-1",
+        "top-1 raw / decisive (count)",
         "top-5",
         "non-finite",
         "accuracy % (Δ)",
@@ -306,8 +330,9 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 r["artifact"] or "-",
                 _fmt(r["n"], "d"),
                 _fmt(r["max_abs"], ".3g"),
+                _fmt(r.get("rel_error"), ".3g"),
                 _fmt(r["cosine_min"], ".6f"),
-                _fmt(r["top1_agreement"], ".2%"),
+                _top1_cell(r),
                 _fmt(r["top5_overlap"], ".2%"),
                 _fmt(r["nonfinite"], "d"),
                 accuracy,
@@ -315,6 +340,17 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return headers, rows
+
+
+def _top1_cell(r: Mapping[str, Any]) -> str:
+    """Raw agreement beside the decisive figure and its count; the figure not judged is in brackets."""
+    if r["top1_agreement"] is None:
+        return "-"
+    raw = f"{r['top1_agreement']:.2%}"
+    if r.get("top1_decisive") is None:
+        return raw
+    decisive = f"{r['top1_decisive']:.2%} ({r['decisive']})"
+    return f"{raw} / [{decisive}]" if r.get("top1_decidable") is False else f"[{raw}] / {decisive}"
 
 
 def failure_notes(data: Mapping[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,13 +50,76 @@ class QdqPlan:
     residual_adds: list[str] = field(default_factory=list)
     consumers: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> (node, input index)
 
+    @property
+    def sites(self) -> list[str]:
+        """Every Q/DQ site by node name: the weighted layers, then the residual Adds."""
+        return [*self.weighted, *self.residual_adds]
+
+
+@dataclass(frozen=True)
+class GraphQuantization:
+    """What a Q/DQ graph actually quantizes, read from its nodes rather than from any record."""
+
+    layers: frozenset[str]  # weighted nodes whose data and weight inputs both come from a DequantizeLinear
+    tensors: frozenset[str]  # activation tensors (not initializers) that feed a QuantizeLinear
+
+
+def graph_quantization(model) -> GraphQuantization:
+    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    dequantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    layers = frozenset(
+        node.name
+        for node in graph.node
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and {node.input[0], node.input[1]} <= dequantized
+    )
+    casts = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Cast"}
+
+    def uncast(name: str) -> str:  # the float16 graph reads float32 tensors (the graph input) through a Cast
+        while name in casts:
+            name = casts[name]
+        return name
+
+    tensors = frozenset(
+        uncast(node.input[0])
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers
+    )
+    return GraphQuantization(layers, tensors)
+
+
+def quantization_shortfall(model, layers: Sequence[str] | None, tensors: Sequence[str] | None) -> str | None:
+    """Why ``model`` is not the INT8 file its manifest records (``layers``, ``tensors``; None: not recorded).
+
+    A file with no activation QuantizeLinear computes in float whatever it is called; one that
+    quantizes fewer layers or tensors than recorded is not the file that was checked when it was made.
+    """
+    found = graph_quantization(model)
+    if not found.tensors:
+        return "the INT8 file quantizes no activation (no QuantizeLinear on any tensor): it is not INT8"
+    problems = []
+    for what, recorded, present in (("layers", layers, found.layers), ("activation tensors", tensors, found.tensors)):
+        missing = sorted(set(recorded or ()) - present)
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            problems.append(f"{len(missing)} of the {len(recorded)} {what} its manifest records are not INT8 ({shown})")
+    return "; ".join(problems) or None
+
 
 # ----------------------------------------------------------------------------------------------
 # The entry point
 
 
-def qdq_plan(model, calibration: Calibration, exclude: tuple[str, ...] = ()) -> QdqPlan:
-    """Decide which nodes and tensors get Q/DQ (see the module docstring for the rules)."""
+def qdq_plan(
+    model, calibration: Calibration, exclude: tuple[str, ...] = (), only: Collection[str] | None = None
+) -> QdqPlan:
+    """Decide which nodes and tensors get Q/DQ (see the module docstring for the rules).
+
+    The placement is decided on the whole graph; ``exclude`` (globs) and ``only`` (node names) then
+    remove Q/DQ sites, a site being a weighted node (its weight and data input) or a residual Add
+    (its shortcut input). Excluding a Conv therefore never moves the Add's pair to the other input.
+    """
     graph = model.graph
     names = [node.name for node in graph.node]
     for pattern in exclude:
@@ -63,32 +127,36 @@ def qdq_plan(model, calibration: Calibration, exclude: tuple[str, ...] = ()) -> 
             example = next((n for n in names if "conv" in n.lower()), names[0] if names else "")
             raise BadInputError(f"--exclude {pattern!r} matches no node; node names look like {example!r}")
     excluded = {name for name in names if any(fnmatch.fnmatchcase(name, p) for p in exclude)}
+    if only is not None:
+        excluded |= set(names) - set(only)
     initializers = {init.name for init in graph.initializer}
-    plan = QdqPlan()
-    consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for node in graph.node:
-        if (
-            node.op_type in WEIGHTED_OPS
-            and node.name not in excluded
-            and len(node.input) > 1
-            and node.input[1] in initializers
-            and node.input[0] not in initializers
-            and _weight_axis(node) is not None
-        ):
-            plan.weighted.append(node.name)
-            consumers[node.input[0]].append((node.name, 0))
-    if exclude and not plan.weighted:  # the file would be called INT8 and hold no QuantizeLinear
-        raise BadInputError(
-            f"--exclude {' '.join(exclude)} leaves no layer in INT8; exclude fewer nodes, or use the FP16 file"
-        )
-    quantized = set(plan.weighted)
+    weighted = [
+        node
+        for node in graph.node
+        if node.op_type in WEIGHTED_OPS
+        and len(node.input) > 1
+        and node.input[1] in initializers
+        and node.input[0] not in initializers
+        and _weight_axis(node) is not None
+    ]
+    quantized = {node.name for node in weighted}
     producers = {name: node for node in graph.node for name in node.output}
+    slots = [(node.name, 0, node.input[0]) for node in weighted]
+    residual_adds = []
     for node in graph.node:
-        if node.op_type == "Add" and node.name not in excluded:
+        if node.op_type == "Add":
             index = _residual_input(node, producers, quantized, initializers)
             if index is not None:
-                plan.residual_adds.append(node.name)
-                consumers[node.input[index]].append((node.name, index))
+                residual_adds.append(node.name)
+                slots.append((node.name, index, node.input[index]))
+    plan = QdqPlan(
+        weighted=[node.name for node in weighted if node.name not in excluded],
+        residual_adds=[name for name in residual_adds if name not in excluded],
+    )
+    consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for node_name, index, tensor in slots:
+        if node_name not in excluded:
+            consumers[tensor].append((node_name, index))
     for tensor in consumers:
         if not math.isfinite(calibration.amax(tensor)):
             raise BadInputError(f"model.onnx computes non-finite values in {tensor} on the calibration data")
@@ -190,8 +258,9 @@ def int8_model(
     exclude: tuple[str, ...] = (),
     high_precision: str = "fp16",
     data_max: float = FP16_DATA_MAX,
+    only: Collection[str] | None = None,
 ):
-    """The Q/DQ graph, the nodes kept FP32, and the plan it followed."""
+    """The Q/DQ graph, the nodes kept FP32, and the plan it followed (``exclude``, ``only``: see :func:`qdq_plan`)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -203,7 +272,7 @@ def int8_model(
         model = onnx.version_converter.convert_version(model, QDQ_OPSET)
         del model.metadata_props[:]
         model.metadata_props.extend(props)
-    plan = qdq_plan(model, calibration, exclude)
+    plan = qdq_plan(model, calibration, exclude, only)
     half = high_precision == "fp16"
     blocked = set(overflow_nodes(model, calibration, data_max)) if half else set()
     graph = model.graph

@@ -1,17 +1,21 @@
-"""Accuracy-aware INT8: when the held-out check fails, find the layers INT8 hurts and keep them in float.
+"""Accuracy-aware INT8: when the held-out check fails, find the Q/DQ sites INT8 hurts and keep them in float.
 
-A few layers cause most INT8 damage (an activation with outlier channels makes its per-tensor
+A few sites cause most INT8 damage (an activation with outlier channels makes its per-tensor
 scale crush every other channel). TensorRT 11 has no precision constraints to search with, so the
 search runs here, on explicit Q/DQ graphs in ONNX Runtime:
 
 1. every calibration method (entropy, percentile, minmax; the statistics hold all three) is
    checked, and the best kept;
-2. each quantized Conv/Gemm's sensitivity is measured on the check set: the logit error of the
-   graph with this one layer in INT8 and everything else in FP32;
-3. the most sensitive layers are kept out of INT8 greedily until the tolerance holds or the budget
-   (a share of the layers, a time limit) runs out.
+2. each Q/DQ site's sensitivity is measured on the check set: the logit error of the graph with this
+   one site in INT8 and everything else in FP32. A site is a weighted layer (its weight and data
+   input) or a residual Add (its shortcut input): outliers on a shortcut reach the Add's pair, which
+   keeping a Conv in float never removes;
+3. the most sensitive sites are kept out of INT8 greedily until the tolerance holds or the budget
+   (a share of the sites, a time limit) runs out; when it runs out, a few more checks find the
+   smallest budget that would pass, for the failure message.
 
-The ranking is saved in ``DIR/int8_search.json`` and reused while model, data and options match.
+The sensitivities are saved in ``DIR/int8_search.json``, keyed by model, data and method only (a new
+budget or tolerance reuses them), also when the time limit cut the ranking short (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -27,18 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import cache_error, is_number, read_json, write_json
+from ..artifacts import atomic_path, cache_error, is_number, read_json, write_json
 from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
 from ..evaluate.metrics import Parity, Tolerance, compare
 from ..ui import progress
-from .calibration import METHODS, Calibration, Log
+from .calibration import METHODS, Calibration, Log, calibrate
+from .equalize import equalize
+from .graph import save_model
 from .int8 import int8_model
 
 SEARCH_NAME = "int8_search.json"
-SEARCH_FORMAT = 2  # 2: sensitivity of one INT8 layer in an FP32 graph
-SENSITIVITY_SAMPLES = 8  # check samples the per-layer error is measured on (a continuous measure needs few)
+EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reused by a rerun
+SEARCH_FORMAT = 3  # 3: every Q/DQ site (weighted layers, residual Adds); keyed by model, data and method only
+SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
 
 
@@ -48,20 +55,26 @@ class SearchRecord:
 
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> parity summary
     method: str = ""
-    ranking: list[tuple[str, float]] = field(default_factory=list)  # (layer, sensitivity), most sensitive first
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # (site, sensitivity), most sensitive first
     ranked: int = 0
-    layers: int = 0
+    layers: int = 0  # Q/DQ sites: weighted layers and residual Adds
     kept: list[str] = field(default_factory=list)
     budget: int = 0
     passed: bool = False
     reused_ranking: bool = False
     seconds: float = 0.0
     note: str = ""
+    needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
+    time_limited: bool = False
+    equalization: dict[str, Any] | None = None  # pairs rescaled, best parity, whether the file uses it
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ranking"] = [[name, score] for name, score in self.ranking[:RANKING_SHOWN]]
         return data
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
 
 
 def _summary(parity: Parity) -> dict[str, Any]:
@@ -70,14 +83,21 @@ def _summary(parity: Parity) -> dict[str, Any]:
         "cosine_min": parity.cosine_min,
         "top1_agreement": parity.top1_agreement,
         "top1_decisive": parity.top1_decisive,
+        "decisive": parity.decisive,
+        "top1_decidable": parity.top1_decidable,
+        "rel_error": parity.rel_error,
         "accuracy": parity.accuracy,
         "failures": list(parity.failures),
     }
 
 
 def _score(parity: Parity) -> tuple:
-    """Higher is better: passing first, then accuracy, decisive agreement and cosine."""
-    return (parity.passed, parity.accuracy or 0.0, parity.top1_decisive, parity.cosine_mean)
+    """Higher is better: passing first, then accuracy, the judged top-1 figure and the relative error.
+
+    The judged top-1 (:attr:`Parity.top1`) falls back to raw agreement when too few samples are
+    decisive, so a candidate that agrees on a fifth of the images never ranks first as "100% decisive".
+    """
+    return (parity.passed, parity.accuracy or 0.0, parity.top1, -parity.rel_error)
 
 
 class CheckSet:
@@ -120,6 +140,7 @@ def search_int8(
     directory: Path,
     prepared: Any,
     calibration: Calibration,
+    dataset: Dataset,
     check: CheckSet,
     tolerance: Tolerance,
     exclude: tuple[str, ...],
@@ -132,7 +153,8 @@ def search_int8(
     """Search for an INT8 graph that passes ``tolerance`` on ``check``; return the best one found.
 
     ``prepared`` is model.onnx as :func:`~resnext_deploy.precision.graph.load_prepared` gives it (copied,
-    never changed). ``key`` identifies model, data and options for reusing the saved ranking.
+    never changed). ``key`` identifies the model and the data (calibration, check set) for reusing the
+    saved ranking; the method is added here. The budget is not in it: a larger one reuses the ranking.
     """
     import onnx
 
@@ -141,62 +163,147 @@ def search_int8(
     deadline = started + minutes * 60.0
     record = SearchRecord()
 
-    def build(method: str, kept: list[str], precision: str = high_precision):
+    def expired() -> bool:
+        return time.perf_counter() > deadline
+
+    def build(method: str, kept: list[str], precision: str = high_precision, only: list[str] | None = None):
+        base, ranges = current  # model.onnx, or its equalized graph once the search chose that
         model = onnx.ModelProto()
-        model.CopyFrom(prepared)
-        return int8_model(model, calibration.with_method(method), exclude + _patterns(kept), precision)
+        model.CopyFrom(base)
+        return int8_model(model, ranges.with_method(method), exclude + _patterns(kept), precision, only=only)
 
     def check_parity(model) -> Parity:
         return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
 
-    best: tuple | None = None
-    for method in [calibration.method, *[m for m in METHODS if m != calibration.method]]:
-        built = build(method, [])
-        parity = check_parity(built[0])
-        record.methods[method] = _summary(parity)
-        log(f"INT8 search: --calib-method {method}: {_line(parity)}")
-        if best is None or _score(parity) > _score(best[3]):
-            best = (*built, parity, method)
-        if parity.passed:
-            break
+    current = prepared, calibration
+
+    def try_methods(label: str) -> tuple:
+        """Each calibration method on the current graph, best first; stops at the first that passes."""
+        best: tuple | None = None
+        for method in [calibration.method, *[m for m in METHODS if m != calibration.method]]:
+            built = build(method, [])
+            parity = check_parity(built[0])
+            record.methods[f"{method}{label}"] = _summary(parity)
+            log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
+            if best is None or _score(parity) > _score(best[3]):
+                best = (*built, parity, method)
+            if parity.passed:
+                break
+        return best
+
+    best = try_methods("")
+    if not best[3].passed:
+        equalized = _equalized(directory, prepared, dataset, calibration, log)
+        if equalized is not None:
+            plain, current = current, equalized[:2]
+            candidate = try_methods(" + equalization")
+            record.equalization = {"pairs": len(equalized[2]), **_summary(candidate[3]), "chosen": False}
+            if _score(candidate[3]) > _score(best[3]):
+                best, record.equalization["chosen"] = candidate, True
+            else:
+                current = plain
     model, fp32_nodes, plan, parity, method = best
     record.method = method
-    record.layers = len(plan.weighted)
-    record.budget = min(len(plan.weighted), math.floor(max_fraction * len(plan.weighted)))
-    if parity.passed or record.budget == 0:
+    sites = plan.sites
+    record.layers = len(sites)
+    record.budget = min(len(sites), math.floor(max_fraction * len(sites)))
+    if parity.passed:
         return _finish(record, model, fp32_nodes, plan, parity, started)
+    if record.equalization and record.equalization["chosen"]:
+        key = {**key, "equalized": True}
 
-    saved = _load_ranking(directory, {**key, "method": method}, plan.weighted)
-    if saved is not None:
-        record.ranking, record.ranked, record.reused_ranking = saved, len(saved), True
-        log(f"INT8 search: reusing the sensitivity ranking in {directory / SEARCH_NAME}")
-    else:
-        record.ranking, record.ranked = _rank(build, method, plan.weighted, check, deadline)
-        if record.ranked == len(plan.weighted):
-            write_json(
-                directory / SEARCH_NAME,
-                {"format": SEARCH_FORMAT, "key": {**key, "method": method}, "ranking": record.ranking},
-            )
-        else:
-            record.note = f"time limit: ranked {record.ranked} of {len(plan.weighted)} layers"
+    record.ranking, record.reused_ranking = _ranking(
+        directory, {**key, "method": method}, build, method, sites, check, expired, log
+    )
+    record.ranked = len(record.ranking)
+    if record.ranked < len(sites):
+        record.time_limited = True
+        record.add_note(f"time limit: ranked {record.ranked} of {len(sites)} Q/DQ sites (saved; a rerun resumes)")
     shown = ", ".join(f"{name} ({score:.3g})" for name, score in record.ranking[:5])
-    log(f"INT8 search: most sensitive layers: {shown}")
+    log(f"INT8 search: most sensitive Q/DQ sites: {shown}")
 
-    kept: list[str] = []
-    for name, _score_value in record.ranking[: record.budget]:
-        if time.perf_counter() > deadline:
-            record.note = (record.note + "; " if record.note else "") + "time limit reached while keeping layers"
+    order = [name for name, _score_value in record.ranking]
+    tried: dict[int, tuple] = {}
+
+    def keep(count: int) -> tuple:
+        """The graph with the ``count`` most sensitive sites kept out of INT8, and its parity (once per count)."""
+        if count not in tried:
+            candidate = build(method, order[:count])
+            tried[count] = (*candidate, check_parity(candidate[0]))
+            log(f"INT8 search: {count} site(s) kept in {high_precision}: {_line(tried[count][3])}")
+        return tried[count]
+
+    for count in range(1, min(record.budget, len(order)) + 1):
+        if expired():
+            record.time_limited = True
+            record.add_note("time limit reached while keeping sites")
             break
-        kept.append(name)
-        candidate = build(method, kept)
-        candidate_parity = check_parity(candidate[0])
-        log(f"INT8 search: {len(kept)} layer(s) kept in {high_precision}: {_line(candidate_parity)}")
-        if _score(candidate_parity) > _score(parity):
-            model, fp32_nodes, plan, parity = (*candidate, candidate_parity)
-            record.kept = list(kept)
-        if candidate_parity.passed:
+        candidate = keep(count)
+        if _score(candidate[3]) > _score(parity):
+            model, fp32_nodes, plan, parity = candidate
+            record.kept = order[:count]
+        if candidate[3].passed:
             break
+    if not parity.passed:
+        record.needed = _smallest_passing(keep, record.budget, len(order), expired)
+        if record.needed is None and expired():
+            record.time_limited = True
     return _finish(record, model, fp32_nodes, plan, parity, started)
+
+
+def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Calibration, log: Log) -> tuple | None:
+    """model.onnx with cross-layer equalization, its calibration and the pairs rescaled; None without any pair.
+
+    Equalization changes the activations between the pairs, so the graph is calibrated again on the
+    same images; the graph and its calibration are kept in ``DIR/int8_equalized/`` so that a rerun
+    (another budget, a resumed ranking) reuses the calibration, which is checked by content as usual.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared)
+    pairs = equalize(model)
+    if not pairs:
+        return None
+    log(f"INT8 search: cross-layer equalization of {len(pairs)} Conv -> ReLU -> Conv pairs; calibrating it")
+    folder = directory / EQUALIZED_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / "model.equalized.onnx"
+    with atomic_path(path) as tmp:
+        save_model(model, tmp)
+    ranges = calibrate(folder, path, dataset, calibration.method, calibration.percentile, log)
+    return model, ranges, pairs
+
+
+def _smallest_passing(
+    keep: Callable[[int], tuple], budget: int, ranked: int, expired: Callable[[], bool]
+) -> int | None:
+    """The fewest top-ranked sites kept out that passes, beyond ``budget``; None if up to half of them do not.
+
+    Doubling, then bisection: a handful of checks, so the failure can name the budget that would pass.
+    """
+    limit = max(1, math.ceil(ranked / 2))
+    if budget >= limit:
+        return None
+    failing, count = budget, max(1, 2 * budget)
+    while True:
+        count = min(count, limit)
+        if expired():
+            return None
+        if keep(count)[3].passed:
+            passing = count
+            break
+        failing = count
+        if count >= limit:
+            return None
+        count *= 2
+    while passing - failing > 1 and not expired():
+        middle = (failing + passing) // 2
+        if keep(middle)[3].passed:
+            passing = middle
+        else:
+            failing = middle
+    return passing
 
 
 def _finish(record: SearchRecord, model, fp32_nodes, plan, parity: Parity, started: float):
@@ -205,58 +312,72 @@ def _finish(record: SearchRecord, model, fp32_nodes, plan, parity: Parity, start
     return model, fp32_nodes, plan, parity, record
 
 
-def _rank(
-    build: Callable, method: str, layers: list[str], check: CheckSet, deadline: float
-) -> tuple[list[tuple[str, float]], int]:
-    """Each layer's sensitivity: the logit error when that layer alone is INT8 and the rest of the graph FP32.
+def _ranking(
+    directory: Path,
+    key: dict[str, Any],
+    build: Callable,
+    method: str,
+    sites: list[str],
+    check: CheckSet,
+    expired: Callable[[], bool],
+    log: Log,
+) -> tuple[list[tuple[str, float]], bool]:
+    """Each site's sensitivity, most sensitive first, and whether a saved ranking was reused.
 
-    One quantized layer in an FP32 graph runs on ONNX Runtime's fast FP32 kernels, so each of the N
-    runs costs about one FP32 pass over at most SENSITIVITY_SAMPLES images; the greedy step then
-    checks the real (FP16-rest) graphs on the whole check set.
+    A site's sensitivity is the logit error when that site alone is INT8 and the rest of the graph
+    FP32: one quantized site in an FP32 graph runs on ONNX Runtime's fast FP32 kernels, so each run
+    costs about one FP32 pass over at most SENSITIVITY_SAMPLES images. The scores are saved as they
+    are (a ranking cut short by the time limit too) and a rerun measures only the sites missing.
     """
+    path = directory / SEARCH_NAME
+    scores = _load_scores(path, key, sites)
+    reused = bool(scores)
+    if reused:
+        log(f"INT8 search: reusing {len(scores)} saved sensitivities from {path}")
+    missing = [site for site in sites if site not in scores]
     images = check.images[:SENSITIVITY_SAMPLES]
     reference = check.reference[:SENSITIVITY_SAMPLES]
-    scores: list[tuple[str, float]] = []
-    with progress(len(layers), f"measuring the INT8 sensitivity of {len(layers)} layers", unit="layers") as advance:
-        for name in layers:
-            if time.perf_counter() > deadline:
-                break
-            others = [other for other in layers if other != name]
-            scores.append((name, relative_error(reference, run_model(build(method, others, "fp32")[0], images))))
-            advance(1)
-    scores.sort(key=lambda item: -item[1])
-    return scores, len(scores)
+    if missing:
+        with progress(
+            len(missing), f"measuring the INT8 sensitivity of {len(missing)} Q/DQ sites", unit="sites"
+        ) as advance:
+            for site in missing:
+                if expired():
+                    break
+                scores[site] = relative_error(reference, run_model(build(method, [], "fp32", only=[site])[0], images))
+                advance(1)
+        write_json(path, {"format": SEARCH_FORMAT, "key": key, "scores": scores})
+    ranking = sorted(((site, scores[site]) for site in sites if site in scores), key=lambda item: -item[1])
+    return ranking, reused
 
 
-def _load_ranking(directory: Path, key: dict[str, Any], layers: list[str]) -> list[tuple[str, float]] | None:
-    """The saved ranking for the same key, checked entry by entry against this model's quantized ``layers``."""
-    path = directory / SEARCH_NAME
+def _load_scores(path: Path, key: dict[str, Any], sites: list[str]) -> dict[str, float]:
+    """Saved sensitivities for the same key, checked entry by entry against this model's Q/DQ ``sites``."""
     if not path.exists():
-        return None
+        return {}
     try:
         data = read_json(path)
     except BadInputError:
-        return None
+        return {}
     if not isinstance(data, dict) or data.get("format") != SEARCH_FORMAT or data.get("key") != key:
-        return None
-    ranking = data.get("ranking")
-    if not isinstance(ranking, list):
-        raise cache_error(path, "has a ranking that is not a list")
-    known = set(layers)
-    for item in ranking:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and is_number(item[1])):
-            raise cache_error(path, f"has a ranking entry {str(item)[:80]} that is not [layer, finite score]")
-        if item[0] not in known:
-            raise cache_error(path, f"ranks layer {item[0][:80]!r}, which this model does not quantize")
-    if len({name for name, _ in ranking}) != len(ranking):
-        raise cache_error(path, "ranks a layer twice")
-    return [(name, float(score)) for name, score in ranking]
+        return {}
+    scores = data.get("scores")
+    if not isinstance(scores, dict):
+        raise cache_error(path, "has scores that are not an object")
+    known = set(sites)
+    for name, score in scores.items():
+        if not is_number(score) or score < 0:
+            raise cache_error(path, f"scores site {str(name)[:80]!r} with {str(score)[:40]}, not a finite number >= 0")
+        if name not in known:
+            raise cache_error(path, f"scores site {str(name)[:80]!r}, which this model does not quantize")
+    return {str(name): float(score) for name, score in scores.items()}
 
 
 def _line(parity: Parity) -> str:
     text = (
-        f"cosine min {parity.cosine_min:.4f}, top-1 {parity.top1_decisive:.2%} decisive "
-        f"({parity.top1_agreement:.2%} raw)"
+        f"cosine min {parity.cosine_min:.4f}, relative error {parity.rel_error:.3g}, top-1 "
+        f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive"
+        + ("" if parity.top1_decidable else " (too few decisive: undecidable)")
     )
     if parity.accuracy is not None:
         text += f", accuracy {parity.accuracy:.2f}% (FP32 {parity.reference_accuracy:.2f}%)"

@@ -6,6 +6,7 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ..errors import BadInputError, VerificationError
 from ..evaluate.metrics import Parity, Tolerance, compare
 from ..source import labels_match_model, recorded_source
 from ..ui import progress
-from .calibration import Log, calibrate, split_datasets
+from .calibration import HELDOUT_MAX, Log, calibrate, split_datasets
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
 from .int8 import WEIGHT_MAX, int8_model
@@ -27,6 +28,12 @@ from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
 
 CHECK_BATCH = 16
+# The build's check must predict verify's verdict. The minimum cosine and the misses of a few dozen
+# images understate those of verify's hundreds (three files passed at cosine 0.991 on 32 images and
+# failed at 0.97-0.98 on 500), so a check set smaller than verify's default takes a margin: half of
+# each allowance of the tolerance (see Tolerance.tightened). On VERIFY_SET images or more, none.
+BUILD_MARGIN = 0.5
+VERIFY_SET = HELDOUT_MAX
 EXPORT_HINT = "run `resnext-deploy export --dir DIR` first"
 
 
@@ -84,6 +91,8 @@ def make_typed_onnx(
     )
     record_options = _options(precision, dataset, heldout, options)
     record_options["tolerance"] = asdict(tolerance)
+    tolerance, margin = check_tolerance(tolerance, heldout.count)
+    record_options["check_tolerance"] = asdict(tolerance)
     if manifest.is_current(name, parent["sha256"], record_options):
         entry = manifest.entry(name) or {}
         log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
@@ -114,12 +123,18 @@ def make_typed_onnx(
     if precision == "fp16":
         model, fp32_nodes = fp16_model(prepared, calibration)
         quantized: list[str] = []
+        tensors: list[str] = []
     else:
         check = CheckSet(parent_path, heldout, use_labels)
         model, fp32_nodes, plan, parity, search_record = _int8(
-            directory, prepared, calibration, check, tolerance, options, record_options, parent["sha256"], log
+            directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent["sha256"], log
         )
-        quantized = plan.weighted
+        quantized, tensors = plan.weighted, sorted(plan.consumers)
+        if not tensors:
+            raise BadInputError(
+                f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
+                "the file would be float, not INT8; exclude fewer nodes"
+            )
         log(
             f"INT8: {len(plan.weighted)} Conv/Gemm nodes quantized, {len(plan.consumers)} activation tensors "
             f"with Q/DQ ({len(plan.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
@@ -135,7 +150,7 @@ def make_typed_onnx(
         if not parity:
             raise VerificationError(
                 f"{name} disagrees with model.onnx on {heldout.description}: {'; '.join(parity.failures)}"
-                f"{_tried(search_record, options)}; no {name} was written"
+                f"{margin}{_tried(search_record, options)}; no {name} was written"
             )
     manifest.record(
         name,
@@ -154,6 +169,7 @@ def make_typed_onnx(
         parity=parity.to_dict(),
         fp32_nodes=fp32_nodes,
         quantized_nodes=quantized,
+        quantized_tensors=tensors,
         search=search_record.to_dict() if search_record else None,
     )
     log(f"wrote {final}")
@@ -167,16 +183,33 @@ def make_typed_onnx(
     )
 
 
-def _int8(directory, prepared, calibration, check, tolerance, options, record_options, parent_sha, log):
+def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
+    """The tolerance the build's check applies on ``count`` images, and a note when it is the tightened one."""
+    if count >= VERIFY_SET:
+        return tolerance, ""
+    note = (
+        f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, so "
+        f"that verify on {VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
+    )
+    return tolerance.tightened(BUILD_MARGIN), note
+
+
+def _int8(directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent_sha, log):
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     if not options.search:
         model, fp32_nodes, plan = int8_model(prepared, calibration, options.exclude, options.high_precision)
         return model, fp32_nodes, plan, None, None
-    key = {"model": parent_sha, "calibration": calibration.fingerprint, **record_options}
+    key = {
+        "model": parent_sha,
+        "calibration": calibration.fingerprint,
+        "check": record_options["check"],
+        "percentile": options.percentile,
+    }
     model, fp32_nodes, plan, parity, record = search_int8(
         directory,
         prepared,
         calibration,
+        dataset,
         check,
         tolerance,
         options.exclude,
@@ -189,20 +222,33 @@ def _int8(directory, prepared, calibration, check, tolerance, options, record_op
     if record.methods and len(record.methods) == 1 and parity.passed:
         return model, fp32_nodes, plan, parity, None  # the configured method passed: no search was needed
     if record.kept:
-        log(f"INT8 search: kept {len(record.kept)} layer(s) out of INT8: {', '.join(record.kept)}")
+        log(f"INT8 search: kept {len(record.kept)} Q/DQ site(s) out of INT8: {', '.join(record.kept)}")
     return model, fp32_nodes, plan, parity, record
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
-    """What was tried, for the failure message."""
+    """What was tried and what would pass, for the failure message."""
     if record is None:
         return " (the INT8 search is off)" if not options.search else ""
     text = f" after trying --calib-method {', '.join(record.methods)}"
     if record.kept:
-        text += f" and keeping {len(record.kept)} of {record.layers} layers out of INT8 (budget {record.budget})"
+        text += f" and keeping {len(record.kept)} of {record.layers} Q/DQ sites out of INT8 (budget {record.budget})"
     if record.note:
         text += f" ({record.note})"
-    return text + "; raise --search-max-fraction or --search-minutes, or pass --exclude"
+    if record.needed is not None:
+        fraction = math.ceil(100 * record.needed / record.layers) / 100
+        return (
+            text + f"; keeping the {record.needed} most sensitive of {record.layers} Q/DQ sites out passes: "
+            f"pass --search-max-fraction {fraction:g}"
+        )
+    if record.time_limited:
+        return text + "; raise --search-minutes (the search ran out of time), or pass --exclude"
+    if record.ranked:
+        return (
+            text + f"; keeping up to half of the {record.layers} Q/DQ sites out does not pass either: the damage "
+            "is spread, not in a few sites (try --high-precision fp32, more calibration images, or a looser tolerance)"
+        )
+    return text
 
 
 def _options(precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions) -> dict[str, Any]:
@@ -267,7 +313,9 @@ def check_parity(
 def _parity_summary(name: str, dataset: Dataset, parity: Parity) -> str:
     text = (
         f"{name} vs model.onnx on {dataset.description}: cosine min {parity.cosine_min:.6f} "
-        f"mean {parity.cosine_mean:.6f}, top-1 agreement {parity.top1_agreement:.2%}"
+        f"mean {parity.cosine_mean:.6f}, relative error {parity.rel_error:.3g}, top-1 agreement "
+        f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive, "
+        f"top-5 overlap {parity.top5_overlap:.2%}"
     )
     if parity.top5_overlap is not None:
         text += f", top-5 overlap {parity.top5_overlap:.2%}"

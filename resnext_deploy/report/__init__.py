@@ -198,6 +198,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md from the content of report.json."""
     model = report["model"] or {}
     out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
+    out += _status_lines(report)
     out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
     out += [f"\n**Out of date:** {line}." for line in report["stale"]]
     out += _summary_section(report["summary"], report["bench"])
@@ -242,6 +243,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _status_lines(report: Mapping[str, Any]) -> list[str]:
+    """The first lines: every step that failed (a typed file, verify, bench), or that all that ran passed."""
+    failed = [(step["step"], step["reason"]) for step in report["skipped"] if step["reason"].startswith("failed")]
+    verify = report["verify"]
+    if verify is not None and not verify["passed"]:
+        failed += [("verify", note) for note in failure_notes(verify)] or [("verify", "failed")]
+    if not failed:
+        ran = "every step that ran passed" + ("" if verify is not None else " (verify did not run)")
+        return [f"**Status: passed**: {ran}.", ""]
+    lines = [f"**Status: FAILED** ({len(failed)} problem{'s' if len(failed) > 1 else ''}):", ""]
+    for step, reason in failed:
+        first = reason.split("\n")[0]
+        lines.append(f"- {step}: {first[:400] + ' ...' if len(first) > 400 else first}")
+    return [*lines, ""]
+
+
 def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """How each typed file was checked when it was made, and what the INT8 search did."""
     if not checks:
@@ -260,20 +277,28 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
         out.append(
             f"- INT8 search ({search['seconds']} s): calibration methods tried: {tried}; kept: {search['method']}."
         )
+        if equalization := search.get("equalization"):
+            out.append(
+                f"- Cross-layer equalization (Nagel et al.) of {equalization['pairs']} Conv -> ReLU -> Conv pairs, "
+                f"tried before keeping sites in float: {'pass' if equalization['passed'] else 'fail'}, cosine min "
+                f"{equalization['cosine_min']:.4f}; {'used in the file' if equalization['chosen'] else 'not used'}."
+            )
         if search["ranking"]:
             out += [
                 "",
                 markdown_table(
-                    ["most sensitive layer", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
+                    ["most sensitive Q/DQ site", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
                 ),
                 "",
             ]
         kept = ", ".join(f"`{n}`" for n in search["kept"]) or "none"
         result = "passes" if search["passed"] else "still fails"
         out.append(
-            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} layers, budget "
+            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} Q/DQ sites, budget "
             f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
         )
+        if search.get("needed"):
+            out.append(f"- Keeping the {search['needed']} most sensitive sites out would pass (beyond the budget).")
     return out
 
 

@@ -7,7 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale
 
 from resnext_deploy.artifacts import Manifest, engine_file
@@ -16,7 +18,7 @@ from resnext_deploy.cli import main
 from resnext_deploy.environment import cuda_available
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.evaluate import verify as verify_module
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES
+from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify, tolerance_overrides
 from resnext_deploy.models import DEMO_ARCH
 from resnext_deploy.source import ModelSource
@@ -132,8 +134,67 @@ def test_tampered_int8_scales_fail_and_name_the_candidate(art: Path, capsys: pyt
 def test_tolerance_flags_reach_the_verdict(art: Path) -> None:
     break_int8_scales(art, record=True)
     loose = ["--int8-cosine", "-1", "--int8-top1", "0", "--int8-max-accuracy-drop", "100"]
-    assert main(["verify", "--dir", str(art), "--count", "16", *loose]) == 0
+    assert main(["verify", "--dir", str(art), "--count", "16", *loose]) == 1
+    for int8 in [r for r in json.loads((art / "verify.json").read_text())["results"] if r["precision"] == "int8"]:
+        assert [f.split(" ")[:3] for f in int8["failures"]] == [["relative", "logit", "error"]]  # not relaxed away
     assert main(["verify", "--dir", str(art), "--count", "16", "--int8-top1", "1.5"]) == 3
+
+
+def scale_logits(path: Path, factor: float) -> None:
+    """The file's logits ``factor`` times larger: same direction (cosine 1), same winners, wrong scale."""
+    model = onnx.load(str(path))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_unscaled" if name == output else name for name in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(factor, np.float32), "logit_factor"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [f"{output}_unscaled", "logit_factor"], [output]))
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+def test_logits_at_the_wrong_scale_fail_verify(art: Path, factor: float) -> None:
+    scale_logits(art / "model.int8.onnx", factor)
+    manifest = Manifest(art)
+    entry = manifest.entry("model.int8.onnx")
+    manifest.record("model.int8.onnx", "int8", parent_sha256=entry["parent_sha256"], options=entry["options"])
+    report = run_verify(art, count=32, log=quiet, backends=("onnxruntime",), precisions=("int8",))
+    [int8] = [r for r in report.results if r.candidate.precision == "int8"]
+    assert int8.parity.cosine_min > 0.99 and not int8.passed
+    assert any(f.startswith("relative logit error") for f in int8.failures), int8.failures
+
+
+def test_swapped_answers_at_a_larger_scale_fail_even_relaxed_and_unlabeled() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((500, 10)).astype(np.float32) * 4
+    candidate = reference * 3
+    swapped = rng.choice(500, 99, replace=False)
+    for row in swapped:  # the two best logits swap: a wrong answer on 99 of 500
+        first, second = np.argsort(-candidate[row])[:2]
+        candidate[row, [first, second]] = candidate[row, [second, first]]
+    relaxed = tolerance_overrides({"int8_cosine": 0.5})["int8"]
+    parity = compare(reference, candidate, relaxed)
+    assert parity.top1_agreement == pytest.approx(401 / 500) and not parity.passed
+    assert not parity.top1_decidable  # the 3x error dwarfs the margins: the decisive figure is undecidable
+    assert any(f.startswith("raw top-1 agreement 80.20%") for f in parity.failures), parity.failures
+    assert any(f.startswith("relative logit error") for f in parity.failures)
+
+
+def test_near_tie_logits_with_a_small_error_are_judged_by_the_error() -> None:
+    """Random weights: 1000 near-tied logits, INT8-sized noise flips winners; top-1 can tell nothing there."""
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal((32, 1000)).astype(np.float32) * 0.05
+    candidate = reference + 0.004 * rng.standard_normal(reference.shape).astype(np.float32)
+    parity = compare(reference, candidate, DEFAULT_TOLERANCES["int8"])
+    assert not parity.top1_decidable and parity.rel_error < 0.15 and parity.passed, parity.failures
+    scaled = compare(reference, candidate * 3, DEFAULT_TOLERANCES["int8"])
+    assert not scaled.passed and any(f.startswith("raw top-1") for f in scaled.failures)
+
+
+def test_no_decisive_sample_is_not_a_perfect_score() -> None:
+    reference = np.tile(np.arange(10, dtype=np.float32), (40, 1))
+    candidate = reference[:, ::-1] * 1.0  # every answer wrong, errors as large as the logits
+    parity = compare(reference, candidate, Tolerance(top1_min=0.97))
+    assert parity.decisive < 40 and not parity.top1_decidable and parity.top1 == 0.0 and not parity.passed
 
 
 def test_a_recorded_file_that_does_not_load_fails_its_candidate(art: Path) -> None:

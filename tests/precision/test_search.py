@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -21,8 +22,10 @@ from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
 from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, compare
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
+from resnext_deploy.precision import search
+from resnext_deploy.precision.equalize import equalize
+from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.options import PrecisionOptions
-from resnext_deploy.precision.search import SEARCH_NAME
 from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.source import resolve_source
 
@@ -144,7 +147,11 @@ def test_pipeline_records_a_failed_step_and_still_reports(tmp_path: Path) -> Non
     assert not (directory / "model.int8.onnx").exists()
     report = (directory / "report.md").read_text()
     assert "int8 ONNX: failed" in report and "after trying --calib-method entropy, minmax, percentile" in report
+    top = report.splitlines()[:6]
+    assert "**Status: FAILED**" in top[2] and any(line.startswith("- int8 ONNX: failed") for line in top), top
     assert f"`model.fp16.onnx` was checked on {images}" in report and "numeric parity only" not in report
+    verified_on = json.loads((directory / "verify.json").read_text())["reference"]["data"]
+    assert str(images) in verified_on and "synthetic" not in verified_on  # the held-out images, never noise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ OUTLIERS = [
 
 @needs_demo
 @pytest.mark.parametrize(("block", "bn", "conv", "channels", "factor"), OUTLIERS, ids=[o[0] for o in OUTLIERS])
-def test_the_search_finds_and_keeps_the_outlier_layer(tmp_path: Path, block, bn, conv, channels, factor) -> None:
+def test_equalization_keeps_the_outlier_layer_in_int8(tmp_path: Path, block, bn, conv, channels, factor) -> None:
     state = load_file(str(DEMO_WEIGHTS))
     _plant_outliers(state, block, bn, conv, channels, factor)
     directory = _export(state, "resnext11_digits", tmp_path)
@@ -190,13 +197,82 @@ def test_the_search_finds_and_keeps_the_outlier_layer(tmp_path: Path, block, bn,
         directory, "int8", PrecisionOptions(calib_source=DEMO_CALIB, check_source=DEMO_VAL), **QUIET
     )
     assert result.parity.passed and result.parity.reference_accuracy - result.parity.accuracy <= 1.0
-    assert result.search["kept"] == [layer] and result.search["ranking"][0][0] == layer
-    assert set(result.search["methods"]) == {"entropy", "minmax", "percentile"}
-    assert layer not in result.quantized_nodes
+    assert result.search["kept"] == [] and result.search["equalization"]["chosen"]  # nothing left in float
+    assert result.search["equalization"]["pairs"] == 6  # conv1 -> conv2 (grouped) -> conv3 in each block
+    assert {"entropy", "minmax", "percentile"} <= set(result.search["methods"])
+    assert layer in result.quantized_nodes
     entry = Manifest(directory).entry("model.int8.onnx")
-    assert entry["search"]["kept"] == [layer] and entry["heldout_synthetic"] is False
-    saved = json.loads((directory / SEARCH_NAME).read_text())
-    assert saved["ranking"][0][0] == layer
+    assert entry["search"]["equalization"]["chosen"] and entry["heldout_synthetic"] is False
+
+
+def test_equalization_preserves_the_function_and_evens_grouped_ranges(tmp_path: Path) -> None:
+    state = _tiny_state()
+    _plant_outliers(state, "layer2.0", "bn1", "conv2", [3, 17], 300.0, groups=8)
+    directory = _export(state, "resnext_tiny", tmp_path)
+    model = load_prepared(directory / "model.onnx")
+    pairs = equalize(model)
+    assert ("/layer2/layer2.0/conv1/Conv", "/layer2/layer2.0/conv2/Conv") in pairs and len(pairs) == 6
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    before = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(after.run(None, {"input": x})[0], before.run(None, {"input": x})[0], atol=1e-4)
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    conv1 = next(n for n in model.graph.node if n.name == "/layer2/layer2.0/conv1/Conv")
+    ranges = np.abs(weights[conv1.input[1]]).reshape(weights[conv1.input[1]].shape[0], -1).max(axis=1)
+    assert ranges.max() / np.median(ranges) < 20  # the 300x channels are back among the others
+
+
+def _shortcut_outliers(state, block: str = "layer2.0", channels=(3, 11), shift: float = 100.0) -> None:
+    """Channels of ``block``'s shortcut (downsample) output shifted by ``shift``, its main branch by -shift.
+
+    The Add's sum is unchanged, so the model computes the same function; only the shortcut input of
+    the residual Add, a Q/DQ site of its own, gets outlier channels. Keeping a Conv in float cannot fix it.
+    """
+    for channel in channels:
+        state[f"{block}.downsample.1.bias"][channel] += shift
+        state[f"{block}.bn3.bias"][channel] -= shift
+
+
+@needs_demo
+def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(tmp_path: Path) -> None:
+    state = load_file(str(DEMO_WEIGHTS))
+    _shortcut_outliers(state)
+    directory = _export(state, "resnext11_digits", tmp_path)
+    data = dict(calib_source=DEMO_CALIB, check_source=DEMO_VAL)
+    with pytest.raises(VerificationError) as failed:
+        make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.0), **QUIET)
+    message = str(failed.value)
+    assert "keeping the 1 most sensitive of 17 Q/DQ sites out passes: pass --search-max-fraction 0.06" in message
+    assert "--search-minutes" not in message
+    messages: list[str] = []
+    result = make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.06), log=messages.append)
+    assert any("reusing 17 saved sensitivities" in m for m in messages)  # a new budget reuses the ranking
+    assert any(m.startswith(f"reusing {directory / 'int8_equalized' / 'calibration.json'}") for m in messages)
+    assert result.parity.passed and result.search["kept"] == ["/layer2/layer2.0/Add"]
+    assert result.search["reused_ranking"] and result.search["ranking"][0][0] == "/layer2/layer2.0/Add"
+    assert "/layer2/layer2.0/downsample/downsample.0/Conv" in result.quantized_nodes
+
+
+def test_a_ranking_cut_short_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sites = ["a", "b", "c", "d"]
+    check = SimpleNamespace(images=np.zeros((8, 1)), reference=np.ones((8, 2), np.float32))
+    monkeypatch.setattr(search, "run_model", lambda model, images: model)
+    measured: list[str] = []
+
+    def build(method, kept, precision, only):
+        measured.extend(only)
+        return (np.full((8, 2), 1.0 + sites.index(only[0]), np.float32),)  # d is the most sensitive
+
+    calls = iter(range(100))
+    ranking, reused = search._ranking(
+        tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: next(calls) >= 2, print
+    )
+    assert [name for name, _ in ranking] == ["b", "a"] and not reused and measured == ["a", "b"]
+    ranking, reused = search._ranking(tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: False, print)
+    assert reused and measured == ["a", "b", "c", "d"]  # only the missing ones measured
+    assert [name for name, _ in ranking] == ["d", "c", "b", "a"]
+    _, reused = search._ranking(tmp_path, {"k": 2}, build, "entropy", sites, check, lambda: False, print)
+    assert not reused  # another model or data set: measured again
 
 
 @needs_demo
@@ -211,7 +287,11 @@ def test_pipeline_repairs_outlier_int8_and_reports_the_search(tmp_path: Path) ->
     args += ["--data", str(DEMO_VAL)]
     assert main([*args, "--count", "200", "--batch-sizes", "1", "--duration", "0.05"]) == ExitCode.OK
     report = (directory / "report.md").read_text()
-    assert "INT8 search" in report and "Kept out of INT8: `/layer2/layer2.0/conv2/Conv`" in report
+    assert "INT8 search" in report and "Kept out of INT8: none" in report
+    assert (
+        "Cross-layer equalization (Nagel et al.) of 6 Conv -> ReLU -> Conv pairs" in report
+        and "used in the file" in report
+    )
     verify = json.loads((directory / "verify.json").read_text())
     accuracy = {r["precision"]: r["accuracy"] for r in verify["results"] if r["backend"] == "onnxruntime"}
     assert abs(accuracy["fp32"] - accuracy["int8"]) <= 1.0

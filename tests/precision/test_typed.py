@@ -12,22 +12,26 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 from test_calibration import noise_images
+from tiny_artifacts import strip_activation_qdq
 
-from resnext_deploy.artifacts import Manifest
+from resnext_deploy.artifacts import Manifest, sha256_file
+from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
-from resnext_deploy.evaluate.metrics import Tolerance
+from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
+from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
-from resnext_deploy.precision.int8 import WEIGHT_MAX, activation_scale, int8_model, quantize_weight
+from resnext_deploy.precision.int8 import WEIGHT_MAX, activation_scale, int8_model, qdq_plan, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
-from resnext_deploy.precision.typed import make_typed_onnx
+from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
 from resnext_deploy.source import resolve_source
 
 RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
 QUIET = {"log": lambda _m: None}
+TINY = {"int8": Tolerance(cosine_min=0.98, rel_error_max=0.2)}  # random weights on noise, 8 samples
 
 
 def opts(calib_source: Path | None = None, tolerance: Tolerance | None = None, **kwargs) -> PrecisionOptions:
@@ -141,6 +145,52 @@ def test_int8_with_fp32_high_precision_and_exclude(tiny_dir: Path, calib_dir: Pa
         make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, exclude=["/nothing*"]), **QUIET)
 
 
+def test_excluding_everything_is_not_int8(tiny_dir: Path, calib_dir: Path) -> None:
+    with pytest.raises(BadInputError, match="no activation is left in INT8"):
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, exclude=["*"], search=False), **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists()
+
+
+def test_verify_fails_int8_that_quantizes_less_than_recorded_or_nothing(tiny_dir: Path, calib_dir: Path) -> None:
+    result = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
+    entry = Manifest(tiny_dir).entry("model.int8.onnx")
+    assert set(entry["quantized_tensors"]) and set(entry["quantized_nodes"]) == set(result.quantized_nodes)
+    check = dict(count=8, log=QUIET["log"], backends=("onnxruntime",), precisions=("int8",), tolerances=TINY)
+    assert run_verify(tiny_dir, **check)
+    [removed] = strip_activation_qdq(result.path, lambda tensor: tensor == "/Flatten_output_0")
+    Manifest(tiny_dir).update("model.int8.onnx", sha256=sha256_file(result.path))
+    [int8] = run_verify(tiny_dir, **check).results
+    assert not int8.passed
+    assert any("1 of the" in f and "activation tensors" in f and removed in f for f in int8.failures), int8.failures
+    assert any("layers its manifest records are not INT8 (/fc/Gemm)" in f for f in int8.failures), int8.failures
+
+    assert strip_activation_qdq(result.path)  # no activation Q/DQ at all: a float file with INT8 weights
+    Manifest(tiny_dir).update("model.int8.onnx", sha256=sha256_file(result.path))
+    [int8] = run_verify(tiny_dir, **check).results
+    assert int8.parity.cosine_min > 0.99 and not int8.passed  # as close to FP32 as the INT8 file, yet not INT8
+    assert any("quantizes no activation" in f for f in int8.failures), int8.failures
+
+
+def test_a_candidate_that_barely_passes_a_small_check_is_not_written(tiny_dir: Path, calib_dir: Path) -> None:
+    """The check's minimum cosine on a few images overstates verify's on many: the margin turns it down."""
+    found = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
+    small = found.parity.cosine_min
+    images = np.random.default_rng(5).standard_normal((256, 3, 32, 32)).astype(np.float32)
+    np.save(tiny_dir.parent / "large.npy", images)
+    large = OnnxRuntimeRunner(found.path, "int8")(images)
+    reference = OnnxRuntimeRunner(tiny_dir / "model.onnx")(images)
+    barely = Tolerance(cosine_min=small - 1e-5)  # passes the 8-image check without a margin
+    assert not compare(reference, large, barely).passed  # and fails on 256 images
+    Manifest(tiny_dir).forget("model.int8.onnx")
+    (tiny_dir / "model.int8.onnx").unlink()
+    with pytest.raises(VerificationError, match="keeps a margin: half of each allowance"):
+        make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=barely, search=False), **QUIET)
+    assert not (tiny_dir / "model.int8.onnx").exists()
+    tight, note = check_tolerance(DEFAULT_TOLERANCES["int8"], 32)
+    assert tight.cosine_min == pytest.approx(0.995) and tight.rel_error_max == pytest.approx(0.075) and note
+    assert check_tolerance(DEFAULT_TOLERANCES["int8"], 500) == (DEFAULT_TOLERANCES["int8"], "")
+
+
 def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
     messages: list[str] = []
     result = make_typed_onnx(tiny_dir, "fp16", opts(), log=messages.append)
@@ -208,6 +258,23 @@ def test_7_bit_weights_keep_avx2_int8_pair_sums_from_saturating() -> None:
     assert np.abs(q.astype(np.int32)).max(axis=(1, 2, 3)).tolist() == [WEIGHT_MAX] * 8  # each channel's range used
     full, full_scale = quantize_weight(weight, 0, qmax=127)
     np.testing.assert_allclose(scale, full_scale * 127 / WEIGHT_MAX, rtol=1e-6)  # the scale is ~doubled
+
+
+def test_qdq_sites_include_residual_adds_and_exclusion_never_moves_a_pair(tiny_dir: Path, calib_dir: Path) -> None:
+    dataset = split_datasets(resolve_source("resnext_tiny"), "int8", calib_dir, 8, min_check=8)[0]
+    calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
+    prepared = load_prepared(tiny_dir / "model.onnx")
+    full = qdq_plan(prepared, calibration)
+    add, main = "/layer2/layer2.0/Add", "/layer2/layer2.0/conv3/Conv"
+    assert add in full.residual_adds and full.sites == [*full.weighted, *full.residual_adds]
+    shortcut = "/layer2/layer2.0/downsample/downsample.0/Conv_output_0"
+    assert (add, 1) in full.consumers[shortcut] or (add, 0) in full.consumers[shortcut]
+    without_main = qdq_plan(prepared, calibration, exclude=(main,))
+    assert main not in without_main.weighted and add in without_main.residual_adds
+    assert without_main.consumers[shortcut] == full.consumers[shortcut]  # the Add's pair stays on the shortcut
+    alone = qdq_plan(prepared, calibration, only=[add])
+    assert alone.weighted == [] and alone.residual_adds == [add]
+    assert alone.consumers == {shortcut: [slot for slot in full.consumers[shortcut] if slot[0] == add]}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

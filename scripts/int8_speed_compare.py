@@ -1,0 +1,274 @@
+"""INT8 on the CPU: the project's file and its variants against NNCF's and ModelOpt's, on OpenVINO (issue 21).
+
+Usage (a quiet machine; NNCF and ModelOpt importable, e.g. installed with ``pip install --target
+/tmp/peers nncf nvidia-modelopt`` and ``PYTHONPATH=/tmp/peers``; a peer that does not import is skipped
+and said):
+
+    python scripts/int8_speed_compare.py --dir /tmp/int8-speed [--arch resnext50_32x4d]
+        [--calib-count 64] [--batch-sizes 1,8] [--duration 3] [--rounds 5] [--json out.json]
+
+Rows, each on OpenVINO's CPU plugin (INT8 files with f32 between the Q/DQ pairs, as the project's
+runner opens them) in a process of its own, and PyTorch FP32 eager as the reference:
+
+* ``project``: ``model.int8.onnx`` as the project makes it by default (float parts in FP16);
+* ``project, float parts fp32``: ``--high-precision fp32`` (no FP16<->FP32 conversions on the CPU);
+* ``project, no residual-Add Q/DQ``: the residual Adds' Q/DQ pairs left out (``--exclude '*/Add'``);
+* ``nncf``: ``nncf.quantize`` of model.onnx read by OpenVINO, saved as IR (NNCF's default preset);
+* ``modelopt``: ``modelopt.onnx.quantization.quantize(quantize_mode="int8")`` on the CPU.
+
+Every file is calibrated on the same images (``--calib-dir``, or seeded N(0,1) arrays with random
+weights; accuracy is not the point of random weights). Rounds are interleaved: in each round every
+worker runs each batch size for ``--duration`` seconds after a warm-up, in a rotating order, so
+drift hits all rows alike. Reported: the median latency over all rounds, its ratio to PyTorch's at
+the same batch size, and the spread of the per-round medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROJECT_VARIANTS = {
+    "project": {},
+    "project, float parts fp32": {"high_precision": "fp32"},
+    "project, no residual-Add Q/DQ": {"exclude": ("*/Add",)},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, required=True, help="working directory (files are reused when present)")
+    parser.add_argument("--arch", default="resnext50_32x4d")
+    parser.add_argument("--calib-dir", type=Path, help="calibration images or .npy/.npz; default seeded N(0,1)")
+    parser.add_argument("--calib-count", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per row and round")
+    parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per row and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peers", default="nncf,modelopt", help="peers to quantize with (comma list, or none)")
+    parser.add_argument("--json", type=Path, help="write the rows here too")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# The files
+
+
+def calibration_arrays(args: argparse.Namespace, source: Any) -> tuple[Path, np.ndarray]:
+    """The calibration data as a path the project reads and as arrays the peers read."""
+    from resnext_deploy.data import open_dataset
+
+    if args.calib_dir is not None:
+        dataset = open_dataset(args.calib_dir, source.preprocessing, args.calib_count)
+        images = np.concatenate([batch.images for batch in dataset.batches(16)])
+        return args.calib_dir, images
+    path = args.dir / "calib.npy"
+    size = source.preprocessing.image_size
+    images = np.random.default_rng(0).standard_normal((args.calib_count, 3, size, size)).astype(np.float32)
+    np.save(path, images)
+    return path, images
+
+
+def project_files(args: argparse.Namespace, base: Path, calib: Path) -> dict[str, Path]:
+    """Each project variant's model.int8.onnx, made by the library in a copy of the export."""
+    from resnext_deploy.evaluate.metrics import Tolerance
+    from resnext_deploy.precision.options import PrecisionOptions
+    from resnext_deploy.precision.typed import make_typed_onnx
+
+    # Random weights: a loose check, so that every variant gets its file; no search (it would keep
+    # sites in float, and the rows must differ only in what they name).
+    loose = {"int8": Tolerance(cosine_min=0.9, rel_error_max=0.5)}
+    files = {}
+    for index, (name, options) in enumerate(PROJECT_VARIANTS.items()):
+        directory = args.dir / f"project{index}"
+        if not directory.exists():
+            shutil.copytree(base, directory, ignore=shutil.ignore_patterns("model.*.onnx", "*.json.lock"))
+        result = make_typed_onnx(
+            directory,
+            "int8",
+            PrecisionOptions(
+                calib_source=calib,
+                calib_count=args.calib_count,
+                min_check=min(32, max(1, args.calib_count // 4)),
+                search=False,
+                tolerances=loose,
+                **options,
+            ),
+            log=functools.partial(tagged, name),
+        )
+        files[name] = result.path
+    return files
+
+
+def tagged(name: str, message: str) -> None:
+    print(f"[{name}] {message}", file=sys.stderr)
+
+
+def nncf_file(args: argparse.Namespace, model: Path, images: np.ndarray) -> Path:
+    import nncf
+    import openvino as ov
+
+    target = args.dir / "nncf" / "model.int8.xml"
+    if not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        calibration = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+        quantized = nncf.quantize(ov.Core().read_model(str(model)), calibration, subset_size=len(images))
+        ov.save_model(quantized, str(target))
+    return target
+
+
+def modelopt_file(args: argparse.Namespace, model: Path, images: np.ndarray) -> Path:
+    from modelopt.onnx.quantization import quantize
+
+    target = args.dir / "modelopt" / "model.int8.onnx"
+    if not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        quantize(
+            onnx_path=str(model),
+            quantize_mode="int8",
+            calibration_data={"input": images},
+            calibration_eps=["cpu"],
+            output_path=str(target),
+        )
+    return target
+
+
+PEERS = {"nncf": nncf_file, "modelopt": modelopt_file}
+
+
+# ----------------------------------------------------------------------------------------------
+# The measurement, one process per row
+
+
+def worker(connection: Any, kind: str, target: str, arch: str) -> None:
+    """Open one runner, then measure on request: ``(batch, warmup_s, duration_s)`` -> latencies in ms."""
+    if kind == "torch":
+        from resnext_deploy.backends.torch import TorchRunner
+        from resnext_deploy.models import create_model
+
+        runner = TorchRunner(create_model(arch))
+    else:
+        from resnext_deploy.backends.openvino import OpenVINORunner
+
+        runner = OpenVINORunner(target, "int8")
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        batch, warmup, duration, size = request
+        images = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+        end = time.perf_counter() + warmup
+        while time.perf_counter() < end:
+            runner(images)
+        times: list[float] = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end or len(times) < 3:
+            start = time.perf_counter()
+            runner(images)
+            times.append((time.perf_counter() - start) * 1e3)
+        connection.send(times)
+    runner.close()
+
+
+def measure(args: argparse.Namespace, rows: dict[str, tuple[str, str]], size: int) -> list[dict[str, Any]]:
+    """Interleaved rounds over every row and batch size; the median of all iterations and of each round."""
+    context = mp.get_context("spawn")
+    workers = {}
+    for name, (kind, target) in rows.items():
+        parent, child = context.Pipe()
+        process = context.Process(target=worker, args=(child, kind, target, args.arch), daemon=True)
+        process.start()
+        if parent.recv() != "ready":
+            raise SystemExit(f"{name}: the worker did not start")
+        workers[name] = (process, parent)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    samples: dict[tuple[str, int], list[list[float]]] = {(n, b): [] for n in rows for b in batches}
+    names = list(rows)
+    try:
+        for round_index in range(args.rounds):
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for batch in batches:
+                for name in order:
+                    connection = workers[name][1]
+                    connection.send((batch, args.warmup, args.duration, size))
+                    samples[(name, batch)].append(connection.recv())
+            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for process, connection in workers.values():
+            connection.send(None)
+            process.join(timeout=30)
+    results = []
+    for (name, batch), rounds in samples.items():
+        pooled = [t for times in rounds for t in times]
+        per_round = [statistics.median(times) for times in rounds]
+        results.append(
+            {
+                "row": name,
+                "batch_size": batch,
+                "median_ms": statistics.median(pooled),
+                "round_medians_ms": per_round,
+                "round_spread": (max(per_round) - min(per_round)) / statistics.median(per_round),
+                "iterations": len(pooled),
+            }
+        )
+    reference = {r["batch_size"]: r["median_ms"] for r in results if r["row"] == "pytorch fp32"}
+    for result in results:
+        result["vs_pytorch"] = reference[result["batch_size"]] / result["median_ms"]
+    return results
+
+
+def cell(result: dict[str, Any]) -> str:
+    return f"{result['median_ms']:.2f} ms, {result['vs_pytorch']:.2f}x ({result['round_spread']:.0%})"
+
+
+def table(results: list[dict[str, Any]], batches: list[int]) -> str:
+    rows = dict.fromkeys(r["row"] for r in results)
+    by = {(r["row"], r["batch_size"]): r for r in results}
+    header = "| file | " + " | ".join(f"batch {b}: median ms, vs PyTorch (round spread)" for b in batches) + " |"
+    lines = [header, "| --- |" + " --- |" * len(batches)]
+    for row in rows:
+        cells = [cell(by[(row, b)]) for b in batches]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from resnext_deploy.export import export_onnx
+    from resnext_deploy.source import resolve_source
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    source = resolve_source(args.arch)
+    base = args.dir / "export"
+    if not (base / "model.onnx").exists():
+        base.mkdir(exist_ok=True)
+        export_onnx(source, base, log=lambda message: print(message, file=sys.stderr))
+    calib, images = calibration_arrays(args, source)
+    rows: dict[str, tuple[str, str]] = {"pytorch fp32": ("torch", "")}
+    rows.update({name: ("openvino", str(path)) for name, path in project_files(args, base, calib).items()})
+    for peer in [p for p in args.peers.split(",") if p and p != "none"]:
+        try:
+            rows[peer] = ("openvino", str(PEERS[peer](args, base / "model.onnx", images)))
+        except ImportError as exc:
+            print(f"{peer} skipped: it does not import here ({exc})", file=sys.stderr)
+    results = measure(args, rows, source.preprocessing.image_size)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    print(table(results, batches))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"arch": args.arch, "rows": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
