@@ -387,6 +387,5 @@ def make_triton_repo(
     server = ["tritonserver", "--model-repository", str(out.resolve())]
     if any(model.version_compatible for model in models):
         server += shlex.split(VERSION_COMPATIBLE_FLAG)
-    server = shlex.join(server)
-    log(f"serve it with: {server}")
+    log(f"serve it with: {shlex.join(server)}")
     return written
