@@ -314,8 +314,7 @@ def _parity_summary(name: str, dataset: Dataset, parity: Parity) -> str:
     text = (
         f"{name} vs model.onnx on {dataset.description}: cosine min {parity.cosine_min:.6f} "
         f"mean {parity.cosine_mean:.6f}, relative error {parity.rel_error:.3g}, top-1 agreement "
-        f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive, "
-        f"top-5 overlap {parity.top5_overlap:.2%}"
+        f"{parity.top1_agreement:.2%} raw, {parity.top1_decisive:.2%} on {parity.decisive} decisive"
     )
     if parity.top5_overlap is not None:
         text += f", top-5 overlap {parity.top5_overlap:.2%}"
