@@ -292,7 +292,9 @@ def run_bench(
 ) -> BenchReport:
     """Measure every runner in DIR at every batch size; write bench.json, .csv, .md and .png there.
 
-    Returns the report; the caller shows its table (:func:`bench_text`), ``log`` gets the rest.
+    Returns the report; the caller shows its table (:func:`bench_text`), ``log`` gets the rest. The
+    runners' workers are spawned processes, so a script that calls this must do so under
+    ``if __name__ == "__main__":`` (multiprocessing re-imports the main module in each worker).
     """
     report = measure_bench(directory, settings, log, progress)
     write_outputs(report, report.directory, json_path)

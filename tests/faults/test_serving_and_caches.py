@@ -37,7 +37,7 @@ from resnext_deploy.data import ImageDataset, ImageFolder
 from resnext_deploy.environment import cap_threads, usable_cpus
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.export import export_onnx
-from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, _load_ranking
+from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, _load_scores
 from resnext_deploy.source import resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -673,19 +673,21 @@ def test_an_edited_calibration_json_is_exit_3_naming_it(capsys, calibrated_templ
 def test_an_edited_search_ranking_is_exit_3_naming_it(tmp_path: Path) -> None:
     key = {"model": "m"}
     path = tmp_path / SEARCH_NAME
-    for ranking, fragment in [
-        ("nope", "not a list"),
-        ([["conv1", "high"]], "not [layer, finite score]"),
-        ([["conv1", float("nan")]], "not [layer, finite score]"),
-        ([["ghost", 1.0]], "does not quantize"),
-        ([["conv1", 1.0], ["conv1", 2.0]], "twice"),
+    for scores, fragment in [
+        ("nope", "not an object"),
+        ({"conv1": "high"}, "not a finite number"),
+        ({"conv1": float("nan")}, "not a finite number"),
+        ({"conv1": -1.0}, "not a finite number"),
+        ({"ghost": 1.0}, "does not quantize"),
     ]:
-        path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "ranking": ranking}))
+        path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "scores": scores}))
         with pytest.raises(BadInputError, match=re.escape(fragment)) as caught:
-            _load_ranking(tmp_path, key, ["conv1", "conv2"])
+            _load_scores(path, key, ["conv1", "conv2"])
         assert str(path) in str(caught.value) and "delete it" in str(caught.value)
-    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "ranking": [["conv2", 0.5], ["conv1", 0.1]]}))
-    assert _load_ranking(tmp_path, key, ["conv1", "conv2"]) == [("conv2", 0.5), ("conv1", 0.1)]
+    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "scores": {"conv2": 0.5, "conv1": 0.1}}))
+    assert _load_scores(path, key, ["conv1", "conv2"]) == {"conv2": 0.5, "conv1": 0.1}
+    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": {"model": "other"}, "scores": {"x": 1}}))
+    assert _load_scores(path, key, ["conv1", "conv2"]) == {}  # another model's ranking: measured again
 
 
 # ----------------------------------------------------------------------------------------------
