@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
@@ -24,6 +24,8 @@ MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "LA", "I;16", "I", "F", "YCbCr"]
     seed=st.integers(0, 2**16),
 )
 def test_any_mode_and_size_gives_a_finite_tensor(mode, width, height, size, seed):
+    """Any mode and size within 100:1 (beyond, images are refused before the resize: the fault battery's case)."""
+    assume(max(width, height) <= 100 * min(width, height))
     rng = np.random.default_rng(seed)
     base = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
     image = (

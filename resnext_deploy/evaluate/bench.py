@@ -365,7 +365,7 @@ def measure_bench(
         start_spread, control, workload = measure_noise(probe)
         monitor = LoadMonitor()
         before = load_average()
-        units = _warm_up(opened, settings, skipped, progress)
+        units = _warm_up(opened, settings, skipped, progress, size)
         if not units:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
         setup_s = time.monotonic() - started
@@ -474,6 +474,7 @@ def _warm_up(
     settings: BenchSettings,
     skipped: list[SkipRecord],
     progress: bool,
+    image_size: int,
 ) -> list[Unit]:
     """Warm every (runner, batch size) up by time, at least one call; its first call is reported on its own.
 
@@ -488,7 +489,8 @@ def _warm_up(
                 try:
                     calls = worker.run(batch_size, settings.warmup_ms / 1e3, 1)
                 except WorkerError as exc:
-                    skipped.append(candidate.skip_record(f"cannot run a batch of {batch_size}: {exc}"))
+                    shape = f"{batch_size}x3x{image_size}x{image_size}"
+                    skipped.append(candidate.skip_record(f"cannot run a {shape} batch: {exc}"))
                 else:
                     first, *warm = calls.times_ms
                     units.append(Unit(candidate, worker, batch_size, first, float(np.median(warm or [first]))))

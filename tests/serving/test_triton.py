@@ -240,7 +240,7 @@ def test_missing_pytriton_names_commands_for_a_checkout_and_a_wheel(tiny_dir: Pa
     with pytest.raises(BackendUnavailableError, match=r"`make setup-triton`.*resnext-deploy\[triton\]") as caught:
         serve(tiny_dir, port=_free_ports(1)[0], grpc_port=_free_ports(1)[0], metrics_port=_free_ports(1)[0])
     assert "numpy < 2" in str(caught.value)
-    done = subprocess.run(["make", "-n", "setup-triton"], cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(["make", "-n", "-B", "setup-triton"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "constraints-triton.txt" in done.stdout  # the named target exists
 
 
