@@ -37,7 +37,7 @@ from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
 from .machine import DISTURBED_CPU, LoadMonitor, disturbed, load_average, machine_record
 from .settings import BenchSettings, parse_batch_sizes, parse_int_list, parse_list  # noqa: F401 - re-exported
-from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread
+from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread, spread_of
 from .worker import NOISE_PROBE, QUIET_ENV, Opened, RunnerProcess, WorkerError, WorkerSpec
 
 BENCH_JSON, BENCH_CSV, BENCH_MD, BENCH_PNG = "bench.json", "bench.csv", "bench.md", "bench.png"
@@ -81,6 +81,7 @@ class BenchRow:
     median_low_ms: float | None
     median_high_ms: float | None
     round_spread: float | None
+    noise_threshold: float
     unstable: bool
     other_cpu: float | None
     disturbed_rounds: int
@@ -126,11 +127,13 @@ CSV_FIELDS = tuple(f for f in ROW_FIELDS if f != "round_medians_ms")
 
 @dataclass(frozen=True)
 class NoiseFloor:
-    """The machine's own round-to-round noise, measured with a fixed workload, and the threshold it gives.
+    """The machine's own noise, measured with a fixed workload, and the thresholds it gives.
 
     The workload runs in 15 quick rounds before the rows are measured (``start_spread``), then as a
     control with one slice in every round of the measurement (``run_spread``), so that slow drift over the
-    whole run counts too; ``spread`` is the larger of the two.
+    whole run counts too; ``spread`` is the larger of the two. ``call_spread`` is how much its single
+    calls vary: a row with few calls per round has per-round medians that vary that much more, so its
+    threshold (:meth:`threshold_for`) allows for it.
     """
 
     spread: float | None
@@ -139,30 +142,40 @@ class NoiseFloor:
     workload: str
     start_spread: float | None = None
     run_spread: float | None = None
+    call_spread: float | None = None
 
     @staticmethod
-    def measured(start: float | None, run: float | None, rounds: int, workload: str) -> NoiseFloor:
+    def measured(
+        start: float | None, run: float | None, rounds: int, workload: str, call_spread: float | None = None
+    ) -> NoiseFloor:
         known = [s for s in (start, run) if s is not None]
         spread = max(known) if known else None
         threshold = max(UNSTABLE_FLOOR, NOISE_FACTOR * spread) if spread is not None else UNSTABLE_FLOOR
-        return NoiseFloor(spread, threshold, rounds, workload, start, run)
+        return NoiseFloor(spread, threshold, rounds, workload, start, run, call_spread)
+
+    def threshold_for(self, calls_per_round: float) -> float:
+        """The round spread beyond which a row with this many calls per round is unstable."""
+        single = (self.call_spread or 0.0) / math.sqrt(max(calls_per_round, 1.0))
+        return max(self.threshold, NOISE_FACTOR * single)
 
     @property
     def rule(self) -> str:
         measured = (
             f"a fixed small workload ({self.workload}) moved {self.spread:.1%} from round to round here "
             f"({_percent(self.start_spread)} in {NOISE_PROBE_ROUNDS} rounds before the rows, "
-            f"{_percent(self.run_spread)} as a control slice in each of {self.rounds} rounds among them)"
+            f"{_percent(self.run_spread)} as a control slice in each of {self.rounds} rounds among them), and "
+            f"its single calls by {_percent(self.call_spread)}"
             if self.spread is not None
             else "the noise probe could not run here"
         )
         return (
             f"noise floor: {measured}; a row is unstable when its per-round medians spread ((p90 - p10) / median) "
-            f"by more than {self.threshold:.1%} (the larger of {UNSTABLE_FLOOR:.0%} and {NOISE_FACTOR:g}x the "
-            f"probe's spread); a slice is disturbed when other processes used over {DISTURBED_CPU:.0%} of the CPU "
-            f"during it; a speedup is the ratio of medians with a {CONFIDENCE:.0%} bootstrap interval over rounds "
-            f"measured side by side, and is reliable when the interval is within {RELIABLE_RATIO_WIDTH:.0%} of it "
-            "and neither row is unstable or disturbed"
+            f"by more than {NOISE_FACTOR:g}x that noise for its number of calls per round (the round spread, or "
+            f"the single calls' spread / sqrt(calls per round), whichever is larger; at least {UNSTABLE_FLOOR:.0%}, "
+            f"{self.threshold:.1%} for rows of many calls); a slice is disturbed when other processes used over "
+            f"{DISTURBED_CPU:.0%} of the CPU during it; a speedup is the ratio of medians with a {CONFIDENCE:.0%} "
+            f"bootstrap interval over rounds measured side by side, and is reliable when the interval is within "
+            f"{RELIABLE_RATIO_WIDTH:.0%} of it and neither row is unstable or disturbed"
         )
 
 
@@ -362,7 +375,7 @@ def measure_bench(
                 advance(1, f"opened {candidate.label}")
         if not opened:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
-        start_spread, control, workload = measure_noise(probe)
+        start_spread, control, workload, call_spread = measure_noise(probe)
         monitor = LoadMonitor()
         before = load_average()
         units = _warm_up(opened, settings, skipped, progress, size)
@@ -379,7 +392,7 @@ def measure_bench(
         _measure([*units, *([control] if control else [])], plan, settings.pause_ms / 1e3, monitor, progress)
         after = load_average()
         run_spread = round_spread(control.rounds_ms) if control else None
-        noise = NoiseFloor.measured(start_spread, run_spread, plan.rounds, workload)
+        noise = NoiseFloor.measured(start_spread, run_spread, plan.rounds, workload, call_spread)
     finally:
         probe.kill()
         for _, worker, *_ in opened:
@@ -450,7 +463,7 @@ def _isolation(settings: BenchSettings) -> dict[str, Any]:
     }
 
 
-def measure_noise(probe: RunnerProcess) -> tuple[float | None, Unit | None, str]:
+def measure_noise(probe: RunnerProcess) -> tuple[float | None, Unit | None, str, float | None]:
     """Run the fixed workload in quick rounds: its round spread, and the unit that keeps it running as a control.
 
     The control takes one slice in every round of the measurement (see :class:`NoiseFloor`); None,
@@ -463,10 +476,10 @@ def measure_noise(probe: RunnerProcess) -> tuple[float | None, Unit | None, str]
         warm = probe.run(1, NOISE_PROBE_SLICE_S, 2).times_ms
         rounds = [probe.run(1, NOISE_PROBE_SLICE_S, 1).times_ms for _ in range(NOISE_PROBE_ROUNDS)]
     except WorkerError:
-        return None, None, workload
+        return None, None, workload, None
     candidate = Candidate(NOISE_PROBE, "fp32", "cpu", None)
     control = Unit(candidate, probe, 1, warm[0], float(np.median(warm[1:])), fixed_slice_s=NOISE_PROBE_SLICE_S)
-    return round_spread(rounds), control, workload
+    return round_spread(rounds), control, workload, spread_of([t for r in rounds for t in r])
 
 
 def _warm_up(
@@ -537,6 +550,7 @@ def measured_row(
     """A row's statistics from its calls, round by round, and the CPU ticks others used during its slices."""
     times = [t for r in rounds_ms for t in r]
     stats = latency_stats(times)
+    threshold = noise.threshold_for(float(np.median([len(r) for r in rounds_ms])))
     interval = median_interval(rounds_ms)
     spread = round_spread(rounds_ms)
     other, total = sum(o for o, _ in ticks), sum(t for _, t in ticks)
@@ -555,7 +569,8 @@ def measured_row(
         median_low_ms=interval[0] if interval else None,
         median_high_ms=interval[1] if interval else None,
         round_spread=spread,
-        unstable=spread is not None and spread > noise.threshold,
+        noise_threshold=threshold,
+        unstable=spread is not None and spread > threshold,
         other_cpu=other / total if total else None,
         disturbed_rounds=disturbed_rounds,
         disturbed=disturbed_rounds >= max(1, math.ceil(DISTURBED_ROUNDS * len(rounds_ms)))
@@ -669,13 +684,14 @@ def bench_warnings(rows: Sequence[BenchRow], noise: NoiseFloor, load: LoadRecord
     if note := load.note():
         warnings.append(note)
     unstable = [
-        f"{r.label} batch {r.batch_size}: unstable, round spread {r.round_spread:.1%}"
+        f"{r.label} batch {r.batch_size}: unstable, round spread {r.round_spread:.1%} "
+        f"(threshold {r.noise_threshold:.1%})"
         for r in rows
         if r.unstable and r.round_spread is not None
     ]
     if unstable:
         warnings.append(
-            f"{len(unstable)} row(s) unstable: round spread over the measured threshold {noise.threshold:.1%} "
+            f"{len(unstable)} row(s) unstable: round spread over the measured noise threshold "
             "(rerun on an idle machine or with a longer --duration)"
         )
         warnings += unstable

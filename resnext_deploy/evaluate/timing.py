@@ -54,10 +54,14 @@ def latency_stats(times_ms: Sequence[float]) -> LatencyStats:
 
 def round_spread(rounds_ms: Sequence[Sequence[float]]) -> float | None:
     """(p90 - p10) / median of the per-round medians: how much the measured speed moved during the run."""
-    medians = [float(np.median(r)) for r in rounds_ms if len(r)]
-    if len(medians) < 2:
+    return spread_of([float(np.median(r)) for r in rounds_ms if len(r)])
+
+
+def spread_of(values: Sequence[float]) -> float | None:
+    """(p90 - p10) / median of ``values``; None for fewer than two."""
+    if len(values) < 2:
         return None
-    p10, p50, p90 = np.percentile(np.asarray(medians), [10, 50, 90])
+    p10, p50, p90 = np.percentile(np.asarray(values, dtype=np.float64), [10, 50, 90])
     return float((p90 - p10) / p50) if p50 > 0 else None
 
 

@@ -166,7 +166,7 @@ def test_the_plan_fits_the_budget_by_shorter_slices_then_fewer_rounds() -> None:
 def _row(backend: str, precision: str, device: str, median: float, rounds: list[float], batch: int = 8) -> BenchRow:
     return BenchRow(
         backend, precision, device, None, batch, len(rounds), len(rounds), median, median, median, median, median,
-        median, median, 0.0, 0.0, median, median, 0.01, False, 0.0, 0, False, batch * 1e3 / median,
+        median, median, 0.0, 0.0, median, median, 0.01, 0.05, False, 0.0, 0, False, batch * 1e3 / median,
         round_medians_ms=rounds,
     )  # fmt: skip
 
@@ -288,3 +288,11 @@ def test_rows_read_back_from_json_are_the_rows_written() -> None:
     row = _row("torch", "fp32", "cpu", 10.0, [10.0, 11.0])
     again = BenchRow.from_dict(json.loads(json.dumps(row.to_dict())))
     assert again == row and not math.isnan(again.median_ms)
+
+
+def test_a_row_of_few_calls_per_round_is_allowed_its_single_calls_noise() -> None:
+    noise = bench_module.NoiseFloor.measured(0.02, 0.03, 10, "test", call_spread=0.4)
+    assert noise.threshold == pytest.approx(0.09)  # 3x the larger round spread
+    assert noise.threshold_for(1) == pytest.approx(1.2)  # one call a round: 3x a single call's spread
+    assert noise.threshold_for(100) == pytest.approx(0.12)  # 3x 0.4 / sqrt(100)
+    assert noise.threshold_for(10_000) == pytest.approx(0.09)  # many calls: the round spread decides
