@@ -292,7 +292,8 @@ def serve(
                 else "no batching"
             )
             triton.run()  # starts tritonserver and loads the model, so that "serving" below means ready
-            _require_ready(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", model_name)
+            ready_port = port if http else grpc_port  # with --no-http, only gRPC answers
+            _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", model_name, http)
             log(
                 f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
                 f"{endpoints}; Ctrl-C stops"
@@ -361,9 +362,15 @@ def _with_labels(model_name: str, output: TensorSpec, labels: tuple[str, ...]) -
         Model.get_model_config, Model.get_proxy_model_files = config, files  # type: ignore[method-assign]
 
 
-def _require_ready(url: str, model_name: str) -> None:
-    """Ask the server itself whether the model is ready: PyTriton only warns when its own wait times out."""
-    from tritonclient.http import InferenceServerClient
+def _require_ready(url: str, model_name: str, http: bool = True) -> None:
+    """Ask the server itself whether the model is ready: PyTriton only warns when its own wait times out.
+
+    Over HTTP where it is open, else over gRPC (``serve --no-http``).
+    """
+    if http:
+        from tritonclient.http import InferenceServerClient
+    else:
+        from tritonclient.grpc import InferenceServerClient  # type: ignore[assignment]
 
     with contextlib.closing(InferenceServerClient(url)) as client:
         if not client.is_model_ready(model_name):
