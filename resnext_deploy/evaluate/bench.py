@@ -36,7 +36,7 @@ from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
 from .machine import DISTURBED_CPU, LoadMonitor, disturbed, load_average, machine_record
-from .settings import BenchSettings, parse_batch_sizes, parse_int_list, parse_list  # noqa: F401 - re-exported
+from .settings import BenchSettings
 from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread, spread_of
 from .worker import NOISE_PROBE, QUIET_ENV, Opened, RunnerProcess, WorkerError, WorkerSpec
 

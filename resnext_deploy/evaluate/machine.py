@@ -117,22 +117,14 @@ def disturbed(other_ticks: int, total_ticks: int) -> bool:
 
 def machine_record(threads: int | None) -> dict[str, Any]:
     """The machine and library versions numbers belong to: CPU model and ISA flags, cores, threads used."""
-    from ..environment import describe
+    from ..environment import describe, package_version, usable_cpus
 
     flags = cpu_flags()
     return {
         **describe(),
-        "openvino": _openvino_version(),
+        "openvino": package_version("openvino") or "not installed",
         "cpu flags": " ".join(flags) if flags is not None else "unknown",
         "cpu cores": os.cpu_count(),
-        "cpus usable": len(os.sched_getaffinity(0)),
+        "cpus usable": usable_cpus(),
         "threads requested": threads if threads else "library defaults",
     }
-
-
-def _openvino_version() -> str:
-    try:
-        import openvino
-    except ImportError:
-        return "not installed"
-    return str(openvino.__version__)
