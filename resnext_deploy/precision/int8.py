@@ -10,6 +10,9 @@
 * biases stay float and are never quantized (TensorRT rejects a DequantizeLinear on an INT32 bias:
   onnx/onnx-tensorrt#850; ONNX Runtime's quantize_static quantizes them: microsoft/onnxruntime#17738);
 * no Q/DQ on Conv outputs (TensorRT fuses the following ReLU/Add and quantizes at the next Q);
+* a MaxPool whose output is quantized gets a pair on its input too, with the output's scale (max
+  commutes with quantization, so nothing changes numerically): the pooling then runs on int8 data,
+  as in ModelOpt's placement; TensorRT propagates Q/DQ across MaxPool either way;
 * what is not quantized runs in float16 (``high_precision="fp16"``) or float32, graph I/O float32.
 """
 
@@ -49,6 +52,7 @@ class QdqPlan:
     weighted: list[str] = field(default_factory=list)
     residual_adds: list[str] = field(default_factory=list)
     consumers: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> (node, input index)
+    pooled: dict[str, str] = field(default_factory=dict)  # MaxPool node -> its quantized output (the scale it uses)
 
     @property
     def sites(self) -> list[str]:
@@ -161,6 +165,11 @@ def qdq_plan(
         if not math.isfinite(calibration.amax(tensor)):
             raise BadInputError(f"model.onnx computes non-finite values in {tensor} on the calibration data")
     plan.consumers = dict(consumers)
+    plan.pooled = {
+        node.name: node.output[0]
+        for node in graph.node
+        if node.op_type == "MaxPool" and node.output[0] in consumers and node.input[0] not in consumers
+    }
     return plan
 
 
@@ -284,7 +293,9 @@ def int8_model(
     def scale_type(node_names) -> type:
         return np.float16 if half and not (set(node_names) & blocked) else np.float32
 
-    for tensor, slots in plan.consumers.items():
+    pooled_slots = {nodes[pool].input[0]: (output, [(pool, 0)]) for pool, output in plan.pooled.items()}
+    scaled_slots = {tensor: (tensor, slots) for tensor, slots in plan.consumers.items()} | pooled_slots
+    for tensor, (scaled_by, slots) in scaled_slots.items():
         # consumers kept FP32 get their own pair, with float32 scales, so each DQ feeds its node directly
         groups: dict[bool, list[tuple[str, int]]] = defaultdict(list)
         for slot in slots:
@@ -292,7 +303,7 @@ def int8_model(
         for is_blocked, group in groups.items():
             base = f"{tensor}_fp32" if is_blocked and len(groups) > 1 else tensor
             dtype = np.float32 if is_blocked or not half else np.float16
-            scale = activation_scale(calibration.amax(tensor), dtype)
+            scale = activation_scale(calibration.amax(scaled_by), dtype)
             new_inits += [
                 numpy_helper.from_array(scale, f"{base}_scale"),
                 numpy_helper.from_array(np.zeros((), np.int8), f"{base}_zero_point"),

@@ -98,6 +98,8 @@ def assert_explicit_int8(model, excluded: frozenset[str] = frozenset()) -> None:
             assert kinds == ["Conv", "DequantizeLinear"], f"{node.name}: residual Add inputs {kinds}"
             residual += 1
     assert residual > 0
+    for pool in (n for n in graph.node if n.op_type == "MaxPool"):  # an ImageNet stem: pooled in INT8
+        assert producers[pool.input[0]].op_type == "DequantizeLinear", f"{pool.name}: input has no DQ"
 
 
 def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, calib_dir: Path) -> None:
