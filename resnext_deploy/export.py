@@ -14,7 +14,7 @@ from .backends.onnxruntime import OnnxRuntimeRunner
 from .backends.tensorrt.options import BATCH_LIMIT
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
-from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
+from .parity import DEFAULT_TOLERANCES, Parity, compare
 from .source import ModelSource
 
 ONNX_NAME = ONNX_FILES["fp32"]

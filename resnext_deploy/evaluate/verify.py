@@ -17,14 +17,12 @@ from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_o
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, discover_runners, open_runners
 from ..data import Dataset, open_dataset
-from ..demo import DEMO_VAL
 from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
-from ..models import DEMO_ARCH
+from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
-from ..source import ModelSource, label_note, labels_match_model
+from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
-from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 
 VERIFY_JSON = "verify.json"
 
@@ -137,7 +135,8 @@ def _finite(value: Any) -> Any:
 
 def default_data(source: ModelSource) -> Path | None:
     """The demo model's labeled validation split; nothing (seeded synthetic input) for any other model."""
-    return DEMO_VAL if source.arch == DEMO_ARCH and DEMO_VAL.is_dir() else None
+    demo = demo_data(source)
+    return demo.val if demo is not None and demo.val.is_dir() else None
 
 
 def run_verify(

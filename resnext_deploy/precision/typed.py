@@ -17,7 +17,7 @@ from ..artifacts import ONNX_FILES, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
-from ..evaluate.metrics import Parity, Tolerance, compare
+from ..parity import Parity, Tolerance, compare
 from ..source import labels_match_model, recorded_source
 from ..ui import progress
 from .calibration import HELDOUT_MAX, Log, calibrate, split_datasets

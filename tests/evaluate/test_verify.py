@@ -12,15 +12,16 @@ import pytest
 from onnx import numpy_helper
 from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale
 
+from resnext_deploy import source as source_module
 from resnext_deploy.artifacts import Manifest, engine_file
 from resnext_deploy.backends.registry import discover_runners
 from resnext_deploy.cli import main
 from resnext_deploy.environment import cuda_available
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.evaluate import verify as verify_module
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify, tolerance_overrides
 from resnext_deploy.models import DEMO_ARCH
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.source import ModelSource
 
 RESULT_KEYS = {
@@ -222,7 +223,7 @@ def test_labeled_arrays_give_accuracy_and_its_delta(art: Path, tmp_path: Path) -
 
 
 def test_the_demo_model_defaults_to_its_validation_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify_module, "DEMO_VAL", tmp_path)
+    monkeypatch.setattr(source_module, "DEMO_VAL", tmp_path)
     demo = ModelSource(DEMO_ARCH, 10, 16, None, None)
     other = ModelSource("resnext_tiny", 10, 32, None, None)
     assert verify_module.default_data(demo) == tmp_path

@@ -18,9 +18,9 @@ from resnext_deploy.artifacts import Manifest, sha256_file
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared

@@ -1,4 +1,7 @@
-"""Parity metrics between reference and candidate logits, and the per-precision tolerances."""
+"""Parity metrics between reference and candidate logits, and the per-precision tolerances.
+
+A foundation module: export, the typed-file checks and verify all judge with it, so it sits below them all.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..artifacts.precisions import Precision
+from .artifacts.precisions import Precision
 
 
 @dataclass(frozen=True)
