@@ -643,7 +643,7 @@ def verify(
         report = run_verify(
             directory, data, count, batch_size, tolerances, json_file, log=log, backends=names, precisions=chosen
         )
-        _print_result(verify_text(report.to_dict()), directory / VERIFY_JSON, json_path)
+        _print_result(verify_text(report.record), directory / VERIFY_JSON, json_path)
     if not report:
         raise VerificationError(f"verify: {report.failure_summary()}")
 

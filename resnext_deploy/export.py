@@ -153,7 +153,8 @@ def _warn_stale_calibration(directory: Path, manifest: Manifest, log) -> None:
         made_for = read_json(path).get("model_sha256")
     except BadInputError:
         made_for = None
-    if made_for != manifest.artifacts[ONNX_NAME]["sha256"]:
+    entry = manifest.entry(ONNX_NAME)
+    if entry is None or made_for != entry.sha256:
         log(f"warning: {CALIBRATION_NAME} is stale (made for an earlier model.onnx); build-trt calibrates again")
 
 

@@ -344,13 +344,14 @@ def recorded_source(manifest: Manifest) -> ModelSource:
 
     A malformed record is a ``BadInputError`` that names the manifest, so the fix (export again) is clear.
     """
-    entry = manifest.entry(ONNX_FILES["fp32"]) or {}
-    try:
-        return ModelSource.from_dict(entry["options"]["source"])
-    except (KeyError, TypeError):
-        problem = "names no model source"
-    except BadInputError as exc:
-        problem = f"has a bad model source: {exc}"
+    entry = manifest.entry(ONNX_FILES["fp32"])
+    recorded = None if entry is None else entry.source
+    problem = "names no model source"
+    if recorded is not None:
+        try:
+            return ModelSource.from_dict(recorded)
+        except BadInputError as exc:
+            problem = f"has a bad model source: {exc}"
     raise BadInputError(
         f"{manifest.path}: the entry {ONNX_FILES['fp32']!r} {problem}; delete the manifest and run export again"
     )

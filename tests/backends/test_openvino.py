@@ -159,7 +159,7 @@ def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -
 @needs_openvino
 def test_compiled_models_are_cached_per_file_content(demo_copy: Path) -> None:
     [int8] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable
-    sha256 = Manifest(demo_copy).entry("model.int8.onnx")["sha256"]
+    sha256 = Manifest(demo_copy).entry("model.int8.onnx").sha256
     int8.open().close()
     cache = demo_copy / "openvino_cache"
     assert [p.name for p in cache.iterdir()] == [f"model.int8.onnx-{sha256[:16]}"]

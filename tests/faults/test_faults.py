@@ -116,7 +116,7 @@ def rerecord(directory: Path, name: str = "model.onnx") -> None:
     """Record the file's current bytes in the manifest, as if resnext-deploy had made it."""
     manifest = Manifest(directory)
     entry = manifest.entry(name)
-    manifest.record(name, entry["precision"], parent_sha256=entry["parent_sha256"], options=entry["options"])
+    manifest.record(name, entry.precision, parent_sha256=entry.parent_sha256, options=entry.options)
 
 
 def quiet_export(source, directory: Path) -> Path:
@@ -817,7 +817,7 @@ def test_ctrl_c_during_the_pipeline_then_resume(capsys, tmp_path: Path) -> None:
     assert f"{directory / 'model.onnx'} is up to date" in outcome.err
     assert f"{directory / 'model.fp16.onnx'} is up to date" in outcome.err
     manifest = Manifest(directory)
-    assert {name: manifest.entry(name)["sha256"] for name in finished} == finished
+    assert {name: manifest.entry(name).sha256 for name in finished} == finished
     manifest.require("model.int8.onnx", "")
     assert (directory / "report.md").exists()
 

@@ -202,7 +202,7 @@ def test_equalization_keeps_the_outlier_layer_in_int8(tmp_path: Path, block, bn,
     assert {"entropy", "minmax", "percentile"} <= set(result.search["methods"])
     assert layer in result.quantized_nodes
     entry = Manifest(directory).entry("model.int8.onnx")
-    assert entry["search"]["equalization"]["chosen"] and entry["heldout_synthetic"] is False
+    assert entry.search["equalization"]["chosen"] and entry.heldout_synthetic is False
 
 
 def test_equalization_preserves_the_function_and_evens_grouped_ranges(tmp_path: Path) -> None:
