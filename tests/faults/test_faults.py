@@ -810,7 +810,7 @@ def test_ctrl_c_during_the_pipeline_then_resume(capsys, tmp_path: Path) -> None:
     code, err = interrupt(["pipeline", "--dir", directory, *QUICK_PIPELINE], "== INT8 ONNX", during=second_run)
     _interrupted(code, err, directory, {})
     manifest = Manifest(directory)
-    finished = {name: manifest.require(name, "")["sha256"] for name in ("model.onnx", "model.fp16.onnx")}
+    finished = {name: manifest.require(name, "").sha256 for name in ("model.onnx", "model.fp16.onnx")}
     assert manifest.entry("model.int8.onnx") is None
     outcome = cli(capsys, "pipeline", "--dir", directory, *QUICK_PIPELINE)
     assert outcome.code == ExitCode.OK, outcome.err
