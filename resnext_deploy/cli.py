@@ -622,8 +622,8 @@ def verify(
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import locked
     from .errors import VerificationError
-    from .evaluate.metrics import SELECTABLE_PRECISIONS
     from .evaluate.verify import VERIFY_JSON, run_verify, tolerance_overrides, verify_text
+    from .parity import SELECTABLE_PRECISIONS
     from .source import artifact_dir
 
     chosen = _comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
@@ -643,7 +643,7 @@ def verify(
         report = run_verify(
             directory, data, count, batch_size, tolerances, json_file, log=log, backends=names, precisions=chosen
         )
-        _print_result(verify_text(report.to_dict()), directory / VERIFY_JSON, json_path)
+        _print_result(verify_text(report.record), directory / VERIFY_JSON, json_path)
     if not report:
         raise VerificationError(f"verify: {report.failure_summary()}")
 

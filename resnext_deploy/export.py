@@ -14,7 +14,7 @@ from .backends.onnxruntime import OnnxRuntimeRunner
 from .backends.tensorrt.options import BATCH_LIMIT
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
-from .evaluate.metrics import DEFAULT_TOLERANCES, Parity, compare
+from .parity import DEFAULT_TOLERANCES, Parity, compare
 from .source import ModelSource
 
 ONNX_NAME = ONNX_FILES["fp32"]
@@ -153,7 +153,8 @@ def _warn_stale_calibration(directory: Path, manifest: Manifest, log) -> None:
         made_for = read_json(path).get("model_sha256")
     except BadInputError:
         made_for = None
-    if made_for != manifest.artifacts[ONNX_NAME]["sha256"]:
+    entry = manifest.entry(ONNX_NAME)
+    if entry is None or made_for != entry.sha256:
         log(f"warning: {CALIBRATION_NAME} is stale (made for an earlier model.onnx); build-trt calibrates again")
 
 

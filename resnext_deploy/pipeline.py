@@ -91,7 +91,7 @@ def run_pipeline(
     problems = [f"{step} {reason}" for step, reason in failed.items()]
     if not verified:
         problems.append(verified.failure_summary())
-    tables = [verify_text(verified.to_dict())] + ([bench_text(measured)] if measured is not None else [])
+    tables = [verify_text(verified.record)] + ([bench_text(measured)] if measured is not None else [])
     return PipelineResult(report, not problems, "; ".join(problems), skipped, tables, bad_input)
 
 

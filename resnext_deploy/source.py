@@ -11,7 +11,7 @@ from typing import Any
 
 from .artifacts import ONNX_FILES, Manifest, sha256_file
 from .data import Dataset, ImageDataset, ImageFolder
-from .demo import DEMO_WEIGHTS
+from .demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from .errors import BadInputError, UsageError
 from .models import (
     DEMO_ARCH,
@@ -50,6 +50,13 @@ class ModelSource:
             return self.preprocess
         pre = self.spec.preprocessing
         return pre if pre.image_size == self.image_size else pre.with_image_size(self.image_size)
+
+    @property
+    def is_demo(self) -> bool:
+        """The bundled demo model (its architecture with the bundled checkpoint), whose own data is bundled too."""
+        if self.arch != DEMO_ARCH or self.checkpoint_sha256 is None or not DEMO_WEIGHTS.exists():
+            return False
+        return sha256_file(DEMO_WEIGHTS) == self.checkpoint_sha256
 
     @property
     def random_weights(self) -> bool:
@@ -136,6 +143,22 @@ class ModelSource:
         if classes and len(classes) != data["num_classes"]:
             raise BadInputError(f"{len(classes)} recorded class names for {data['num_classes']} classes")
         return cls(**{k: data[k] for k in required}, preprocess=preprocess, classes=tuple(classes))
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """The bundled digits' calibration and labeled validation splits (package data, so a wheel has them)."""
+
+    calib: Path
+    val: Path
+
+
+def demo_data(source: ModelSource) -> DemoData | None:
+    """The bundled digits for a model of the demo architecture (their classes are its classes), else None.
+
+    The rest of the package reaches the bundled demo only through here and :func:`resolve_source`.
+    """
+    return DemoData(DEMO_CALIB, DEMO_VAL) if source.arch == DEMO_ARCH else None
 
 
 def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
@@ -321,13 +344,14 @@ def recorded_source(manifest: Manifest) -> ModelSource:
 
     A malformed record is a ``BadInputError`` that names the manifest, so the fix (export again) is clear.
     """
-    entry = manifest.entry(ONNX_FILES["fp32"]) or {}
-    try:
-        return ModelSource.from_dict(entry["options"]["source"])
-    except (KeyError, TypeError):
-        problem = "names no model source"
-    except BadInputError as exc:
-        problem = f"has a bad model source: {exc}"
+    entry = manifest.entry(ONNX_FILES["fp32"])
+    recorded = None if entry is None else entry.source
+    problem = "names no model source"
+    if recorded is not None:
+        try:
+            return ModelSource.from_dict(recorded)
+        except BadInputError as exc:
+            problem = f"has a bad model source: {exc}"
     raise BadInputError(
         f"{manifest.path}: the entry {ONNX_FILES['fp32']!r} {problem}; delete the manifest and run export again"
     )

@@ -84,7 +84,7 @@ def calibration_arrays(args: argparse.Namespace, source: Any) -> tuple[Path, np.
 
 def project_files(args: argparse.Namespace, base: Path, calib: Path) -> dict[str, Path]:
     """Each project variant's model.int8.onnx, made by the library in a copy of the export."""
-    from resnext_deploy.evaluate.metrics import Tolerance
+    from resnext_deploy.parity import Tolerance
     from resnext_deploy.precision.options import PrecisionOptions
     from resnext_deploy.precision.typed import make_typed_onnx
 

@@ -29,7 +29,7 @@ from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import DeployError
 from resnext_deploy.evaluate.bench import bench_table, measure_bench
 from resnext_deploy.evaluate.settings import BenchSettings, parse_batch_sizes
-from resnext_deploy.source import ModelSource
+from resnext_deploy.source import recorded_source
 from resnext_deploy.ui import render_table
 
 REFERENCE = "ort_quantize_static.u8s8.onnx"
@@ -41,7 +41,7 @@ def build_reference(directory: Path, calib_dir: Path, count: int) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    source = ModelSource.from_dict(Manifest(directory).require("model.onnx", "export first")["options"]["source"])
+    source = recorded_source(Manifest(directory))
     dataset = open_dataset(calib_dir, source.preprocessing, count)
 
     class Reader(CalibrationDataReader):

@@ -13,7 +13,7 @@ from PIL import Image
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.evaluate.metrics import compare
+from resnext_deploy.parity import compare
 from resnext_deploy.source import ModelSource, recorded_source, resolve_source
 
 NAMES = [f"class {i}" for i in range(10)]

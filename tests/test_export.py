@@ -33,9 +33,9 @@ def test_tiny_export_metadata_and_manifest(tiny_dir: Path):
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     entry = Manifest(tiny_dir).entry("model.onnx")
-    assert entry["sha256"] == sha256_file(path)
-    assert entry["precision"] == "fp32"
-    assert set(entry["parity"]) == {"1", "4"}
+    assert entry.sha256 == sha256_file(path)
+    assert entry.precision == "fp32"
+    assert set(entry.parity) == {"1", "4"}
 
 
 def test_second_export_reuses_the_file(tiny_dir: Path):

@@ -17,13 +17,13 @@ LAYERS = {
     "archs": 1,
     "models": 1,
     "artifacts": 1,
+    "parity": 1,
     "demo": 2,
     "checkpoint": 2,
     "source": 2,
     "data": 2,
     "export": 3,
     "backends": 3,
-    "evaluate.metrics": 3,
     "precision": 4,
     "evaluate": 5,
     "report": 6,
@@ -101,3 +101,14 @@ def test_tensorrt_is_imported_only_by_its_backend() -> None:
         )
     )
     assert all(m.startswith("backends.tensorrt") or m == "environment" for m in importers), importers
+
+
+def test_the_bundled_demo_is_reached_only_through_the_source_layer() -> None:
+    importers = sorted(
+        {
+            _module(p)
+            for p in SOURCES
+            if not _module(p).startswith("demo") and any(t == "demo" or t.startswith("demo.") for t, _ in _imports(p))
+        }
+    )
+    assert importers == ["source"], importers

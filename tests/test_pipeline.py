@@ -41,7 +41,8 @@ def test_pipeline_makes_every_artifact_and_a_report(demo_run):
     manifest = Manifest(directory)
     assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx"} <= set(manifest.artifacts)
     if tensorrt_status() is not None:
-        assert "tensorrt" in manifest.data["skipped"] and "trtexec" in manifest.data["skipped"]["tensorrt"]
+        [tensorrt] = [s for s in manifest.skipped if s.step == "tensorrt"]
+        assert "trtexec" in tensorrt.reason
 
 
 def test_report_numbers_come_from_verify_and_bench(demo_run):
@@ -80,13 +81,13 @@ def test_demo_accuracy_per_precision(demo_run):
 
 def test_second_run_reuses_finished_artifacts(demo_run, capsys):
     directory, _ = demo_run
-    before = {name: entry["sha256"] for name, entry in Manifest(directory).artifacts.items()}
+    before = {name: entry.sha256 for name, entry in Manifest(directory).artifacts.items()}
     capsys.readouterr()
     assert main(["pipeline", "--dir", str(directory), *FAST]) == ExitCode.OK
     err = capsys.readouterr().err
     assert "model.onnx is up to date" in err
     assert err.count("reusing") >= 3
-    after = {name: entry["sha256"] for name, entry in Manifest(directory).artifacts.items()}
+    after = {name: entry.sha256 for name, entry in Manifest(directory).artifacts.items()}
     assert after == before
 
 

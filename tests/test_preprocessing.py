@@ -31,7 +31,7 @@ from resnext_deploy.data import preprocess
 from resnext_deploy.environment import package_version
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.models import IMAGENET_MEAN, IMAGENET_STD, PRESETS
-from resnext_deploy.source import ModelSource, resolve_source
+from resnext_deploy.source import ModelSource, recorded_source, resolve_source
 
 # Odd and even sizes, both orientations, one already at the resize size: every rounding path.
 SIZES = [(500, 375), (375, 500), (301, 233), (232, 640), (257, 257)]
@@ -146,7 +146,7 @@ def test_export_records_the_preprocessing_and_later_steps_read_it(tmp_path: Path
     recorded = json.loads(metadata["resnext_deploy.preprocessing"])
     assert recorded["resize_size"] == 40 and recorded["crop_size"] == 32 and recorded["interpolation"] == "bicubic"
     assert recorded["mean"] == [0.5] * 3 and recorded["std"] == [0.25] * 3
-    source = ModelSource.from_dict(Manifest(tmp_path).entry("model.onnx")["options"]["source"])
+    source = recorded_source(Manifest(tmp_path))
     pre = source.preprocessing  # what verify, bench and calibration open their data with
     assert (pre.image_size, pre.resize_size, pre.interpolation) == (32, 40, "bicubic")
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)

@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from resnext_deploy.data import preprocess, to_rgb
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, compare, cosine_rows
 from resnext_deploy.models import Preprocessing
+from resnext_deploy.parity import DEFAULT_TOLERANCES, compare, cosine_rows
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "LA", "I;16", "I", "F", "YCbCr"]
 

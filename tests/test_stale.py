@@ -21,7 +21,7 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
     manifest = Manifest(directory)
     # An engine-like grandchild of model.int8.onnx: stale through its parent.
     (directory / "model.int8.engine").write_bytes(b"plan")
-    manifest.record("model.int8.engine", "int8", parent_sha256=manifest.entry("model.int8.onnx")["sha256"])
+    manifest.record("model.int8.engine", "int8", parent_sha256=manifest.entry("model.int8.onnx").sha256)
     assert manifest.stale() == {}
 
     lines: list[str] = []
@@ -33,12 +33,12 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
     assert "earlier model.onnx" in stale["model.fp16.onnx"]
     assert stale["model.int8.engine"].startswith("made from model.int8.onnx, which is stale")
     for name, reason in stale.items():
-        assert manifest.entry(name)["stale"] == reason  # written into manifest.json
+        assert manifest.entry(name).stale == reason  # written into manifest.json
         assert any(line.startswith(f"warning: {name} is stale") for line in lines)
 
     report = run_verify(directory, count=8, log=lines.append)
     assert report.passed and {r.candidate.artifact for r in report.results} == {"model.onnx"}
-    skipped = {(s.backend, s.artifact): s.reason for s in report.skipped}
+    skipped = {(s.backend, s.artifact): s.reason for s in report.record.skipped}
     assert "model.fp16.onnx is stale" in skipped[("onnxruntime", "model.fp16.onnx")]
     assert "model.int8.onnx is stale" in skipped[("onnxruntime", "model.int8.onnx")]
 
@@ -49,8 +49,8 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
 
     make_typed_onnx(directory, "fp16", log=lines.append)
     manifest = Manifest(directory)
-    assert "model.fp16.onnx" not in manifest.stale() and "stale" not in manifest.entry("model.fp16.onnx")
-    assert manifest.entry("model.fp16.onnx")["parent_sha256"] == manifest.entry("model.onnx")["sha256"]
+    assert "model.fp16.onnx" not in manifest.stale() and manifest.entry("model.fp16.onnx").stale is None
+    assert manifest.entry("model.fp16.onnx").parent_sha256 == manifest.entry("model.onnx").sha256
     assert set(manifest.stale()) == {"model.int8.onnx", "model.int8.engine"}
 
 

@@ -30,7 +30,7 @@ def with_low_precision(template: Path, directory: Path) -> Path:
 
     shutil.copytree(template, directory)
     manifest = Manifest(directory)
-    parent = manifest.entry("model.onnx")["sha256"]
+    parent = manifest.entry("model.onnx").sha256
     fp16 = convert_float_to_float16(onnx.load(str(directory / "model.onnx")), keep_io_types=True)
     onnx.save(fp16, str(directory / "model.fp16.onnx"))
     manifest.record("model.fp16.onnx", "fp16", parent_sha256=parent, options={"fixture": "convert_float_to_float16"})

@@ -1,6 +1,14 @@
 """The artifact directory: its files (atomic writes, sha256, lock), its manifest, and safe ONNX reading."""
 
-from .manifest import MANIFEST_NAME, Manifest, recorded_step, refuse_owned, tool_versions
+from .manifest import (
+    MANIFEST_NAME,
+    ArtifactEntry,
+    Manifest,
+    SkippedStep,
+    recorded_step,
+    refuse_owned,
+    tool_versions,
+)
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
 from .precisions import ONNX_FILES, PRECISIONS, Precision
 from .store import (
@@ -23,6 +31,8 @@ from .store import (
 )
 
 __all__ = [
+    "ArtifactEntry",
+    "SkippedStep",
     "CALIBRATION_NAME",
     "LOCK_NAME",
     "MANIFEST_NAME",

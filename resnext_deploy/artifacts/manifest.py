@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,34 +78,146 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """What ``manifest.json`` records about one artifact: the only reader of an entry's keys.
+
+    A view over the recorded JSON object, so fields a newer step wrote pass through a rewrite unchanged.
+    ``options`` and the records a step keeps (``parity``, ``search``, ``calibration``) stay JSON objects:
+    each is written and read back by the one step that owns its shape.
+    """
+
+    name: str
+    _record: Mapping[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return str(self._record["sha256"])
+
+    @property
+    def precision(self) -> str | None:
+        return self._record.get("precision")
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self._record.get("size_bytes")
+
+    @property
+    def parent_sha256(self) -> str | None:
+        return self._record.get("parent_sha256")
+
+    @property
+    def created(self) -> str | None:
+        return self._record.get("created")
+
+    @property
+    def stale(self) -> str | None:
+        """Why the artifact was made from an input that has changed since, as the last save found it."""
+        return self._record.get("stale")
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self._record.get("options") or {}
+
+    @property
+    def source(self) -> object:
+        """The model source recorded with ``model.onnx`` (JSON; ``source.recorded_source`` parses and checks it)."""
+        return self.options.get("source")
+
+    @property
+    def weights_warning(self) -> str | None:
+        return self._record.get("weights_warning")
+
+    @property
+    def heldout(self) -> str | None:
+        """The held-out data a typed file was checked on when it was made (None for other artifacts)."""
+        return self._record.get("heldout")
+
+    @property
+    def heldout_synthetic(self) -> bool:
+        return bool(self._record.get("heldout_synthetic"))
+
+    @property
+    def parity(self) -> Any:
+        """The parity record of the check made with the file (its maker's ``Parity.to_dict``), or None."""
+        return self._record.get("parity")
+
+    @property
+    def calibration(self) -> Mapping[str, Any] | None:
+        return self._record.get("calibration")
+
+    @property
+    def calibration_fingerprint(self) -> str | None:
+        """The calibration set's fingerprint of an INT8 file (top level or in its options), or None."""
+        value = self._record.get("calibration_fingerprint") or self.options.get("calibration_fingerprint")
+        return str(value) if value else None
+
+    @property
+    def search(self) -> Mapping[str, Any] | None:
+        """The INT8 search record (``SearchRecord.to_dict``), or None."""
+        return self._record.get("search")
+
+    @property
+    def fp32_nodes(self) -> tuple[str, ...]:
+        return tuple(self._record.get("fp32_nodes") or ())
+
+    @property
+    def quantized_nodes(self) -> list[str] | None:
+        """The nodes an INT8 file quantizes, as recorded; None when the entry records none (not an INT8 file)."""
+        return self._record.get("quantized_nodes")
+
+    @property
+    def quantized_tensors(self) -> list[str] | None:
+        return self._record.get("quantized_tensors")
+
+
+@dataclass(frozen=True)
+class SkippedStep:
+    """A step that did not run, or failed (its reason starts with ``failed``): what ``report`` lists."""
+
+    step: str
+    reason: str
+
+    @property
+    def failed(self) -> bool:
+        return self.reason.startswith("failed")
+
+
 class Manifest:
-    """``DIR/manifest.json``: one entry per artifact, keyed by file name."""
+    """``DIR/manifest.json``: one entry per artifact, keyed by file name, and the steps skipped there."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
-        self.data: dict[str, Any] = {"format": 1, "artifacts": {}}
+        self._data: dict[str, Any] = {"format": 1, "artifacts": {}}
         if self.path.exists():
             loaded = read_json(self.path)
             if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
                 raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
             _check_entries(loaded["artifacts"], self.path)
-            self.data = loaded
+            _check_skipped(loaded.get("skipped"), self.path)
+            self._data = loaded
 
     @property
-    def artifacts(self) -> dict[str, dict[str, Any]]:
-        return self.data["artifacts"]
+    def _entries(self) -> dict[str, dict[str, Any]]:
+        return self._data["artifacts"]
 
-    def entry(self, name: str) -> dict[str, Any] | None:
-        return self.artifacts.get(name)
+    @property
+    def artifacts(self) -> dict[str, ArtifactEntry]:
+        """Every recorded artifact by file name, in the order they were recorded."""
+        return {name: ArtifactEntry(name, record) for name, record in self._entries.items()}
 
-    def require(self, name: str, hint: str) -> dict[str, Any]:
+    def entry(self, name: str) -> ArtifactEntry | None:
+        record = self._entries.get(name)
+        return None if record is None else ArtifactEntry(name, record)
+
+    def require(self, name: str, hint: str) -> ArtifactEntry:
         """The entry of an artifact that exists and still has the recorded sha256."""
         entry = self.entry(name)
         path = self.directory / name
         if entry is None or not path.exists():
             raise BadInputError(f"{path} is missing; {hint}")
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry.sha256:
             raise BadInputError(f"{path} was changed after it was made (sha256 differs from the manifest); {hint}")
         return entry
 
@@ -115,9 +228,9 @@ class Manifest:
         if entry is None or not path.exists():
             return False
         return (
-            entry.get("parent_sha256") == parent_sha256
-            and entry.get("options") == json.loads(json.dumps(options, default=str))
-            and sha256_file(path) == entry.get("sha256")
+            entry.parent_sha256 == parent_sha256
+            and entry.options == json.loads(json.dumps(options, default=str))
+            and sha256_file(path) == entry.sha256
         )
 
     def record(
@@ -127,9 +240,10 @@ class Manifest:
         parent_sha256: str | None = None,
         options: dict[str, Any] | None = None,
         **extra: Any,
-    ) -> dict[str, Any]:
+    ) -> ArtifactEntry:
+        """Record ``name`` as it is now on disk; ``extra`` holds the making step's own fields (JSON values)."""
         path = self.directory / name
-        entry = {
+        self._entries[name] = {
             "path": name,
             "sha256": sha256_file(path),
             "size_bytes": path.stat().st_size,
@@ -140,35 +254,34 @@ class Manifest:
             "created": now_iso(),
             **extra,
         }
-        self.artifacts[name] = entry
         self.save()
-        return entry
+        return ArtifactEntry(name, self._entries[name])
 
     def update(self, name: str, **fields: Any) -> None:
-        self.artifacts[name].update(json.loads(json.dumps(fields, default=str)))
+        self._entries[name].update(json.loads(json.dumps(fields, default=str)))
         self.save()
 
     @property
-    def skipped(self) -> dict[str, str]:
+    def skipped(self) -> list[SkippedStep]:
         """Steps that did not run or failed, and why: what ``report`` lists, whichever commands ran."""
-        return dict(self.data.get("skipped") or {})
+        return [SkippedStep(step, reason) for step, reason in (self._data.get("skipped") or {}).items()]
 
     def record_skipped(self, step: str, reason: str | None) -> None:
         """Record why ``step`` did not run or failed, or with None that it has run since (written on a change only)."""
-        steps = self.skipped
+        steps = dict(self._data.get("skipped") or {})
         if steps.get(step) == reason:
             return
         if reason is None:
             del steps[step]
         else:
             steps[step] = reason
-        self.data["skipped"] = steps
+        self._data["skipped"] = steps
         if not steps:
-            del self.data["skipped"]
+            del self._data["skipped"]
         self.save()
 
     def forget(self, name: str) -> None:
-        if self.artifacts.pop(name, None) is not None:
+        if self._entries.pop(name, None) is not None:
             self.save()
 
     def stale_reason(self, name: str, seen: frozenset[str] = frozenset()) -> str | None:
@@ -184,10 +297,10 @@ class Manifest:
                 f"{self.path}: the parents of {name} form a cycle; delete the manifest and run export again"
             )
         entry = self.entry(name)
-        if entry is None or name == ONNX_FILES["fp32"] or entry.get("parent_sha256") is None:
+        if entry is None or name == ONNX_FILES["fp32"] or entry.parent_sha256 is None:
             return None
-        parents = {e.get("sha256"): n for n, e in self.artifacts.items() if n != name}
-        parent = parents.get(entry.get("parent_sha256"))
+        parents = {e.sha256: n for n, e in self.artifacts.items() if n != name}
+        parent = parents.get(entry.parent_sha256)
         if parent is None:
             return "made from an earlier model.onnx (its parent's sha256 is no longer in the directory)"
         reason = self.stale_reason(parent, seen | {name})
@@ -199,13 +312,13 @@ class Manifest:
 
     def save(self) -> None:
         """Write manifest.json, with each artifact's ``stale`` reason brought up to date first."""
-        for name, entry in self.artifacts.items():
+        for name, record in self._entries.items():
             reason = self.stale_reason(name)
             if reason is None:
-                entry.pop("stale", None)
+                record.pop("stale", None)
             else:
-                entry["stale"] = reason
-        write_json(self.path, self.data)
+                record["stale"] = reason
+        write_json(self.path, self._data)
 
 
 @contextmanager
@@ -245,3 +358,13 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
             )
+
+
+def _check_skipped(skipped: object, path: Path) -> None:
+    """The skipped steps are an object of step -> reason strings (absent when none)."""
+    if skipped is None:
+        return
+    if not isinstance(skipped, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in skipped.items()):
+        raise BadInputError(
+            f"{path}: 'skipped' is not an object of step names and reasons; delete the manifest and run export again"
+        )

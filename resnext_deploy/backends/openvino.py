@@ -174,9 +174,9 @@ class OpenVINOBackend(Backend):
             if reason is None and precision == "int8" and cpu_has_vnni() is False:
                 reason = _saturating_weights(artifacts.path(name))
             opener = None
-            if reason is None:
-                sha256 = artifacts.manifest.entry(name)["sha256"]
-                cache = artifacts.directory / CACHE_DIR / f"{name}-{sha256[:16]}"
+            entry = artifacts.manifest.entry(name)  # recorded and unchanged once ``unusable`` found no reason
+            if reason is None and entry is not None:
+                cache = artifacts.directory / CACHE_DIR / f"{name}-{entry.sha256[:16]}"
                 opener = functools.partial(_open, artifacts.path(name), precision, threads, performance_hint, cache)
             found.append(Candidate(self.name, precision, "cpu", name, opener, reason))
         return found

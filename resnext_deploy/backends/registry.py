@@ -76,7 +76,7 @@ class Discovery:
     def hashes(self, candidates: Sequence[Candidate]) -> dict[str, str]:
         """sha256 of each artifact these candidates used, so that a report can tell stale results from current ones."""
         entries = {c.artifact: self.manifest.entry(c.artifact) for c in candidates if c.artifact}
-        return {name: entry["sha256"] for name, entry in entries.items() if entry is not None}
+        return {name: entry.sha256 for name, entry in entries.items() if entry is not None}
 
 
 def discover_runners(

@@ -1,1 +1,1 @@
-"""Judging artifacts: parity metrics, verify (every artifact on every runner) and bench (trtexec-style timing)."""
+"""Judging artifacts: verify (every artifact on every runner) and bench (trtexec-style timing)."""

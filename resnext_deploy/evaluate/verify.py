@@ -6,6 +6,7 @@ this module knows nothing else about backends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -15,18 +16,17 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_onnx, now_iso, write_json
 from ..backends.base import Candidate, Runner, SkipRecord
-from ..backends.registry import REFERENCE, discover_runners, open_runners
+from ..backends.registry import REFERENCE, Discovery, discover_runners, open_runners
 from ..data import Dataset, open_dataset
-from ..demo import DEMO_VAL
 from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
-from ..models import DEMO_ARCH
+from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
-from ..source import ModelSource, label_note, labels_match_model
+from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
-from .metrics import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 
 VERIFY_JSON = "verify.json"
+Log = Callable[[str], None]
 
 
 # Tolerance criteria the command line can override: flag name -> (precision, Tolerance field, low, high).
@@ -52,6 +52,145 @@ def tolerance_overrides(values: Mapping[str, float | None]) -> dict[str, Toleran
     return result
 
 
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """The PyTorch FP32 run every candidate is judged against: its model, data, accuracy and problems."""
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    model: ModelSource
+    n: int | None
+    accuracy: float | None
+    nonfinite: int | None
+    data: str
+    data_fingerprint: str
+    labeled: bool
+    failures: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "model": self.model.to_dict(), "failures": list(self.failures)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceRecord:
+        values = {f.name: data[f.name] for f in fields(cls)}
+        return cls(**{**values, "model": ModelSource.from_dict(data["model"]), "failures": tuple(data["failures"])})
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    """One candidate's line of ``verify.json``: which runner and file, its metrics, tolerance and verdict."""
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    parity: Parity | None  # None: the candidate never produced outputs (its error is in ``failures``)
+    passed: bool
+    failures: tuple[str, ...]
+    tolerance: Tolerance
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}-{self.device}:{self.precision}"
+
+    @property
+    def full_label(self) -> str:
+        """The label with the file it ran, as a candidate names itself in logs."""
+        return f"{self.label} ({self.artifact})" if self.artifact else self.label
+
+    def to_dict(self) -> dict[str, object]:
+        metrics = self.parity.to_dict() if self.parity is not None else dict.fromkeys(_METRIC_FIELDS)
+        identity = {"backend": self.backend, "precision": self.precision, "device": self.device}
+        return {
+            **identity,
+            "artifact": self.artifact,
+            **metrics,
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "tolerance": asdict(self.tolerance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerifyRow:
+        return cls(
+            data["backend"],
+            data["precision"],
+            data["device"],
+            data["artifact"],
+            None if data["n"] is None else Parity.from_dict(data),
+            bool(data["passed"]),
+            tuple(data["failures"]),
+            Tolerance.from_dict(data["tolerance"]),
+        )
+
+
+# Parity's metric fields, written as nulls for a candidate that never produced outputs.
+_METRIC_FIELDS = tuple(f.name for f in fields(Parity) if f.name != "failures")
+
+
+@dataclass
+class VerifyRecord:
+    """What ``verify`` found, as ``verify.json`` holds it; truthy when the reference is sound and every row passed.
+
+    The terminal table and the report are printed from this object, whether just measured or read back.
+    """
+
+    reference: ReferenceRecord
+    rows: list[VerifyRow]
+    skipped: list[SkipRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=now_iso)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reference.failures and all(r.passed for r in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def failure_summary(self) -> str:
+        """One line naming every failing candidate and its first reason."""
+        failures = self.reference.failures
+        parts = [f"reference torch-cpu:fp32: {failures[0]}"] if failures else []
+        parts += [f"{r.full_label}: {r.failures[0]}" for r in self.rows if not r.passed]
+        return f"{len(parts)} failed: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _finite(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "created": self.created,
+                "reference": self.reference.to_dict(),
+                "results": [r.to_dict() for r in self.rows],
+                "skipped": [s.to_dict() for s in self.skipped],
+                "warnings": self.warnings,
+                "passed": self.passed,
+                "machine": self.machine,
+                "artifacts": self.artifacts,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerifyRecord:
+        """A ``verify.json`` read back; a malformed one is a ``BadInputError`` that says to run verify again."""
+        try:
+            return cls(
+                ReferenceRecord.from_dict(data["reference"]),
+                [VerifyRow.from_dict(r) for r in data["results"]],
+                [SkipRecord.from_dict(s) for s in data["skipped"]],
+                list(data["warnings"]),
+                dict(data["machine"]),
+                dict(data["artifacts"]),
+                str(data["created"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, BadInputError) as exc:
+            raise BadInputError(f"{VERIFY_JSON} is malformed ({one_line(exc, 80)}); run verify again") from None
+
+
 @dataclass
 class CandidateResult:
     """One candidate's parity with the reference, or the error that stopped it."""
@@ -69,59 +208,54 @@ class CandidateResult:
     def failures(self) -> list[str]:
         return [self.error] if self.error else list(self.parity.failures if self.parity is not None else ())
 
-    def to_dict(self) -> dict[str, Any]:
-        metrics = self.parity.to_dict() if self.parity is not None else dict.fromkeys(_METRIC_FIELDS)
-        return {
-            **self.candidate.identity(),
-            **metrics,
-            "passed": self.passed,
-            "failures": self.failures,
-            "tolerance": asdict(self.tolerance),
-        }
-
-
-# Parity's metric fields, written as nulls for a candidate that never produced outputs.
-_METRIC_FIELDS = tuple(f.name for f in fields(Parity) if f.name != "failures")
+    def row(self) -> VerifyRow:
+        c = self.candidate
+        failures = tuple(self.failures)
+        return VerifyRow(
+            c.backend, c.precision, c.device, c.artifact, self.parity, self.passed, failures, self.tolerance
+        )
 
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found; truthy when the reference is sound and every candidate passed."""
+    """A ``verify`` run: its record (what verify.json holds, what the printers read) and each candidate's result."""
 
-    reference: dict[str, Any]
+    record: VerifyRecord
     results: list[CandidateResult]
-    skipped: list[SkipRecord] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    machine: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return not self.reference["failures"] and all(r.passed for r in self.results)
+        return self.record.passed
 
     def __bool__(self) -> bool:
         return self.passed
 
     def failure_summary(self) -> str:
-        """One line naming every failing candidate and its first reason."""
-        parts = [f"reference torch-cpu:fp32: {self.reference['failures'][0]}"] if self.reference["failures"] else []
-        parts += [f"{r.candidate.label}: {r.failures[0]}" for r in self.results if not r.passed]
-        return f"{len(parts)} failed: " + "; ".join(parts)
+        return self.record.failure_summary()
 
-    def to_dict(self) -> dict[str, Any]:
-        return _finite(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "created": now_iso(),
-                "reference": self.reference,
-                "results": [r.to_dict() for r in self.results],
-                "skipped": [s.to_dict() for s in self.skipped],
-                "warnings": self.warnings,
-                "passed": self.passed,
-                "machine": self.machine,
-                "artifacts": self.artifacts,
-            }
-        )
+
+@dataclass
+class VerifyPlan:
+    """What a verify run compares: the reference, the chosen candidates, those that cannot run here, the images."""
+
+    found: Discovery
+    reference: Candidate
+    candidates: list[Candidate]
+    skipped: list[Candidate]
+    dataset: Dataset
+    notes: list[str]  # why accuracy is not reported, random weights: said before the run and recorded
+
+
+@dataclass
+class VerifyRun:
+    """Every opened runner's outputs on the plan's images, the reference first, and the runners that did not run."""
+
+    ran: list[Candidate]
+    logits: list[np.ndarray | None]  # None where the runner failed; its error is in ``errors``
+    labels: np.ndarray | None  # None when unlabeled or not the model's classes
+    errors: list[str | None]
+    skipped: list[SkipRecord]  # could not open here
+    failed: list[tuple[Candidate, str]]  # failed to open
 
 
 def _finite(value: Any) -> Any:
@@ -137,7 +271,8 @@ def _finite(value: Any) -> Any:
 
 def default_data(source: ModelSource) -> Path | None:
     """The demo model's labeled validation split; nothing (seeded synthetic input) for any other model."""
-    return DEMO_VAL if source.arch == DEMO_ARCH and DEMO_VAL.is_dir() else None
+    demo = demo_data(source)
+    return demo.val if demo is not None and demo.val.is_dir() else None
 
 
 def run_verify(
@@ -154,23 +289,42 @@ def run_verify(
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
-    Writes ``DIR/verify.json`` (and ``json_path`` when given) and returns the report; the caller
-    shows it (:func:`verify_text`), so that results can go to stdout and ``log`` lines to stderr.
-    Images are decoded once and streamed batch by batch through all runners, so memory does not grow
-    with the count. ``backends`` limits the candidates to those backends (the PyTorch reference is
-    always run); naming one that cannot run here is an error naming its pip extra. ``precisions``
-    picks the candidates' precisions (bf16 only when named); the reference is always torch FP32.
-    ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces ``data`` and ``count``.
+    Four steps: :func:`plan_verify` (which runners, which images), :func:`run_candidates` (their logits),
+    :func:`judge` (each against the reference) and :func:`record_verify` (``DIR/verify.json``, and
+    ``json_path`` when given). The caller shows the report (:func:`verify_text`), so that results can go
+    to stdout and ``log`` lines to stderr. Images are decoded once and streamed batch by batch through all
+    runners, so memory does not grow with the count. ``backends`` limits the candidates to those backends
+    (the PyTorch reference is always run); naming one that cannot run here is an error naming its pip
+    extra. ``precisions`` picks the candidates' precisions (bf16 only when named); the reference is always
+    torch FP32. ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces
+    ``data`` and ``count``.
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     check_writable(Path(directory) / VERIFY_JSON)  # fail before the work, not after it
     if json_path is not None:
         check_writable(json_path)
+    plan = plan_verify(directory, data, count, backends, precisions, dataset)
+    log(f"verifying {len(plan.candidates)} candidate(s) against {plan.reference.label} on {plan.dataset.description}")
+    for note in plan.notes:
+        log(f"warning: {note}")
+    report = judge(plan, run_candidates(plan, batch_size), {**DEFAULT_TOLERANCES, **(tolerances or {})})
+    record_verify(report.record, plan.found.manifest.directory, json_path, log)
+    return report
+
+
+def plan_verify(
+    directory: str | Path,
+    data: str | Path | None,
+    count: int | None,
+    backends: Sequence[str] | None,
+    precisions: Sequence[str],
+    dataset: Dataset | None = None,
+) -> VerifyPlan:
+    """The runners DIR offers here (the reference and the chosen candidates) and the images they all see."""
     names = None if backends is None else tuple(dict.fromkeys((REFERENCE[0], *backends)))
     chosen = tuple(dict.fromkeys(("fp32", *precisions)))
     found = discover_runners(directory, names, chosen, required=backends or ())
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     if dataset is None:
         dataset = open_dataset(
             data if data is not None else default_data(found.source),
@@ -180,48 +334,65 @@ def run_verify(
         )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
-    log(f"verifying {len(candidates)} candidate(s) against {reference.label} on {dataset.description}")
+    skipped = [c for c in found.skipped if c.precision in precisions]
     notes = [note for note in (label_note(dataset, found.source), found.source.weights_warning()) if note]
-    for note in notes:
-        log(f"warning: {note}")
-    opened, skipped, failed = open_runners([reference, *candidates])
+    return VerifyPlan(found, reference, candidates, skipped, dataset, notes)
+
+
+def run_candidates(plan: VerifyPlan, batch_size: int) -> VerifyRun:
+    """Open every planned runner and stream the images through them all; each is closed again, whatever happens."""
+    opened, skipped, failed = open_runners([plan.reference, *plan.candidates])
     try:
-        logits, labels, errors = _run_all([runner for _, runner in opened], dataset, batch_size)
+        logits, labels, errors = _run_all([runner for _, runner in opened], plan.dataset, batch_size)
     finally:
         for _, runner in opened:
             runner.close()
-    if not labels_match_model(dataset, found.source):
+    if not labels_match_model(plan.dataset, plan.found.source):
         labels = None  # labels that are not the model's classes make accuracy meaningless
+    return VerifyRun([c for c, _ in opened], logits, labels, errors, skipped, failed)
+
+
+def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance]) -> VerifyReport:
+    """Each candidate's outputs against the reference's, with its precision's tolerance: the run's report."""
+    reference = run.logits[0]
     results = []
-    shortfall = int8_shortfall(found.manifest) if any(c.precision == "int8" for c, _ in opened) else None
-    for (candidate, _), output, error in list(zip(opened, logits, errors, strict=True))[1:]:
+    shortfall = int8_shortfall(plan.found.manifest) if any(c.precision == "int8" for c in run.ran) else None
+    for candidate, output, error in list(zip(run.ran, run.logits, run.errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
-        if logits[0] is None:
+        parity = None
+        if reference is None:
             error = error or "no reference outputs to compare with"
-        elif error is None and output.shape != logits[0].shape:
-            error = f"outputs of shape {output.shape} where the PyTorch model gives {logits[0].shape}"
-        parity = None if error else compare(logits[0], output, tolerance, labels)
+        elif error is None and output is not None and output.shape != reference.shape:
+            error = f"outputs of shape {output.shape} where the PyTorch model gives {reference.shape}"
+        elif error is None and output is not None:
+            parity = compare(reference, output, tolerance, run.labels)
         if parity is not None and candidate.precision == "int8" and shortfall:
             parity = replace(parity, failures=(*parity.failures, shortfall))
         results.append(CandidateResult(candidate, tolerance, parity, error))
-    results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in failed]
-    report = VerifyReport(
-        _reference_record(reference, dataset, logits[0], labels, found.source, errors[0]),
-        results,
-        [c.skip_record() for c in found.skipped if c.precision in precisions] + skipped,
-        [w for w in (dataset.skipped_summary(), *notes) if w],
+    results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in run.failed]
+    record = VerifyRecord(
+        _reference_record(plan, run),
+        [r.row() for r in results],
+        [c.skip_record() for c in plan.skipped] + run.skipped,
+        [w for w in (plan.dataset.skipped_summary(), *plan.notes) if w],
         describe(),
-        found.hashes([c for c, _ in opened] + [c for c, _ in failed]),
+        plan.found.hashes([*run.ran, *(c for c, _ in run.failed)]),
     )
-    record = report.to_dict()
-    write_json(found.manifest.directory / VERIFY_JSON, record)
+    return VerifyReport(record, results)
+
+
+def record_verify(
+    record: VerifyRecord, directory: Path, json_path: str | Path | None, log: Callable[[str], None]
+) -> None:
+    """Write ``DIR/verify.json`` (and ``json_path``), then log the warnings and the runners that did not run."""
+    data = record.to_dict()
+    write_json(directory / VERIFY_JSON, data)
     if json_path is not None:
-        write_json(json_path, record)
-    for line in report.warnings:
+        write_json(json_path, data)
+    for line in record.warnings:
         log(f"warning: {line}")
-    for entry in report.skipped:
+    for entry in record.skipped:
         log(f"skipped {entry.label}: {entry.reason}")
-    return report
 
 
 def int8_shortfall(manifest: Manifest) -> str | None:
@@ -238,7 +409,7 @@ def int8_shortfall(manifest: Manifest) -> str | None:
         model = load_onnx(manifest.directory / ONNX_FILES["int8"], load_external_data=False)
     except BadInputError:
         return None  # a file that does not load fails its candidates with that error already
-    return quantization_shortfall(model, entry.get("quantized_nodes"), entry.get("quantized_tensors"))
+    return quantization_shortfall(model, entry.quantized_nodes, entry.quantized_tensors)
 
 
 def _run_all(
@@ -266,46 +437,45 @@ def _run_all(
     return logits, np.concatenate(labels) if labels else None, errors
 
 
-def _reference_record(
-    reference: Candidate,
-    dataset: Dataset,
-    logits: np.ndarray | None,
-    labels: np.ndarray | None,
-    source: ModelSource,
-    error: str | None,
-) -> dict[str, Any]:
+def _reference_record(plan: VerifyPlan, run: VerifyRun) -> ReferenceRecord:
+    """The reference's own run: how many images, its accuracy where labels count, and what went wrong with it."""
+    logits, error, reference = run.logits[0], run.errors[0], plan.reference
     failures = [error] if error else []
     nonfinite = None if logits is None else int((~np.isfinite(logits)).sum())
     if nonfinite:
         failures.append(f"{nonfinite} non-finite outputs from the PyTorch model itself")
     accuracy = None
-    if logits is not None and labels is not None:
-        accuracy = float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
-    return {
-        **reference.identity(),
-        "model": source.to_dict(),
-        "n": None if logits is None else len(logits),
-        "accuracy": accuracy,
-        "nonfinite": nonfinite,
-        "data": dataset.description,
-        "data_fingerprint": dataset.fingerprint,
-        "labeled": dataset.has_labels,
-        "failures": failures,
-    }
+    if logits is not None and run.labels is not None:
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == run.labels) * 100.0)
+    return ReferenceRecord(
+        reference.backend,
+        reference.precision,
+        reference.device,
+        reference.artifact,
+        plan.found.source,
+        None if logits is None else len(logits),
+        accuracy,
+        nonfinite,
+        plan.dataset.description,
+        plan.dataset.fingerprint,
+        plan.dataset.has_labels,
+        tuple(failures),
+    )
 
 
-def verify_text(data: Mapping[str, Any]) -> str:
-    """The terminal table of a ``verify.json`` record, titled with the verdict, failure reasons under it."""
-    table = render_table(*verify_table(data), title=f"verify: {'passed' if data['passed'] else 'FAILED'}")
-    return "\n".join([table, *failure_notes(data)])
+def verify_text(record: VerifyRecord) -> str:
+    """The terminal table of a verify run, titled with the verdict, failure reasons under it."""
+    table = render_table(*verify_table(record.rows), title=f"verify: {'passed' if record.passed else 'FAILED'}")
+    return "\n".join([table, *failure_notes(record.rows)])
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """A cell; a metric that is missing or not finite (written as null in verify.json) is a dash."""
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of ``verify.json`` results (the terminal table and the report share them)."""
+def verify_table(rows: Sequence[VerifyRow]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of verify's rows (the terminal table and the report share them)."""
     headers = [
         "candidate",
         "artifact",
@@ -319,44 +489,44 @@ def verify_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         "accuracy % (Δ)",
         "result",
     ]
-    rows = []
-    for index, r in enumerate(data["results"]):
-        accuracy = _fmt(r["accuracy"], ".2f")
-        if r["accuracy"] is not None and r["reference_accuracy"] is not None:
-            accuracy += f" ({r['accuracy'] - r['reference_accuracy']:+.2f})"
-        rows.append(
+    cells = []
+    failed = 0
+    for r in rows:
+        p = r.parity
+        failed += not r.passed
+        accuracy = _fmt(p.accuracy if p else None, ".2f")
+        if p is not None and p.accuracy is not None and p.reference_accuracy is not None:
+            accuracy += f" ({p.accuracy - p.reference_accuracy:+.2f})"
+        cells.append(
             [
-                f"{r['backend']}-{r['device']}:{r['precision']}",
-                r["artifact"] or "-",
-                _fmt(r["n"], "d"),
-                _fmt(r["max_abs"], ".3g"),
-                _fmt(r.get("rel_error"), ".3g"),
-                _fmt(r["cosine_min"], ".6f"),
-                _top1_cell(r),
-                _fmt(r["top5_overlap"], ".2%"),
-                _fmt(r["nonfinite"], "d"),
+                r.label,
+                r.artifact or "-",
+                _fmt(p.n if p else None, "d"),
+                _fmt(p.max_abs if p else None, ".3g"),
+                _fmt(p.rel_error if p else None, ".3g"),
+                _fmt(p.cosine_min if p else None, ".6f"),
+                _top1_cell(p),
+                _fmt(p.top5_overlap if p else None, ".2%"),
+                _fmt(p.nonfinite if p else None, "d"),
                 accuracy,
-                "pass" if r["passed"] else f"FAIL [{len([x for x in data['results'][:index] if not x['passed']]) + 1}]",
+                "pass" if r.passed else f"FAIL [{failed}]",
             ]
         )
-    return headers, rows
+    return headers, cells
 
 
-def _top1_cell(r: Mapping[str, Any]) -> str:
+def _top1_cell(p: Parity | None) -> str:
     """Raw agreement beside the decisive figure and its count; the figure not judged is in brackets."""
-    if r["top1_agreement"] is None:
+    if p is None or not math.isfinite(p.top1_agreement):
         return "-"
-    raw = f"{r['top1_agreement']:.2%}"
-    if r.get("top1_decisive") is None:
+    raw = f"{p.top1_agreement:.2%}"
+    if not math.isfinite(p.top1_decisive):
         return raw
-    decisive = f"{r['top1_decisive']:.2%} ({r['decisive']})"
-    return f"{raw} / [{decisive}]" if r.get("top1_decidable") is False else f"[{raw}] / {decisive}"
+    decisive = f"{p.top1_decisive:.2%} ({p.decisive})"
+    return f"{raw} / [{decisive}]" if not p.top1_decidable else f"[{raw}] / {decisive}"
 
 
-def failure_notes(data: Mapping[str, Any]) -> list[str]:
+def failure_notes(rows: Sequence[VerifyRow]) -> list[str]:
     """``[n] candidate: reasons`` for each failing row of :func:`verify_table`, printed under it to keep it narrow."""
-    failing = [r for r in data["results"] if not r["passed"]]
-    return [
-        f"[{n}] {r['backend']}-{r['device']}:{r['precision']}: {'; '.join(r['failures'])}"
-        for n, r in enumerate(failing, 1)
-    ]
+    failing = [r for r in rows if not r.passed]
+    return [f"[{n}] {r.label}: {'; '.join(r.failures)}" for n, r in enumerate(failing, 1)]

@@ -39,12 +39,10 @@ from ..artifacts import (
 )
 from ..backends.onnxruntime import session_options
 from ..data import Dataset, open_dataset
-from ..demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from ..errors import BadInputError, one_line
-from ..evaluate.metrics import MIN_CHECK_SAMPLES
-from ..models import DEMO_ARCH
+from ..parity import MIN_CHECK_SAMPLES
 from ..schemas import SCHEMA_VERSION
-from ..source import ModelSource
+from ..source import ModelSource, demo_data
 from ..ui import progress
 
 CALIBRATION_FORMAT = 2  # 2: every method's clip per tensor
@@ -66,13 +64,6 @@ Log = Callable[[str], None]
 
 # ----------------------------------------------------------------------------------------------
 # Which data
-
-
-def is_demo(source: ModelSource) -> bool:
-    """The bundled demo model (its architecture with the bundled checkpoint), which has bundled data."""
-    if source.arch != DEMO_ARCH or source.checkpoint_sha256 is None or not DEMO_WEIGHTS.exists():
-        return False
-    return sha256_file(DEMO_WEIGHTS) == source.checkpoint_sha256
 
 
 def check_share(available: int, min_check: int) -> int:
@@ -103,11 +94,12 @@ def split_datasets(
     if calib_count < 1:
         raise BadInputError(f"--calib-count must be at least 1, got {calib_count}")
     pre = source.preprocessing
-    if calib_source is None and is_demo(source):
-        if not DEMO_CALIB.is_dir():
-            raise BadInputError(f"the demo calibration images {DEMO_CALIB} are missing; pass --calib-dir")
-        calib = open_dataset(DEMO_CALIB, pre, calib_count, seed)
-        check = open_dataset(check_source or DEMO_VAL, pre, check_count or HELDOUT_MAX, seed)
+    demo = demo_data(source) if calib_source is None and source.is_demo else None
+    if demo is not None:
+        if not demo.calib.is_dir():
+            raise BadInputError(f"the demo calibration images {demo.calib} are missing; pass --calib-dir")
+        calib = open_dataset(demo.calib, pre, calib_count, seed)
+        check = open_dataset(check_source or demo.val, pre, check_count or HELDOUT_MAX, seed)
         return calib, check
     if calib_source is None:
         if precision == "int8":

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..errors import BadInputError
-from ..evaluate.metrics import DEFAULT_TOLERANCES, MIN_CHECK_SAMPLES, Tolerance
+from ..parity import DEFAULT_TOLERANCES, MIN_CHECK_SAMPLES, Tolerance
 from .calibration import DEFAULT_CALIB_COUNT, DEFAULT_METHOD, DEFAULT_PERCENTILE, check_method
 from .int8 import HIGH_PRECISIONS
 

@@ -35,7 +35,7 @@ from ..artifacts import atomic_path, cache_error, is_number, read_json, write_js
 from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
-from ..evaluate.metrics import Parity, Tolerance, compare
+from ..parity import Parity, Tolerance, compare
 from ..ui import progress
 from .calibration import METHODS, Calibration, Log, calibrate
 from .equalize import equalize

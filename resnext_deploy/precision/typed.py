@@ -17,7 +17,7 @@ from ..artifacts import ONNX_FILES, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
-from ..evaluate.metrics import Parity, Tolerance, compare
+from ..parity import Parity, Tolerance, compare
 from ..source import labels_match_model, recorded_source
 from ..ui import progress
 from .calibration import HELDOUT_MAX, Log, calibrate, split_datasets
@@ -93,17 +93,17 @@ def make_typed_onnx(
     record_options["tolerance"] = asdict(tolerance)
     tolerance, margin = check_tolerance(tolerance, heldout.count)
     record_options["check_tolerance"] = asdict(tolerance)
-    if manifest.is_current(name, parent["sha256"], record_options):
-        entry = manifest.entry(name) or {}
+    entry = manifest.entry(name)
+    if entry is not None and manifest.is_current(name, parent.sha256, record_options):
         log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
         return TypedResult(
             final,
             precision,
-            _parity_from_dict(entry.get("parity")),
+            _parity_from_dict(entry.parity),
             reused=True,
-            fp32_nodes=tuple(entry.get("fp32_nodes", ())),
-            quantized_nodes=tuple(entry.get("quantized_nodes", ())),
-            search=entry.get("search"),
+            fp32_nodes=entry.fp32_nodes,
+            quantized_nodes=tuple(entry.quantized_nodes or ()),
+            search=None if entry.search is None else dict(entry.search),
         )
     synthetic = heldout.fingerprint.startswith("synthetic")
     if dataset.fingerprint.startswith("synthetic"):
@@ -127,7 +127,7 @@ def make_typed_onnx(
     else:
         check = CheckSet(parent_path, heldout, use_labels)
         model, fp32_nodes, plan, parity, search_record = _int8(
-            directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent["sha256"], log
+            directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent.sha256, log
         )
         quantized, tensors = plan.weighted, sorted(plan.consumers)
         if not tensors:
@@ -155,7 +155,7 @@ def make_typed_onnx(
     manifest.record(
         name,
         precision,
-        parent_sha256=parent["sha256"],
+        parent_sha256=parent.sha256,
         options=record_options,
         calibration={
             "fingerprint": calibration.fingerprint,

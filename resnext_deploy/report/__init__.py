@@ -6,29 +6,169 @@ report cannot disagree with them; a step that did not run is shown as such, with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, Manifest, now_iso, read_json, write_json, write_text
-from ..errors import BadInputError
+from ..artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, SkippedStep, now_iso, read_json, write_json, write_text
+from ..backends.base import SkipRecord
+from ..errors import BadInputError, one_line
 from ..evaluate.bench import (
     BENCH_JSON,
     BENCH_PNG,
     BenchRow,
+    LoadRecord,
+    NoiseFloor,
     bench_table,
     format_ratio,
     format_speedup,
     read_bench,
     runner_table,
 )
-from ..evaluate.verify import VERIFY_JSON, failure_notes, verify_table
-from ..source import export_command
+from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
+from ..source import ModelSource, export_command, recorded_source
 from ..ui import markdown_table
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 NAMED = 3  # faster-but-unreliable rows named beside a headline
+
+
+@dataclass(frozen=True)
+class BenchSection:
+    """``bench.json`` as the report reads it: typed rows, noise floor and load, and bench's own settings record."""
+
+    rows: list[BenchRow]
+    noise: NoiseFloor | None = None
+    load: LoadRecord | None = None
+    settings: Mapping[str, Any] | None = None  # bench's record of how it measured (JSON, bench owns its shape)
+    warnings: list[str] = field(default_factory=list)
+    machine: Mapping[str, Any] | None = None
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+    skipped: list[SkipRecord] = field(default_factory=list)
+    plot: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], plot: str | None) -> BenchSection:
+        """A ``bench.json`` read back; a malformed one is a ``BadInputError`` that says to run bench again."""
+        try:
+            rows, noise, load = read_bench(dict(data))
+            return cls(
+                rows,
+                noise,
+                load,
+                data.get("settings"),
+                list(data.get("warnings") or []),
+                data.get("machine"),
+                dict(data.get("artifacts") or {}),
+                [SkipRecord.from_dict(s) for s in data.get("skipped") or []],
+                plot,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(f"{BENCH_JSON} is malformed ({one_line(exc, 80)}); run bench again") from None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "settings": self.settings,
+            "noise": None if self.noise is None else asdict(self.noise),
+            "load": None if self.load is None else asdict(self.load),
+            "results": [r.to_dict() for r in self.rows],
+            "warnings": self.warnings,
+            "plot": self.plot,
+        }
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Per device: the fastest verified row with a reliable ratio, faster rows that are not reliable, or why none."""
+
+    device: str
+    best: BenchRow | None
+    faster_unreliable: list[BenchRow]
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "device": self.device,
+            "best": None if self.best is None else self.best.to_dict(),
+            "faster_unreliable": [r.to_dict() for r in self.faster_unreliable],
+        }
+        return data if self.note is None else {**data, "note": self.note}
+
+
+@dataclass(frozen=True)
+class RuntimeRatio:
+    """ONNX Runtime FP32 against torch FP32 on the CPU at one batch size, as bench measured it."""
+
+    batch_size: int
+    onnxruntime_median_ms: float
+    torch_median_ms: float
+    speedup: float | None
+    speedup_low: float | None
+    speedup_high: float | None
+    speedup_reliable: bool | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What report.md and report.json say, built from the directory's records alone."""
+
+    model: ModelSource | None
+    artifacts: list[ArtifactEntry]
+    verify: VerifyRecord | None
+    bench: BenchSection | None
+    summary: list[Headline]
+    ratios: list[RuntimeRatio]
+    skipped: list[SkippedStep]
+    stale: list[str]
+    weights_warning: str | None = None
+    created: str = field(default_factory=now_iso)
+
+    @property
+    def checked(self) -> list[ArtifactEntry]:
+        """The typed files checked on held-out data when they were made."""
+        return [a for a in self.artifacts if a.heldout is not None]
+
+    @property
+    def machine(self) -> Mapping[str, Any] | None:
+        if self.bench is not None:
+            return self.bench.machine
+        return self.verify.machine if self.verify is not None else None
+
+    def to_dict(self) -> dict[str, object]:
+        """The content of report.json."""
+        verify = None
+        if self.verify is not None:
+            record = self.verify.to_dict()
+            verify = {k: record[k] for k in ("passed", "reference", "results", "warnings")}
+        return {
+            "created": self.created,
+            "model": None if self.model is None else self.model.to_dict(),
+            "artifacts": [
+                {
+                    "file": a.name,
+                    "precision": a.precision,
+                    "size_bytes": a.size_bytes,
+                    "sha256": a.sha256,
+                    "parent_sha256": a.parent_sha256,
+                    "created": a.created,
+                }
+                for a in self.artifacts
+            ],
+            "verify": verify,
+            "bench": None if self.bench is None else self.bench.to_dict(),
+            "summary": [h.to_dict() for h in self.summary],
+            "weights_warning": self.weights_warning,
+            "onnxruntime_vs_torch": [asdict(r) for r in self.ratios],
+            "skipped": [asdict(s) for s in self.skipped],
+            "precision": {
+                a.name: {"heldout": a.heldout, "heldout_synthetic": a.heldout_synthetic, "search": a.search}
+                for a in self.checked
+            },
+            "stale": self.stale,
+            "machine": self.machine,
+        }
 
 
 def write_report(directory: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -41,111 +181,69 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> P
     if not (directory / MANIFEST_NAME).exists():
         raise BadInputError(f"{directory} has no {MANIFEST_NAME}; run `{export_command(directory)}` first")
     manifest = Manifest(directory)
-    verify = _optional_json(directory / VERIFY_JSON)
-    bench = _optional_json(directory / BENCH_JSON)
-    steps = manifest.skipped
-    report = build_report(manifest, verify, bench, steps, (directory / BENCH_PNG).exists())
-    write_json(directory / REPORT_JSON, report)
+    verify_path, bench_path = directory / VERIFY_JSON, directory / BENCH_JSON
+    verify = VerifyRecord.from_dict(read_json(verify_path)) if verify_path.exists() else None
+    plot = BENCH_PNG if (directory / BENCH_PNG).exists() else None
+    bench = BenchSection.from_dict(read_json(bench_path), plot) if bench_path.exists() else None
+    report = build_report(manifest, verify, bench, manifest.skipped)
+    write_json(directory / REPORT_JSON, report.to_dict())
     path = directory / REPORT_MD
     write_text(path, render_markdown(report))
     log(f"wrote {path} and {directory / REPORT_JSON}")
     return path
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    return read_json(path) if path.exists() else None
-
-
 def build_report(
-    manifest: Manifest,
-    verify: dict[str, Any] | None,
-    bench: dict[str, Any] | None,
-    steps: Mapping[str, str],
-    has_plot: bool,
-) -> dict[str, Any]:
-    """The content of report.json: the manifest's artifacts, verify's and bench's results as written."""
+    manifest: Manifest, verify: VerifyRecord | None, bench: BenchSection | None, steps: Sequence[SkippedStep]
+) -> Report:
+    """The report of a directory: the manifest's artifacts and skipped steps, verify's and bench's results."""
     fp32 = manifest.entry("model.onnx")
-    artifacts = [
-        {
-            "file": name,
-            "precision": entry.get("precision"),
-            "size_bytes": entry.get("size_bytes"),
-            "sha256": entry.get("sha256"),
-            "parent_sha256": entry.get("parent_sha256"),
-            "created": entry.get("created"),
-        }
-        for name, entry in manifest.artifacts.items()
-    ]
-    skipped = [{"step": step, "reason": reason} for step, reason in steps.items()]
+    skipped = list(steps)
     runners: dict[tuple[str, str], list[str]] = {}  # (runner, reason) -> the commands that skipped it
-    for name, source in (("verify", verify), ("bench", bench)):
-        for entry in (source or {}).get("skipped", []):
-            runner = f"{entry['backend']}-{entry['device']}:{entry['precision']}"
-            runners.setdefault((runner, entry["reason"]), []).append(name)
-    skipped += [{"step": f"{runner} ({', '.join(names)})", "reason": why} for (runner, why), names in runners.items()]
+    for name, records in (("verify", verify.skipped if verify else []), ("bench", bench.skipped if bench else [])):
+        for record in records:
+            runners.setdefault((record.label, record.reason), []).append(name)
+    skipped += [SkippedStep(f"{runner} ({', '.join(names)})", why) for (runner, why), names in runners.items()]
     if verify is None:
-        skipped.append({"step": "verify", "reason": f"no {VERIFY_JSON} in the directory"})
+        skipped.append(SkippedStep("verify", f"no {VERIFY_JSON} in the directory"))
     if bench is None:
-        skipped.append({"step": "bench", "reason": f"no {BENCH_JSON} in the directory"})
-    return {
-        "created": now_iso(),
-        "model": fp32["options"].get("source") if fp32 else None,
-        "artifacts": artifacts,
-        "verify": None
-        if verify is None
-        else {k: verify.get(k) for k in ("passed", "reference", "results", "warnings")},
-        "bench": None
-        if bench is None
-        else {
-            "settings": bench.get("settings"),
-            "noise": bench.get("noise"),
-            "load": bench.get("load"),
-            "results": bench["results"],
-            "warnings": bench.get("warnings", []),
-            "plot": BENCH_PNG if has_plot else None,
-        },
-        "summary": _summary(verify, bench),
-        "weights_warning": fp32.get("weights_warning") if fp32 else None,
-        "onnxruntime_vs_torch": [] if bench is None else _runtime_ratios(read_bench(bench)[0]),
-        "skipped": skipped,
-        "precision": {
-            name: {k: entry.get(k) for k in ("heldout", "heldout_synthetic", "search")}
-            for name, entry in manifest.artifacts.items()
-            if "heldout" in entry
-        },
-        "stale": _stale(manifest, {VERIFY_JSON: verify, BENCH_JSON: bench}),
-        "machine": (bench or verify or {}).get("machine"),
-    }
+        skipped.append(SkippedStep("bench", f"no {BENCH_JSON} in the directory"))
+    measured = {VERIFY_JSON: verify.artifacts if verify else {}, BENCH_JSON: bench.artifacts if bench else {}}
+    return Report(
+        model=recorded_source(manifest) if fp32 is not None else None,
+        artifacts=list(manifest.artifacts.values()),
+        verify=verify,
+        bench=bench,
+        summary=_summary(verify, bench),
+        ratios=[] if bench is None else _runtime_ratios(bench.rows),
+        skipped=skipped,
+        stale=_stale(manifest, measured),
+        weights_warning=fp32.weights_warning if fp32 else None,
+    )
 
 
-def _stale(manifest: Manifest, sources: Mapping[str, dict[str, Any] | None]) -> list[str]:
+def _stale(manifest: Manifest, measured: Mapping[str, Mapping[str, str]]) -> list[str]:
     """Artifacts made from an earlier model.onnx, and results measured on a file that has changed (or gone) since."""
     stale = [
         f"{name} is stale, {reason}; build-trt or pipeline makes it again" for name, reason in manifest.stale().items()
     ]
-    for name, data in sources.items():
-        for artifact, sha256 in ((data or {}).get("artifacts") or {}).items():
+    for name, hashes in measured.items():
+        for artifact, sha256 in hashes.items():
             entry = manifest.entry(artifact)
-            if entry is None or entry["sha256"] != sha256:
+            if entry is None or entry.sha256 != sha256:
                 stale.append(f"{name} was measured on an earlier {artifact}; run {name.split('.')[0]} again")
     return stale
 
 
-def _summary(verify: dict[str, Any] | None, bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _summary(verify: VerifyRecord | None, bench: BenchSection | None) -> list[Headline]:
     """Per device (GPU, CPU): the fastest verified artifact whose speedup is reliable, and faster unreliable ones.
 
     Only a candidate that passed ``verify`` counts, and only a reliable speedup (a narrow interval, no
     unstable or disturbed row) is headlined; verified rows that measured faster but unreliably are
     named beside it, never as the result.
     """
-    passed = {
-        (r["backend"], r["precision"], r["device"], r["artifact"])
-        for r in (verify or {}).get("results", [])
-        if r.get("passed")
-    }
-    rows = (
-        [r for r in read_bench(bench)[0] if r.speedup_vs_reference is not None and not r.is_reference] if bench else []
-    )
+    passed = {(r.backend, r.precision, r.device, r.artifact) for r in (verify.rows if verify else []) if r.passed}
+    rows = [r for r in bench.rows if r.speedup_vs_reference is not None and not r.is_reference] if bench else []
     summary = []
     for device, on_device in (("GPU", lambda d: d != "cpu"), ("CPU", lambda d: d == "cpu")):
         measured = [r for r in rows if on_device(r.device)]
@@ -157,59 +255,55 @@ def _summary(verify: dict[str, Any] | None, bench: dict[str, Any] | None) -> lis
             (r for r in verified if not r.speedup_reliable and (r.speedup_vs_reference or 0.0) > floor),
             key=lambda r: -(r.speedup_vs_reference or 0.0),
         )
-        item: dict[str, Any] = {
-            "device": device,
-            "best": best.to_dict() if best else None,
-            "faster_unreliable": [r.to_dict() for r in faster],
-        }
+        note = None
         if bench is None:
-            item["note"] = "bench did not run"
+            note = "bench did not run"
         elif not measured:
-            item["note"] = "no runner measured on this device here"
+            note = "no runner measured on this device here"
         elif verify is None:
-            item["note"] = "verify did not run, so no artifact is verified"
+            note = "verify did not run, so no artifact is verified"
         elif not verified:
-            item["note"] = "no measured artifact passed verify"
+            note = "no measured artifact passed verify"
         elif not reliable:
-            item["note"] = "no verified speedup is reliable (see the stability note)"
-        summary.append(item)
+            note = "no verified speedup is reliable (see the stability note)"
+        summary.append(Headline(device, best, faster, note))
     return summary
 
 
-def _runtime_ratios(rows: list[BenchRow]) -> list[dict[str, Any]]:
+def _runtime_ratios(rows: list[BenchRow]) -> list[RuntimeRatio]:
     """ONNX Runtime FP32 against torch FP32 on the CPU at each batch size, as bench measured it."""
     torch = {r.batch_size: r for r in rows if (r.backend, r.precision, r.device) == ("torch", "fp32", "cpu")}
     return [
-        {
-            "batch_size": r.batch_size,
-            "onnxruntime_median_ms": r.median_ms,
-            "torch_median_ms": torch[r.batch_size].median_ms,
-            "speedup": r.speedup_vs_reference,
-            "speedup_low": r.speedup_low,
-            "speedup_high": r.speedup_high,
-            "speedup_reliable": r.speedup_reliable,
-        }
+        RuntimeRatio(
+            r.batch_size,
+            r.median_ms,
+            torch[r.batch_size].median_ms,
+            r.speedup_vs_reference,
+            r.speedup_low,
+            r.speedup_high,
+            r.speedup_reliable,
+        )
         for r in rows
         if (r.backend, r.precision, r.device) == ("onnxruntime", "fp32", "cpu") and r.batch_size in torch
     ]
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md from the content of report.json."""
-    model = report["model"] or {}
-    out = [f"# resnext-deploy report: {model.get('arch', 'unknown model')}", ""]
+def render_markdown(report: Report) -> str:
+    """report.md from the report's objects."""
+    model = report.model
+    out = [f"# resnext-deploy report: {model.arch if model else 'unknown model'}", ""]
     out += _status_lines(report)
-    out.append(f"Made {report['created']} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
-    out += [f"\n**Out of date:** {line}." for line in report["stale"]]
-    out += _summary_section(report["summary"], report["bench"])
-    if report.get("weights_warning"):
-        out += ["", f"**{report['weights_warning']}.**"]
-    warnings = (report["bench"] or {}).get("warnings") or []
+    out.append(f"Made {report.created} from {MANIFEST_NAME}, {VERIFY_JSON} and {BENCH_JSON} in this directory.")
+    out += [f"\n**Out of date:** {line}." for line in report.stale]
+    out += _summary_section(report.summary, report.bench)
+    if report.weights_warning:
+        out += ["", f"**{report.weights_warning}.**"]
+    warnings = report.bench.warnings if report.bench else []
     if warnings:
         out += ["", "bench warnings:", ""] + [f"- {w}" for w in warnings]
     if model:
-        weights = model.get("checkpoint") or "random initialisation (seed 0)"
-        out += ["", f"Model: `{model['arch']}`, {model['num_classes']} classes, {model['image_size']} px input."]
+        weights = model.checkpoint or "random initialisation (seed 0)"
+        out += ["", f"Model: `{model.arch}`, {model.num_classes} classes, {model.image_size} px input."]
         out.append(f"Weights: {weights}.")
     out += ["", "## Artifacts", ""]
     out.append(
@@ -217,38 +311,38 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             ["file", "precision", "size", "sha256", "made from (sha256)"],
             [
                 [
-                    a["file"],
-                    a["precision"] or "-",
-                    _size(a["size_bytes"]),
-                    f"`{(a['sha256'] or '')[:12]}`",
-                    f"`{a['parent_sha256'][:12]}`" if a["parent_sha256"] else "-",
+                    a.name,
+                    a.precision or "-",
+                    _size(a.size_bytes),
+                    f"`{a.sha256[:12]}`",
+                    f"`{a.parent_sha256[:12]}`" if a.parent_sha256 else "-",
                 ]
-                for a in report["artifacts"]
+                for a in report.artifacts
             ],
         )
     )
-    out += _precision_section(report.get("precision") or {})
-    out += _verify_section(report["verify"])
-    out += _bench_section(report["bench"], report["onnxruntime_vs_torch"])
-    if report["skipped"]:
+    out += _precision_section(report.checked)
+    out += _verify_section(report.verify)
+    out += _bench_section(report.bench, report.ratios)
+    if report.skipped:
         out += ["", "## Skipped", ""]
-        for step in report["skipped"]:
-            first, *commands = step["reason"].split("\n")  # later lines are commands to run elsewhere
-            out.append(f"- {step['step']}: {first}")
+        for step in report.skipped:
+            first, *commands = step.reason.split("\n")  # later lines are commands to run elsewhere
+            out.append(f"- {step.step}: {first}")
             if commands:
                 out += ["", "  ```", *(f"  {command}" for command in commands), "  ```"]
-    if report["machine"]:
+    if report.machine:
         out += ["", "## Machine", ""]
-        out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report["machine"].items()]))
+        out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report.machine.items()]))
     return "\n".join(out) + "\n"
 
 
-def _status_lines(report: Mapping[str, Any]) -> list[str]:
+def _status_lines(report: Report) -> list[str]:
     """The first lines: every step that failed (a typed file, verify, bench), or that all that ran passed."""
-    failed = [(step["step"], step["reason"]) for step in report["skipped"] if step["reason"].startswith("failed")]
-    verify = report["verify"]
-    if verify is not None and not verify["passed"]:
-        failed += [("verify", note) for note in failure_notes(verify)] or [("verify", "failed")]
+    failed = [(step.step, step.reason) for step in report.skipped if step.failed]
+    verify = report.verify
+    if verify is not None and not verify.passed:
+        failed += [("verify", note) for note in failure_notes(verify.rows)] or [("verify", "failed")]
     if not failed:
         ran = "every step that ran passed" + ("" if verify is not None else " (verify did not run)")
         return [f"**Status: passed**: {ran}.", ""]
@@ -259,15 +353,15 @@ def _status_lines(report: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """How each typed file was checked when it was made, and what the INT8 search did."""
-    if not checks:
+def _precision_section(checked: list[ArtifactEntry]) -> list[str]:
+    """How each typed file was checked when it was made, and what the INT8 search did (its record, as written)."""
+    if not checked:
         return []
     out = ["", "## Typed files: held-out check and INT8 search", ""]
-    for name, check in checks.items():
-        loud = " **(synthetic inputs: numeric parity only, no accuracy)**" if check.get("heldout_synthetic") else ""
-        out.append(f"- `{name}` was checked on {check.get('heldout')}{loud}.")
-        search = check.get("search")
+    for entry in checked:
+        loud = " **(synthetic inputs: numeric parity only, no accuracy)**" if entry.heldout_synthetic else ""
+        out.append(f"- `{entry.name}` was checked on {entry.heldout}{loud}.")
+        search = entry.search
         if not search:
             continue
         tried = ", ".join(
@@ -302,24 +396,24 @@ def _precision_section(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _summary_section(summary: list[Mapping[str, Any]], bench: Mapping[str, Any] | None) -> list[str]:
+def _summary_section(summary: list[Headline], bench: BenchSection | None) -> list[str]:
     out = ["", "## Summary", ""]
-    _, noise, load = read_bench(dict(bench)) if bench else ([], None, None)
+    load, noise = (bench.load, bench.noise) if bench else (None, None)
     if load is not None and (note := load.note()):
         out += [f"**{note}.**", ""]
     if noise is not None:
         out += [f"Read the speedups with their interval: {noise.rule}.", ""]
     for item in summary:
-        best = BenchRow.from_dict(item["best"]) if item["best"] else None
+        best = item.best
         if best:
             out.append(
-                f"- {item['device']}: fastest verified artifact with a reliable ratio: **{best.backend} "
+                f"- {item.device}: fastest verified artifact with a reliable ratio: **{best.backend} "
                 f"{best.precision}** (`{best.artifact or 'in memory'}`), batch {best.batch_size}: speedup over "
                 f"PyTorch fp32 at the same batch size **{format_speedup(best)}**"
             )
         else:
-            out.append(f"- {item['device']}: no headline: {item['note']}.")
-        faster = [BenchRow.from_dict(r) for r in item.get("faster_unreliable") or []]
+            out.append(f"- {item.device}: no headline: {item.note}.")
+        faster = item.faster_unreliable
         if faster:
             named = "; ".join(
                 f"{r.backend} {r.precision} at batch {r.batch_size}, {format_speedup(r)}" for r in faster[:NAMED]
@@ -332,35 +426,35 @@ def _summary_section(summary: list[Mapping[str, Any]], bench: Mapping[str, Any] 
     return out
 
 
-def _verify_section(verify: Mapping[str, Any] | None) -> list[str]:
+def _verify_section(verify: VerifyRecord | None) -> list[str]:
     out = ["", "## Parity and accuracy", ""]
     if verify is None:
         return [*out, "verify did not run."]
-    reference = verify["reference"]
-    out.append(f"Result: **{'passed' if verify['passed'] else 'FAILED'}**.")
-    out.append(f"Data: {reference['data']}; the same images through every runner.")
-    if reference.get("accuracy") is not None:
-        out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference['accuracy']:.2f}%.")
-    if reference.get("failures"):
-        out.append(f"Reference problems: {'; '.join(reference['failures'])}.")
-    out += [f"\n**Note:** {warning}." for warning in verify.get("warnings") or []]
-    out += ["", markdown_table(*verify_table(verify))]
-    if notes := failure_notes(verify):
+    reference = verify.reference
+    out.append(f"Result: **{'passed' if verify.passed else 'FAILED'}**.")
+    out.append(f"Data: {reference.data}; the same images through every runner.")
+    if reference.accuracy is not None:
+        out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference.accuracy:.2f}%.")
+    if reference.failures:
+        out.append(f"Reference problems: {'; '.join(reference.failures)}.")
+    out += [f"\n**Note:** {warning}." for warning in verify.warnings]
+    out += ["", markdown_table(*verify_table(verify.rows))]
+    if notes := failure_notes(verify.rows):
         out += ["", "Failures:", "", *(f"- {note}" for note in notes)]
     out += ["", "Tolerances applied:", ""]
-    tolerances = {r["precision"]: r["tolerance"] for r in verify["results"]}
+    tolerances = {r.precision: r.tolerance for r in verify.rows}
     for precision, tolerance in tolerances.items():
-        used = ", ".join(f"{k} {v}" for k, v in tolerance.items() if v is not None)
+        used = ", ".join(f"{k} {v}" for k, v in asdict(tolerance).items() if v is not None)
         out.append(f"- {precision}: {used}")
     return out
 
 
-def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]) -> list[str]:
+def _bench_section(bench: BenchSection | None, ratios: list[RuntimeRatio]) -> list[str]:
     out = ["", "## Latency and throughput", ""]
     if bench is None:
         return [*out, "bench did not run."]
-    settings = bench.get("settings") or {}
-    rows = [BenchRow.from_dict(r) for r in bench["results"]]
+    settings = bench.settings or {}
+    rows = bench.rows
     if settings:
         out.append(
             f"Each runner in its own process; warm-up {settings['warmup_ms']:g} ms, then {settings['rounds']} "
@@ -371,17 +465,17 @@ def _bench_section(bench: Mapping[str, Any] | None, ratios: list[dict[str, Any]]
         )
         out.append("")
     for ratio in ratios:
-        speedup = format_ratio(ratio["speedup"], ratio["speedup_low"], ratio["speedup_high"], ratio["speedup_reliable"])
+        speedup = format_ratio(ratio.speedup, ratio.speedup_low, ratio.speedup_high, bool(ratio.speedup_reliable))
         out.append(
-            f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio['batch_size']}: {speedup} (median "
-            f"{ratio['onnxruntime_median_ms']:.3f} ms vs {ratio['torch_median_ms']:.3f} ms)"
+            f"- ONNX Runtime fp32 vs torch fp32 (CPU), batch {ratio.batch_size}: {speedup} (median "
+            f"{ratio.onnxruntime_median_ms:.3f} ms vs {ratio.torch_median_ms:.3f} ms)"
         )
     if ratios:
         out.append("")
     out.append(markdown_table(*bench_table(rows)))
     out += ["", markdown_table(*runner_table(rows))]
-    if bench.get("plot"):
-        out += ["", f"![median latency and speedup against batch size, log scale, 95% intervals]({bench['plot']})"]
+    if bench.plot:
+        out += ["", f"![median latency and speedup against batch size, log scale, 95% intervals]({bench.plot})"]
     return out
 
 

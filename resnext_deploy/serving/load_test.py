@@ -352,7 +352,7 @@ def served_files(directory: Path, models: set[str]) -> dict[str, Any]:
     if not (directory / MANIFEST_NAME).exists():
         return {"artifacts": {}, "models": {model: None for model in models}}
     manifest = Manifest(directory)
-    artifacts = {name: entry["sha256"] for name, entry in manifest.artifacts.items()}
+    artifacts = {name: entry.sha256 for name, entry in manifest.artifacts.items()}
     names = {
         default_model_name(directory, precision, backend): ONNX_FILES[precision]
         for precision in ONNX_FILES

@@ -244,7 +244,7 @@ def collect_models(
     def sha256(path: Path) -> str:
         if manifest.entry(path.name) is None:
             raise BadInputError(f"{path} is not recorded in {manifest.path}; remake it with resnext-deploy")
-        return manifest.require(path.name, "remake it with resnext-deploy")["sha256"]
+        return manifest.require(path.name, "remake it with resnext-deploy").sha256
 
     def current(path: Path) -> bool:
         if not path.exists():
@@ -298,8 +298,8 @@ def collect_models(
 
 def model_base_name(directory: str | Path) -> str:
     """The architecture recorded in the manifest: the default model-name prefix of ``triton-repo`` and ``serve``."""
-    entry = Manifest(directory).entry(ONNX_FILES["fp32"]) or {}
-    return entry.get("options", {}).get("source", {}).get("arch") or "resnext"
+    manifest = Manifest(directory)
+    return recorded_source(manifest).arch if manifest.entry(ONNX_FILES["fp32"]) is not None else "resnext"
 
 
 def default_model_name(directory: str | Path, precision: str = "fp32", backend: str = "onnxruntime") -> str:

@@ -16,7 +16,7 @@ from resnext_deploy.backends.base import Candidate
 from resnext_deploy.backends.openvino import FILES as OPENVINO_FILES
 from resnext_deploy.cli import main
 from resnext_deploy.evaluate.bench import LoadRecord, NoiseFloor, measured_row
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, SELECTABLE_PRECISIONS
+from resnext_deploy.parity import DEFAULT_TOLERANCES, SELECTABLE_PRECISIONS
 from resnext_deploy.schemas import load_schema
 
 

@@ -33,8 +33,8 @@ from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.data import open_dataset, take
 from resnext_deploy.demo import DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.export import export_onnx
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.source import resolve_source
 
 pytestmark = pytest.mark.gpu

@@ -29,9 +29,9 @@ from resnext_deploy.evaluate.bench import (
     measured_row,
     run_bench,
 )
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES
 from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import run_verify
+from resnext_deploy.parity import DEFAULT_TOLERANCES
 from resnext_deploy.precision.int8 import WEIGHT_MAX
 
 EXTRA = "pip install 'resnext-deploy[openvino]'"
@@ -104,7 +104,7 @@ def test_8_bit_weights_saturate_in_openvino_on_cpus_without_vnni_only(demo: Path
     from resnext_deploy.backends.openvino import OpenVINORunner, cpu_has_vnni
     from resnext_deploy.data import open_dataset, take
     from resnext_deploy.demo import DEMO_VAL
-    from resnext_deploy.evaluate.metrics import cosine_rows
+    from resnext_deploy.parity import cosine_rows
     from resnext_deploy.source import recorded_source
 
     images = take(open_dataset(DEMO_VAL, recorded_source(Manifest(demo)).preprocessing, count=64), 64).images
@@ -159,7 +159,7 @@ def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -
 @needs_openvino
 def test_compiled_models_are_cached_per_file_content(demo_copy: Path) -> None:
     [int8] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable
-    sha256 = Manifest(demo_copy).entry("model.int8.onnx")["sha256"]
+    sha256 = Manifest(demo_copy).entry("model.int8.onnx").sha256
     int8.open().close()
     cache = demo_copy / "openvino_cache"
     assert [p.name for p in cache.iterdir()] == [f"model.int8.onnx-{sha256[:16]}"]

@@ -360,7 +360,7 @@ def test_contract_tensorrt_10_build_sequence(tiny_dir: Path, stand_in):
     assert meta["build_options"]["timing_cache"] == str(cache)
     assert "built" in meta and "build_seconds" in meta
     entry = Manifest(tiny_dir).entry("model.fp32.engine")
-    assert entry["sha256"] == meta["plan_sha256"] and entry["parent_sha256"] == meta["source_onnx_sha256"]
+    assert entry.sha256 == meta["plan_sha256"] and entry.parent_sha256 == meta["source_onnx_sha256"]
     assert read_engine_manifest(path) == meta
 
 

@@ -12,15 +12,16 @@ import pytest
 from onnx import numpy_helper
 from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale
 
+from resnext_deploy import source as source_module
 from resnext_deploy.artifacts import Manifest, engine_file
 from resnext_deploy.backends.registry import discover_runners
 from resnext_deploy.cli import main
 from resnext_deploy.environment import cuda_available
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.evaluate import verify as verify_module
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify, tolerance_overrides
 from resnext_deploy.models import DEMO_ARCH
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.source import ModelSource
 
 RESULT_KEYS = {
@@ -61,7 +62,7 @@ def break_int8_scales(directory: Path, record: bool) -> None:
     if record:
         manifest = Manifest(directory)
         entry = manifest.entry("model.int8.onnx")
-        manifest.record("model.int8.onnx", "int8", parent_sha256=entry["parent_sha256"], options=entry["options"])
+        manifest.record("model.int8.onnx", "int8", parent_sha256=entry.parent_sha256, options=entry.options)
 
 
 def test_discovery_covers_every_artifact_and_runner_here(art: Path) -> None:
@@ -105,7 +106,7 @@ def test_verify_passes_on_good_artifacts_and_writes_the_schema(art: Path, tmp_pa
     assert data["passed"] is True
     assert data["reference"]["n"] == 40 and data["reference"]["backend"] == "torch"
     manifest = Manifest(art)
-    assert data["artifacts"] == {name: manifest.entry(name)["sha256"] for name in manifest.artifacts}
+    assert data["artifacts"] == {name: manifest.entry(name).sha256 for name in manifest.artifacts}
     assert {(r["backend"], r["precision"]) for r in data["results"]} >= {
         ("onnxruntime", "fp32"),
         ("onnxruntime", "fp16"),
@@ -156,7 +157,7 @@ def test_logits_at_the_wrong_scale_fail_verify(art: Path, factor: float) -> None
     scale_logits(art / "model.int8.onnx", factor)
     manifest = Manifest(art)
     entry = manifest.entry("model.int8.onnx")
-    manifest.record("model.int8.onnx", "int8", parent_sha256=entry["parent_sha256"], options=entry["options"])
+    manifest.record("model.int8.onnx", "int8", parent_sha256=entry.parent_sha256, options=entry.options)
     report = run_verify(art, count=32, log=quiet, backends=("onnxruntime",), precisions=("int8",))
     [int8] = [r for r in report.results if r.candidate.precision == "int8"]
     assert int8.parity.cosine_min > 0.99 and not int8.passed
@@ -215,14 +216,14 @@ def test_labeled_arrays_give_accuracy_and_its_delta(art: Path, tmp_path: Path) -
     np.savez(data, images=images, labels=rng.integers(0, 10, 24))
     report = run_verify(art, data=data, batch_size=10, log=quiet)
     assert report
-    assert report.reference["labeled"] and report.reference["n"] == 24
+    assert report.record.reference.labeled and report.record.reference.n == 24
     for result in report.results:
         assert result.parity.accuracy is not None
-        assert result.parity.reference_accuracy == pytest.approx(report.reference["accuracy"])
+        assert result.parity.reference_accuracy == pytest.approx(report.record.reference.accuracy)
 
 
 def test_the_demo_model_defaults_to_its_validation_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify_module, "DEMO_VAL", tmp_path)
+    monkeypatch.setattr(source_module, "DEMO_VAL", tmp_path)
     demo = ModelSource(DEMO_ARCH, 10, 16, None, None)
     other = ModelSource("resnext_tiny", 10, 32, None, None)
     assert verify_module.default_data(demo) == tmp_path

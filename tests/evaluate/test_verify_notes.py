@@ -28,18 +28,18 @@ def test_a_folder_without_class_subfolders_is_noted_as_unlabeled(tiny_dir: Path,
     _images(tmp_path / "flat", 4)
     lines: list[str] = []
     report = run_verify(tiny_dir, data=tmp_path / "flat", log=lines.append)
-    [note] = [w for w in report.warnings if "class subfolders" in w]
+    [note] = [w for w in report.record.warnings if "class subfolders" in w]
     assert "unlabeled" in note and f"warning: {note}" in lines
-    assert report.reference["accuracy"] is None
+    assert report.record.reference.accuracy is None
 
 
 def test_class_folders_that_are_not_the_models_classes_give_no_accuracy(tiny_dir: Path, tmp_path: Path) -> None:
     _images(tmp_path / "pets" / "cat", 3, seed=1)
     _images(tmp_path / "pets" / "dog", 3, seed=2)
     report = run_verify(tiny_dir, data=tmp_path / "pets", log=lambda _: None)
-    [note] = [w for w in report.warnings if "do not match" in w]
+    [note] = [w for w in report.record.warnings if "do not match" in w]
     assert "(2: cat, dog)" in note and "the model's 10 classes" in note
-    assert report.reference["accuracy"] is None
+    assert report.record.reference.accuracy is None
     assert all(r.parity is not None and r.parity.accuracy is None for r in report.results)
     markdown = write_report(tiny_dir, log=lambda _: None).read_text()
     assert f"**Note:** {note}." in markdown
@@ -49,8 +49,8 @@ def test_as_many_class_folders_as_outputs_give_accuracy(tiny_dir: Path, tmp_path
     for digit in range(10):
         _images(tmp_path / "ten" / str(digit), 1, seed=digit)
     report = run_verify(tiny_dir, data=tmp_path / "ten", log=lambda _: None)
-    assert report.reference["accuracy"] is not None
-    assert not [w for w in report.warnings if "do not match" in w or "class subfolders" in w]
+    assert report.record.reference.accuracy is not None
+    assert not [w for w in report.record.warnings if "do not match" in w or "class subfolders" in w]
 
 
 def test_random_weights_are_loud_on_stdout_in_the_manifest_and_the_report(
@@ -59,7 +59,7 @@ def test_random_weights_are_loud_on_stdout_in_the_manifest_and_the_report(
     assert main(["export", "--dir", str(tmp_path), "--arch", "resnext_tiny"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("WARNING: RANDOM WEIGHTS: resnext_tiny was exported without --checkpoint")
-    warning = Manifest(tmp_path).entry("model.onnx")["weights_warning"]
+    warning = Manifest(tmp_path).entry("model.onnx").weights_warning
     assert warning.startswith("RANDOM WEIGHTS")
     assert f"**{warning}.**" in write_report(tmp_path, log=lambda _: None).read_text()
 
@@ -67,7 +67,7 @@ def test_random_weights_are_loud_on_stdout_in_the_manifest_and_the_report(
 def test_the_demo_model_is_not_called_random(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--dir", str(tmp_path)]) == 0
     assert "RANDOM WEIGHTS" not in capsys.readouterr().out
-    assert Manifest(tmp_path).entry("model.onnx")["weights_warning"] is None
+    assert Manifest(tmp_path).entry("model.onnx").weights_warning is None
 
 
 def test_failure_reasons_go_under_a_table_that_fits_120_columns(
@@ -76,9 +76,7 @@ def test_failure_reasons_go_under_a_table_that_fits_120_columns(
     monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the table still stops at 120
     directory = with_low_precision(tiny_export_template, tmp_path / "tiny")
     edit_initializers(directory / "model.int8.onnx", is_weight_scale, lambda a: a * 3)
-    Manifest(directory).record(
-        "model.int8.onnx", "int8", parent_sha256=Manifest(directory).entry("model.onnx")["sha256"]
-    )
+    Manifest(directory).record("model.int8.onnx", "int8", parent_sha256=Manifest(directory).entry("model.onnx").sha256)
     assert main(["verify", "--dir", str(directory), "--count", "16", "--backends", "onnxruntime"]) == 1
     out = capsys.readouterr().out  # the table and the reasons under it are the result: stdout
     table = out[out.index("verify: FAILED") : out.index("\n[1] ")]

@@ -116,7 +116,7 @@ def rerecord(directory: Path, name: str = "model.onnx") -> None:
     """Record the file's current bytes in the manifest, as if resnext-deploy had made it."""
     manifest = Manifest(directory)
     entry = manifest.entry(name)
-    manifest.record(name, entry["precision"], parent_sha256=entry["parent_sha256"], options=entry["options"])
+    manifest.record(name, entry.precision, parent_sha256=entry.parent_sha256, options=entry.options)
 
 
 def quiet_export(source, directory: Path) -> Path:
@@ -810,14 +810,14 @@ def test_ctrl_c_during_the_pipeline_then_resume(capsys, tmp_path: Path) -> None:
     code, err = interrupt(["pipeline", "--dir", directory, *QUICK_PIPELINE], "== INT8 ONNX", during=second_run)
     _interrupted(code, err, directory, {})
     manifest = Manifest(directory)
-    finished = {name: manifest.require(name, "")["sha256"] for name in ("model.onnx", "model.fp16.onnx")}
+    finished = {name: manifest.require(name, "").sha256 for name in ("model.onnx", "model.fp16.onnx")}
     assert manifest.entry("model.int8.onnx") is None
     outcome = cli(capsys, "pipeline", "--dir", directory, *QUICK_PIPELINE)
     assert outcome.code == ExitCode.OK, outcome.err
     assert f"{directory / 'model.onnx'} is up to date" in outcome.err
     assert f"{directory / 'model.fp16.onnx'} is up to date" in outcome.err
     manifest = Manifest(directory)
-    assert {name: manifest.entry(name)["sha256"] for name in finished} == finished
+    assert {name: manifest.entry(name).sha256 for name in finished} == finished
     manifest.require("model.int8.onnx", "")
     assert (directory / "report.md").exists()
 

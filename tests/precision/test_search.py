@@ -19,9 +19,9 @@ from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, compare
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
+from resnext_deploy.parity import DEFAULT_TOLERANCES, compare
 from resnext_deploy.precision import search
 from resnext_deploy.precision.equalize import equalize
 from resnext_deploy.precision.graph import load_prepared
@@ -202,7 +202,7 @@ def test_equalization_keeps_the_outlier_layer_in_int8(tmp_path: Path, block, bn,
     assert {"entropy", "minmax", "percentile"} <= set(result.search["methods"])
     assert layer in result.quantized_nodes
     entry = Manifest(directory).entry("model.int8.onnx")
-    assert entry["search"]["equalization"]["chosen"] and entry["heldout_synthetic"] is False
+    assert entry.search["equalization"]["chosen"] and entry.heldout_synthetic is False
 
 
 def test_equalization_preserves_the_function_and_evens_grouped_ranges(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from resnext_deploy.artifacts import Manifest, sha256_file
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.demo import DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, VerificationError
-from resnext_deploy.evaluate.metrics import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.precision.calibration import calibrate, split_datasets
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
@@ -118,11 +118,11 @@ def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, cali
 
     entry = Manifest(tiny_dir).entry("model.int8.onnx")
     parent = Manifest(tiny_dir).entry("model.onnx")
-    assert entry["parent_sha256"] == parent["sha256"] and entry["precision"] == "int8"
-    assert entry["calibration"]["method"] == "entropy" and entry["calibration"]["count"] == 16
-    assert entry["parity"]["cosine_min"] == result.parity.cosine_min and entry["parity"]["passed"]
-    assert entry["options"]["high_precision"] == "fp16"
-    assert entry["options"]["weight_max"] == WEIGHT_MAX == 63  # the 7-bit weights are on record
+    assert entry.parent_sha256 == parent.sha256 and entry.precision == "int8"
+    assert entry.calibration["method"] == "entropy" and entry.calibration["count"] == 16
+    assert entry.parity["cosine_min"] == result.parity.cosine_min and entry.parity["passed"]
+    assert entry.options["high_precision"] == "fp16"
+    assert entry.options["weight_max"] == WEIGHT_MAX == 63  # the 7-bit weights are on record
     assert {p.key: p.value for p in model.metadata_props}["resnext_deploy.weight_max"] == "63"
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
@@ -156,7 +156,7 @@ def test_excluding_everything_is_not_int8(tiny_dir: Path, calib_dir: Path) -> No
 def test_verify_fails_int8_that_quantizes_less_than_recorded_or_nothing(tiny_dir: Path, calib_dir: Path) -> None:
     result = make_typed_onnx(tiny_dir, "int8", opts(calib_dir, calib_count=16, tolerance=RELAXED), **QUIET)
     entry = Manifest(tiny_dir).entry("model.int8.onnx")
-    assert set(entry["quantized_tensors"]) and set(entry["quantized_nodes"]) == set(result.quantized_nodes)
+    assert set(entry.quantized_tensors) and set(entry.quantized_nodes) == set(result.quantized_nodes)
     check = dict(count=8, log=QUIET["log"], backends=("onnxruntime",), precisions=("int8",), tolerances=TINY)
     assert run_verify(tiny_dir, **check)
     [removed] = strip_activation_qdq(result.path, lambda tensor: tensor == "/Flatten_output_0")
@@ -206,7 +206,7 @@ def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
             assert all(initializers[name].dtype == np.float16 for name in node.input[1:])
     assert result.fp32_nodes == ()
     assert result.parity.cosine_min >= 0.9999 and result.parity.top1_agreement == 1.0
-    assert Manifest(tiny_dir).entry("model.fp16.onnx")["parity"]["passed"]
+    assert Manifest(tiny_dir).entry("model.fp16.onnx").parity["passed"]
 
 
 def _bump(calibration, tensor: str, value: float) -> None:
@@ -332,7 +332,7 @@ def test_demo_model_uses_its_bundled_data(tmp_path: Path) -> None:
     parity = result.parity
     assert parity.accuracy is not None and parity.reference_accuracy >= 97.0
     assert parity.reference_accuracy - parity.accuracy <= 1.0 and parity.top1_agreement >= 0.98
-    assert "calib" in Manifest(tmp_path).entry("model.int8.onnx")["calibration"]["description"]
+    assert "calib" in Manifest(tmp_path).entry("model.int8.onnx").calibration["description"]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from resnext_deploy.evaluate.bench import (
     run_bench,
 )
 from resnext_deploy.evaluate.settings import BenchSettings
-from resnext_deploy.evaluate.verify import run_verify
-from resnext_deploy.report import build_report, render_markdown, write_report
+from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow, run_verify
+from resnext_deploy.parity import Tolerance
+from resnext_deploy.report import BenchSection, build_report, render_markdown, write_report
+from resnext_deploy.source import ModelSource
 
 
 def quiet(_: str) -> None:
@@ -68,8 +71,8 @@ def test_report_numbers_are_the_json_numbers(measured: Path, tmp_path: Path) -> 
         assert f" {row['median_ms']:.3f} (" in line and f" {row['p99_ms']:.3f} " in line
         assert f" {row['throughput_ips']:.1f} " in line and f" {row['speedup_vs_reference']:.2f}x " in line
     for name, entry in manifest.artifacts.items():
-        line = _line(markdown, name, entry["precision"])
-        assert f"`{entry['sha256'][:12]}`" in line
+        line = _line(markdown, name, entry.precision)
+        assert f"`{entry.sha256[:12]}`" in line
     for ratio in report["onnxruntime_vs_torch"]:
         [row] = [
             r
@@ -102,8 +105,7 @@ def test_results_measured_on_an_earlier_artifact_are_marked_out_of_date(measured
 def test_steps_recorded_in_the_manifest_are_reported(measured: Path, tmp_path: Path) -> None:
     directory = copy_dir(measured, tmp_path / "d")
     manifest = Manifest(directory)
-    manifest.data["skipped"] = {"int8 calibration": "no calibration images"}
-    manifest.save()
+    manifest.record_skipped("int8 calibration", "no calibration images")
     write_report(directory, log=quiet)
     report = json.loads((directory / "report.json").read_text())
     assert {"step": "int8 calibration", "reason": "no calibration images"} in report["skipped"]
@@ -132,16 +134,13 @@ def _report_from_rounds(tmp_path: Path, candidate_rounds: list[list[float]]) -> 
     reference_rounds = [[10.0] * 20 for _ in candidate_rounds]
     rows = [measured_row(reference, 1, reference_rounds, NOISE), measured_row(candidate, 1, candidate_rounds, NOISE)]
     add_speedups(rows, {id(rows[0]): reference_rounds, id(rows[1]): candidate_rounds})
-    bench = {
-        "results": [r.to_dict() for r in rows],
-        "warnings": bench_warnings(rows, NOISE, QUIET_LOAD),
-        "settings": None,
-        "noise": {**NOISE.__dict__},
-        "load": {**QUIET_LOAD.__dict__},
-    }
-    verify = {"passed": True, "reference": {}, "results": [{**candidate.identity(), "passed": True}]}
-    report = build_report(Manifest(tmp_path), verify, bench, {}, has_plot=False)
-    return rows[1].to_dict(), render_markdown({**report, "verify": None})
+    bench = BenchSection(rows, NOISE, QUIET_LOAD, warnings=bench_warnings(rows, NOISE, QUIET_LOAD))
+    passed = VerifyRow(*candidate.identity().values(), parity=None, passed=True, failures=(), tolerance=Tolerance())
+    source = ModelSource("resnext_tiny", 10, 32, None, None)
+    reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 0, None, 0, "-", "-", False, ())
+    verify = VerifyRecord(reference, [passed])
+    report = build_report(Manifest(tmp_path), verify, bench, [])
+    return rows[1].to_dict(), render_markdown(replace(report, verify=None))
 
 
 def test_a_noisy_timer_does_not_make_a_headline(tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def test_a_fixed_batch_graph_is_served_without_batching(tiny_dir: Path, tmp_path
         value.type.tensor_type.shape.dim[0].dim_value = 2
     onnx.save(model, str(tiny_dir / "model.onnx"))
     manifest = Manifest(tiny_dir)
-    manifest.record("model.onnx", "fp32", options=manifest.entry("model.onnx")["options"])
+    manifest.record("model.onnx", "fp32", options=manifest.entry("model.onnx").options)
     make_triton_repo(tiny_dir, tmp_path / "repo", log=lambda _m: None)
     config = _parse(tmp_path / "repo" / MODEL)
     assert config.max_batch_size == 0
@@ -421,7 +421,7 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     # The record ties the numbers to the file DIR held under that model name, and to the machine.
     manifest = Manifest(tiny_dir)
     assert cli_record["models"] == {MODEL: "model.onnx"}
-    assert cli_record["artifacts"]["model.onnx"] == manifest.entry("model.onnx")["sha256"]
+    assert cli_record["artifacts"]["model.onnx"] == manifest.entry("model.onnx").sha256
     assert cli_record["machine"]["cpu"] and "cpu flags" in cli_record["machine"]
 
     assert server.stop() == 0, server.log_tail()

@@ -13,10 +13,11 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...artifacts import ONNX_FILES, Manifest, engine_file, load_onnx, now_iso, single_input, write_bytes, write_json
 from ...errors import BackendUnavailableError, BadInputError
+from ...source import recorded_source
 from . import probe
 from .manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum, read_engine_manifest
 from .options import BuildOptions
@@ -35,12 +36,6 @@ def _onnx_input(path: Path) -> tuple[str, int | str, tuple[int, int, int]]:
         if isinstance(c, int) and isinstance(h, int) and isinstance(w, int):
             return name, batch, (c, h, w)
     raise BadInputError(f"{path}: input {name!r} must be NCHW with fixed C, H and W; got {dims}")
-
-
-def _calibration_fingerprint(entry: dict[str, Any]) -> str | None:
-    """The calibration set's fingerprint recorded with an INT8 ONNX file (top level or in its options)."""
-    value = entry.get("calibration_fingerprint") or entry.get("options", {}).get("calibration_fingerprint")
-    return str(value) if value else None
 
 
 def _parser_errors(parser: trt.OnnxParser) -> list[str]:
@@ -81,8 +76,8 @@ def build_engine(
     onnx_path = directory / onnx_name
     engine_path = directory / engine_file(precision)
     input_name, batch, chw = _onnx_input(onnx_path)
-    size = ((manifest.entry(ONNX_FILES["fp32"]) or {}).get("options") or {}).get("source", {}).get("image_size")
-    if size is not None and chw != (3, size, size):
+    size = recorded_source(manifest).image_size
+    if chw != (3, size, size):
         raise BadInputError(
             f"{onnx_path} takes {'x'.join(map(str, chw))} images, but its model was exported for "
             f"3x{size}x{size}; the file does not fit its manifest entry: export again"
@@ -104,7 +99,7 @@ def build_engine(
     version = str(probe.tensorrt_version())
     gpu = probe.gpu_info()
     recorded_options = {**options.to_dict(), "tensorrt": version, "compute_capability": gpu["compute_capability"]}
-    if manifest.is_current(engine_path.name, onnx_entry["sha256"], recorded_options) and _has_manifest(engine_path):
+    if manifest.is_current(engine_path.name, onnx_entry.sha256, recorded_options) and _has_manifest(engine_path):
         log(f"{engine_path} is up to date (same ONNX file, options, TensorRT and GPU); reusing it")
         return engine_path
 
@@ -122,8 +117,8 @@ def build_engine(
         "plan_bytes": len(plan),
         "precision": precision,
         "source_onnx": onnx_name,
-        "source_onnx_sha256": onnx_entry["sha256"],
-        "calibration_fingerprint": _calibration_fingerprint(onnx_entry),
+        "source_onnx_sha256": onnx_entry.sha256,
+        "calibration_fingerprint": onnx_entry.calibration_fingerprint,
         "tensorrt_version": version,
         **gpu,
         "profile": profile,
@@ -139,7 +134,7 @@ def build_engine(
     manifest.record(
         engine_path.name,
         precision,
-        parent_sha256=onnx_entry["sha256"],
+        parent_sha256=onnx_entry.sha256,
         options=recorded_options,
         engine_manifest=engine_manifest_path(engine_path).name,
         tensorrt_version=version,

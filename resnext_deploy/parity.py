@@ -1,13 +1,18 @@
-"""Parity metrics between reference and candidate logits, and the per-precision tolerances."""
+"""Parity metrics between reference and candidate logits, and the per-precision tolerances.
+
+A foundation module: export, the typed-file checks and verify all judge with it, so it sits below them all.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from ..artifacts.precisions import Precision
+from .artifacts.precisions import Precision
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,11 @@ class Tolerance:
     top1_min: float | None = None  # decisive top-1 agreement at least this fraction (see ``compare``)
     accuracy_drop_max: float | None = None  # accuracy points (percent) lost at most this
     rel_error_max: float | None = None  # ||candidate - reference|| / ||reference|| over all logits at most this
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
+        """A tolerance read back from JSON (``asdict``); criteria it does not name are not applied."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
     def tightened(self, factor: float) -> Tolerance:
         """Each allowance (cosine deficit, top-1 misses, accuracy drop, relative error) times ``factor``.
@@ -104,6 +114,16 @@ class Parity:
         data["failures"] = list(self.failures)
         data["passed"] = self.passed
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Parity:
+        """A parity record read back from JSON, where NaN and infinity were written as null."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = data.get(f.name, None if f.default is MISSING else f.default)
+            values[f.name] = math.nan if value is None and f.type == "float" else value
+        values["failures"] = tuple(values["failures"] or ())
+        return cls(**values)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

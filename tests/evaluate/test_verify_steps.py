@@ -1,0 +1,73 @@
+"""verify's steps one by one (plan, run, judge, record) on the tiny ResNeXt, and its record read back as objects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_artifacts import copy_dir
+
+from resnext_deploy.backends.registry import REFERENCE
+from resnext_deploy.cli import main
+from resnext_deploy.errors import BadInputError
+from resnext_deploy.evaluate.verify import (
+    VERIFY_JSON,
+    VerifyRecord,
+    judge,
+    plan_verify,
+    record_verify,
+    run_candidates,
+    verify_table,
+    verify_text,
+)
+from resnext_deploy.parity import DEFAULT_TOLERANCES
+
+
+@pytest.fixture
+def planned(low_precision_template: Path, tmp_path: Path):
+    directory = copy_dir(low_precision_template, tmp_path / "tiny")
+    return directory, plan_verify(directory, None, 8, ("onnxruntime",), ("fp32", "fp16"))
+
+
+def test_plan_run_judge_record(planned, tmp_path: Path) -> None:
+    directory, plan = planned
+    assert plan.reference.key == REFERENCE and plan.dataset.count == 8
+    assert {(c.backend, c.precision) for c in plan.candidates} == {("onnxruntime", "fp32"), ("onnxruntime", "fp16")}
+    run = run_candidates(plan, batch_size=4)
+    assert run.ran == [plan.reference, *plan.candidates] and all(e is None for e in run.errors)
+    assert all(logits is not None and logits.shape[0] == 8 for logits in run.logits)
+    report = judge(plan, run, DEFAULT_TOLERANCES)
+    assert report.passed and [r.full_label for r in report.record.rows] == [c.label for c in plan.candidates]
+    lines: list[str] = []
+    record_verify(report.record, directory, tmp_path / "copy.json", lines.append)
+    data = json.loads((directory / VERIFY_JSON).read_text())
+    assert data == json.loads((tmp_path / "copy.json").read_text()) and data["passed"] is True
+    back = VerifyRecord.from_dict(data)
+    assert back == report.record and verify_text(back) == verify_text(report.record)
+
+
+def test_judge_fails_a_candidate_whose_outputs_are_not_finite(planned) -> None:
+    directory, plan = planned
+    run = run_candidates(plan, batch_size=8)
+    broken = run.logits[1].copy()
+    broken[0, 0] = np.inf
+    report = judge(plan, replace(run, logits=[run.logits[0], broken, *run.logits[2:]]), DEFAULT_TOLERANCES)
+    [failed] = [r for r in report.record.rows if not r.passed]
+    assert failed.parity is not None and failed.parity.nonfinite == 1
+    assert report.failure_summary().startswith(f"1 failed: {plan.candidates[0].label}: 1 non-finite outputs")
+    # verify.json writes the infinite relative error as null; read back, the table shows a dash for it
+    back = VerifyRecord.from_dict(json.loads(json.dumps(report.record.to_dict())))
+    headers, cells = verify_table(back.rows)
+    assert cells[0][headers.index("rel err")] == "-" and cells[0][-1] == "FAIL [1]"
+
+
+def test_a_malformed_verify_json_is_a_one_line_error(planned, capsys: pytest.CaptureFixture) -> None:
+    directory, _ = planned
+    (directory / VERIFY_JSON).write_text(json.dumps({"passed": True, "results": []}))
+    with pytest.raises(BadInputError, match="run verify again"):
+        VerifyRecord.from_dict(json.loads((directory / VERIFY_JSON).read_text()))
+    assert main(["report", "--dir", str(directory)]) == 3
+    assert "verify.json is malformed" in capsys.readouterr().err
