@@ -151,6 +151,7 @@ def run_verify(
     backends: Sequence[str] | None = None,
     precisions: Sequence[str] = PRECISIONS,
     dataset: Dataset | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
@@ -161,6 +162,7 @@ def run_verify(
     always run); naming one that cannot run here is an error naming its pip extra. ``precisions``
     picks the candidates' precisions (bf16 only when named); the reference is always torch FP32.
     ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces ``data`` and ``count``.
+    ``backend_options`` are the backends' knobs by name (see ``discover_runners``).
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -169,7 +171,7 @@ def run_verify(
         check_writable(json_path)
     names = None if backends is None else tuple(dict.fromkeys((REFERENCE[0], *backends)))
     chosen = tuple(dict.fromkeys(("fp32", *precisions)))
-    found = discover_runners(directory, names, chosen, required=backends or ())
+    found = discover_runners(directory, names, chosen, required=backends or (), options=backend_options)
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     if dataset is None:
         dataset = open_dataset(
