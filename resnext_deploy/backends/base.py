@@ -22,8 +22,8 @@ from ..artifacts import Manifest
 from ..errors import BadInputError
 
 if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a backend must not import torch
+    from ..backends.tensorrt.options import BuildOptions  # (not .tensorrt: test_layers reads that as tensorrt)
     from ..source import ModelSource
-    from .tensorrt.options import BuildOptions
 
 OptionValue = str | int | float | bool
 
