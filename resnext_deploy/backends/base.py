@@ -238,9 +238,8 @@ class Backend:
         """None when this backend can run here; otherwise why not, naming what to install."""
         return None
 
-    def candidates(
-        self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None, **options: Any
-    ) -> list[Candidate]:
+    def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+        """The (artifact, device) pairs this backend runs here; a backend with knobs takes each as a keyword."""
         raise NotImplementedError
 
     def build(self, directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
