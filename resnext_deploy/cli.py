@@ -1,8 +1,10 @@
 """The ``resnext-deploy`` command line: each command is a thin function over one library call.
 
-Known errors become one line on stderr and a documented exit code in :func:`main`; set
-``RESNEXT_DEPLOY_DEBUG=1`` to see tracebacks. Results (tables, the trtexec line, ``--json -``) go to
-stdout; progress, logs and warnings to stderr (library logs only with ``--verbose``).
+Option groups (source, precision, tolerances, TensorRT build, bench, the backends' own knobs) are declared
+once in :mod:`resnext_deploy.cli_options` and reach a command as their validated bundle. Known errors
+become one line on stderr and a documented exit code in :func:`main`; set ``RESNEXT_DEPLOY_DEBUG=1`` to see
+tracebacks. Results (tables, the trtexec line, ``--json -``) go to stdout; progress, logs and warnings to
+stderr (library logs only with ``--verbose``).
 """
 
 from __future__ import annotations
@@ -10,19 +12,35 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 from typer.core import TyperOption
 
 from . import __version__
-from .artifacts.precisions import PRECISIONS, Precision
+from .cli_options import (
+    BACKEND_OPTIONS,
+    BENCH,
+    BUILD,
+    PRECISION,
+    SOURCE,
+    TOLERANCES,
+    backend_list,
+    comma_list,
+    grouped,
+)
 from .errors import BadInputError, DeployError, ExitCode, one_line
-from .evaluate.settings import BenchSettings
 from .logs import log
 from .logs import setup as setup_logging
+
+if TYPE_CHECKING:
+    from .backends.tensorrt.options import BuildOptions
+    from .evaluate.settings import BenchSettings
+    from .parity import Tolerance
+    from .precision.options import PrecisionOptions
+    from .source import SourceOptions
 
 app = typer.Typer(
     name="resnext-deploy",
@@ -33,94 +51,39 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No type beside a flag in the help: it takes no value (Typer 0.29's Rich help shows ``<bool>``).
+
+    Kept, with Typer, after weighing both ways out. Plain Click would drop the Rich help panels that show
+    each option group apart; and within Typer an option's own setting (an empty metavar) reaches the flags
+    we declare but not Click's ``--help``, which every command has. This is Typer's one missing hook.
+    """
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
+
+
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
-ArchOption = Annotated[
-    Optional[str], typer.Option("--arch", help="Registered architecture (see `archs`); default: the demo model.")
-]
-CheckpointOption = Annotated[
-    Optional[Path], typer.Option("--checkpoint", help=".pth/.pt/.bin/.safetensors state dict.")
-]
-NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier outputs.")]
-ImageSizeOption = Annotated[Optional[int], typer.Option("--image-size", help="Input height and width.")]
-_PRE = "Preprocessing (recorded in model.onnx; every later step uses it)"
-PresetOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--preset",
-        help="torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear) or timm "
-        "(crop-pct 0.95, bicubic); default: the architecture's.",
-        rich_help_panel=_PRE,
-    ),
-]
-ResizeSizeOption = Annotated[
-    Optional[int], typer.Option("--resize-size", help="Short side before the center crop.", rich_help_panel=_PRE)
-]
-CropPctOption = Annotated[
-    Optional[float],
-    typer.Option("--crop-pct", help="Image size / resize size (timm's crop_pct).", rich_help_panel=_PRE),
-]
-InterpolationOption = Annotated[
-    Optional[str], typer.Option("--interpolation", help="bilinear or bicubic.", rich_help_panel=_PRE)
-]
-MeanOption = Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean (0-1 scale).", rich_help_panel=_PRE)]
-StdOption = Annotated[Optional[str], typer.Option("--std", help="R,G,B std (0-1 scale).", rich_help_panel=_PRE)]
-ClassNamesOption = Annotated[
+ExportedDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory of an earlier export.")]
+ReadDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")]
+DataOption = Annotated[
     Optional[Path],
     typer.Option(
-        "--class-names",
-        help="Class names: a file with one per line, or a folder of class subfolders (recorded in model.onnx, the "
-        "manifest and Triton's labels.txt).",
+        "--data",
+        help="verify's images: a folder (class subfolders give labels) or .npy/.npz of preprocessed images. "
+        "Default: the demo's labeled validation split for the demo model, else seeded synthetic input.",
     ),
 ]
-
-
-_BENCH = "Benchmark (bench, and pipeline's bench step)"
-_PRECISION_CHOICES = ", ".join(Precision.names())
-BackendsOption = Annotated[
-    str,
-    typer.Option("--backends", help="Comma list of backends (see `info`); default: every one available here."),
-]
-PrecisionsOption = Annotated[
-    str, typer.Option("--precisions", help=f"Comma list: {_PRECISION_CHOICES} (bf16: OpenVINO, only when named).")
-]
-BatchSizesOption = Annotated[
-    str, typer.Option("--batch-sizes", help="Comma list of batch sizes.", rich_help_panel=_BENCH)
-]
-BudgetOption = Annotated[
-    float,
-    typer.Option(
-        "--budget",
-        help="Seconds for the whole bench run; slices, then rounds, shrink to fit (never below --min-rounds).",
-        rich_help_panel=_BENCH,
-    ),
-]
-DurationOption = Annotated[
-    float,
-    typer.Option(
-        "--duration", help="Seconds measured per runner and batch size, within --budget.", rich_help_panel=_BENCH
-    ),
-]
-ThreadsOption = Annotated[
-    Optional[int], typer.Option("--threads", help="CPU threads for torch, ONNX Runtime and OpenVINO.")
-]
-_PRECISION_DEFAULT = ",".join(PRECISIONS)
-_BATCH_DEFAULT = ",".join(map(str, BenchSettings.batch_sizes))
-
+CountOption = Annotated[Optional[int], typer.Option("--count", help="verify uses at most N images (synthetic: 64).")]
 
 STDOUT = "-"
 JsonOption = Annotated[
     Optional[Path],
     typer.Option("--json", help="Also write the JSON here; - writes it to stdout (the table then goes to stderr)."),
 ]
-
-
-def _flag_type(self: TyperOption, ctx: Any) -> str | None:
-    """No type beside a flag in the help: it takes no value (Typer 0.29's Rich help shows ``<bool>``)."""
-    return None if self.is_flag else _option_type(self, ctx)
-
-
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
 
 
 def _show_version(value: bool) -> None:
@@ -169,22 +132,6 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
         typer.echo(table)
 
 
-def _comma_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
-    """A comma list of choices; an unknown one is a usage error (exit 2), as Typer's own choices are."""
-    from .evaluate.settings import parse_list
-
-    try:
-        return parse_list(text, allowed, option)
-    except BadInputError as exc:
-        raise typer.BadParameter(str(exc).removeprefix(f"{option} "), param_hint=f"'{option}'") from None
-
-
-def _backend_list(text: str) -> tuple[str, ...] | None:
-    from .backends.registry import backend_names
-
-    return _comma_list(text, backend_names(), "--backends") if text else None
-
-
 @app.command()
 def archs() -> None:
     """List the registered architectures and their defaults (from the registry alone: no model is built)."""
@@ -212,19 +159,10 @@ def info() -> None:
 
 
 @app.command()
+@grouped(source=SOURCE)
 def export(
     directory: DirOption,
-    arch: ArchOption = None,
-    checkpoint: CheckpointOption = None,
-    num_classes: NumClassesOption = None,
-    image_size: ImageSizeOption = None,
-    preset: PresetOption = None,
-    resize_size: ResizeSizeOption = None,
-    crop_pct: CropPctOption = None,
-    interpolation: InterpolationOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    class_names: ClassNamesOption = None,
+    source: SourceOptions,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     static_batch: Annotated[
         Optional[int], typer.Option("--static-batch", help="Fixed batch size instead of a dynamic one.")
@@ -236,199 +174,35 @@ def export(
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
-    source = resolve_source(
-        arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std, class_names
-    )
+    model = resolve_source(source)
     directory = prepare_dir(directory)
     with locked(directory):
-        export_onnx(source, directory, opset=opset, static_batch=static_batch, log=log)
-    if warning := source.weights_warning():
+        export_onnx(model, directory, opset=opset, static_batch=static_batch, log=log)
+    if warning := model.weights_warning():
         typer.echo(f"WARNING: {warning}")
 
 
-ExportedDirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory of an earlier export.")]
-CalibDirOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--calib-dir",
-        help="Calibration images (folder, recursive) or .npy/.npz of preprocessed arrays. "
-        "Default: the bundled digits for the demo model; required for INT8 otherwise.",
-    ),
-]
-CalibCountOption = Annotated[int, typer.Option("--calib-count", help="Calibration images, seeded, class-balanced.")]
-CalibMethodOption = Annotated[
-    Literal["entropy", "minmax", "percentile"], typer.Option("--calib-method", help="Calibration method.")
-]
-PercentileOption = Annotated[float, typer.Option("--percentile", help="For --calib-method percentile.")]
-ExcludeOption = Annotated[
-    Optional[list[str]], typer.Option("--exclude", help="Node-name glob left unquantized (repeatable).")
-]
-HighPrecisionOption = Annotated[
-    Literal["fp16", "fp32"], typer.Option("--high-precision", help="What INT8 leaves unquantized runs in.")
-]
-CheckDataOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--check-data",
-        help="Held-out images the typed files are checked on. Default: 10% (at least 32) of --calib-dir.",
-    ),
-]
-_SEARCH = "INT8 search"
-NoSearchOption = Annotated[
-    bool, typer.Option("--no-search", help="Fail instead of searching when INT8 fails.", rich_help_panel=_SEARCH)
-]
-SearchFractionOption = Annotated[
-    float,
-    typer.Option("--search-max-fraction", help="Max share of layers kept out of INT8.", rich_help_panel=_SEARCH),
-]
-SearchMinutesOption = Annotated[
-    float, typer.Option("--search-minutes", help="Time limit of the INT8 search.", rich_help_panel=_SEARCH)
-]
-
-
-def _tolerance_option(flag: str, text: str) -> typer.models.OptionInfo:
-    return typer.Option(flag, help=text, rich_help_panel="Tolerances")
-
-
-Fp16Cosine = Annotated[
-    Optional[float], _tolerance_option("--fp16-cosine", "Min per-image cosine for FP16 (default 0.9995).")
-]
-Fp16Top1 = Annotated[
-    Optional[float],
-    _tolerance_option("--fp16-top1", "Min decisive top-1 agreement for FP16, a fraction (default 0.99)."),
-]
-Int8Cosine = Annotated[
-    Optional[float], _tolerance_option("--int8-cosine", "Min per-image cosine for INT8 (default 0.99).")
-]
-Int8Top1 = Annotated[
-    Optional[float],
-    _tolerance_option("--int8-top1", "Min decisive top-1 agreement for INT8, a fraction (default 0.97)."),
-]
-Int8MaxAccuracyDrop = Annotated[
-    Optional[float],
-    _tolerance_option("--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points, with labels (default 1)."),
-]
-
-
-def _precision_options(
-    calib_dir: Path | None,
-    calib_count: int,
-    calib_method: str,
-    percentile: float,
-    exclude: list[str] | None,
-    high_precision: str,
-    check_data: Path | None,
-    no_search: bool,
-    search_max_fraction: float,
-    search_minutes: float,
-    tolerances: dict[str, float | None],
-):
-    """The typed bundle, validated here once (bad values exit 3 before any work)."""
-    from .evaluate.verify import tolerance_overrides
-    from .precision.options import PrecisionOptions
-
-    return PrecisionOptions(
-        calib_source=calib_dir,
-        calib_count=calib_count,
-        calib_method=calib_method,
-        percentile=percentile,
-        exclude=tuple(exclude or ()),
-        high_precision=high_precision,
-        check_source=check_data,
-        search=not no_search,
-        search_max_fraction=search_max_fraction,
-        search_minutes=search_minutes,
-        tolerances=tolerance_overrides(tolerances),
-    )
-
-
-_PROFILE = "TensorRT build"
-
-
-def _build_options(
-    min_batch: int,
-    opt_batch: int,
-    max_batch: int,
-    workspace_mb: int | None,
-    opt_level: int | None,
-    timing_cache: Path | None,
-    hardware_compat: str | None,
-    version_compatible: bool,
-):
-    from .backends.tensorrt.options import BuildOptions
-
-    options = BuildOptions(
-        min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
-    )
-    options.validate()
-    return options
-
-
-MinBatch = Annotated[int, typer.Option("--min-batch", help="Profile minimum batch.", rich_help_panel=_PROFILE)]
-OptBatch = Annotated[int, typer.Option("--opt-batch", help="Profile optimum batch.", rich_help_panel=_PROFILE)]
-MaxBatch = Annotated[int, typer.Option("--max-batch", help="Profile maximum batch.", rich_help_panel=_PROFILE)]
-WorkspaceMb = Annotated[
-    Optional[int], typer.Option("--workspace-mb", help="Builder workspace limit (MiB).", rich_help_panel=_PROFILE)
-]
-OptLevel = Annotated[
-    Optional[int], typer.Option("--opt-level", help="Builder optimization level 0-5.", rich_help_panel=_PROFILE)
-]
-TimingCache = Annotated[
-    Optional[Path],
-    typer.Option("--timing-cache", help="Loaded when present, saved after.", rich_help_panel=_PROFILE),
-]
-HardwareCompat = Annotated[
-    Optional[Literal["ampere+", "same-cc"]],
-    typer.Option("--hardware-compat", help="Engine runs on other GPUs of these generations.", rich_help_panel=_PROFILE),
-]
-VersionCompatible = Annotated[
-    bool,
-    typer.Option("--version-compatible", help="Engine runs on later TensorRT versions.", rich_help_panel=_PROFILE),
-]
-
-
 @app.command("build-trt")
+@grouped(precision_options=PRECISION, build=BUILD)
 def build_trt(
     directory: ExportedDirOption,
+    precision_options: PrecisionOptions,
+    build: BuildOptions,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 typed ONNX and engine.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Calibrated INT8 (Q/DQ) ONNX and engine.")] = False,
-    calib_dir: CalibDirOption = None,
-    calib_count: CalibCountOption = 512,
-    calib_method: CalibMethodOption = "entropy",
-    percentile: PercentileOption = 99.99,
-    exclude: ExcludeOption = None,
-    high_precision: HighPrecisionOption = "fp16",
-    check_data: CheckDataOption = None,
-    no_search: NoSearchOption = False,
-    search_max_fraction: SearchFractionOption = 0.25,
-    search_minutes: SearchMinutesOption = 10.0,
-    fp16_cosine: Fp16Cosine = None,
-    fp16_top1: Fp16Top1 = None,
-    int8_cosine: Int8Cosine = None,
-    int8_top1: Int8Top1 = None,
-    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
     onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Stop after the typed ONNX file.")] = False,
     trt_major: Annotated[
         Optional[int], typer.Option("--trt-major", help="TensorRT major version for the printed trtexec line.")
     ] = None,
-    min_batch: MinBatch = 1,
-    opt_batch: OptBatch = 8,
-    max_batch: MaxBatch = 32,
-    workspace_mb: WorkspaceMb = None,
-    opt_level: OptLevel = None,
-    timing_cache: TimingCache = None,
-    hardware_compat: HardwareCompat = None,
-    version_compatible: VersionCompatible = False,
 ) -> None:
     """Write the typed ONNX file (FP32 without flags), check it in ONNX Runtime, then build the engine.
 
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
     from .artifacts import locked, recorded_step
-    from .backends.tensorrt.build import build_engine
+    from .backends.tensorrt.build import build_engine, record_engines_skipped
     from .backends.tensorrt.options import check_trt_major
     from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
-    from .pipeline import record_engines_skipped
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
 
@@ -436,185 +210,70 @@ def build_trt(
         raise typer.BadParameter("choose one of them (neither means FP32)", param_hint="'--fp16' / '--int8'")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     check_trt_major(trt_major)
-    options = _build_options(
-        min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
-    )
-    precision_options = _precision_options(
-        calib_dir,
-        calib_count,
-        calib_method,
-        percentile,
-        exclude,
-        high_precision,
-        check_data,
-        no_search,
-        search_max_fraction,
-        search_minutes,
-        dict(
-            fp16_cosine=fp16_cosine,
-            fp16_top1=fp16_top1,
-            int8_cosine=int8_cosine,
-            int8_top1=int8_top1,
-            int8_max_accuracy_drop=int8_max_accuracy_drop,
-        ),
-    )
     directory = artifact_dir(directory)
     with locked(directory):
         with recorded_step(directory, f"{precision} ONNX", record_failure=False):
             make_typed_onnx(directory, precision, precision_options, log=log)
         reason = tensorrt_status()
         if reason is not None:  # for `report`, as pipeline records it: why, and every file's trtexec line
-            record_engines_skipped(directory, options, reason)
+            record_engines_skipped(directory, build, reason)
         if onnx_only:
             return
         try:
-            build_engine(directory, precision, options, log=log, trt_major=trt_major)
+            build_engine(directory, precision, build, log=log, trt_major=trt_major)
         except TensorRTUnavailableError as exc:
             typer.echo(exc.command)
             raise
-        record_engines_skipped(directory, options, None)
+        record_engines_skipped(directory, build, None)
 
 
 @app.command()
+@grouped(source=SOURCE, precision=PRECISION, build=BUILD, bench=BENCH)
 def pipeline(
+    source: SourceOptions,
+    precision: PrecisionOptions,
+    build: BuildOptions,
+    bench: BenchSettings,
     directory: DirOption = Path("artifacts/demo"),
-    arch: ArchOption = None,
-    checkpoint: CheckpointOption = None,
-    num_classes: NumClassesOption = None,
-    image_size: ImageSizeOption = None,
-    preset: PresetOption = None,
-    resize_size: ResizeSizeOption = None,
-    crop_pct: CropPctOption = None,
-    interpolation: InterpolationOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    class_names: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--class-names",
-            help="Class names: a file with one per line, or a folder of class subfolders. Default: the class "
-            "subfolders of --calib-dir or --data when they are as many as the model's classes.",
-        ),
-    ] = None,
-    calib_dir: CalibDirOption = None,
-    calib_count: CalibCountOption = 512,
-    calib_method: CalibMethodOption = "entropy",
-    percentile: PercentileOption = 99.99,
-    exclude: ExcludeOption = None,
-    high_precision: HighPrecisionOption = "fp16",
-    check_data: CheckDataOption = None,
-    no_search: NoSearchOption = False,
-    search_max_fraction: SearchFractionOption = 0.25,
-    search_minutes: SearchMinutesOption = 10.0,
-    fp16_cosine: Fp16Cosine = None,
-    fp16_top1: Fp16Top1 = None,
-    int8_cosine: Int8Cosine = None,
-    int8_top1: Int8Top1 = None,
-    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
-    data: Annotated[
-        Optional[Path], typer.Option("--data", help="verify's images (default: demo validation split or synthetic).")
-    ] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="verify uses at most N images.")] = None,
-    backends: BackendsOption = "",
-    precisions: PrecisionsOption = _PRECISION_DEFAULT,
-    batch_sizes: BatchSizesOption = _BATCH_DEFAULT,
-    budget: BudgetOption = BenchSettings.budget_s,
-    duration: DurationOption = BenchSettings.duration_s,
-    threads: ThreadsOption = None,
-    min_batch: MinBatch = 1,
-    opt_batch: OptBatch = 8,
-    max_batch: MaxBatch = 32,
-    workspace_mb: WorkspaceMb = None,
-    opt_level: OptLevel = None,
-    timing_cache: TimingCache = None,
-    hardware_compat: HardwareCompat = None,
-    version_compatible: VersionCompatible = False,
+    data: DataOption = None,
+    count: CountOption = None,
 ) -> None:
     """The whole chain: export, FP16, INT8, TensorRT engines where possible, verify, bench, DIR/report.md.
 
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
-    from .environment import cap_threads
-    from .evaluate.settings import parse_batch_sizes
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    tolerances = dict(
-        fp16_cosine=fp16_cosine,
-        fp16_top1=fp16_top1,
-        int8_cosine=int8_cosine,
-        int8_top1=int8_top1,
-        int8_max_accuracy_drop=int8_max_accuracy_drop,
-    )
-    options = PipelineOptions(
-        precision=_precision_options(
-            calib_dir,
-            calib_count,
-            calib_method,
-            percentile,
-            exclude,
-            high_precision,
-            check_data,
-            no_search,
-            search_max_fraction,
-            search_minutes,
-            tolerances,
-        ),
-        data=data,
-        count=count,
-        bench=BenchSettings(
-            backends=_backend_list(backends),
-            precisions=_comma_list(precisions, Precision.names(), "--precisions"),
-            batch_sizes=parse_batch_sizes(batch_sizes),
-            budget_s=budget,
-            duration_s=duration,
-            threads=cap_threads(threads, log),
-        ),
-        build=_build_options(
-            min_batch, opt_batch, max_batch, workspace_mb, opt_level, timing_cache, hardware_compat, version_compatible
-        ),
-    )
-    source = resolve_source(
-        *(arch, checkpoint, num_classes, image_size, preset, resize_size, crop_pct, interpolation, mean, std),
-        class_names=class_names,
-        name_folders=(calib_dir, data),
-    )
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
+    model = resolve_source(source, name_folders=(precision.calib_source, data))
     directory = prepare_dir(directory)
     with locked(directory):
-        result = run_pipeline(source, directory, options, log=log)
+        result = run_pipeline(model, directory, options, log=log)
     for table in result.tables:
         typer.echo(table)
     typer.echo(f"report: {result.report}")
-    if warning := source.weights_warning():
+    if warning := model.weights_warning():
         typer.echo(f"WARNING: {warning}")
     if not result.verified:
         raise result.error()
 
 
 @app.command()
+@grouped(tolerances=TOLERANCES, backend_options=BACKEND_OPTIONS)
 def verify(
     directory: ExportedDirOption,
-    data: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--data",
-            help="Image folder (class subfolders give labels) or .npy/.npz of preprocessed images. Default: the "
-            "demo's labeled validation split for the demo model, else seeded synthetic input.",
-        ),
-    ] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="Use at most N images (synthetic: 64).")] = None,
+    tolerances: Mapping[str, Tolerance],
+    backend_options: Mapping[str, Mapping[str, Any]],
+    data: DataOption = None,
+    count: CountOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per runner call.")] = 32,
     json_path: JsonOption = None,
     backends: Annotated[
         str,
         typer.Option("--backends", help="Comma list of backends to check (see `info`); default: every one available."),
     ] = "",
-    fp16_cosine: Fp16Cosine = None,
-    fp16_top1: Fp16Top1 = None,
-    int8_cosine: Int8Cosine = None,
-    int8_top1: Int8Top1 = None,
-    int8_max_accuracy_drop: Int8MaxAccuracyDrop = None,
     precisions: Annotated[
         str, typer.Option("--precisions", help="Comma list: fp32, fp16, int8, bf16 (OpenVINO).")
     ] = "fp32,fp16,int8",
@@ -622,26 +281,26 @@ def verify(
     """Run every artifact in DIR on every runner here against PyTorch FP32; exit 1 naming each failure."""
     from .artifacts import locked
     from .errors import VerificationError
-    from .evaluate.verify import VERIFY_JSON, run_verify, tolerance_overrides, verify_text
+    from .evaluate.verify import VERIFY_JSON, run_verify, verify_text
     from .parity import SELECTABLE_PRECISIONS
     from .source import artifact_dir
 
-    chosen = _comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
-    tolerances = tolerance_overrides(
-        {
-            "fp16_cosine": fp16_cosine,
-            "fp16_top1": fp16_top1,
-            "int8_cosine": int8_cosine,
-            "int8_top1": int8_top1,
-            "int8_max_accuracy_drop": int8_max_accuracy_drop,
-        }
-    )
-    names = _backend_list(backends)
+    chosen = comma_list(precisions, SELECTABLE_PRECISIONS, "--precisions")
+    names = backend_list(backends)
     json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory):
         report = run_verify(
-            directory, data, count, batch_size, tolerances, json_file, log=log, backends=names, precisions=chosen
+            directory,
+            data,
+            count,
+            batch_size,
+            tolerances,
+            json_file,
+            log=log,
+            backends=names,
+            precisions=chosen,
+            backend_options=backend_options,
         )
         _print_result(verify_text(report.record), directory / VERIFY_JSON, json_path)
     if not report:
@@ -649,67 +308,16 @@ def verify(
 
 
 @app.command()
-def bench(
-    directory: ExportedDirOption,
-    backends: BackendsOption = "",
-    precisions: PrecisionsOption = _PRECISION_DEFAULT,
-    batch_sizes: BatchSizesOption = _BATCH_DEFAULT,
-    budget: BudgetOption = BenchSettings.budget_s,
-    duration: DurationOption = BenchSettings.duration_s,
-    warmup_ms: Annotated[
-        float, typer.Option("--warmup-ms", help="Warm-up time per runner and batch size.", rich_help_panel=_BENCH)
-    ] = BenchSettings.warmup_ms,
-    min_iterations: Annotated[
-        int, typer.Option("--min-iterations", help="Fewest timed calls per row.", rich_help_panel=_BENCH)
-    ] = BenchSettings.min_iterations,
-    rounds: Annotated[
-        int, typer.Option("--rounds", help="Interleaved rounds (fewer only to fit --budget).", rich_help_panel=_BENCH)
-    ] = BenchSettings.rounds,
-    min_rounds: Annotated[
-        int, typer.Option("--min-rounds", help="Rounds kept however short --budget is.", rich_help_panel=_BENCH)
-    ] = BenchSettings.min_rounds,
-    pause_ms: Annotated[
-        float, typer.Option("--pause-ms", help="Idle time between two slices.", rich_help_panel=_BENCH)
-    ] = BenchSettings.pause_ms,
-    allow_spinning: Annotated[
-        bool,
-        typer.Option(
-            "--allow-spinning",
-            help="Leave thread pools spinning between calls (ONNX Runtime, OpenMP); default: they sleep.",
-            rich_help_panel=_BENCH,
-        ),
-    ] = BenchSettings.allow_spinning,
-    threads: ThreadsOption = None,
-    json_path: JsonOption = None,
-    ov_hint: Annotated[
-        Literal["latency", "throughput"], typer.Option("--ov-hint", help="OpenVINO performance hint.")
-    ] = "latency",
-) -> None:
+@grouped(settings=BENCH)
+def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: JsonOption = None) -> None:
     """Latency and throughput of every runner at every batch size, each runner in its own process.
 
     Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
     """
     from .artifacts import locked, recorded_step
-    from .environment import cap_threads
     from .evaluate.bench import BENCH_JSON, bench_text, run_bench
-    from .evaluate.settings import parse_batch_sizes
     from .source import artifact_dir
 
-    settings = BenchSettings(
-        backends=_backend_list(backends),
-        precisions=_comma_list(precisions, Precision.names(), "--precisions"),
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        warmup_ms=warmup_ms,
-        duration_s=duration,
-        min_iterations=min_iterations,
-        threads=cap_threads(threads, log),
-        ov_hint=ov_hint,
-        budget_s=budget,
-        rounds=rounds,
-        min_rounds=min_rounds,
-        pause_ms=pause_ms,
-        allow_spinning=allow_spinning,
-    )
     json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
     with locked(directory), recorded_step(directory, "bench", record_failure=False):
@@ -764,8 +372,10 @@ def report(directory: ExportedDirOption) -> None:
 
 
 @app.command("triton-repo")
+@grouped(backend_options=BACKEND_OPTIONS)
 def triton_repo(
-    directory: Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")],
+    directory: ReadDirOption,
+    backend_options: Mapping[str, Mapping[str, Any]],
     out: Annotated[Path, typer.Option("--out", help="Triton model repository to write (created if missing).")],
     name: Annotated[Optional[str], typer.Option("--name", help="Model name prefix; default: the architecture.")] = None,
     max_batch_size: Annotated[
@@ -798,12 +408,13 @@ def triton_repo(
         onnx_kind=onnx_kind,
         trt_accelerator=trt_accelerator,
         log=log,
+        backend_options=backend_options,
     )
 
 
 @app.command()
 def serve(
-    directory: Annotated[Path, typer.Option("--dir", help="Artifact directory to read.")],
+    directory: ReadDirOption,
     precision: Annotated[
         Literal["fp32", "fp16", "int8"], typer.Option("--precision", help="Which ONNX file.")
     ] = "fp32",

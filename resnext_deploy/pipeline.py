@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import ONNX_FILES, PRECISIONS, Manifest, recorded_step
-from .backends.tensorrt.build import build_engine
+from .artifacts import recorded_step
+from .backends.registry import backends
 from .backends.tensorrt.options import BuildOptions
-from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
 from .data import Dataset, open_dataset
 from .errors import BadInputError, DeployError, VerificationError
 from .evaluate.settings import BenchSettings
@@ -26,8 +25,10 @@ from .precision.typed import make_typed_onnx
 from .source import ModelSource
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineOptions:
+    """What the pipeline's steps take, each bundle whole: the CLI makes them, validated, from its option groups."""
+
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
     data: Path | None = None
     count: int | None = None
@@ -58,7 +59,6 @@ def run_pipeline(
     from .evaluate.verify import run_verify, verify_text
     from .report import write_report
 
-    options.build.validate()
     log("== export (FP32 ONNX)")
     export_onnx(source, directory, log=log)
     failed: dict[str, str] = {}
@@ -72,10 +72,17 @@ def run_pipeline(
             bad_input |= isinstance(exc, BadInputError)
             failed[f"{precision} ONNX"] = f"failed: {exc}"
             log(f"{precision.upper()} step failed; continuing with what exists: {exc}")
-    skipped = build_engines(directory, options.build, log)
+    skipped: dict[str, str] = {}
+    for backend in backends().values():  # TensorRT's engines, or the trtexec lines that build them elsewhere
+        skipped.update(backend.build(directory, options.build, log))
     log("== verify")
     verified = run_verify(
-        directory, data=options.data, count=options.count, log=log, dataset=verify_dataset(source, options)
+        directory,
+        data=options.data,
+        count=options.count,
+        log=log,
+        dataset=verify_dataset(source, options),
+        backend_options=options.bench.backend_options,
     )
     log("== bench")
     measured = None
@@ -114,34 +121,3 @@ def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | N
         )[1]  # fmt: skip
     except BadInputError:
         return open_dataset(precision.calib_source, pre, options.count, precision.seed, num_classes=source.num_classes)
-
-
-def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
-    """Build the engines of the typed files that exist, or say once why not and list the trtexec lines that would."""
-    reason = tensorrt_status()
-    if reason is None:
-        for precision in [p for p in PRECISIONS if Manifest(directory).entry(ONNX_FILES[p])]:
-            log(f"== TensorRT {precision.upper()} engine")
-            build_engine(directory, precision, options, log=log)
-    skipped = record_engines_skipped(directory, options, reason)
-    if reason is not None:
-        log(f"TensorRT engines skipped: {reason}")
-    return skipped
-
-
-def record_engines_skipped(directory: Path, options: BuildOptions, reason: str | None) -> dict[str, str]:
-    """Record in the manifest why no engine was built here, with the trtexec lines that build them on a GPU.
-
-    ``pipeline`` and ``build-trt`` both record it, so ``report`` lists it whichever made the directory; with
-    ``reason`` None (engines were built) the record is cleared.
-    """
-    commands = []
-    for precision in [p for p in PRECISIONS if reason is not None and Manifest(directory).entry(ONNX_FILES[p])]:
-        try:
-            build_engine(directory, precision, options, relative_to=directory)
-        except TensorRTUnavailableError as exc:
-            commands.append(exc.command)
-    where = "To build them on a GPU machine, from the directory that holds this report:"
-    skipped = {} if reason is None else {"tensorrt": f"{reason}. {where}\n" + "\n".join(commands)}
-    Manifest(directory).record_skipped("tensorrt", skipped.get("tensorrt"))
-    return skipped

@@ -215,26 +215,43 @@ def resolve_preprocessing(
     return pre
 
 
-def resolve_source(
-    arch: str | None = None,
-    checkpoint: str | Path | None = None,
-    num_classes: int | None = None,
-    image_size: int | None = None,
-    preset: str | None = None,
-    resize_size: int | None = None,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    class_names: str | Path | None = None,
-    name_folders: Sequence[str | Path | None] = (),
-) -> ModelSource:
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the user said about the model (``export`` and ``pipeline``): all None means the bundled demo model.
+
+    Ranges fail here, once, as bad input; :func:`resolve_source` turns the choices into a :class:`ModelSource`.
+    """
+
+    arch: str | None = None
+    checkpoint: str | Path | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    preset: str | None = None
+    resize_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    class_names: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
+            raise BadInputError(f"--num-classes must be between 1 and {MAX_CLASSES}, got {self.num_classes}")
+        if self.image_size is not None and not 8 <= self.image_size <= 4096:
+            raise BadInputError(f"--image-size must be between 8 and 4096, got {self.image_size}")
+
+
+def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[str | Path | None] = ()) -> ModelSource:
     """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model.
 
-    Class names come from ``class_names`` (a file, one per line, or a folder of class subfolders), else from
-    the first of ``name_folders`` (the data given with the export) whose class subfolders are as many as the
-    model's classes; the model's class count follows the names when nothing else sets it.
+    Class names come from ``options.class_names`` (a file, one per line, or a folder of class subfolders),
+    else from the first of ``name_folders`` (the data given with the export) whose class subfolders are as
+    many as the model's classes; the model's class count follows the names when nothing else sets it.
     """
+    options = options or SourceOptions()
+    arch, checkpoint, num_classes, class_names = (
+        options.arch, options.checkpoint, options.num_classes, options.class_names
+    )  # fmt: skip
     if arch is None and checkpoint is None:
         arch, checkpoint = DEMO_ARCH, DEMO_WEIGHTS
         if not DEMO_WEIGHTS.exists():
@@ -245,11 +262,10 @@ def resolve_source(
         spec = get_arch(arch)
     except KeyError as exc:
         raise BadInputError(str(exc.args[0])) from None
-    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
-        raise BadInputError(f"--num-classes must be between 1 and {MAX_CLASSES}, got {num_classes}")
-    if image_size is not None and not 8 <= image_size <= 4096:
-        raise BadInputError(f"--image-size must be between 8 and 4096, got {image_size}")
-    pre = resolve_preprocessing(spec, image_size, preset, resize_size, crop_pct, interpolation, mean, std)
+    pre = resolve_preprocessing(
+        spec, options.image_size, options.preset, options.resize_size, options.crop_pct, options.interpolation,
+        options.mean, options.std,
+    )  # fmt: skip
     sha = None
     if checkpoint is not None:
         from .checkpoint import infer_num_classes, read_state_dict

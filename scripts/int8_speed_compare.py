@@ -246,10 +246,10 @@ def table(results: list[dict[str, Any]], batches: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from resnext_deploy.export import export_onnx
-    from resnext_deploy.source import resolve_source
+    from resnext_deploy.source import SourceOptions, resolve_source
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    source = resolve_source(args.arch)
+    source = resolve_source(SourceOptions(args.arch))
     base = args.dir / "export"
     if not (base / "model.onnx").exists():
         base.mkdir(exist_ok=True)

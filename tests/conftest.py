@@ -9,13 +9,13 @@ import pytest
 from tiny_artifacts import with_low_precision
 
 from resnext_deploy.export import export_onnx
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 
 @pytest.fixture(scope="session")
 def tiny_export_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-template")
-    export_onnx(resolve_source("resnext_tiny"), directory, log=lambda _m: None)
+    export_onnx(resolve_source(SourceOptions("resnext_tiny")), directory, log=lambda _m: None)
     return directory
 
 

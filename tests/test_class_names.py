@@ -14,7 +14,7 @@ from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.parity import compare
-from resnext_deploy.source import ModelSource, recorded_source, resolve_source
+from resnext_deploy.source import ModelSource, SourceOptions, recorded_source, resolve_source
 
 NAMES = [f"class {i}" for i in range(10)]
 
@@ -44,7 +44,7 @@ def test_class_names_file_goes_into_the_onnx_metadata_and_the_manifest(tmp_path:
 def test_class_names_set_the_class_count_and_must_match_a_checkpoint(tmp_path: Path, capsys) -> None:
     names = tmp_path / "classes.txt"
     names.write_text("a\nb\nc\n")
-    assert resolve_source("resnext_tiny", class_names=names).num_classes == 3
+    assert resolve_source(SourceOptions("resnext_tiny", class_names=names)).num_classes == 3
     code = main(["export", "--arch", "resnext_tiny", "--num-classes", "5", "--class-names", str(names), "--dir", "x"])
     err = capsys.readouterr().err.strip()
     assert code == ExitCode.BAD_INPUT and "names 3 classes; the model has 5" in err and len(err.splitlines()) == 1
@@ -55,22 +55,24 @@ def test_class_names_set_the_class_count_and_must_match_a_checkpoint(tmp_path: P
 
 def test_a_folder_names_the_classes_by_its_subfolders(tmp_path: Path) -> None:
     folder = _image_folder(tmp_path / "images", ["cat", "dog", "eel"])
-    assert resolve_source("resnext_tiny", class_names=folder).class_names == ("cat", "dog", "eel")
+    assert resolve_source(SourceOptions("resnext_tiny", class_names=folder)).class_names == ("cat", "dog", "eel")
 
 
 def test_data_folders_given_at_export_name_the_classes_when_they_fit(tmp_path: Path) -> None:
     fits = _image_folder(tmp_path / "calib", NAMES)
     other = _image_folder(tmp_path / "three", ["a", "b", "c"])
-    assert resolve_source("resnext_tiny", name_folders=(None, other, fits)).class_names == tuple(NAMES)
-    assert resolve_source("resnext_tiny", name_folders=(other,)).class_names == ()  # 3 folders, 10 classes
+    assert resolve_source(SourceOptions("resnext_tiny"), name_folders=(None, other, fits)).class_names == tuple(NAMES)
+    assert (
+        resolve_source(SourceOptions("resnext_tiny"), name_folders=(other,)).class_names == ()
+    )  # 3 folders, 10 classes
     given = tmp_path / "given.txt"
     given.write_text("".join(f"g{i}\n" for i in range(10)))
-    assert resolve_source("resnext_tiny", class_names=given, name_folders=(fits,)).class_names[0] == "g0"
+    assert resolve_source(SourceOptions("resnext_tiny", class_names=given), name_folders=(fits,)).class_names[0] == "g0"
 
 
 def test_a_source_without_names_records_as_before(tmp_path: Path) -> None:
     """Manifests written before class names existed stay up to date: no empty field is added."""
-    source = resolve_source("resnext_tiny")
+    source = resolve_source(SourceOptions("resnext_tiny"))
     assert "classes" not in source.to_dict() and ModelSource.from_dict(source.to_dict()) == source
 
 

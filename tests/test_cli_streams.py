@@ -27,7 +27,7 @@ from resnext_deploy.errors import ExitCode
 from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.schemas import SCHEMA_VERSION, load_schema
 from resnext_deploy.serving.load_test import LoadRow, write_triton_bench
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_FAST = ["--backends", "onnxruntime", "--precisions", "fp32", "--batch-sizes", "1"]
@@ -222,7 +222,7 @@ def test_outputs_match_their_json_schemas(tiny_dir: Path, tmp_path: Path):
     assert main(["bench", "--dir", str(tiny_dir), *BENCH_FAST]) == 0
     _validate("bench", json.loads((tiny_dir / "bench.json").read_text()))
 
-    dataset = open_dataset(None, resolve_source("resnext_tiny").preprocessing, count=8)
+    dataset = open_dataset(None, resolve_source(SourceOptions("resnext_tiny")).preprocessing, count=8)
     calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "minmax", log=lambda _m: None)
     _validate("calibration", json.loads((tiny_dir / CALIBRATION_NAME).read_text()))
 

@@ -14,7 +14,7 @@ from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import ARCHS
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 QUIET = {"log": lambda _m: None}
 
@@ -40,13 +40,13 @@ def test_tiny_export_metadata_and_manifest(tiny_dir: Path):
 
 def test_second_export_reuses_the_file(tiny_dir: Path):
     before = sha256_file(tiny_dir / "model.onnx")
-    result = export_onnx(resolve_source("resnext_tiny"), tiny_dir, **QUIET)
+    result = export_onnx(resolve_source(SourceOptions("resnext_tiny")), tiny_dir, **QUIET)
     assert result.reused
     assert sha256_file(tiny_dir / "model.onnx") == before
 
 
 def test_static_batch(tmp_path: Path):
-    export_onnx(resolve_source("resnext_tiny"), tmp_path, static_batch=3, **QUIET)
+    export_onnx(resolve_source(SourceOptions("resnext_tiny")), tmp_path, static_batch=3, **QUIET)
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
     runner = OnnxRuntimeRunner(tmp_path / "model.onnx")
@@ -56,7 +56,7 @@ def test_static_batch(tmp_path: Path):
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "resnext50_32x4d"])
 def test_every_architecture_exports_and_agrees(tmp_path: Path, arch: str):
     size = 32 if ARCHS[arch].stem == "cifar" else 64
-    result = export_onnx(resolve_source(arch, image_size=size, num_classes=5), tmp_path, **QUIET)
+    result = export_onnx(resolve_source(SourceOptions(arch, image_size=size, num_classes=5)), tmp_path, **QUIET)
     for parity in result.parity.values():
         assert parity, parity.failures
         assert parity.cosine_min > 0.99999
@@ -64,7 +64,7 @@ def test_every_architecture_exports_and_agrees(tmp_path: Path, arch: str):
 
 @pytest.mark.slow
 def test_resnext50_at_224_batch_1_and_4(tmp_path: Path):
-    source = resolve_source("resnext50_32x4d")
+    source = resolve_source(SourceOptions("resnext50_32x4d"))
     result = export_onnx(source, tmp_path, **QUIET)
     assert set(result.parity) == {1, 4}
     onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)

@@ -30,6 +30,7 @@ LAYERS = {
     "serving": 6,
     "pipeline": 7,
     "cli": 8,
+    "cli_options": 8,
     "__main__": 9,
 }
 

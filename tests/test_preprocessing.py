@@ -31,7 +31,7 @@ from resnext_deploy.data import preprocess
 from resnext_deploy.environment import package_version
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.models import IMAGENET_MEAN, IMAGENET_STD, PRESETS
-from resnext_deploy.source import ModelSource, recorded_source, resolve_source
+from resnext_deploy.source import ModelSource, SourceOptions, recorded_source, resolve_source
 
 # Odd and even sizes, both orientations, one already at the resize size: every rounding path.
 SIZES = [(500, 375), (375, 500), (301, 233), (232, 640), (257, 257)]
@@ -153,7 +153,7 @@ def test_export_records_the_preprocessing_and_later_steps_read_it(tmp_path: Path
 
 
 def test_a_manifest_from_before_presets_still_reads(tmp_path: Path) -> None:
-    source = resolve_source("resnext_tiny")
+    source = resolve_source(SourceOptions("resnext_tiny"))
     old = {k: v for k, v in source.to_dict().items() if k != "preprocess"}
     assert ModelSource.from_dict(old).preprocessing == source.preprocessing
 
@@ -170,4 +170,4 @@ def test_a_manifest_from_before_presets_still_reads(tmp_path: Path) -> None:
 )
 def test_bad_preprocessing_options_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(BadInputError, match=message):
-        resolve_source("resnext50_32x4d", **options)
+        resolve_source(SourceOptions("resnext50_32x4d", **options))

@@ -13,7 +13,7 @@ from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.report import write_report
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 
 def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_template: Path, tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
     assert manifest.stale() == {}
 
     lines: list[str] = []
-    export_onnx(resolve_source("resnext_tiny", num_classes=7), directory, log=lines.append)
+    export_onnx(resolve_source(SourceOptions("resnext_tiny", num_classes=7)), directory, log=lines.append)
 
     manifest = Manifest(directory)
     stale = manifest.stale()
@@ -56,7 +56,7 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
 
 def test_the_report_names_stale_artifacts(tiny_export_template: Path, tmp_path: Path) -> None:
     directory = with_low_precision(tiny_export_template, tmp_path / "tiny")
-    export_onnx(resolve_source("resnext_tiny", num_classes=7), directory, log=lambda _: None)
+    export_onnx(resolve_source(SourceOptions("resnext_tiny", num_classes=7)), directory, log=lambda _: None)
     markdown = write_report(directory, log=lambda _: None).read_text()
     assert "**Out of date:** model.fp16.onnx is stale, made from an earlier model.onnx" in markdown
     assert "**Out of date:** model.int8.onnx is stale" in markdown

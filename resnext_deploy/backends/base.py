@@ -1,22 +1,31 @@
 """One runner interface over every backend, and what a backend declares to the registry.
 
 A runner is opened on an artifact, takes a float32 NCHW batch and returns float32 logits. A backend
-says whether it can run here (and, if not, which pip extra fixes that) and which (artifact, device)
-pairs of an artifact directory it runs; :mod:`resnext_deploy.backends.registry` loops over them.
-Heavy or optional imports happen inside the runners that need them.
+says whether it can run here (and, if not, which pip extra fixes that), which (artifact, device)
+pairs of an artifact directory it runs, its own knobs (:class:`BackendOption`, which become CLI flags),
+why its INT8 may not be faster, and optionally what it builds and which Triton models it offers;
+:mod:`resnext_deploy.backends.registry` loops over them. Heavy or optional imports happen inside the
+runners that need them, so declaring a backend costs nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..artifacts import Manifest
-from ..source import ModelSource
+from ..errors import BadInputError
+
+if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a backend must not import torch
+    from ..backends.tensorrt.options import BuildOptions  # (not .tensorrt: test_layers reads that as tensorrt)
+    from ..source import ModelSource
+
+OptionValue = str | int | float | bool
 
 
 class Runner:
@@ -77,6 +86,7 @@ class Candidate:
     artifact: str | None
     open: Callable[[], Runner] | None = None
     skipped: str | None = None
+    options: Mapping[str, OptionValue] = field(default_factory=dict)  # its backend's knobs, recorded in bench rows
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -148,23 +158,103 @@ class ArtifactSet:
         return None
 
 
+@dataclass(frozen=True)
+class BackendOption:
+    """One knob of one backend: a keyword of its ``candidates`` and, with a ``flag``, a CLI flag.
+
+    The CLI makes the flag on every command that opens runners (verify, bench, pipeline) and on
+    triton-repo, from the registry alone, so a new backend's knob needs no CLI edit. ``flag`` None keeps a
+    knob for the library (bench's isolation settings).
+    """
+
+    name: str
+    default: OptionValue
+    help: str
+    flag: str | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any, backend: str) -> OptionValue:
+        """``value`` as this knob's type, or one line naming the flag and what it takes."""
+        where = self.flag or f"{backend} option {self.name}"
+        kind = type(self.default)
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (kind, int) if kind is float else kind):
+            raise BadInputError(f"{where} takes a {kind.__name__}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise BadInputError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+        return kind(value)
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """A Triton model a backend offers for one artifact of DIR; ``serving.triton_repo`` writes its config.
+
+    ``platform`` is Triton's platform (``onnxruntime_onnx``, ``tensorrt_plan``), or with ``triton_backend``
+    the name of a Triton backend (``openvino``). ``instance_kind`` None leaves it to ``--onnx-kind``.
+    An artifact that is not an ONNX file (an engine) names the ONNX file whose inputs and outputs it has
+    (``io_from``), the batches it accepts (``batch_profile``: min, opt, max) and what built it.
+    """
+
+    artifact: str
+    precision: str
+    kind: str  # the <kind> in the model name <arch>_<kind>_<precision>
+    platform: str
+    triton_backend: bool = False
+    instance_kind: str | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    io_from: str | None = None
+    profile_input: str | None = None  # the input the batch profile is for
+    batch_profile: tuple[int, int, int] | None = None
+    built_with: str | None = None
+    version_compatible: bool = False
+    rebuild: str = ""  # the command that rebuilds the artifact, for a profile Triton cannot batch into
+
+
 class Backend:
-    """What a backend declares: its name, the pip extra that installs it, and the candidates it runs.
+    """What a backend declares: its name, the pip extra that installs it, the candidates it runs, its knobs.
 
     Subclasses override :meth:`unavailable` (a cheap probe, no heavy import when the answer is "not
-    installed") and :meth:`candidates`.
+    installed") and :meth:`candidates`, which takes each of :attr:`options` as a keyword. ``int8_note``
+    says, per device, why INT8 may not beat FP16 there (bench's warning). :meth:`build` and
+    :meth:`triton_models` are optional: ``pipeline`` and ``triton-repo`` call them on every backend.
     """
 
     name: str = ""
     extra: str | None = None
     description: str = ""
+    options: tuple[BackendOption, ...] = ()
+    int8_note: Mapping[str, str] = MappingProxyType({})
+
+    def option_values(self, given: Mapping[str, Any] | None = None) -> dict[str, OptionValue]:
+        """Every knob's value: ``given`` ones checked, the rest their defaults; an unknown name is bad input."""
+        known = {option.name: option for option in self.options}
+        unknown = sorted(set(given or {}) - set(known))
+        if unknown:
+            raise BadInputError(f"backend {self.name} has no option {', '.join(unknown)}; it has {', '.join(known)}")
+        return {
+            name: option.check((given or {}).get(name, option.default), self.name) for name, option in known.items()
+        }
 
     def unavailable(self) -> str | None:
         """None when this backend can run here; otherwise why not, naming what to install."""
         return None
 
     def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+        """The (artifact, device) pairs this backend runs here; a backend with knobs takes each as a keyword."""
         raise NotImplementedError
+
+    def build(self, directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
+        """Build this backend's own artifacts from the typed ONNX files; returns the steps skipped, with why."""
+        return {}
+
+    def triton_models(
+        self, directory: Path, options: Mapping[str, Any], usable: Callable[[str], bool]
+    ) -> list[TritonModel]:
+        """The Triton models this backend serves from DIR's files; ``options`` are its knobs' values.
+
+        ``usable(name)`` says whether a file of DIR is there, recorded and current (``triton-repo`` skips a
+        stale one with a warning).
+        """
+        return []
 
     def install_hint(self) -> str:
         return f"pip install 'resnext-deploy[{self.extra}]'" if self.extra else "it ships with resnext-deploy"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 from ..artifacts import ONNX_FILES
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..logs import ort_severity
-from .base import ArtifactSet, Backend, Candidate, Runner, run_in_chunks
+from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, run_in_chunks
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -99,9 +99,18 @@ class OnnxRuntimeRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
+    # No flag: bench turns spinning off for every backend with this knob unless --allow-spinning.
+    options = (BackendOption("allow_spinning", True, "Idle pool threads spin for the next call."),)
+    int8_note = {
+        "cpu": "ONNX Runtime's CPU provider runs this Q/DQ graph through quantize/dequantize pairs and float "
+        "kernels (QDQ-to-float fallbacks) rather than fused int8 kernels",
+        "cuda": "ONNX Runtime's CUDA provider has few int8 kernels and runs most Q/DQ pairs as separate "
+        "quantize/dequantize steps",
+        "tensorrt": "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
+    }
 
     def candidates(
-        self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None, allow_spinning: bool = True
+        self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None, allow_spinning: bool
     ) -> list[Candidate]:
         import onnxruntime
 
@@ -119,6 +128,16 @@ class OnnxRuntimeBackend(Backend):
                 )
                 found.append(Candidate(self.name, precision, device, name, None if reason else opener, reason))
         return found
+
+    def triton_models(
+        self, directory: Path, options: Mapping[str, Any], usable: Callable[[str], bool]
+    ) -> list[TritonModel]:
+        """One ``onnxruntime_onnx`` model per current ONNX file; ``--onnx-kind`` says where it runs."""
+        return [
+            TritonModel(name, precision, "onnx", "onnxruntime_onnx")
+            for precision, name in ONNX_FILES.items()
+            if usable(name)
+        ]
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import importlib.util
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, read_json, sha256_file, write_json
 from ..errors import BadInputError, one_line
-from .base import ArtifactSet, Backend, Candidate, Runner
+from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 CACHE_DIR = "openvino_cache"
@@ -151,6 +151,20 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     extra = "openvino"
     description = "OpenVINO on the CPU (fp32 pinned to f32; bf16 only when asked for)"
+    options = (
+        BackendOption(
+            "performance_hint",
+            "latency",
+            "OpenVINO performance hint (bench rows record it; triton-repo writes it as PERFORMANCE_HINT).",
+            flag="--ov-hint",
+            choices=PERFORMANCE_HINTS,
+        ),
+    )
+    int8_note = {
+        "cpu": "OpenVINO's CPU plugin fuses the Q/DQ pairs into int8 convolutions, which are fast only with VNNI "
+        "or AMX-INT8 instructions (avx512_vnni, avx_vnni, amx_int8); without them, or when the machine is busy, "
+        "int8 gains little"
+    }
 
     def unavailable(self) -> str | None:
         return None if _installed() else f"OpenVINO is not installed; {self.install_hint()}"
@@ -160,7 +174,7 @@ class OpenVINOBackend(Backend):
         artifacts: ArtifactSet,
         precisions: Sequence[str],
         threads: int | None,
-        performance_hint: str = "latency",
+        performance_hint: str,
     ) -> list[Candidate]:
         missing = self.unavailable()
         found = []
@@ -180,6 +194,22 @@ class OpenVINOBackend(Backend):
                 opener = functools.partial(_open, artifacts.path(name), precision, threads, performance_hint, cache)
             found.append(Candidate(self.name, precision, "cpu", name, opener, reason))
         return found
+
+    def triton_models(
+        self, directory: Path, options: Mapping[str, Any], usable: Callable[[str], bool]
+    ) -> list[TritonModel]:
+        """One model per current ONNX file on Triton's ``openvino`` backend, CPU instances.
+
+        The throughput hint fits a server's concurrent requests only with several instances; one
+        instance serves Triton's batches one at a time, which the latency hint (the default) runs fastest.
+        """
+        hint = {"PERFORMANCE_HINT": str(options["performance_hint"]).upper()}
+        return [
+            TritonModel(name, precision, self.name, self.name, triton_backend=True, instance_kind="KIND_CPU",
+                        parameters=hint)
+            for precision, name in ONNX_FILES.items()
+            if usable(name)
+        ]  # fmt: skip
 
 
 def _saturating_weights(path: Path) -> str | None:

@@ -1,22 +1,25 @@
 """The backend registry and discovery: which artifact runs on which runner here.
 
 Built-in backends are the modules named in :data:`BUILTIN`, each exposing ``BACKEND``; adding one is
-a new module and one entry there. :func:`register` adds others at run time (tests use it).
-``verify``, ``bench``, ``serve`` and ``pipeline`` loop over :func:`discover_runners` and know nothing
-else about backends.
+a new module and one entry there, knobs included (:class:`~.base.BackendOption`). :func:`register` adds
+others at run time (tests use it). ``verify``, ``bench``, ``serve`` and ``pipeline`` loop over
+:func:`discover_runners`, ``pipeline`` and ``triton-repo`` over :func:`backends`, and know nothing else about
+backends.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, PRECISIONS, Manifest
 from ..errors import BackendUnavailableError, BadInputError
-from ..source import ModelSource, artifact_dir, recorded_source
 from .base import ArtifactSet, Backend, Candidate, Runner, SkipRecord
+
+if TYPE_CHECKING:  # the CLI reads the registry to make its flags: it must not import torch
+    from ..source import ModelSource
 
 # Modules under resnext_deploy.backends, each with a module-level BACKEND, in the order rows are shown.
 BUILTIN = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -48,6 +51,11 @@ def register(backend: Backend) -> Backend:
 
 def unregister(name: str) -> None:
     _registry.pop(name, None)
+
+
+def check_options(given: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Knob values by backend name, each checked against its backend's declaration, defaults filled in."""
+    return {name: get_backend(name).option_values(values) for name, values in given.items()}
 
 
 def get_backend(name: str) -> Backend:
@@ -93,19 +101,25 @@ def discover_runners(
     run here (an engine without TensorRT or a GPU, a file missing from the manifest) becomes a
     candidate with a ``skipped`` reason, never a silent omission. A backend named in ``required``
     (the user asked for it by name) that cannot run here is an error naming its pip extra.
-    ``options`` holds keyword arguments for one backend's ``candidates`` by backend name (OpenVINO's
-    performance hint), so that options of one backend need no change to the others.
+    ``options`` holds knob values by backend name (OpenVINO's performance hint), checked against each
+    backend's declared :attr:`~.base.Backend.options` and recorded on its candidates; the rest take their
+    defaults, so options of one backend need no change to the others.
     """
+    from ..source import artifact_dir, recorded_source
+
     directory = artifact_dir(directory)
     manifest = Manifest(directory)
     manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
     artifacts = ArtifactSet(manifest, recorded_source(manifest))
+    given = check_options(options or {})
     candidates: list[Candidate] = []
     for name in names if names is not None else backend_names():
         backend = get_backend(name)
         if name in required and (reason := backend.unavailable()) is not None:
             raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
-        candidates += backend.candidates(artifacts, precisions, threads, **(options or {}).get(name, {}))
+        values = given.get(name) or backend.option_values()
+        found = backend.candidates(artifacts, precisions, threads, **values)
+        candidates += [replace(candidate, options=values) for candidate in found]
     return Discovery(manifest, artifacts.source, candidates)
 
 

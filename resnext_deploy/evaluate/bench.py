@@ -30,7 +30,7 @@ import numpy as np
 
 from ..artifacts import atomic_path, now_iso, write_json, write_text
 from ..backends.base import Candidate, SkipRecord
-from ..backends.registry import BUILTIN, backend_names, backends, discover_runners
+from ..backends.registry import BUILTIN, backend_names, backends, discover_runners, get_backend
 from ..errors import BadInputError
 from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
@@ -56,6 +56,7 @@ CLOSE_RESERVE_S = 3.0  # kept from the budget for closing workers, statistics an
 # (a ResNeXt-50 matrix on a 2-core AVX2 EPYC took 9% longer than planned).
 PLAN_SHARE = 0.85
 REFERENCE_KEY = ("torch", "fp32")
+SPINNING = "allow_spinning"  # the backend knob that lets idle thread pools spin (ONNX Runtime's)
 
 
 @dataclass
@@ -328,9 +329,11 @@ def measure_bench(
     started = time.monotonic()
     settings = settings or BenchSettings()
     backends_used = settings.backends or backend_names()
-    options = {"openvino": {"performance_hint": settings.ov_hint}, "onnxruntime": {}}
-    if not settings.allow_spinning:
-        options["onnxruntime"]["allow_spinning"] = False
+    options = {name: dict(values) for name, values in settings.backend_options.items()}
+    if not settings.allow_spinning:  # every backend with this knob: idle pools sleep between slices
+        for name in backends_used:
+            if any(option.name == SPINNING for option in get_backend(name).options):
+                options.setdefault(name, {})[SPINNING] = False
     found = discover_runners(
         directory, backends_used, settings.precisions, settings.threads, settings.backends or (), options
     )
@@ -350,7 +353,7 @@ def measure_bench(
             candidate.artifact,
             settings.threads,
             size,
-            options.get(candidate.backend, {}),
+            candidate.options,
             extra,
             quiet=not settings.allow_spinning,
         )
@@ -594,7 +597,7 @@ def _row(unit: Unit, opened: Opened, peak_rss_mb: float | None, directory: Path,
     return replace(
         row,
         compute_precision=opened.compute_precision,
-        options=dict(opened.options),
+        options={**unit.candidate.options, **opened.options},  # the knobs asked for, then what the runner says
         load_s=opened.load_s,
         first_call_ms=unit.first_call_ms,
         peak_rss_mb=peak_rss_mb,
@@ -664,20 +667,6 @@ def _load_record(
     )
 
 
-# Why INT8 may not beat FP16, by (backend, device); measured or documented, not guessed.
-INT8_NOT_FASTER = {
-    ("onnxruntime", "cpu"): "ONNX Runtime's CPU provider runs this Q/DQ graph through quantize/dequantize pairs "
-    "and float kernels (QDQ-to-float fallbacks) rather than fused int8 kernels",
-    ("onnxruntime", "cuda"): "ONNX Runtime's CUDA provider has few int8 kernels and runs most Q/DQ pairs as "
-    "separate quantize/dequantize steps",
-    ("onnxruntime", "tensorrt"): "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
-    ("tensorrt", "cuda"): "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
-    ("openvino", "cpu"): "OpenVINO's CPU plugin fuses the Q/DQ pairs into int8 convolutions, which are fast "
-    "only with VNNI or AMX-INT8 instructions (avx512_vnni, avx_vnni, amx_int8); without them, or when the "
-    "machine is busy, int8 gains little",
-}
-
-
 def bench_warnings(rows: Sequence[BenchRow], noise: NoiseFloor, load: LoadRecord) -> list[str]:
     """A busy machine first, then unstable and disturbed rows, then INT8 not faster than FP16."""
     warnings = []
@@ -706,10 +695,15 @@ def bench_warnings(rows: Sequence[BenchRow], noise: NoiseFloor, load: LoadRecord
         if row.precision == "int8" and other and row.median_ms >= other.median_ms:
             warnings.append(
                 f"{row.backend}-{row.device} batch {row.batch_size}: INT8 ({row.median_ms:.3f} ms) is not "
-                f"faster than FP16 ({other.median_ms:.3f} ms): "
-                + INT8_NOT_FASTER.get((row.backend, row.device), "this runner has no faster int8 path here")
+                f"faster than FP16 ({other.median_ms:.3f} ms): " + int8_note(row.backend, row.device)
             )
     return warnings
+
+
+def int8_note(backend: str, device: str) -> str:
+    """Why INT8 may not beat FP16 on this runner, as its backend says (measured or documented, not guessed)."""
+    known = backends().get(backend)
+    return (known.int8_note if known else {}).get(device, "this runner has no faster int8 path here")
 
 
 def bench_text(report: BenchReport) -> str:

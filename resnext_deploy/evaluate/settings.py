@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..artifacts.precisions import PRECISIONS, Precision
@@ -19,7 +19,8 @@ class BenchSettings:
 
     ``backends`` None means every registered backend; naming one that cannot run here is an error.
     ``duration_s`` is the measured time each row aims for; ``budget_s`` bounds the whole run, and the
-    plan shrinks slices, then rounds (down to ``min_rounds``), to fit it.
+    plan shrinks slices, then rounds (down to ``min_rounds``), to fit it. ``backend_options`` holds the
+    backends' own knobs by backend name (OpenVINO's ``performance_hint``), checked against their declarations.
     """
 
     backends: tuple[str, ...] | None = None
@@ -29,7 +30,7 @@ class BenchSettings:
     duration_s: float = 3.0
     min_iterations: int = 10
     threads: int | None = None
-    ov_hint: str = "latency"
+    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     budget_s: float = 180.0
     rounds: int = 10
     min_rounds: int = 5
@@ -37,13 +38,12 @@ class BenchSettings:
     allow_spinning: bool = False
 
     def __post_init__(self) -> None:
-        from ..backends.openvino import PERFORMANCE_HINTS
-        from ..backends.registry import backend_names
+        from ..backends.registry import backend_names, check_options
 
         if self.backends is not None:
             parse_list(",".join(self.backends), backend_names(), "--backends")
         parse_list(",".join(self.precisions), Precision.names(), "--precisions")
-        parse_list(self.ov_hint, PERFORMANCE_HINTS, "--ov-hint")
+        object.__setattr__(self, "backend_options", check_options(self.backend_options))
         parse_batch_sizes(",".join(str(b) for b in self.batch_sizes))
         _check_range("--warmup-ms", self.warmup_ms, 0, 600_000)
         _check_range("--duration", self.duration_s, 0, 3600, open_low=True)

@@ -286,6 +286,7 @@ def run_verify(
     backends: Sequence[str] | None = None,
     precisions: Sequence[str] = PRECISIONS,
     dataset: Dataset | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> VerifyReport:
     """Run the same preprocessed images through every runner and judge each against torch FP32 on the CPU.
 
@@ -298,13 +299,14 @@ def run_verify(
     extra. ``precisions`` picks the candidates' precisions (bf16 only when named); the reference is always
     torch FP32. ``dataset``, already opened (``pipeline``'s held-out split of ``--calib-dir``), replaces
     ``data`` and ``count``.
+    ``backend_options`` are the backends' knobs by name (see ``discover_runners``).
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     check_writable(Path(directory) / VERIFY_JSON)  # fail before the work, not after it
     if json_path is not None:
         check_writable(json_path)
-    plan = plan_verify(directory, data, count, backends, precisions, dataset)
+    plan = plan_verify(directory, data, count, backends, precisions, dataset, backend_options)
     log(f"verifying {len(plan.candidates)} candidate(s) against {plan.reference.label} on {plan.dataset.description}")
     for note in plan.notes:
         log(f"warning: {note}")
@@ -320,11 +322,12 @@ def plan_verify(
     backends: Sequence[str] | None,
     precisions: Sequence[str],
     dataset: Dataset | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> VerifyPlan:
     """The runners DIR offers here (the reference and the chosen candidates) and the images they all see."""
     names = None if backends is None else tuple(dict.fromkeys((REFERENCE[0], *backends)))
     chosen = tuple(dict.fromkeys(("fp32", *precisions)))
-    found = discover_runners(directory, names, chosen, required=backends or ())
+    found = discover_runners(directory, names, chosen, required=backends or (), options=backend_options)
     if dataset is None:
         dataset = open_dataset(
             data if data is not None else default_data(found.source),

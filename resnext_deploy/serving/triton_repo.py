@@ -1,7 +1,8 @@
 """A Triton model repository made from the artifact directory.
 
-One Triton model per artifact (``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for engines),
-and one more per ONNX file on Triton's ``openvino`` backend (CPU instances). Each ``config.pbtxt`` is
+Each registered backend offers its Triton models (:meth:`~resnext_deploy.backends.base.Backend.triton_models`):
+``onnxruntime_onnx`` for the ONNX files, ``tensorrt_plan`` for engines, and one more per ONNX file on
+Triton's ``openvino`` backend (CPU instances). Each ``config.pbtxt`` is
 built as Triton's own ``ModelConfig`` protobuf (shipped by ``tritonclient``) and printed in protobuf
 text format, so a field Triton does not know cannot be written. ``tritonclient[grpc]`` (the protobuf
 modules) is a core dependency: writing a repository needs neither PyTriton nor numpy < 2. With class names
@@ -10,19 +11,19 @@ modules) is a core dependency: writing a repository needs neither PyTriton nor n
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, atomic_path, engine_file, external_files
-from ..backends.tensorrt.manifest import read_engine_manifest
+from ..artifacts import ONNX_FILES, Manifest, atomic_path, external_files
+from ..backends.base import TritonModel
 from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
-from ..backends.tensorrt.trtexec import build_trt_command
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import export_command, recorded_source
 
@@ -49,12 +50,9 @@ ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16"}
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Triton's TensorRT backend lets a plan run its embedded lean runtime only when the server is started with this.
 VERSION_COMPATIBLE_FLAG = "--backend-config=tensorrt,version-compatible=true"
-OPENVINO = "openvino"  # a Triton backend, not a platform: config.backend, CPU instances
-# The part of a model name that says what runs it: <arch>_<kind>_<precision>.
-NAME_KINDS = {"onnxruntime": "onnx", "onnxruntime_onnx": "onnx", "tensorrt_plan": "trt", OPENVINO: OPENVINO}
-# OpenVINO's throughput hint fits a server's concurrent requests only with several instances; one instance
-# serves Triton's batches one at a time, which the latency hint runs fastest.
-OPENVINO_HINT = "LATENCY"
+# The part of a model name that says what runs it, <arch>_<kind>_<precision>, where it is not the backend's name
+# (the backends' Triton hooks name it; `serve` names its models alike).
+NAME_KINDS = {"onnxruntime": "onnx"}
 
 
 def model_config_pb2() -> ModuleType:
@@ -105,7 +103,7 @@ class RepoModel:
     """One model of the repository: where it came from and how Triton should batch it."""
 
     name: str
-    platform: str  # onnxruntime_onnx | tensorrt_plan | openvino (the backend)
+    platform: str  # onnxruntime_onnx | tensorrt_plan, or a Triton backend (openvino)
     artifact: Path
     precision: str
     inputs: list[TensorSpec]
@@ -116,6 +114,9 @@ class RepoModel:
     tensorrt_version: str | None = None  # engines: the TensorRT that built the plan
     version_compatible: bool = False  # engines: built to load in later TensorRT versions
     external: tuple[str, ...] = ()  # the ONNX file's external-data side files, relative to its directory
+    triton_backend: bool = False  # ``platform`` names a Triton backend (config.backend), not a platform
+    instance_kind: str | None = None  # None: --onnx-kind
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
     def engine_note(self) -> str | None:
         """What the server must offer for this engine to load (None for ONNX models)."""
@@ -169,16 +170,16 @@ def build_model_config(
     for output, spec in zip(config.output, model.outputs, strict=True):
         if labels and spec.dims[-1] == len(labels):  # Triton's classification extension returns these names
             output.label_filename = LABELS_FILE
-    if model.platform == OPENVINO:
-        config.backend = OPENVINO
-        config.parameters["PERFORMANCE_HINT"].string_value = OPENVINO_HINT
+    if model.triton_backend:
+        config.backend = model.platform
     else:
         config.platform = model.platform
+    for key, value in model.parameters.items():
+        config.parameters[key].string_value = value
     if batched:
         config.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    kinds = {"tensorrt_plan": "KIND_GPU", OPENVINO: "KIND_CPU"}
-    kind = kinds.get(model.platform, ONNX_KINDS[onnx_kind])
+    kind = model.instance_kind or ONNX_KINDS[onnx_kind]
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
     if trt_accelerator and model.platform == "onnxruntime_onnx":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -227,12 +228,16 @@ def collect_models(
     name: str | None = None,
     max_batch_size: int | None = None,
     log: Callable[[str], None] = print,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[RepoModel]:
-    """One :class:`RepoModel` per ONNX file and engine that exists, still matches the manifest and is not stale.
+    """The models every registered backend offers for DIR's files that exist, match the manifest and are current.
 
     A stale file (made from an earlier model.onnx) would be served under the current model's name with
-    another input size or other weights, so it is skipped with the reason.
+    another input size or other weights, so it is skipped with the reason. ``backend_options`` are the
+    backends' knobs by name (OpenVINO's hint becomes its model's PERFORMANCE_HINT).
     """
+    from ..backends.registry import backends, check_options
+
     directory = Path(directory)
     if not directory.is_dir():
         raise BadInputError(f"--dir {directory} is not a directory; run `{export_command(directory)}`")
@@ -240,60 +245,68 @@ def collect_models(
     base = name or model_base_name(directory)
     if not MODEL_NAME_RE.match(base):
         raise BadInputError(f"--name {base!r} may hold only letters, digits, '_', '-' and '.'")
+    given = check_options(backend_options or {})
 
-    def sha256(path: Path) -> str:
-        if manifest.entry(path.name) is None:
-            raise BadInputError(f"{path} is not recorded in {manifest.path}; remake it with resnext-deploy")
-        return manifest.require(path.name, "remake it with resnext-deploy").sha256
-
-    def current(path: Path) -> bool:
+    @functools.cache
+    def usable(file_name: str) -> bool:
+        path = directory / file_name
         if not path.exists():
             return False
-        if (reason := manifest.stale_reason(path.name)) is not None:
-            log(f"warning: skipped {path.name}: stale, {reason}; remake it to include it")
+        if (reason := manifest.stale_reason(file_name)) is not None:
+            log(f"warning: skipped {file_name}: stale, {reason}; remake it to include it")
             return False
+        if manifest.entry(file_name) is None:
+            raise BadInputError(f"{path} is not recorded in {manifest.path}; remake it with resnext-deploy")
+        manifest.require(file_name, "remake it with resnext-deploy")
         return True
 
     models = []
-    for precision, file_name in ONNX_FILES.items():
-        path = directory / file_name
-        if current(path):
-            sha = sha256(path)
-            external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
-            inputs, outputs = onnx_io(path)
-            batch = _batch_plan(inputs[0].dims, file_name, max_batch_size, None, DEFAULT_OPT_BATCH)
-            for platform in ("onnxruntime_onnx", OPENVINO):
-                model_name = f"{base}_{NAME_KINDS[platform]}_{precision}"  # default_model_name() when no --name
-                models.append(
-                    RepoModel(model_name, platform, path, precision, inputs, outputs, *batch, sha, external=external)
-                )
-    for precision in PRECISIONS:
-        path = directory / engine_file(precision)
-        if current(path):
-            sha = sha256(path)
-            body = read_engine_manifest(path)
-            profile = body["profile"]
-            inputs, outputs = onnx_io(directory / body["source_onnx"])  # the engine has its ONNX file's I/O
-            if [s.name for s in inputs] != [profile["input"]]:
-                raise BadInputError(f"{path}'s profile is for input {profile['input']!r}, its ONNX file's is not")
-            low, limit, opt = int(profile["min"][0]), int(profile["max"][0]), int(profile["opt"][0])
-            batch = _batch_plan(inputs[0].dims, path.name, max_batch_size, limit, opt)
-            if batch[0] and low > 1:
-                raise BadInputError(
-                    f"{path}'s optimization profile starts at batch {low}, but Triton's dynamic batcher sends "
-                    f"batches from 1, which the engine would refuse; for Triton, rebuild it with "
-                    f"`{build_trt_command(path)} --min-batch 1`"
-                )
-            model_name = f"{base}_trt_{precision}"
-            compatible = bool(body.get("build_options", {}).get("version_compatible"))
-            built_with = str(body.get("tensorrt_version", "unknown"))
-            engine = RepoModel(
-                model_name, "tensorrt_plan", path, precision, inputs, outputs, *batch, sha, built_with, compatible
-            )
-            models.append(engine)
+    for backend in backends().values():
+        options = given.get(backend.name) or backend.option_values()
+        for offer in backend.triton_models(directory, options, usable):
+            models.append(_repo_model(directory, manifest, base, offer, max_batch_size))
     if not models:
         raise BadInputError(f"{directory} holds no current ONNX file or engine; run `{export_command(directory)}`")
     return models
+
+
+def _repo_model(
+    directory: Path, manifest: Manifest, base: str, offer: TritonModel, max_batch_size: int | None
+) -> RepoModel:
+    """The repository model of one backend's offer: its graph I/O, how Triton may batch it, what it needs."""
+    path = directory / offer.artifact
+    sha = manifest.require(offer.artifact, "remake it with resnext-deploy").sha256
+    inputs, outputs = onnx_io(directory / (offer.io_from or offer.artifact))
+    if offer.batch_profile is None:
+        external = tuple(external_files(path))  # verify's confinement checks; their files travel with it
+        batch = _batch_plan(inputs[0].dims, path.name, max_batch_size, None, DEFAULT_OPT_BATCH)
+    else:
+        external = ()
+        if offer.profile_input is not None and [s.name for s in inputs] != [offer.profile_input]:
+            raise BadInputError(f"{path}'s profile is for input {offer.profile_input!r}, its ONNX file's is not")
+        low, opt, limit = offer.batch_profile
+        batch = _batch_plan(inputs[0].dims, path.name, max_batch_size, limit, opt)
+        if batch[0] and low > 1:
+            raise BadInputError(
+                f"{path}'s optimization profile starts at batch {low}, but Triton's dynamic batcher sends "
+                f"batches from 1, which the model would refuse; for Triton, rebuild it with `{offer.rebuild}`"
+            )
+    return RepoModel(
+        f"{base}_{offer.kind}_{offer.precision}",  # default_model_name() when no --name
+        offer.platform,
+        path,
+        offer.precision,
+        inputs,
+        outputs,
+        *batch,
+        sha,
+        offer.built_with,
+        offer.version_compatible,
+        external,
+        offer.triton_backend,
+        offer.instance_kind,
+        offer.parameters,
+    )
 
 
 def model_base_name(directory: str | Path) -> str:
@@ -332,6 +345,7 @@ def make_triton_repo(
     onnx_kind: str = "auto",
     trt_accelerator: bool = False,
     log: Callable[[str], None] = print,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Path]:
     """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
 
@@ -348,7 +362,7 @@ def make_triton_repo(
     if trt_accelerator and onnx_kind == "cpu":
         raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
-    models = collect_models(directory, name, max_batch_size, log)
+    models = collect_models(directory, name, max_batch_size, log, backend_options)
     labels = recorded_source(Manifest(directory)).class_names
     out = Path(out)
     written = []

@@ -35,7 +35,7 @@ from resnext_deploy.demo import DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.export import export_onnx
 from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 pytestmark = pytest.mark.gpu
 
@@ -88,7 +88,7 @@ def test_fp32_engine_matches_pytorch(tiny_dir: Path):
         assert runner.precision == "fp32" and runner.name == "tensorrt-cuda:fp32"
         assert runner.last_device_ms is not None and runner.last_device_ms > 0
     _assert_matches_polygraphy(path, x, out)
-    parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
+    parity = compare(_torch_logits(resolve_source(SourceOptions("resnext_tiny")), x), out, DEFAULT_TOLERANCES["fp32"])
     assert parity, parity.failures
 
 
@@ -100,7 +100,7 @@ def test_batches_above_the_profile_max_run_in_chunks(tiny_dir: Path):
         first = runner(x[:8])
     assert out.shape == (19, 10)
     np.testing.assert_allclose(out[:8], first, rtol=1e-5, atol=1e-5)
-    parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
+    parity = compare(_torch_logits(resolve_source(SourceOptions("resnext_tiny")), x), out, DEFAULT_TOLERANCES["fp32"])
     assert parity, parity.failures
 
 
@@ -110,7 +110,7 @@ def test_batches_below_the_profile_min_are_padded(tiny_dir: Path):
     with TensorRTRunner(path) as runner:
         assert runner(x[:1]).shape == (1, 10)
         out = runner(x)
-    parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
+    parity = compare(_torch_logits(resolve_source(SourceOptions("resnext_tiny")), x), out, DEFAULT_TOLERANCES["fp32"])
     assert out.shape == (9, 10) and parity, parity.failures
     _assert_matches_polygraphy(path, x[:8], out[:8])
 
@@ -156,7 +156,7 @@ def test_hardware_and_version_compatible_engine_loads(tiny_dir: Path):
     x = _inputs(3)
     with TensorRTRunner(path) as runner:  # needs engine_host_code_allowed for the embedded lean runtime
         out = runner(x)
-    parity = compare(_torch_logits(resolve_source("resnext_tiny"), x), out, DEFAULT_TOLERANCES["fp32"])
+    parity = compare(_torch_logits(resolve_source(SourceOptions("resnext_tiny")), x), out, DEFAULT_TOLERANCES["fp32"])
     assert parity, parity.failures
 
 

@@ -18,10 +18,11 @@ import pytest
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
+from resnext_deploy.backends.onnxruntime import BACKEND as ONNXRUNTIME
+from resnext_deploy.backends.openvino import BACKEND as OPENVINO
 from resnext_deploy.backends.registry import discover_runners
 from resnext_deploy.cli import main
 from resnext_deploy.evaluate.bench import (
-    INT8_NOT_FASTER,
     BenchRow,
     LoadRecord,
     NoiseFloor,
@@ -182,7 +183,7 @@ def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
         duration_s=0.1,
         min_iterations=2,
         threads=1,
-        ov_hint="throughput",
+        backend_options={"openvino": {"performance_hint": "throughput"}},
     )
     report = run_bench(demo_copy, settings, log=quiet, progress=False)
     assert {(r.precision, r.batch_size) for r in report.results} == {(p, b) for p in ("fp32", "int8") for b in (1, 4)}
@@ -190,7 +191,7 @@ def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
         assert row.options["performance_hint"] == "throughput"
         assert row.options["threads"] == 1
     saved = json.loads((demo_copy / "bench.json").read_text())
-    assert saved["settings"]["ov_hint"] == "throughput"
+    assert saved["settings"]["backend_options"]["openvino"] == {"performance_hint": "throughput"}
 
 
 @needs_openvino
@@ -228,8 +229,8 @@ def test_the_int8_warning_gives_each_backends_own_reason() -> None:
     rows = [row(b, p, m) for b in ("onnxruntime", "openvino") for p, m in (("fp16", 1.0), ("int8", 2.0))]
     warnings = bench_warnings(rows, noise, LoadRecord(True, 0.0, 0, 16, None, None, False))
     assert len(warnings) == 2
-    assert INT8_NOT_FASTER["onnxruntime", "cpu"] in warnings[0] and "quantize/dequantize" in warnings[0]
-    assert INT8_NOT_FASTER["openvino", "cpu"] in warnings[1] and "VNNI" in warnings[1]
+    assert ONNXRUNTIME.int8_note["cpu"] in warnings[0] and "quantize/dequantize" in warnings[0]
+    assert OPENVINO.int8_note["cpu"] in warnings[1] and "VNNI" in warnings[1]
     assert not any("grouped convolutions" in w for w in warnings)
 
 

@@ -16,7 +16,7 @@ from resnext_deploy.demo import DEMO_DATA, DEMO_TRAIN, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.demo.train import TrainConfig, load_split, main, train_model
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.models import DEMO_ARCH, get_arch
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 RECORD = DEMO_WEIGHTS.with_suffix(".json")
 
@@ -92,7 +92,7 @@ def test_train_command_writes_weights_and_record(tmp_path: Path) -> None:
     assert record["weights_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record["train_images"] == 40 and record["val_images"] == 20
     assert record["command"].startswith("python -m resnext_deploy.train --epochs 1")
-    assert resolve_source(DEMO_ARCH, out).build() is not None
+    assert resolve_source(SourceOptions(DEMO_ARCH, out)).build() is not None
     assert not list(out.parent.glob("*.partial"))
 
 

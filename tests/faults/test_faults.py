@@ -47,7 +47,7 @@ from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--arch", "resnext_tiny"]
@@ -272,7 +272,7 @@ def _swapped(**changes):
     """model.onnx replaced by the tiny model exported with other settings (another input size or class count)."""
 
     def edit(directory: Path) -> None:
-        other = quiet_export(resolve_source("resnext_tiny", **changes), directory.parent / "other")
+        other = quiet_export(resolve_source(SourceOptions("resnext_tiny", **changes)), directory.parent / "other")
         shutil.copy(other / "model.onnx", directory / "model.onnx")
 
     return edit

@@ -29,7 +29,7 @@ from resnext_deploy.checkpoint import read_state_dict
 from resnext_deploy.data import MAX_ARRAY_BYTES, load_rgb, open_dataset
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.models import create_model
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 TIMEOUT_S = 120
 MEMORY_BOUND = 1536 << 20  # bytes; each bomb below would need far more than this if it were expanded
@@ -337,7 +337,9 @@ def test_labels_in_range_give_an_accuracy(capsys, tiny_dir: Path, tmp_path: Path
 def test_offsets_and_counts_read_the_right_npz_rows(tmp_path: Path) -> None:
     images = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, *TINY_SHAPE), np.float32)
     path = _arrays(tmp_path / "rows.npz", images, labels=np.arange(10))
-    dataset = open_dataset(path, resolve_source("resnext_tiny").preprocessing, count=3, offset=4, num_classes=10)
+    dataset = open_dataset(
+        path, resolve_source(SourceOptions("resnext_tiny")).preprocessing, count=3, offset=4, num_classes=10
+    )
     (batch,) = list(dataset.batches(8))
     assert batch.images[:, 0, 0, 0].tolist() == [4, 5, 6] and batch.labels.tolist() == [4, 5, 6]
     assert dataset.available == 6
@@ -376,7 +378,7 @@ def test_float_images_of_no_known_range_are_skipped(tmp_path: Path, values: floa
     data[3, 3] = values
     _float_tiff(folder / "odd.tif", data)
     _image(folder / "fine.png")
-    dataset = open_dataset(folder, resolve_source("resnext_tiny").preprocessing)
+    dataset = open_dataset(folder, resolve_source(SourceOptions("resnext_tiny")).preprocessing)
     assert sum(len(b.images) for b in dataset.batches(4)) == 1
     assert fragment in dataset.skipped[0][1]
 

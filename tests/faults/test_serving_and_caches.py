@@ -38,7 +38,7 @@ from resnext_deploy.environment import cap_threads, usable_cpus
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, _load_scores
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -524,7 +524,7 @@ def test_a_latin1_file_name_in_the_data_folder_is_read(capsys, tiny_dir: Path, t
 def test_calibration_fingerprint_follows_file_contents(tmp_path: Path) -> None:
     """An image rewritten in place with the same name and size is other data."""
     data = _image_folder(tmp_path / "data")
-    pre = resolve_source("resnext_tiny").preprocessing
+    pre = resolve_source(SourceOptions("resnext_tiny")).preprocessing
     before = ImageDataset(ImageFolder.scan(data), pre, None, seed=0).fingerprint
     image = data / "a" / "1.png"
     size = image.stat().st_size

@@ -24,9 +24,9 @@ from resnext_deploy.precision.calibration import (
     collect_statistics,
     split_datasets,
 )
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
-TINY = resolve_source("resnext_tiny")
+TINY = resolve_source(SourceOptions("resnext_tiny"))
 PRE = TINY.preprocessing
 
 

@@ -27,7 +27,7 @@ from resnext_deploy.precision.equalize import equalize
 from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 QUIET = {"log": lambda _m: None}
 BIG = 1e4  # activations this large overflow float16's safe range (512) by far
@@ -39,7 +39,7 @@ def _export(state: dict[str, torch.Tensor], arch: str, tmp_path: Path) -> Path:
     save_file(state, str(checkpoint))
     directory = tmp_path / "art"
     directory.mkdir()
-    export_onnx(resolve_source(arch, checkpoint), directory, **QUIET)
+    export_onnx(resolve_source(SourceOptions(arch, checkpoint)), directory, **QUIET)
     return directory
 
 

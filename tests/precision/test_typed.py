@@ -27,7 +27,7 @@ from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.int8 import WEIGHT_MAX, activation_scale, int8_model, qdq_plan, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 RELAXED = Tolerance(cosine_min=0.98)  # random weights: structure and cosine are what these tests are about
 QUIET = {"log": lambda _m: None}
@@ -214,7 +214,7 @@ def _bump(calibration, tensor: str, value: float) -> None:
 
 
 def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
-    dataset = split_datasets(resolve_source("resnext_tiny"), "fp16", None, 4)[0]
+    dataset = split_datasets(resolve_source(SourceOptions("resnext_tiny")), "fp16", None, 4)[0]
     calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
     hot = "/layer2/layer2.0/conv1/Conv_output_0"
     _bump(calibration, hot, 5000.0)
@@ -233,7 +233,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
 
 
 def test_int8_overflowing_conv_gets_its_own_fp32_qdq(tiny_dir: Path, calib_dir: Path) -> None:
-    dataset = split_datasets(resolve_source("resnext_tiny"), "int8", calib_dir, 8, min_check=8)[0]
+    dataset = split_datasets(resolve_source(SourceOptions("resnext_tiny")), "int8", calib_dir, 8, min_check=8)[0]
     calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
     _bump(calibration, "/layer2/layer2.0/downsample/downsample.0/Conv_output_0", 5000.0)
     model, fp32_nodes, _ = int8_model(load_prepared(tiny_dir / "model.onnx"), calibration)
@@ -263,7 +263,7 @@ def test_7_bit_weights_keep_avx2_int8_pair_sums_from_saturating() -> None:
 
 
 def test_qdq_sites_include_residual_adds_and_exclusion_never_moves_a_pair(tiny_dir: Path, calib_dir: Path) -> None:
-    dataset = split_datasets(resolve_source("resnext_tiny"), "int8", calib_dir, 8, min_check=8)[0]
+    dataset = split_datasets(resolve_source(SourceOptions("resnext_tiny")), "int8", calib_dir, 8, min_check=8)[0]
     calibration = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, **QUIET)
     prepared = load_prepared(tiny_dir / "model.onnx")
     full = qdq_plan(prepared, calibration)
@@ -339,7 +339,7 @@ def test_demo_model_uses_its_bundled_data(tmp_path: Path) -> None:
 def test_resnext50_int8_and_fp16(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The done-means check: ResNeXt-50 (random weights), 64 calibration images, real ORT sessions."""
     images = noise_images(tmp_path_factory.mktemp("noise"), 80, classes=1, size=64)
-    export_onnx(resolve_source("resnext50_32x4d"), tmp_path, **QUIET)
+    export_onnx(resolve_source(SourceOptions("resnext50_32x4d")), tmp_path, **QUIET)
     int8 = make_typed_onnx(tmp_path, "int8", opts(images, calib_count=64, tolerance=RELAXED, min_check=16), **QUIET)
     assert_explicit_int8(onnx.load(str(int8.path)))
     assert int8.parity.cosine_min >= 0.98

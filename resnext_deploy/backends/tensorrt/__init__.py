@@ -6,17 +6,21 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from ...artifacts import engine_file
-from ..base import ArtifactSet, Backend, Candidate
+from ...artifacts import PRECISIONS, engine_file
+from ..base import ArtifactSet, Backend, Candidate, TritonModel
 from . import probe
+from .options import BuildOptions
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
     extra = "tensorrt-cu12"  # or tensorrt-cu13: the one matching torch's CUDA build, which install_hint() names
     description = "TensorRT engines on an NVIDIA GPU"
+    int8_note = {"cuda": "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT"}
 
     def unavailable(self) -> str | None:
         return probe.tensorrt_status()
@@ -35,6 +39,37 @@ class TensorRTBackend(Backend):
                 opener = functools.partial(TensorRTRunner, artifacts.path(name))
                 found.append(Candidate(self.name, precision, "cuda", name, None if reason else opener, reason))
         return found
+
+    def build(self, directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
+        """An engine per typed ONNX file where TensorRT and a GPU are here; else the trtexec lines, recorded."""
+        from .build import build_engines
+
+        return build_engines(directory, options, log)
+
+    def triton_models(
+        self, directory: Path, options: Mapping[str, Any], usable: Callable[[str], bool]
+    ) -> list[TritonModel]:
+        """One ``tensorrt_plan`` model per current engine, on GPU instances, batching within its profile."""
+        from .manifest import read_engine_manifest
+        from .trtexec import build_trt_command
+
+        models = []
+        for precision in PRECISIONS:
+            name = engine_file(precision)
+            if not usable(name):
+                continue
+            body = read_engine_manifest(directory / name)
+            profile = body["profile"]
+            models.append(
+                TritonModel(
+                    name, precision, "trt", "tensorrt_plan", instance_kind="KIND_GPU", io_from=body["source_onnx"],
+                    batch_profile=(int(profile["min"][0]), int(profile["opt"][0]), int(profile["max"][0])),
+                    built_with=str(body.get("tensorrt_version", "unknown")),
+                    version_compatible=bool(body.get("build_options", {}).get("version_compatible")),
+                    rebuild=f"{build_trt_command(directory / name)} --min-batch 1", profile_input=profile["input"],
+                )
+            )  # fmt: skip
+        return models
 
 
 BACKEND = TensorRTBackend()

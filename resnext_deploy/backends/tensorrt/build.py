@@ -67,7 +67,6 @@ def build_engine(
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
-    options.validate()
     directory = Path(directory)
     manifest = Manifest(directory)
     onnx_name = ONNX_FILES[precision]
@@ -235,3 +234,34 @@ def _use_timing_cache(config: trt.IBuilderConfig, path: Path, log: Callable[[str
     fresh = config.create_timing_cache(b"")
     if fresh is None or not config.set_timing_cache(fresh, False):
         raise BackendUnavailableError(f"TensorRT could not create an empty timing cache for {path}")
+
+
+def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
+    """Build the engines of the typed files that exist, or say once why not and list the trtexec lines that would."""
+    reason = probe.tensorrt_status()
+    if reason is None:
+        for precision in [p for p in ONNX_FILES if Manifest(directory).entry(ONNX_FILES[p])]:
+            log(f"== TensorRT {precision.upper()} engine")
+            build_engine(directory, precision, options, log=log)
+    skipped = record_engines_skipped(directory, options, reason)
+    if reason is not None:
+        log(f"TensorRT engines skipped: {reason}")
+    return skipped
+
+
+def record_engines_skipped(directory: Path, options: BuildOptions, reason: str | None) -> dict[str, str]:
+    """Record in the manifest why no engine was built here, with the trtexec lines that build them on a GPU.
+
+    ``pipeline`` and ``build-trt`` both record it, so ``report`` lists it whichever made the directory; with
+    ``reason`` None (engines were built) the record is cleared.
+    """
+    commands = []
+    for precision in [p for p in ONNX_FILES if reason is not None and Manifest(directory).entry(ONNX_FILES[p])]:
+        try:
+            build_engine(directory, precision, options, relative_to=directory)
+        except TensorRTUnavailableError as exc:
+            commands.append(exc.command)
+    where = "To build them on a GPU machine, from the directory that holds this report:"
+    skipped = {} if reason is None else {"tensorrt": f"{reason}. {where}\n" + "\n".join(commands)}
+    Manifest(directory).record_skipped("tensorrt", skipped.get("tensorrt"))
+    return skipped

@@ -20,9 +20,12 @@ def check_trt_major(trt_major: int | None) -> None:
         raise BadInputError(f"--trt-major must be between {TRT_MAJORS[0]} and {TRT_MAJORS[-1]}, got {trt_major}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOptions:
-    """The optimization profile and builder settings; precision is not among them (it is in the ONNX graph)."""
+    """The optimization profile and builder settings; precision is not among them (it is in the ONNX graph).
+
+    Settings TensorRT would only refuse after parsing the model fail here, once, as bad input.
+    """
 
     min_batch: int = 1
     opt_batch: int = 8
@@ -33,8 +36,7 @@ class BuildOptions:
     hardware_compat: str | None = None  # "ampere+" | "same-cc"
     version_compatible: bool = False
 
-    def validate(self) -> None:
-        """Reject settings TensorRT would only refuse after parsing the model."""
+    def __post_init__(self) -> None:
         if self.min_batch < 1:
             raise BadInputError(f"--min-batch must be at least 1, got {self.min_batch}")
         if self.max_batch > BATCH_LIMIT:
