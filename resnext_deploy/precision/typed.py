@@ -20,12 +20,13 @@ from ..errors import BadInputError, VerificationError
 from ..evaluate.metrics import Parity, Tolerance, compare
 from ..source import labels_match_model, recorded_source
 from ..ui import progress
-from .calibration import HELDOUT_MAX, Log, calibrate, split_datasets
+from .calibration import Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
 from .int8 import WEIGHT_MAX, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
+from .split import HELDOUT_MAX, split_datasets
 
 CHECK_BATCH = 16
 # The build's check must predict verify's verdict. The minimum cosine and the misses of a few dozen
