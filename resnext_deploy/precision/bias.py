@@ -110,20 +110,20 @@ def input_means(model, scales: dict[str, float], dataset: Dataset) -> dict[str, 
     graph_inputs = {value.name for value in work.graph.input}
     fetched = [name for name in scales if name not in graph_inputs]
     per_sample = activation_tensors(work)[2]
-    totals = {name: [0.0, 0.0, 0] for name in scales}
+    sums: dict[str, np.ndarray] = {}
+    qsums: dict[str, np.ndarray] = {}
+    counts = dict.fromkeys(scales, 0)
     what = f"measuring the INT8 output shift of {len(scales)} layers on {dataset.count} samples"
     for images, values in run_batches(work, fetched, dataset, batch_size(per_sample), what, "the float graph"):
         tensors = dict(zip(fetched, values, strict=True))
         tensors.update({name: images for name in graph_inputs & scales.keys()})
         for name, value in tensors.items():
             axes = tuple(i for i in range(value.ndim) if i != 1)
-            scale = scales[name]
-            quantized = np.clip(np.round(value / scale), -INT8_MAX, INT8_MAX) * scale
-            total = totals[name]
-            total[0] = total[0] + value.sum(axis=axes, dtype=np.float64)
-            total[1] = total[1] + quantized.sum(axis=axes, dtype=np.float64)
-            total[2] += value.size // value.shape[1]
-    return {name: (np.asarray(s) / max(n, 1), np.asarray(q) / max(n, 1)) for name, (s, q, n) in totals.items()}
+            quantized = np.clip(np.round(value / scales[name]), -INT8_MAX, INT8_MAX) * scales[name]
+            sums[name] = sums.get(name, 0.0) + value.sum(axis=axes, dtype=np.float64)
+            qsums[name] = qsums.get(name, 0.0) + quantized.sum(axis=axes, dtype=np.float64)
+            counts[name] += value.size // value.shape[1]
+    return {name: (sums[name] / counts[name], qsums[name] / counts[name]) for name in scales}
 
 
 def _correctable(node) -> bool:
