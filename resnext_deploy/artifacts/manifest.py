@@ -170,6 +170,11 @@ class ArtifactEntry:
     def quantized_tensors(self) -> list[str] | None:
         return self._record.get("quantized_tensors")
 
+    @property
+    def remedies(self) -> tuple[str, ...]:
+        """What an INT8 file applied before keeping sites in float (equalization, bias correction)."""
+        return tuple(self._record.get("remedies") or ())
+
 
 @dataclass(frozen=True)
 class SkippedStep:

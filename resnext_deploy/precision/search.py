@@ -6,11 +6,13 @@ search runs here, on explicit Q/DQ graphs in ONNX Runtime:
 
 1. every calibration method (entropy, percentile, minmax; the statistics hold all three) is
    checked, and the best kept;
-2. each Q/DQ site's sensitivity is measured on the check set: the logit error of the graph with this
+2. the remedies that keep every layer in INT8: cross-layer equalization (:mod:`.equalize`), then bias
+   correction (:mod:`.bias`) of the best graph so far, each kept when it scores better;
+3. each Q/DQ site's sensitivity is measured on the check set: the logit error of the graph with this
    one site in INT8 and everything else in FP32. A site is a weighted layer (its weight and data
    input) or a residual Add (its shortcut input): outliers on a shortcut reach the Add's pair, which
    keeping a Conv in float never removes;
-3. the most sensitive sites are kept out of INT8 greedily until the tolerance holds or the budget
+4. the most sensitive sites are kept out of INT8 greedily until the tolerance holds or the budget
    (a share of the sites, a time limit) runs out; when it runs out, a few more checks find the
    smallest budget that would pass, for the failure message.
 
@@ -37,10 +39,12 @@ from ..data import Dataset
 from ..errors import BadInputError
 from ..parity import Parity, Tolerance, compare
 from ..ui import progress
+from .bias import bias_shifts, correct_biases
 from .calibration import METHODS, Calibration, Log, calibrate
 from .equalize import equalize
 from .graph import save_model
-from .int8 import int8_model
+from .int8 import int8_model, qdq_plan
+from .options import PrecisionOptions
 
 SEARCH_NAME = "int8_search.json"
 EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reused by a rerun
@@ -67,9 +71,21 @@ class SearchRecord:
     needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
     time_limited: bool = False
     equalization: dict[str, Any] | None = None  # pairs rescaled, best parity, whether the file uses it
+    bias_correction: dict[str, Any] | None = None  # layers corrected, parity, whether the file uses it
+
+    @property
+    def remedies(self) -> list[str]:
+        """What the file uses beyond plain INT8 with the best method, in the order the search tries them."""
+        used = [
+            name
+            for name, tried in (("equalization", self.equalization), ("bias correction", self.bias_correction))
+            if tried and tried["chosen"]
+        ]
+        return used + (["exclusion"] if self.kept else [])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["remedies"] = self.remedies
         data["ranking"] = [[name, score] for name, score in self.ranking[:RANKING_SHOWN]]
         return data
 
@@ -143,10 +159,7 @@ def search_int8(
     dataset: Dataset,
     check: CheckSet,
     tolerance: Tolerance,
-    exclude: tuple[str, ...],
-    high_precision: str,
-    max_fraction: float,
-    minutes: float,
+    options: PrecisionOptions,
     key: dict[str, Any],
     log: Log,
 ) -> tuple[Any, list[str], Any, Parity, SearchRecord]:
@@ -159,28 +172,32 @@ def search_int8(
     import onnx
 
     key = json.loads(json.dumps(key))  # compared with the saved file's key, so JSON types throughout
+    exclude, high_precision = options.exclude, options.high_precision
     started = time.perf_counter()
-    deadline = started + minutes * 60.0
+    deadline = started + options.search_minutes * 60.0
     record = SearchRecord()
 
     def expired() -> bool:
         return time.perf_counter() > deadline
 
     def build(method: str, kept: list[str], precision: str = high_precision, only: list[str] | None = None):
-        base, ranges = current  # model.onnx, or its equalized graph once the search chose that
+        base, ranges, shifts = current  # model.onnx or its equalized graph, and bias shifts once chosen
         model = onnx.ModelProto()
         model.CopyFrom(base)
-        return int8_model(model, ranges.with_method(method), exclude + _patterns(kept), precision, only=only)
+        ranges, excluded = ranges.with_method(method), exclude + _patterns(kept)
+        if shifts:  # only the layers in INT8 are corrected: one kept in float keeps its bias
+            correct_biases(model, shifts, qdq_plan(model, ranges, excluded, only).weighted)
+        return int8_model(model, ranges, excluded, precision, only=only)
 
     def check_parity(model) -> Parity:
         return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
 
-    current = prepared, calibration
+    current: tuple[Any, Calibration, dict[str, np.ndarray]] = (prepared, calibration, {})
 
-    def try_methods(label: str) -> tuple:
-        """Each calibration method on the current graph, best first; stops at the first that passes."""
+    def try_methods(label: str, methods: list[str]) -> tuple:
+        """Each of ``methods`` on the current graph, best first; stops at the first that passes."""
         best: tuple | None = None
-        for method in [calibration.method, *[m for m in METHODS if m != calibration.method]]:
+        for method in methods:
             built = build(method, [])
             parity = check_parity(built[0])
             record.methods[f"{method}{label}"] = _summary(parity)
@@ -191,26 +208,43 @@ def search_int8(
                 break
         return best
 
-    best = try_methods("")
+    def remedy(repaired: tuple, label: str, methods: list[str], what: dict[str, Any]) -> dict[str, Any]:
+        """Try ``methods`` on a repaired graph; keep it as the current one when it scores better than the best."""
+        nonlocal best, current
+        before, current = current, repaired
+        candidate = try_methods(label, methods)
+        chosen = _score(candidate[3]) > _score(best[3])
+        if chosen:
+            best = candidate
+        else:
+            current = before
+        return {**what, **_summary(candidate[3]), "chosen": chosen}
+
+    methods = [calibration.method, *[m for m in METHODS if m != calibration.method]]
+    best = try_methods("", methods)
+    label = ""
     if not best[3].passed:
         equalized = _equalized(directory, prepared, dataset, calibration, log)
         if equalized is not None:
-            plain, current = current, equalized[:2]
-            candidate = try_methods(" + equalization")
-            record.equalization = {"pairs": len(equalized[2]), **_summary(candidate[3]), "chosen": False}
-            if _score(candidate[3]) > _score(best[3]):
-                best, record.equalization["chosen"] = candidate, True
-            else:
-                current = plain
+            graph, ranges, pairs = equalized
+            record.equalization = remedy((graph, ranges, {}), " + equalization", methods, {"pairs": len(pairs)})
+            label = " + equalization" if record.equalization["chosen"] else ""
+    if not best[3].passed:
+        graph, ranges, _none = current
+        log(f"INT8 search: bias correction of the quantized Conv/Gemm layers ({best[4]} ranges)")
+        shifts = bias_shifts(graph, ranges.with_method(best[4]), dataset, exclude)
+        if shifts:
+            label += " + bias correction"
+            record.bias_correction = remedy((graph, ranges, shifts), label, [best[4]], {"layers": len(shifts)})
     model, fp32_nodes, plan, parity, method = best
     record.method = method
     sites = plan.sites
     record.layers = len(sites)
-    record.budget = min(len(sites), math.floor(max_fraction * len(sites)))
+    record.budget = min(len(sites), math.floor(options.search_max_fraction * len(sites)))
     if parity.passed:
         return _finish(record, model, fp32_nodes, plan, parity, started)
-    if record.equalization and record.equalization["chosen"]:
-        key = {**key, "equalized": True}
+    flags = {"equalization": "equalized", "bias correction": "bias_corrected"}
+    key.update({flags[name]: True for name in record.remedies})  # the graph the ranking is measured on
 
     record.ranking, record.reused_ranking = _ranking(
         directory, {**key, "method": method}, build, method, sites, check, expired, log

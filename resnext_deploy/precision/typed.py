@@ -7,7 +7,7 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,15 @@ from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..parity import Parity, Tolerance, compare
-from ..source import labels_match_model, recorded_source
+from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
-from .calibration import HELDOUT_MAX, Log, calibrate, split_datasets
+from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
 from .int8 import WEIGHT_MAX, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
+from .split import HELDOUT_MAX, split_for
 
 CHECK_BATCH = 16
 # The build's check must predict verify's verdict. The minimum cosine and the misses of a few dozen
@@ -48,6 +49,51 @@ class TypedResult:
     fp32_nodes: tuple[str, ...] = ()
     quantized_nodes: tuple[str, ...] = ()
     search: dict[str, Any] | None = None
+    remedies: tuple[str, ...] = ()  # INT8: equalization, bias correction, exclusion, as the file uses them
+
+
+@dataclass(frozen=True)
+class TypedPlan:
+    """What one typed file is made from and checked against, decided before anything is computed."""
+
+    directory: Path
+    precision: str
+    parent_sha256: str
+    source: ModelSource
+    dataset: Dataset  # calibration images
+    heldout: Dataset  # check images, never among them
+    tolerance: Tolerance  # the build's check: the precision's tolerance, tightened on a small check set
+    margin: str  # says when it is tightened, for the failure message
+    record_options: dict[str, Any]  # what the file depends on besides model.onnx (the manifest compares it)
+    use_labels: bool
+
+    @property
+    def name(self) -> str:
+        return ONNX_FILES[self.precision]
+
+    @property
+    def parent_path(self) -> Path:
+        return self.directory / ONNX_FILES["fp32"]
+
+    @property
+    def synthetic(self) -> bool:
+        return self.heldout.fingerprint.startswith("synthetic")
+
+
+@dataclass
+class TypedBuild:
+    """The typed graph before it is written, and what went into it."""
+
+    model: Any  # the ONNX graph; released once written, so the check runs without it in memory
+    calibration: Calibration
+    fp32_nodes: list[str]
+    quantized: list[str] = field(default_factory=list)  # INT8: the weighted nodes
+    tensors: list[str] = field(default_factory=list)  # INT8: the activation tensors with Q/DQ
+    search: SearchRecord | None = None
+
+    @property
+    def remedies(self) -> list[str]:
+        return self.search.remedies if self.search else []
 
 
 def make_typed_onnx(
@@ -60,126 +106,147 @@ def make_typed_onnx(
 
     ``fp32`` returns model.onnx itself once the manifest vouches for it. The typed file is checked
     with ONNX Runtime against model.onnx on held-out inputs (see
-    :func:`~resnext_deploy.precision.calibration.split_datasets`) with the precision's tolerance. An
+    :func:`~resnext_deploy.precision.split.split_datasets`) with the precision's tolerance. An
     INT8 file that fails is searched for sensitive layers (:mod:`~resnext_deploy.precision.search`)
     unless ``options.search`` is off; a failed check raises :class:`VerificationError` and writes nothing.
+    Four steps: :func:`plan_typed`, :func:`run_typed`, :func:`judge_typed`, :func:`record_typed`.
     """
     options = options or PrecisionOptions()
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; choose one of: {', '.join(ONNX_FILES)}")
-    directory = Path(directory)
-    manifest = Manifest(directory)
+    manifest = Manifest(Path(directory))
     parent = manifest.require(ONNX_FILES["fp32"], EXPORT_HINT)
-    parent_path = directory / ONNX_FILES["fp32"]
     if precision == "fp32":
-        log(f"{parent_path} is the FP32 model (recorded in the manifest)")
-        return TypedResult(parent_path, "fp32", None, reused=True)
-    source = recorded_source(manifest)
+        log(f"{manifest.directory / ONNX_FILES['fp32']} is the FP32 model (recorded in the manifest)")
+        return TypedResult(manifest.directory / ONNX_FILES["fp32"], "fp32", None, reused=True)
+    plan = plan_typed(manifest, parent.sha256, precision, options)
+    reused = _reused(manifest, plan, log)
+    if reused is not None:
+        return reused
+    built = run_typed(plan, options, log)
+    parity = judge_typed(plan, built, options, log)
+    return record_typed(manifest, plan, built, parity, log)
 
-    name = ONNX_FILES[precision]
-    final = directory / name
-    tolerance = options.tolerance(precision)
-    dataset, heldout = split_datasets(
-        source,
-        precision,
-        options.calib_source,
-        options.calib_count,
-        options.check_source,
-        options.check_count,
-        options.min_check,
-        options.seed,
-    )
+
+def plan_typed(manifest: Manifest, parent_sha256: str, precision: str, options: PrecisionOptions) -> TypedPlan:
+    """The data split, the check's tolerance and the options record of one typed file."""
+    source = recorded_source(manifest)
+    dataset, heldout = split_for(source, precision, options)
     record_options = _options(precision, dataset, heldout, options)
-    record_options["tolerance"] = asdict(tolerance)
-    tolerance, margin = check_tolerance(tolerance, heldout.count)
+    record_options["tolerance"] = asdict(options.tolerance(precision))
+    tolerance, margin = check_tolerance(options.tolerance(precision), heldout.count)
     record_options["check_tolerance"] = asdict(tolerance)
-    entry = manifest.entry(name)
-    if entry is not None and manifest.is_current(name, parent.sha256, record_options):
-        log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
-        return TypedResult(
-            final,
-            precision,
-            _parity_from_dict(entry.parity),
-            reused=True,
-            fp32_nodes=entry.fp32_nodes,
-            quantized_nodes=tuple(entry.quantized_nodes or ()),
-            search=None if entry.search is None else dict(entry.search),
-        )
-    synthetic = heldout.fingerprint.startswith("synthetic")
-    if dataset.fingerprint.startswith("synthetic"):
-        log(f"WARNING: no images for {source.arch}; FP16 ranges come from {dataset.description}")
-    if synthetic:
-        log(f"WARNING: the check runs on {heldout.description}: it shows numeric parity only, not accuracy")
-    if heldout.count < options.min_check:
+    return TypedPlan(
+        manifest.directory,
+        precision,
+        parent_sha256,
+        source,
+        dataset,
+        heldout,
+        tolerance,
+        margin,
+        record_options,
+        labels_match_model(heldout, source),
+    )
+
+
+def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None:
+    """The recorded file when it was made from the same model.onnx, data and options."""
+    if not manifest.is_current(plan.name, plan.parent_sha256, plan.record_options):
+        return None
+    entry = manifest.entry(plan.name)
+    if entry is None:
+        return None
+    final = plan.directory / plan.name
+    log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
+    return TypedResult(
+        final,
+        plan.precision,
+        _parity_from_dict(entry.parity),
+        reused=True,
+        fp32_nodes=entry.fp32_nodes,
+        quantized_nodes=tuple(entry.quantized_nodes or ()),
+        search=None if entry.search is None else dict(entry.search),
+        remedies=entry.remedies,
+    )
+
+
+def run_typed(plan: TypedPlan, options: PrecisionOptions, log: Log) -> TypedBuild:
+    """Calibrate and build the typed graph (for INT8, searched when it fails and the search is on)."""
+    if plan.dataset.fingerprint.startswith("synthetic"):
+        log(f"WARNING: no images for {plan.source.arch}; FP16 ranges come from {plan.dataset.description}")
+    if plan.synthetic:
+        log(f"WARNING: the check runs on {plan.heldout.description}: it shows numeric parity only, not accuracy")
+    if plan.heldout.count < options.min_check:
         raise BadInputError(
-            f"only {heldout.count} check samples in {heldout.description}; the check needs at least "
+            f"only {plan.heldout.count} check samples in {plan.heldout.description}; the check needs at least "
             f"{options.min_check} (add images, or pass --check-data with more)"
         )
-
-    calibration = calibrate(directory, parent_path, dataset, options.calib_method, options.percentile, log)
-    prepared = load_prepared(parent_path)
-    use_labels = labels_match_model(heldout, source)
-    search_record = None
-    if precision == "fp16":
+    calibration = calibrate(
+        plan.directory, plan.parent_path, plan.dataset, options.calib_method, options.percentile, log
+    )
+    prepared = load_prepared(plan.parent_path)
+    if plan.precision == "fp16":
         model, fp32_nodes = fp16_model(prepared, calibration)
-        quantized: list[str] = []
-        tensors: list[str] = []
+        built = TypedBuild(model, calibration, fp32_nodes)
     else:
-        check = CheckSet(parent_path, heldout, use_labels)
-        model, fp32_nodes, plan, parity, search_record = _int8(
-            directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent.sha256, log
-        )
-        quantized, tensors = plan.weighted, sorted(plan.consumers)
-        if not tensors:
-            raise BadInputError(
-                f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
-                "the file would be float, not INT8; exclude fewer nodes"
-            )
-        log(
-            f"INT8: {len(plan.weighted)} Conv/Gemm nodes quantized, {len(plan.consumers)} activation tensors "
-            f"with Q/DQ ({len(plan.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
-        )
-    del prepared
-    log(_block_summary(precision, fp32_nodes))
+        built = _int8(plan, prepared, calibration, options, log)
+    log(_block_summary(plan.precision, built.fp32_nodes))
+    return built
 
+
+def judge_typed(plan: TypedPlan, built: TypedBuild, options: PrecisionOptions, log: Log) -> Parity:
+    """Write the graph to a temporary file, check that file, and move it into place only when it passes."""
+    final = plan.directory / plan.name
     with atomic_path(final) as tmp:
-        save_model(model, tmp)
-        del model
-        parity = check_parity(parent_path, tmp, precision, heldout, tolerance, use_labels)
-        log(_parity_summary(name, heldout, parity))
+        save_model(built.model, tmp)
+        built.model = None
+        parity = check_parity(plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels)
+        log(_parity_summary(plan.name, plan.heldout, parity))
         if not parity:
             raise VerificationError(
-                f"{name} disagrees with model.onnx on {heldout.description}: {'; '.join(parity.failures)}"
-                f"{margin}{_tried(search_record, options)}; no {name} was written"
+                f"{plan.name} disagrees with model.onnx on {plan.heldout.description}: {'; '.join(parity.failures)}"
+                f"{plan.margin}{_tried(built.search, options)}; no {plan.name} was written"
             )
+    return parity
+
+
+def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity: Parity, log: Log) -> TypedResult:
+    """Record the written file in the manifest, with its data, check, float nodes and (INT8) remedies."""
+    search = built.search.to_dict() if built.search else None
+    calibration = built.calibration
+    int8 = {"remedies": built.remedies} if plan.precision == "int8" else {}
     manifest.record(
-        name,
-        precision,
-        parent_sha256=parent.sha256,
-        options=record_options,
+        plan.name,
+        plan.precision,
+        parent_sha256=plan.parent_sha256,
+        options=plan.record_options,
         calibration={
             "fingerprint": calibration.fingerprint,
             "description": calibration.description,
             "count": calibration.count,
-            "method": search_record.method if search_record else calibration.method,
+            "method": built.search.method if built.search else calibration.method,
             "percentile": calibration.percentile,
         },
-        heldout=heldout.description,
-        heldout_synthetic=synthetic,
+        heldout=plan.heldout.description,
+        heldout_synthetic=plan.synthetic,
         parity=parity.to_dict(),
-        fp32_nodes=fp32_nodes,
-        quantized_nodes=quantized,
-        quantized_tensors=tensors,
-        search=search_record.to_dict() if search_record else None,
+        fp32_nodes=built.fp32_nodes,
+        quantized_nodes=built.quantized,
+        quantized_tensors=built.tensors,
+        search=search,
+        **int8,
     )
+    final = plan.directory / plan.name
     log(f"wrote {final}")
     return TypedResult(
         final,
-        precision,
+        plan.precision,
         parity,
-        fp32_nodes=tuple(fp32_nodes),
-        quantized_nodes=tuple(quantized),
-        search=search_record.to_dict() if search_record else None,
+        fp32_nodes=tuple(built.fp32_nodes),
+        quantized_nodes=tuple(built.quantized),
+        search=search,
+        remedies=tuple(built.remedies),
     )
 
 
@@ -194,36 +261,36 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
     return tolerance.tightened(BUILD_MARGIN), note
 
 
-def _int8(directory, prepared, calibration, dataset, check, tolerance, options, record_options, parent_sha, log):
+def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: PrecisionOptions, log: Log) -> TypedBuild:
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
+    search_record = None
     if not options.search:
-        model, fp32_nodes, plan = int8_model(prepared, calibration, options.exclude, options.high_precision)
-        return model, fp32_nodes, plan, None, None
-    key = {
-        "model": parent_sha,
-        "calibration": calibration.fingerprint,
-        "check": record_options["check"],
-        "percentile": options.percentile,
-    }
-    model, fp32_nodes, plan, parity, record = search_int8(
-        directory,
-        prepared,
-        calibration,
-        dataset,
-        check,
-        tolerance,
-        options.exclude,
-        options.high_precision,
-        options.search_max_fraction,
-        options.search_minutes,
-        key,
-        log,
+        model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
+    else:
+        key = {
+            "model": plan.parent_sha256,
+            "calibration": calibration.fingerprint,
+            "check": plan.record_options["check"],
+            "percentile": options.percentile,
+        }
+        check = CheckSet(plan.parent_path, plan.heldout, plan.use_labels)
+        model, fp32_nodes, qdq, parity, record = search_int8(
+            plan.directory, prepared, calibration, plan.dataset, check, plan.tolerance, options, key, log
+        )
+        if not (record.methods and len(record.methods) == 1 and parity.passed):  # else the configured method passed
+            search_record = record
+            if record.kept:
+                log(f"INT8 search: kept {len(record.kept)} Q/DQ site(s) out of INT8: {', '.join(record.kept)}")
+    if not qdq.consumers:
+        raise BadInputError(
+            f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
+            "the file would be float, not INT8; exclude fewer nodes"
+        )
+    log(
+        f"INT8: {len(qdq.weighted)} Conv/Gemm nodes quantized, {len(qdq.consumers)} activation tensors "
+        f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
-    if record.methods and len(record.methods) == 1 and parity.passed:
-        return model, fp32_nodes, plan, parity, None  # the configured method passed: no search was needed
-    if record.kept:
-        log(f"INT8 search: kept {len(record.kept)} Q/DQ site(s) out of INT8: {', '.join(record.kept)}")
-    return model, fp32_nodes, plan, parity, record
+    return TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
@@ -331,7 +398,3 @@ def _block_summary(precision: str, fp32_nodes: list[str]) -> str:
         f"{precision.upper()}: {len(fp32_nodes)} nodes kept in FP32 (|x| over {FP16_DATA_MAX:g} on the "
         f"calibration data): {shown}"
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Graph preparation shared by both precisions

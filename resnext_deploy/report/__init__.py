@@ -377,6 +377,7 @@ def _precision_section(checked: list[ArtifactEntry]) -> list[str]:
                 f"tried before keeping sites in float: {'pass' if equalization['passed'] else 'fail'}, cosine min "
                 f"{equalization['cosine_min']:.4f}; {'used in the file' if equalization['chosen'] else 'not used'}."
             )
+        out += _bias_correction_lines(search)
         if search["ranking"]:
             out += [
                 "",
@@ -393,6 +394,21 @@ def _precision_section(checked: list[ArtifactEntry]) -> list[str]:
         )
         if search.get("needed"):
             out.append(f"- Keeping the {search['needed']} most sensitive sites out would pass (beyond the budget).")
+    return out
+
+
+def _bias_correction_lines(search: Mapping[str, Any]) -> list[str]:
+    """The INT8 search's bias correction and the remedies the file uses (a search recorded before them has neither)."""
+    out = []
+    if correction := search.get("bias_correction"):
+        out.append(
+            f"- Bias correction of {correction['layers']} Conv/Gemm layers (each one's INT8 output mean shift on the "
+            f"calibration images, taken off its bias), tried before keeping sites in float: "
+            f"{'pass' if correction['passed'] else 'fail'}, cosine min {correction['cosine_min']:.4f}; "
+            f"{'used in the file' if correction['chosen'] else 'not used'}."
+        )
+    if "remedies" in search:
+        out.append(f"- Remedies the file uses: {', '.join(search['remedies']) or 'none'}.")
     return out
 
 

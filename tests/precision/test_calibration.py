@@ -13,16 +13,14 @@ from PIL import Image
 
 from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.precision.calibration import (
-    CALIBRATION_NAME,
+from resnext_deploy.precision.calibration import CALIBRATION_NAME, calibrate
+from resnext_deploy.precision.split import check_share, split_datasets
+from resnext_deploy.precision.statistics import (
     NUM_BINS,
     AbsHistogram,
     TensorStats,
     activation_tensors,
-    calibrate,
-    check_share,
     collect_statistics,
-    split_datasets,
 )
 from resnext_deploy.source import SourceOptions, resolve_source
 

@@ -21,11 +21,12 @@ from resnext_deploy.errors import BadInputError, VerificationError
 from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
-from resnext_deploy.precision.calibration import calibrate, split_datasets
+from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.precision.fp16 import fp16_model
 from resnext_deploy.precision.graph import load_prepared
 from resnext_deploy.precision.int8 import WEIGHT_MAX, activation_scale, int8_model, qdq_plan, quantize_weight
 from resnext_deploy.precision.options import PrecisionOptions
+from resnext_deploy.precision.split import split_datasets
 from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
 from resnext_deploy.source import SourceOptions, resolve_source
 

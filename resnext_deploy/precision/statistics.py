@@ -1,0 +1,277 @@
+"""Streaming activation statistics: one ONNX Runtime pass over a data set, memory set by the batch alone.
+
+The tensors of interest are added as graph outputs of ``model.onnx`` and ONNX Runtime runs it
+batch by batch. Each batch updates, per tensor, a running min/max and (for inputs of Conv, Gemm,
+MatMul and Add) a fixed-size histogram of ``|x|``, then is dropped. ONNX Runtime's
+``HistogramCalibrater`` keeps every batch's activations until the end, so its memory grows with the
+image count; here memory is set by the batch size alone. The histogram keeps ``NUM_BINS`` bins and
+doubles its range when a batch exceeds it (merging bin pairs, exact because the edges align), so
+it never grows either. From it come the per-tensor ranges: ``entropy`` (TensorRT's KL-divergence
+search, as in NVIDIA's pytorch-quantization), ``percentile`` and ``minmax``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import load_onnx
+from ..backends.onnxruntime import session_options
+from ..data import Dataset
+from ..errors import BadInputError, one_line
+from ..ui import progress
+
+NUM_BINS = 2048  # TensorRT's and pytorch-quantization's histogram size
+QUANTIZED_BINS = 128  # positive INT8 levels the entropy search maps the histogram onto
+HISTOGRAM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")  # their activation inputs may get Q/DQ
+BATCH_BYTES = 256 * 2**20  # activations fetched per batch; sets the calibration's memory, not the count
+MAX_BATCH = 32
+
+Log = Callable[[str], None]
+
+
+class AbsHistogram:
+    """Counts of ``|x|`` in ``bins`` equal bins over ``[0, limit)``; memory is fixed whatever the data."""
+
+    def __init__(self, bins: int = NUM_BINS) -> None:
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.limit = 0.0
+
+    def add(self, magnitudes: np.ndarray, amax: float) -> None:
+        """Add flat ``|x|`` values whose maximum is ``amax`` (known to the caller already)."""
+        bins = len(self.counts)
+        if amax > self.limit:
+            self._grow(amax)
+        if self.limit == 0.0:
+            self.counts[0] += magnitudes.size
+            return
+        index = (magnitudes * np.float32(bins / self.limit)).astype(np.int32)
+        np.minimum(index, bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=bins)
+
+    def _grow(self, amax: float) -> None:
+        """Double the range until it covers ``amax``, summing bin pairs: old edges stay new edges."""
+        if self.limit == 0.0:
+            zeros = int(self.counts.sum())  # values seen so far were all 0
+            self.limit = float(amax)
+            self.counts[:] = 0
+            self.counts[0] = zeros
+            return
+        bins = len(self.counts)
+        factor = 2 ** max(1, math.ceil(math.log2(amax / self.limit)))
+        while self.limit * factor < amax:  # float rounding in log2
+            factor *= 2
+        merged = np.zeros(bins, dtype=np.int64)
+        if factor < bins:
+            merged[: bins // factor] = self.counts.reshape(bins // factor, factor).sum(axis=1)
+        else:
+            merged[0] = self.counts.sum()
+        self.counts = merged
+        self.limit *= factor
+
+    def edge(self, index: int) -> float:
+        return self.limit * index / len(self.counts)
+
+    def percentile_amax(self, percentile: float) -> float:
+        """The upper edge of the bin where the cumulative share of ``|x|`` reaches ``percentile``."""
+        total = self.counts.sum()
+        if total == 0 or self.limit == 0.0:
+            return 0.0
+        cdf = np.cumsum(self.counts) / total
+        index = int(np.searchsorted(cdf, percentile / 100.0))
+        return self.edge(min(index + 1, len(self.counts)))
+
+    def entropy_amax(self, quantized_bins: int = QUANTIZED_BINS) -> float:
+        """TensorRT's entropy calibration: the clip that minimizes KL(P || Q) of |x| quantized to 128 levels.
+
+        As in NVIDIA's pytorch-quantization, bin 0 is set to bin 1's count first, so that the mass of
+        exact zeros after a ReLU does not decide the threshold, and the last of equal minima wins.
+        """
+        counts = self.counts.astype(np.float64)
+        if counts.sum() == 0 or self.limit == 0.0:
+            return 0.0
+        counts[0] = counts[1]
+        tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = counts[i:].sum()
+        best_i, best_kl = len(counts), math.inf
+        for i in range(quantized_bins, len(counts) + 1):
+            head = counts[:i]
+            reference = head.copy()
+            reference[-1] += tail[i]
+            group = np.arange(i) * quantized_bins // i
+            nonzero = head != 0
+            sums = np.bincount(group, weights=head, minlength=quantized_bins)
+            members = np.bincount(group, weights=nonzero, minlength=quantized_bins)
+            average = np.divide(sums, members, out=np.zeros_like(sums), where=members > 0)
+            candidate = np.where(nonzero, average[group], 0.0)
+            kl = _kl_divergence(reference, candidate)
+            if kl <= best_kl:
+                best_i, best_kl = i, kl
+        return self.edge(best_i)
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p_total, q_total = p.sum(), q.sum()
+    if p_total == 0 or q_total == 0:
+        return math.inf
+    p, q = p / p_total, q / q_total
+    support = p > 0
+    if np.any(q[support] == 0):
+        return math.inf
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+@dataclass
+class TensorStats:
+    """Running range of one tensor, with a histogram of ``|x|`` where the tensor may be quantized."""
+
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    histogram: AbsHistogram | None = None
+
+    def add(self, values: np.ndarray) -> None:
+        low, high = float(values.min()), float(values.max())
+        self.minimum = min(self.minimum, low)
+        self.maximum = max(self.maximum, high)
+        if math.isnan(low) or math.isnan(high):
+            self.minimum = self.maximum = math.nan
+        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
+            self.histogram.add(np.abs(values).ravel(), max(abs(low), abs(high)))
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.minimum), abs(self.maximum))
+
+    def amax(self, method: str, percentile: float) -> float:
+        if method == "minmax" or self.histogram is None:
+            return self.max_abs
+        if method == "percentile":
+            return min(self.histogram.percentile_amax(percentile), self.max_abs)
+        return min(self.histogram.entropy_amax(), self.max_abs)
+
+
+def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
+    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per sample.
+
+    The byte count comes from shape inference and is None where a shape is not known.
+    """
+    from onnx import TensorProto, shape_inference
+
+    constant = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:  # Constant nodes and Identity of an initializer are constants too
+        if node.op_type == "Constant" or (node.input and all(name in constant for name in node.input if name)):
+            constant.update(node.output)
+    inferred = shape_inference.infer_shapes(model).graph
+    types = {value.name: value.type.tensor_type for value in [*inferred.input, *inferred.value_info, *inferred.output]}
+    names = [value.name for value in model.graph.input] + [name for node in model.graph.node for name in node.output]
+    tensors = [
+        name
+        for name in names
+        if name and name not in constant and name in types and types[name].elem_type == TensorProto.FLOAT
+    ]
+    wanted = set(tensors)
+    histogram = {
+        name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
+    }
+    per_sample: int | None = 0
+    for name in tensors:
+        dims = [d.dim_value for d in types[name].shape.dim[1:]]
+        if not types[name].HasField("shape") or any(d <= 0 for d in dims):
+            per_sample = None
+            break
+        per_sample += 4 * math.prod(dims)
+    return tensors, [name for name in tensors if name in histogram], per_sample
+
+
+def collect_statistics(
+    model_path: str | Path,
+    dataset: Dataset,
+    log: Log = print,
+    batch_bytes: int = BATCH_BYTES,
+) -> tuple[dict[str, TensorStats], int]:
+    """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
+
+    Every batch's activations are folded into fixed-size statistics and released before the next
+    batch is decoded, so memory depends on the batch size (chosen to fetch about ``batch_bytes``),
+    never on the number of images.
+    """
+    model = load_onnx(model_path)
+    tensors, histogram, per_sample = activation_tensors(model)
+    graph_inputs = {value.name for value in model.graph.input}
+    fetched = [name for name in tensors if name not in graph_inputs]
+    batches = run_batches(
+        model,
+        fetched,
+        dataset,
+        batch_size(per_sample, batch_bytes),
+        f"calibrating on {dataset.count} samples",
+        model_path,
+    )
+    del model  # the session holds what it needs
+    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
+    seen = 0
+    for images, values in batches:
+        for name in graph_inputs & stats.keys():
+            stats[name].add(images)
+        for name, value in zip(fetched, values, strict=True):
+            stats[name].add(value)
+        del values
+        seen += len(images)
+    skipped = dataset.skipped_summary()
+    if skipped:
+        log(f"warning: {skipped}")
+    return stats, seen + len(dataset.skipped)
+
+
+def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:
+    """Images per batch so that about ``batch_bytes`` of activations are fetched (MAX_BATCH when sizes are unknown)."""
+    return MAX_BATCH if per_sample is None else max(1, min(MAX_BATCH, batch_bytes // max(per_sample, 1)))
+
+
+def run_batches(
+    model: Any, fetched: list[str], dataset: Dataset, size: int, what: str, model_path: str | Path
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Yield each batch's images and the ``fetched`` tensors of ``model`` (a ModelProto, changed: they become outputs).
+
+    A model with a fixed batch size is fed padded batches, and the padding's values are dropped.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    outputs = {value.name for value in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
+    del model
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise BadInputError(f"{model_path} must have one NCHW image input; found {[i.name for i in inputs]}")
+    feed = inputs[0]
+    static_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
+    with progress(dataset.count, what) as advance:
+        for batch in dataset.batches(static_batch or size):
+            images = batch.images
+            _check_fits(feed, images, model_path)
+            real = len(images)
+            if static_batch and real < static_batch:  # pad, then drop the padding's activations
+                images = np.concatenate([images, np.zeros((static_batch - real, *images.shape[1:]), images.dtype)])
+            values = session.run(fetched, {feed.name: images}) if fetched else []  # none: ORT would run them all
+            yield images[:real], [np.asarray(value)[:real] for value in values]
+            del values
+            advance(real)
+
+
+def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:
+    """Refuse a model whose fixed C, H or W differ from the preprocessed data (a file swapped behind the manifest)."""
+    declared = feed.shape[1:]
+    if any(isinstance(d, int) and d != actual for d, actual in zip(declared, images.shape[1:], strict=True)):
+        raise BadInputError(
+            f"{model_path} takes input {feed.name!r} of shape {feed.shape}, but its model's preprocessing gives "
+            f"{'x'.join(map(str, images.shape[1:]))} images; the file does not fit its manifest entry: export again"
+        )

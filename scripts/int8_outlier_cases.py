@@ -1,0 +1,197 @@
+"""INT8 on outlier models (issue 21): `pipeline` with default options on the demo model with outliers planted.
+
+Usage:
+
+    python scripts/int8_outlier_cases.py --dir /tmp/outliers [--cases shortcut,classifier,...] [--json out.json]
+
+Each case rescales the bundled demo model's trained weights so that it computes the same function
+(up to float rounding) while one or more activations get outlier channels, the way trained models
+show them and the way a per-tensor INT8 scale cannot absorb:
+
+* ``shortcut``: two channels of layer2's downsample branch shifted by +100, its main branch by -100
+  (the residual Add's sum is unchanged; its shortcut input, a Q/DQ site, carries the outliers);
+* ``classifier``: four channels of the last block's output (both branches) x300, the classifier's
+  weights that read them /300 (ReLU and the average pool commute with a positive factor);
+* ``two layers`` / ``three layers``: the input of layer1's conv3 (4 channels x400) and layer2's
+  grouped conv2 (3 channels x300), then also layer3's conv2 (2 channels x1000);
+* ``spread``: a quarter of the channels read by every conv2 and conv3 scaled x10-30 (seeded).
+
+Then ``resnext-deploy pipeline`` with default precision options on ``--calib-dir`` (the demo's
+calibration images; the build's check takes its held-out tenth) and ``--data`` (the demo's 500
+validation images, which neither calibration nor the build's check sees). Printed per case: FP32
+(PyTorch, verify's reference) and INT8 accuracy on that validation set (ONNX Runtime, and OpenVINO (OV)
+where installed), verify's verdict on the INT8 rows, the Q/DQ sites kept out of INT8, the remedies
+the file uses, and the time. Bench runs briefly (one batch size): the point is accuracy, not speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+State = dict[str, Any]  # a state dict of torch tensors
+GROUPS = 8  # the demo's cardinality: conv2 has 8 groups
+
+
+def scale_bn(state: State, bn: str, factor: float, channel: int) -> None:
+    """Channel ``channel`` of BatchNorm ``bn``'s output ``factor`` times larger (its scale and shift both)."""
+    state[f"{bn}.weight"][channel] *= factor
+    state[f"{bn}.bias"][channel] *= factor
+
+
+def plant(state: State, block: str, bn: str, conv: str, channels: list[int], factor: float) -> None:
+    """Channels of ``block.bn`` ``factor`` times larger, the weights of ``block.conv`` reading them as much smaller."""
+    weight = state[f"{block}.{conv}.weight"]
+    for channel in channels:
+        scale_bn(state, f"{block}.{bn}", factor, channel)
+        if conv == "conv2":  # grouped: only its own group's output channels read the input channel
+            per_group, outputs = weight.shape[1], weight.shape[0] // GROUPS
+            group = channel // per_group
+            weight[group * outputs : (group + 1) * outputs, channel % per_group] /= factor
+        else:
+            weight[:, channel] /= factor
+
+
+def shortcut(state: State) -> None:
+    for channel in (3, 11):
+        state["layer2.0.downsample.1.bias"][channel] += 100.0
+        state["layer2.0.bn3.bias"][channel] -= 100.0
+
+
+def classifier(state: State) -> None:
+    for channel in (2, 17, 33, 50):
+        scale_bn(state, "layer3.0.bn3", 300.0, channel)
+        scale_bn(state, "layer3.0.downsample.1", 300.0, channel)
+        state["fc.weight"][:, channel] /= 300.0
+
+
+LAYERS = [
+    ("layer1.0", "bn2", "conv3", [1, 9, 20, 30], 400.0),
+    ("layer2.0", "bn1", "conv2", [3, 17, 40], 300.0),
+    ("layer3.0", "bn1", "conv2", [5, 77], 1000.0),
+]
+
+
+def two_layers(state: State) -> None:
+    for layer in LAYERS[:2]:
+        plant(state, *layer)
+
+
+def three_layers(state: State) -> None:
+    for layer in LAYERS:
+        plant(state, *layer)
+
+
+def spread(state: State) -> None:
+    rng = np.random.default_rng(0)
+    for block in ("layer1.0", "layer2.0", "layer3.0"):
+        for bn, conv in (("bn1", "conv2"), ("bn2", "conv3")):
+            width = len(state[f"{block}.{bn}.weight"])
+            chosen = rng.choice(width, width // 4, replace=False)
+            for channel in chosen:
+                plant(state, block, bn, conv, [int(channel)], float(rng.uniform(10.0, 30.0)))
+
+
+CASES: dict[str, Callable[[State], None]] = {
+    "shortcut": shortcut,
+    "classifier": classifier,
+    "two layers": two_layers,
+    "three layers": three_layers,
+    "spread": spread,
+}
+
+
+def planted_checkpoint(case: str, path: Path) -> Path:
+    """The demo's weights with ``case`` planted, saved as a safetensors checkpoint at ``path``."""
+    from safetensors.torch import load_file, save_file
+
+    from resnext_deploy.demo import DEMO_WEIGHTS
+
+    state = load_file(str(DEMO_WEIGHTS))
+    CASES[case](state)
+    save_file(state, str(path))
+    return path
+
+
+def run_case(case: str, directory: Path) -> dict[str, Any]:
+    """``pipeline`` with default precision options on the planted model; what the table shows."""
+    from resnext_deploy.artifacts import Manifest
+    from resnext_deploy.cli import main
+    from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL
+
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = planted_checkpoint(case, directory / "planted.safetensors")
+    args = ["pipeline", "--dir", str(directory / "art"), "--arch", "resnext11_digits", "--checkpoint", str(checkpoint)]
+    args += ["--calib-dir", str(DEMO_CALIB), "--data", str(DEMO_VAL)]
+    args += ["--batch-sizes", "1", "--duration", "0.05", "--budget", "20"]
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # pipeline's tables are this script's log; the table is its result
+        code = main(args)
+    seconds = time.perf_counter() - started
+    verify = json.loads((directory / "art" / "verify.json").read_text())
+    int8 = {r["backend"]: r for r in verify["results"] if r["precision"] == "int8"}
+    reference = next((r["reference_accuracy"] for r in verify["results"] if r.get("reference_accuracy")), None)
+    entry = Manifest(directory / "art").entry("model.int8.onnx") or {}
+    search = entry.get("search") or {}
+    return {
+        "case": case,
+        "exit": code,
+        "fp32": reference,  # PyTorch FP32, verify's reference
+        "int8 onnxruntime": int8.get("onnxruntime", {}).get("accuracy"),
+        "int8 openvino": int8.get("openvino", {}).get("accuracy"),
+        "verify": "pass" if int8 and all(r["passed"] for r in int8.values()) else "FAIL",
+        "kept": search.get("kept", []),
+        "remedies": entry.get("remedies", []) if entry else ["(no INT8 file)"],
+        "seconds": round(seconds, 1),
+        "search seconds": search.get("seconds"),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def shown(value: float | None, unit: str) -> str:
+        return "-" if value is None else f"{value:.1f}{unit}"
+
+    lines = [
+        "| case | FP32 | INT8 (ORT) | INT8 (OV) | verify | kept out of INT8 | remedies | INT8 search | pipeline |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        kept = ", ".join(f"`{name}`" for name in row["kept"]) or "none"
+        lines.append(
+            f"| {row['case']} | {shown(row['fp32'], '%')} | {shown(row['int8 onnxruntime'], '%')} | "
+            f"{shown(row['int8 openvino'], '%')} | {row['verify']} (exit {row['exit']}) | {kept} | "
+            f"{', '.join(row['remedies']) or 'none'} | {shown(row['search seconds'], ' s')} | {row['seconds']} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, required=True, help="working directory, one folder per case")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of: {', '.join(CASES)}")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    cases = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = [name for name in cases if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    rows = [run_case(case, args.dir / case.replace(" ", "-")) for case in cases]
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if all(row["verify"] == "pass" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
