@@ -229,7 +229,8 @@ class Backend:
         known = {option.name: option for option in self.options}
         unknown = sorted(set(given or {}) - set(known))
         if unknown:
-            raise BadInputError(f"backend {self.name} has no option {', '.join(unknown)}; it has {', '.join(known)}")
+            has = ", ".join(known) or "none"
+            raise BadInputError(f"backend {self.name} has no option {', '.join(unknown)}; its options: {has}")
         return {
             name: option.check((given or {}).get(name, option.default), self.name) for name, option in known.items()
         }
