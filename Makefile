@@ -44,7 +44,7 @@ test-core: setup
 	$(BIN)/python -m pytest -q
 
 test-triton: setup-triton
-	$(TRITON_VENV)/bin/python -m pytest -q tests/serving tests/faults/test_serving_and_caches.py tests/faults/test_inputs_second_battery.py -k "serving or triton_repo or serve"
+	$(TRITON_VENV)/bin/python -m pytest -q tests/serving tests/faults/test_serving_and_caches.py tests/faults/test_hostile_inputs.py -k "serving or triton_repo or serve"
 
 test: lint test-core test-triton
 

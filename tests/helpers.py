@@ -1,29 +1,61 @@
-"""Real FP16 and INT8 files beside the tiny ResNeXt's model.onnx, for the verify, bench and report tests.
+"""Helpers shared by the test files: artifacts for the tiny model, running the CLI, checking what it left.
 
-model.onnx comes from the real export (conftest's ``tiny_export_template``); model.fp16.onnx from
-ONNX Runtime's float16 converter and model.int8.onnx from ONNX Runtime's static QDQ quantizer (the
-precision module's own files are tested beside it); both are recorded in the manifest as any
-artifact is.
+Fixtures live in conftest.py; this module holds plain functions and constants, imported as ``helpers``
+(no test file imports another test file).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
+from PIL import Image
 
-from resnext_deploy.artifacts import Manifest
+from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, Manifest, sha256_file
+from resnext_deploy.backends.openvino import CACHE_DIR
+from resnext_deploy.cli import main
+from resnext_deploy.errors import ExitCode
+from resnext_deploy.export import export_onnx
+
+# CLI options: the tiny model, and the shortest bench, pipeline and INT8 build that still do every step.
+TINY = ["--arch", "resnext_tiny"]
+QUICK_BENCH = ["--duration", "0.02", "--warmup-ms", "0", "--min-iterations", "1", "--batch-sizes", "1"]
+QUICK_PIPELINE = ["--calib-count", "64", "--count", "100", "--batch-sizes", "1", "--duration", "0.02"]
+INT8_ONLY = ["--int8", "--onnx-only", "--calib-count", "64"]
+# Run outputs, not artifacts (OpenVINO's compiled-model cache among them).
+REPORTS = {"verify.json", "bench.json", "bench.csv", "bench.md", "bench.png", "report.md", LOCK_NAME, CACHE_DIR}
+TIMEOUT_S = 120  # a case that could hang (a FIFO, a bomb) fails after this
+MEMORY_BOUND = 1536 << 20  # bytes; each bomb the fault tests plant would need far more than this if it were expanded
+
+
+# ----------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def quiet_export(source, directory: Path) -> Path:
+    """``directory`` holding ``source`` exported to model.onnx with its manifest, without progress lines."""
+    directory.mkdir(parents=True, exist_ok=True)
+    export_onnx(source, directory, log=lambda _m: None)
+    return directory
 
 
 def with_low_precision(template: Path, directory: Path) -> Path:
     """A copy of an exported tiny-model directory plus model.fp16.onnx and model.int8.onnx, all in the manifest.
 
-    Tests use conftest's session-scoped ``low_precision_template`` (one conversion per run) rather than this.
+    They come from ONNX Runtime's float16 converter and static QDQ quantizer, not from the precision module
+    (whose own files are tested beside it), for the verify, bench and report tests. Tests use conftest's
+    session-scoped ``low_precision_template`` (one conversion per run) rather than this.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -103,3 +135,109 @@ def strip_activation_qdq(path: Path, select: Callable[[str], bool] = lambda _ten
         node.output[:] = [rename.get(name, name) for name in node.output]
     onnx.save(model, str(path))
     return removed
+
+
+def rerecord(directory: Path, name: str = "model.onnx") -> None:
+    """Record the file's current bytes in the manifest, as if resnext-deploy had made it."""
+    manifest = Manifest(directory)
+    entry = manifest.entry(name)
+    manifest.record(name, entry["precision"], parent_sha256=entry["parent_sha256"], options=entry["options"])
+
+
+def noise_images(folder: Path, count: int, classes: int = 2, size: int = 32, seed: int = 0) -> Path:
+    """``count`` random RGB PNGs spread over ``classes`` class subfolders."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        target = folder / f"class{i % classes}"
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(target / f"{i:03d}.png")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the CLI and checking what it left
+
+
+def one_error(err: str, *fragments: str) -> str:
+    """The one ``error:`` line of ``err``, checked to be the only one, the last line, free of tracebacks and
+    holding each fragment."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error(self) -> str:
+        return self.error_line()
+
+    def error_line(self, *fragments: str) -> str:
+        """The one ``error:`` line holding each fragment (see :func:`one_error`), no traceback on stdout either."""
+        assert "Traceback" not in self.out
+        return one_error(self.err, *fragments)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> Outcome:
+    """Run the CLI in this process, as the user would call it, and capture what it printed."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return Outcome(code, captured.out, captured.err)
+
+
+def fails(outcome: Outcome, code: ExitCode, *fragments: str) -> str:
+    """Check that the run exited with ``code`` and one error line holding each fragment; return that line."""
+    assert outcome.code == code, outcome.err
+    return outcome.error_line(*fragments)
+
+
+# Runs the CLI in a child and prints that child's peak RSS (kB on Linux) as the last line of stdout.
+_MEASURED = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "resnext_deploy", *sys.argv[1:]], capture_output=True, text=True)
+sys.stdout.write(done.stdout)
+sys.stderr.write(done.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(done.returncode)
+"""
+
+
+def measured(tmp_path: Path, *args: object) -> tuple[int, str, int]:
+    """Exit code, stderr and peak memory in bytes of one CLI run in a fresh process, under a timeout."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED, *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=tmp_path,
+        env={**os.environ, "RESNEXT_DEPLOY_DEBUG": ""},
+    )
+    return done.returncode, done.stderr, int(done.stdout.strip().splitlines()[-1]) * 1024
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Each entry of ``directory`` by name: a file's sha256, or ``<dir>``."""
+    if not directory.exists():
+        return {}
+    return {p.name: sha256_file(p) if p.is_file() else "<dir>" for p in directory.iterdir()}
+
+
+def unchanged(directory: Path, before: dict[str, str], allowed_new: frozenset[str] = frozenset()) -> None:
+    """No partial file, no new artifact, the manifest and every finished artifact byte for byte as before."""
+    after = snapshot(directory)
+    assert not [name for name in after if name.endswith(".partial")], after
+    assert set(after) - set(before) - REPORTS - allowed_new == set()
+    assert {name: before[name] for name in before if name not in REPORTS} == {
+        name: after.get(name) for name in before if name not in REPORTS
+    }
+    if MANIFEST_NAME in after:
+        json.loads((directory / MANIFEST_NAME).read_text())
+

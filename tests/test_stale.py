@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiny_artifacts import with_low_precision
+from helpers import with_low_precision
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.evaluate.bench import run_bench

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from tiny_artifacts import copy_dir
+from helpers import copy_dir
 
 from resnext_deploy.artifacts import ONNX_FILES, PRECISIONS, Precision
 from resnext_deploy.backends.base import Candidate

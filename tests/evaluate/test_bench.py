@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_artifacts import copy_dir
+from helpers import copy_dir
 
 from resnext_deploy.backends.base import Candidate
 from resnext_deploy.cli import main

@@ -24,115 +24,41 @@ import subprocess
 import sys
 import threading
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import (
+    INT8_ONLY,
+    QUICK_BENCH,
+    QUICK_PIPELINE,
+    TINY,
+    cli,
+    fails,
+    quiet_export,
+    rerecord,
+    snapshot,
+    unchanged,
+)
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, Manifest, engine_file, locked, sha256_file
-from resnext_deploy.backends.openvino import CACHE_DIR
+from resnext_deploy.artifacts import Manifest, engine_file, locked, sha256_file
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
 from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path
 from resnext_deploy.backends.tensorrt.options import BuildOptions
-from resnext_deploy.cli import main
 from resnext_deploy.data import load_rgb, open_dataset
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode
-from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
 from resnext_deploy.source import resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--arch", "resnext_tiny"]
 DEMO = ["--arch", "resnext11_digits"]
-QUICK_BENCH = ["--duration", "0.02", "--warmup-ms", "0", "--min-iterations", "1", "--batch-sizes", "1"]
-QUICK_PIPELINE = ["--calib-count", "64", "--count", "100", "--batch-sizes", "1", "--duration", "0.02"]
-# Run outputs, not artifacts (OpenVINO's compiled-model cache among them).
-REPORTS = {"verify.json", "bench.json", "bench.csv", "bench.md", "bench.png", "report.md", LOCK_NAME, CACHE_DIR}
-INT8_ONLY = ["--int8", "--onnx-only", "--calib-count", "64"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error(self) -> str:
-        """The one ``error:`` line, checked to be the only one, the last line, and free of tracebacks."""
-        assert "Traceback" not in self.err + self.out
-        errors = [line for line in self.err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, self.err
-        assert self.err.rstrip().splitlines()[-1] == errors[0]
-        return errors[0]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> Outcome:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-def fails(outcome: Outcome, code: ExitCode, *fragments: str) -> str:
-    assert outcome.code == code, outcome.err
-    line = outcome.error
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    if not directory.exists():
-        return {}
-    return {p.name: sha256_file(p) if p.is_file() else "<dir>" for p in directory.iterdir()}
-
-
-def unchanged(directory: Path, before: dict[str, str], allowed_new: frozenset[str] = frozenset()) -> None:
-    """No partial file, no new artifact, the manifest and every finished artifact byte for byte as before."""
-    after = snapshot(directory)
-    assert not [name for name in after if name.endswith(".partial")], after
-    assert set(after) - set(before) - REPORTS - allowed_new == set()
-    assert {name: before[name] for name in before if name not in REPORTS} == {
-        name: after.get(name) for name in before if name not in REPORTS
-    }
-    if MANIFEST_NAME in after:
-        json.loads((directory / MANIFEST_NAME).read_text())
-
-
-def rerecord(directory: Path, name: str = "model.onnx") -> None:
-    """Record the file's current bytes in the manifest, as if resnext-deploy had made it."""
-    manifest = Manifest(directory)
-    entry = manifest.entry(name)
-    manifest.record(name, entry["precision"], parent_sha256=entry["parent_sha256"], options=entry["options"])
-
-
-def quiet_export(source, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    export_onnx(source, directory, log=lambda _m: None)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return quiet_export(resolve_source(), tmp_path_factory.mktemp("demo-template") / "demo")
-
-
-@pytest.fixture
-def demo_dir(demo_template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_template, tmp_path / "demo"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The second fault battery: memory bombs, hangs, stale temp files, symlinked locks, non-finite data, odd dtypes.
+"""Hostile inputs: memory bombs, hangs, stale temp files, symlinked locks, non-finite data, odd dtypes.
 
 Every case asserts the documented exit code, one ``error:`` line and no traceback, and that nothing
 appears outside ``--dir``. Bombs and possible hangs run in a subprocess under a timeout, and its peak
@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import INT8_ONLY, MEMORY_BOUND, QUICK_BENCH, TIMEOUT_S, TINY, cli, fails, measured, one_error, rerecord
 from PIL import Image
 from safetensors.torch import save_file
-from test_faults import INT8_ONLY, QUICK_BENCH, TINY, cli, fails, quiet_export, rerecord
 
 from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, PARTIAL_PREFIX, atomic_path, locked, sha256_file
 from resnext_deploy.checkpoint import read_state_dict
@@ -31,42 +31,8 @@ from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.models import create_model
 from resnext_deploy.source import resolve_source
 
-TIMEOUT_S = 120
-MEMORY_BOUND = 1536 << 20  # bytes; each bomb below would need far more than this if it were expanded
 TINY_SHAPE = (3, 32, 32)
 TINY_CLASSES = 10
-
-# Runs the CLI in a child and prints that child's peak RSS (kB on Linux) as the last line of stdout.
-_MEASURED = """
-import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "resnext_deploy", *sys.argv[1:]], capture_output=True, text=True)
-sys.stdout.write(done.stdout)
-sys.stderr.write(done.stderr)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(done.returncode)
-"""
-
-
-def measured(tmp_path: Path, *args: object) -> tuple[int, str, int]:
-    """Exit code, stderr and peak memory in bytes of one CLI run in a fresh process, under a timeout."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURED, *[str(a) for a in args]],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=tmp_path,
-        env={**os.environ, "RESNEXT_DEPLOY_DEBUG": ""},
-    )
-    return done.returncode, done.stderr, int(done.stdout.strip().splitlines()[-1]) * 1024
-
-
-def one_error(err: str, *fragments: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(autouse=True)
@@ -531,11 +497,6 @@ def test_num_classes_is_capped_on_the_command_line_too(capsys, tmp_path: Path) -
 
 # ----------------------------------------------------------------------------------------------
 # ONNX files with unnamed nodes, triton-repo checks and external data, the serve workspace
-
-
-@pytest.fixture
-def demo_dir(tmp_path: Path) -> Path:
-    return quiet_export(resolve_source(), tmp_path / "demo")
 
 
 def _rename(directory: Path, duplicate: bool) -> None:

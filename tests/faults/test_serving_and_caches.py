@@ -1,6 +1,6 @@
 """Hostile requests to the served endpoint, stale and tampered caches, resources, protected files, offline runs.
 
-Like the first two batteries (test_faults.py, test_inputs_second_battery.py), every case asserts the
+Like the first two batteries (test_faults.py, test_hostile_inputs.py), every case asserts the
 documented exit code, one ``error:`` line and no traceback, and that nothing is written outside ``--dir``;
 where memory is the point, the case runs in a child process whose peak RSS is bounded. Cases that need
 PyTriton live in tests/serving (they run in the Triton environment).
@@ -26,9 +26,19 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import (
+    INT8_ONLY,
+    MEMORY_BOUND,
+    QUICK_BENCH,
+    QUICK_PIPELINE,
+    TINY,
+    cli,
+    fails,
+    measured,
+    snapshot,
+    unchanged,
+)
 from PIL import Image
-from test_faults import INT8_ONLY, QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails, snapshot, unchanged
-from test_inputs_second_battery import MEMORY_BOUND, measured
 
 from resnext_deploy.artifacts import CALIBRATION_NAME, MANIFEST_NAME
 from resnext_deploy.backends.openvino import CACHE_DIR, CACHE_SEAL

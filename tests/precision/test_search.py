@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import noise_images
 from onnx import TensorProto
 from safetensors.torch import load_file, save_file
-from test_calibration import noise_images
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main

@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import noise_images, strip_activation_qdq
 from onnx import TensorProto, numpy_helper
-from test_calibration import noise_images
-from tiny_artifacts import strip_activation_qdq
 
 from resnext_deploy.artifacts import Manifest, sha256_file
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner

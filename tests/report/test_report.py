@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_artifacts import copy_dir, edit_initializers
+from helpers import copy_dir, edit_initializers
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
