@@ -241,3 +241,82 @@ def unchanged(directory: Path, before: dict[str, str], allowed_new: frozenset[st
     if MANIFEST_NAME in after:
         json.loads((directory / MANIFEST_NAME).read_text())
 
+
+# ----------------------------------------------------------------------------------------------
+# Small ONNX graphs for the precision passes' rules
+
+
+def residual_block(downsample: bool = False, trans_b: int = 1, opset: int = 19) -> onnx.ModelProto:
+    """A stem (Conv ``conv0``, ReLU ``relu0`` giving ``h``), one ResNeXt-style block (grouped Conv ``conv1``,
+    ReLU ``relu1`` giving ``r1``, Conv ``conv2`` giving ``c``; ``add`` of ``c`` and the shortcut: ``h``, or with
+    ``downsample`` the Conv ``conv_sc``'s output ``s``; ReLU ``relu2``) and a Gemm head ``fc`` giving ``y``.
+
+    Random weights, input ``x`` of shape (N, 3, 8, 8): small enough to check a rule node by node.
+    """
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    same = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["a0"], name="conv0", **same),
+        helper.make_node("Relu", ["a0"], ["h"], name="relu0"),
+        helper.make_node("Conv", ["h", "w1", "b1"], ["a1"], name="conv1", group=2, **same),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c"], name="conv2"),
+    ]
+    initializers = [weight("w0", 4, 3, 3, 3), weight("b0", 4), weight("w1", 4, 2, 3, 3), weight("b1", 4)]
+    initializers += [weight("w2", 4, 4, 1, 1), weight("b2", 4)]
+    shortcut = "h"
+    if downsample:
+        nodes.append(helper.make_node("Conv", ["h", "wsc"], ["s"], name="conv_sc"))
+        initializers.append(weight("wsc", 4, 4, 1, 1))
+        shortcut = "s"
+    nodes += [
+        helper.make_node("Add", ["c", shortcut], ["sum"], name="add"),
+        helper.make_node("Relu", ["sum"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wfc", "bfc"], ["y"], name="fc", transB=trans_b),
+    ]
+    initializers += [weight("wfc", *((3, 4) if trans_b else (4, 3))), weight("bfc", 3)]
+    graph = helper.make_graph(
+        nodes,
+        "residual_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every graph output of ``model`` on ``x`` (its one input), run by ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+
+
+def calibration_of(model: onnx.ModelProto, x: np.ndarray, **overrides: tuple[float, float]):
+    """A Calibration holding each float tensor's range on ``x``, as calibration would record it; ``overrides``
+    replace a tensor's (min, max), to plant an overflow or a NaN."""
+    from resnext_deploy.precision.calibration import Calibration
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {output.name for output in probe.graph.output}
+    probe.graph.output.extend(
+        onnx.ValueInfoProto(name=name) for node in probe.graph.node for name in node.output if name not in known
+    )
+    values = {probe.graph.input[0].name: x, **run_onnx(probe, x)}
+    ranges = {name: (float(value.min()), float(value.max())) for name, value in values.items()}
+    ranges.update(overrides)
+    tensors = {name: {"min": lo, "max": hi, "amax": max(abs(lo), abs(hi))} for name, (lo, hi) in ranges.items()}
+    return Calibration("", "", "random inputs", len(x), len(x), "minmax", 99.99, tensors)
