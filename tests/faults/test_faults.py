@@ -59,6 +59,7 @@ from resnext_deploy.source import resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = ["--arch", "resnext11_digits"]
+SLOW = pytest.mark.slow  # a bench case: its worker processes and noise probe take seconds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +253,10 @@ ONNX_EXPECTED = {
 }
 
 
-@pytest.mark.parametrize(("case", "command"), sorted(ONNX_EXPECTED))
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [pytest.param(*key, marks=SLOW) if key[1] == "bench" else key for key in sorted(ONNX_EXPECTED)],
+)
 def test_broken_onnx_recorded_in_the_manifest(capsys, tiny_dir: Path, case: str, command: str) -> None:
     """model.onnx broken and then re-recorded, so the sha256 check passes and the content itself must be refused."""
     ONNX_CASES[case](tiny_dir)
@@ -328,6 +332,7 @@ def test_engine_refusals_need_no_tensorrt(tiny_dir: Path, case: str) -> None:
     )
 
 
+@pytest.mark.slow  # verify and bench per case
 @pytest.mark.parametrize("tensorrt_present", [False, True], ids=["this-machine", "tensorrt-present"])
 @pytest.mark.parametrize("case", sorted(ENGINE_CASES))
 def test_verify_and_bench_record_a_refused_engine_as_skipped(
@@ -437,6 +442,7 @@ def test_animations_use_their_first_frame(tmp_path: Path) -> None:
         assert red > 200 and green < 30 and blue < 30, name
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_int8_calibration_skips_bad_files_and_says_so(capsys, demo_dir: Path, calib_with_bad_files: Path) -> None:
     outcome = cli(capsys, "build-trt", "--dir", demo_dir, *INT8_ONLY, "--calib-dir", calib_with_bad_files)
     assert outcome.code == ExitCode.OK, outcome.err
@@ -506,7 +512,7 @@ def test_pipeline_under_a_regular_file_cannot_write(capsys, tmp_path: Path) -> N
     ("command", "blocked", "allowed_new"),
     [
         (["verify", "--count", "4"], "verify.json", frozenset()),
-        (["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", frozenset()),
+        pytest.param(["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", frozenset(), marks=SLOW),
         (["build-trt", "--fp16", "--onnx-only"], "model.fp16.onnx", frozenset({"calibration.json"})),
     ],
 )
@@ -557,7 +563,7 @@ def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
         (["export", *TINY], "model.onnx"),
         (["pipeline", *TINY, *QUICK_PIPELINE], "model.onnx"),
         (["verify", "--count", "4"], "verify.json"),
-        (["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json"),
+        pytest.param(["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", marks=SLOW),
     ],
 )
 def test_a_full_disk(capsys, tmp_path: Path, tiny_dir: Path, monkeypatch, command: list[str], written: str) -> None:
@@ -597,6 +603,7 @@ def test_a_held_lock_is_exit_5(capsys, tiny_dir: Path, command: list[str]) -> No
     unchanged(tiny_dir, before)
 
 
+@pytest.mark.slow  # a child process holds the lock
 def test_a_lock_held_by_another_process(capsys, tiny_dir: Path) -> None:
     holder = subprocess.Popen(
         [
@@ -684,6 +691,7 @@ def _interrupted(code: int, err: str, directory: Path, before: dict[str, str]) -
     assert {k: v for k, v in after.items() if k in before} == {k: v for k, v in before.items() if k in after}
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_export_then_resume(capsys, tmp_path: Path) -> None:
     directory = tmp_path / "demo"
 
@@ -701,6 +709,7 @@ def test_ctrl_c_during_export_then_resume(capsys, tmp_path: Path) -> None:
     assert again.code == ExitCode.OK and "is up to date (same model and options); reusing it" in again.err
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_int8_then_resume(capsys, demo_dir: Path) -> None:
     before = snapshot(demo_dir)
     args = ["build-trt", "--dir", demo_dir, *INT8_ONLY]
@@ -714,6 +723,7 @@ def test_ctrl_c_during_int8_then_resume(capsys, demo_dir: Path) -> None:
     Manifest(demo_dir).require("model.int8.onnx", "")
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_verify_then_rerun(capsys, tiny_dir: Path) -> None:
     before = snapshot(tiny_dir)
     code, err = interrupt(
@@ -725,6 +735,7 @@ def test_ctrl_c_during_verify_then_rerun(capsys, tiny_dir: Path) -> None:
     assert json.loads((tiny_dir / "verify.json").read_text())["passed"] is True
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_the_pipeline_then_resume(capsys, tmp_path: Path) -> None:
     """A plain ``python -m resnext_deploy pipeline``, interrupted once its INT8 step starts; meanwhile a second
     run on the same directory is refused by the lock."""
@@ -767,6 +778,7 @@ def test_non_finite_outputs_fail_verify(capsys, tiny_dir: Path, value: float) ->
     assert result["passed"] is False and result["nonfinite"] == 40
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_dead_channels_and_an_all_zero_activation_get_finite_nonzero_int8_scales(capsys, tmp_path: Path) -> None:
     """The demo model with one residual branch switched off (its conv3 input is all zeros on every image) and a
     dead output channel in a weight: calibration sees a range of 0, and INT8 still gets usable scales."""

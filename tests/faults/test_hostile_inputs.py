@@ -61,6 +61,7 @@ def _tiny_state() -> dict[str, torch.Tensor]:
     return create_model("resnext_tiny").state_dict()
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_a_stride_zero_view_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
     """The issue's case: 16 floats viewed as (60000, 100000) would need 24 GB once touched."""
     state = _tiny_state()
@@ -217,12 +218,14 @@ def npz_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _zeros_npz(tmp_path_factory.mktemp("bomb") / "bomb.npz", rows)
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_an_npz_bomb_reads_only_the_requested_rows(tiny_dir: Path, npz_bomb: Path, tmp_path: Path) -> None:
     code, err, peak = measured(tmp_path, "verify", "--dir", tiny_dir, "--data", npz_bomb, "--count", "8")
     assert code == ExitCode.OK, err
     assert peak < MEMORY_BOUND, peak
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_an_npz_bomb_without_a_count_is_refused_from_its_header(tiny_dir: Path, npz_bomb: Path, tmp_path: Path) -> None:
     code, err, peak = measured(tmp_path, "verify", "--dir", tiny_dir, "--data", npz_bomb)
     assert code == ExitCode.BAD_INPUT
@@ -394,6 +397,7 @@ def test_stale_partial_files_are_removed_once_the_lock_is_held(tiny_dir: Path) -
     assert all(path.exists() for path in keep)
 
 
+@pytest.mark.slow  # a bench run
 def test_a_later_run_cleans_what_a_killed_one_left(capsys, tiny_dir: Path) -> None:
     (tiny_dir / f"{PARTIAL_PREFIX}model.fp16.onnx.x1y2.partial").write_bytes(b"\0" * 1024)
     outcome = cli(capsys, "bench", "--dir", tiny_dir, "--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH)
@@ -439,6 +443,7 @@ def test_atomic_writes_refuse_a_special_target(tmp_path: Path, kind: str) -> Non
     assert not list(tmp_path.glob(".*.partial"))
 
 
+@pytest.mark.slow  # a bench run
 def test_bench_refuses_a_fifo_where_bench_csv_goes(capsys, tiny_dir: Path) -> None:
     os.mkfifo(tiny_dir / "bench.csv")
     outcome = cli(capsys, "bench", "--dir", tiny_dir, "--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH)
@@ -509,6 +514,7 @@ def _rename(directory: Path, duplicate: bool) -> None:
     rerecord(directory)
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_unnamed_nodes_under_int8_are_named_not_an_internal_error(capsys, demo_dir: Path) -> None:
     _rename(demo_dir, duplicate=False)
     outcome = cli(capsys, "build-trt", "--dir", demo_dir, *INT8_ONLY)

@@ -108,6 +108,7 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
 # calibration.json: saved, reused only when it fits
 
 
+@pytest.mark.slow  # four calibration runs
 def test_calibration_is_saved_reused_and_recomputed_when_stale(tiny_dir: Path, tmp_path: Path) -> None:
     folder = noise_images(tmp_path / "calib", 12)
     model_path = tiny_dir / "model.onnx"
