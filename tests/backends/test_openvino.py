@@ -92,6 +92,7 @@ def _with_8_bit_weights(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_8_bit_weights_saturate_in_openvino_on_cpus_without_vnni_only(demo: Path, tmp_path: Path) -> None:
     """CPU-dependent on purpose: why model.int8.onnx has 7-bit weights, checked on the CPU at hand.

@@ -4,7 +4,7 @@ Every case asserts the documented exit code, exactly one ``error:`` line on stde
 lines may come before it), no traceback, and nothing half-written: no ``*.partial`` file, no new artifact,
 and the manifest and every finished artifact unchanged. Cases already covered elsewhere are not repeated:
 tests/test_cli.py (truncated .pth, another architecture, ``--dir`` a file or under a file for export),
-tests/test_checkpoint.py, tests/test_data.py, tests/test_verify.py and tests/test_properties.py.
+tests/test_checkpoint.py, tests/test_data.py, tests/evaluate/test_verify.py and tests/test_properties.py.
 
 Models: the tiny ResNeXt (32 px, random weights) where only structure matters and the bundled 16 px demo
 model where INT8 must pass its parity check.
