@@ -48,8 +48,8 @@ test-triton: setup-triton
 
 test: lint test-core test-triton
 
-# While editing: lint, then the suite in .venv without the tests marked slow (the demo pipeline, mypy, ResNeXt-50,
-# subprocess batteries; under 3 minutes on 2 cores). No .venv-triton: its tests are the slow PyTriton ones.
+# While editing: lint, then the suite in .venv without the tests marked slow (the demo pipeline, mypy, large exports,
+# bench runs, child processes; about 2.3 min of CPU). No .venv-triton: its tests are the slow PyTriton ones.
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
