@@ -10,7 +10,7 @@ CORE_EXTRAS := dev,openvino
 TRITON_EXTRAS := dev,triton,openvino
 DEMO_DIR ?= artifacts/demo
 
-.PHONY: setup setup-triton demo test test-core test-triton lint format clean trt-typecheck
+.PHONY: setup setup-triton demo test test-fast test-core test-triton lint format clean trt-typecheck
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ test-core: setup
 	$(BIN)/python -m pytest -q
 
 test-triton: setup-triton
-	$(TRITON_VENV)/bin/python -m pytest -q tests/serving tests/faults/test_serving_and_caches.py tests/faults/test_inputs_second_battery.py -k "serving or triton_repo or serve"
+	$(TRITON_VENV)/bin/python -m pytest -q tests/serving tests/faults/test_serving_and_caches.py tests/faults/test_hostile_inputs.py -k "serving or triton_repo or serve"
 
 test: lint test-core test-triton
+
+# While editing: lint, then the suite in .venv without the tests marked slow (the demo pipeline, mypy, large exports,
+# bench runs, child processes; about 2.3 min of CPU). No .venv-triton: its tests are the slow PyTriton ones.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # mypy on the TensorRT backend against NVIDIA's real bindings of TensorRT 10.x and 11.x (needs PyPI and cc).
 trt-typecheck: setup

@@ -105,6 +105,7 @@ def test_json_dash_puts_only_json_on_stdout(tiny_dir: Path):
     assert piped.returncode == 0
 
 
+@pytest.mark.slow  # a bench run
 def test_bench_json_dash_and_table(tiny_dir: Path, capsys):
     assert main(["bench", "--dir", str(tiny_dir), *BENCH_FAST, "--json", "-"]) == 0
     captured = capsys.readouterr()
@@ -215,6 +216,7 @@ def _validate(name: str, record: dict) -> None:
     assert record["schema_version"] == SCHEMA_VERSION
 
 
+@pytest.mark.slow  # a bench run
 def test_outputs_match_their_json_schemas(tiny_dir: Path, tmp_path: Path):
     """Real verify.json, bench.json, calibration.json and bench_triton.json of the tiny model against the schemas."""
     assert main(["verify", "--dir", str(tiny_dir), "--count", "8"]) == 0

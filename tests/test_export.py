@@ -53,6 +53,7 @@ def test_static_batch(tmp_path: Path):
     assert runner(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 10)  # chunked and padded
 
 
+@pytest.mark.slow  # ResNeXt-29 and -101 exports
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "resnext50_32x4d"])
 def test_every_architecture_exports_and_agrees(tmp_path: Path, arch: str):
     size = 32 if ARCHS[arch].stem == "cifar" else 64

@@ -12,6 +12,8 @@ from resnext_deploy.backends.tensorrt.probe import tensorrt_status
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
 
+pytestmark = pytest.mark.slow  # each test reads the demo pipeline's run (minutes on 2 cores)
+
 FAST = ["--batch-sizes", "1,4", "--duration", "0.2", "--count", "200", "--budget", "90", "--precisions", "fp32,int8"]
 
 
@@ -115,7 +117,6 @@ def test_report_command_rebuilds_the_pipelines_report_from_the_directory(demo_ru
     assert body((directory / "report.md").read_text()) == body(markdown)
 
 
-@pytest.mark.slow
 def test_single_commands_then_report_write_what_pipeline_writes(demo_run, tmp_path: Path):
     """export, build-trt, verify, bench and report, no pipeline: the same artifacts, steps, results and sections."""
     pipeline_dir, code = demo_run

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiny_artifacts import with_low_precision
+import pytest
+from helpers import with_low_precision
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.evaluate.bench import run_bench
@@ -16,6 +17,7 @@ from resnext_deploy.report import write_report
 from resnext_deploy.source import SourceOptions, resolve_source
 
 
+@pytest.mark.slow  # a re-export and FP16/INT8 builds
 def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_template: Path, tmp_path: Path) -> None:
     directory = with_low_precision(tiny_export_template, tmp_path / "tiny")
     manifest = Manifest(directory)

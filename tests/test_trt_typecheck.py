@@ -69,12 +69,14 @@ def test_the_oldest_version_checked_is_the_oldest_supported():
     assert NEWEST.startswith("11.")
 
 
+@pytest.mark.slow  # mypy
 def test_the_code_as_it_is_passes_against_every_version(cache: Path, tmp_path: Path, capsys):
     code, out = _check(_copy(tmp_path), cache, list(tool.VERSIONS), capsys)
     assert code == 0, out
     assert all(f"TensorRT {version}: passed" in out for version in tool.VERSIONS), out
 
 
+@pytest.mark.slow  # mypy
 def test_a_builder_flag_that_11x_removed_fails_against_11x_only(cache: Path, tmp_path: Path, capsys):
     project = _copy(tmp_path)
     _plant(
@@ -89,6 +91,7 @@ def test_a_builder_flag_that_11x_removed_fails_against_11x_only(cache: Path, tmp
     assert '"type[BuilderFlag]" has no attribute "FP16"' in out, out
 
 
+@pytest.mark.slow  # mypy
 def test_a_call_with_a_missing_argument_fails(cache: Path, tmp_path: Path, capsys):
     project = _copy(tmp_path)
     old = "trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)"
@@ -98,6 +101,7 @@ def test_a_call_with_a_missing_argument_fails(cache: Path, tmp_path: Path, capsy
     assert 'Missing positional argument "pool_size" in call to "set_memory_pool_limit"' in out, out
 
 
+@pytest.mark.slow  # mypy
 def test_a_misspelled_execution_context_method_fails(cache: Path, tmp_path: Path, capsys):
     project = _copy(tmp_path)
     _plant(project, "runner.py", ".execute_async_v3(", ".execute_async_v2(")  # TensorRT 8's name, gone since 10.0

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from tiny_artifacts import copy_dir
+from helpers import copy_dir
 
 from resnext_deploy.artifacts import ONNX_FILES, PRECISIONS, Precision
 from resnext_deploy.backends.base import Candidate
@@ -64,6 +64,7 @@ def test_the_cli_offers_every_precision(command: str) -> None:
     assert ", ".join(Precision.names()) in option.help
 
 
+@pytest.mark.slow  # verify and bench on three backends
 def test_bf16_bench_and_verify_outputs_validate_against_their_schemas(
     low_precision_template: Path, tmp_path: Path
 ) -> None:

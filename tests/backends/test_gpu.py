@@ -31,9 +31,8 @@ from resnext_deploy.backends.tensorrt.runner import TensorRTRunner
 from resnext_deploy.backends.tensorrt.trtexec import trtexec_tensorrt_version
 from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.data import open_dataset, take
-from resnext_deploy.demo import DEMO_VAL, DEMO_WEIGHTS
+from resnext_deploy.demo import DEMO_VAL
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.export import export_onnx
 from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 from resnext_deploy.source import SourceOptions, resolve_source
 
@@ -185,17 +184,10 @@ def test_typed_engine_of_the_tiny_model(tiny_dir: Path, tmp_path: Path, precisio
     assert parity, parity.failures
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not DEMO_WEIGHTS.exists() or not DEMO_VAL.exists():
-        pytest.skip("the demo model's weights or validation digits are not in this checkout")
-    directory = tmp_path_factory.mktemp("demo")
-    export_onnx(resolve_source(), directory, **QUIET)
-    return directory
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_demo_engines_on_real_digits(demo_dir: Path, precision: str, capsys: pytest.CaptureFixture):
+    if not DEMO_VAL.exists():
+        pytest.skip("the demo model's validation digits are not in this checkout")
     source = resolve_source()
     if precision == "fp32":
         path = build_engine(demo_dir, "fp32", BuildOptions(), **QUIET)

@@ -50,11 +50,11 @@ def _bf16_here() -> bool:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("ov-demo") / "demo"
-    assert main(["export", "--dir", str(directory)]) == 0
-    assert main(["build-trt", "--fp16", "--onnx-only", "--dir", str(directory)]) == 0
-    assert main(["build-trt", "--int8", "--onnx-only", "--dir", str(directory)]) == 0
+def demo(demo_export_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo export (conftest's) with its FP16 and INT8 files."""
+    directory = Path(shutil.copytree(demo_export_template, tmp_path_factory.mktemp("ov-demo") / "demo"))
+    for precision in ("--fp16", "--int8"):
+        assert main(["build-trt", precision, "--onnx-only", "--dir", str(directory)]) == 0
     return directory
 
 
@@ -63,6 +63,7 @@ def demo_copy(demo: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo, tmp_path / "demo"))
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_verify_passes_the_demos_openvino_candidates_at_the_usual_tolerances(demo_copy: Path) -> None:
     precisions = ("fp32", "fp16", "int8", "bf16") if _bf16_here() else ("fp32", "fp16", "int8")
@@ -92,6 +93,7 @@ def _with_8_bit_weights(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_8_bit_weights_saturate_in_openvino_on_cpus_without_vnni_only(demo: Path, tmp_path: Path) -> None:
     """CPU-dependent on purpose: why model.int8.onnx has 7-bit weights, checked on the CPU at hand.
@@ -143,6 +145,7 @@ def test_an_int8_file_with_8_bit_weights_is_skipped_only_where_it_would_saturate
         assert "build-trt --int8" in skipped.skipped and not found.runnable
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -> None:
     found = discover_runners(demo_copy, ("openvino",))
@@ -157,6 +160,7 @@ def test_fp32_is_computed_in_f32_and_bf16_only_when_asked_for(demo_copy: Path) -
             assert bf16.label.endswith(":bf16 (model.onnx)")
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_compiled_models_are_cached_per_file_content(demo_copy: Path) -> None:
     [int8] = discover_runners(demo_copy, ("openvino",), precisions=("int8",)).runnable
@@ -173,6 +177,7 @@ def test_compiled_models_are_cached_per_file_content(demo_copy: Path) -> None:
     assert len(list(cache.iterdir())) == 2
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
     settings = BenchSettings(
@@ -194,6 +199,7 @@ def test_bench_records_the_hint_and_threads(demo_copy: Path) -> None:
     assert saved["settings"]["backend_options"]["openvino"] == {"performance_hint": "throughput"}
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_a_file_openvino_cannot_compile_fails_its_candidate_only(demo_copy: Path) -> None:
     (demo_copy / "model.int8.onnx").write_bytes(b"not an onnx file")
@@ -241,6 +247,7 @@ def test_bad_hint_and_precision_are_usage_errors(tiny_dir: Path, capsys) -> None
     assert "--precisions" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the demo's FP16 and INT8 files, built once per module
 @needs_openvino
 def test_a_wrong_input_shape_is_a_clear_error(demo_copy: Path) -> None:
     from resnext_deploy.backends.openvino import OpenVINORunner

@@ -60,6 +60,7 @@ def test_a_registered_backend_is_discovered(tiny_dir: Path, echo: EchoBackend) -
     assert ("echo", "fp32", "cpu") in [c.key for c in found.runnable]
 
 
+@pytest.mark.slow  # verify and bench
 def test_a_registered_backend_shows_up_in_verify_and_bench(
     tiny_dir: Path, echo: EchoBackend, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,7 +2,7 @@
 
 Nothing here runs TensorRT. The ``test_contract_*`` tests drive :func:`build_engine` against a recording
 stand-in ``tensorrt`` module: they check which calls the code makes, never what TensorRT would do with them,
-and are not TensorRT coverage (that is ``tests/test_gpu.py``, marked ``gpu``).
+and are not TensorRT coverage (that is ``tests/backends/test_gpu.py``, marked ``gpu``).
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ def test_dataset_manifest_matches_folders() -> None:
     assert set(manifest["splits"]["val"]["per_class"].values()) == {50}
 
 
+@pytest.mark.slow  # trains the demo network
 def test_training_is_deterministic_and_seeded() -> None:
     images, labels = load_split(DEMO_TRAIN, get_arch(DEMO_ARCH).preprocessing, limit=64)
     assert np.bincount(labels.numpy()).min() >= 6  # the seeded subset is class-balanced
@@ -78,6 +79,7 @@ def test_training_is_deterministic_and_seeded() -> None:
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)
 
 
+@pytest.mark.slow  # trains the demo network
 def test_train_command_writes_weights_and_record(tmp_path: Path) -> None:
     data = tmp_path / "digits"
     for split in ("train", "calib", "val"):

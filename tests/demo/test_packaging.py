@@ -7,11 +7,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from resnext_deploy.demo import DEMO_CALIB, DEMO_DATA, DEMO_TRAIN, DEMO_VAL, DEMO_WEIGHTS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # builds the wheel
 def test_the_wheel_holds_the_demo_data_and_weights(tmp_path: Path) -> None:
     subprocess.run(
         [

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_artifacts import copy_dir
+from helpers import copy_dir
 
 from resnext_deploy.backends.base import Candidate
 from resnext_deploy.cli import main
@@ -47,6 +47,7 @@ def _check_statistics(row: dict) -> None:
         assert row["speedup_low"] <= row["speedup_vs_reference"] <= row["speedup_high"]
 
 
+@pytest.mark.slow  # bench's worker processes
 def test_bench_measures_every_runner_in_its_own_process_and_writes_json_csv_md_png(
     art: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -102,6 +103,7 @@ def test_bench_measures_every_runner_in_its_own_process_and_writes_json_csv_md_p
     assert "bench (milliseconds per batch)" in out and "runners" in out and "noise floor" in out
 
 
+@pytest.mark.slow  # bench's worker processes
 def test_backend_and_precision_filters(art: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     args = ["bench", "--dir", str(art), "--backends", "onnxruntime", "--precisions", "int8", "--batch-sizes", "1"]
@@ -208,6 +210,7 @@ def test_bootstrap_intervals_contain_the_estimate_for_any_rounds() -> None:
     assert median_interval([[1.0]]) is None and ratio_interval([[1.0]], [[1.0]]) is None
 
 
+@pytest.mark.slow  # bench's worker processes
 def test_the_progress_bar_counts_planned_work_and_ends_with_it(
     monkeypatch: pytest.MonkeyPatch, art: Path, tmp_path: Path
 ) -> None:
@@ -235,6 +238,7 @@ def test_the_progress_bar_counts_planned_work_and_ends_with_it(
         assert sum(bar["done"]) == pytest.approx(bar["total"])
 
 
+@pytest.mark.slow  # bench's worker processes
 def test_bench_finishes_within_its_budget(art: Path, tmp_path: Path) -> None:
     """30 s per row asked for, 45 s for everything: slices shrink so that start-up plus the plan fit."""
     directory = copy_dir(art, tmp_path / "d")
@@ -253,6 +257,7 @@ def test_bench_finishes_within_its_budget(art: Path, tmp_path: Path) -> None:
         assert any(w.startswith("--budget 45 s is too short: opening and warming up") for w in data["warnings"])
 
 
+@pytest.mark.slow  # bench's worker processes
 def test_a_competing_cpu_load_is_reported_and_never_headlined(art: Path, tmp_path: Path) -> None:
     """Two busy loops (one per core here) run during bench: the machine is said busy, no ratio is headlined."""
     directory = copy_dir(art, tmp_path / "d")

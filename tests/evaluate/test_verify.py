@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import copy_dir, edit_initializers, is_weight_scale
 from onnx import numpy_helper
-from tiny_artifacts import copy_dir, edit_initializers, is_weight_scale
 
 from resnext_deploy import source as source_module
 from resnext_deploy.artifacts import Manifest, engine_file

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import edit_initializers, is_weight_scale, with_low_precision
 from PIL import Image
-from tiny_artifacts import edit_initializers, is_weight_scale, with_low_precision
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main

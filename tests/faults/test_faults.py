@@ -4,7 +4,7 @@ Every case asserts the documented exit code, exactly one ``error:`` line on stde
 lines may come before it), no traceback, and nothing half-written: no ``*.partial`` file, no new artifact,
 and the manifest and every finished artifact unchanged. Cases already covered elsewhere are not repeated:
 tests/test_cli.py (truncated .pth, another architecture, ``--dir`` a file or under a file for export),
-tests/test_checkpoint.py, tests/test_data.py, tests/test_verify.py and tests/test_properties.py.
+tests/test_checkpoint.py, tests/test_data.py, tests/evaluate/test_verify.py and tests/test_properties.py.
 
 Models: the tiny ResNeXt (32 px, random weights) where only structure matters and the bundled 16 px demo
 model where INT8 must pass its parity check.
@@ -24,115 +24,42 @@ import subprocess
 import sys
 import threading
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import (
+    INT8_ONLY,
+    QUICK_BENCH,
+    QUICK_PIPELINE,
+    TINY,
+    cli,
+    fails,
+    quiet_export,
+    rerecord,
+    snapshot,
+    unchanged,
+)
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, Manifest, engine_file, locked, sha256_file
-from resnext_deploy.backends.openvino import CACHE_DIR
+from resnext_deploy.artifacts import Manifest, engine_file, locked, sha256_file
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
 from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path
 from resnext_deploy.backends.tensorrt.options import BuildOptions
-from resnext_deploy.cli import main
 from resnext_deploy.data import load_rgb, open_dataset
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode
-from resnext_deploy.export import export_onnx
 from resnext_deploy.models import create_model
 from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--arch", "resnext_tiny"]
 DEMO = ["--arch", "resnext11_digits"]
-QUICK_BENCH = ["--duration", "0.02", "--warmup-ms", "0", "--min-iterations", "1", "--batch-sizes", "1"]
-QUICK_PIPELINE = ["--calib-count", "64", "--count", "100", "--batch-sizes", "1", "--duration", "0.02"]
-# Run outputs, not artifacts (OpenVINO's compiled-model cache among them).
-REPORTS = {"verify.json", "bench.json", "bench.csv", "bench.md", "bench.png", "report.md", LOCK_NAME, CACHE_DIR}
-INT8_ONLY = ["--int8", "--onnx-only", "--calib-count", "64"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error(self) -> str:
-        """The one ``error:`` line, checked to be the only one, the last line, and free of tracebacks."""
-        assert "Traceback" not in self.err + self.out
-        errors = [line for line in self.err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, self.err
-        assert self.err.rstrip().splitlines()[-1] == errors[0]
-        return errors[0]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> Outcome:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-def fails(outcome: Outcome, code: ExitCode, *fragments: str) -> str:
-    assert outcome.code == code, outcome.err
-    line = outcome.error
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    if not directory.exists():
-        return {}
-    return {p.name: sha256_file(p) if p.is_file() else "<dir>" for p in directory.iterdir()}
-
-
-def unchanged(directory: Path, before: dict[str, str], allowed_new: frozenset[str] = frozenset()) -> None:
-    """No partial file, no new artifact, the manifest and every finished artifact byte for byte as before."""
-    after = snapshot(directory)
-    assert not [name for name in after if name.endswith(".partial")], after
-    assert set(after) - set(before) - REPORTS - allowed_new == set()
-    assert {name: before[name] for name in before if name not in REPORTS} == {
-        name: after.get(name) for name in before if name not in REPORTS
-    }
-    if MANIFEST_NAME in after:
-        json.loads((directory / MANIFEST_NAME).read_text())
-
-
-def rerecord(directory: Path, name: str = "model.onnx") -> None:
-    """Record the file's current bytes in the manifest, as if resnext-deploy had made it."""
-    manifest = Manifest(directory)
-    entry = manifest.entry(name)
-    manifest.record(name, entry.precision, parent_sha256=entry.parent_sha256, options=entry.options)
-
-
-def quiet_export(source, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    export_onnx(source, directory, log=lambda _m: None)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return quiet_export(resolve_source(), tmp_path_factory.mktemp("demo-template") / "demo")
-
-
-@pytest.fixture
-def demo_dir(demo_template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_template, tmp_path / "demo"))
+SLOW = pytest.mark.slow  # a bench case: its worker processes and noise probe take seconds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +253,10 @@ ONNX_EXPECTED = {
 }
 
 
-@pytest.mark.parametrize(("case", "command"), sorted(ONNX_EXPECTED))
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [pytest.param(*key, marks=SLOW) if key[1] == "bench" else key for key in sorted(ONNX_EXPECTED)],
+)
 def test_broken_onnx_recorded_in_the_manifest(capsys, tiny_dir: Path, case: str, command: str) -> None:
     """model.onnx broken and then re-recorded, so the sha256 check passes and the content itself must be refused."""
     ONNX_CASES[case](tiny_dir)
@@ -402,6 +332,7 @@ def test_engine_refusals_need_no_tensorrt(tiny_dir: Path, case: str) -> None:
     )
 
 
+@pytest.mark.slow  # verify and bench per case
 @pytest.mark.parametrize("tensorrt_present", [False, True], ids=["this-machine", "tensorrt-present"])
 @pytest.mark.parametrize("case", sorted(ENGINE_CASES))
 def test_verify_and_bench_record_a_refused_engine_as_skipped(
@@ -511,6 +442,7 @@ def test_animations_use_their_first_frame(tmp_path: Path) -> None:
         assert red > 200 and green < 30 and blue < 30, name
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_int8_calibration_skips_bad_files_and_says_so(capsys, demo_dir: Path, calib_with_bad_files: Path) -> None:
     outcome = cli(capsys, "build-trt", "--dir", demo_dir, *INT8_ONLY, "--calib-dir", calib_with_bad_files)
     assert outcome.code == ExitCode.OK, outcome.err
@@ -580,7 +512,7 @@ def test_pipeline_under_a_regular_file_cannot_write(capsys, tmp_path: Path) -> N
     ("command", "blocked", "allowed_new"),
     [
         (["verify", "--count", "4"], "verify.json", frozenset()),
-        (["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", frozenset()),
+        pytest.param(["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", frozenset(), marks=SLOW),
         (["build-trt", "--fp16", "--onnx-only"], "model.fp16.onnx", frozenset({"calibration.json"})),
     ],
 )
@@ -631,7 +563,7 @@ def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
         (["export", *TINY], "model.onnx"),
         (["pipeline", *TINY, *QUICK_PIPELINE], "model.onnx"),
         (["verify", "--count", "4"], "verify.json"),
-        (["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json"),
+        pytest.param(["bench", "--backends", "onnxruntime", *QUICK_BENCH], "bench.json", marks=SLOW),
     ],
 )
 def test_a_full_disk(capsys, tmp_path: Path, tiny_dir: Path, monkeypatch, command: list[str], written: str) -> None:
@@ -671,6 +603,7 @@ def test_a_held_lock_is_exit_5(capsys, tiny_dir: Path, command: list[str]) -> No
     unchanged(tiny_dir, before)
 
 
+@pytest.mark.slow  # a child process holds the lock
 def test_a_lock_held_by_another_process(capsys, tiny_dir: Path) -> None:
     holder = subprocess.Popen(
         [
@@ -758,6 +691,7 @@ def _interrupted(code: int, err: str, directory: Path, before: dict[str, str]) -
     assert {k: v for k, v in after.items() if k in before} == {k: v for k, v in before.items() if k in after}
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_export_then_resume(capsys, tmp_path: Path) -> None:
     directory = tmp_path / "demo"
 
@@ -775,6 +709,7 @@ def test_ctrl_c_during_export_then_resume(capsys, tmp_path: Path) -> None:
     assert again.code == ExitCode.OK and "is up to date (same model and options); reusing it" in again.err
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_int8_then_resume(capsys, demo_dir: Path) -> None:
     before = snapshot(demo_dir)
     args = ["build-trt", "--dir", demo_dir, *INT8_ONLY]
@@ -788,6 +723,7 @@ def test_ctrl_c_during_int8_then_resume(capsys, demo_dir: Path) -> None:
     Manifest(demo_dir).require("model.int8.onnx", "")
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_verify_then_rerun(capsys, tiny_dir: Path) -> None:
     before = snapshot(tiny_dir)
     code, err = interrupt(
@@ -799,6 +735,7 @@ def test_ctrl_c_during_verify_then_rerun(capsys, tiny_dir: Path) -> None:
     assert json.loads((tiny_dir / "verify.json").read_text())["passed"] is True
 
 
+@pytest.mark.slow  # SIGINT to a child process, then a resume
 def test_ctrl_c_during_the_pipeline_then_resume(capsys, tmp_path: Path) -> None:
     """A plain ``python -m resnext_deploy pipeline``, interrupted once its INT8 step starts; meanwhile a second
     run on the same directory is refused by the lock."""
@@ -841,6 +778,7 @@ def test_non_finite_outputs_fail_verify(capsys, tiny_dir: Path, value: float) ->
     assert result["passed"] is False and result["nonfinite"] == 40
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_dead_channels_and_an_all_zero_activation_get_finite_nonzero_int8_scales(capsys, tmp_path: Path) -> None:
     """The demo model with one residual branch switched off (its conv3 input is all zeros on every image) and a
     dead output channel in a weight: calibration sees a range of 0, and INT8 still gets usable scales."""

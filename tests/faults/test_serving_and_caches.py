@@ -1,6 +1,6 @@
 """Hostile requests to the served endpoint, stale and tampered caches, resources, protected files, offline runs.
 
-Like the first two batteries (test_faults.py, test_inputs_second_battery.py), every case asserts the
+Like the first two batteries (test_faults.py, test_hostile_inputs.py), every case asserts the
 documented exit code, one ``error:`` line and no traceback, and that nothing is written outside ``--dir``;
 where memory is the point, the case runs in a child process whose peak RSS is bounded. Cases that need
 PyTriton live in tests/serving (they run in the Triton environment).
@@ -26,9 +26,19 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import (
+    INT8_ONLY,
+    MEMORY_BOUND,
+    QUICK_BENCH,
+    QUICK_PIPELINE,
+    TINY,
+    cli,
+    fails,
+    measured,
+    snapshot,
+    unchanged,
+)
 from PIL import Image
-from test_faults import INT8_ONLY, QUICK_BENCH, QUICK_PIPELINE, TINY, cli, fails, snapshot, unchanged
-from test_inputs_second_battery import MEMORY_BOUND, measured
 
 from resnext_deploy.artifacts import CALIBRATION_NAME, MANIFEST_NAME
 from resnext_deploy.backends.openvino import CACHE_DIR, CACHE_SEAL
@@ -125,7 +135,10 @@ def _record_checkpoint(directory: Path, checkpoint: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo"])
-@pytest.mark.parametrize("command", [["verify", "--count", "2"], ["bench", "--backends", "torch", *QUICK_BENCH]])
+@pytest.mark.parametrize(
+    "command",
+    [["verify", "--count", "2"], pytest.param(["bench", "--backends", "torch", *QUICK_BENCH], marks=pytest.mark.slow)],
+)
 def test_a_recorded_checkpoint_that_is_a_special_file_is_refused(
     capsys, tiny_dir: Path, tmp_path: Path, kind: str, command: list[str]
 ) -> None:
@@ -191,6 +204,7 @@ def test_threads_are_capped_at_the_usable_cpus_with_a_warning() -> None:
     assert cap_threads(1, said.append) == 1 and cap_threads(None, said.append) is None and len(said) == 1
 
 
+@pytest.mark.slow  # a bench run
 def test_bench_warns_and_runs_with_too_many_threads(capsys, tiny_dir: Path) -> None:
     args = ["--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH, "--threads", "400"]
     outcome = cli(capsys, "bench", "--dir", tiny_dir, *args)
@@ -503,6 +517,7 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_a_one_pixel_high_png_is_skipped_in_bounded_memory(tiny_dir: Path, tmp_path: Path) -> None:
     data = _image_folder(tmp_path / "data")
     Image.new("L", (1_000_000, 1)).save(data / "a" / "wide.png")  # 3 KB; 32 x 32,000,000 once resized

@@ -22,9 +22,9 @@ from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.precision.int8 import WEIGHT_MAX, int8_model
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
-PRE = resolve_source("resnext_tiny").preprocessing
+PRE = resolve_source(SourceOptions("resnext_tiny")).preprocessing
 QUIET = {"log": lambda _m: None}
 
 
@@ -164,14 +164,14 @@ def test_the_search_picks_bias_correction_when_it_keeps_fewer_layers_in_float(tm
     save_file(state, str(tmp_path / "planted.safetensors"))
     directory = tmp_path / "art"
     directory.mkdir()
-    export_onnx(resolve_source("resnext11_digits", tmp_path / "planted.safetensors"), directory, **QUIET)
+    export_onnx(resolve_source(SourceOptions("resnext11_digits", tmp_path / "planted.safetensors")), directory, **QUIET)
     options = PrecisionOptions(calib_source=DEMO_CALIB, check_source=DEMO_VAL)
     result = make_typed_onnx(directory, "int8", options, **QUIET)
     search = result.search
     assert not any(m["passed"] for name, m in search["methods"].items() if "bias correction" not in name), search
     assert search["bias_correction"]["chosen"] and search["bias_correction"]["passed"], search
     assert search["kept"] == [] and "/fc/Gemm" in result.quantized_nodes
-    assert Manifest(directory).entry("model.int8.onnx")["remedies"] == list(result.remedies)
+    assert Manifest(directory).entry("model.int8.onnx").remedies == tuple(result.remedies)
     assert "bias correction" in result.remedies and "exclusion" not in result.remedies
     excluded = make_typed_onnx(directory, "int8", replace(options, exclude=("/fc/Gemm",), search=False), **QUIET)
     assert excluded.parity.passed and "/fc/Gemm" not in excluded.quantized_nodes  # exclusion needs one site out

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from PIL import Image
+from helpers import noise_images
 
 from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import BadInputError
@@ -26,16 +26,6 @@ from resnext_deploy.source import SourceOptions, resolve_source
 
 TINY = resolve_source(SourceOptions("resnext_tiny"))
 PRE = TINY.preprocessing
-
-
-def noise_images(folder: Path, count: int, classes: int = 2, size: int = 32, seed: int = 0) -> Path:
-    """``count`` random RGB PNGs spread over ``classes`` class subfolders."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        target = folder / f"class{i % classes}"
-        target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(target / f"{i:03d}.png")
-    return folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,6 +106,7 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
 # calibration.json: saved, reused only when it fits
 
 
+@pytest.mark.slow  # four calibration runs
 def test_calibration_is_saved_reused_and_recomputed_when_stale(tiny_dir: Path, tmp_path: Path) -> None:
     folder = noise_images(tmp_path / "calib", 12)
     model_path = tiny_dir / "model.onnx"

@@ -13,7 +13,7 @@ from resnext_deploy.evaluate.verify import run_verify
 from resnext_deploy.export import export_onnx
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
-from resnext_deploy.source import resolve_source
+from resnext_deploy.source import SourceOptions, resolve_source
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("int8_outlier_cases", ROOT / "scripts" / "int8_outlier_cases.py")
@@ -31,7 +31,7 @@ def test_outlier_case_ends_within_a_point_of_fp32(tmp_path: Path, case: str) -> 
     checkpoint = cases.planted_checkpoint(case, tmp_path / "planted.safetensors")
     directory = tmp_path / "art"
     directory.mkdir()
-    export_onnx(resolve_source("resnext11_digits", checkpoint), directory, **QUIET)
+    export_onnx(resolve_source(SourceOptions("resnext11_digits", checkpoint)), directory, **QUIET)
     result = make_typed_onnx(directory, "int8", PrecisionOptions(calib_source=DEMO_CALIB), **QUIET)
     assert result.parity.passed and result.remedies, result.search
     report = run_verify(directory, data=DEMO_VAL, log=QUIET["log"], backends=("onnxruntime",), precisions=("int8",))

@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import noise_images
 from onnx import TensorProto
 from safetensors.torch import load_file, save_file
-from test_calibration import noise_images
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.cli import main
@@ -67,6 +67,7 @@ def _head_overflow(state: dict[str, torch.Tensor]) -> None:
     state["layer1.0.downsample.0.weight"] /= BIG
 
 
+@pytest.mark.slow  # an export and an FP16 build per case
 @pytest.mark.parametrize(
     ("plant", "expected"),
     [
@@ -131,6 +132,7 @@ def test_too_few_check_samples_is_a_clear_error(tiny_dir: Path, tmp_path: Path) 
     assert not (tiny_dir / "model.int8.onnx").exists()
 
 
+@pytest.mark.slow  # the whole pipeline
 def test_pipeline_records_a_failed_step_and_still_reports(tmp_path: Path) -> None:
     images = noise_images(tmp_path / "imgs", 40)
     code = main(
@@ -182,6 +184,7 @@ OUTLIERS = [
 ]
 
 
+@pytest.mark.slow  # an INT8 search on the demo model
 @needs_demo
 @pytest.mark.parametrize(("block", "bn", "conv", "channels", "factor"), OUTLIERS, ids=[o[0] for o in OUTLIERS])
 def test_equalization_keeps_the_outlier_layer_in_int8(tmp_path: Path, block, bn, conv, channels, factor) -> None:
@@ -233,6 +236,7 @@ def _shortcut_outliers(state, block: str = "layer2.0", channels=(3, 11), shift: 
         state[f"{block}.bn3.bias"][channel] -= shift
 
 
+@pytest.mark.slow  # an INT8 search on the demo model
 @needs_demo
 def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(tmp_path: Path) -> None:
     state = load_file(str(DEMO_WEIGHTS))
@@ -275,6 +279,7 @@ def test_a_ranking_cut_short_is_saved_and_resumed(tmp_path: Path, monkeypatch: p
     assert not reused  # another model or data set: measured again
 
 
+@pytest.mark.slow  # the demo pipeline
 @needs_demo
 def test_pipeline_repairs_outlier_int8_and_reports_the_search(tmp_path: Path) -> None:
     state = load_file(str(DEMO_WEIGHTS))

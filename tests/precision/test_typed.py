@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import noise_images, strip_activation_qdq
 from onnx import TensorProto, numpy_helper
-from test_calibration import noise_images
-from tiny_artifacts import strip_activation_qdq
 
 from resnext_deploy.artifacts import Manifest, sha256_file
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
@@ -307,6 +306,7 @@ def test_resume_reuse_and_option_changes(tiny_dir: Path, calib_dir: Path) -> Non
     assert fp32.path == tiny_dir / "model.onnx" and fp32.precision == "fp32"
 
 
+@pytest.mark.slow  # a failing INT8 build tries every calibration method and the search
 def test_failed_check_writes_nothing(tiny_dir: Path, calib_dir: Path) -> None:
     impossible = Tolerance(cosine_min=1.5)
     with pytest.raises(VerificationError, match="no model.int8.onnx was written"):
@@ -326,6 +326,7 @@ def test_missing_export_and_missing_int8_data(tiny_dir: Path, tmp_path: Path) ->
         make_typed_onnx(tiny_dir, "int4", **QUIET)
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 @pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="the demo weights are not built yet")
 def test_demo_model_uses_its_bundled_data(tmp_path: Path) -> None:
     export_onnx(resolve_source(), tmp_path, **QUIET)

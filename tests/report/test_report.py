@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tiny_artifacts import copy_dir, edit_initializers
+from helpers import copy_dir, edit_initializers
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
@@ -48,6 +48,7 @@ def _line(markdown: str, *cells: str) -> str:
     return line
 
 
+@pytest.mark.slow  # reads a verify and bench run (once per module)
 def test_report_numbers_are_the_json_numbers(measured: Path, tmp_path: Path) -> None:
     directory = copy_dir(measured, tmp_path / "d")
     Manifest(directory).record_skipped("tensorrt", "no GPU on this machine")
@@ -87,6 +88,7 @@ def test_report_numbers_are_the_json_numbers(measured: Path, tmp_path: Path) -> 
     assert "Result: **passed**." in markdown and "## Machine" in markdown
 
 
+@pytest.mark.slow  # reads a verify and bench run (once per module)
 def test_results_measured_on_an_earlier_artifact_are_marked_out_of_date(measured: Path, tmp_path: Path) -> None:
     directory = copy_dir(measured, tmp_path / "d")
     write_report(directory, log=quiet)
@@ -102,6 +104,7 @@ def test_results_measured_on_an_earlier_artifact_are_marked_out_of_date(measured
     assert f"**Out of date:** {stale[0]}." in markdown
 
 
+@pytest.mark.slow  # reads a verify and bench run (once per module)
 def test_steps_recorded_in_the_manifest_are_reported(measured: Path, tmp_path: Path) -> None:
     directory = copy_dir(measured, tmp_path / "d")
     manifest = Manifest(directory)

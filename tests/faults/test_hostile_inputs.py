@@ -1,4 +1,4 @@
-"""The second fault battery: memory bombs, hangs, stale temp files, symlinked locks, non-finite data, odd dtypes.
+"""Hostile inputs: memory bombs, hangs, stale temp files, symlinked locks, non-finite data, odd dtypes.
 
 Every case asserts the documented exit code, one ``error:`` line and no traceback, and that nothing
 appears outside ``--dir``. Bombs and possible hangs run in a subprocess under a timeout, and its peak
@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import INT8_ONLY, MEMORY_BOUND, QUICK_BENCH, TIMEOUT_S, TINY, cli, fails, measured, one_error, rerecord
 from PIL import Image
 from safetensors.torch import save_file
-from test_faults import INT8_ONLY, QUICK_BENCH, TINY, cli, fails, quiet_export, rerecord
 
 from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, PARTIAL_PREFIX, atomic_path, locked, sha256_file
 from resnext_deploy.checkpoint import read_state_dict
@@ -31,42 +31,8 @@ from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.models import create_model
 from resnext_deploy.source import SourceOptions, resolve_source
 
-TIMEOUT_S = 120
-MEMORY_BOUND = 1536 << 20  # bytes; each bomb below would need far more than this if it were expanded
 TINY_SHAPE = (3, 32, 32)
 TINY_CLASSES = 10
-
-# Runs the CLI in a child and prints that child's peak RSS (kB on Linux) as the last line of stdout.
-_MEASURED = """
-import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "resnext_deploy", *sys.argv[1:]], capture_output=True, text=True)
-sys.stdout.write(done.stdout)
-sys.stderr.write(done.stderr)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(done.returncode)
-"""
-
-
-def measured(tmp_path: Path, *args: object) -> tuple[int, str, int]:
-    """Exit code, stderr and peak memory in bytes of one CLI run in a fresh process, under a timeout."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURED, *[str(a) for a in args]],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=tmp_path,
-        env={**os.environ, "RESNEXT_DEPLOY_DEBUG": ""},
-    )
-    return done.returncode, done.stderr, int(done.stdout.strip().splitlines()[-1]) * 1024
-
-
-def one_error(err: str, *fragments: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +61,7 @@ def _tiny_state() -> dict[str, torch.Tensor]:
     return create_model("resnext_tiny").state_dict()
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_a_stride_zero_view_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
     """The issue's case: 16 floats viewed as (60000, 100000) would need 24 GB once touched."""
     state = _tiny_state()
@@ -251,12 +218,14 @@ def npz_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _zeros_npz(tmp_path_factory.mktemp("bomb") / "bomb.npz", rows)
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_an_npz_bomb_reads_only_the_requested_rows(tiny_dir: Path, npz_bomb: Path, tmp_path: Path) -> None:
     code, err, peak = measured(tmp_path, "verify", "--dir", tiny_dir, "--data", npz_bomb, "--count", "8")
     assert code == ExitCode.OK, err
     assert peak < MEMORY_BOUND, peak
 
 
+@pytest.mark.slow  # the tool in a child process, its memory measured
 def test_an_npz_bomb_without_a_count_is_refused_from_its_header(tiny_dir: Path, npz_bomb: Path, tmp_path: Path) -> None:
     code, err, peak = measured(tmp_path, "verify", "--dir", tiny_dir, "--data", npz_bomb)
     assert code == ExitCode.BAD_INPUT
@@ -430,6 +399,7 @@ def test_stale_partial_files_are_removed_once_the_lock_is_held(tiny_dir: Path) -
     assert all(path.exists() for path in keep)
 
 
+@pytest.mark.slow  # a bench run
 def test_a_later_run_cleans_what_a_killed_one_left(capsys, tiny_dir: Path) -> None:
     (tiny_dir / f"{PARTIAL_PREFIX}model.fp16.onnx.x1y2.partial").write_bytes(b"\0" * 1024)
     outcome = cli(capsys, "bench", "--dir", tiny_dir, "--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH)
@@ -475,6 +445,7 @@ def test_atomic_writes_refuse_a_special_target(tmp_path: Path, kind: str) -> Non
     assert not list(tmp_path.glob(".*.partial"))
 
 
+@pytest.mark.slow  # a bench run
 def test_bench_refuses_a_fifo_where_bench_csv_goes(capsys, tiny_dir: Path) -> None:
     os.mkfifo(tiny_dir / "bench.csv")
     outcome = cli(capsys, "bench", "--dir", tiny_dir, "--backends", "onnxruntime", "--precisions", "fp32", *QUICK_BENCH)
@@ -535,11 +506,6 @@ def test_num_classes_is_capped_on_the_command_line_too(capsys, tmp_path: Path) -
 # ONNX files with unnamed nodes, triton-repo checks and external data, the serve workspace
 
 
-@pytest.fixture
-def demo_dir(tmp_path: Path) -> Path:
-    return quiet_export(resolve_source(), tmp_path / "demo")
-
-
 def _rename(directory: Path, duplicate: bool) -> None:
     model = onnx.load(str(directory / "model.onnx"))
     for node in model.graph.node[::2]:
@@ -550,6 +516,7 @@ def _rename(directory: Path, duplicate: bool) -> None:
     rerecord(directory)
 
 
+@pytest.mark.slow  # an INT8 build of the demo model
 def test_unnamed_nodes_under_int8_are_named_not_an_internal_error(capsys, demo_dir: Path) -> None:
     _rename(demo_dir, duplicate=False)
     outcome = cli(capsys, "build-trt", "--dir", demo_dir, *INT8_ONLY)
