@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_artifacts import copy_dir
+from helpers import copy_dir
 
 from resnext_deploy.backends.registry import REFERENCE
 from resnext_deploy.cli import main
