@@ -19,8 +19,8 @@ from .data import Dataset, open_dataset
 from .errors import BadInputError, DeployError, VerificationError
 from .evaluate.settings import BenchSettings
 from .export import export_onnx
-from .precision.calibration import split_datasets
 from .precision.options import PrecisionOptions
+from .precision.split import split_datasets
 from .precision.typed import make_typed_onnx
 from .source import ModelSource
 

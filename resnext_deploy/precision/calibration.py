@@ -17,7 +17,6 @@ from ..artifacts import CALIBRATION_NAME, cache_error, is_number, now_iso, read_
 from ..data import Dataset
 from ..errors import BadInputError
 from ..schemas import SCHEMA_VERSION
-from .split import split_datasets  # noqa: F401 - pipeline.py imports it from here; its home is split.py
 from .statistics import Log, collect_statistics
 
 CALIBRATION_FORMAT = 2  # 2: every method's clip per tensor
