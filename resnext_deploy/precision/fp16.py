@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import (
-    Calibration,
-)
+from .calibration import Calibration
 from .graph import tag_model, toposort, untie_initializers
 
 FP16_DATA_MAX = 512.0

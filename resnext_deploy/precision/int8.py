@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BadInputError
-from .calibration import (
-    Calibration,
-)
+from .calibration import Calibration
 from .fp16 import FP16_DATA_MAX, overflow_nodes, to_float16
 from .graph import tag_model, toposort
 
