@@ -26,8 +26,8 @@ import glob
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,68 @@ SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a co
 RANKING_SHOWN = 10
 
 
+@dataclass(frozen=True)
+class TrialSummary:
+    """How one graph the search tried compared with model.onnx on the check images."""
+
+    passed: bool
+    cosine_min: float
+    top1_agreement: float | None = None
+    top1_decisive: float | None = None
+    decisive: int | None = None
+    top1_decidable: bool | None = None
+    rel_error: float | None = None
+    accuracy: float | None = None
+    failures: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, parity: Parity) -> TrialSummary:
+        return cls(
+            parity.passed,
+            parity.cosine_min,
+            parity.top1_agreement,
+            parity.top1_decisive,
+            parity.decisive,
+            parity.top1_decidable,
+            parity.rel_error,
+            parity.accuracy,
+            tuple(parity.failures),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSummary:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**{**values, "failures": tuple(values.get("failures", ()))})
+
+
+@dataclass(frozen=True)
+class RemedyTrial:
+    """A remedy tried before keeping sites in float: its size, how the repaired graph compared, whether it is used.
+
+    ``size`` is the number of Conv -> ReLU -> Conv pairs rescaled (equalization) or of layers whose bias was
+    corrected (bias correction); the record stores it under that name (``pairs``, ``layers``).
+    """
+
+    size: int
+    summary: TrialSummary
+    chosen: bool
+
+    def to_dict(self, size_key: str) -> dict[str, Any]:
+        return {size_key: self.size, **asdict(self.summary), "chosen": self.chosen}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], size_key: str) -> RemedyTrial:
+        return cls(int(data[size_key]), TrialSummary.from_dict(data), bool(data["chosen"]))
+
+
+REMEDY_SIZE_KEYS = {"equalization": "pairs", "bias_correction": "layers"}
+
+
 @dataclass
 class SearchRecord:
     """What the search tried and found, for the manifest and the report."""
 
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> parity summary
+    methods: dict[str, TrialSummary] = field(default_factory=dict)  # method (+ remedies) -> how it compared
     method: str = ""
     ranking: list[tuple[str, float]] = field(default_factory=list)  # (site, sensitivity), most sensitive first
     ranked: int = 0
@@ -70,8 +127,8 @@ class SearchRecord:
     note: str = ""
     needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
     time_limited: bool = False
-    equalization: dict[str, Any] | None = None  # pairs rescaled, best parity, whether the file uses it
-    bias_correction: dict[str, Any] | None = None  # layers corrected, parity, whether the file uses it
+    equalization: RemedyTrial | None = None
+    bias_correction: RemedyTrial | None = None
 
     @property
     def remedies(self) -> list[str]:
@@ -79,32 +136,37 @@ class SearchRecord:
         used = [
             name
             for name, tried in (("equalization", self.equalization), ("bias correction", self.bias_correction))
-            if tried and tried["chosen"]
+            if tried is not None and tried.chosen
         ]
         return used + (["exclusion"] if self.kept else [])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for name, size_key in REMEDY_SIZE_KEYS.items():
+            trial = getattr(self, name)
+            data[name] = None if trial is None else trial.to_dict(size_key)
         data["remedies"] = self.remedies
         data["ranking"] = [[name, score] for name, score in self.ranking[:RANKING_SHOWN]]
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchRecord:
+        """A record as :meth:`to_dict` wrote it (older ones lack the remedies); BadInputError when malformed."""
+        try:
+            values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+            values["methods"] = {name: TrialSummary.from_dict(m) for name, m in data.get("methods", {}).items()}
+            values["ranking"] = [(str(name), float(score)) for name, score in data.get("ranking", [])]
+            for name, size_key in REMEDY_SIZE_KEYS.items():
+                values[name] = RemedyTrial.from_dict(data[name], size_key) if data.get(name) else None
+            return cls(**values)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(
+                f"the INT8 search record in manifest.json is malformed ({type(exc).__name__}: {exc}); "
+                "make model.int8.onnx again"
+            ) from None
+
     def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
-
-
-def _summary(parity: Parity) -> dict[str, Any]:
-    return {
-        "passed": parity.passed,
-        "cosine_min": parity.cosine_min,
-        "top1_agreement": parity.top1_agreement,
-        "top1_decisive": parity.top1_decisive,
-        "decisive": parity.decisive,
-        "top1_decidable": parity.top1_decidable,
-        "rel_error": parity.rel_error,
-        "accuracy": parity.accuracy,
-        "failures": list(parity.failures),
-    }
 
 
 def _score(parity: Parity) -> tuple:
@@ -200,7 +262,7 @@ def search_int8(
         for method in methods:
             built = build(method, [])
             parity = check_parity(built[0])
-            record.methods[f"{method}{label}"] = _summary(parity)
+            record.methods[f"{method}{label}"] = TrialSummary.of(parity)
             log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
             if best is None or _score(parity) > _score(best[3]):
                 best = (*built, parity, method)
@@ -208,7 +270,7 @@ def search_int8(
                 break
         return best
 
-    def remedy(repaired: tuple, label: str, methods: list[str], what: dict[str, Any]) -> dict[str, Any]:
+    def remedy(repaired: tuple, label: str, methods: list[str], size: int) -> RemedyTrial:
         """Try ``methods`` on a repaired graph; keep it as the current one when it scores better than the best."""
         nonlocal best, current
         before, current = current, repaired
@@ -218,7 +280,7 @@ def search_int8(
             best = candidate
         else:
             current = before
-        return {**what, **_summary(candidate[3]), "chosen": chosen}
+        return RemedyTrial(size, TrialSummary.of(candidate[3]), chosen)
 
     methods = [calibration.method, *[m for m in METHODS if m != calibration.method]]
     best = try_methods("", methods)
@@ -227,15 +289,15 @@ def search_int8(
         equalized = _equalized(directory, prepared, dataset, calibration, log)
         if equalized is not None:
             graph, ranges, pairs = equalized
-            record.equalization = remedy((graph, ranges, {}), " + equalization", methods, {"pairs": len(pairs)})
-            label = " + equalization" if record.equalization["chosen"] else ""
+            record.equalization = remedy((graph, ranges, {}), " + equalization", methods, len(pairs))
+            label = " + equalization" if record.equalization.chosen else ""
     if not best[3].passed:
         graph, ranges, _none = current
         log(f"INT8 search: bias correction of the quantized Conv/Gemm layers ({best[4]} ranges)")
         shifts = bias_shifts(graph, ranges.with_method(best[4]), dataset, exclude)
         if shifts:
             label += " + bias correction"
-            record.bias_correction = remedy((graph, ranges, shifts), label, [best[4]], {"layers": len(shifts)})
+            record.bias_correction = remedy((graph, ranges, shifts), label, [best[4]], len(shifts))
     model, fp32_nodes, plan, parity, method = best
     record.method = method
     sites = plan.sites

@@ -48,7 +48,7 @@ class TypedResult:
     reused: bool = False
     fp32_nodes: tuple[str, ...] = ()
     quantized_nodes: tuple[str, ...] = ()
-    search: dict[str, Any] | None = None
+    search: SearchRecord | None = None
     remedies: tuple[str, ...] = ()  # INT8: equalization, bias correction, exclusion, as the file uses them
 
 
@@ -166,7 +166,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
         reused=True,
         fp32_nodes=entry.fp32_nodes,
         quantized_nodes=tuple(entry.quantized_nodes or ()),
-        search=None if entry.search is None else dict(entry.search),
+        search=None if entry.search is None else SearchRecord.from_dict(entry.search),
         remedies=entry.remedies,
     )
 
@@ -245,7 +245,7 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         parity,
         fp32_nodes=tuple(built.fp32_nodes),
         quantized_nodes=tuple(built.quantized),
-        search=search,
+        search=built.search,
         remedies=tuple(built.remedies),
     )
 

@@ -27,6 +27,7 @@ from ..evaluate.bench import (
     runner_table,
 )
 from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
+from ..precision.search import RemedyTrial, SearchRecord
 from ..source import ModelSource, export_command, recorded_source
 from ..ui import markdown_table
 
@@ -361,54 +362,47 @@ def _precision_section(checked: list[ArtifactEntry]) -> list[str]:
     for entry in checked:
         loud = " **(synthetic inputs: numeric parity only, no accuracy)**" if entry.heldout_synthetic else ""
         out.append(f"- `{entry.name}` was checked on {entry.heldout}{loud}.")
-        search = entry.search
-        if not search:
+        if not entry.search:
             continue
-        tried = ", ".join(
-            f"{method} ({'pass' if m['passed'] else 'fail'}, cosine min {m['cosine_min']:.4f})"
-            for method, m in search["methods"].items()
-        )
-        out.append(
-            f"- INT8 search ({search['seconds']} s): calibration methods tried: {tried}; kept: {search['method']}."
-        )
-        if equalization := search.get("equalization"):
-            out.append(
-                f"- Cross-layer equalization (Nagel et al.) of {equalization['pairs']} Conv -> ReLU -> Conv pairs, "
-                f"tried before keeping sites in float: {'pass' if equalization['passed'] else 'fail'}, cosine min "
-                f"{equalization['cosine_min']:.4f}; {'used in the file' if equalization['chosen'] else 'not used'}."
-            )
-        out += _bias_correction_lines(search)
-        if search["ranking"]:
-            out += [
-                "",
-                markdown_table(
-                    ["most sensitive Q/DQ site", "sensitivity"], [[f"`{n}`", f"{v:.3g}"] for n, v in search["ranking"]]
-                ),
-                "",
-            ]
-        kept = ", ".join(f"`{n}`" for n in search["kept"]) or "none"
-        result = "passes" if search["passed"] else "still fails"
-        out.append(
-            f"- Kept out of INT8: {kept} ({len(search['kept'])} of {search['layers']} Q/DQ sites, budget "
-            f"{search['budget']}); the file {result} its check." + (f" {search['note']}." if search["note"] else "")
-        )
-        if search.get("needed"):
-            out.append(f"- Keeping the {search['needed']} most sensitive sites out would pass (beyond the budget).")
+        out += _search_lines(SearchRecord.from_dict(entry.search))
     return out
 
 
-def _bias_correction_lines(search: Mapping[str, Any]) -> list[str]:
-    """The INT8 search's bias correction and the remedies the file uses (a search recorded before them has neither)."""
-    out = []
-    if correction := search.get("bias_correction"):
-        out.append(
-            f"- Bias correction of {correction['layers']} Conv/Gemm layers (each one's INT8 output mean shift on the "
-            f"calibration images, taken off its bias), tried before keeping sites in float: "
-            f"{'pass' if correction['passed'] else 'fail'}, cosine min {correction['cosine_min']:.4f}; "
-            f"{'used in the file' if correction['chosen'] else 'not used'}."
-        )
-    if "remedies" in search:
-        out.append(f"- Remedies the file uses: {', '.join(search['remedies']) or 'none'}.")
+def _search_lines(search: SearchRecord) -> list[str]:
+    """What the INT8 search tried (methods, remedies), the sites it ranked, and what the file keeps in float."""
+    tried = ", ".join(
+        f"{method} ({'pass' if m.passed else 'fail'}, cosine min {m.cosine_min:.4f})"
+        for method, m in search.methods.items()
+    )
+    out = [f"- INT8 search ({search.seconds} s): calibration methods tried: {tried}; kept: {search.method}."]
+    remedies = (
+        ("equalization", "Cross-layer equalization (Nagel et al.) of {} Conv -> ReLU -> Conv pairs"),
+        (
+            "bias_correction",
+            "Bias correction of {} Conv/Gemm layers (each one's INT8 output mean shift on the "
+            "calibration images, taken off its bias)",
+        ),
+    )
+    for name, what in remedies:
+        trial: RemedyTrial | None = getattr(search, name)
+        if trial is not None:
+            out.append(
+                f"- {what.format(trial.size)}, tried before keeping sites in float: "
+                f"{'pass' if trial.summary.passed else 'fail'}, cosine min {trial.summary.cosine_min:.4f}; "
+                f"{'used in the file' if trial.chosen else 'not used'}."
+            )
+    out.append(f"- Remedies the file uses: {', '.join(search.remedies) or 'none'}.")
+    if search.ranking:
+        rows = [[f"`{n}`", f"{v:.3g}"] for n, v in search.ranking]
+        out += ["", markdown_table(["most sensitive Q/DQ site", "sensitivity"], rows), ""]
+    kept = ", ".join(f"`{n}`" for n in search.kept) or "none"
+    result = "passes" if search.passed else "still fails"
+    out.append(
+        f"- Kept out of INT8: {kept} ({len(search.kept)} of {search.layers} Q/DQ sites, budget "
+        f"{search.budget}); the file {result} its check." + (f" {search.note}." if search.note else "")
+    )
+    if search.needed:
+        out.append(f"- Keeping the {search.needed} most sensitive sites out would pass (beyond the budget).")
     return out
 
 

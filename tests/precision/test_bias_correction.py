@@ -168,9 +168,9 @@ def test_the_search_picks_bias_correction_when_it_keeps_fewer_layers_in_float(tm
     options = PrecisionOptions(calib_source=DEMO_CALIB, check_source=DEMO_VAL)
     result = make_typed_onnx(directory, "int8", options, **QUIET)
     search = result.search
-    assert not any(m["passed"] for name, m in search["methods"].items() if "bias correction" not in name), search
-    assert search["bias_correction"]["chosen"] and search["bias_correction"]["passed"], search
-    assert search["kept"] == [] and "/fc/Gemm" in result.quantized_nodes
+    assert not any(m.passed for name, m in search.methods.items() if "bias correction" not in name), search
+    assert search.bias_correction.chosen and search.bias_correction.summary.passed, search
+    assert search.kept == [] and "/fc/Gemm" in result.quantized_nodes
     assert Manifest(directory).entry("model.int8.onnx").remedies == tuple(result.remedies)
     assert "bias correction" in result.remedies and "exclusion" not in result.remedies
     excluded = make_typed_onnx(directory, "int8", replace(options, exclude=("/fc/Gemm",), search=False), **QUIET)

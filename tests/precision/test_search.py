@@ -200,9 +200,9 @@ def test_equalization_keeps_the_outlier_layer_in_int8(tmp_path: Path, block, bn,
         directory, "int8", PrecisionOptions(calib_source=DEMO_CALIB, check_source=DEMO_VAL), **QUIET
     )
     assert result.parity.passed and result.parity.reference_accuracy - result.parity.accuracy <= 1.0
-    assert result.search["kept"] == [] and result.search["equalization"]["chosen"]  # nothing left in float
-    assert result.search["equalization"]["pairs"] == 6  # conv1 -> conv2 (grouped) -> conv3 in each block
-    assert {"entropy", "minmax", "percentile"} <= set(result.search["methods"])
+    assert result.search.kept == [] and result.search.equalization.chosen  # nothing left in float
+    assert result.search.equalization.size == 6  # conv1 -> conv2 (grouped) -> conv3 in each block
+    assert {"entropy", "minmax", "percentile"} <= set(result.search.methods)
     assert layer in result.quantized_nodes
     entry = Manifest(directory).entry("model.int8.onnx")
     assert entry.search["equalization"]["chosen"] and entry.heldout_synthetic is False
@@ -252,8 +252,8 @@ def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(t
     result = make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.06), log=messages.append)
     assert any("reusing 17 saved sensitivities" in m for m in messages)  # a new budget reuses the ranking
     assert any(m.startswith(f"reusing {directory / 'int8_equalized' / 'calibration.json'}") for m in messages)
-    assert result.parity.passed and result.search["kept"] == ["/layer2/layer2.0/Add"]
-    assert result.search["reused_ranking"] and result.search["ranking"][0][0] == "/layer2/layer2.0/Add"
+    assert result.parity.passed and result.search.kept == ["/layer2/layer2.0/Add"]
+    assert result.search.reused_ranking and result.search.ranking[0][0] == "/layer2/layer2.0/Add"
     assert "/layer2/layer2.0/downsample/downsample.0/Conv" in result.quantized_nodes
 
 

@@ -1,0 +1,61 @@
+"""The INT8 search record: written to the manifest as JSON, read back as the same typed object."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnext_deploy.errors import BadInputError
+from resnext_deploy.precision.search import RemedyTrial, SearchRecord, TrialSummary
+from resnext_deploy.report import _search_lines
+
+PASS = TrialSummary(True, 0.9991, 0.99, 1.0, 120, True, 0.031, 99.0)
+FAIL = TrialSummary(False, 0.95, 0.9, 0.8, 100, True, 0.2, None, ("cosine min 0.95 < 0.99",))
+
+
+def _record() -> SearchRecord:
+    return SearchRecord(
+        methods={"entropy": FAIL, "entropy + equalization": PASS},
+        method="entropy",
+        ranking=[("/layer2/layer2.0/Add", 0.5), ("/fc/Gemm", 0.01)],
+        layers=18,
+        kept=["/layer2/layer2.0/Add"],
+        budget=4,
+        passed=True,
+        seconds=12.5,
+        equalization=RemedyTrial(6, PASS, True),
+        bias_correction=RemedyTrial(14, FAIL, False),
+    )
+
+
+def test_the_record_round_trips_through_its_json_and_keeps_the_format() -> None:
+    record = _record()
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["equalization"]["pairs"] == 6 and data["equalization"]["chosen"] is True
+    assert data["bias_correction"]["layers"] == 14 and data["remedies"] == ["equalization", "exclusion"]
+    assert data["methods"]["entropy"]["failures"] == ["cosine min 0.95 < 0.99"]
+    assert SearchRecord.from_dict(data) == record
+
+
+def test_a_record_written_before_the_remedies_still_reads() -> None:
+    data = _record().to_dict()
+    for key in ("equalization", "bias_correction", "remedies", "needed", "time_limited"):
+        del data[key]
+    record = SearchRecord.from_dict(data)
+    assert record.equalization is None and record.remedies == ["exclusion"]
+
+
+@pytest.mark.parametrize("broken", [{"methods": {"entropy": {}}}, {"ranking": [["a"]]}, {"equalization": {"pairs": 1}}])
+def test_a_malformed_record_is_one_line_of_bad_input(broken: dict) -> None:
+    data = {**_record().to_dict(), **broken}
+    with pytest.raises(BadInputError, match="search record in manifest.json is malformed"):
+        SearchRecord.from_dict(data)
+
+
+def test_the_report_lines_come_from_the_typed_record() -> None:
+    text = "\n".join(_search_lines(_record()))
+    assert "equalization (Nagel et al.) of 6 Conv -> ReLU -> Conv pairs" in text and "used in the file" in text
+    assert "Bias correction of 14 Conv/Gemm layers" in text and "not used" in text
+    assert "Remedies the file uses: equalization, exclusion." in text
+    assert "Kept out of INT8: `/layer2/layer2.0/Add` (1 of 18 Q/DQ sites, budget 4); the file passes" in text
