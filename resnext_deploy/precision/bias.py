@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data import Dataset
 from .calibration import Calibration
+from .graph import drop_unused_initializers, node_attribute
 from .int8 import INT8_MAX, activation_scale, qdq_plan, quantize_weight
 from .statistics import activation_tensors, batch_size, run_batches
 
@@ -54,8 +55,9 @@ def bias_shifts(
         rows = _rows(node, numpy_helper.to_array(initializers[node.input[1]]))
         q, scale = quantize_weight(rows.reshape(len(rows), -1), 0)
         dequantized = (q.astype(np.float64) * scale.astype(np.float64)[:, None]).reshape(rows.shape)
-        shift = output_shift(rows, dequantized, *means[node.input[0]], _attr(node, "group", 1))
-        shifts[node.name] = shift * _attr(node, "alpha", 1.0) / _attr(node, "beta", 1.0)  # Gemm: alpha A B + beta C
+        shift = output_shift(rows, dequantized, *means[node.input[0]], node_attribute(node, "group", 1))
+        scale_out = node_attribute(node, "alpha", 1.0) / node_attribute(node, "beta", 1.0)  # Gemm: alpha A B + beta C
+        shifts[node.name] = shift * scale_out
     return shifts
 
 
@@ -79,9 +81,7 @@ def correct_biases(model, shifts: dict[str, np.ndarray], layers: Collection[str]
             node.input[2] = name
         else:
             node.input.append(name)
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return [node.name for node in corrected]
 
 
@@ -129,19 +129,12 @@ def input_means(model, scales: dict[str, float], dataset: Dataset) -> dict[str, 
 def _correctable(node) -> bool:
     """A Conv, or a Gemm reading ``[N, K]`` whose bias counts (``transA`` 0, ``beta`` not 0)."""
     if node.op_type == "Gemm":
-        return _attr(node, "transA", 0) == 0 and _attr(node, "beta", 1.0) != 0
+        return node_attribute(node, "transA", 0) == 0 and node_attribute(node, "beta", 1.0) != 0
     return node.op_type in CORRECTED_OPS
 
 
 def _rows(node, weight: np.ndarray) -> np.ndarray:
     """The weight as ``[outputs, inputs per group, taps...]``: a Gemm's ``B`` is transposed unless ``transB``."""
-    if node.op_type == "Gemm" and not _attr(node, "transB", 0):
+    if node.op_type == "Gemm" and not node_attribute(node, "transB", 0):
         return weight.T
     return weight
-
-
-def _attr(node, name: str, default):
-    from onnx import helper
-
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)

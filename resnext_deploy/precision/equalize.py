@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .graph import node_attribute
+
 SWEEPS = 8  # sweeps over all pairs; the scales settle in a few
 SETTLED = 1e-3  # stop when no scale moves by more than this (relative)
 
@@ -68,7 +70,7 @@ def _own_weights(node, initializers: set[str], uses: dict[str, int]) -> bool:
 
 
 def _group(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+    return node_attribute(node, "group", 1)
 
 
 def equalize(model) -> list[tuple[str, str]]:

@@ -33,11 +33,23 @@ def load_prepared(path: str | Path):
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input}
-    unused = [init for init in graph.initializer if init.name not in used]
-    for init in unused:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return model
+
+
+def drop_unused_initializers(graph) -> None:
+    """Remove the initializers no node reads (left behind when a step rewires its inputs)."""
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
+def node_attribute(node, name: str, default: Any) -> Any:
+    """The value of a node's attribute ``name``, or ``default`` when the node does not set it."""
+    from onnx import helper
+
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else helper.get_attribute_value(found)
 
 
 def untie_initializers(model, blocked: set[str]) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import BadInputError
 from .calibration import Calibration
 from .fp16 import FP16_DATA_MAX, overflow_nodes, to_float16
-from .graph import tag_model, toposort
+from .graph import drop_unused_initializers, node_attribute, tag_model, toposort
 
 INT8_MAX = 127
 # Weights use 7 bits so that OpenVINO runs the file correctly on CPUs without VNNI (AVX2, AVX-512 before
@@ -176,8 +176,7 @@ def _weight_axis(node) -> int | None:
     if node.op_type == "Conv":
         return 0
     if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
+        return 0 if node_attribute(node, "transB", 0) else 1
     return 1  # MatMul
 
 
@@ -345,9 +344,7 @@ def int8_model(
 
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     fp32_nodes = sorted(name for name in blocked if name in nodes)
     if half:
         model = to_float16(model, blocked)
