@@ -446,6 +446,13 @@ def serve(
     http: Annotated[
         bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
     ] = True,
+    http_max_body_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--http-max-body-mb",
+            help="Largest HTTP request body, after gzip, in MiB; default: twice the largest batch, at least 8.",
+        ),
+    ] = None,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
     from .environment import cap_threads
@@ -453,6 +460,8 @@ def serve(
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
 
+    if http_max_body_mb is not None and not 0 < http_max_body_mb <= 4096:
+        raise BadInputError(f"--http-max-body-mb must be more than 0 and at most 4096, got {http_max_body_mb:g}")
     serve_model(
         directory,
         precision,
@@ -470,6 +479,7 @@ def serve(
         backend=backend,
         restarts=restarts,
         http=http,
+        http_max_body=None if http_max_body_mb is None else max(1, int(http_max_body_mb * 2**20)),
     )
 
 

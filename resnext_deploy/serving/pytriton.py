@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from ..backends.registry import discover_runners
 from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import recorded_source
+from .front import HttpFront, default_body_limit, free_loopback_port
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
@@ -169,6 +171,7 @@ def serve(
     backend: str = "onnxruntime",
     restarts: int = 0,
     http: bool = True,
+    http_max_body: int | None = None,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
 
@@ -179,7 +182,11 @@ def serve(
     request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
-    ``http`` False serves gRPC alone, whose frontend checks a request's size before it allocates.
+    ``http`` False serves gRPC alone, whose frontend checks a request's size before it allocates. HTTP is
+    served by :class:`~resnext_deploy.serving.front.HttpFront` on ``port``, which refuses a body over
+    ``http_max_body`` bytes (default: :func:`~resnext_deploy.serving.front.default_body_limit`), a gzip body
+    inflating past it and a shape the body does not fill, before tritonserver (on a loopback port of its
+    own) sees them.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -232,6 +239,8 @@ def serve(
     if usable[0].open is None:
         raise BackendUnavailableError(f"backend {backend} cannot serve {file_name}: {usable[0].skipped}")
     (image,), (logits,) = onnx_io(directory / file_name)
+    body_limit = http_max_body or default_body_limit(max_batch_size, image.dims[1:])
+    triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
     runners: list[Runner] = []
     try:
         runners += [usable[0].open() for _ in range(instances)]
@@ -251,8 +260,8 @@ def serve(
         return infer
 
     config = TritonConfig(
-        http_address=host,
-        http_port=port,
+        http_address="127.0.0.1",
+        http_port=triton_http_port,
         grpc_address=host,
         grpc_port=grpc_port,
         metrics_address=host,
@@ -264,12 +273,18 @@ def serve(
     if server_log is not None:
         log(f"Triton server log: {server_log}")
     endpoints = (f"http://{host}:{port} and " if http else "") + f"grpc://{host}:{grpc_port}"
+    front = HttpFront(host, port, triton_http_port, body_limit, log) if http else None
+    if front is not None:
+        log(f"HTTP requests are checked before Triton reads them: bodies up to {body_limit / 2**20:.1f} MiB")
 
     def serve_once() -> None:
         """Start tritonserver, bind the model, and return when the server is gone; Ctrl-C raises through."""
-        # PyTriton prints the server's output on stdout; results alone belong there.
+        # PyTriton prints what tritonserver writes on its stdout and stderr ("Error: Failed to initialize NVML" on
+        # a machine without a GPU) on this process's stdout; results alone belong there. It goes to the server log
+        # (beside Triton's own lines), or to stderr with -v.
         with (
-            contextlib.redirect_stdout(sys.stderr),
+            _server_output(server_log) as output,
+            contextlib.redirect_stdout(output),
             interpreter_libpython_first(log),
             _workspace() as workspace,
             _with_labels(model_name, logits, recorded_source(Manifest(directory)).class_names),
@@ -303,12 +318,15 @@ def serve(
             while triton.is_alive():
                 time.sleep(ALIVE_CHECK_S)
 
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop = _StopSignals()
     try:
+        if front is not None:
+            front.start()
         for attempt in range(restarts + 1):
             if attempt:
                 log(f"warning: the Triton server died; restarting it ({attempt} of {restarts})")
             serve_once()
+            stop.settle()  # a Ctrl-C to the process group also stops tritonserver: that is no crash
         where = server_log if server_log is not None else "its log above"
         raise BackendUnavailableError(
             f"the Triton server died (see {where}); serving stopped"
@@ -317,14 +335,19 @@ def serve(
     except KeyboardInterrupt:
         pass
     except (PyTritonError, InferenceServerException) as exc:
-        raise BackendUnavailableError(
-            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
-        ) from None
+        if stop.received is None:
+            raise BackendUnavailableError(
+                f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
+            ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop.restore()
+        if front is not None:
+            front.stop()
         for runner in runners:
             runner.close()
     log("server stopped")
+    if stop.received == signal.SIGINT:
+        raise KeyboardInterrupt  # exit 130, as for any command stopped by Ctrl-C
 
 
 @contextlib.contextmanager
@@ -377,6 +400,42 @@ def _require_ready(url: str, model_name: str, http: bool = True) -> None:
             raise BackendUnavailableError(f"Triton started but model {model_name!r} is not ready (see the server log)")
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops the server the way Ctrl-C does: PyTriton then stops tritonserver and cleans its workspace."""
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _server_output(path: str | Path | None) -> Iterator[TextIO]:
+    """Where PyTriton's copy of tritonserver's own output goes: appended to ``path``, or stderr when None."""
+    if path is None:
+        yield sys.stderr
+        return
+    with open(path, "a", encoding="utf-8", errors="replace") as handle:
+        yield handle
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop serve, remembered by number, so a stop is never taken for a crash.
+
+    Ctrl-C reaches the whole process group, tritonserver included, which may exit before this process
+    handles the signal; and PyTriton may swallow the KeyboardInterrupt. The number recorded here decides:
+    a stopped server is not restarted, SIGINT exits 130 and SIGTERM 0. Both stop the server the same way
+    (PyTriton stops tritonserver and cleans its workspace).
+    """
+
+    SETTLE_S = 0.5  # how long a dead server's signal may take to reach this process's handler
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def settle(self) -> None:
+        """Raise KeyboardInterrupt when the server went because serve was told to stop."""
+        if self.received is None:
+            time.sleep(self.SETTLE_S)  # a pending handler runs here and raises
+        if self.received is not None:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
