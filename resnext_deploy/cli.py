@@ -332,7 +332,8 @@ def bench_triton(
         str, typer.Option("--url", help="The Triton server: http://host:port or grpc://host:port.")
     ] = "http://127.0.0.1:8000",
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Triton model name (default: the one `serve` names).")
+        Optional[str],
+        typer.Option("--model", help="Triton model name (default: the one of DIR's models the server has ready)."),
     ] = None,
     concurrency: Annotated[str, typer.Option("--concurrency", help="Comma list of concurrent clients.")] = "1,4,16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per request.")] = 1,
@@ -341,8 +342,15 @@ def bench_triton(
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
     from .artifacts import locked
     from .evaluate.settings import MAX_BATCH, parse_int_list
-    from .serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
-    from .serving.triton_repo import default_model_name
+    from .serving.load_test import (
+        LoadTestSettings,
+        background_load,
+        busy_warning,
+        check_url,
+        served_model,
+        triton_load_test,
+        write_triton_bench,
+    )
     from .source import artifact_dir
 
     settings = LoadTestSettings(
@@ -351,9 +359,14 @@ def bench_triton(
         duration_s=duration,
     )
     directory = artifact_dir(directory)
+    check_url(url)
     with locked(directory):
-        rows = triton_load_test(url, model or default_model_name(directory), settings, log=log)
-        json_file, md_file = write_triton_bench(rows, directory)
+        model = model or served_model(url, directory, log=log)
+        other_cpu = background_load()  # before the load test: the server's own work is not "other" load
+        if busy := busy_warning(other_cpu):
+            log(f"warning: {busy}")
+        rows = triton_load_test(url, model, settings, log=log)
+        json_file, md_file = write_triton_bench(rows, directory, other_cpu)
     log(f"wrote {json_file} and {md_file}")
     typer.echo(md_file.read_text(encoding="utf-8"), nl=False)
 

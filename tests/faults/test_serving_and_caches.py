@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -263,7 +264,9 @@ class Served:
         command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
         command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            self.process = subprocess.Popen(  # a session of its own: a test can Ctrl-C its whole process group
+                [*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True
+            )
         self.model = "resnext_tiny_onnx_fp32"
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -391,15 +394,65 @@ def _grpc_shape_claim(port: int, model: str, shape: list[int]) -> str:
         client.close()
 
 
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip body of JSON-like text that inflates to ``inflated_mib`` MiB, made a MiB at a time."""
+    squeezer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join(squeezer.compress(b"0," * (1 << 19)) for _ in range(inflated_mib)) + squeezer.flush()
+
+
 @needs_pytriton
 @pytest.mark.slow
-def test_a_shape_claim_over_http_that_kills_the_server_makes_serve_exit_4(served: Served) -> None:
-    """Triton's HTTP frontend allocates a JSON request's claimed shape before it checks it (README, Serving)."""
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        _http_infer(served.http, served.model, _json_request([2**31, 3, 32, 32], [0.0] * 3072))
-    assert served.process.wait(60) == ExitCode.BACKEND_UNAVAILABLE
-    errors = [line for line in served.log.read_text().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: the Triton server died"), errors
+def test_the_http_front_refuses_what_tritonserver_cannot_take(served: Served) -> None:
+    """Each of these took tritonserver 0.5 to 1 GB, or killed it, when its HTTP port was open (README, Serving)."""
+    import numpy as np
+
+    pid = served.server_pid()
+    idle = _status_kb(pid, "VmHWM")
+    zeros = [0.0] * 3072
+    bomb = _gzip_bomb(512)
+    assert len(bomb) < 600_000
+    binary = np.zeros(3072, np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [2**31, 3, 32, 32], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(binary)}}
+            ]
+        }
+    ).encode()
+    hostile = [
+        (_json_request([2**31, 3, 16, 16], zeros), {}, 400, "claims"),
+        (_json_request([2**19, 3, 16, 16], zeros), {}, 400, "claims"),
+        (header + binary, {"Inference-Header-Content-Length": str(len(header))}, 400, "bytes of FP32"),
+        (bomb, {"Content-Encoding": "gzip"}, 413, "inflates past"),
+        (b"0" * (9 << 20), {}, 413, "takes at most"),
+    ]
+    for body, headers, status, fragment in hostile:
+        answer = _http_infer(served.http, served.model, body, headers)
+        assert answer[0] == status and fragment in answer[1], answer
+        valid = _http_infer(served.http, served.model, _json_request([1, 3, 32, 32], zeros))
+        assert valid[0] == 200 and len(json.loads(valid[1])["outputs"][0]["data"]) == 10  # still answering
+    assert served.process.poll() is None and served.server_pid() == pid
+    assert (_status_kb(pid, "VmHWM") - idle) < 100 * 1024  # kB: peak RSS within 100 MB of idle
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_exits_130_and_is_never_restarted(tiny_dir: Path, tmp_path: Path) -> None:
+    running = Served(tiny_dir, tmp_path, "--restarts", "2")
+    try:
+        running.wait_ready()
+        pid = running.server_pid()
+        os.killpg(running.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert running.process.wait(60) == ExitCode.INTERRUPTED
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert "restarting" not in log and "died" not in log, log[-2000:]
+    assert "server stopped" in log
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    # Without -v, what tritonserver writes itself (NVML on a machine without a GPU) goes to its log, not here.
+    assert "NVML" not in log and "Signal (2)" not in log, log[-2000:]
 
 
 @needs_pytriton
@@ -416,7 +469,7 @@ def test_no_http_leaves_grpc_which_checks_the_shape_before_allocating(tiny_dir: 
         assert "batch-size must be <= 32" in _grpc_shape_claim(running.grpc, running.model, [2**16, 3, 32, 32])
         assert _status_kb(pid, "VmHWM") - before < 50 * 1024  # kB: 800 MB if the claim were allocated
     finally:
-        assert running.stop() == 0
+        assert running.stop() == ExitCode.INTERRUPTED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,6 +696,59 @@ def test_bench_triton_against_a_server_that_is_not_triton(capsys, tiny_dir: Path
 def test_bench_triton_with_a_malformed_url(capsys, tiny_dir: Path, url: str) -> None:
     outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
     fails(outcome, ExitCode.BAD_INPUT)
+
+
+@needs_http_client
+def test_bench_triton_with_an_impossible_port_says_one_line_and_no_traceback(tiny_dir: Path, tmp_path: Path) -> None:
+    """tritonclient's __del__ printed an AttributeError traceback after the error, at exit (fresh process)."""
+    command = [sys.executable, "-m", "resnext_deploy", "bench-triton", "--dir", str(tiny_dir)]
+    done = subprocess.run(
+        [*command, "--url", "localhost:99999", "--duration", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert done.returncode == ExitCode.BAD_INPUT
+    assert done.stderr.splitlines() == [
+        "error: cannot use 'localhost:99999' as a Triton address: give host:port with a port from 1 to 65535 "
+        "(e.g. 127.0.0.1:8000)"
+    ], done.stderr
+
+
+def _ready_routes(*models: str) -> dict[str, tuple[int, str]]:
+    return {"/v2/health/live": (200, ""), **{f"/v2/models/{m}/ready": (200, "") for m in models}}
+
+
+@needs_http_client
+def test_bench_triton_picks_the_one_ready_model_of_dir_or_lists_them(capsys, tiny_dir: Path) -> None:
+    from resnext_deploy.serving.load_test import served_model
+
+    said: list[str] = []
+    with _fake_server(_ready_routes("resnext_tiny_onnx_int8", "unrelated")) as url:
+        assert served_model(url, tiny_dir, log=said.append) == "resnext_tiny_onnx_int8"  # serve --precision int8
+    assert "resnext_tiny_onnx_int8" in said[0]
+    with _fake_server(_ready_routes("resnext_tiny_onnx_fp32", "resnext_tiny_openvino_fp32")) as url:
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
+    fails(
+        outcome, ExitCode.BAD_INPUT, "several", "ready: resnext_tiny_onnx_fp32, resnext_tiny_openvino_fp32", "--model"
+    )
+    with _fake_server(_ready_routes()) as url:
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
+    fails(outcome, ExitCode.BAD_INPUT, "none of", "--model")
+    assert not (tiny_dir / "bench_triton.json").exists()
+
+
+def test_a_busy_machine_is_said_in_bench_triton_results(tmp_path: Path) -> None:
+    from resnext_deploy.serving.load_test import LoadRow, busy_warning, write_triton_bench
+
+    assert busy_warning(None) is None and busy_warning(0.05) is None
+    row = LoadRow("u", "http", "m", 1, 1, 1.0, 10, 0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    json_path, md_path = write_triton_bench([row], tmp_path, other_cpu=0.6)
+    record = json.loads(json_path.read_text())
+    assert record["load"]["other_cpu"] == 0.6 and "60%" in record["load"]["warning"]
+    assert "Warning: the machine was busy" in md_path.read_text()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 from resnext_deploy.artifacts import Manifest, engine_file, write_json
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
-from resnext_deploy.errors import BackendUnavailableError, BadInputError
+from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 from resnext_deploy.schemas import load_schema
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
 from resnext_deploy.serving.pytriton import SERVER_LOG
@@ -424,7 +424,7 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     assert cli_record["artifacts"]["model.onnx"] == manifest.entry("model.onnx").sha256
     assert cli_record["machine"]["cpu"] and "cpu flags" in cli_record["machine"]
 
-    assert server.stop() == 0, server.log_tail()
+    assert server.stop() == ExitCode.INTERRUPTED, server.log_tail()  # Ctrl-C: 130
     assert "server stopped" in server.log_tail()
     assert server.stdout_path.read_bytes() == b""  # the server's own log is never on stdout
     assert (tiny_dir / SERVER_LOG).stat().st_size > 0
@@ -448,7 +448,7 @@ def test_serve_on_openvino_answers_like_onnx_runtime(tiny_dir: Path, tmp_path: P
     finally:
         code = running.stop()
     np.testing.assert_allclose(logits, OnnxRuntimeRunner(tiny_dir / "model.onnx")(x), rtol=1e-4, atol=1e-5)
-    assert code == 0 and "on openvino" in running.log_tail()
+    assert code == ExitCode.INTERRUPTED and "on openvino" in running.log_tail()
 
 
 @needs_pytriton
