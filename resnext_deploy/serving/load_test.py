@@ -186,6 +186,8 @@ def _ready_check(client: _Client, address: str, model: str | None) -> None:
         ready = live and (model is None or client.client.is_model_ready(model))
     except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol and version
         raise BadInputError(f"cannot reach a Triton server at {address}: {str(exc).strip()[:200]}") from None
+    if not ready and model is None:
+        raise BadInputError(f"the Triton server at {address} is not live; check the server and its log")
     if not ready:
         listed = ", ".join(client.ready_models(())) if live else ""
         raise BadInputError(
