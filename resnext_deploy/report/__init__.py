@@ -187,9 +187,10 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> P
     plot = BENCH_PNG if (directory / BENCH_PNG).exists() else None
     bench = BenchSection.from_dict(read_json(bench_path), plot) if bench_path.exists() else None
     report = build_report(manifest, verify, bench, manifest.skipped)
+    triton = _triton_section(directory)  # read, and a malformed file refused, before anything is written
     write_json(directory / REPORT_JSON, report.to_dict())
     path = directory / REPORT_MD
-    write_text(path, render_markdown(report))
+    write_text(path, render_markdown(report) + triton)
     log(f"wrote {path} and {directory / REPORT_JSON}")
     return path
 
@@ -493,3 +494,11 @@ def _size(size_bytes: int | None) -> str:
     if size_bytes is None:
         return "-"
     return f"{size_bytes / 1e6:.2f} MB" if size_bytes >= 1e5 else f"{size_bytes / 1e3:.1f} kB"
+
+
+def _triton_section(directory: Path) -> str:
+    """bench-triton's load test of the served model (DIR/bench_triton.json), where it ran."""
+    from ..serving.load_test import triton_report_lines
+
+    lines = triton_report_lines(directory)
+    return "\n".join(["", "## Triton load test", "", *lines]) + "\n" if lines else ""

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, write_json, write_text
+from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..evaluate.machine import DISTURBED_CPU, LoadMonitor, machine_record
 from ..schemas import SCHEMA_VERSION
 from .triton_repo import INSTALL_HINT, default_model_name, model_base_name
 
+TRITON_BENCH_JSON = "bench_triton.json"
 MAX_REQUEST_BYTES = 256 << 20  # one request's images; 32 images of 3x224x224 take 18 MiB
 
 
@@ -421,7 +422,7 @@ def write_triton_bench(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = directory / "bench_triton.json", directory / "bench_triton.md"
+    json_path, md_path = directory / TRITON_BENCH_JSON, directory / "bench_triton.md"
     record = {
         "schema_version": SCHEMA_VERSION,
         "created": now_iso(),
@@ -431,9 +432,14 @@ def write_triton_bench(
         "rows": [row.to_dict() for row in rows],
     }
     write_json(json_path, record)
+    lines = ["# Triton load test", "", *triton_bench_markdown(rows, other_cpu)]
+    write_text(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def triton_bench_markdown(rows: Sequence[LoadRow], other_cpu: float | None) -> list[str]:
+    """The load test's table and warnings, as bench_triton.md and report.md show them."""
     lines = [
-        "# Triton load test",
-        "",
         "Closed loop: each of `concurrency` clients keeps one request in flight; latency is client side.",
         "",
         "| model | protocol | concurrency | batch | requests/s | images/s | p50 ms | p90 ms | p99 ms | errors |",
@@ -450,8 +456,36 @@ def write_triton_bench(
     errors = [r for r in rows if r.first_error]
     if errors:
         lines += ["", f"First error ({errors[0].model}, concurrency {errors[0].concurrency}): {errors[0].first_error}"]
-    write_text(md_path, "\n".join(lines) + "\n")
-    return json_path, md_path
+    return lines
+
+
+def triton_report_lines(directory: str | Path) -> list[str]:
+    """What report.md says of DIR/bench_triton.json: its table, and whether the files it measured changed since.
+
+    Empty when bench-triton has not run. A hand-edited file is exit 3 naming it.
+    """
+    path = Path(directory) / TRITON_BENCH_JSON
+    if not path.exists():
+        return []
+    data = read_json(path)
+    try:
+        rows = [LoadRow(**row) for row in data["rows"]]
+        load = data.get("load") or {}
+        other_cpu = load.get("other_cpu")
+        if other_cpu is not None and not isinstance(other_cpu, (int, float)):
+            raise TypeError("load.other_cpu is not a number")
+        measured, models = dict(data.get("artifacts") or {}), dict(data.get("models") or {})
+        for row in rows:
+            if not isinstance(row.requests_per_s, (int, float)) or not isinstance(row.model, str):
+                raise TypeError(f"a row's figures are not numbers: {row.model!r}")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BadInputError(f"{path} is malformed ({one_line(exc, 100)}); run bench-triton again") from None
+    now = served_files(Path(directory), set(models))["artifacts"]
+    lines = triton_bench_markdown(rows, other_cpu)
+    for model, file in sorted(models.items()):
+        if isinstance(file, str) and measured.get(file) != now.get(file):
+            lines += ["", f"**Out of date:** {file} (model {model}) changed since this load test; rerun bench-triton."]
+    return lines
 
 
 def busy_warning(other_cpu: float | None) -> str | None:

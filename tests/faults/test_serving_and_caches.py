@@ -871,3 +871,26 @@ def test_excluding_every_node_is_refused_rather_than_an_int8_file_without_int8(c
     outcome = cli(capsys, "build-trt", "--dir", directory, *INT8_ONLY, "--exclude", "*")
     fails(outcome, ExitCode.BAD_INPUT, "left in INT8")
     assert not (directory / "model.int8.onnx").exists()
+
+
+def test_bench_triton_results_appear_in_the_report(capsys, tiny_dir: Path) -> None:
+    from resnext_deploy.serving.load_test import LoadRow, write_triton_bench
+
+    model = "resnext_tiny_onnx_fp32"
+    row = LoadRow("http://127.0.0.1:8000", "http", model, 4, 8, 3.0, 300, 0, 100.0, 800.0, 9.5, 11.0, 14.25, 10.0, 20.0)
+    json_path, _ = write_triton_bench([row], tiny_dir, other_cpu=0.5)
+    assert cli(capsys, "report", "--dir", tiny_dir).code == ExitCode.OK
+    report = (tiny_dir / "report.md").read_text()
+    section = report[report.index("## Triton load test") :]
+    assert f"| {model} | http | 4 | 8 | 100.0 | 800.0 | 9.50 | 11.00 | 14.25 | 0 |" in section
+    assert "Warning: the machine was busy" in section and "Out of date" not in section
+
+    record = json.loads(json_path.read_text())
+    record["artifacts"]["model.onnx"] = "0" * 64  # measured on another model.onnx than DIR holds now
+    json_path.write_text(json.dumps(record))
+    assert cli(capsys, "report", "--dir", tiny_dir).code == ExitCode.OK
+    assert f"model.onnx (model {model}) changed since this load test" in (tiny_dir / "report.md").read_text()
+
+    record["rows"][0]["requests_per_s"] = "fast"
+    json_path.write_text(json.dumps(record))
+    fails(cli(capsys, "report", "--dir", tiny_dir), ExitCode.BAD_INPUT, str(json_path), "bench-triton again")
