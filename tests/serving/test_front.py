@@ -189,3 +189,58 @@ def test_a_taken_port_is_bad_input() -> None:
         front = HttpFront("127.0.0.1", taken.getsockname()[1], 1, LIMIT, log=lambda _m: None)
         with pytest.raises(BadInputError, match="choose another --port"), contextlib.ExitStack():
             front.start()
+
+
+def _answer_at_once(server_socket: socket.socket) -> None:
+    """A stand-in upstream that answers each request with one send, as fast as it can."""
+    while True:
+        try:
+            conn, _ = server_socket.accept()
+        except OSError:
+            return
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    buffer += data
+                if b"\r\n\r\n" not in buffer:
+                    break
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                length = int(next(x.split(b":")[1] for x in head.split(b"\r\n") if x.lower().startswith(b"content-l")))
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                buffer = buffer[length:]
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_the_front_adds_no_delayed_ack_wait() -> None:
+    """Head and body of each answer leave at once (TCP_NODELAY): with Nagle's algorithm each took 40 ms more."""
+    import statistics
+    import time
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_answer_at_once, args=(upstream,), daemon=True).start()
+    port = free_loopback_port()
+    proxy = HttpFront("127.0.0.1", port, upstream.getsockname()[1], LIMIT, log=lambda _m: None)
+    proxy.start()
+    body = _json([3], [1.0, 2.0, 3.0])
+    request = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            times = []
+            for _ in range(20):
+                start = time.perf_counter()
+                client.sendall(request)
+                answer = b""
+                while not answer.endswith(b"\r\n\r\nok"):
+                    answer += client.recv(65536)
+                times.append(time.perf_counter() - start)
+    finally:
+        proxy.stop()
+        upstream.close()
+    assert statistics.median(times) < 0.02, times  # 0.3 ms here; 46 ms with the delayed ACK
