@@ -1,9 +1,9 @@
-"""What serve's HTTP front costs: the same served model over HTTP through the front and straight to tritonserver.
+"""What serve's fronts cost: the same served model through the HTTP and gRPC fronts and straight to tritonserver.
 
-Starts ``resnext-deploy serve --dir DIR`` (Triton environment), reads the loopback port tritonserver's
-own HTTP frontend listens on from its command line, and runs bench-triton's closed-loop load test
-(``resnext_deploy.serving.load_test``) against both ports, interleaved round by round (front, direct,
-front, direct, ...) so that machine drift hits both alike, at each batch size and concurrency. Prints
+Starts ``resnext-deploy serve --dir DIR`` (Triton environment), reads the loopback ports tritonserver's
+own HTTP and gRPC frontends listen on from its command line, and runs bench-triton's closed-loop load
+test (``resnext_deploy.serving.load_test``) against the four ports, interleaved round by round so that
+machine drift hits all alike, at each batch size and concurrency. Prints
 the machine, the commit, and per case the median of the rounds' p50 and mean latencies and the
 front's added time; ``--json PATH`` also writes them. Writes nothing in DIR but serve's server log.
 
@@ -33,8 +33,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _tritonserver_http_port(session: int, timeout_s: float = 120.0) -> int:
-    """The --http-port on the command line of the tritonserver in ``session`` (serve's own, on loopback)."""
+def _tritonserver_ports(session: int, timeout_s: float = 120.0) -> dict[str, int]:
+    """The HTTP and gRPC ports on the command line of the tritonserver in ``session`` (serve's own, on loopback)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for entry in Path("/proc").glob("[0-9]*"):
@@ -44,7 +44,7 @@ def _tritonserver_http_port(session: int, timeout_s: float = 120.0) -> int:
                 args = (entry / "cmdline").read_bytes().decode().split("\0")
             except (OSError, ProcessLookupError):
                 continue
-            return int(args[args.index("--http-port") + 1])
+            return {protocol: int(args[args.index(f"--{protocol}-port") + 1]) for protocol in ("http", "grpc")}
         time.sleep(0.5)
     raise SystemExit("tritonserver did not start")
 
@@ -69,19 +69,24 @@ def main() -> int:
     from resnext_deploy.evaluate.machine import load_average, machine_record
     from resnext_deploy.serving.load_test import LoadTestSettings, background_load, served_model, triton_load_test
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(args.dir), "--port", str(port)]
-    command += ["--grpc-port", str(_free_port()), "--metrics-port", str(_free_port())]
+    command += ["--grpc-port", str(grpc_port), "--metrics-port", str(_free_port())]
     server = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        direct = _tritonserver_http_port(server.pid)
-        urls = {"front": f"http://127.0.0.1:{port}", "direct": f"http://127.0.0.1:{direct}"}
+        direct = _tritonserver_ports(server.pid)
+        urls = {
+            "http front": f"http://127.0.0.1:{port}",
+            "http direct": f"http://127.0.0.1:{direct['http']}",
+            "grpc front": f"grpc://127.0.0.1:{grpc_port}",
+            "grpc direct": f"grpc://127.0.0.1:{direct['grpc']}",
+        }
         deadline = time.monotonic() + 120
         while True:
             try:
-                model = served_model(urls["front"], args.dir, log=lambda _m: None)
+                model = served_model(urls["http front"], args.dir, log=lambda _m: None)
                 break
             except Exception:
                 if time.monotonic() > deadline or server.poll() is not None:
@@ -108,20 +113,32 @@ def main() -> int:
         f"other processes' share of the CPU before the runs: {other_cpu if other_cpu is None else f'{other_cpu:.0%}'}"
     )
     print(f"commit: {_commit()}; model {model}; {args.rounds} interleaved rounds of {args.duration:g} s per case")
-    print("| batch | concurrency | p50 direct ms | p50 front ms | added p50 ms | mean direct ms | mean front ms |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    columns = ["protocol", "batch", "concurrency", "p50 direct ms", "p50 front ms", "added p50 ms"]
+    print("| " + " | ".join([*columns, "mean direct ms", "mean front ms"]) + " |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     results = []
-    for batch, concurrency in cases:
-        median = {
-            path: [statistics.median(s[i] for s in samples[(batch, concurrency, path)]) for i in (0, 1)]
-            for path in urls
-        }
-        added = median["front"][0] - median["direct"][0]
-        print(
-            f"| {batch} | {concurrency} | {median['direct'][0]:.2f} | {median['front'][0]:.2f} | {added:+.2f} | "
-            f"{median['direct'][1]:.2f} | {median['front'][1]:.2f} |"
-        )
-        results.append({"batch": batch, "concurrency": concurrency, "p50_ms": median, "added_p50_ms": added})
+    for protocol in ("http", "grpc"):
+        for batch, concurrency in cases:
+            median = {
+                path: [
+                    statistics.median(s[i] for s in samples[(batch, concurrency, f"{protocol} {path}")]) for i in (0, 1)
+                ]
+                for path in ("direct", "front")
+            }
+            added = median["front"][0] - median["direct"][0]
+            print(
+                f"| {protocol} | {batch} | {concurrency} | {median['direct'][0]:.2f} | {median['front'][0]:.2f} | "
+                f"{added:+.2f} | {median['direct'][1]:.2f} | {median['front'][1]:.2f} |"
+            )
+            results.append(
+                {
+                    "protocol": protocol,
+                    "batch": batch,
+                    "concurrency": concurrency,
+                    "p50_mean_ms": median,
+                    "added_p50_ms": added,
+                }
+            )
     if args.json:
         record = {"commit": _commit(), "machine": machine, "other_cpu": other_cpu, "model": model, "cases": results}
         args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -34,6 +34,7 @@ from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import recorded_source
 from .front import HttpFront, default_body_limit, free_loopback_port
+from .grpc_front import GrpcFront
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
@@ -182,11 +183,12 @@ def serve(
     request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
-    ``http`` False serves gRPC alone, whose frontend checks a request's size before it allocates. HTTP is
-    served by :class:`~resnext_deploy.serving.front.HttpFront` on ``port``, which refuses a body over
-    ``http_max_body`` bytes (default: :func:`~resnext_deploy.serving.front.default_body_limit`), a gzip body
-    inflating past it and a shape the body does not fill, before tritonserver (on a loopback port of its
-    own) sees them.
+    ``http`` False serves gRPC alone. tritonserver listens on loopback ports of its own; ``port`` is
+    answered by :class:`~resnext_deploy.serving.front.HttpFront`, which refuses a body over ``http_max_body``
+    bytes (default: :func:`~resnext_deploy.serving.front.default_body_limit`), a gzip body inflating past it
+    and a shape the body does not fill, and ``grpc_port`` by
+    :class:`~resnext_deploy.serving.grpc_front.GrpcFront`, which refuses a message over the same limit once
+    decompressed; neither reaches tritonserver.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -241,6 +243,7 @@ def serve(
     (image,), (logits,) = onnx_io(directory / file_name)
     body_limit = http_max_body or default_body_limit(max_batch_size, image.dims[1:])
     triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
+    triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
     runners: list[Runner] = []
     try:
         runners += [usable[0].open() for _ in range(instances)]
@@ -262,8 +265,8 @@ def serve(
     config = TritonConfig(
         http_address="127.0.0.1",
         http_port=triton_http_port,
-        grpc_address=host,
-        grpc_port=grpc_port,
+        grpc_address="127.0.0.1",
+        grpc_port=triton_grpc_port,
         metrics_address=host,
         metrics_port=metrics_port,
         allow_http=http,
@@ -273,9 +276,10 @@ def serve(
     if server_log is not None:
         log(f"Triton server log: {server_log}")
     endpoints = (f"http://{host}:{port} and " if http else "") + f"grpc://{host}:{grpc_port}"
-    front = HttpFront(host, port, triton_http_port, body_limit, log) if http else None
-    if front is not None:
-        log(f"HTTP requests are checked before Triton reads them: bodies up to {body_limit / 2**20:.1f} MiB")
+    fronts: list[HttpFront | GrpcFront] = [GrpcFront(host, grpc_port, triton_grpc_port, body_limit, log)]
+    if http:
+        fronts.append(HttpFront(host, port, triton_http_port, body_limit, log))
+    log(f"requests are checked before Triton reads them: messages up to {body_limit / 2**20:.1f} MiB (decompressed)")
 
     def serve_once() -> None:
         """Start tritonserver, bind the model, and return when the server is gone; Ctrl-C raises through."""
@@ -320,7 +324,7 @@ def serve(
 
     stop = _StopSignals()
     try:
-        if front is not None:
+        for front in fronts:
             front.start()
         for attempt in range(restarts + 1):
             if attempt:
@@ -341,7 +345,7 @@ def serve(
             ) from None
     finally:
         stop.restore()
-        if front is not None:
+        for front in fronts:
             front.stop()
         for runner in runners:
             runner.close()

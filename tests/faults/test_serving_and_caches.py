@@ -438,6 +438,36 @@ def test_the_http_front_refuses_what_tritonserver_cannot_take(served: Served) ->
 
 @needs_pytriton
 @pytest.mark.slow
+def test_the_grpc_front_refuses_a_message_that_inflates_past_the_limit(served: Served) -> None:
+    """tritonserver's gRPC frontend inflated such a message whole (201 MB from 200 KB sent took it to +586 MB)."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    pid = served.server_pid()
+    idle = _status_kb(pid, "VmHWM")
+    request = service_pb2.ModelInferRequest(model_name=served.model)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend([2**13 // 2, 3, 32, 32])  # 48 MiB of zeros filling the shape: only the size is wrong
+    request.raw_input_contents.append(bytes(2**12 * 3072 * 4))
+    options = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc}", options=options) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=120, compression=grpc.Compression.Gzip)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc}")
+    valid = triton_grpc.InferInput("input", [1, 3, 32, 32], "FP32")
+    valid.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+    assert client.infer(served.model, [valid]).as_numpy("logits").shape == (1, 10)  # still answering
+    client.close()
+    assert (_status_kb(pid, "VmHWM") - idle) < 100 * 1024
+
+
+@needs_pytriton
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group_exits_130_and_is_never_restarted(tiny_dir: Path, tmp_path: Path) -> None:
     running = Served(tiny_dir, tmp_path, "--restarts", "2")
     try:
