@@ -439,7 +439,7 @@ def test_the_http_front_refuses_what_tritonserver_cannot_take(served: Served) ->
 @needs_pytriton
 @pytest.mark.slow
 def test_the_grpc_front_refuses_a_message_that_inflates_past_the_limit(served: Served) -> None:
-    """tritonserver's gRPC frontend inflated such a message whole (201 MB from 200 KB sent took it to +586 MB)."""
+    """tritonserver's gRPC frontend inflated such a message whole before refusing its batch size."""
     import grpc
     import numpy as np
     import tritonclient.grpc as triton_grpc
