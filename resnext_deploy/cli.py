@@ -459,11 +459,12 @@ def serve(
     http: Annotated[
         bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
     ] = True,
-    http_max_body_mb: Annotated[
+    max_request_mb: Annotated[
         Optional[float],
         typer.Option(
-            "--http-max-body-mb",
-            help="Largest HTTP request body, after gzip, in MiB; default: twice the largest batch, at least 8.",
+            "--max-request-mb",
+            help="Largest request (HTTP body, gRPC message), decompressed, in MiB; default: twice the largest batch "
+            "in binary form, at least 8.",
         ),
     ] = None,
 ) -> None:
@@ -473,8 +474,8 @@ def serve(
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
 
-    if http_max_body_mb is not None and not 0 < http_max_body_mb <= 4096:
-        raise BadInputError(f"--http-max-body-mb must be more than 0 and at most 4096, got {http_max_body_mb:g}")
+    if max_request_mb is not None and not 0 < max_request_mb <= 2047:  # gRPC's limit is a 32-bit int
+        raise BadInputError(f"--max-request-mb must be more than 0 and at most 2047, got {max_request_mb:g}")
     serve_model(
         directory,
         precision,
@@ -492,7 +493,7 @@ def serve(
         backend=backend,
         restarts=restarts,
         http=http,
-        http_max_body=None if http_max_body_mb is None else max(1, int(http_max_body_mb * 2**20)),
+        max_request=None if max_request_mb is None else max(1, int(max_request_mb * 2**20)),
     )
 
 

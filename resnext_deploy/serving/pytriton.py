@@ -172,7 +172,7 @@ def serve(
     backend: str = "onnxruntime",
     restarts: int = 0,
     http: bool = True,
-    http_max_body: int | None = None,
+    max_request: int | None = None,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
 
@@ -184,7 +184,7 @@ def serve(
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
     ``http`` False serves gRPC alone. tritonserver listens on loopback ports of its own; ``port`` is
-    answered by :class:`~resnext_deploy.serving.front.HttpFront`, which refuses a body over ``http_max_body``
+    answered by :class:`~resnext_deploy.serving.front.HttpFront`, which refuses a body over ``max_request``
     bytes (default: :func:`~resnext_deploy.serving.front.default_body_limit`), a gzip body inflating past it
     and a shape the body does not fill, and ``grpc_port`` by
     :class:`~resnext_deploy.serving.grpc_front.GrpcFront`, which refuses a message over the same limit once
@@ -241,7 +241,7 @@ def serve(
     if usable[0].open is None:
         raise BackendUnavailableError(f"backend {backend} cannot serve {file_name}: {usable[0].skipped}")
     (image,), (logits,) = onnx_io(directory / file_name)
-    body_limit = http_max_body or default_body_limit(max_batch_size, image.dims[1:])
+    body_limit = max_request or default_body_limit(max_batch_size, image.dims[1:])
     triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
     triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
     runners: list[Runner] = []

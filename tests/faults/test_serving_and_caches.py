@@ -542,7 +542,10 @@ def test_serve_refuses_a_stale_file_as_bad_input(capsys, stale_fp16_dir: Path) -
     fails(outcome, ExitCode.BAD_INPUT, "model.fp16.onnx is stale")
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--max-batch-size", "1000000"), ("--restarts", "-1")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-batch-size", "1000000"), ("--restarts", "-1"), ("--max-request-mb", "0"), ("--max-request-mb", "nan")],
+)
 def test_serve_refuses_out_of_range_numbers_as_bad_input(capsys, tiny_dir: Path, flag: str, value: str) -> None:
     fails(cli(capsys, "serve", "--dir", tiny_dir, flag, value), ExitCode.BAD_INPUT, flag)
 
