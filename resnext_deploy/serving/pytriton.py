@@ -2,9 +2,11 @@
 
 PyTriton's wheel ships ``tritonserver`` and its Python backend. Triton batches concurrent requests
 (dynamic batching) and hands each batch to a runner (ONNX Runtime by default, or OpenVINO) opened
-through :mod:`resnext_deploy.backends.registry` in this process. The server binds to loopback unless
-told otherwise. It needs PyTriton, which needs numpy < 2: ``make setup-triton`` (a checkout) or the ``triton``
-extra in an environment of its own.
+through :mod:`resnext_deploy.backends.registry` in this process. tritonserver's own HTTP and gRPC ports
+are on 127.0.0.1; the ports clients reach (loopback unless told otherwise) are answered by checking fronts
+(:mod:`.front`, :mod:`.grpc_front`) that refuse what this tritonserver cannot take. It needs PyTriton,
+which needs numpy < 2: ``make setup-triton`` (a checkout) or the ``triton`` extra in an environment of
+its own.
 """
 
 from __future__ import annotations
