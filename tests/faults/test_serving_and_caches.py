@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -462,7 +463,13 @@ def test_the_grpc_front_refuses_a_message_that_inflates_past_the_limit(served: S
     valid = triton_grpc.InferInput("input", [1, 3, 32, 32], "FP32")
     valid.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
     assert client.infer(served.model, [valid]).as_numpy("logits").shape == (1, 10)  # still answering
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer(served.model, [valid])  # the streaming method goes through the front as a stream
+    result, error = answers.get(timeout=60)
+    client.stop_stream()
     client.close()
+    assert error is None and result.as_numpy("logits").shape == (1, 10)
     assert (_status_kb(pid, "VmHWM") - idle) < 100 * 1024
 
 
