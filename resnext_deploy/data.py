@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import stat
-import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, one_line
+from .imageprep import MAX_ASPECT, MAX_IMAGE_PIXELS, decode_rgb, image_to_tensor, to_rgb  # noqa: F401
 from .models import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default bomb limit, made an error rather than a warning
-MAX_ASPECT = 100  # long side / short side; the short side is resized first, so this bounds the resized image
 MAX_ARRAY_BYTES = 2 << 30  # the most array data one .npz read may decompress: its counterpart of Pillow's limit
 _CHUNK = 16 << 20
 
@@ -35,77 +33,18 @@ class Batch:
 
 
 def load_rgb(path: str | Path):
-    """Decode an image as 8-bit RGB: EXIF orientation applied, first frame of an animation, any mode."""
-    from PIL import Image, ImageOps
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    """Decode an image file as 8-bit RGB (:func:`~resnext_deploy.imageprep.decode_rgb`); only a regular file."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ValueError("not a regular file")
-    with warnings.catch_warnings(), os.fdopen(fd, "rb") as handle:
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(handle) as image:
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
-
-
-def _peak(array: np.ndarray, mode: str) -> float:
-    """The full-scale value of a high-bit-depth image, from its real range: 1 (float), 255 or 65535.
-
-    Values outside every such range (negative, non-finite, above 65535) have no known scale, so the
-    image is refused rather than guessed.
-    """
-    if not np.isfinite(array).all():
-        raise ValueError(f"mode {mode} image holds NaN or Inf values")
-    low, high = float(array.min(initial=0)), float(array.max(initial=0))
-    if low < 0 or high > 65535:
-        raise ValueError(f"mode {mode} image values span {low:g}..{high:g}; no known scale, convert it to 8-bit")
-    if mode == "F" and high <= 1.0:
-        return 1.0
-    return 255.0 if high <= 255 else 65535.0
-
-
-def to_rgb(image):
-    """Convert any Pillow mode (L, P, RGBA, CMYK, I;16, I, F, 1, LA) to 8-bit RGB."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        array = np.clip(array / _peak(array, image.mode) * 255.0, 0, 255).round().astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
-    if image.mode in ("P", "LA", "PA"):
-        image = image.convert("RGBA")
-    return image.convert("RGB")
+    with os.fdopen(fd, "rb") as handle:
+        return decode_rgb(handle)
 
 
 def preprocess(image, pre: Preprocessing) -> np.ndarray:
-    """Resize the short side to ``resize_size``, center crop ``image_size``, scale to [0, 1], normalize.
-
-    Sizes and offsets follow torchvision's ``Resize(int)`` and ``CenterCrop`` (the long side is
-    truncated, the crop offset rounded), which timm's eval transform also uses, so that the
-    published weights see the images they were evaluated on.
-    """
-    from PIL import Image
-
-    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[pre.interpolation]
-    width, height = image.size
-    if max(width, height) > MAX_ASPECT * min(width, height):  # a 1,000,000x1 PNG would resize to 32 x 32,000,000
-        raise ValueError(f"{width}x{height} is more than {MAX_ASPECT}:1; crop it to a usable aspect ratio")
-    if width <= height:
-        new_size = (pre.resize_size, int(pre.resize_size * height / width))
-    else:
-        new_size = (int(pre.resize_size * width / height), pre.resize_size)
-    if new_size != image.size:
-        image = image.resize(new_size, resample)
-    left = int(round((new_size[0] - pre.image_size) / 2.0))
-    top = int(round((new_size[1] - pre.image_size) / 2.0))
-    image = image.crop((left, top, left + pre.image_size, top + pre.image_size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    """``pre`` applied to an RGB image by :func:`~resnext_deploy.imageprep.image_to_tensor`, which Triton runs too."""
+    return image_to_tensor(image, pre.resize_size, pre.image_size, pre.mean, pre.std, pre.interpolation)
 
 
 def _is_image(name: str) -> bool:
