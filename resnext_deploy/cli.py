@@ -407,6 +407,13 @@ def triton_repo(
         bool,
         typer.Option("--trt-accelerator", help="Run ONNX models on GPUs through ONNX Runtime's TensorRT provider."),
     ] = False,
+    preprocess: Annotated[
+        bool,
+        typer.Option(
+            "--preprocess",
+            help="Also write <model>_image ensembles: JPEG/PNG bytes in, logits and class names out (Python backend).",
+        ),
+    ] = False,
 ) -> None:
     """Write a Triton model repository: one model per ONNX file and engine in DIR."""
     from .serving.triton_repo import make_triton_repo
@@ -422,6 +429,7 @@ def triton_repo(
         trt_accelerator=trt_accelerator,
         log=log,
         backend_options=backend_options,
+        preprocess=preprocess,
     )
 
 

@@ -354,13 +354,14 @@ def make_triton_repo(
     trt_accelerator: bool = False,
     log: Callable[[str], None] = print,
     backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    preprocess: bool = False,
 ) -> list[Path]:
     """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
 
     Each model folder is staged beside its place and renamed in whole. ``out`` keeps a ledger of the model
     folders written here: a rerun replaces those and removes the ones it no longer writes, refuses (before
     writing anything) a model folder holding what it did not write, such as a ``2/``, and leaves every other
-    entry of ``out`` alone.
+    entry of ``out`` alone. ``preprocess`` adds the image models of :mod:`.ensemble` (encoded images in).
     """
     if not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
         raise BadInputError(
@@ -374,12 +375,21 @@ def make_triton_repo(
         raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
     models = collect_models(directory, name, max_batch_size, log, backend_options)
-    labels = recorded_source(Manifest(directory)).class_names
+    source = recorded_source(Manifest(directory))
+    labels = source.class_names
+    extra = []
+    if preprocess:
+        from .ensemble import image_models
+
+        base = name or model_base_name(directory)
+        extra = image_models(
+            models, base, source.preprocessing, labels, ONNX_FILES["fp32"], max_queue_delay_us, instances, log
+        )
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BadInputError(f"--out {out} is not a folder; choose a folder for the Triton repository")
     ledger = RepoLedger.read(out) if out.is_dir() else RepoLedger(out, frozenset())
-    names = [model.name for model in models]
+    names = [model.name for model in models] + [image.name for image in extra]
     for model_dir in [out / n for n in names] + [out / n for n in sorted(ledger.models - set(names))]:
         ledger.check_replaceable(model_dir)  # everything refused before anything is written
     try:
@@ -404,6 +414,11 @@ def make_triton_repo(
         if note is not None and not model.version_compatible:
             log(f"warning: {model.artifact.name} was {note}")
         written.append(model_dir)
+    for image in extra:
+        with staged_model_dir(out / image.name) as staging:
+            image.write(staging, REPO_FILE_MODE)
+        log(f"wrote {out / image.name} ({image.kind})")
+        written.append(out / image.name)
     remove_stale(ledger, names, log)
     ledger.write(names)
     server = ["tritonserver", "--model-repository", str(out.resolve())]
