@@ -96,6 +96,17 @@ def image_to_tensor(
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
+def refusal(exc: Exception) -> str:
+    """One line saying why an encoded image was refused, for the client that sent it."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        reason = "not an image format Pillow reads"
+    else:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return f"not a usable image ({reason}); send JPEG or PNG bytes"
+
+
 def bytes_to_tensor(
     data: bytes,
     resize_size: int,

@@ -22,6 +22,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from ..errors import BackendUnavailableError, BadInputError
 from ..source import recorded_source
 from .front import HttpFront, default_body_limit, free_loopback_port
 from .grpc_front import GrpcFront
+from .image_input import CLASS_OUTPUT, IMAGE_INPUT, image_model_name, make_image_infer
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
@@ -191,6 +193,8 @@ def serve(
     and a shape the body does not fill, and ``grpc_port`` by
     :class:`~resnext_deploy.serving.grpc_front.GrpcFront`, which refuses a message over the same limit once
     decompressed; neither reaches tritonserver.
+    Beside it, ``<model>_image`` takes encoded JPEG or PNG bytes (``IMAGE``) and returns the logits and the top
+    class's name (``CLASS``), preprocessed as ``verify`` does (:mod:`.image_input`).
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -247,20 +251,23 @@ def serve(
     triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
     triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
     runners: list[Runner] = []
+    locks: list[threading.Lock] = []  # a runner serves the tensor and the image model; OpenVINO's is not thread-safe
     try:
         runners += [usable[0].open() for _ in range(instances)]
+        locks += [threading.Lock() for _ in runners]
     except BaseException:
         for runner in runners:
             runner.close()
         raise
 
-    def make_infer(runner: Runner):
+    def make_infer(runner: Runner, lock: threading.Lock):
         @batch
         def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
             images = inputs[image.name]
             if not np.isfinite(images).all():  # the client gets an error, not HTTP 200 with NaN logits
                 raise PyTritonValidationError(f"{image.name} holds NaN or Inf values; send finite pixels")
-            return {logits.name: runner(images)}
+            with lock:
+                return {logits.name: runner(images)}
 
         return infer
 
@@ -283,8 +290,15 @@ def serve(
         fronts.append(HttpFront(host, port, triton_http_port, body_limit, log))
     log(f"requests are checked before Triton reads them: messages up to {body_limit / 2**20:.1f} MiB (decompressed)")
 
+    source = recorded_source(Manifest(directory))
+    image_name = image_model_name(model_name)
+    pre = source.preprocessing  # what verify applies to DIR's images
+    model_config = ModelConfig(
+        max_batch_size=max_batch_size, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)
+    )
+
     def serve_once() -> None:
-        """Start tritonserver, bind the model, and return when the server is gone; Ctrl-C raises through."""
+        """Start tritonserver, bind the models, and return when the server is gone; Ctrl-C raises through."""
         # PyTriton prints what tritonserver writes on its stdout and stderr ("Error: Failed to initialize NVML" on
         # a machine without a GPU) on this process's stdout; results alone belong there. It goes to the server log
         # (beside Triton's own lines), or to stderr with -v.
@@ -293,18 +307,30 @@ def serve(
             contextlib.redirect_stdout(output),
             interpreter_libpython_first(log),
             _workspace() as workspace,
-            _with_labels(model_name, logits, recorded_source(Manifest(directory)).class_names),
+            _with_labels(model_name, logits, source.class_names),
+            _with_labels(image_name, logits, source.class_names),
             Triton(config=config, workspace=workspace) as triton,
         ):
             triton.bind(
                 model_name=model_name,
-                infer_func=[make_infer(r) for r in runners],
+                infer_func=[make_infer(r, lock) for r, lock in zip(runners, locks, strict=True)],
                 inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
                 outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
-                config=ModelConfig(
-                    max_batch_size=max_batch_size,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us),
-                ),
+                config=model_config,
+                strict=True,
+            )
+            triton.bind(
+                model_name=image_name,
+                infer_func=[
+                    make_image_infer(r, lock, pre, source.class_names, logits.name, PyTritonValidationError)
+                    for r, lock in zip(runners, locks, strict=True)
+                ],
+                inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
+                outputs=[
+                    Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:]),
+                    Tensor(name=CLASS_OUTPUT, dtype=np.bytes_, shape=(1,)),
+                ],
+                config=model_config,
                 strict=True,
             )
             batching = (
@@ -314,11 +340,13 @@ def serve(
             )
             triton.run()  # starts tritonserver and loads the model, so that "serving" below means ready
             ready_port = port if http else grpc_port  # with --no-http, only gRPC answers
-            _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", model_name, http)
+            for served in (model_name, image_name):
+                _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", served, http)
             log(
                 f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
                 f"{endpoints}; Ctrl-C stops"
             )
+            log(f"and as {image_name!r}: JPEG or PNG bytes in {IMAGE_INPUT!r}, class names in {CLASS_OUTPUT!r}")
             # Not triton.serve(): it swallows Ctrl-C and returns the same way as when the server dies.
             triton.run()
             while triton.is_alive():

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # imageprep.py, copied beside this file
 
-from imageprep import bytes_to_tensor  # noqa: E402  # the copy beside this file, on the path set above
+from imageprep import bytes_to_tensor, refusal  # noqa: E402  # the copy beside this file, on the path set above
 
 PARAMETERS = ("resize_size", "image_size", "mean", "std", "interpolation")
 
@@ -47,9 +47,8 @@ class TritonPythonModel:
             try:
                 batch = np.stack([self.tensor(bytes(item)) for item in encoded])
             except Exception as exc:  # noqa: BLE001 - an undecodable image fails its request, not the model
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                message = f"{self.input_name}: not a usable image ({reason}); send JPEG or PNG bytes"
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                error = pb_utils.TritonError(f"{self.input_name}: {refusal(exc)}")
+                responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
         return responses
