@@ -154,6 +154,19 @@ def noise_images(folder: Path, count: int, classes: int = 2, size: int = 32, see
     return folder
 
 
+def digit_jpeg(folder: Path, digit: int = 7) -> Path:
+    """A real JPEG, ``folder/<digit>/digit.jpg``: a bundled demo digit, upscaled to 40x52 (not square, so the
+    resize and the center crop both act), in a class folder so verify's data loading reads its label."""
+    from resnext_deploy.demo import DEMO_DATA
+
+    source = sorted((DEMO_DATA / "val" / str(digit)).glob("*.png"))[0]
+    target = folder / str(digit) / "digit.jpg"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("RGB").resize((40, 52), Image.Resampling.NEAREST).save(target, quality=92)
+    return target
+
+
 # ----------------------------------------------------------------------------------------------
 # Running the CLI and checking what it left
 

@@ -29,10 +29,8 @@ IMAGE_SUFFIX = "_image"
 PREPROCESSED = "preprocessed"  # the ensemble's internal tensor between the two steps
 # What the preprocessing model's version folder holds: its model.py, and the package's own preprocessing module.
 # model.py runs only inside Triton (it imports the imageprep beside it), so it is read as a file, never imported here.
-VERSION_FILES = {
-    "model.py": Path(__file__).with_name("triton_image_model.py"),
-    "imageprep.py": Path(imageprep.__file__),
-}
+MODEL_FILE = Path(__file__).with_name("triton_image_model.py")
+VERSION_FILES = {"model.py": MODEL_FILE, "imageprep.py": Path(imageprep.__file__)}
 
 
 @dataclass(frozen=True)
