@@ -22,15 +22,18 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
+from helpers import digit_jpeg
 
 from resnext_deploy.artifacts import Manifest, engine_file, write_json
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
+from resnext_deploy.data import open_dataset, take
 from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 from resnext_deploy.schemas import load_schema
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
 from resnext_deploy.serving.pytriton import SERVER_LOG
 from resnext_deploy.serving.triton_repo import make_triton_repo
+from resnext_deploy.source import recorded_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "resnext_tiny_onnx_fp32"
@@ -590,3 +593,33 @@ def test_each_model_folder_is_written_whole_or_not_at_all(
         make_triton_repo(tiny_dir, out, log=lambda _m: None)
     assert (out / MODEL / "config.pbtxt").read_bytes() == first  # the folder written before is kept whole
     assert sorted(p.name for p in out.iterdir()) == [".resnext-deploy-repo.json", MODEL, "resnext_tiny_openvino_fp32"]
+
+
+@pytest.mark.slow
+@needs_pytriton
+def test_serve_answers_a_jpeg_with_verifys_top1_class_name_over_http_and_grpc(demo_dir: Path, tmp_path: Path):
+    """serve's image model: a real JPEG's bytes in over HTTP and gRPC, the class name of verify's top-1 out."""
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    source = recorded_source(Manifest(demo_dir))
+    image = digit_jpeg(tmp_path / "images")
+    checked = take(open_dataset(image.parent.parent, source.preprocessing), 1).images  # verify's data loading
+    expected = OnnxRuntimeRunner(demo_dir / "model.onnx")(checked)
+    top1 = source.class_names[int(np.argmax(expected[0]))]
+    running = Server(demo_dir, tmp_path / "serve.log", model=f"{source.arch}_onnx_fp32_image")
+    try:
+        running.wait_ready()
+        encoded = np.array([[image.read_bytes()]], dtype=np.object_)
+        for module, port in ((http, running.http), (grpc, running.grpc)):
+            client = module.InferenceServerClient(f"127.0.0.1:{port}")
+            request = module.InferInput("IMAGE", [1, 1], "BYTES")
+            request.set_data_from_numpy(encoded)
+            outputs = [module.InferRequestedOutput("CLASS"), module.InferRequestedOutput("logits", class_count=1)]
+            result = client.infer(running.model, [request], outputs=outputs)
+            client.close()
+            assert result.as_numpy("CLASS").tolist() == [[top1.encode()]], module.__name__
+            _score, index, label = result.as_numpy("logits")[0][0].decode().split(":")  # Triton's classification
+            assert (int(index), label) == (int(np.argmax(expected[0])), top1), module.__name__
+    finally:
+        assert running.stop() == ExitCode.INTERRUPTED, running.log_tail()
