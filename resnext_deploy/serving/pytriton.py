@@ -12,6 +12,7 @@ its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import re
@@ -55,6 +56,8 @@ SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact dire
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
 WORKSPACE_PREFIX = "resnext-deploy-serve-"
 ALIVE_CHECK_S = 1.0  # how often serve checks that tritonserver still runs
+# serve's own readiness question; a tritonserver killed meanwhile can leave its port accepting but never answering
+READY_TIMEOUT_S = 10.0
 
 
 def _alive(pid: int) -> bool:
@@ -311,14 +314,8 @@ def serve(
             _with_labels(image_name, logits, source.class_names),
             Triton(config=config, workspace=workspace) as triton,
         ):
-            triton.bind(
-                model_name=model_name,
-                infer_func=[make_infer(r, lock) for r, lock in zip(runners, locks, strict=True)],
-                inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
-                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
-                config=model_config,
-                strict=True,
-            )
+            # The image model first: PyTriton loads models in this order, so the tensor model, which clients and
+            # load tests wait for, is ready last.
             triton.bind(
                 model_name=image_name,
                 infer_func=[
@@ -333,6 +330,14 @@ def serve(
                 config=model_config,
                 strict=True,
             )
+            triton.bind(
+                model_name=model_name,
+                infer_func=[make_infer(r, lock) for r, lock in zip(runners, locks, strict=True)],
+                inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
+                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
+                config=model_config,
+                strict=True,
+            )
             batching = (
                 f"dynamic batching up to {max_batch_size}, queue delay {max_queue_delay_us} us"
                 if max_batch_size > 1
@@ -340,8 +345,13 @@ def serve(
             )
             triton.run()  # starts tritonserver and loads the model, so that "serving" below means ready
             ready_port = port if http else grpc_port  # with --no-http, only gRPC answers
-            for served in (model_name, image_name):
-                _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", served, http)
+            try:
+                for served in (model_name, image_name):
+                    _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", served, http)
+            except (OSError, InferenceServerException):
+                if triton.is_alive():
+                    raise
+                return  # it died while starting: reported (or restarted) like any other death
             log(
                 f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
                 f"{endpoints}; Ctrl-C stops"
@@ -426,11 +436,16 @@ def _require_ready(url: str, model_name: str, http: bool = True) -> None:
     """
     if http:
         from tritonclient.http import InferenceServerClient
-    else:
-        from tritonclient.grpc import InferenceServerClient  # type: ignore[assignment]
 
-    with contextlib.closing(InferenceServerClient(url)) as client:
-        if not client.is_model_ready(model_name):
+        client = InferenceServerClient(url, connection_timeout=READY_TIMEOUT_S, network_timeout=READY_TIMEOUT_S)
+        ready = functools.partial(client.is_model_ready, model_name)
+    else:
+        from tritonclient.grpc import InferenceServerClient as GrpcClient
+
+        client = GrpcClient(url)
+        ready = functools.partial(client.is_model_ready, model_name, client_timeout=READY_TIMEOUT_S)
+    with contextlib.closing(client):
+        if not ready():
             raise BackendUnavailableError(f"Triton started but model {model_name!r} is not ready (see the server log)")
 
 
