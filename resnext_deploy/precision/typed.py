@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, Manifest, atomic_path
+from ..artifacts import ONNX_FILES, CalibrationRef, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
@@ -221,13 +221,13 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         plan.precision,
         parent_sha256=plan.parent_sha256,
         options=plan.record_options,
-        calibration={
-            "fingerprint": calibration.fingerprint,
-            "description": calibration.description,
-            "count": calibration.count,
-            "method": built.search.method if built.search else calibration.method,
-            "percentile": calibration.percentile,
-        },
+        calibration=CalibrationRef(
+            fingerprint=calibration.fingerprint,
+            description=calibration.description,
+            count=calibration.count,
+            method=built.search.method if built.search else calibration.method,
+            percentile=calibration.percentile,
+        ),
         heldout=plan.heldout.description,
         heldout_synthetic=plan.synthetic,
         parity=parity.to_dict(),
