@@ -57,9 +57,12 @@ def test_an_int8_engine_would_record_its_calibration_fingerprint(tiny_dir: Path,
     assert body["source_onnx"] == "model.int8.onnx" and body["source_onnx_sha256"] == entry.sha256
     assert body["checksum"] == manifest_checksum(body)
     fp32 = Manifest(tiny_dir).entry("model.onnx")
-    assert engine_manifest_body(fp32, "model.fp32.engine", b"p", "fp32", BuildOptions(), "10.13", gpu, profile, 1.0)[
-        "calibration_fingerprint"
-    ] is None  # nothing calibrated the FP32 file
+    assert (
+        engine_manifest_body(fp32, "model.fp32.engine", b"p", "fp32", BuildOptions(), "10.13", gpu, profile, 1.0)[
+            "calibration_fingerprint"
+        ]
+        is None
+    )  # nothing calibrated the FP32 file
 
 
 def test_a_hand_edited_calibration_record_is_refused_naming_the_manifest(tiny_dir: Path, tmp_path: Path) -> None:
