@@ -269,11 +269,12 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
     if not options.search:
         model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
     else:
-        key = {
+        key = {  # by content: model.onnx's sha256, the calibration and check images' fingerprints
             "model": plan.parent_sha256,
             "calibration": calibration.fingerprint,
             "check": plan.record_options["check"],
             "percentile": options.percentile,
+            "exclude": sorted(options.exclude),  # the sites there are to rank (a saved score names only those)
         }
         check = CheckSet(plan.parent_path, plan.heldout, plan.use_labels)
         model, fp32_nodes, qdq, parity, record = search_int8(

@@ -16,7 +16,7 @@ from resnext_deploy.artifacts import CALIBRATION_NAME, Manifest
 from resnext_deploy.backends.tensorrt.build import engine_manifest_body
 from resnext_deploy.backends.tensorrt.manifest import manifest_checksum
 from resnext_deploy.backends.tensorrt.options import BuildOptions
-from resnext_deploy.errors import BadInputError, ExitCode
+from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
 from resnext_deploy.parity import Tolerance
 from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.precision.options import PrecisionOptions
@@ -111,3 +111,18 @@ def test_calibration_with_another_percentile_is_not_reused(tiny_dir: Path, tmp_p
     second = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "entropy", 99.0, log=messages.append)
     assert "stale (it was made with --percentile 99.99)" in messages[0]
     assert second.with_method("percentile").tensors != first.with_method("percentile").tensors
+
+
+@pytest.mark.slow  # two INT8 searches
+def test_another_exclude_ranks_again_instead_of_refusing_the_saved_ranking(tiny_dir: Path, tmp_path: Path) -> None:
+    """The saved sensitivities name the sites of their run; with another --exclude they are another ranking."""
+    calib = noise_images(tmp_path / "calib", 64)
+    strict = {"int8": Tolerance(cosine_min=0.999999)}  # random weights on noise: the search ranks every site
+    for exclude in ((), ("/layer2/layer2.0/conv1/*",)):
+        options = PrecisionOptions(calib_source=calib, search_max_fraction=0.1, exclude=exclude, tolerances=strict)
+        messages: list[str] = []
+        with pytest.raises(VerificationError):
+            make_typed_onnx(tiny_dir, "int8", options, log=messages.append)
+        assert not [m for m in messages if "saved sensitivities" in m]
+        key = json.loads((tiny_dir / "int8_search.json").read_text())["key"]
+        assert key["exclude"] == list(exclude) and key["model"] == Manifest(tiny_dir).entry("model.onnx").sha256
