@@ -282,7 +282,7 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
         raise BadInputError(f"--class-names {class_names} names {len(names)} classes; the model has {num_classes}")
     for folder in [f for f in name_folders if f is not None and Path(f).is_dir()]:
         found = tuple(ImageFolder.scan(folder).classes)  # every folder: its names are checked before any work
-        if not names and len(found) == num_classes:
+        if not names and len(found) == num_classes and found != spec.class_names:  # the architecture's own: as given
             names = found
     return ModelSource(
         arch=spec.name,

@@ -246,3 +246,22 @@ def test_bad_names_in_a_calibration_folder_fail_before_the_split(tmp_path: Path)
     source = resolve_source(SourceOptions("resnext_tiny"))
     with pytest.raises(BadInputError, match=r"'bad\\rname' holds a line break"):
         split_datasets(source, "int8", data, 64)
+
+
+@pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="the demo weights are not built yet")
+def test_the_demos_own_folders_name_the_model_as_without_them() -> None:
+    """The demo's class folders are its architecture's own names: naming them changes no record (no re-export)."""
+    from resnext_deploy.demo import DEMO_VAL
+
+    assert resolve_source(name_folders=(DEMO_CALIB, DEMO_VAL)) == resolve_source()
+
+
+@pytest.mark.slow  # an INT8 build of the demo model
+@pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="the demo weights are not built yet")
+def test_build_trt_with_the_demos_own_calibration_folder_reuses_everything(capsys, demo_dir: Path) -> None:
+    """#26.6: it printed "calibration.json is stale (it was made on other data (.../digits/calib ...))"."""
+    first = cli(capsys, "build-trt", "--dir", demo_dir, "--int8", "--onnx-only")
+    assert first.code == ExitCode.OK, first.err
+    again = cli(capsys, "build-trt", "--dir", demo_dir, "--int8", "--onnx-only", "--calib-dir", DEMO_CALIB)
+    assert again.code == ExitCode.OK, again.err
+    assert "stale" not in again.err and f"{demo_dir / 'model.int8.onnx'} is up to date" in again.err
