@@ -191,6 +191,11 @@ def test_calibration_on_few_images_warns_even_with_check_data(tiny_dir: Path, tm
     assert len(warnings) == 1 and "fewer than the model's 10 classes" in warnings[0]
 
     messages.clear()
+    twenty = noise_images(tmp_path / "twenty", 20, classes=10)
+    make_typed_onnx(tiny_dir, "fp16", PrecisionOptions(calib_source=twenty, check_source=check), log=messages.append)
+    assert f"fewer than {MIN_CALIBRATION} (the minimum)" in "\n".join(messages)
+
+    messages.clear()
     enough = noise_images(tmp_path / "enough", MIN_CALIBRATION + 2, classes=10)
     make_typed_onnx(tiny_dir, "fp16", PrecisionOptions(calib_source=enough, check_source=check), log=messages.append)
     assert not [m for m in messages if "calibrating on only" in m or "cover" in m]

@@ -134,11 +134,12 @@ def data_warnings(dataset: Dataset, heldout: Dataset, num_classes: int) -> list[
     if dataset.fingerprint.startswith("synthetic"):
         return notes  # said louder by the caller
     if dataset.count < max(MIN_CALIBRATION, num_classes):
-        short = "the model's" if dataset.count < num_classes else f"the minimum of {MIN_CALIBRATION}; the model has"
+        floor = f"{MIN_CALIBRATION} (the minimum)"
+        if dataset.count < num_classes:
+            floor = f"the model's {num_classes} classes"
         notes.append(
-            f"calibrating on only {dataset.count} samples ({dataset.description}), fewer than {short} "
-            f"{num_classes} classes: ranges from so few images may not cover what the model will see "
-            "(add images to --calib-dir; about 500 is usual)"
+            f"calibrating on only {dataset.count} samples ({dataset.description}), fewer than {floor}: ranges "
+            "from so few images may not cover what the model will see (add images to --calib-dir; about 500 is usual)"
         )
     elif isinstance(dataset, ImageDataset) and dataset.folder.labels is not None:
         covered = len({dataset.folder.labels[i] for i in dataset.order[: dataset.count]})
