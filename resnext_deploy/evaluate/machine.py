@@ -8,6 +8,7 @@ flags are "unknown" and the load monitor says it could not look.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,59 @@ class LoadMonitor:
         total = after.total - before.total
         other = (after.busy - before.busy) - (after.ours - before.ours)
         return max(other, 0), max(total, 0)
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU time all threads of a process have used, in nanoseconds (``/proc/PID/task/*/schedstat``); None if unreadable.
+
+    Nanoseconds, not the 10 ms clock ticks of ``/proc/PID/stat``: a pool that spins for 30 ms after its
+    last call shows up here.
+    """
+    total, read = 0, False
+    try:
+        tasks = os.listdir(_PROC / str(pid) / "task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((_PROC / str(pid) / "task" / task / "schedstat").read_text().split()[0])
+            read = True
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total if read else None
+
+
+# A process is quiet once its threads used less than QUIET_SHARE of one CPU over QUIET_WINDOW_S.
+QUIET_WINDOW_S = 0.01
+QUIET_SHARE = 0.1
+QUIET_POLL_S = 0.001
+
+
+def quiet_after(pid: int, limit_s: float) -> float | None:
+    """Seconds from now until process ``pid`` goes quiet (its pools stop spinning), at most ``limit_s``.
+
+    Polls the process's CPU time (:func:`process_cpu_ns`) every millisecond; quiet is the start of the
+    first window of :data:`QUIET_WINDOW_S` in which it used under :data:`QUIET_SHARE` of one CPU. Returns
+    ``limit_s`` if it never went quiet, None where ``/proc`` cannot be read.
+    """
+    start = time.perf_counter()
+    first = process_cpu_ns(pid)
+    if first is None:
+        return None
+    samples, oldest = [(start, first)], 0
+    while time.perf_counter() - start < limit_s + QUIET_WINDOW_S:
+        time.sleep(QUIET_POLL_S)
+        used = process_cpu_ns(pid)
+        if used is None:
+            return None
+        now = time.perf_counter()
+        samples.append((now, used))
+        while oldest + 1 < len(samples) and now - samples[oldest + 1][0] >= QUIET_WINDOW_S:
+            oldest += 1  # the latest sample at least a window back
+        then, before = samples[oldest]
+        if now - then >= QUIET_WINDOW_S and used - before < QUIET_SHARE * (now - then) * 1e9:
+            return min(then - start, limit_s)
+    return limit_s
 
 
 def disturbed(other_ticks: int, total_ticks: int) -> bool:
