@@ -3,8 +3,8 @@
 - **As users run it.** Each runner lives in its own worker process (:mod:`.worker`), so thread pools of
   different runtimes never meet, and runs in its library's default threading (pools that spin between
   calls as they do by default; ``--passive-pools`` puts them to sleep instead, and says so). After each
-  slice bench waits for the last runner's pool to go quiet: a pause measured at start, when each worker's
-  CPU use after its warm-up shows how long its pool spins.
+  slice bench waits until the last runner's pool has gone quiet (its CPU time, read from ``/proc``, stops
+  growing) before the next slice starts, so no runner meets a neighbour's spinning pool.
 - **Interleaved.** Every round gives every (runner, batch size) one time slice, one worker running
   at a time, so drift of the machine hits all rows alike; a speedup pairs rounds measured side by side.
 - **Against the machine's own noise.** A fixed small workload measures how much this machine's
@@ -41,7 +41,16 @@ from ..errors import BadInputError
 from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
-from .machine import DISTURBED_CPU, QUIET_SHARE, LoadMonitor, disturbed, load_average, machine_record, quiet_after
+from .machine import (
+    DISTURBED_CPU,
+    QUIET_SHARE,
+    QUIET_WINDOW_S,
+    LoadMonitor,
+    disturbed,
+    load_average,
+    machine_record,
+    quiet_after,
+)
 from .settings import BenchSettings
 from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread, spread_of
 from .worker import NOISE_PROBE, QUIET_ENV, SPINNING, Opened, RunnerProcess, WorkerError, WorkerSpec
@@ -66,10 +75,9 @@ REFERENCE_KEY = ("torch", "fp32")
 # at least REPLY_MARGIN_MIN_S, and at least the planned time again (a call twice as slow as planned is not a hang).
 REPLY_MARGIN_SHARE = 0.1
 REPLY_MARGIN_MIN_S = 2.0
-# The pause after each slice, where --pause-ms is not given: PAUSE_FACTOR x the longest time a worker's pool
-# took to go quiet after its warm-up, plus PAUSE_FLOOR_S; a pool still busy after QUIET_LIMIT_S counts as that.
+# Without --pause-ms, bench waits after each slice until the worker is quiet (machine.quiet_after), at most
+# QUIET_LIMIT_S; the plan expects PAUSE_FACTOR x the wait measured after the worker's warm-up.
 PAUSE_FACTOR = 2.0
-PAUSE_FLOOR_S = 0.005
 QUIET_LIMIT_S = 1.0
 LIBRARY_DEFAULTS, PASSIVE = "library defaults", "passive"  # the thread-pool mode recorded in each row's options
 
@@ -325,6 +333,8 @@ class Unit:
     device_ms: list[float] = field(default_factory=list)
     ticks: list[tuple[int, int]] = field(default_factory=list)  # (other processes', machine's) per slice
     quiet_s: float | None = None  # how long the worker's pool kept using CPU after its warm-up
+    pause_s: float = 0.0  # the wait after each slice the plan expects (until the worker is quiet)
+    waits_s: list[float] = field(default_factory=list)  # the waits after its slices, as measured
 
 
 @dataclass(frozen=True)
@@ -358,7 +368,9 @@ def plan_rounds(
     def seconds(rounds: int, slice_s: float, calls: int | None = None) -> float:
         for unit in units:
             unit.min_calls = calls or max(1, math.ceil(settings.min_iterations / rounds))
-        return rounds * (control_s + sum(max(slice_s, u.min_calls * u.call_ms / 1e3) + pause_s for u in units))
+        return rounds * (
+            control_s + sum(max(slice_s, u.min_calls * u.call_ms / 1e3) + pause_s + u.pause_s for u in units)
+        )
 
     def plan(rounds: int, slice_s: float, calls: int | None = None, fits: bool = True) -> Plan:
         return Plan(rounds, slice_s, seconds(rounds, slice_s, calls), fits)
@@ -483,23 +495,27 @@ def measure_bench(
         units = _warm_up(opened, settings, skipped, failed, progress, size)
         if not units and not failed:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
-        quiet = _quiet_times(units, control)
-        pause_s = _pause(settings, quiet)
+        pause_s = (settings.pause_ms or 0.0) / 1e3  # a fixed pause (--pause-ms), else wait until quiet
+        for unit in [*units, *([control] if control else [])]:
+            if settings.pause_ms is None:
+                unit.pause_s = min(PAUSE_FACTOR * (unit.quiet_s or 0.0), QUIET_LIMIT_S) + QUIET_WINDOW_S
         setup_s = time.monotonic() - started
-        control_s = NOISE_PROBE_SLICE_S + pause_s if control is not None else 0.0
+        control_s = NOISE_PROBE_SLICE_S + pause_s + control.pause_s if control is not None else 0.0
         available = (settings.budget_s - setup_s - CLOSE_RESERVE_S) * PLAN_SHARE
         plan = plan_rounds(units, settings, available, control_s, pause_s)
         if units:
+            wait = f"a {pause_s * 1e3:.0f} ms pause" if settings.pause_ms is not None else "a wait until quiet"
             log(
                 f"measuring {len(units)} row(s) in {plan.rounds} interleaved rounds of {plan.slice_s * 1e3:.0f} ms "
-                f"slices (at least {units[0].min_calls} call(s) each), {pause_s * 1e3:.0f} ms pause after each: "
-                f"about {plan.seconds:.0f} s"
+                f"slices (at least {units[0].min_calls} call(s) each), {wait} after each: about {plan.seconds:.0f} s"
             )
         measured = [*units, *([control] if control else [])] if units else []
         lost = _measure(measured, plan, pause_s, monitor, progress, settings)
         failed += [f for unit, f in lost if unit is not control]
         after = load_average()
-        run_spread = round_spread(control.rounds_ms) if control and all(unit is not control for unit, _ in lost) else None
+        run_spread = (
+            round_spread(control.rounds_ms) if control and all(unit is not control for unit, _ in lost) else None
+        )
         noise = NoiseFloor.measured(start_spread, run_spread, plan.rounds, workload, call_spread)
     finally:
         probe.kill()
@@ -539,7 +555,7 @@ def measure_bench(
         "wall_s": time.monotonic() - started,
         "input": "seeded N(0,1) float32 NCHW, made once per batch size in each worker and not timed",
         "speedup": "median of torch fp32 on the same device at the same batch size / this row's median",
-        "isolation": _isolation(settings, pause_s, quiet),
+        "isolation": _isolation(settings, [*units, *([control] if control else [])], control),
         "stability": noise.rule,
     }
     report = BenchReport(
@@ -567,12 +583,19 @@ def _nothing_to_bench(
     )
 
 
-def _isolation(settings: BenchSettings, pause_s: float, quiet: dict[str, float | None]) -> dict[str, Any]:
+def _isolation(settings: BenchSettings, units: Sequence[Unit], control: Unit | None) -> dict[str, Any]:
     """How the runners were kept apart and in which threading they ran, recorded in the settings
-    (each row's ``options["pools"]`` says the mode too)."""
+    (each row's ``options["pools"]`` says the mode too). The waits are in milliseconds, by runner."""
     from ..environment import usable_cpus
 
-    measured = {label: None if q is None else round(q * 1e3, 1) for label, q in quiet.items()}
+    def ms(values: Sequence[float]) -> float | None:
+        return round(float(np.median(values)) * 1e3, 1) if values else None
+
+    by_runner: dict[str, list[Unit]] = {}
+    for unit in units:
+        by_runner.setdefault(NOISE_PROBE if unit is control else unit.candidate.label, []).append(unit)
+    waits = [w for unit in units for w in unit.waits_s]
+    until_quiet = settings.pause_ms is None
     return {
         "process_per_runner": True,
         "mode": PASSIVE if settings.passive_pools else LIBRARY_DEFAULTS,
@@ -581,31 +604,18 @@ def _isolation(settings: BenchSettings, pause_s: float, quiet: dict[str, float |
         "threads": f"--threads {settings.threads}"
         if settings.threads
         else f"each library's default, capped at the {usable_cpus()} usable CPUs",
-        "pause_ms": pause_s * 1e3,
-        "pause_source": "--pause-ms" if settings.pause_ms is not None else "measured",
-        "quiet_after_ms": measured,
-        "pause_rule": f"{PAUSE_FACTOR:g}x the longest time a worker used CPU after its warm-up slice "
-        f"(over {QUIET_SHARE:.0%} of a CPU), plus {PAUSE_FLOOR_S * 1e3:g} ms",
+        "pause": "until quiet" if until_quiet else "fixed (--pause-ms)",
+        "pause_ms": ms(waits) if until_quiet else settings.pause_ms,
+        "pause_max_ms": round(max(waits) * 1e3, 1) if until_quiet and waits else settings.pause_ms,
+        "quiet_rule": f"after each slice, bench waits until the worker used under {QUIET_SHARE:.0%} of a CPU over "
+        f"{QUIET_WINDOW_S * 1e3:g} ms (its CPU time from /proc), at most {QUIET_LIMIT_S:g} s",
+        "quiet_after_warm_up_ms": {
+            label: max((round(u.quiet_s * 1e3, 1) for u in group if u.quiet_s is not None), default=None)
+            for label, group in by_runner.items()
+        },
+        "wait_after_slice_ms": {label: ms([w for u in group for w in u.waits_s]) for label, group in by_runner.items()},
         "reply_margin_s": reply_margin(settings),
     }
-
-
-def _quiet_times(units: Sequence[Unit], control: Unit | None) -> dict[str, float | None]:
-    """The longest time each worker's pool kept a CPU busy after its warm-up, by runner label."""
-    quiet: dict[str, float | None] = {}
-    for unit in [*units, *([control] if control else [])]:
-        label = NOISE_PROBE if unit is control else unit.candidate.label
-        known = [q for q in (quiet.get(label), unit.quiet_s) if q is not None]
-        quiet[label] = max(known) if known else None
-    return quiet
-
-
-def _pause(settings: BenchSettings, quiet: dict[str, float | None]) -> float:
-    """``--pause-ms``, else the pause that lets the slowest pool go quiet (:data:`PAUSE_FACTOR`)."""
-    if settings.pause_ms is not None:
-        return settings.pause_ms / 1e3
-    known = [q for q in quiet.values() if q is not None]
-    return PAUSE_FACTOR * max(known, default=0.0) + PAUSE_FLOOR_S
 
 
 def measure_noise(
@@ -699,14 +709,18 @@ def _measure(
             shift = round_index % len(units) if units else 0
             for unit in [*units[shift:], *units[:shift]]:
                 slice_s = _slice(unit, plan)
-                planned = max(slice_s, unit.min_calls * unit.call_ms / 1e3) + pause_s
+                work_s = max(slice_s, unit.min_calls * unit.call_ms / 1e3)
+                planned = work_s + pause_s + unit.pause_s
                 if id(unit) in lost:
                     advance(planned, f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} failed")
                     continue
                 before = monitor.sample(unit.worker.pid)
                 try:
                     calls = unit.worker.run(
-                        unit.batch_size, slice_s, unit.min_calls, timeout_s=reply_timeout(planned - pause_s, settings)
+                        unit.batch_size,
+                        slice_s,
+                        unit.min_calls,
+                        timeout_s=reply_timeout(work_s, settings),
                     )
                 except WorkerError as exc:
                     for other in units if exc.lost else [unit]:
@@ -724,8 +738,12 @@ def _measure(
                 ticks = LoadMonitor.others(before, after)
                 if ticks is not None:
                     unit.ticks.append(ticks)
-                if pause_s:
+                if settings.pause_ms is not None:
                     time.sleep(pause_s)
+                else:  # until the worker's pool has gone quiet, so the next slice meets no spinning neighbour
+                    waited = time.perf_counter()
+                    quiet_after(unit.worker.pid, QUIET_LIMIT_S)
+                    unit.waits_s.append(time.perf_counter() - waited)
                 advance(
                     planned, f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} batch {unit.batch_size}"
                 )
@@ -911,12 +929,15 @@ def threading_note(settings: dict[str, Any]) -> str:
     """Which threading the rows were measured in (``settings.isolation`` of a bench.json), in one sentence."""
     isolation = settings.get("isolation") or {}
     pause = isolation.get("pause_ms")
-    pause_text = (
-        f"; a {pause:.0f} ms pause after each slice let the last runner's pool go quiet"
-        + (" (measured at start)" if isolation.get("pause_source") == "measured" else " (--pause-ms)")
-        if isinstance(pause, (int, float)) and pause > 0
-        else ""
-    )
+    if isolation.get("pause") == "until quiet" and isinstance(pause, (int, float)):
+        pause_text = (
+            f"; after each slice bench waited until the runner's pool went quiet (median {pause:.0f} ms, longest "
+            f"{isolation.get('pause_max_ms') or 0:.0f} ms) before the next slice"
+        )
+    elif isinstance(pause, (int, float)) and pause > 0:
+        pause_text = f"; a {pause:.0f} ms pause after each slice (--pause-ms)"
+    else:
+        pause_text = ""
     if isolation.get("mode") == PASSIVE:
         return (
             "measured with idle thread pools put to sleep (--passive-pools: OMP_WAIT_POLICY=PASSIVE, ONNX Runtime "
