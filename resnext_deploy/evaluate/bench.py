@@ -489,7 +489,8 @@ def measure_bench(
                 advance(1, f"opened {candidate.label}")
         if not opened and not failed:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
-        start_spread, control, workload, call_spread = measure_noise(probe, settings)
+        left_s = max(reply_margin(settings), settings.budget_s - (time.monotonic() - started))
+        start_spread, control, workload, call_spread = measure_noise(probe, settings, open_s=left_s)
         monitor = LoadMonitor()
         before = load_average()
         units = _warm_up(opened, settings, skipped, failed, progress, size)
@@ -619,18 +620,19 @@ def _isolation(settings: BenchSettings, units: Sequence[Unit], control: Unit | N
 
 
 def measure_noise(
-    probe: RunnerProcess, settings: BenchSettings | None = None
+    probe: RunnerProcess, settings: BenchSettings | None = None, open_s: float | None = None
 ) -> tuple[float | None, Unit | None, str, float | None]:
     """Run the fixed workload in quick rounds: its round spread, and the unit that keeps it running as a control.
 
     The control takes one slice in every round of the measurement (see :class:`NoiseFloor`); None,
-    with no spread, where the probe cannot run.
+    with no spread, where the probe cannot run (or is lost: ``open_s`` bounds its opening, each slice
+    is bounded as the rows' are).
     """
     settings = settings or BenchSettings()
     workload = "4 conv3x3 32ch 28x28 in ONNX Runtime"
     wait_s = reply_timeout(NOISE_PROBE_SLICE_S, settings)
     try:
-        opened = probe.open(timeout_s=max(wait_s, settings.budget_s / 2))
+        opened = probe.open(timeout_s=open_s)
         workload = str(opened.options.get("workload", workload))
         warm = probe.run(1, NOISE_PROBE_SLICE_S, 2, timeout_s=wait_s).times_ms
         quiet = quiet_after(probe.pid, QUIET_LIMIT_S)
