@@ -3,8 +3,8 @@
 - **As users run it.** Each runner lives in its own worker process (:mod:`.worker`), so thread pools of
   different runtimes never meet, and runs in its library's default threading (pools that spin between
   calls as they do by default; ``--passive-pools`` puts them to sleep instead, and says so). After each
-  slice bench waits until the last runner's pool has gone quiet (its CPU time, read from ``/proc``, stops
-  growing) before the next slice starts, so no runner meets a neighbour's spinning pool.
+  slice bench waits until the last runner's pool has gone quiet (none of its threads running or runnable,
+  read from ``/proc``) before the next slice starts, so no runner meets a neighbour's spinning pool.
 - **Interleaved.** Every round gives every (runner, batch size) one time slice, one worker running
   at a time, so drift of the machine hits all rows alike; a speedup pairs rounds measured side by side.
 - **Against the machine's own noise.** A fixed small workload measures how much this machine's
@@ -43,7 +43,6 @@ from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
 from .machine import (
     DISTURBED_CPU,
-    QUIET_SHARE,
     QUIET_WINDOW_S,
     LoadMonitor,
     disturbed,
@@ -608,8 +607,8 @@ def _isolation(settings: BenchSettings, units: Sequence[Unit], control: Unit | N
         "pause": "until quiet" if until_quiet else "fixed (--pause-ms)",
         "pause_ms": ms(waits) if until_quiet else settings.pause_ms,
         "pause_max_ms": round(max(waits) * 1e3, 1) if until_quiet and waits else settings.pause_ms,
-        "quiet_rule": f"after each slice, bench waits until the worker used under {QUIET_SHARE:.0%} of a CPU over "
-        f"{QUIET_WINDOW_S * 1e3:g} ms (its CPU time from /proc), at most {QUIET_LIMIT_S:g} s",
+        "quiet_rule": f"after each slice, bench waits until none of the worker's threads has been running or "
+        f"runnable (state R in /proc/PID/task/*/stat) for {QUIET_WINDOW_S * 1e3:g} ms, at most {QUIET_LIMIT_S:g} s",
         "quiet_after_warm_up_ms": {
             label: max((round(u.quiet_s * 1e3, 1) for u in group if u.quiet_s is not None), default=None)
             for label, group in by_runner.items()
