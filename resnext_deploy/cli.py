@@ -312,9 +312,11 @@ def verify(
 def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: JsonOption = None) -> None:
     """Latency and throughput of every runner at every batch size, each runner in its own process.
 
-    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
+    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout. Exit 1 when a runner's process died
+    or stopped answering (its rows are recorded as failed; the others are written).
     """
     from .artifacts import locked, recorded_step
+    from .errors import VerificationError
     from .evaluate.bench import BENCH_JSON, bench_text, run_bench
     from .source import artifact_dir
 
@@ -323,6 +325,8 @@ def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: Json
     with locked(directory), recorded_step(directory, "bench", record_failure=False):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
+    if failure := report.failure():
+        raise VerificationError(failure)
 
 
 @app.command("bench-triton")
