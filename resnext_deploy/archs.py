@@ -226,18 +226,18 @@ class KeyProfile:
 
 # The classifier's key prefixes in torchvision's and timm's ResNeXt family (ResNet, ByobNet, legacy SENet).
 CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "last_linear.")
-# trait: (key fragments that show it, what it is, the example key the message names)
-FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
-    "se": ((".se.fc1.", ".attn.fc1.", ".se_module.fc1."), "SE blocks: an SE-ResNeXt"),
-    "eca": ((".se.conv.", ".attn.conv."), "ECA blocks: an ECA-ResNeXt"),
-    "gc": ((".attn.conv_attn.",), "global-context blocks: a GC-ResNeXt"),
-    "bat": ((".attn.ba.",), "bilinear attention blocks: a BAT-ResNeXt"),
-    "sk": ((".conv2.paths.",), "selective-kernel convolutions: an SK-ResNeXt"),
-    "csp": (("conv_transition.",), "cross-stage-partial stages: a CSP-ResNeXt"),
-    "deep-stem": (("conv1.0.",), "a deep stem of three convolutions: a `d` or `t` variant"),
-    "avg-down": (("downsample.1.weight",), "average-pool downsampling: a `d` variant"),
-    "byob": (("stem.conv1.",), "timm's BYOB layout (stem., stages.): a `ts` model"),
-    "legacy": (("layer0.conv1.",), "timm's legacy SENet layout (layer0., last_linear.)"),
+# trait: (key fragments that show it, a short label, what it means)
+FEATURES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "se": ((".se.fc1.", ".attn.fc1.", ".se_module.fc1."), "SE", "SE blocks: an SE-ResNeXt"),
+    "eca": ((".se.conv.", ".attn.conv."), "ECA", "ECA blocks: an ECA-ResNeXt"),
+    "gc": ((".attn.conv_attn.",), "GC", "global-context blocks: a GC-ResNeXt"),
+    "bat": ((".attn.ba.",), "BAT", "bilinear attention blocks: a BAT-ResNeXt"),
+    "sk": ((".conv2.paths.",), "SK", "selective-kernel convolutions: an SK-ResNeXt"),
+    "csp": (("conv_transition.",), "CSP", "cross-stage-partial stages: a CSP-ResNeXt"),
+    "deep-stem": (("conv1.0.",), "deep stem", "a deep stem of three convolutions: a `d` or `t` variant"),
+    "avg-down": (("downsample.1.weight",), "avg-pool downsample", "average-pool downsampling: a `d` variant"),
+    "byob": (("stem.conv1.",), "BYOB", "timm's BYOB layout (stem., stages.): a `ts` model"),
+    "legacy": (("layer0.conv1.",), "legacy SENet", "timm's legacy SENet layout (layer0., last_linear.)"),
 }
 _BLOCK = re.compile(r"^(layer\d+|stages\.\d+)\.(?:blocks\.)?(\d+)\.")
 
@@ -251,7 +251,7 @@ def key_profile(shapes: Mapping[str, Sequence[int]]) -> KeyProfile:
     }
     text = "\n".join(f"{key}:{','.join(map(str, shape))}" for key, shape in sorted(kept.items()))
     found = []
-    for trait, (fragments, _) in FEATURES.items():
+    for trait, (fragments, _, _) in FEATURES.items():
         hits = [key for key in kept if any(f in f".{key}" for f in fragments)]
         if trait == "avg-down":  # a Conv (4-D weight) second in the downsample branch: an AvgPool comes first
             hits = [key for key in hits if len(kept[key]) == 4]
@@ -269,7 +269,7 @@ def describe_features(features: Sequence[str]) -> str:
     """``se.fc1`` keys: SE blocks... in words, each trait with the key fragment that shows it."""
     parts = []
     for trait in features:
-        fragments, meaning = FEATURES[trait]
+        fragments, _, meaning = FEATURES[trait]
         parts.append(f"`{fragments[0].strip('.')}` keys: {meaning}")
     return "; ".join(parts) if parts else "plain ResNeXt keys (conv1, layer1.0.conv2, fc)"
 
@@ -321,10 +321,8 @@ def _library_tables() -> tuple[dict[str, LibraryArch], dict[str, WeightsTag]]:
     for name, (params, classes, inputs, tag, fingerprint, features, blocks) in table.TIMM_ARCHS.items():
         profile = KeyProfile(fingerprint, tuple(features), tuple(blocks))
         pre = tags[tag].preprocessing
-        traits = ", ".join(FEATURES[t][1].split(":")[0] for t in features) or "plain"
-        archs[name] = LibraryArch(
-            name, "timm", params, classes, inputs, tag, profile, pre, description=f"timm ({traits})"
-        )
+        traits = ", ".join(FEATURES[t][1] for t in features) or "plain ResNeXt"
+        archs[name] = LibraryArch(name, "timm", params, classes, inputs, tag, profile, pre, f"timm: {traits}")
     return archs, tags
 
 

@@ -134,16 +134,20 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
 
 @app.command()
 def archs() -> None:
-    """List the registered architectures and their defaults (from the registry alone: no model is built)."""
-    from .archs import ARCHS
+    """List the built-in architectures and timm's ResNeXt family (from the registry alone: no model is built)."""
+    from .archs import ARCHS, LIBRARY_ARCHS
+    from .environment import package_version
 
-    for spec in ARCHS.values():
+    for spec in (*ARCHS.values(), *LIBRARY_ARCHS.values()):
         params = spec.parameter_count()
         pre = spec.preprocessing
         typer.echo(
-            f"{spec.name:<18} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
+            f"{spec.name:<22} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
             f"{pre.image_size}px  {spec.description}"
         )
+    timm = package_version("timm")
+    state = f"timm {timm} is installed" if timm else "timm is not installed: `pip install timm` (README, Install)"
+    log(f"{len(ARCHS)} built in; {len(LIBRARY_ARCHS)} built through timm ({state})")
 
 
 @app.command()
@@ -174,7 +178,7 @@ def export(
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
-    model = resolve_source(source)
+    model = resolve_source(source, log=log)
     directory = prepare_dir(directory)
     with locked(directory):
         export_onnx(model, directory, opset=opset, static_batch=static_batch, log=log)
@@ -247,7 +251,7 @@ def pipeline(
     from .source import resolve_source
 
     options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
-    model = resolve_source(source, name_folders=(precision.calib_source, data))
+    model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
         result = run_pipeline(model, directory, options, log=log)
