@@ -30,6 +30,7 @@ from .cli_options import (
     backend_list,
     comma_list,
     grouped,
+    help_default,
 )
 from .errors import BadInputError, DeployError, ExitCode, one_line
 from .logs import log
@@ -64,6 +65,26 @@ def _flag_type(self: TyperOption, ctx: Any) -> str | None:
 
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
+
+
+def _default_value(self: TyperOption, *, ctx: Any) -> Any:
+    """The default ``--help`` shows: a grouped flag's is its bundle's (the flag itself defaults to "not given")."""
+    found = help_default(self.name)
+    return _option_default(self, ctx=ctx) if found is None else found
+
+
+def _default_text(self: TyperOption, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
+    """A comma list as it is typed; an on/off pair names the side that is on (Typer reads the flag's own None)."""
+    if self.is_bool_flag and self.secondary_opts and help_default(self.name) is not None:
+        return (self.opts if default_value else self.secondary_opts)[0].lstrip("-")
+    if isinstance(default_value, (tuple, list)):
+        return ",".join(str(v) for v in default_value)
+    return _option_text(self, ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value)
+
+
+_option_default, _option_text = TyperOption._extract_default_help_str, TyperOption._get_default_string
+TyperOption._extract_default_help_str = _default_value  # type: ignore[method-assign]  # no hook for this either
+TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
 
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
