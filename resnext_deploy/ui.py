@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import sys
 import time
@@ -79,8 +80,22 @@ def _plain_progress(total: float, description: str, unit: str) -> Advance:
     return advance
 
 
+def table_width() -> int:
+    """The width tables fit: ``COLUMNS`` when set, else the terminal's, else ``TABLE_WIDTH`` (a file or a pipe)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
+    return TABLE_WIDTH
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> str:
-    """A Rich table as plain text, at most ``TABLE_WIDTH`` columns wide; columns with no values are left out."""
+    """A Rich table as plain text within :func:`table_width`; columns with no values are left out.
+
+    Cells wrap between words only: a name such as ``onnxruntime-cpu:fp32`` is never cut. When the columns
+    cannot fit that way, each row is printed as ``header: value`` lines instead.
+    """
     from rich.console import Console
     from rich.table import Column, Table
 
@@ -89,10 +104,20 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: s
     for row in rows:
         table.add_row(*(row[i] for i in keep))
     buffer = io.StringIO()
-    # A terminal's own width up to TABLE_WIDTH; a file or pipe has none, so it gets TABLE_WIDTH (not 80).
-    width = min(TABLE_WIDTH, max(80, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns))
+    width = table_width()
     Console(file=buffer, width=width, color_system=None).print(table)
-    return buffer.getvalue().rstrip()
+    text = buffer.getvalue().rstrip()
+    words = {word for cells in (headers, *rows) for i in keep for word in str(cells[i]).split()}
+    if all(word in text for word in words):
+        return text
+    return _records([headers[i] for i in keep], [[row[i] for i in keep] for row in rows], title)
+
+
+def _records(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None) -> str:
+    """Each row as ``header: value`` lines, a blank line between rows: for widths too small for the columns."""
+    label = max((len(h) for h in headers), default=0)
+    blocks = ["\n".join(f"{h:<{label}}  {v}" for h, v in zip(headers, row, strict=True)) for row in rows]
+    return "\n\n".join(([title] if title else []) + blocks)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
