@@ -87,20 +87,27 @@ def pickled_message(path: Path, detail: str) -> str:
     """Why a pickle is refused, and the one line that re-saves it as a state dict: whole, never cut.
 
     Unpickling runs whatever code the file names, so it is never done here; the user, trusting the file,
-    can do it once with the line given and pass the state dict it writes.
+    can do it once with the line given and pass the state dict it writes. A file naming a function rather
+    than a class gets no such line: unpickling it would call that function.
     """
     found = re.search(r"GLOBAL ([\w.]+)", detail)
     refused = found.group(1) if found else "a Python object"
+    head = f"checkpoint {path} holds pickled objects other than tensors (possibly code), which are never loaded"
+    if not refused.rsplit(".", 1)[-1][:1].isupper():
+        return (
+            f"{head}: it names the function {refused}, which unpickling would call; do not load this file, "
+            "re-save the weights as a state_dict (or .safetensors) from the code that trained them"
+        )
     target = path.with_name(f"{path.stem}_state_dict.pth")
     loaded = f"torch.load({json.dumps(str(path))}, weights_only=False)"
     is_model = not refused.startswith(_EXTRAS_MODULES)
-    weights = f"{loaded}.state_dict()" if is_model else f"{loaded}['state_dict']"
+    weights = f"{loaded}.state_dict()" if is_model else f"{loaded}[{json.dumps('state_dict')}]"
     line = shlex.join(["python", "-c", f"import torch; torch.save({weights}, {json.dumps(str(target))})"])
-    what = "a pickled whole model" if is_model else "pickled Python objects beside its tensors"
-    key = "" if is_model else " (use the key your file keeps the weights under)"
+    what = f"a whole model ({refused})" if is_model else f"Python objects beside the weights ({refused})"
+    key = "" if is_model else " (with the key your file keeps the weights under)"
     return (
-        f"checkpoint {path} holds {what} ({refused}), which is never loaded: unpickling runs code the file "
-        f"names. Only if you trust the file, re-save its weights once{key}: {line} and pass --checkpoint {target}"
+        f"{head}: {what}, and unpickling runs code the file names. Only if you trust the file, re-save its "
+        f"weights once{key}: {line} then pass --checkpoint {target}"
     )
 
 

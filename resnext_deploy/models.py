@@ -157,7 +157,9 @@ def create_model(arch: str | Arch, num_classes: int | None = None) -> nn.Module:
     spec = get_arch(arch) if isinstance(arch, str) else arch
     if isinstance(spec, LibraryArch):
         return (
-            timm_module().create_model(spec.name, pretrained=False, num_classes=num_classes or spec.num_classes).eval()
+            timm_module(spec.name)
+            .create_model(spec.name, pretrained=False, num_classes=num_classes or spec.num_classes)
+            .eval()
         )
     model = ResNeXt(
         spec.layers,
@@ -171,19 +173,19 @@ def create_model(arch: str | Arch, num_classes: int | None = None) -> nn.Module:
     return model.eval()
 
 
-TIMM_INSTALL = "pip install timm (README, Install: torchvision and timm)"
+TIMM_INSTALL = "install torchvision for your torch, then `pip install timm` (README, Install: torchvision and timm)"
 
 
-def timm_module():
+def timm_module(arch: str = "this architecture"):
     """timm, or one line saying why it cannot be had and how to install it (exit 4, as for a missing extra)."""
     from .environment import TORCHVISION_FIX, package_version, torchvision_mismatch
 
     if package_version("timm") is None:
-        raise BackendUnavailableError(
-            f"this architecture is built through timm, which is not installed; {TIMM_INSTALL}"
-        )
+        raise BackendUnavailableError(f"{arch} is built through timm, which is not installed: {TIMM_INSTALL}")
     if problem := torchvision_mismatch():
-        raise BackendUnavailableError(f"timm cannot import: {problem}; {TORCHVISION_FIX}")
+        raise BackendUnavailableError(
+            f"{arch} is built through timm, which cannot import: {problem}; {TORCHVISION_FIX}"
+        )
     try:
         import timm
     except Exception as exc:  # noqa: BLE001 - a broken install of an optional library, whatever it raises

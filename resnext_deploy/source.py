@@ -18,6 +18,7 @@ from .models import (
     INTERPOLATIONS,
     PRESETS,
     Arch,
+    LibraryArch,
     Preprocessing,
     create_model,
     get_arch,
@@ -305,6 +306,10 @@ def resolve_source(
         spec = get_arch(arch)
     except KeyError as exc:
         raise BadInputError(str(exc.args[0])) from None
+    if isinstance(spec, LibraryArch):  # timm builds it: say now, in one line, when timm cannot
+        from .models import timm_module
+
+        timm_module(spec.name)
     pre = resolve_preprocessing(
         spec, options.image_size, options.preset, options.resize_size, options.crop_pct, options.interpolation,
         options.mean, options.std, log=log,
