@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -110,13 +111,27 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: s
     words = {word for cells in (headers, *rows) for i in keep for word in str(cells[i]).split()}
     if all(word in text for word in words):
         return text
-    return _records([headers[i] for i in keep], [[row[i] for i in keep] for row in rows], title)
+    return _records([headers[i] for i in keep], [[row[i] for i in keep] for row in rows], title, width)
 
 
-def _records(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None) -> str:
-    """Each row as ``header: value`` lines, a blank line between rows: for widths too small for the columns."""
+def _records(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None, width: int) -> str:
+    """Each row as ``header  value`` lines, a blank line between rows: for widths too small for the columns.
+
+    A value that does not fit beside its header goes below it, wrapped between words (a word longer than the
+    width stays whole).
+    """
     label = max((len(h) for h in headers), default=0)
-    blocks = ["\n".join(f"{h:<{label}}  {v}" for h, v in zip(headers, row, strict=True)) for row in rows]
+    blocks = []
+    for row in rows:
+        lines = []
+        for header, value in zip(headers, row, strict=True):
+            line = f"{header:<{label}}  {value}"
+            if len(line) <= width:
+                lines.append(line)
+                continue
+            wrapped = textwrap.wrap(str(value), max(1, width - 2), break_long_words=False, break_on_hyphens=False)
+            lines += [header, *(f"  {part}" for part in wrapped)]
+        blocks.append("\n".join(lines))
     return "\n\n".join(([title] if title else []) + blocks)
 
 
