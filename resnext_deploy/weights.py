@@ -83,10 +83,15 @@ def mismatch_warning(arch: Arch, pre: Preprocessing, preset: str | None) -> str 
         (t.preprocessing.resize_size, t.preprocessing.image_size) == (pre.resize_size, pre.image_size) for t in tags
     ):
         return None
-    shown = "; ".join(f"{t.name}: {_sizes(t.preprocessing)}" for t in tags[:4])
-    more = f"; and {len(tags) - 4} more" if len(tags) > 4 else ""
+    groups: dict[str, list[str]] = {}
+    for t in tags:
+        groups.setdefault(_sizes(t.preprocessing), []).append(t.name)
+    shown = "; ".join(
+        f"{sizes}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        for sizes, names in groups.items()
+    )
     return (
-        f"resize {pre.resize_size}, crop {pre.image_size} is none of {arch.name}'s published weights' ({shown}{more}); "
+        f"resize {pre.resize_size}, crop {pre.image_size} is none of {arch.name}'s published weights' ({shown}); "
         "calibration and accuracy are right only with the transform the weights were trained for: "
         "pass --preset with their tag"
     )
