@@ -280,15 +280,21 @@ _PRE = "Preprocessing (recorded in model.onnx; every later step uses it)"
 SOURCE = Group(
     _source,
     [
-        Flag("arch", "--arch", "Registered architecture (see `archs`); default: the demo model."),
+        Flag(
+            "arch",
+            "--arch",
+            "Built-in architecture or one of timm's ResNeXt family (see `archs`); default: the demo model, or the "
+            "architecture of a --preset weights tag.",
+        ),
         Flag("checkpoint", "--checkpoint", ".pth/.pt/.bin/.safetensors state dict.", Path),
         Flag("num_classes", "--num-classes", "Classifier outputs; default: the checkpoint's.", int),
         Flag("image_size", "--image-size", "Input height and width.", int),
         Flag(
             "preset",
             "--preset",
-            "torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear) or timm "
-            "(crop-pct 0.95, bicubic); default: the architecture's.",
+            "torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear), timm "
+            "(crop-pct 0.95, bicubic), or a weights tag: timm's (resnext50_32x4d.tv_in1k) or torchvision's "
+            "(ResNeXt101_64X4D_Weights.IMAGENET1K_V1); default: the architecture's.",
             panel=_PRE,
         ),
         Flag("resize_size", "--resize-size", "Short side before the center crop.", int, panel=_PRE),
