@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resnext_deploy.cli import main
-from resnext_deploy.ui import TABLE_WIDTH, render_table, table_width
+from resnext_deploy.ui import render_table, table_width
 
 HEADERS = ["candidate", "artifact", "n", "cos min", "top-1 raw / decisive (count)", "result"]
 ROWS = [
@@ -33,9 +33,11 @@ def test_a_table_fits_columns_and_never_cuts_a_name(monkeypatch, columns: int) -
         )
 
 
-def test_without_columns_a_file_or_pipe_gets_the_fixed_width(monkeypatch) -> None:
+def test_without_columns_a_file_or_pipe_gets_the_whole_table(monkeypatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert table_width() == TABLE_WIDTH  # pytest's stdout is not a terminal
+    assert table_width() is None  # pytest's stdout is not a terminal: no width to fit
+    text = render_table(HEADERS, ROWS * 3)
+    assert len(text.splitlines()) == 4 + len(ROWS) * 3  # borders, header, one line per row: nothing wrapped
 
 
 def test_verifys_table_on_a_narrow_terminal_keeps_names_whole(tiny_dir: Path, monkeypatch, capsys) -> None:
