@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import noise_images
 
 from resnext_deploy.archs import LIBRARY_ARCHS, WEIGHT_TAGS, key_profile
 from resnext_deploy.cli import main
@@ -21,7 +22,6 @@ from resnext_deploy.environment import torchvision_mismatch
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.source import SourceOptions, resolve_source
 from resnext_deploy.weights import from_timm_config, from_torchvision_transform, tag_preprocessing
-from tests.helpers import noise_images
 
 if torchvision_mismatch():
     pytest.skip(f"timm cannot import here: {torchvision_mismatch()}", allow_module_level=True)

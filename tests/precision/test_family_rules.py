@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import calibration_of, run_onnx
 from torch import nn
 
 from resnext_deploy.precision.fp16 import overflow_nodes
 from resnext_deploy.precision.int8 import graph_quantization, int8_model, is_gate, qdq_plan
-from tests.helpers import calibration_of, run_onnx
 
 
 class _FamilyBlocks(nn.Module):
