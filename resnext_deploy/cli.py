@@ -30,6 +30,7 @@ from .cli_options import (
     backend_list,
     comma_list,
     grouped,
+    help_default,
 )
 from .errors import BadInputError, DeployError, ExitCode, one_line
 from .logs import log
@@ -64,6 +65,26 @@ def _flag_type(self: TyperOption, ctx: Any) -> str | None:
 
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
+
+
+def _default_value(self: TyperOption, *, ctx: Any) -> Any:
+    """The default ``--help`` shows: a grouped flag's is its bundle's (the flag itself defaults to "not given")."""
+    found = help_default(self.name)
+    return _option_default(self, ctx=ctx) if found is None else found
+
+
+def _default_text(self: TyperOption, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
+    """A comma list as it is typed; an on/off pair names the side that is on (Typer reads the flag's own None)."""
+    if self.is_bool_flag and self.secondary_opts and help_default(self.name) is not None:
+        return (self.opts if default_value else self.secondary_opts)[0].lstrip("-")
+    if isinstance(default_value, (tuple, list)):
+        return ",".join(str(v) for v in default_value)
+    return _option_text(self, ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value)
+
+
+_option_default, _option_text = TyperOption._extract_default_help_str, TyperOption._get_default_string
+TyperOption._extract_default_help_str = _default_value  # type: ignore[method-assign]  # no hook for this either
+TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
 
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
@@ -134,16 +155,20 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
 
 @app.command()
 def archs() -> None:
-    """List the registered architectures and their defaults (from the registry alone: no model is built)."""
-    from .archs import ARCHS
+    """List the built-in architectures and timm's ResNeXt family (from the registry alone: no model is built)."""
+    from .archs import ARCHS, LIBRARY_ARCHS
+    from .environment import package_version
 
-    for spec in ARCHS.values():
+    for spec in (*ARCHS.values(), *LIBRARY_ARCHS.values()):
         params = spec.parameter_count()
         pre = spec.preprocessing
         typer.echo(
-            f"{spec.name:<18} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
+            f"{spec.name:<22} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
             f"{pre.image_size}px  {spec.description}"
         )
+    timm = package_version("timm")
+    state = f"timm {timm} is installed" if timm else "timm is not installed: `pip install timm` (README, Install)"
+    log(f"{len(ARCHS)} built in; {len(LIBRARY_ARCHS)} built through timm ({state})")
 
 
 @app.command()
@@ -174,7 +199,7 @@ def export(
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
-    model = resolve_source(source)
+    model = resolve_source(source, log=log)
     directory = prepare_dir(directory)
     with locked(directory):
         export_onnx(model, directory, opset=opset, static_batch=static_batch, log=log)
@@ -247,7 +272,7 @@ def pipeline(
     from .source import resolve_source
 
     options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
-    model = resolve_source(source, name_folders=(precision.calib_source, data))
+    model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
         result = run_pipeline(model, directory, options, log=log)

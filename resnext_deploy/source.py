@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from .models import (
     DEMO_ARCH,
     INTERPOLATIONS,
     PRESETS,
-    ArchSpec,
+    Arch,
+    LibraryArch,
     Preprocessing,
     create_model,
     get_arch,
@@ -42,7 +43,7 @@ class ModelSource:
     classes: tuple[str, ...] = ()  # names given at export (--class-names, the data's class folders); () none given
 
     @property
-    def spec(self) -> ArchSpec:
+    def spec(self) -> Arch:
         return get_arch(self.arch)
 
     @property
@@ -163,6 +164,10 @@ def demo_data(source: ModelSource) -> DemoData | None:
     return DemoData(DEMO_CALIB, DEMO_VAL) if source.arch == DEMO_ARCH else None
 
 
+def _quiet(_message: str) -> None:
+    """The default ``log``: library callers that pass none hear nothing."""
+
+
 def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
     """``0.485,0.456,0.406`` into three floats (one per RGB channel)."""
     if text is None:
@@ -177,7 +182,7 @@ def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | No
 
 
 def resolve_preprocessing(
-    spec: ArchSpec,
+    spec: Arch,
     image_size: int | None = None,
     preset: str | None = None,
     resize_size: int | None = None,
@@ -185,11 +190,42 @@ def resolve_preprocessing(
     interpolation: str | None = None,
     mean: str | None = None,
     std: str | None = None,
+    log: Callable[[str], None] = _quiet,
 ) -> Preprocessing:
-    """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it."""
-    if preset is not None and preset not in PRESETS:
-        raise UsageError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    pre = PRESETS[preset] if preset else spec.preprocessing
+    """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it.
+
+    A preset is one of :data:`PRESETS` or a published weights tag (timm's ``arch.tag``, torchvision's
+    ``Enum.MEMBER``), whose transform is read from the installed library when it imports, else from the table.
+    ``log`` gets one warning when the result's resize or crop is none of the architecture's published weights'.
+    """
+    from .weights import WEIGHT_TAGS, mismatch_warning, tag_preprocessing
+
+    if preset is not None and preset not in PRESETS and preset not in WEIGHT_TAGS:
+        raise UsageError(
+            f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}, or a weights tag such as "
+            "resnext50_32x4d.tv_in1k (timm) or ResNeXt50_32X4D_Weights.IMAGENET1K_V2 (torchvision); README, Models"
+        )
+    if preset in WEIGHT_TAGS:
+        pre, where = tag_preprocessing(WEIGHT_TAGS[preset], log)
+        log(f"--preset {preset}: resize {pre.resize_size}, crop {pre.image_size}, {pre.interpolation} (from {where})")
+    else:
+        pre = PRESETS[preset] if preset else spec.preprocessing
+    pre = _apply_options(pre, image_size, resize_size, crop_pct, interpolation, mean, std)
+    if warning := mismatch_warning(spec, pre, preset):
+        log(f"warning: {warning}")
+    return pre
+
+
+def _apply_options(
+    pre: Preprocessing,
+    image_size: int | None,
+    resize_size: int | None,
+    crop_pct: float | None,
+    interpolation: str | None,
+    mean: str | None,
+    std: str | None,
+) -> Preprocessing:
+    """The single settings of the command line over a preset or the architecture's default."""
     if image_size is not None:
         pre = pre.with_image_size(image_size)
     if resize_size is not None and crop_pct is not None:
@@ -243,17 +279,25 @@ class SourceOptions:
             raise BadInputError(f"--image-size must be between 8 and 4096, got {self.image_size}")
 
 
-def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[str | Path | None] = ()) -> ModelSource:
+def resolve_source(
+    options: SourceOptions | None = None,
+    name_folders: Sequence[str | Path | None] = (),
+    log: Callable[[str], None] = _quiet,
+) -> ModelSource:
     """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model.
 
     Class names come from ``options.class_names`` (a file, one per line, or a folder of class subfolders),
     else from the first of ``name_folders`` (the data given with the export) whose class subfolders are as
     many as the model's classes; the model's class count follows the names when nothing else sets it.
     """
+    from .weights import WEIGHT_TAGS
+
     options = options or SourceOptions()
     arch, checkpoint, num_classes, class_names = (
         options.arch, options.checkpoint, options.num_classes, options.class_names
     )  # fmt: skip
+    if arch is None and options.preset in WEIGHT_TAGS:  # a weights tag names its architecture
+        arch = WEIGHT_TAGS[options.preset].arch
     if arch is None and checkpoint is None:
         arch, checkpoint = DEMO_ARCH, DEMO_WEIGHTS
         if not DEMO_WEIGHTS.exists():
@@ -264,9 +308,13 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
         spec = get_arch(arch)
     except KeyError as exc:
         raise BadInputError(str(exc.args[0])) from None
+    if isinstance(spec, LibraryArch):  # timm builds it: say now, in one line, when timm cannot
+        from .models import timm_module
+
+        timm_module(spec.name)
     pre = resolve_preprocessing(
         spec, options.image_size, options.preset, options.resize_size, options.crop_pct, options.interpolation,
-        options.mean, options.std,
+        options.mean, options.std, log=log,
     )  # fmt: skip
     sha = None
     if checkpoint is not None:

@@ -15,6 +15,8 @@ LAYERS = {
     "ui": 0,
     "environment": 0,
     "archs": 1,
+    "weights_table": 1,
+    "weights": 1,
     "models": 1,
     "artifacts": 1,
     "parity": 1,
