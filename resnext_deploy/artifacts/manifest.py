@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import BadInputError, VerificationError
 from .precisions import ONNX_FILES
-from .store import CALIBRATION_NAME, LOCK_NAME, now_iso, read_json, sha256_file, write_json
+from .store import CALIBRATION_NAME, LOCK_NAME, engine_file, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -176,6 +176,11 @@ class ArtifactEntry:
         return tuple(self._record.get("remedies") or ())
 
 
+# A recorded failure's reason starts with one of these: on bad input (exit 3), or a failed check (exit 1).
+FAILED_BAD_INPUT = "failed on bad input: "
+FAILED = "failed: "
+
+
 @dataclass(frozen=True)
 class SkippedStep:
     """A step that did not run, or failed (its reason starts with ``failed``): what ``report`` lists."""
@@ -186,6 +191,19 @@ class SkippedStep:
     @property
     def failed(self) -> bool:
         return self.reason.startswith("failed")
+
+    @property
+    def bad_input(self) -> bool:
+        """The step failed on its input (too few images, a full disk), not on a check: exit 3, as pipeline's."""
+        return self.reason.startswith(FAILED_BAD_INPUT)
+
+    @property
+    def artifact(self) -> str | None:
+        """The artifact the step makes (``int8 ONNX``: ``model.int8.onnx``), which its failure left unmade."""
+        precision, _, kind = self.step.partition(" ")
+        if precision not in ONNX_FILES:
+            return None
+        return {"ONNX": ONNX_FILES[precision], "engine": engine_file(precision)}.get(kind)
 
 
 class Manifest:
@@ -327,19 +345,21 @@ class Manifest:
 
 
 @contextmanager
-def recorded_step(directory: str | Path, step: str, record_failure: bool = True) -> Iterator[None]:
-    """Run a step; once it succeeds, a failure recorded earlier (by ``pipeline``) is cleared from the manifest.
+def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
+    """Run a step; record its failure (bad input, a failed check) in the manifest, or clear an earlier one.
 
-    With ``record_failure`` (``pipeline``, which goes on and ends with a report) a failure (bad input, a failed
-    check) is recorded for the report before it goes on up; single commands leave the directory as it was.
+    Every command records it, single ones as ``pipeline`` does, so that ``verify``, ``report`` and ``pipeline``
+    derive one status from the directory whichever commands ran. The failure still goes on up (the exit code).
     """
     try:
         yield
     except (BadInputError, VerificationError) as exc:
-        if record_failure:
-            Manifest(directory).record_skipped(step, f"failed: {exc}")
+        if (Path(directory) / MANIFEST_NAME).is_file():
+            prefix = FAILED_BAD_INPUT if isinstance(exc, BadInputError) else FAILED
+            Manifest(directory).record_skipped(step, f"{prefix}{exc}")
         raise
-    Manifest(directory).record_skipped(step, None)
+    if (Path(directory) / MANIFEST_NAME).is_file():
+        Manifest(directory).record_skipped(step, None)
 
 
 def _check_entries(artifacts: dict[str, Any], path: Path) -> None:

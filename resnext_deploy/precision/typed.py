@@ -23,7 +23,7 @@ from ..ui import progress
 from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import WEIGHT_MAX, int8_model
+from .int8 import WEIGHT_MAX, graph_quantization, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
 from .split import HELDOUT_MAX, split_for
@@ -286,11 +286,15 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
             f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
             "the file would be float, not INT8; exclude fewer nodes"
         )
+    # What the manifest records is read from the graph written, by the function verify reads the file with: the
+    # two agree by construction, whatever the FP16-range rule kept in FP32 (renaming tensors there) or the search
+    # kept out.
+    found = graph_quantization(model)
     log(
-        f"INT8: {len(qdq.weighted)} Conv/Gemm nodes quantized, {len(qdq.consumers)} activation tensors "
+        f"INT8: {len(found.layers)} Conv/Gemm nodes quantized, {len(found.tensors)} activation tensors "
         f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
-    return TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    return TypedBuild(model, calibration, fp32_nodes, sorted(found.layers), sorted(found.tensors), search_record)
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:

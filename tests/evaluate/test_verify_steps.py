@@ -70,4 +70,4 @@ def test_a_malformed_verify_json_is_a_one_line_error(planned, capsys: pytest.Cap
     with pytest.raises(BadInputError, match="run verify again"):
         VerifyRecord.from_dict(json.loads((directory / VERIFY_JSON).read_text()))
     assert main(["report", "--dir", str(directory)]) == 3
-    assert "verify.json is malformed" in capsys.readouterr().err
+    assert "verify.json: schema_version None is not one this resnext-deploy reads" in capsys.readouterr().err

@@ -15,7 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...artifacts import ONNX_FILES, Manifest, engine_file, load_onnx, now_iso, single_input, write_bytes, write_json
+from ...artifacts import (
+    ONNX_FILES,
+    Manifest,
+    engine_file,
+    load_onnx,
+    now_iso,
+    recorded_step,
+    single_input,
+    write_bytes,
+    write_json,
+)
 from ...errors import BackendUnavailableError, BadInputError
 from ...source import recorded_source
 from . import probe
@@ -242,7 +252,8 @@ def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], N
     if reason is None:
         for precision in [p for p in ONNX_FILES if Manifest(directory).entry(ONNX_FILES[p])]:
             log(f"== TensorRT {precision.upper()} engine")
-            build_engine(directory, precision, options, log=log)
+            with recorded_step(directory, f"{precision} engine"):
+                build_engine(directory, precision, options, log=log)
     skipped = record_engines_skipped(directory, options, reason)
     if reason is not None:
         log(f"TensorRT engines skipped: {reason}")
