@@ -16,7 +16,9 @@ from resnext_deploy.errors import ExitCode
 def test_failed_build_step_fails_verify_and_report_in_their_first_line(
     demo_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    failed = cli(capsys, "build-trt", "--dir", demo_dir, "--int8", "--no-search", "--int8-cosine", "0.999999", "--onnx-only")
+    failed = cli(
+        capsys, "build-trt", "--dir", demo_dir, "--int8", "--no-search", "--int8-cosine", "0.999999", "--onnx-only"
+    )
     assert failed.code == ExitCode.VERIFY_FAILED, failed.err
     assert not (demo_dir / "model.int8.onnx").exists()
     [step] = [s for s in Manifest(demo_dir).skipped if s.failed]

@@ -16,6 +16,7 @@ from .precisions import ONNX_FILES
 from .store import CALIBRATION_NAME, LOCK_NAME, engine_file, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -212,11 +213,16 @@ class Manifest:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
-        self._data: dict[str, Any] = {"format": 1, "artifacts": {}}
+        self._data: dict[str, Any] = {"format": MANIFEST_FORMAT, "artifacts": {}}
         if self.path.exists():
             loaded = read_json(self.path)
             if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
                 raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
+            if loaded.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+                raise BadInputError(
+                    f"{self.path}: format {str(loaded.get('format'))[:40]} is not one this resnext-deploy reads "
+                    f"({MANIFEST_FORMAT}); use the version that wrote it, or another --dir"
+                )
             _check_entries(loaded["artifacts"], self.path)
             _check_skipped(loaded.get("skipped"), self.path)
             self._data = loaded
@@ -379,10 +385,43 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             problem = "has a parent_sha256 that is not a string"
         elif name == ONNX_FILES["fp32"] and not isinstance(entry.get("options", {}).get("source"), dict):
             problem = "has no model source object in its options"
+        else:
+            problem = _wrong_type(entry)
         if problem:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
             )
+
+
+# Fields later steps and the report read, and the JSON types each may have (None: absent or null).
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "size_bytes": (int,),
+    "precision": (str,),
+    "created": (str,),
+    "heldout": (str,),
+    "weights_warning": (str,),
+    "stale": (str,),
+    "remedies": (list,),
+    "fp32_nodes": (list,),
+    "quantized_nodes": (list,),
+    "quantized_tensors": (list,),
+    "search": (dict,),
+    "parity": (dict,),
+    "calibration": (dict,),
+}
+
+
+def _wrong_type(entry: Mapping[str, Any]) -> str | None:
+    """Which field of an entry is not of its type (a string size, a list where an object belongs), or None."""
+    for key, kinds in _ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"has {key} {str(value)[:40]!r}, a {type(value).__name__}, not a {kinds[0].__name__}"
+        if kinds == (list,) and not all(isinstance(item, str) for item in value):
+            return f"has {key} with items that are not strings"
+    return None
 
 
 def _check_skipped(skipped: object, path: Path) -> None:

@@ -102,10 +102,11 @@ def verify_problems(verify: VerifyRecord) -> list[Problem]:
     return problems + [Problem(row.full_label, "; ".join(row.failures)) for row in verify.rows if not row.passed]
 
 
-def run_status(manifest: Manifest, verify: VerifyRecord | None) -> RunStatus:
+def run_status(manifest: Manifest, verify: VerifyRecord | None, changed: list[str] | None = None) -> RunStatus:
     """The run's status from the manifest's failed steps and verify's record (None: verify did not run).
 
-    The files verify ran are checked against the disk now: one changed since is not verified.
+    The files verify ran are checked against the disk now (``changed``, when the caller has hashed them
+    already): one changed since is not verified.
     """
     problems = [step_problem(step) for step in failed_steps(manifest)]
     if verify is not None:
@@ -114,7 +115,7 @@ def run_status(manifest: Manifest, verify: VerifyRecord | None) -> RunStatus:
         return RunStatus(Verdict.FAILED, tuple(problems))
     if verify is None:
         return RunStatus(Verdict.NOT_VERIFIED, (Problem("verify", "did not run: run `resnext-deploy verify`"),))
-    changed = changed_since(manifest.directory, verify.artifacts)
+    changed = changed_since(manifest.directory, verify.artifacts) if changed is None else changed
     if changed:
         reason = "changed since verify (its sha256 is not what verify recorded): run verify again"
         return RunStatus(Verdict.NOT_VERIFIED, tuple(Problem(name, reason) for name in changed))

@@ -28,7 +28,7 @@ from ..evaluate.bench import (
     read_bench,
     runner_table,
 )
-from ..evaluate.status import RunStatus, Verdict, run_status
+from ..evaluate.status import RunStatus, Verdict, changed_since, run_status
 from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
 from ..precision.search import RemedyTrial, SearchRecord
 from ..schemas import SCHEMA_VERSION
@@ -130,6 +130,7 @@ class Report:
     skipped: list[SkippedStep]
     stale: list[str]
     status: RunStatus
+    changed: list[str] = field(default_factory=list)  # files verify ran whose content has changed since
     weights_warning: str | None = None
     created: str = field(default_factory=now_iso)
 
@@ -275,6 +276,7 @@ def build_report(
     if bench is None:
         skipped.append(SkippedStep("bench", f"no {BENCH_JSON} in the directory"))
     measured = {VERIFY_JSON: verify.artifacts if verify else {}, BENCH_JSON: bench.artifacts if bench else {}}
+    changed = changed_since(manifest.directory, verify.artifacts) if verify else []
     return Report(
         model=recorded_source(manifest) if fp32 is not None else None,
         artifacts=list(manifest.artifacts.values()),
@@ -284,7 +286,8 @@ def build_report(
         ratios=[] if bench is None else _fastest_ratios(bench.rows, _verified(verify)),
         skipped=skipped,
         stale=_stale(manifest, measured),
-        status=run_status(manifest, verify),
+        status=run_status(manifest, verify, changed),
+        changed=changed,
         weights_warning=fp32.weights_warning if fp32 else None,
     )
 
@@ -409,7 +412,7 @@ def render_markdown(report: Report) -> str:
         )
     )
     out += _precision_section(report.checked)
-    out += _verify_section(report.verify)
+    out += _verify_section(report.verify, report.changed)
     out += _bench_section(report.bench, report.ratios)
     out += _measured_section(report.bench)
     if report.skipped:
@@ -550,12 +553,19 @@ def _measured_section(bench: BenchSection | None) -> list[str]:
     return out
 
 
-def _verify_section(verify: VerifyRecord | None) -> list[str]:
+def _verify_section(verify: VerifyRecord | None, changed: list[str]) -> list[str]:
     out = ["", "## Parity and accuracy", ""]
     if verify is None:
         return [*out, "verify did not run."]
     reference = verify.reference
-    out.append(f"Result: **{'passed' if verify.passed else 'FAILED'}**.")
+    if changed:
+        names = ", ".join(f"`{name}`" for name in changed)
+        out.append(
+            f"Result: **not verified now**: {names} changed since verify (sha256 on disk differs from what verify "
+            f"recorded); verify {'passed' if verify.passed else 'FAILED'} on the earlier file(s). Run verify again."
+        )
+    else:
+        out.append(f"Result: **{'passed' if verify.passed else 'FAILED'}**.")
     out.append(f"Data: {reference.data}; the same images through every runner.")
     if reference.accuracy is not None:
         out.append(f"Reference (torch fp32 on the CPU) accuracy: {reference.accuracy:.2f}%.")
@@ -581,8 +591,8 @@ def _bench_section(bench: BenchSection | None, ratios: list[FastestRatio]) -> li
     for ratio in ratios:
         out.append(
             f"- {ratio.device.upper()}, batch {ratio.batch_size}: the fastest verified artifact, {ratio.backend} "
-            f"{ratio.precision} (`{ratio.artifact or 'in memory'}`), "
-            f"{ratio.speedup} the speed of torch fp32 (median {ratio.median_ms:.3f} ms vs {ratio.torch_median_ms:.3f} ms)"
+            f"{ratio.precision} (`{ratio.artifact or 'in memory'}`), {ratio.speedup} the speed of torch fp32 "
+            f"(median {ratio.median_ms:.3f} ms vs {ratio.torch_median_ms:.3f} ms)"
         )
     if ratios:
         out.append("")
