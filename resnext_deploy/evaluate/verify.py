@@ -506,22 +506,22 @@ def verify_table(rows: Sequence[VerifyRow]) -> tuple[list[str], list[list[str]]]
     cells = []
     failed = 0
     for r in rows:
-        p = r.parity
+        p = r.parity  # a failing Parity is falsy: test it against None, so a failed row shows its figures
         failed += not r.passed
-        accuracy = _fmt(p.accuracy if p else None, ".2f")
+        accuracy = _fmt(p.accuracy if p is not None else None, ".2f")
         if p is not None and p.accuracy is not None and p.reference_accuracy is not None:
             accuracy += f" ({p.accuracy - p.reference_accuracy:+.2f})"
         cells.append(
             [
                 r.label,
                 r.artifact or "-",
-                _fmt(p.n if p else None, "d"),
-                _fmt(p.max_abs if p else None, ".3g"),
-                _fmt(p.rel_error if p else None, ".3g"),
-                _fmt(p.cosine_min if p else None, ".6f"),
+                _fmt(p.n if p is not None else None, "d"),
+                _fmt(p.max_abs if p is not None else None, ".3g"),
+                _fmt(p.rel_error if p is not None else None, ".3g"),
+                _fmt(p.cosine_min if p is not None else None, ".6f"),
                 _top1_cell(p),
-                _fmt(p.top5_overlap if p else None, ".2%"),
-                _fmt(p.nonfinite if p else None, "d"),
+                _fmt(p.top5_overlap if p is not None else None, ".2%"),
+                _fmt(p.nonfinite if p is not None else None, "d"),
                 accuracy,
                 "pass" if r.passed else f"FAIL [{failed}]",
             ]
