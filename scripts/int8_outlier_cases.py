@@ -3,6 +3,11 @@
 Usage:
 
     python scripts/int8_outlier_cases.py --dir /tmp/outliers [--cases shortcut,classifier,...] [--json out.json]
+        [--readme README.md]
+
+``--readme`` replaces the table between the README's ``<!-- outlier-cases:start -->`` and
+``<!-- outlier-cases:end -->`` lines with this run's table and the machine, load and commit it was measured on.
+``tests/precision/test_outlier_cases.py`` runs the script on two of the cases in CI's slow lane.
 
 Each case rescales the bundled demo model's trained weights so that it computes the same function
 (up to float rounding) while one or more activations get outlier channels, the way trained models
@@ -12,6 +17,9 @@ show them and the way a per-tensor INT8 scale cannot absorb:
   (the residual Add's sum is unchanged; its shortcut input, a Q/DQ site, carries the outliers);
 * ``classifier``: four channels of the last block's output (both branches) x300, the classifier's
   weights that read them /300 (ReLU and the average pool commute with a positive factor);
+* ``shortcut x300`` / ``classifier x300`` (issue 26): eight channels x300 of layer2's output (read by layer3's
+  conv1 and downsample) or of the classifier's input: past float16's range, so the FP16-range rule keeps
+  nodes in FP32 beside the Q/DQ pairs (it renames the tensors between them);
 * ``two layers`` / ``three layers``: the input of layer1's conv3 (4 channels x400) and layer2's
   grouped conv2 (3 channels x300), then also layer3's conv2 (2 channels x1000);
 * ``spread``: a quarter of the channels read by every conv2 and conv3 scaled x10-30 (seeded).
@@ -29,6 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -87,7 +98,8 @@ def classifier(state: State) -> None:
 # nodes in FP32 beside the Q/DQ pairs, at a shortcut branch (layer2's output, read by layer3's conv1 and
 # downsample) and at the classifier's input.
 def shortcut_x300(state: State) -> None:
-    block_output(state, "layer2.0", ("layer3.0.conv1", "layer3.0.downsample.0"), (3, 11, 20, 41, 60, 77, 90, 120), 300.0)
+    readers = ("layer3.0.conv1", "layer3.0.downsample.0")
+    block_output(state, "layer2.0", readers, (3, 11, 20, 41, 60, 77, 90, 120), 300.0)
 
 
 def classifier_x300(state: State) -> None:
@@ -196,20 +208,58 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- outlier-cases:start -->", "<!-- outlier-cases:end -->"
+
+
+def provenance() -> str:
+    """The machine, its load and the commit the table was measured on (a dirty tree says so)."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor() or "unknown CPU",
+    )
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    where = f"{cpu} ({os.cpu_count()} CPUs, load {load})"
+    return f"Measured by `scripts/int8_outlier_cases.py` on {where} at commit {commit}{dirty}."
+
+
+def write_readme(path: Path, text: str) -> None:
+    """Replace what stands between the README's markers with ``text``."""
+    readme = path.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{path} has no {START} ... {END} lines to replace")
+    head, rest = readme.split(START, 1)
+    path.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, required=True, help="working directory, one folder per case")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of: {', '.join(CASES)}")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--readme", type=Path, help="write the table and its provenance into this README's markers")
     args = parser.parse_args(argv)
     cases = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in cases if name not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
     rows = [run_case(case, args.dir / case.replace(" ", "-")) for case in cases]
-    print(table(rows))
+    text = f"{table(rows)}\n\n{provenance()}"
+    print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.readme:
+        write_readme(args.readme, text)
     return 0 if all(row["verify"] == "pass" for row in rows) else 1
 
 
