@@ -30,7 +30,7 @@ from ..evaluate.bench import (
 )
 from ..evaluate.status import RunStatus, Verdict, changed_since, run_status
 from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
-from ..precision.search import RemedyTrial, SearchRecord
+from ..precision.search import RemedyTrial, SearchRecord, TrialSummary
 from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource, export_command, recorded_source
 from ..ui import markdown_table
@@ -453,12 +453,25 @@ def _precision_section(checked: list[ArtifactEntry]) -> list[str]:
         out.append(f"- `{entry.name}` was checked on {entry.heldout}{loud}.")
         if not entry.search:
             continue
-        out += _search_lines(SearchRecord.from_dict(entry.search))
+        out += _search_lines(SearchRecord.from_dict(entry.search), entry.remedies)
     return out
 
 
-def _search_lines(search: SearchRecord) -> list[str]:
-    """What the INT8 search tried (methods, remedies), the sites it ranked, and what the file keeps in float."""
+def _figures(summary: TrialSummary) -> str:
+    rel = "" if summary.rel_error is None else f", relative error {summary.rel_error:.3g}"
+    return f"{'pass' if summary.passed else 'fail'}, cosine min {summary.cosine_min:.4f}{rel}"
+
+
+def _search_lines(search: SearchRecord, used: Sequence[str] | None = None) -> list[str]:
+    """What the INT8 search tried (methods, remedies), the sites it ranked, and what the file keeps in float.
+
+    ``used`` is what the file's manifest entry records that it uses (the search record's own list when None):
+    a remedy is called used only when the search chose it and the file's entry lists it, with the figures of
+    the graph it was compared with, since the search ranks by passing, accuracy, top-1, then relative error
+    (so a remedy with the lower cosine but the smaller relative error is chosen, and the reader sees both).
+    """
+    used = list(search.remedies if used is None else used)
+    plain = {method: m for method, m in search.methods.items() if " + " not in method}
     tried = ", ".join(
         f"{method} ({'pass' if m.passed else 'fail'}, cosine min {m.cosine_min:.4f})"
         for method, m in search.methods.items()
@@ -472,15 +485,26 @@ def _search_lines(search: SearchRecord) -> list[str]:
             "calibration images, taken off its bias)",
         ),
     )
+    before = plain.get(search.method) or next(iter(plain.values()), None)
     for name, what in remedies:
         trial: RemedyTrial | None = getattr(search, name)
-        if trial is not None:
-            out.append(
-                f"- {what.format(trial.size)}, tried before keeping sites in float: "
-                f"{'pass' if trial.summary.passed else 'fail'}, cosine min {trial.summary.cosine_min:.4f}; "
-                f"{'used in the file' if trial.chosen else 'not used'}."
-            )
-    out.append(f"- Remedies the file uses: {', '.join(search.remedies) or 'none'}.")
+        if trial is None:
+            continue
+        label = name.replace("_", " ")
+        compared = f" (the graph without it: {_figures(before)})" if before is not None else ""
+        if trial.chosen and label in used:
+            verdict = "used in the file: it ranked above the graph without it (pass, accuracy, top-1, relative error)"
+        elif trial.chosen:
+            verdict = "chosen by the search, but the file's manifest entry does not list it: not used"
+        else:
+            verdict = "not used"
+        out.append(
+            f"- {what.format(trial.size)}, tried before keeping sites in float: {_figures(trial.summary)}"
+            f"{compared}; {verdict}."
+        )
+        if trial.chosen:
+            before = trial.summary
+    out.append(f"- Remedies the file uses: {', '.join(used) or 'none'}.")
     if search.ranking:
         rows = [[f"`{n}`", f"{v:.3g}"] for n, v in search.ranking]
         out += ["", markdown_table(["most sensitive Q/DQ site", "sensitivity"], rows), ""]
