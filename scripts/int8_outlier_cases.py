@@ -211,8 +211,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 START, END = "<!-- outlier-cases:start -->", "<!-- outlier-cases:end -->"
 
 
-def provenance() -> str:
-    """The machine, its load and the commit the table was measured on (a dirty tree says so)."""
+def provenance(commit: str) -> str:
+    """The machine, its load at the end, and the commit the table was measured on."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -222,15 +222,20 @@ def provenance() -> str:
         platform.processor() or "unknown CPU",
     )
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    where = f"{cpu} ({os.cpu_count()} CPUs, load average {load} at the end)"
+    return f"Measured by `scripts/int8_outlier_cases.py` on {where} at commit {commit}."
+
+
+def current_commit() -> str:
+    """The checkout's commit when the run starts (the code measured), marked when tracked files differ from it."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    where = f"{cpu} ({os.cpu_count()} CPUs, load {load})"
-    return f"Measured by `scripts/int8_outlier_cases.py` on {where} at commit {commit}{dirty}."
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
 
 
 def write_readme(path: Path, text: str) -> None:
@@ -253,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in cases if name not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    commit = current_commit()
     rows = [run_case(case, args.dir / case.replace(" ", "-")) for case in cases]
-    text = f"{table(rows)}\n\n{provenance()}"
+    text = f"{table(rows)}\n\n{provenance(commit)}"
     print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
