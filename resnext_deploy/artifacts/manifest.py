@@ -360,9 +360,12 @@ def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
     try:
         yield
     except (BadInputError, VerificationError) as exc:
-        if (Path(directory) / MANIFEST_NAME).is_file():
-            prefix = FAILED_BAD_INPUT if isinstance(exc, BadInputError) else FAILED
-            Manifest(directory).record_skipped(step, f"{prefix}{exc}")
+        prefix = FAILED_BAD_INPUT if isinstance(exc, BadInputError) else FAILED
+        # The step's own error is what the user must see: a manifest that cannot take the record (a full disk,
+        # a malformed manifest) does not replace it.
+        with contextlib.suppress(BadInputError, OSError):
+            if (Path(directory) / MANIFEST_NAME).is_file():
+                Manifest(directory).record_skipped(step, f"{prefix}{exc}")
         raise
     if (Path(directory) / MANIFEST_NAME).is_file():
         Manifest(directory).record_skipped(step, None)
