@@ -313,9 +313,11 @@ def verify(
 def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: JsonOption = None) -> None:
     """Latency and throughput of every runner at every batch size, each runner in its own process.
 
-    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
+    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout. Exit 1 when a runner's process died
+    or stopped answering (its rows are recorded as failed; the others are written).
     """
     from .artifacts import locked, recorded_step
+    from .errors import VerificationError
     from .evaluate.bench import BENCH_JSON, bench_text, run_bench
     from .source import artifact_dir
 
@@ -324,6 +326,8 @@ def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: Json
     with locked(directory), recorded_step(directory, "bench"):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
+    if failure := report.failure():
+        raise VerificationError(failure)
 
 
 @app.command("bench-triton")
@@ -333,7 +337,8 @@ def bench_triton(
         str, typer.Option("--url", help="The Triton server: http://host:port or grpc://host:port.")
     ] = "http://127.0.0.1:8000",
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Triton model name (default: the one `serve` names).")
+        Optional[str],
+        typer.Option("--model", help="Triton model name (default: the one of DIR's models the server has ready)."),
     ] = None,
     concurrency: Annotated[str, typer.Option("--concurrency", help="Comma list of concurrent clients.")] = "1,4,16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per request.")] = 1,
@@ -342,8 +347,15 @@ def bench_triton(
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
     from .artifacts import locked
     from .evaluate.settings import MAX_BATCH, parse_int_list
-    from .serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
-    from .serving.triton_repo import default_model_name
+    from .serving.load_test import (
+        LoadTestSettings,
+        background_load,
+        busy_warning,
+        check_url,
+        served_model,
+        triton_load_test,
+        write_triton_bench,
+    )
     from .source import artifact_dir
 
     settings = LoadTestSettings(
@@ -352,9 +364,14 @@ def bench_triton(
         duration_s=duration,
     )
     directory = artifact_dir(directory)
+    check_url(url)
     with locked(directory):
-        rows = triton_load_test(url, model or default_model_name(directory), settings, log=log)
-        json_file, md_file = write_triton_bench(rows, directory)
+        model = model or served_model(url, directory, log=log)
+        other_cpu = background_load()  # before the load test: the server's own work is not "other" load
+        if busy := busy_warning(other_cpu):
+            log(f"warning: {busy}")
+        rows = triton_load_test(url, model, settings, log=log)
+        json_file, md_file = write_triton_bench(rows, directory, other_cpu)
     log(f"wrote {json_file} and {md_file}")
     typer.echo(md_file.read_text(encoding="utf-8"), nl=False)
 
@@ -454,6 +471,14 @@ def serve(
     http: Annotated[
         bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
     ] = True,
+    max_request_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-request-mb",
+            help="Largest request (HTTP body, gRPC message), decompressed, in MiB; default: twice the largest batch "
+            "in binary form, at least 8.",
+        ),
+    ] = None,
 ) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
     from .environment import cap_threads
@@ -461,6 +486,8 @@ def serve(
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
 
+    if max_request_mb is not None and not 0 < max_request_mb <= 2047:  # gRPC's limit is a 32-bit int
+        raise BadInputError(f"--max-request-mb must be more than 0 and at most 2047, got {max_request_mb:g}")
     serve_model(
         directory,
         precision,
@@ -478,6 +505,7 @@ def serve(
         backend=backend,
         restarts=restarts,
         http=http,
+        max_request=None if max_request_mb is None else max(1, int(max_request_mb * 2**20)),
     )
 
 

@@ -21,7 +21,7 @@ from .errors import BadInputError, DeployError, ExitCode, VerificationError
 from .evaluate.settings import BenchSettings
 from .export import export_onnx
 from .precision.options import PrecisionOptions
-from .precision.split import split_datasets
+from .precision.split import given_calibration, split_datasets
 from .precision.typed import make_typed_onnx
 from .source import ModelSource
 
@@ -112,15 +112,21 @@ def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | N
     verify's own default (the demo's validation split, or synthetic inputs said loudly for a model
     without any image).
     """
-    precision, pre = options.precision, source.preprocessing
-    if options.data is not None or (precision.calib_source is None and precision.check_source is None):
+    precision, pre, names = options.precision, source.preprocessing, source.class_names
+    calib_source = given_calibration(source, precision.calib_source)
+    if options.data is not None or (calib_source is None and precision.check_source is None):
         return None
     if precision.check_source is not None:
-        return open_dataset(precision.check_source, pre, options.count, precision.seed, num_classes=source.num_classes)
+        return open_dataset(
+            precision.check_source, pre, options.count, precision.seed, num_classes=source.num_classes,
+            class_names=names,
+        )  # fmt: skip
     try:
         return split_datasets(
-            source, "int8", precision.calib_source, precision.calib_count, None, options.count, precision.min_check,
+            source, "int8", calib_source, precision.calib_count, None, options.count, precision.min_check,
             precision.seed,
         )[1]  # fmt: skip
     except BadInputError:
-        return open_dataset(precision.calib_source, pre, options.count, precision.seed, num_classes=source.num_classes)
+        return open_dataset(
+            calib_source, pre, options.count, precision.seed, num_classes=source.num_classes, class_names=names
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ONNX_FILES, Manifest, sha256_file
-from .data import Dataset, ImageDataset, ImageFolder
+from .data import Dataset, ImageDataset, ImageFolder, check_class_names
 from .demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from .errors import BadInputError, UsageError
 from .models import (
@@ -142,6 +143,7 @@ class ModelSource:
             raise BadInputError(f"the recorded class names {str(classes)[:80]!r} are not a list of strings")
         if classes and len(classes) != data["num_classes"]:
             raise BadInputError(f"{len(classes)} recorded class names for {data['num_classes']} classes")
+        check_class_names(classes, "the recorded class names")
         return cls(**{k: data[k] for k in required}, preprocess=preprocess, classes=tuple(classes))
 
 
@@ -278,11 +280,10 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
     num_classes = num_classes or len(names) or spec.num_classes
     if names and len(names) != num_classes:
         raise BadInputError(f"--class-names {class_names} names {len(names)} classes; the model has {num_classes}")
-    for folder in [] if names else [f for f in name_folders if f is not None and Path(f).is_dir()]:
-        found = tuple(ImageFolder.scan(folder).classes)
-        if len(found) == num_classes:
+    for folder in [f for f in name_folders if f is not None and Path(f).is_dir()]:
+        found = tuple(ImageFolder.scan(folder).classes)  # every folder: its names are checked before any work
+        if not names and len(found) == num_classes and found != spec.class_names:  # the architecture's own: as given
             names = found
-            break
     return ModelSource(
         arch=spec.name,
         num_classes=num_classes,
@@ -295,16 +296,29 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """``--class-names``: a text file with one name per line (blank lines ignored), or a folder's class subfolders."""
+    """``--class-names``: a text file with one name per line (blank lines ignored), or a folder's class subfolders.
+
+    Lines end at a line feed (CRLF too) and nowhere else: a name holding any other line break or control
+    character, or bytes that are not UTF-8, is refused naming its line (folders: :meth:`ImageFolder.scan`).
+    """
     path = Path(path)
     if path.is_dir():
         names = tuple(ImageFolder.scan(path).classes)
     else:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read --class-names {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadInputError(f"cannot read --class-names {path}: {exc.strerror or exc}") from None
+        lines = []
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                line = raw.removesuffix(b"\r").decode("utf-8").strip()
+            except UnicodeDecodeError:
+                line = os.fsdecode(raw.removesuffix(b"\r")).strip()  # kept as surrogates: refused, shown as bytes
+            check_class_names([line], f"--class-names {path} line {number}")
+            if line:
+                lines.append(line)
+        names = tuple(lines)
     if not names:
         raise BadInputError(f"--class-names {path} names no class (one name per line, or class subfolders)")
     if len(set(names)) != len(names):
@@ -322,7 +336,7 @@ def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
         return False
     if not isinstance(dataset, ImageDataset):
         return True
-    classes = dataset.folder.classes
+    classes = dataset.folder.classes  # the model's names when the folders were some of them (ImageFolder.relabeled)
     if source.class_names:
         return list(classes) == list(source.class_names)
     return len(classes) == source.num_classes
@@ -339,7 +353,13 @@ def label_note(dataset: Dataset, source: ModelSource) -> str | None:
             "accuracy is not (put the images in one subfolder per class for accuracy)"
         )
     if labels_match_model(dataset, source):
-        return None
+        present = dataset.folder.present
+        if len(present) == len(classes):
+            return None
+        return (
+            f"{dataset.folder.root} holds {len(present)} of the model's {len(classes)} classes ({_names(present)}): "
+            "accuracy is over those classes only"
+        )
     expected = (
         f"the model's classes ({_names(source.class_names)})"
         if source.class_names

@@ -3,6 +3,7 @@
 from .manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
+    CalibrationRef,
     Manifest,
     SkippedStep,
     recorded_step,
@@ -32,6 +33,7 @@ from .store import (
 
 __all__ = [
     "ArtifactEntry",
+    "CalibrationRef",
     "SkippedStep",
     "CALIBRATION_NAME",
     "LOCK_NAME",

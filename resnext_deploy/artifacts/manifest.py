@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,35 @@ def tool_versions() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class CalibrationRef:
+    """Which calibration a typed file's ranges came from; the engine step copies its fingerprint into its manifest.
+
+    Written by the typed-file step (``precision/typed.py``) and read back only through
+    :attr:`ArtifactEntry.calibration`, so the key the writer sets is the key every reader finds.
+    """
+
+    fingerprint: str  # the calibration images' content fingerprint (``Dataset.fingerprint``)
+    description: str
+    count: int
+    method: str
+    percentile: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> CalibrationRef:
+        """The recorded object; a missing or mistyped field is a ``ValueError`` (the manifest check names the file)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("is not an object")
+        types = {"fingerprint": str, "description": str, "count": int, "method": str, "percentile": (int, float)}
+        for key, kind in types.items():
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                raise ValueError(f"has no valid {key}")
+        return cls(**{key: data[key] for key in types})
+
+
+@dataclass(frozen=True)
 class ArtifactEntry:
     """What ``manifest.json`` records about one artifact: the only reader of an entry's keys.
 
@@ -144,14 +173,15 @@ class ArtifactEntry:
         return self._record.get("parity")
 
     @property
-    def calibration(self) -> Mapping[str, Any] | None:
-        return self._record.get("calibration")
+    def calibration(self) -> CalibrationRef | None:
+        """The calibration a typed file was made with (checked when the manifest was read), or None."""
+        recorded = self._record.get("calibration")
+        return None if recorded is None else CalibrationRef.from_dict(recorded)
 
     @property
     def calibration_fingerprint(self) -> str | None:
-        """The calibration set's fingerprint of an INT8 file (top level or in its options), or None."""
-        value = self._record.get("calibration_fingerprint") or self.options.get("calibration_fingerprint")
-        return str(value) if value else None
+        """The calibration set's fingerprint of a typed file, or None for a file made without calibration."""
+        return None if self.calibration is None else self.calibration.fingerprint
 
     @property
     def search(self) -> Mapping[str, Any] | None:
@@ -268,10 +298,13 @@ class Manifest:
         precision: str,
         parent_sha256: str | None = None,
         options: dict[str, Any] | None = None,
+        calibration: CalibrationRef | None = None,
         **extra: Any,
     ) -> ArtifactEntry:
         """Record ``name`` as it is now on disk; ``extra`` holds the making step's own fields (JSON values)."""
         path = self.directory / name
+        if calibration is not None:
+            extra["calibration"] = calibration.to_dict()
         self._entries[name] = {
             "path": name,
             "sha256": sha256_file(path),
@@ -388,7 +421,12 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             problem = "has a parent_sha256 that is not a string"
         elif name == ONNX_FILES["fp32"] and not isinstance(entry.get("options", {}).get("source"), dict):
             problem = "has no model source object in its options"
-        else:
+        elif entry.get("calibration") is not None:
+            try:
+                CalibrationRef.from_dict(entry["calibration"])
+            except ValueError as exc:
+                problem = f"has a calibration record that {exc}"
+        if problem is None:
             problem = _wrong_type(entry)
         if problem:
             raise BadInputError(

@@ -316,7 +316,7 @@ def run_verify(
     for note in plan.notes:
         log(f"warning: {note}")
     report = judge(plan, run_candidates(plan, batch_size), {**DEFAULT_TOLERANCES, **(tolerances or {})})
-    record_verify(report.record, plan.found.manifest.directory, json_path, log)
+    record_verify(report.record, plan.found.manifest.directory, json_path, log, logged=plan.notes)
     return report
 
 
@@ -339,6 +339,7 @@ def plan_verify(
             found.source.preprocessing,
             count,
             num_classes=found.source.num_classes,
+            class_names=found.source.class_names,
         )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
@@ -391,15 +392,23 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
 
 
 def record_verify(
-    record: VerifyRecord, directory: Path, json_path: str | Path | None, log: Callable[[str], None]
+    record: VerifyRecord,
+    directory: Path,
+    json_path: str | Path | None,
+    log: Callable[[str], None],
+    logged: Sequence[str] = (),
 ) -> None:
-    """Write ``DIR/verify.json`` (and ``json_path``), then log the warnings and the runners that did not run."""
+    """Write ``DIR/verify.json`` (and ``json_path``), then log the warnings and the runners that did not run.
+
+    ``logged``: warnings already said before the run (the data's notes), recorded but not said twice.
+    """
     data = record.to_dict()
     write_json(directory / VERIFY_JSON, data)
     if json_path is not None:
         write_json(json_path, data)
     for line in record.warnings:
-        log(f"warning: {line}")
+        if line not in logged:
+            log(f"warning: {line}")
     for entry in record.skipped:
         log(f"skipped {entry.label}: {entry.reason}")
 

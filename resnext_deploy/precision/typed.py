@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, Manifest, atomic_path
+from ..artifacts import ONNX_FILES, CalibrationRef, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
@@ -27,7 +27,7 @@ from .graph import load_prepared, save_model
 from .int8 import WEIGHT_MAX, graph_quantization, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
-from .split import HELDOUT_MAX, split_for
+from .split import HELDOUT_MAX, data_warnings, given_calibration, split_for
 
 CHECK_BATCH = 16
 # The build's check must predict verify's verdict. The minimum cosine and the misses of a few dozen
@@ -133,7 +133,7 @@ def plan_typed(manifest: Manifest, parent_sha256: str, precision: str, options: 
     """The data split, the check's tolerance and the options record of one typed file."""
     source = recorded_source(manifest)
     dataset, heldout = split_for(source, precision, options)
-    record_options = _options(precision, dataset, heldout, options)
+    record_options = _options(precision, dataset, heldout, options, given_calibration(source, options.calib_source))
     record_options["tolerance"] = asdict(options.tolerance(precision))
     tolerance, margin = check_tolerance(options.tolerance(precision), heldout.count)
     record_options["check_tolerance"] = asdict(tolerance)
@@ -178,6 +178,8 @@ def run_typed(plan: TypedPlan, options: PrecisionOptions, log: Log) -> TypedBuil
         log(f"WARNING: no images for {plan.source.arch}; FP16 ranges come from {plan.dataset.description}")
     if plan.synthetic:
         log(f"WARNING: the check runs on {plan.heldout.description}: it shows numeric parity only, not accuracy")
+    for note in data_warnings(plan.dataset, plan.heldout, plan.source.num_classes):
+        log(f"warning: {note}")
     if plan.heldout.count < options.min_check:
         raise BadInputError(
             f"only {plan.heldout.count} check samples in {plan.heldout.description}; the check needs at least "
@@ -222,13 +224,13 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         plan.precision,
         parent_sha256=plan.parent_sha256,
         options=plan.record_options,
-        calibration={
-            "fingerprint": calibration.fingerprint,
-            "description": calibration.description,
-            "count": calibration.count,
-            "method": built.search.method if built.search else calibration.method,
-            "percentile": calibration.percentile,
-        },
+        calibration=CalibrationRef(
+            fingerprint=calibration.fingerprint,
+            description=calibration.description,
+            count=calibration.count,
+            method=built.search.method if built.search else calibration.method,
+            percentile=calibration.percentile,
+        ),
         heldout=plan.heldout.description,
         heldout_synthetic=plan.synthetic,
         parity=parity.to_dict(),
@@ -269,11 +271,12 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
     if not options.search:
         model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
     else:
-        key = {
+        key = {  # by content: model.onnx's sha256, the calibration and check images' fingerprints
             "model": plan.parent_sha256,
             "calibration": calibration.fingerprint,
             "check": plan.record_options["check"],
             "percentile": options.percentile,
+            "exclude": sorted(options.exclude),  # the sites there are to rank (a saved score names only those)
         }
         check = CheckSet(plan.parent_path, plan.heldout, plan.use_labels)
         model, fp32_nodes, qdq, parity, record = search_int8(
@@ -324,11 +327,13 @@ def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
     return text
 
 
-def _options(precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions) -> dict[str, Any]:
+def _options(
+    precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions, calib_source: Path | None
+) -> dict[str, Any]:
     """What the typed file depends on besides model.onnx; the manifest compares it to resume."""
     record: dict[str, Any] = {
         "calibration": {
-            "source": None if options.calib_source is None else str(Path(options.calib_source).resolve()),
+            "source": None if calib_source is None else str(calib_source.resolve()),
             "fingerprint": dataset.fingerprint,
             "count": dataset.count,
             "seed": options.seed,

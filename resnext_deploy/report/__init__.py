@@ -207,7 +207,8 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> W
     plot = BENCH_PNG if (directory / BENCH_PNG).exists() else None
     bench = read_bench_section(bench_path, plot) if bench_path.exists() else None
     report = build_report(manifest, verify, bench, manifest.skipped)
-    markdown = render_markdown(report)
+    triton = _triton_section(directory)  # read, and a malformed file refused, before anything is written
+    markdown = render_markdown(report) + triton
     data = json.dumps(_strict(report.to_dict()), indent=2, allow_nan=False, default=str) + "\n"
     path, json_path = directory / REPORT_MD, directory / REPORT_JSON
     with atomic_path(json_path) as json_tmp, atomic_path(path) as markdown_tmp:
@@ -640,3 +641,11 @@ def _size(size_bytes: int | None) -> str:
     if size_bytes is None:
         return "-"
     return f"{size_bytes / 1e6:.2f} MB" if size_bytes >= 1e5 else f"{size_bytes / 1e3:.1f} kB"
+
+
+def _triton_section(directory: Path) -> str:
+    """bench-triton's load test of the served model (DIR/bench_triton.json), where it ran."""
+    from ..serving.load_test import triton_report_lines
+
+    lines = triton_report_lines(directory)
+    return "\n".join(["", "## Triton load test", "", *lines]) + "\n" if lines else ""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+import os
 import re
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, write_json, write_text
+from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BackendUnavailableError, BadInputError, one_line
-from ..evaluate.machine import machine_record
+from ..evaluate.machine import DISTURBED_CPU, LoadMonitor, machine_record
 from ..schemas import SCHEMA_VERSION
-from .triton_repo import INSTALL_HINT, default_model_name
+from .triton_repo import INSTALL_HINT, default_model_name, model_base_name
 
+TRITON_BENCH_JSON = "bench_triton.json"
 MAX_REQUEST_BYTES = 256 << 20  # one request's images; 32 images of 3x224x224 take 18 MiB
 
 
@@ -62,6 +68,36 @@ def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
     return url.rstrip("/"), protocol
 
 
+def check_url(url: str, protocol: str | None = None) -> None:
+    """Refuse a URL the load test could not use, before anything else runs (exit 3)."""
+    _check_address(_split_url(url, protocol)[0])
+
+
+def _check_address(address: str) -> None:
+    """``host:port`` with a port tritonclient can use, refused before a client object is half made."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadInputError(
+            f"cannot use {address!r} as a Triton address: give host:port with a port from 1 to 65535 "
+            "(e.g. 127.0.0.1:8000)"
+        )
+
+
+def _discard_quietly(exc: BaseException) -> None:
+    """Free the half-made client a failed constructor left in ``exc``'s frames, with its ``__del__`` silenced.
+
+    tritonclient's ``__del__`` calls ``close()`` on an object whose ``__init__`` failed, which prints an
+    AttributeError traceback ("Exception ignored in ...") whenever the object is finally collected.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _unraisable: None
+    try:
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 class _Client:
     """The same few calls over tritonclient's HTTP and gRPC clients; one per thread."""
 
@@ -83,7 +119,9 @@ class _Client:
                 f"the Triton load test needs tritonclient[{protocol}] ({missing}); {INSTALL_HINT}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - tritonclient checks the address in its own ways
-            raise BadInputError(f"cannot use {address!r} as a Triton address: {one_line(exc, 200)}") from None
+            message = one_line(exc, 200)
+            _discard_quietly(exc)
+            raise BadInputError(f"cannot use {address!r} as a Triton address: {message}") from None
         self.module = module
         self.protocol = protocol
         self.timeout_s = timeout_s
@@ -124,15 +162,80 @@ class _Client:
     def close(self) -> None:
         self.client.close()
 
+    def ready_models(self, candidates: Sequence[str]) -> list[str]:
+        """The models the server says are ready: its repository index where it shows one, else among ``candidates``.
 
-def _ready_check(client: _Client, address: str, model: str) -> None:
+        PyTriton's tritonserver keeps the repository API behind a token, so ``candidates`` (the names DIR's
+        files are served as) are asked one by one as well.
+        """
+        ready: set[str] = set()
+        with contextlib.suppress(Exception):
+            index = self.client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+            entries = index.get("models", []) if isinstance(index, dict) else index
+            ready |= {str(e["name"]) for e in entries if isinstance(e, dict) and e.get("state") == "READY"}
+        for name in candidates:
+            with contextlib.suppress(Exception):
+                if name not in ready and self.client.is_model_ready(name):
+                    ready.add(name)
+        return sorted(ready)
+
+
+def _ready_check(client: _Client, address: str, model: str | None) -> None:
+    """The server answers, and (``model`` given) has it ready; else exit 3 listing the models it has ready."""
     try:
         live = client.client.is_server_live()
-        ready = live and client.client.is_model_ready(model)
+        ready = live and (model is None or client.client.is_model_ready(model))
     except Exception as exc:  # noqa: BLE001 - connection errors differ by protocol and version
         raise BadInputError(f"cannot reach a Triton server at {address}: {str(exc).strip()[:200]}") from None
+    if not ready and model is None:
+        raise BadInputError(f"the Triton server at {address} is not live; check the server and its log")
     if not ready:
-        raise BadInputError(f"the Triton server at {address} has no ready model {model!r}")
+        listed = ", ".join(client.ready_models(())) if live else ""
+        raise BadInputError(
+            f"the Triton server at {address} has no ready model {model!r}" + (f"; ready: {listed}" if listed else "")
+        )
+
+
+def candidate_models(directory: Path) -> list[str]:
+    """The names DIR's files are served under, by ``serve`` and by ``triton-repo``'s ONNX and engine models."""
+    names = [
+        default_model_name(directory, precision, backend)
+        for precision in ONNX_FILES
+        for backend in ("onnxruntime", "openvino")
+    ]
+    return names + [f"{model_base_name(directory)}_trt_{precision}" for precision in ONNX_FILES]
+
+
+def served_model(url: str, directory: Path, protocol: str | None = None, log: Callable[[str], None] = print) -> str:
+    """The model to load-test when none is named: the one of DIR's names the server has ready.
+
+    ``serve`` serves one model; a ``triton-repo`` server may serve several of DIR's files, and then the
+    choice is the user's: the message lists the ready models.
+    """
+    address, protocol = _split_url(url, protocol)
+    _check_address(address)
+    probe = _Client(protocol, address, 10.0)
+    try:
+        _ready_check(probe, address, None)
+        ready = probe.ready_models(candidate_models(directory))
+    finally:
+        probe.close()
+    ours = [name for name in candidate_models(directory) if name in ready]
+    if len(ours) == 1:
+        log(f"bench-triton: model {ours[0]} (the one of {directory}'s models this server has ready)")
+        return ours[0]
+    listed = ", ".join(ready) if ready else "none that it shows"
+    why = "several of its models are ready" if ours else f"none of {directory}'s models is ready there"
+    raise BadInputError(f"cannot tell which model to load-test at {address}: {why}; ready: {listed}. Pass --model NAME")
+
+
+def background_load(seconds: float = 0.5) -> float | None:
+    """The share of the machine's CPU other processes used over ``seconds`` before the test (None: cannot look)."""
+    monitor = LoadMonitor()
+    before = monitor.sample(os.getpid())
+    time.sleep(seconds)
+    others = monitor.others(before, monitor.sample(os.getpid()))
+    return None if others is None or not others[1] else others[0] / others[1]
 
 
 @dataclass(frozen=True)
@@ -176,6 +279,7 @@ def triton_load_test(
     batch_size, duration_s, warmup_s = settings.batch_size, settings.duration_s, settings.warmup_s
     max_requests, timeout_s = settings.max_requests, settings.timeout_s
     address, protocol = _split_url(url, protocol)
+    _check_address(address)
     probe = _Client(protocol, address, timeout_s)
     try:
         _ready_check(probe, address, model_name)
@@ -309,22 +413,33 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[Path, Path]:
-    """``DIR/bench_triton.json`` and ``DIR/bench_triton.md``; returns both paths."""
+def write_triton_bench(
+    rows: Sequence[LoadRow], directory: str | Path, other_cpu: float | None = None
+) -> tuple[Path, Path]:
+    """``DIR/bench_triton.json`` and ``DIR/bench_triton.md``; returns both paths.
+
+    ``other_cpu``: the share of the CPU other processes used just before the test (:func:`background_load`).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = directory / "bench_triton.json", directory / "bench_triton.md"
+    json_path, md_path = directory / TRITON_BENCH_JSON, directory / "bench_triton.md"
     record = {
         "schema_version": SCHEMA_VERSION,
         "created": now_iso(),
         "machine": machine_record(None),
         **served_files(directory, {row.model for row in rows}),
+        "load": {"other_cpu": other_cpu, "warning": busy_warning(other_cpu)},
         "rows": [row.to_dict() for row in rows],
     }
     write_json(json_path, record)
+    lines = ["# Triton load test", "", *triton_bench_markdown(rows, other_cpu)]
+    write_text(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def triton_bench_markdown(rows: Sequence[LoadRow], other_cpu: float | None) -> list[str]:
+    """The load test's table and warnings, as bench_triton.md and report.md show them."""
     lines = [
-        "# Triton load test",
-        "",
         "Closed loop: each of `concurrency` clients keeps one request in flight; latency is client side.",
         "",
         "| model | protocol | concurrency | batch | requests/s | images/s | p50 ms | p90 ms | p99 ms | errors |",
@@ -336,11 +451,51 @@ def write_triton_bench(rows: Sequence[LoadRow], directory: str | Path) -> tuple[
             f"{r.images_per_s:.1f} | {_ms(r.p50_ms)} | {_ms(r.p90_ms)} | {_ms(r.p99_ms)} | {r.errors} |"
         )
     lines += [f"\nWarning: {r.warning}." for r in rows if r.warning]
+    if busy := busy_warning(other_cpu):
+        lines += ["", f"Warning: {busy}."]
     errors = [r for r in rows if r.first_error]
     if errors:
         lines += ["", f"First error ({errors[0].model}, concurrency {errors[0].concurrency}): {errors[0].first_error}"]
-    write_text(md_path, "\n".join(lines) + "\n")
-    return json_path, md_path
+    return lines
+
+
+def triton_report_lines(directory: str | Path) -> list[str]:
+    """What report.md says of DIR/bench_triton.json: its table, and whether the files it measured changed since.
+
+    Empty when bench-triton has not run. A hand-edited file is exit 3 naming it.
+    """
+    path = Path(directory) / TRITON_BENCH_JSON
+    if not path.exists():
+        return []
+    data = read_json(path)
+    try:
+        rows = [LoadRow(**row) for row in data["rows"]]
+        load = data.get("load") or {}
+        other_cpu = load.get("other_cpu")
+        if other_cpu is not None and not isinstance(other_cpu, (int, float)):
+            raise TypeError("load.other_cpu is not a number")
+        measured, models = dict(data.get("artifacts") or {}), dict(data.get("models") or {})
+        for row in rows:
+            if not isinstance(row.requests_per_s, (int, float)) or not isinstance(row.model, str):
+                raise TypeError(f"a row's figures are not numbers: {row.model!r}")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BadInputError(f"{path} is malformed ({one_line(exc, 100)}); run bench-triton again") from None
+    now = served_files(Path(directory), set(models))["artifacts"]
+    lines = triton_bench_markdown(rows, other_cpu)
+    for model, file in sorted(models.items()):
+        if isinstance(file, str) and measured.get(file) != now.get(file):
+            lines += ["", f"**Out of date:** {file} (model {model}) changed since this load test; rerun bench-triton."]
+    return lines
+
+
+def busy_warning(other_cpu: float | None) -> str | None:
+    """What to say when other processes kept the machine busy before the test (see evaluate/machine.py)."""
+    if other_cpu is None or other_cpu <= DISTURBED_CPU:
+        return None
+    return (
+        f"the machine was busy: other processes used {other_cpu:.0%} of its CPU just before the load test, "
+        "so these figures are noisy; rerun on an idle machine"
+    )
 
 
 def served_files(directory: Path, models: set[str]) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 PyTriton's wheel ships ``tritonserver`` and its Python backend. Triton batches concurrent requests
 (dynamic batching) and hands each batch to a runner (ONNX Runtime by default, or OpenVINO) opened
-through :mod:`resnext_deploy.backends.registry` in this process. The server binds to loopback unless
-told otherwise. It needs PyTriton, which needs numpy < 2: ``make setup-triton`` (a checkout) or the ``triton``
-extra in an environment of its own.
+through :mod:`resnext_deploy.backends.registry` in this process. tritonserver's own HTTP and gRPC ports
+are on 127.0.0.1; the ports clients reach (loopback unless told otherwise) are answered by checking fronts
+(:mod:`.front`, :mod:`.grpc_front`) that refuse what this tritonserver cannot take. It needs PyTriton,
+which needs numpy < 2: ``make setup-triton`` (a checkout) or the ``triton`` extra in an environment of
+its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -32,6 +35,8 @@ from ..backends.registry import discover_runners
 from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import recorded_source
+from .front import HttpFront, default_body_limit, free_loopback_port
+from .grpc_front import GrpcFront
 from .triton_repo import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
@@ -169,6 +174,7 @@ def serve(
     backend: str = "onnxruntime",
     restarts: int = 0,
     http: bool = True,
+    max_request: int | None = None,
 ) -> None:
     """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
 
@@ -179,7 +185,12 @@ def serve(
     request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
-    ``http`` False serves gRPC alone, whose frontend checks a request's size before it allocates.
+    ``http`` False serves gRPC alone. tritonserver listens on loopback ports of its own; ``port`` is
+    answered by :class:`~resnext_deploy.serving.front.HttpFront`, which refuses a body over ``max_request``
+    bytes (default: :func:`~resnext_deploy.serving.front.default_body_limit`), a gzip body inflating past it
+    and a shape the body does not fill, and ``grpc_port`` by
+    :class:`~resnext_deploy.serving.grpc_front.GrpcFront`, which refuses a message over the same limit once
+    decompressed; neither reaches tritonserver.
     """
     if precision not in ONNX_FILES:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
@@ -232,6 +243,9 @@ def serve(
     if usable[0].open is None:
         raise BackendUnavailableError(f"backend {backend} cannot serve {file_name}: {usable[0].skipped}")
     (image,), (logits,) = onnx_io(directory / file_name)
+    body_limit = max_request or default_body_limit(max_batch_size, image.dims[1:])
+    triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
+    triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
     runners: list[Runner] = []
     try:
         runners += [usable[0].open() for _ in range(instances)]
@@ -251,10 +265,10 @@ def serve(
         return infer
 
     config = TritonConfig(
-        http_address=host,
-        http_port=port,
-        grpc_address=host,
-        grpc_port=grpc_port,
+        http_address="127.0.0.1",
+        http_port=triton_http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=triton_grpc_port,
         metrics_address=host,
         metrics_port=metrics_port,
         allow_http=http,
@@ -264,12 +278,19 @@ def serve(
     if server_log is not None:
         log(f"Triton server log: {server_log}")
     endpoints = (f"http://{host}:{port} and " if http else "") + f"grpc://{host}:{grpc_port}"
+    fronts: list[HttpFront | GrpcFront] = [GrpcFront(host, grpc_port, triton_grpc_port, body_limit, log)]
+    if http:
+        fronts.append(HttpFront(host, port, triton_http_port, body_limit, log))
+    log(f"requests are checked before Triton reads them: messages up to {body_limit / 2**20:.1f} MiB (decompressed)")
 
     def serve_once() -> None:
         """Start tritonserver, bind the model, and return when the server is gone; Ctrl-C raises through."""
-        # PyTriton prints the server's output on stdout; results alone belong there.
+        # PyTriton prints what tritonserver writes on its stdout and stderr ("Error: Failed to initialize NVML" on
+        # a machine without a GPU) on this process's stdout; results alone belong there. It goes to the server log
+        # (beside Triton's own lines), or to stderr with -v.
         with (
-            contextlib.redirect_stdout(sys.stderr),
+            _server_output(server_log) as output,
+            contextlib.redirect_stdout(output),
             interpreter_libpython_first(log),
             _workspace() as workspace,
             _with_labels(model_name, logits, recorded_source(Manifest(directory)).class_names),
@@ -303,12 +324,15 @@ def serve(
             while triton.is_alive():
                 time.sleep(ALIVE_CHECK_S)
 
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop = _StopSignals()
     try:
+        for front in fronts:
+            front.start()
         for attempt in range(restarts + 1):
             if attempt:
                 log(f"warning: the Triton server died; restarting it ({attempt} of {restarts})")
             serve_once()
+            stop.settle()  # a Ctrl-C to the process group also stops tritonserver: that is no crash
         where = server_log if server_log is not None else "its log above"
         raise BackendUnavailableError(
             f"the Triton server died (see {where}); serving stopped"
@@ -317,14 +341,19 @@ def serve(
     except KeyboardInterrupt:
         pass
     except (PyTritonError, InferenceServerException) as exc:
-        raise BackendUnavailableError(
-            f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
-        ) from None
+        if stop.received is None:
+            raise BackendUnavailableError(
+                f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
+            ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop.restore()
+        for front in fronts:
+            front.stop()
         for runner in runners:
             runner.close()
     log("server stopped")
+    if stop.received == signal.SIGINT:
+        raise KeyboardInterrupt  # exit 130, as for any command stopped by Ctrl-C
 
 
 @contextlib.contextmanager
@@ -377,6 +406,42 @@ def _require_ready(url: str, model_name: str, http: bool = True) -> None:
             raise BackendUnavailableError(f"Triton started but model {model_name!r} is not ready (see the server log)")
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops the server the way Ctrl-C does: PyTriton then stops tritonserver and cleans its workspace."""
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _server_output(path: str | Path | None) -> Iterator[TextIO]:
+    """Where PyTriton's copy of tritonserver's own output goes: appended to ``path``, or stderr when None."""
+    if path is None:
+        yield sys.stderr
+        return
+    with open(path, "a", encoding="utf-8", errors="replace") as handle:
+        yield handle
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop serve, remembered by number, so a stop is never taken for a crash.
+
+    Ctrl-C reaches the whole process group, tritonserver included, which may exit before this process
+    handles the signal; and PyTriton may swallow the KeyboardInterrupt. The number recorded here decides:
+    a stopped server is not restarted, SIGINT exits 130 and SIGTERM 0. Both stop the server the same way
+    (PyTriton stops tritonserver and cleans its workspace).
+    """
+
+    SETTLE_S = 0.5  # how long a dead server's signal may take to reach this process's handler
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def settle(self) -> None:
+        """Raise KeyboardInterrupt when the server went because serve was told to stop."""
+        if self.received is None:
+            time.sleep(self.SETTLE_S)  # a pending handler runs here and raises
+        if self.received is not None:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)

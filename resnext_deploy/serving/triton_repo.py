@@ -21,11 +21,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import ONNX_FILES, Manifest, atomic_path, external_files
+from ..artifacts import ONNX_FILES, Manifest, external_files
 from ..backends.base import TritonModel
 from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import export_command, recorded_source
+from .repo_ledger import VERSION, RepoLedger, remove_stale, staged_model_dir
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -323,16 +324,23 @@ def default_model_name(directory: str | Path, precision: str = "fp32", backend: 
     return f"{model_base_name(directory)}_{NAME_KINDS.get(backend, backend)}_{precision}"
 
 
-def _make_dirs(out: Path, directory: Path) -> None:
-    """Create ``directory`` under ``out``, refusing a symlink at any level below ``out`` (never followed out)."""
-    for level in [*reversed(directory.relative_to(out).parents), directory.relative_to(out)][1:]:
-        path = out / level
-        if path.is_symlink():
-            raise BadInputError(f"{path} is a symlink; triton-repo never writes through one, so remove it")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInputError(f"cannot create {path}: {exc.strerror or exc}; choose a writable --out") from None
+def _write_model(model: RepoModel, config: ModelConfig, labels: tuple[str, ...], folder: Path) -> None:
+    """One model folder's files, written into ``folder`` (a staging folder renamed into place when whole)."""
+    version_dir = folder / VERSION
+    version_dir.mkdir()
+    for location in model.external:
+        target = version_dir / location
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model.artifact.parent / location, target)
+        target.chmod(REPO_FILE_MODE)
+    shutil.copyfile(model.artifact, version_dir / model.model_file)
+    (version_dir / model.model_file).chmod(REPO_FILE_MODE)
+    files = {"config.pbtxt": config_text(model, config)}
+    if any(output.label_filename for output in config.output):
+        files[LABELS_FILE] = labels_text(labels)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+        (folder / name).chmod(REPO_FILE_MODE)
 
 
 def make_triton_repo(
@@ -349,7 +357,10 @@ def make_triton_repo(
 ) -> list[Path]:
     """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
 
-    Files are written atomically; models of other names already in ``out`` are left alone.
+    Each model folder is staged beside its place and renamed in whole. ``out`` keeps a ledger of the model
+    folders written here: a rerun replaces those and removes the ones it no longer writes, refuses (before
+    writing anything) a model folder holding what it did not write, such as a ``2/``, and leaves every other
+    entry of ``out`` alone.
     """
     if not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
         raise BadInputError(
@@ -365,28 +376,23 @@ def make_triton_repo(
     models = collect_models(directory, name, max_batch_size, log, backend_options)
     labels = recorded_source(Manifest(directory)).class_names
     out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BadInputError(f"--out {out} is not a folder; choose a folder for the Triton repository")
+    ledger = RepoLedger.read(out) if out.is_dir() else RepoLedger(out, frozenset())
+    names = [model.name for model in models]
+    for model_dir in [out / n for n in names] + [out / n for n in sorted(ledger.models - set(names))]:
+        ledger.check_replaceable(model_dir)  # everything refused before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create {out}: {exc.strerror or exc}; choose a writable --out") from None
+    ledger = ledger.write(ledger.models | set(names))  # a run cut short still owns what it wrote
     written = []
     for model in models:
         config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator, labels)
         model_dir = out / model.name
-        version_dir = model_dir / "1"
-        _make_dirs(out, version_dir)
-        for location in model.external:
-            target = version_dir / location
-            _make_dirs(out, target.parent)
-            with atomic_path(target) as tmp:
-                shutil.copyfile(model.artifact.parent / location, tmp)
-                tmp.chmod(REPO_FILE_MODE)
-        with atomic_path(version_dir / model.model_file) as tmp:
-            shutil.copyfile(model.artifact, tmp)
-            tmp.chmod(REPO_FILE_MODE)
-        if any(output.label_filename for output in config.output):
-            with atomic_path(model_dir / LABELS_FILE) as tmp:
-                tmp.write_text(labels_text(labels), encoding="utf-8")
-                tmp.chmod(REPO_FILE_MODE)
-        with atomic_path(model_dir / "config.pbtxt") as tmp:
-            tmp.write_text(config_text(model, config), encoding="utf-8")
-            tmp.chmod(REPO_FILE_MODE)
+        with staged_model_dir(model_dir) as staging:
+            _write_model(model, config, labels, staging)
         batching = (
             f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
             f"queue delay {max_queue_delay_us} us"
@@ -398,6 +404,8 @@ def make_triton_repo(
         if note is not None and not model.version_compatible:
             log(f"warning: {model.artifact.name} was {note}")
         written.append(model_dir)
+    remove_stale(ledger, names, log)
+    ledger.write(names)
     server = ["tritonserver", "--model-repository", str(out.resolve())]
     if any(model.version_compatible for model in models):
         server += shlex.split(VERSION_COMPATIBLE_FLAG)

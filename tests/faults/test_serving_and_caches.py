@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -263,7 +265,9 @@ class Served:
         command = [sys.executable, "-m", "resnext_deploy", "serve", "--dir", str(directory), "--threads", "1"]
         command += ["--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            self.process = subprocess.Popen(  # a session of its own: a test can Ctrl-C its whole process group
+                [*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True
+            )
         self.model = "resnext_tiny_onnx_fp32"
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -391,15 +395,101 @@ def _grpc_shape_claim(port: int, model: str, shape: list[int]) -> str:
         client.close()
 
 
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip body of JSON-like text that inflates to ``inflated_mib`` MiB, made a MiB at a time."""
+    squeezer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join(squeezer.compress(b"0," * (1 << 19)) for _ in range(inflated_mib)) + squeezer.flush()
+
+
 @needs_pytriton
 @pytest.mark.slow
-def test_a_shape_claim_over_http_that_kills_the_server_makes_serve_exit_4(served: Served) -> None:
-    """Triton's HTTP frontend allocates a JSON request's claimed shape before it checks it (README, Serving)."""
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        _http_infer(served.http, served.model, _json_request([2**31, 3, 32, 32], [0.0] * 3072))
-    assert served.process.wait(60) == ExitCode.BACKEND_UNAVAILABLE
-    errors = [line for line in served.log.read_text().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: the Triton server died"), errors
+def test_the_http_front_refuses_what_tritonserver_cannot_take(served: Served) -> None:
+    """Each of these took tritonserver 0.5 to 1 GB, or killed it, when its HTTP port was open (README, Serving)."""
+    import numpy as np
+
+    pid = served.server_pid()
+    idle = _status_kb(pid, "VmHWM")
+    zeros = [0.0] * 3072
+    bomb = _gzip_bomb(512)
+    assert len(bomb) < 600_000
+    binary = np.zeros(3072, np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [2**31, 3, 32, 32], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(binary)}}
+            ]
+        }
+    ).encode()
+    hostile = [
+        (_json_request([2**31, 3, 16, 16], zeros), {}, 400, "claims"),
+        (_json_request([2**19, 3, 16, 16], zeros), {}, 400, "claims"),
+        (header + binary, {"Inference-Header-Content-Length": str(len(header))}, 400, "bytes of FP32"),
+        (bomb, {"Content-Encoding": "gzip"}, 413, "inflates past"),
+        (b"0" * (9 << 20), {}, 413, "takes at most"),
+    ]
+    for body, headers, status, fragment in hostile:
+        answer = _http_infer(served.http, served.model, body, headers)
+        assert answer[0] == status and fragment in answer[1], answer
+        valid = _http_infer(served.http, served.model, _json_request([1, 3, 32, 32], zeros))
+        assert valid[0] == 200 and len(json.loads(valid[1])["outputs"][0]["data"]) == 10  # still answering
+    assert served.process.poll() is None and served.server_pid() == pid
+    assert (_status_kb(pid, "VmHWM") - idle) < 100 * 1024  # kB: peak RSS within 100 MB of idle
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_the_grpc_front_refuses_a_message_that_inflates_past_the_limit(served: Served) -> None:
+    """tritonserver's gRPC frontend inflated such a message whole before refusing its batch size."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    pid = served.server_pid()
+    idle = _status_kb(pid, "VmHWM")
+    request = service_pb2.ModelInferRequest(model_name=served.model)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend([2**13 // 2, 3, 32, 32])  # 48 MiB of zeros filling the shape: only the size is wrong
+    request.raw_input_contents.append(bytes(2**12 * 3072 * 4))
+    options = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc}", options=options) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=120, compression=grpc.Compression.Gzip)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc}")
+    valid = triton_grpc.InferInput("input", [1, 3, 32, 32], "FP32")
+    valid.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+    assert client.infer(served.model, [valid]).as_numpy("logits").shape == (1, 10)  # still answering
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer(served.model, [valid])  # the streaming method goes through the front as a stream
+    result, error = answers.get(timeout=60)
+    client.stop_stream()
+    client.close()
+    assert error is None and result.as_numpy("logits").shape == (1, 10)
+    assert (_status_kb(pid, "VmHWM") - idle) < 100 * 1024
+
+
+@needs_pytriton
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_exits_130_and_is_never_restarted(tiny_dir: Path, tmp_path: Path) -> None:
+    running = Served(tiny_dir, tmp_path, "--restarts", "2")
+    try:
+        running.wait_ready()
+        pid = running.server_pid()
+        os.killpg(running.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert running.process.wait(60) == ExitCode.INTERRUPTED
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert "restarting" not in log and "died" not in log, log[-2000:]
+    assert "server stopped" in log
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    # Without -v, what tritonserver writes itself (NVML on a machine without a GPU) goes to its log, not here.
+    assert "NVML" not in log and "Signal (2)" not in log, log[-2000:]
 
 
 @needs_pytriton
@@ -416,7 +506,7 @@ def test_no_http_leaves_grpc_which_checks_the_shape_before_allocating(tiny_dir: 
         assert "batch-size must be <= 32" in _grpc_shape_claim(running.grpc, running.model, [2**16, 3, 32, 32])
         assert _status_kb(pid, "VmHWM") - before < 50 * 1024  # kB: 800 MB if the claim were allocated
     finally:
-        assert running.stop() == 0
+        assert running.stop() == ExitCode.INTERRUPTED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,7 +549,10 @@ def test_serve_refuses_a_stale_file_as_bad_input(capsys, stale_fp16_dir: Path) -
     fails(outcome, ExitCode.BAD_INPUT, "model.fp16.onnx is stale")
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--max-batch-size", "1000000"), ("--restarts", "-1")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-batch-size", "1000000"), ("--restarts", "-1"), ("--max-request-mb", "0"), ("--max-request-mb", "nan")],
+)
 def test_serve_refuses_out_of_range_numbers_as_bad_input(capsys, tiny_dir: Path, flag: str, value: str) -> None:
     fails(cli(capsys, "serve", "--dir", tiny_dir, flag, value), ExitCode.BAD_INPUT, flag)
 
@@ -470,7 +563,8 @@ def test_triton_repo_skips_stale_files_with_the_reason(capsys, stale_fp16_dir: P
     outcome = cli(capsys, "triton-repo", "--dir", stale_fp16_dir, "--out", out)
     assert outcome.code == ExitCode.OK, outcome.err
     assert "skipped model.fp16.onnx: stale" in outcome.err and "skipped model.int8.onnx: stale" in outcome.err
-    assert sorted(p.name for p in out.iterdir()) == ["resnext_tiny_onnx_fp32", "resnext_tiny_openvino_fp32"]
+    models = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert models == ["resnext_tiny_onnx_fp32", "resnext_tiny_openvino_fp32"]
 
 
 @needs_tritonclient
@@ -644,6 +738,59 @@ def test_bench_triton_with_a_malformed_url(capsys, tiny_dir: Path, url: str) -> 
     fails(outcome, ExitCode.BAD_INPUT)
 
 
+@needs_http_client
+def test_bench_triton_with_an_impossible_port_says_one_line_and_no_traceback(tiny_dir: Path, tmp_path: Path) -> None:
+    """tritonclient's __del__ printed an AttributeError traceback after the error, at exit (fresh process)."""
+    command = [sys.executable, "-m", "resnext_deploy", "bench-triton", "--dir", str(tiny_dir)]
+    done = subprocess.run(
+        [*command, "--url", "localhost:99999", "--duration", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert done.returncode == ExitCode.BAD_INPUT
+    assert done.stderr.splitlines() == [
+        "error: cannot use 'localhost:99999' as a Triton address: give host:port with a port from 1 to 65535 "
+        "(e.g. 127.0.0.1:8000)"
+    ], done.stderr
+
+
+def _ready_routes(*models: str) -> dict[str, tuple[int, str]]:
+    return {"/v2/health/live": (200, ""), **{f"/v2/models/{m}/ready": (200, "") for m in models}}
+
+
+@needs_http_client
+def test_bench_triton_picks_the_one_ready_model_of_dir_or_lists_them(capsys, tiny_dir: Path) -> None:
+    from resnext_deploy.serving.load_test import served_model
+
+    said: list[str] = []
+    with _fake_server(_ready_routes("resnext_tiny_onnx_int8", "unrelated")) as url:
+        assert served_model(url, tiny_dir, log=said.append) == "resnext_tiny_onnx_int8"  # serve --precision int8
+    assert "resnext_tiny_onnx_int8" in said[0]
+    with _fake_server(_ready_routes("resnext_tiny_onnx_fp32", "resnext_tiny_openvino_fp32")) as url:
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
+    fails(
+        outcome, ExitCode.BAD_INPUT, "several", "ready: resnext_tiny_onnx_fp32, resnext_tiny_openvino_fp32", "--model"
+    )
+    with _fake_server(_ready_routes()) as url:
+        outcome = cli(capsys, "bench-triton", "--dir", tiny_dir, "--url", url, "--duration", "0.1")
+    fails(outcome, ExitCode.BAD_INPUT, "none of", "--model")
+    assert not (tiny_dir / "bench_triton.json").exists()
+
+
+def test_a_busy_machine_is_said_in_bench_triton_results(tmp_path: Path) -> None:
+    from resnext_deploy.serving.load_test import LoadRow, busy_warning, write_triton_bench
+
+    assert busy_warning(None) is None and busy_warning(0.05) is None
+    row = LoadRow("u", "http", "m", 1, 1, 1.0, 10, 0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    json_path, md_path = write_triton_bench([row], tmp_path, other_cpu=0.6)
+    record = json.loads(json_path.read_text())
+    assert record["load"]["other_cpu"] == 0.6 and "60%" in record["load"]["warning"]
+    assert "Warning: the machine was busy" in md_path.read_text()
+
+
 # ----------------------------------------------------------------------------------------------
 # pipeline: each step's error keeps its documented code
 
@@ -764,3 +911,26 @@ def test_excluding_every_node_is_refused_rather_than_an_int8_file_without_int8(c
     outcome = cli(capsys, "build-trt", "--dir", directory, *INT8_ONLY, "--exclude", "*")
     fails(outcome, ExitCode.BAD_INPUT, "left in INT8")
     assert not (directory / "model.int8.onnx").exists()
+
+
+def test_bench_triton_results_appear_in_the_report(capsys, tiny_dir: Path) -> None:
+    from resnext_deploy.serving.load_test import LoadRow, write_triton_bench
+
+    model = "resnext_tiny_onnx_fp32"
+    row = LoadRow("http://127.0.0.1:8000", "http", model, 4, 8, 3.0, 300, 0, 100.0, 800.0, 9.5, 11.0, 14.25, 10.0, 20.0)
+    json_path, _ = write_triton_bench([row], tiny_dir, other_cpu=0.5)
+    assert cli(capsys, "report", "--dir", tiny_dir).code == ExitCode.OK
+    report = (tiny_dir / "report.md").read_text()
+    section = report[report.index("## Triton load test") :]
+    assert f"| {model} | http | 4 | 8 | 100.0 | 800.0 | 9.50 | 11.00 | 14.25 | 0 |" in section
+    assert "Warning: the machine was busy" in section and "Out of date" not in section
+
+    record = json.loads(json_path.read_text())
+    record["artifacts"]["model.onnx"] = "0" * 64  # measured on another model.onnx than DIR holds now
+    json_path.write_text(json.dumps(record))
+    assert cli(capsys, "report", "--dir", tiny_dir).code == ExitCode.OK
+    assert f"model.onnx (model {model}) changed since this load test" in (tiny_dir / "report.md").read_text()
+
+    record["rows"][0]["requests_per_s"] = "fast"
+    json_path.write_text(json.dumps(record))
+    fails(cli(capsys, "report", "--dir", tiny_dir), ExitCode.BAD_INPUT, str(json_path), "bench-triton again")

@@ -119,7 +119,7 @@ def test_int8_graph_is_explicit_tensorrt_style_and_recorded(tiny_dir: Path, cali
     entry = Manifest(tiny_dir).entry("model.int8.onnx")
     parent = Manifest(tiny_dir).entry("model.onnx")
     assert entry.parent_sha256 == parent.sha256 and entry.precision == "int8"
-    assert entry.calibration["method"] == "entropy" and entry.calibration["count"] == 16
+    assert entry.calibration.method == "entropy" and entry.calibration.count == 16
     assert entry.parity["cosine_min"] == result.parity.cosine_min and entry.parity["passed"]
     assert entry.options["high_precision"] == "fp16"
     assert entry.options["weight_max"] == WEIGHT_MAX == 63  # the 7-bit weights are on record
@@ -334,7 +334,7 @@ def test_demo_model_uses_its_bundled_data(tmp_path: Path) -> None:
     parity = result.parity
     assert parity.accuracy is not None and parity.reference_accuracy >= 97.0
     assert parity.reference_accuracy - parity.accuracy <= 1.0 and parity.top1_agreement >= 0.98
-    assert "calib" in Manifest(tmp_path).entry("model.int8.onnx").calibration["description"]
+    assert "calib" in Manifest(tmp_path).entry("model.int8.onnx").calibration.description
 
 
 @pytest.mark.slow

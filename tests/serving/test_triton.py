@@ -26,7 +26,7 @@ import pytest
 from resnext_deploy.artifacts import Manifest, engine_file, write_json
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
-from resnext_deploy.errors import BackendUnavailableError, BadInputError
+from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 from resnext_deploy.schemas import load_schema
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
 from resnext_deploy.serving.pytriton import SERVER_LOG
@@ -424,7 +424,7 @@ def test_served_logits_match_onnx_runtime_and_survive_a_load_test(server: Server
     assert cli_record["artifacts"]["model.onnx"] == manifest.entry("model.onnx").sha256
     assert cli_record["machine"]["cpu"] and "cpu flags" in cli_record["machine"]
 
-    assert server.stop() == 0, server.log_tail()
+    assert server.stop() == ExitCode.INTERRUPTED, server.log_tail()  # Ctrl-C: 130
     assert "server stopped" in server.log_tail()
     assert server.stdout_path.read_bytes() == b""  # the server's own log is never on stdout
     assert (tiny_dir / SERVER_LOG).stat().st_size > 0
@@ -448,7 +448,7 @@ def test_serve_on_openvino_answers_like_onnx_runtime(tiny_dir: Path, tmp_path: P
     finally:
         code = running.stop()
     np.testing.assert_allclose(logits, OnnxRuntimeRunner(tiny_dir / "model.onnx")(x), rtol=1e-4, atol=1e-5)
-    assert code == 0 and "on openvino" in running.log_tail()
+    assert code == ExitCode.INTERRUPTED and "on openvino" in running.log_tail()
 
 
 @needs_pytriton
@@ -504,3 +504,89 @@ def test_load_test_says_when_nothing_listens():
     with pytest.raises(BadInputError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
         settings = LoadTestSettings((1,), duration_s=0.1, timeout_s=2)
         triton_load_test(f"127.0.0.1:{port}", MODEL, settings, log=lambda _m: None)
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` and the bytes of its files: what a refused run must leave as it was."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@needs_tritonclient
+def test_a_rerun_removes_the_models_it_wrote_before_and_no_longer_writes(full_dir: Path, tmp_path: Path):
+    out = tmp_path / "repo"
+    make_triton_repo(full_dir, out, log=lambda _m: None)
+    (out / "notes.txt").write_text("mine")
+    (out / "someone_else").mkdir()
+    (out / "someone_else" / "config.pbtxt").write_text('name: "someone_else"\n')
+    for name in ("model.fp16.onnx", "model.fp16.engine"):  # as after a re-export that made FP32 alone
+        (full_dir / name).unlink()
+    messages: list[str] = []
+    written = make_triton_repo(full_dir, out, log=messages.append)
+    assert sorted(p.name for p in written) == [MODEL, "resnext_tiny_openvino_fp32"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [MODEL, "resnext_tiny_openvino_fp32", "someone_else"]
+    assert (out / "notes.txt").read_text() == "mine"  # what it did not write stays
+    assert (out / "someone_else" / "config.pbtxt").exists()
+    removed = [m for m in messages if m.startswith("removed ")]
+    assert len(removed) == 3 and all("no longer makes it" in m for m in removed)
+    assert json.loads((out / ".resnext-deploy-repo.json").read_text())["models"] == [
+        MODEL,
+        "resnext_tiny_openvino_fp32",
+    ]
+
+
+@needs_tritonclient
+@pytest.mark.parametrize("planted", ["2", "notes.md"])
+def test_a_model_folder_holding_what_triton_repo_did_not_write_is_refused_untouched(
+    tiny_dir: Path, tmp_path: Path, planted: str
+):
+    out = tmp_path / "repo"
+    make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    target = out / MODEL / planted
+    if planted.isdigit():  # the user's own version: Triton would serve it, not the new 1/
+        target.mkdir()
+        (target / "model.onnx").write_bytes(b"user's model")
+    else:
+        target.write_text("user's notes")
+    before = _tree(out)
+    expected = "version folder.*did not write" if planted.isdigit() else "not written by triton-repo"
+    with pytest.raises(BadInputError, match=expected) as caught:
+        make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    assert str(target) in str(caught.value)
+    assert _tree(out) == before
+
+
+@needs_tritonclient
+def test_a_model_of_the_same_name_written_by_someone_else_is_refused(tiny_dir: Path, tmp_path: Path):
+    out = tmp_path / "repo"
+    (out / MODEL / "1").mkdir(parents=True)
+    (out / MODEL / "config.pbtxt").write_text(f'name: "{MODEL}"\nplatform: "onnxruntime_onnx"\n')
+    before = _tree(out)
+    with pytest.raises(BadInputError, match="holds a model triton-repo did not write"):
+        make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    assert _tree(out) == before
+
+
+@needs_tritonclient
+def test_each_model_folder_is_written_whole_or_not_at_all(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A failure while a model folder is written leaves no folder without its config, and no staging folder."""
+    from resnext_deploy.serving import triton_repo
+
+    out = tmp_path / "repo"
+
+    def fail(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(triton_repo, "config_text", fail)  # after 1/model.onnx is copied
+    with pytest.raises(OSError):
+        make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    assert [p.name for p in out.iterdir()] == [".resnext-deploy-repo.json"]
+    monkeypatch.undo()
+    make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    first = (out / MODEL / "config.pbtxt").read_bytes()
+    monkeypatch.setattr(triton_repo, "config_text", fail)
+    with pytest.raises(OSError):
+        make_triton_repo(tiny_dir, out, log=lambda _m: None)
+    assert (out / MODEL / "config.pbtxt").read_bytes() == first  # the folder written before is kept whole
+    assert sorted(p.name for p in out.iterdir()) == [".resnext-deploy-repo.json", MODEL, "resnext_tiny_openvino_fp32"]
