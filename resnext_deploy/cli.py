@@ -194,14 +194,14 @@ def export(
     ] = None,
 ) -> None:
     """Export DIR/model.onnx (FP32) and check it against PyTorch in ONNX Runtime."""
-    from .artifacts import locked, prepare_dir
+    from .artifacts import locked, prepare_dir, recorded_step
     from .export import check_export_options, export_onnx
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
     model = resolve_source(source, log=log)
     directory = prepare_dir(directory)
-    with locked(directory):
+    with locked(directory), recorded_step(directory, "export"):
         export_onnx(model, directory, opset=opset, static_batch=static_batch, log=log)
     if warning := model.weights_warning():
         typer.echo(f"WARNING: {warning}")
@@ -237,7 +237,7 @@ def build_trt(
     check_trt_major(trt_major)
     directory = artifact_dir(directory)
     with locked(directory):
-        with recorded_step(directory, f"{precision} ONNX", record_failure=False):
+        with recorded_step(directory, f"{precision} ONNX"):
             make_typed_onnx(directory, precision, precision_options, log=log)
         reason = tensorrt_status()
         if reason is not None:  # for `report`, as pipeline records it: why, and every file's trtexec line
@@ -245,7 +245,8 @@ def build_trt(
         if onnx_only:
             return
         try:
-            build_engine(directory, precision, build, log=log, trt_major=trt_major)
+            with recorded_step(directory, f"{precision} engine"):
+                build_engine(directory, precision, build, log=log, trt_major=trt_major)
         except TensorRTUnavailableError as exc:
             typer.echo(exc.command)
             raise
@@ -347,7 +348,7 @@ def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: Json
 
     json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
-    with locked(directory), recorded_step(directory, "bench", record_failure=False):
+    with locked(directory), recorded_step(directory, "bench"):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
     if failure := report.failure():
@@ -402,15 +403,22 @@ def bench_triton(
 
 @app.command()
 def report(directory: ExportedDirOption) -> None:
-    """Write DIR/report.md and report.json from what DIR holds, whichever commands made it (as pipeline does)."""
+    """Write DIR/report.md and report.json from what DIR holds, whichever commands made it (as pipeline does).
+
+    Exits with the run's status, derived from DIR: 0 passed, 1 a step or verify failed (or nothing verified), 3 a
+    step met bad input, so a CI job can gate on it.
+    """
     from .artifacts import locked
     from .report import write_report
     from .source import artifact_dir
 
     directory = artifact_dir(directory)
     with locked(directory):
-        path = write_report(directory, log=log)
-    typer.echo(f"report: {path}")
+        written = write_report(directory, log=log)
+    typer.echo(f"report: {written.status.summary()}")
+    typer.echo(f"report: {written.path}")
+    if not written.status.passed:
+        raise typer.Exit(int(written.status.exit_code))
 
 
 @app.command("triton-repo")

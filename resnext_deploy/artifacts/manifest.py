@@ -13,9 +13,10 @@ from typing import Any
 
 from ..errors import BadInputError, VerificationError
 from .precisions import ONNX_FILES
-from .store import CALIBRATION_NAME, LOCK_NAME, now_iso, read_json, sha256_file, write_json
+from .store import CALIBRATION_NAME, LOCK_NAME, engine_file, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -206,6 +207,11 @@ class ArtifactEntry:
         return tuple(self._record.get("remedies") or ())
 
 
+# A recorded failure's reason starts with one of these: on bad input (exit 3), or a failed check (exit 1).
+FAILED_BAD_INPUT = "failed on bad input: "
+FAILED = "failed: "
+
+
 @dataclass(frozen=True)
 class SkippedStep:
     """A step that did not run, or failed (its reason starts with ``failed``): what ``report`` lists."""
@@ -217,6 +223,19 @@ class SkippedStep:
     def failed(self) -> bool:
         return self.reason.startswith("failed")
 
+    @property
+    def bad_input(self) -> bool:
+        """The step failed on its input (too few images, a full disk), not on a check: exit 3, as pipeline's."""
+        return self.reason.startswith(FAILED_BAD_INPUT)
+
+    @property
+    def artifact(self) -> str | None:
+        """The artifact the step makes (``int8 ONNX``: ``model.int8.onnx``), which its failure left unmade."""
+        precision, _, kind = self.step.partition(" ")
+        if precision not in ONNX_FILES:
+            return None
+        return {"ONNX": ONNX_FILES[precision], "engine": engine_file(precision)}.get(kind)
+
 
 class Manifest:
     """``DIR/manifest.json``: one entry per artifact, keyed by file name, and the steps skipped there."""
@@ -224,11 +243,16 @@ class Manifest:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
-        self._data: dict[str, Any] = {"format": 1, "artifacts": {}}
+        self._data: dict[str, Any] = {"format": MANIFEST_FORMAT, "artifacts": {}}
         if self.path.exists():
             loaded = read_json(self.path)
             if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
                 raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
+            if loaded.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+                raise BadInputError(
+                    f"{self.path}: format {str(loaded.get('format'))[:40]} is not one this resnext-deploy reads "
+                    f"({MANIFEST_FORMAT}); use the version that wrote it, or another --dir"
+                )
             _check_entries(loaded["artifacts"], self.path)
             _check_skipped(loaded.get("skipped"), self.path)
             self._data = loaded
@@ -360,19 +384,24 @@ class Manifest:
 
 
 @contextmanager
-def recorded_step(directory: str | Path, step: str, record_failure: bool = True) -> Iterator[None]:
-    """Run a step; once it succeeds, a failure recorded earlier (by ``pipeline``) is cleared from the manifest.
+def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
+    """Run a step; record its failure (bad input, a failed check) in the manifest, or clear an earlier one.
 
-    With ``record_failure`` (``pipeline``, which goes on and ends with a report) a failure (bad input, a failed
-    check) is recorded for the report before it goes on up; single commands leave the directory as it was.
+    Every command records it, single ones as ``pipeline`` does, so that ``verify``, ``report`` and ``pipeline``
+    derive one status from the directory whichever commands ran. The failure still goes on up (the exit code).
     """
     try:
         yield
     except (BadInputError, VerificationError) as exc:
-        if record_failure:
-            Manifest(directory).record_skipped(step, f"failed: {exc}")
+        prefix = FAILED_BAD_INPUT if isinstance(exc, BadInputError) else FAILED
+        # The step's own error is what the user must see: a manifest that cannot take the record (a full disk,
+        # a malformed manifest) does not replace it.
+        with contextlib.suppress(BadInputError, OSError):
+            if (Path(directory) / MANIFEST_NAME).is_file():
+                Manifest(directory).record_skipped(step, f"{prefix}{exc}")
         raise
-    Manifest(directory).record_skipped(step, None)
+    if (Path(directory) / MANIFEST_NAME).is_file():
+        Manifest(directory).record_skipped(step, None)
 
 
 def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
@@ -397,10 +426,43 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
                 CalibrationRef.from_dict(entry["calibration"])
             except ValueError as exc:
                 problem = f"has a calibration record that {exc}"
+        if problem is None:
+            problem = _wrong_type(entry)
         if problem:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
             )
+
+
+# Fields later steps and the report read, and the JSON types each may have (None: absent or null).
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "size_bytes": (int,),
+    "precision": (str,),
+    "created": (str,),
+    "heldout": (str,),
+    "weights_warning": (str,),
+    "stale": (str,),
+    "remedies": (list,),
+    "fp32_nodes": (list,),
+    "quantized_nodes": (list,),
+    "quantized_tensors": (list,),
+    "search": (dict,),
+    "parity": (dict,),
+    "calibration": (dict,),
+}
+
+
+def _wrong_type(entry: Mapping[str, Any]) -> str | None:
+    """Which field of an entry is not of its type (a string size, a list where an object belongs), or None."""
+    for key, kinds in _ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"has {key} {str(value)[:40]!r}, a {type(value).__name__}, not a {kinds[0].__name__}"
+        if kinds == (list,) and not all(isinstance(item, str) for item in value):
+            return f"has {key} with items that are not strings"
+    return None
 
 
 def _check_skipped(skipped: object, path: Path) -> None:

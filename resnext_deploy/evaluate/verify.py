@@ -24,6 +24,7 @@ from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
+from .status import Problem, failed_steps, step_problem
 
 VERIFY_JSON = "verify.json"
 Log = Callable[[str], None]
@@ -144,10 +145,11 @@ class VerifyRecord:
     machine: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=now_iso)
+    failed_steps: list[Problem] = field(default_factory=list)  # recorded in the manifest: artifacts not made
 
     @property
     def passed(self) -> bool:
-        return not self.reference.failures and all(r.passed for r in self.rows)
+        return not self.reference.failures and all(r.passed for r in self.rows) and not self.failed_steps
 
     def __bool__(self) -> bool:
         return self.passed
@@ -157,6 +159,7 @@ class VerifyRecord:
         failures = self.reference.failures
         parts = [f"reference torch-cpu:fp32: {failures[0]}"] if failures else []
         parts += [f"{r.full_label}: {r.failures[0]}" for r in self.rows if not r.passed]
+        parts += [str(problem) for problem in self.failed_steps]
         return f"{len(parts)} failed: " + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +174,7 @@ class VerifyRecord:
                 "passed": self.passed,
                 "machine": self.machine,
                 "artifacts": self.artifacts,
+                "failed_steps": [asdict(p) for p in self.failed_steps],
             }
         )
 
@@ -186,6 +190,7 @@ class VerifyRecord:
                 dict(data["machine"]),
                 dict(data["artifacts"]),
                 str(data["created"]),
+                [Problem(str(p["step"]), str(p["reason"]), bool(p["bad_input"])) for p in data.get("failed_steps", [])],
             )
         except (KeyError, TypeError, ValueError, AttributeError, BadInputError) as exc:
             raise BadInputError(f"{VERIFY_JSON} is malformed ({one_line(exc, 80)}); run verify again") from None
@@ -381,6 +386,7 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
         [w for w in (plan.dataset.skipped_summary(), *plan.notes) if w],
         describe(),
         plan.found.hashes([*run.ran, *(c for c, _ in run.failed)]),
+        failed_steps=[step_problem(step) for step in failed_steps(plan.found.manifest) if step.artifact],
     )
     return VerifyReport(record, results)
 
@@ -478,7 +484,12 @@ def _reference_record(plan: VerifyPlan, run: VerifyRun) -> ReferenceRecord:
 def verify_text(record: VerifyRecord) -> str:
     """The terminal table of a verify run, titled with the verdict, failure reasons under it."""
     table = render_table(*verify_table(record.rows), title=f"verify: {'passed' if record.passed else 'FAILED'}")
-    return "\n".join([table, *failure_notes(record.rows)])
+    return "\n".join([table, *failure_notes(record.rows), *step_notes(record)])
+
+
+def step_notes(record: VerifyRecord) -> list[str]:
+    """The artifacts a recorded step failed to make, which verify could not check: each one fails it."""
+    return [f"step failed: {problem}" for problem in record.failed_steps]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -504,22 +515,22 @@ def verify_table(rows: Sequence[VerifyRow]) -> tuple[list[str], list[list[str]]]
     cells = []
     failed = 0
     for r in rows:
-        p = r.parity
+        p = r.parity  # a failing Parity is falsy: test it against None, so a failed row shows its figures
         failed += not r.passed
-        accuracy = _fmt(p.accuracy if p else None, ".2f")
+        accuracy = _fmt(p.accuracy if p is not None else None, ".2f")
         if p is not None and p.accuracy is not None and p.reference_accuracy is not None:
             accuracy += f" ({p.accuracy - p.reference_accuracy:+.2f})"
         cells.append(
             [
                 r.label,
                 r.artifact or "-",
-                _fmt(p.n if p else None, "d"),
-                _fmt(p.max_abs if p else None, ".3g"),
-                _fmt(p.rel_error if p else None, ".3g"),
-                _fmt(p.cosine_min if p else None, ".6f"),
+                _fmt(p.n if p is not None else None, "d"),
+                _fmt(p.max_abs if p is not None else None, ".3g"),
+                _fmt(p.rel_error if p is not None else None, ".3g"),
+                _fmt(p.cosine_min if p is not None else None, ".6f"),
                 _top1_cell(p),
-                _fmt(p.top5_overlap if p else None, ".2%"),
-                _fmt(p.nonfinite if p else None, "d"),
+                _fmt(p.top5_overlap if p is not None else None, ".2%"),
+                _fmt(p.nonfinite if p is not None else None, "d"),
                 accuracy,
                 "pass" if r.passed else f"FAIL [{failed}]",
             ]

@@ -73,7 +73,12 @@ class GraphQuantization:
 
 
 def graph_quantization(model) -> GraphQuantization:
-    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8."""
+    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8.
+
+    The one definition of what an INT8 file quantizes: the build records it from the graph it writes and
+    ``verify`` reads the file with it, so the file, its manifest entry and verify agree by construction
+    (the nodes the FP16-range rule keeps in FP32, and the sites the search keeps out, included).
+    """
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     dequantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}

@@ -7,7 +7,7 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,16 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, CalibrationRef, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
+from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
-from ..parity import Parity, Tolerance, compare
+from ..parity import BUILD_MIN_DECISIVE, Parity, Tolerance, compare
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
 from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import WEIGHT_MAX, int8_model
+from .int8 import WEIGHT_MAX, graph_quantization, int8_model
 from .options import PrecisionOptions
 from .search import CheckSet, SearchRecord, search_int8
 from .split import HELDOUT_MAX, data_warnings, given_calibration, split_for
@@ -203,7 +204,7 @@ def judge_typed(plan: TypedPlan, built: TypedBuild, options: PrecisionOptions, l
     with atomic_path(final) as tmp:
         save_model(built.model, tmp)
         built.model = None
-        parity = check_parity(plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels)
+        parity = check_parity(plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels, log)
         log(_parity_summary(plan.name, plan.heldout, parity))
         if not parity:
             raise VerificationError(
@@ -257,10 +258,11 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
     if count >= VERIFY_SET:
         return tolerance, ""
     note = (
-        f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, so "
-        f"that verify on {VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
+        f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, and "
+        f"decisive top-1 only on {BUILD_MIN_DECISIVE} decisive samples or more, else raw agreement, so that verify on "
+        f"{VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
     )
-    return tolerance.tightened(BUILD_MARGIN), note
+    return replace(tolerance.tightened(BUILD_MARGIN), decisive_min=BUILD_MIN_DECISIVE), note
 
 
 def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: PrecisionOptions, log: Log) -> TypedBuild:
@@ -289,11 +291,15 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
             f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
             "the file would be float, not INT8; exclude fewer nodes"
         )
+    # What the manifest records is read from the graph written, by the function verify reads the file with: the
+    # two agree by construction, whatever the FP16-range rule kept in FP32 (renaming tensors there) or the search
+    # kept out.
+    found = graph_quantization(model)
     log(
-        f"INT8: {len(qdq.weighted)} Conv/Gemm nodes quantized, {len(qdq.consumers)} activation tensors "
+        f"INT8: {len(found.layers)} Conv/Gemm nodes quantized, {len(found.tensors)} activation tensors "
         f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
-    return TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    return TypedBuild(model, calibration, fp32_nodes, sorted(found.layers), sorted(found.tensors), search_record)
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
@@ -364,22 +370,45 @@ def check_parity(
     dataset: Dataset,
     tolerance: Tolerance,
     use_labels: bool,
+    log: Log | None = None,
 ) -> Parity:
-    """Run both files in ONNX Runtime on the same inputs and compare the logits."""
+    """Run both files on the same inputs and compare the logits, on every CPU runtime the file is deployed on.
+
+    ONNX Runtime always; OpenVINO too where it is installed (it runs the same file on CPUs, and its int8
+    kernels round differently), judged by the same :func:`~resnext_deploy.parity.compare` and tolerance. The
+    ONNX Runtime parity is returned, with OpenVINO's failures added to it (named), so that the check fails
+    when either runtime would fail verify.
+    """
+    runners: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner(candidate, precision)}
+    if OPENVINO.unavailable() is None:
+        from ..backends.openvino import OpenVINORunner
+
+        runners["openvino"] = OpenVINORunner(candidate, precision)
     reference_runner = OnnxRuntimeRunner(reference)
-    candidate_runner = OnnxRuntimeRunner(candidate, precision)
-    refs, cands, labels = [], [], []
-    with progress(dataset.count, f"checking {precision} on {dataset.count} held-out samples") as advance:
-        for batch in dataset.batches(CHECK_BATCH):
-            refs.append(reference_runner(batch.images))
-            cands.append(candidate_runner(batch.images))
-            if batch.labels is not None:
-                labels.append(batch.labels)
-            advance(len(batch.images))
-    reference_runner.close()
-    candidate_runner.close()
+    refs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    try:
+        with progress(dataset.count, f"checking {precision} on {dataset.count} held-out samples") as advance:
+            for batch in dataset.batches(CHECK_BATCH):
+                refs.append(reference_runner(batch.images))
+                for name, runner in runners.items():
+                    outputs[name].append(runner(batch.images))
+                if batch.labels is not None:
+                    labels.append(batch.labels)
+                advance(len(batch.images))
+    finally:
+        for runner in (reference_runner, *runners.values()):
+            runner.close()
     truth = np.concatenate(labels) if use_labels and labels else None
-    return compare(np.concatenate(refs), np.concatenate(cands), tolerance, truth)
+    expected = np.concatenate(refs)
+    parities = {name: compare(expected, np.concatenate(out), tolerance, truth) for name, out in outputs.items()}
+    parity = parities.pop("onnxruntime")
+    for name, other in parities.items():
+        if log is not None:
+            log(f"{_parity_summary(Path(candidate).name, dataset, other)} (on {name})")
+        parity = replace(parity, failures=(*parity.failures, *(f"on {name}: {f}" for f in other.failures)))
+    return parity
 
 
 def _parity_summary(name: str, dataset: Dataset, parity: Parity) -> str:

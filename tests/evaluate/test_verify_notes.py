@@ -41,7 +41,7 @@ def test_class_folders_that_are_not_the_models_classes_give_no_accuracy(tiny_dir
     assert "(2: cat, dog)" in note and "the model's 10 classes" in note
     assert report.record.reference.accuracy is None
     assert all(r.parity is not None and r.parity.accuracy is None for r in report.results)
-    markdown = write_report(tiny_dir, log=lambda _: None).read_text()
+    markdown = write_report(tiny_dir, log=lambda _: None).path.read_text()
     assert f"**Note:** {note}." in markdown
 
 
@@ -61,7 +61,7 @@ def test_random_weights_are_loud_on_stdout_in_the_manifest_and_the_report(
     assert out.startswith("WARNING: RANDOM WEIGHTS: resnext_tiny was exported without --checkpoint")
     warning = Manifest(tmp_path).entry("model.onnx").weights_warning
     assert warning.startswith("RANDOM WEIGHTS")
-    assert f"**{warning}.**" in write_report(tmp_path, log=lambda _: None).read_text()
+    assert f"**{warning}.**" in write_report(tmp_path, log=lambda _: None).path.read_text()
 
 
 def test_the_demo_model_is_not_called_random(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

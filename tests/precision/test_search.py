@@ -150,7 +150,8 @@ def test_pipeline_records_a_failed_step_and_still_reports(tmp_path: Path) -> Non
     report = (directory / "report.md").read_text()
     assert "int8 ONNX: failed" in report and "after trying --calib-method entropy, minmax, percentile" in report
     top = report.splitlines()[:6]
-    assert "**Status: FAILED**" in top[2] and any(line.startswith("- int8 ONNX: failed") for line in top), top
+    assert top[0].endswith(": FAILED") and "**Status: FAILED**" in top[2]
+    assert any(line.startswith("- int8 ONNX (model.int8.onnx was not made): ") for line in top), top
     assert f"`model.fp16.onnx` was checked on {images}" in report and "numeric parity only" not in report
     verified_on = json.loads((directory / "verify.json").read_text())["reference"]["data"]
     assert str(images) in verified_on and "synthetic" not in verified_on  # the held-out images, never noise

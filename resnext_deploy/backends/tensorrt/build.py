@@ -22,6 +22,7 @@ from ...artifacts import (
     engine_file,
     load_onnx,
     now_iso,
+    recorded_step,
     single_input,
     write_bytes,
     write_json,
@@ -274,7 +275,8 @@ def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], N
     if reason is None:
         for precision in [p for p in ONNX_FILES if Manifest(directory).entry(ONNX_FILES[p])]:
             log(f"== TensorRT {precision.upper()} engine")
-            build_engine(directory, precision, options, log=log)
+            with recorded_step(directory, f"{precision} engine"):
+                build_engine(directory, precision, options, log=log)
     skipped = record_engines_skipped(directory, options, reason)
     if reason is not None:
         log(f"TensorRT engines skipped: {reason}")
