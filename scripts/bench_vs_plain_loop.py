@@ -34,9 +34,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPS = {"torch": ("fp32", None), "onnxruntime": ("fp32", "model.onnx"), "openvino": ("int8", "model.int8.onnx")}
-# --make: the commands that make DIR (export, then the INT8 file checked on the CPU).
+# --make: the commands that make DIR (export, then the INT8 file checked on the CPU). ResNeXt-50 has random weights
+# and no bundled images: it calibrates on CALIB_COUNT seeded N(0,1) arrays written to DIR/calib.npy.
+CALIB_COUNT = 64
 MAKE = {
-    "resnext50": [["export", "--arch", "resnext50_32x4d"], ["build-trt", "--int8", "--onnx-only"]],
+    "resnext50": [
+        ["export", "--arch", "resnext50_32x4d"],
+        ["build-trt", "--int8", "--onnx-only", "--calib-dir", "{calib}"],
+    ],
     "demo": [["export"], ["build-trt", "--int8", "--onnx-only"]],
 }
 
@@ -135,8 +140,14 @@ def compare(args: argparse.Namespace) -> int:
     from resnext_deploy.evaluate.machine import cpu_flags, load_average
 
     if args.make and not (args.dir / "model.int8.onnx").exists():
+        calib = args.dir / "calib.npy"
         for step in MAKE[args.make]:
-            _tool(*step, "--dir", str(args.dir))
+            if "{calib}" in step and not calib.exists():
+                import numpy as np
+
+                args.dir.mkdir(parents=True, exist_ok=True)
+                np.save(calib, np.random.default_rng(0).standard_normal((CALIB_COUNT, 3, 224, 224)).astype(np.float32))
+            _tool(*[str(calib) if word == "{calib}" else word for word in step], "--dir", str(args.dir))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     pairs = [(runtime, batch) for runtime in LOOPS for batch in batch_sizes]
     load_before = load_average()

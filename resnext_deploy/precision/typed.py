@@ -259,7 +259,8 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
         return tolerance, ""
     note = (
         f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, and "
-        f"decisive top-1 only on {BUILD_MIN_DECISIVE} decisive samples or more, else raw agreement, so that verify on "
+        f"decisive top-1 as verify judges it only on {BUILD_MIN_DECISIVE} decisive samples or more, else no flip among "
+        f"the decisive samples (raw agreement where the error is large), so that verify on "
         f"{VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
     )
     return replace(tolerance.tightened(BUILD_MARGIN), decisive_min=BUILD_MIN_DECISIVE), note
