@@ -377,8 +377,12 @@ def inspect(
     data: DataOption = None,
     count: Annotated[int, typer.Option("--count", help="Images the accuracy passes use.")] = 32,
     artifacts: Annotated[
-        str, typer.Option("--artifacts", help="Comma list of DIR's files; default: the typed files, and model.onnx "
-                          "against model.int8.onnx for the layer times.")
+        str,
+        typer.Option(
+            "--artifacts",
+            help="Comma list of DIR's files; default: the typed files, and model.onnx "
+            "against model.int8.onnx for the layer times.",
+        ),
     ] = "",
     backends: Annotated[
         str, typer.Option("--backends", help="Comma list of runtimes to profile (openvino, onnxruntime); 'none': skip.")

@@ -115,7 +115,8 @@ class SiteErrors:
         """The share of signal energy this site's layer adds to what reached it (accumulated view)."""
         if self.local is None:
             return None
-        return self.accumulated.noise_share - self.reached.noise_share
+        added = self.accumulated.noise_share - self.reached.noise_share
+        return 0.0 if math.isnan(added) else added  # both non-finite: nothing more added here
 
 
 def fake_quantize(x: np.ndarray, site: Site) -> np.ndarray:
@@ -241,7 +242,8 @@ class ConsumerProbe:
         self.session = _session(helper.make_model(graph, opset_imports=opset, ir_version=float_model.ir_version))
 
     def __call__(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
-        feeds = {local: values[name].astype(np.float32, copy=False) for local, name in zip(self._feeds, self.inputs)}
+        pairs = zip(self._feeds, self.inputs, strict=True)
+        feeds = {local: values[name].astype(np.float32, copy=False) for local, name in pairs}
         return self.session.run(None, feeds)[0]
 
 

@@ -82,9 +82,7 @@ def _openvino(path: str, precision: str, batch_size: int, image_size: int, itera
         names = str(rt["originalLayersNames"].astype(str)) if "originalLayersNames" in rt else ""
         runtime_precision = str(rt["runtimePrecision"].astype(str)) if "runtimePrecision" in rt else ""
         fused[op.get_friendly_name()] = ([n for n in names.split(",") if n], runtime_precision)
-    rows = [
-        (name, *info[name], float(np.mean(values)), *fused.get(name, ([], ""))) for name, values in times.items()
-    ]
+    rows = [(name, *info[name], float(np.mean(values)), *fused.get(name, ([], ""))) for name, values in times.items()]
     return {"rows": rows, "wall_ms": statistics.median(wall)}
 
 
@@ -123,7 +121,10 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
         args = event.get("args", {})
         kinds[node] = (str(args.get("op_name", "")), str(args.get("provider", "")))
     runs = max(runs, 1)
-    rows = [(node, kinds[node][0], f"{kinds[node][0]} ({kinds[node][1]})", ms / runs, [node], "") for node, ms in totals.items()]
+    rows = [
+        (node, kinds[node][0], f"{kinds[node][0]} ({kinds[node][1]})", ms / runs, [node], "")
+        for node, ms in totals.items()
+    ]
     return {"rows": rows, "wall_ms": statistics.median(wall[WARMUP:] or wall)}
 
 
@@ -215,10 +216,11 @@ def compare_layers(fast: ArtifactLatency, slow: ArtifactLatency) -> list[tuple[s
 def overhead_note(latency: ArtifactLatency, limit: int = 3) -> str:
     """Why INT8 is slow on a runtime, in its own numbers: time outside INT8 weighted layers, and the worst layers."""
     total = latency.total_ms or 1.0
-    float_weighted = [l for l in latency.layers if l.weighted and l.precision.upper() not in ("I8", "U8", "INT8")]
-    overhead = [l for l in latency.layers if l.overhead]
-    worst = sorted(float_weighted + overhead, key=lambda l: -l.ms)[:limit]
-    named = ", ".join(f"`{(l.nodes or (l.name,))[0]}` ({l.kernel}, {l.ms:.2f} ms)" for l in worst)
+    layers = latency.layers
+    float_weighted = [x for x in layers if x.weighted and x.precision.upper() not in ("I8", "U8", "INT8")]
+    overhead = [x for x in layers if x.overhead]
+    worst = sorted(float_weighted + overhead, key=lambda x: -x.ms)[:limit]
+    named = ", ".join(f"`{(x.nodes or (x.name,))[0]}` ({x.kernel}, {x.ms:.2f} ms)" for x in worst)
     text = (
         f"{latency.backend} runs {latency.int8_weighted} of {latency.weighted} weighted layers in INT8; "
         f"{len(overhead)} reorders/conversions/Q-DQ nodes take {latency.overhead_ms / total:.0%} of the time"

@@ -37,7 +37,9 @@ def run_inspect(
     fp32 = manifest.require("model.onnx", "run `resnext-deploy export` first")
     unknown = [b for b in backends or () if b not in BACKENDS]
     if unknown:
-        raise BadInputError(f"--backends: no layer profiler for {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        raise BadInputError(
+            f"--backends: no layer profiler for {', '.join(unknown)}; choose from {', '.join(BACKENDS)} or none"
+        )
     chosen = list(dict.fromkeys(artifacts or [name for name in (*TYPED, *TIMED) if manifest.entry(name)]))
     missing = [name for name in chosen if manifest.entry(name) is None]
     if missing:

@@ -61,7 +61,8 @@ def saved_sensitivities(directory: Path, model_sha256: str) -> dict[str, float]:
 def search_action(site: Site, search: Mapping[str, Any] | None, remedies: Sequence[str]) -> str:
     """What the INT8 search did at ``site``, from the manifest's record of it."""
     if site.precision == "fp32":
-        return "kept in float" + (" by the search" if search and set(site.consumers) & set(search.get("kept", [])) else "")
+        by_search = search and set(site.consumers) & set(search.get("kept", []))
+        return "kept in float" + (" by the search" if by_search else "")
     if site.precision != "int8":
         return ""
     done = []
@@ -209,6 +210,4 @@ def _ranked(records: list[SiteRecord]) -> list[SiteRecord]:
     added = sorted((r for r in records if r.added is not None), key=lambda r: -(r.added or 0.0))
     local_rank = {r.tensor: i for i, r in enumerate(local, start=1)}
     added_rank = {r.tensor: i for i, r in enumerate(added, start=1)}
-    return [
-        replace(r, local_rank=local_rank.get(r.tensor), accumulated_rank=added_rank.get(r.tensor)) for r in records
-    ]
+    return [replace(r, local_rank=local_rank.get(r.tensor), accumulated_rank=added_rank.get(r.tensor)) for r in records]
