@@ -237,6 +237,9 @@ def pipeline(
     directory: DirOption = Path("artifacts/demo"),
     data: DataOption = None,
     count: CountOption = None,
+    inspect: Annotated[
+        bool, typer.Option("--inspect", help="Run `inspect` even when every check passes (it runs when one fails).")
+    ] = False,
 ) -> None:
     """The whole chain: export, FP16, INT8, TensorRT engines where possible, verify, bench, DIR/report.md.
 
@@ -246,7 +249,7 @@ def pipeline(
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build, inspect=inspect)
     model = resolve_source(source, name_folders=(precision.calib_source, data))
     directory = prepare_dir(directory)
     with locked(directory):

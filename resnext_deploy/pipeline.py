@@ -34,6 +34,7 @@ class PipelineOptions:
     count: int | None = None
     bench: BenchSettings = field(default_factory=BenchSettings)
     build: BuildOptions = field(default_factory=BuildOptions)
+    inspect: bool = False  # run inspect even when every check passed (it always runs when one fails)
 
 
 @dataclass
@@ -94,12 +95,25 @@ def run_pipeline(
         failed["bench"] = f"failed: {exc}"
         log(f"bench failed: {exc}")
     skipped = {**failed, **skipped}
+    if options.inspect or failed or not verified:
+        _inspect(directory, options, log)
     report = write_report(directory, log=log)  # the same report as `report --dir`: the steps are in the manifest
     problems = [f"{step} {reason}" for step, reason in failed.items()]
     if not verified:
         problems.append(verified.failure_summary())
     tables = [verify_text(verified.record)] + ([bench_text(measured)] if measured is not None else [])
     return PipelineResult(report, not problems, "; ".join(problems), skipped, tables, bad_input)
+
+
+def _inspect(directory: Path, options: PipelineOptions, log: Callable[[str], None]) -> None:
+    """inspect's layer-by-layer account before the report, which shows its "Where"; its own failure is a log line."""
+    from .inspect.run import run_inspect
+
+    log("== inspect")
+    try:
+        run_inspect(directory, options.data, log=log)
+    except (DeployError, OSError) as exc:
+        log(f"inspect failed; the report goes on without it: {exc}")
 
 
 def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | None:

@@ -189,7 +189,7 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> P
     report = build_report(manifest, verify, bench, manifest.skipped)
     write_json(directory / REPORT_JSON, report.to_dict())
     path = directory / REPORT_MD
-    write_text(path, render_markdown(report))
+    write_text(path, render_markdown(report) + where_markdown(directory))
     log(f"wrote {path} and {directory / REPORT_JSON}")
     return path
 
@@ -336,6 +336,15 @@ def render_markdown(report: Report) -> str:
         out += ["", "## Machine", ""]
         out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report.machine.items()]))
     return "\n".join(out) + "\n"
+
+
+def where_markdown(directory: Path) -> str:
+    """The short "Where" section from ``DIR/inspect.json``, when inspect ran there (else nothing)."""
+    from ..inspect.render import where_section
+    from ..inspect.run import read_inspect
+
+    found = read_inspect(directory)
+    return "\n".join(where_section(found)) + "\n" if found is not None else ""
 
 
 def _status_lines(report: Report) -> list[str]:
