@@ -51,16 +51,17 @@ class Energy:
     count: int = 0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
-        ref = reference.astype(np.float64, copy=False).reshape(-1)
-        cand = candidate.astype(np.float64, copy=False).reshape(-1)
-        if not np.isfinite(cand).all():
+        # float32 BLAS dot products (memory-bound, a few ms per tensor); each batch's sums are added in float64
+        ref = reference.astype(np.float32, copy=False).reshape(-1)
+        cand = candidate.astype(np.float32, copy=False).reshape(-1)
+        error = float(np.dot(cand - ref, cand - ref))
+        if not math.isfinite(error):
             self.error = math.inf
             return
-        diff = cand - ref
-        self.signal += float(ref @ ref)
-        self.error += float(diff @ diff)
-        self.dot += float(ref @ cand)
-        self.candidate += float(cand @ cand)
+        self.signal += float(np.dot(ref, ref))
+        self.error += error
+        self.dot += float(np.dot(ref, cand))
+        self.candidate += float(np.dot(cand, cand))
         self.count += ref.size
 
     @property
@@ -94,6 +95,7 @@ class SiteErrors:
     flushed: int = 0
     rounding: float = 0.0  # squared error of the tensor's own fake quantization, summed
     local: Energy | None = None  # at the consumers' outputs, only this site typed
+    by_consumer: dict[str, Energy] = field(default_factory=dict)  # the local view at each consumer alone
     reached: Energy = field(default_factory=Energy)  # the typed file's inputs of the site's consumers
     accumulated: Energy = field(default_factory=Energy)  # the typed file's consumers' outputs
 
@@ -234,6 +236,7 @@ class ConsumerProbe:
                 graph_inputs.append(onnx.ValueInfoProto(name=local))
                 graph_inputs[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
                 renamed.append(local)
+        self.node = node.name
         copy = helper.make_node(node.op_type, renamed, ["out"], name=node.name)
         copy.attribute.extend(node.attribute)
         self.output = node.output[0]
@@ -334,6 +337,19 @@ def site_errors(
     )
 
 
+def local_errors(float_model: Any, typed: Any, images: np.ndarray) -> dict[str, float]:
+    """Each quantized node's own error from one recorded pass: the noise share at its output when only the pair
+    it reads (and its weight) is INT8. The INT8 search ranks its sites (weighted nodes, residual Adds) by this."""
+    from .sites import int8_sites
+
+    sites = [site for site in int8_sites(typed, float_model) if site.kind != "block output"]
+    scores: dict[str, float] = {}
+    for errors in site_errors(float_model, typed, sites, images, accumulated=False).errors:
+        for node, energy in errors.by_consumer.items():
+            scores[node] = max(scores.get(node, 0.0), energy.noise_share)
+    return scores
+
+
 def _measure(
     result: SiteErrors, values: Mapping[str, np.ndarray], typed: Mapping[str, np.ndarray], probes: list[ConsumerProbe]
 ) -> None:
@@ -348,9 +364,11 @@ def _measure(
     quantized = fake_quantize(x, site)
     result.rounding += float(((quantized.astype(np.float64) - x) ** 2).sum())
     if result.local is not None:
+        feeds = {**values, site.tensor: quantized}
         for probe in probes:
-            feeds = {**values, site.tensor: quantized}
-            result.local.add(values[probe.output], probe(feeds))
+            output = probe(feeds)
+            result.local.add(values[probe.output], output)
+            result.by_consumer.setdefault(probe.node, Energy()).add(values[probe.output], output)
         if not probes:  # kept in FP32: the site computes exactly as the float model does
             result.local.add(x, x)
     if typed and site.tensor in typed:
