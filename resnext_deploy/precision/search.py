@@ -52,6 +52,8 @@ EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reu
 SEARCH_FORMAT = 3  # 3: every Q/DQ site (weighted layers, residual Adds); keyed by model, data and method only
 SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
+EARLY_SAMPLES = 16  # check images a calibration method is first tried on; one that fails by far stops there
+FAR_FACTOR = 10.0
 CONFIRMED_SITES = 8  # sites measured on the logits after the one-pass ranking (at least the budget and half this)
 
 
@@ -171,6 +173,15 @@ class SearchRecord:
         self.note = f"{self.note}; {text}" if self.note else text
 
 
+def fails_by_far(parity: Parity, tolerance: Tolerance) -> bool:
+    """The minimum cosine misses its bound by FAR_FACTOR times the allowed deficit: the minimum over more images
+    can only be lower, so the whole check set fails too, and a method that fails so on a first slice need not
+    run on the rest (#31)."""
+    if tolerance.cosine_min is None:
+        return False
+    return 1.0 - parity.cosine_min > FAR_FACTOR * (1.0 - tolerance.cosine_min)
+
+
 def _score(parity: Parity) -> tuple:
     """Higher is better: passing first, then accuracy, the judged top-1 figure and the relative error.
 
@@ -253,7 +264,17 @@ def search_int8(
             correct_biases(model, shifts, qdq_plan(model, ranges, excluded, only).weighted)
         return int8_model(model, ranges, excluded, precision, only=only)
 
-    def check_parity(model) -> Parity:
+    def check_parity(model, early: bool = False) -> Parity:
+        """The parity on the check set; ``early``: a first slice that already fails by far ends the check there."""
+        if early and len(check.images) >= 2 * EARLY_SAMPLES:
+            first = run_model(model, check.images[:EARLY_SAMPLES])
+            labels = None if check.labels is None else check.labels[:EARLY_SAMPLES]
+            partial = compare(check.reference[:EARLY_SAMPLES], first, tolerance, labels)
+            if fails_by_far(partial, tolerance):
+                log(f"INT8 search: stopped after {EARLY_SAMPLES} check images: fails by far")
+                return partial
+            rest = run_model(model, check.images[EARLY_SAMPLES:])
+            return compare(check.reference, np.concatenate([first, rest]), tolerance, check.labels)
         return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
 
     current: tuple[Any, Calibration, dict[str, np.ndarray]] = (prepared, calibration, {})
@@ -263,7 +284,7 @@ def search_int8(
         best: tuple | None = None
         for method in methods:
             built = build(method, [])
-            parity = check_parity(built[0])
+            parity = check_parity(built[0], early=True)
             record.methods[f"{method}{label}"] = TrialSummary.of(parity)
             log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
             if best is None or _score(parity) > _score(best[3]):

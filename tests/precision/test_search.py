@@ -328,3 +328,14 @@ def test_pipeline_repairs_outlier_int8_and_reports_the_search(tmp_path: Path) ->
     verify = json.loads((directory / "verify.json").read_text())
     accuracy = {r["precision"]: r["accuracy"] for r in verify["results"] if r["backend"] == "onnxruntime"}
     assert abs(accuracy["fp32"] - accuracy["int8"]) <= 1.0
+
+
+def test_a_method_that_fails_by_far_on_a_first_slice_stops_there() -> None:
+    """The minimum cosine of a slice bounds the whole set's from above, so a slice far below the bound ends it."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((16, 10)).astype(np.float32)
+    tolerance = DEFAULT_TOLERANCES["int8"]
+    close = compare(reference, reference + 0.01 * rng.standard_normal((16, 10)).astype(np.float32), tolerance)
+    far = compare(reference, reference + rng.standard_normal((16, 10)).astype(np.float32), tolerance)
+    assert not search.fails_by_far(close, tolerance)
+    assert search.fails_by_far(far, tolerance) and not far.passed
