@@ -26,10 +26,11 @@ from ..errors import BackendUnavailableError, one_line
 from .records import ArtifactLatency, LayerTime
 
 BACKENDS = ("openvino", "onnxruntime")
-WEIGHTED_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Conv", "Gemm"}
+WEIGHTED_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul")  # OpenVINO's layer types
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul", "QLinearConv", "ConvInteger", "FusedConv", "FusedGemm", "QLinearMatMul"}
 OV_OVERHEAD = {"Reorder", "Convert", "FakeQuantize"}
 ORT_OVERHEAD = {"QuantizeLinear", "DequantizeLinear", "Cast", "ReorderInput", "ReorderOutput", "Transpose"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 ITERATIONS = 20
 WARMUP = 3
@@ -131,6 +132,18 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
 PROFILERS = {"openvino": _openvino, "onnxruntime": _onnxruntime}
 
 
+def _onnx_node(name: str, order: Mapping[str, int], producer: Mapping[str, str]) -> str | None:
+    """The ONNX node a runtime's layer name stands for: a node name, an output tensor's name, or a node name with
+    the parts a runtime appends when it splits a node (``/fc/Gemm/WithoutBiases``)."""
+    while name:
+        if name in order:
+            return name
+        if name in producer:
+            return producer[name]
+        name = name.rpartition("/")[0]
+    return None
+
+
 def _precision_of(kernel: str, runtime_precision: str, layer_type: str, artifact_precision: str) -> str:
     if runtime_precision:
         return runtime_precision
@@ -156,11 +169,10 @@ def profile(
     order, producer, ops = node_index(path)
     layers = []
     for name, layer_type, kernel, ms, originals, runtime_precision in result["rows"]:
-        nodes = tuple(dict.fromkeys(producer.get(n, n) for n in originals if producer.get(n, n) in order))
-        if not nodes and name in order:
-            nodes = (name,)
-        kinds = {ops[n] for n in nodes}
-        weighted = layer_type in WEIGHTED_TYPES | WEIGHTED_OPS or bool(kinds & {"Conv", "Gemm", "MatMul"})
+        found = [_onnx_node(n, order, producer) for n in [*originals, name]]
+        nodes = tuple(dict.fromkeys(n for n in found if n is not None))
+        nodes = tuple(sorted(nodes, key=lambda n: (ops[n] not in WEIGHTED_OPS, ops[n] in QDQ_OPS, order[n])))
+        weighted = layer_type.startswith(WEIGHTED_TYPES) or layer_type in WEIGHTED_OPS
         overhead = layer_type in OV_OVERHEAD | ORT_OVERHEAD and not weighted
         layers.append(
             LayerTime(
@@ -170,7 +182,7 @@ def profile(
                 kernel=kernel,
                 precision=_precision_of(kernel, runtime_precision, layer_type, precision),
                 ms=ms,
-                depth=min((order[n] for n in nodes), default=-1),
+                depth=min((order[n] for n in nodes if ops[n] not in QDQ_OPS), default=-1),
                 weighted=weighted,
                 overhead=overhead,
             )

@@ -96,7 +96,7 @@ class LayerTime:
     """One row of a runtime's per-layer profile, mapped to the ONNX nodes it ran."""
 
     name: str  # the runtime's layer name
-    nodes: tuple[str, ...]  # ONNX nodes fused into it (empty for a layer the runtime added, e.g. a reorder)
+    nodes: tuple[str, ...]  # ONNX nodes fused into it, the weighted one first (none: a layer the runtime added)
     layer_type: str
     kernel: str  # what ran: OpenVINO's exec type (jit_avx512_I8), ONNX Runtime's op and provider
     precision: str  # the precision it really ran in
