@@ -2,7 +2,8 @@
 
 * OpenVINO: performance counters (the kernel each layer ran, e.g. ``jit_avx512_I8`` or ``brgconv_avx512_FP32``),
   and the runtime model's ``originalLayersNames`` to group the ONNX nodes a layer fused;
-* ONNX Runtime: its profiler (per-node kernel time, op and provider).
+* ONNX Runtime: its profiler (per-node kernel time, op and provider);
+* TensorRT: IProfiler and the engine inspector (:mod:`..backends.tensorrt.layers`), on an engine, where a GPU is.
 
 As in bench, each artifact runs in a spawned process (thread pools of different runtimes must not meet)
 on the same seeded input, so the sum of the layer times can be set beside bench's median for the runner.
@@ -22,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import engine_file
 from ..errors import BackendUnavailableError, one_line
 from .records import ArtifactLatency, LayerTime
 
-BACKENDS = ("openvino", "onnxruntime")
-WEIGHTED_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul")  # OpenVINO's layer types
+BACKENDS = ("openvino", "onnxruntime", "tensorrt")
+WEIGHTED_TYPES = ("Convolution", "FullyConnected", "MatMul", "Gemm")  # in OpenVINO's and TensorRT's layer types
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul", "QLinearConv", "ConvInteger", "FusedConv", "FusedGemm", "QLinearMatMul"}
 OV_OVERHEAD = {"Reorder", "Convert", "FakeQuantize"}
 ORT_OVERHEAD = {"QuantizeLinear", "DequantizeLinear", "Cast", "ReorderInput", "ReorderOutput", "Transpose"}
@@ -129,7 +131,23 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
     return {"rows": rows, "wall_ms": statistics.median(wall[WARMUP:] or wall)}
 
 
-PROFILERS = {"openvino": _openvino, "onnxruntime": _onnxruntime}
+def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
+    """TensorRT's IProfiler and engine inspector (run where a GPU is); the wall time is the CUDA-event time."""
+    from ..backends.tensorrt.layers import layer_profile
+
+    rows = layer_profile(path, batch_size, image_size, iterations, WARMUP)
+    return {"rows": rows, "wall_ms": float(sum(row[3] for row in rows))}
+
+
+PROFILERS = {"openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+
+
+def onnx_of(artifact: str) -> str:
+    """The ONNX file an artifact was made from, whose node names its layers map to (an engine's typed ONNX)."""
+    if not artifact.endswith(".engine"):
+        return artifact
+    precision = artifact.split(".")[-2]
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
 def _onnx_node(name: str, order: Mapping[str, int], producer: Mapping[str, str]) -> str | None:
@@ -166,13 +184,13 @@ def profile(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         result = pool.submit(PROFILERS[backend], str(path), precision, batch_size, image_size, iterations).result()
-    order, producer, ops = node_index(path)
+    order, producer, ops = node_index(directory / onnx_of(artifact))
     layers = []
     for name, layer_type, kernel, ms, originals, runtime_precision in result["rows"]:
         found = [_onnx_node(n, order, producer) for n in [*originals, name]]
         nodes = tuple(dict.fromkeys(n for n in found if n is not None))
         nodes = tuple(sorted(nodes, key=lambda n: (ops[n] not in WEIGHTED_OPS, ops[n] in QDQ_OPS, order[n])))
-        weighted = layer_type.startswith(WEIGHTED_TYPES) or layer_type in WEIGHTED_OPS
+        weighted = any(kind in layer_type for kind in WEIGHTED_TYPES) or layer_type in WEIGHTED_OPS
         overhead = layer_type in OV_OVERHEAD | ORT_OVERHEAD and not weighted
         layers.append(
             LayerTime(
@@ -247,6 +265,11 @@ def profile_all(
     out, notes = [], []
     for backend in backends:
         for artifact, precision in artifacts.items():
+            if backend == "tensorrt" and not artifact.endswith(".engine"):
+                artifact = engine_file(precision)
+            if backend == "tensorrt" and not (directory / artifact).exists():
+                notes.append(f"tensorrt: no {artifact} (build-trt makes it where a GPU is)")
+                continue
             try:
                 log(f"inspect: layer times of {artifact} on {backend}")
                 latency = profile(directory, artifact, precision, backend, image_size)
