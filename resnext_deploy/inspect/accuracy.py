@@ -205,66 +205,82 @@ def recording(model: Any, names: Sequence[str]) -> Any:
     return copy
 
 
-class ConsumerProbe:
-    """One consumer node alone, with the typed file's constants, run on a site's fake-quantized tensor."""
+@dataclass(frozen=True)
+class Probe:
+    """One consumer of one site inside the probe graph: its output there, and what it reads from the float pass."""
 
-    def __init__(self, float_model: Any, node_name: str, constants: Mapping[int, np.ndarray]) -> None:
+    node: str
+    output: str  # the consumer's output in the float model (recorded, the reference)
+    probed: str  # its output in the probe graph
+    inputs: tuple[str, ...]  # the activations it reads, by their float names (the site's own among them)
+
+
+class ProbeGraph:
+    """Every consumer of every site in one graph, each reading its site's fake-quantized tensor and the typed file's
+    constants (dequantized weights, corrected biases): one session and one run per batch for the local view."""
+
+    def __init__(self, float_model: Any, typed: Any | None, sites: Sequence[Site]) -> None:
         import onnx
         from onnx import helper, numpy_helper
 
-        node = next(n for n in float_model.graph.node if n.name == node_name)
-        float_inits = initializer_arrays(float_model) if not constants else None
-        initializers = {init.name for init in float_model.graph.initializer}
-        self.inputs: list[str] = []  # the activations it reads, by their names in the float model
-        self._feeds: list[str] = []
-        graph_inputs, inits = [], []
-        renamed = []
-        for index, name in enumerate(node.input):
-            if not name:
-                renamed.append("")
-            elif name in initializers:
-                value = constants.get(index)
-                if value is None:
-                    value = (float_inits or initializer_arrays(float_model))[name]
-                local = f"const_{index}"
-                inits.append(numpy_helper.from_array(np.asarray(value), local))
-                renamed.append(local)
-            else:
-                local = f"in_{index}"
-                self.inputs.append(name)
-                self._feeds.append(local)
-                graph_inputs.append(onnx.ValueInfoProto(name=local))
-                graph_inputs[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-                renamed.append(local)
-        self.node = node.name
-        copy = helper.make_node(node.op_type, renamed, ["out"], name=node.name)
-        copy.attribute.extend(node.attribute)
-        self.output = node.output[0]
-        graph = helper.make_graph([copy], "consumer", graph_inputs, [onnx.ValueInfoProto(name="out")], inits)
-        opset = [o for o in float_model.opset_import]
-        self.session = _session(helper.make_model(graph, opset_imports=opset, ir_version=float_model.ir_version))
+        float_nodes = {node.name: node for node in float_model.graph.node}
+        float_inits = initializer_arrays(float_model)
+        typed_inits = initializer_arrays(typed) if typed is not None else {}
+        self.probes: dict[str, list[Probe]] = {}
+        nodes, inits, feeds = [], [], {}
+        used_inits: set[str] = set()
+        for number, site in enumerate(sites):
+            probes = []
+            for name in site.consumers:
+                node = float_nodes.get(name)
+                if node is None:
+                    continue
+                renamed, reads = [], []
+                for index, tensor in enumerate(node.input):
+                    if tensor in float_inits:
+                        value = typed_weight(typed, typed_inits, name, index) if typed is not None else None
+                        if value is None:
+                            used_inits.add(tensor)
+                            renamed.append(tensor)
+                        else:
+                            renamed.append(f"probe{number}/{name}/{index}")
+                            inits.append(numpy_helper.from_array(value, renamed[-1]))
+                    elif tensor == site.tensor:
+                        renamed.append(f"probe{number}/quantized")
+                        feeds[renamed[-1]] = site.tensor
+                        reads.append(tensor)
+                    elif tensor:
+                        renamed.append(tensor)
+                        feeds[tensor] = tensor
+                        reads.append(tensor)
+                    else:
+                        renamed.append("")
+                probed = f"probe{number}/{name}/out"
+                copy = helper.make_node(node.op_type, renamed, [probed], name=f"probe{number}/{name}")
+                copy.attribute.extend(node.attribute)
+                nodes.append(copy)
+                probes.append(Probe(name, node.output[0], probed, tuple(reads)))
+            self.probes[site.tensor] = probes
+        inits += [numpy_helper.from_array(float_inits[name], name) for name in sorted(used_inits)]
+        self.feeds = feeds  # probe graph input -> the float tensor (or, for ``/quantized``, the site) it takes
+        self.session = None
+        if nodes:
+            inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in feeds]
+            outputs = [onnx.ValueInfoProto(name=node.output[0]) for node in nodes]
+            graph = helper.make_graph(nodes, "probes", inputs, outputs, inits)
+            opsets = list(float_model.opset_import)
+            self.session = _session(helper.make_model(graph, opset_imports=opsets, ir_version=float_model.ir_version))
 
-    def __call__(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
-        pairs = zip(self._feeds, self.inputs, strict=True)
-        feeds = {local: values[name].astype(np.float32, copy=False) for local, name in pairs}
-        return self.session.run(None, feeds)[0]
-
-
-def _probes(site: Site, float_model: Any, typed: Any, typed_inits: Mapping[str, np.ndarray]) -> list[ConsumerProbe]:
-    float_inits = {init.name for init in float_model.graph.initializer}
-    probes = []
-    for name in site.consumers:
-        node = next((n for n in float_model.graph.node if n.name == name), None)
-        if node is None:
-            continue
-        constants = {}
-        for index, tensor in enumerate(node.input):
-            if tensor in float_inits:
-                value = typed_weight(typed, typed_inits, name, index)
-                if value is not None:
-                    constants[index] = value
-        probes.append(ConsumerProbe(float_model, name, constants))
-    return probes
+    def run(self, values: Mapping[str, np.ndarray], quantized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each probed output on one batch: ``values`` from the float pass, ``quantized`` each site's typed tensor."""
+        if self.session is None:
+            return {}
+        feeds = {
+            name: (quantized[tensor] if name.endswith("/quantized") else values[tensor]).astype(np.float32, copy=False)
+            for name, tensor in self.feeds.items()
+        }
+        names = [output.name for output in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, feeds), strict=True))
 
 
 def _batches(images: np.ndarray, size: int = BATCH) -> Iterator[np.ndarray]:
@@ -294,11 +310,9 @@ def site_errors(
     ``typed`` gives the typed constants (dequantized weights) and the accumulated view; the INT8 search
     passes its candidate graph with ``accumulated=False`` and reads only the local view, the ranking.
     """
-    typed_inits = initializer_arrays(typed) if typed is not None else {}
-    probes = {
-        site.tensor: _probes(site, float_model, typed, typed_inits) if site.kind != "block output" else []
-        for site in sites
-    }
+    probed = [site for site in sites if site.kind != "block output" and site.precision != "fp32"]
+    graph = ProbeGraph(float_model, typed, probed)
+    probes = {site.tensor: graph.probes.get(site.tensor, []) for site in sites}
     input_name = float_model.graph.input[0].name
     wanted = [s.tensor for s in sites] + [n for ps in probes.values() for p in ps for n in [p.output, *p.inputs]]
     wanted = [name for name in dict.fromkeys(wanted) if name != input_name]
@@ -325,8 +339,10 @@ def site_errors(
             typed_values = {name: ran[typed] for name, typed in renamed.items() if typed in ran}
             typed_values[input_name] = batch
             logits_t.append(ran[outputs[0]].astype(np.float32))
+        quantized = {site.tensor: _tensor_figures(errors[site.tensor], values) for site in sites}
+        local = graph.run(values, quantized)
         for site in sites:
-            _measure(errors[site.tensor], values, typed_values, probes[site.tensor])
+            _views(errors[site.tensor], values, typed_values, probes[site.tensor], local)
         if advance is not None:
             advance(len(batch))
     empty = np.zeros((0, 0), np.float32)
@@ -350,9 +366,8 @@ def local_errors(float_model: Any, typed: Any, images: np.ndarray) -> dict[str, 
     return scores
 
 
-def _measure(
-    result: SiteErrors, values: Mapping[str, np.ndarray], typed: Mapping[str, np.ndarray], probes: list[ConsumerProbe]
-) -> None:
+def _tensor_figures(result: SiteErrors, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The site's range, clipped and flushed counts and rounding error on one batch; its typed tensor."""
     site = result.site
     x = values[site.tensor].astype(np.float32, copy=False)
     result.low = min(result.low, float(x.min()))
@@ -362,20 +377,29 @@ def _measure(
     result.clipped += clipped
     result.flushed += flushed
     quantized = fake_quantize(x, site)
-    result.rounding += float(((quantized.astype(np.float64) - x) ** 2).sum())
+    result.rounding += float(np.dot((quantized - x).reshape(-1), (quantized - x).reshape(-1)))
+    return quantized
+
+
+def _views(
+    result: SiteErrors,
+    values: Mapping[str, np.ndarray],
+    typed: Mapping[str, np.ndarray],
+    probes: list[Probe],
+    local: Mapping[str, np.ndarray],
+) -> None:
+    """Add one batch to the site's local view (probed consumer outputs) and accumulated view (the typed file)."""
+    site = result.site
     if result.local is not None:
-        feeds = {**values, site.tensor: quantized}
         for probe in probes:
-            output = probe(feeds)
-            result.local.add(values[probe.output], output)
-            result.by_consumer.setdefault(probe.node, Energy()).add(values[probe.output], output)
+            result.local.add(values[probe.output], local[probe.probed])
+            result.by_consumer.setdefault(probe.node, Energy()).add(values[probe.output], local[probe.probed])
         if not probes:  # kept in FP32: the site computes exactly as the float model does
-            result.local.add(x, x)
+            result.local.add(values[site.tensor], values[site.tensor])
     if typed and site.tensor in typed:
         inputs = dict.fromkeys([site.tensor, *(name for probe in probes for name in probe.inputs)])
         for name in [name for name in inputs if name in typed]:  # what reaches the layer, all its inputs
             result.reached.add(values[name], typed[name].astype(np.float32))
         outputs = [probe.output for probe in probes if probe.output in typed] or [site.tensor]
         for name in outputs:
-            reference = values[name] if name != site.tensor else x
-            result.accumulated.add(reference, typed[name].astype(np.float32))
+            result.accumulated.add(values[name], typed[name].astype(np.float32))

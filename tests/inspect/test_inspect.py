@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -18,10 +20,11 @@ from helpers import calibration_of, cli, fails, snapshot
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.data import open_dataset, take
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
-from resnext_deploy.errors import ExitCode
+from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.export import export_onnx
 from resnext_deploy.inspect import INSPECT_JSON, INSPECT_MD, INSPECT_PNG, InspectRecord
 from resnext_deploy.inspect.accuracy import fake_quantize, sqnr_db
+from resnext_deploy.inspect.records import ArtifactAccuracy, ArtifactLatency, LayerTime, SiteRecord
 from resnext_deploy.inspect.render import SQNR_FLOOR_DB
 from resnext_deploy.inspect.run import read_inspect, run_inspect
 from resnext_deploy.inspect.sites import Site, module_path
@@ -140,18 +143,16 @@ def test_a_residual_plant_is_named_as_the_adds_input(tmp_path: Path) -> None:
         assert first.node == "/layer2/layer2.0/Add" and first.module == "layer2.0"
 
 
+@pytest.mark.slow  # both typed files of the tiny model at 224 px
 def test_inspect_json_follows_its_schema_and_round_trips(low_precision_template: Path, tmp_path: Path, capsys) -> None:
     """On the tiny model's foreign files (ONNX Runtime's float16 converter and QDQ quantizer), via the CLI."""
     import shutil
 
     directory = Path(shutil.copytree(low_precision_template, tmp_path / "tiny"))
-    out = cli(capsys, "inspect", "--dir", directory, "--count", "8", "--backends", "none")
+    out = cli(capsys, "inspect", "--dir", directory, "--count", "4", "--backends", "none")
     assert out.code == 0, out.err
     assert "local view" in out.out and "model.int8.onnx" in out.out
-    data = json.loads((directory / INSPECT_JSON).read_text())
-    schema = load_schema("inspect")
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.validate(data, schema, cls=jsonschema.Draft202012Validator)
+    _validate(json.loads((directory / INSPECT_JSON).read_text()))
     record = read_inspect(directory)
     assert record is not None and InspectRecord.from_dict(record.to_dict()) == record
     assert {a.artifact for a in record.accuracy} == {"model.fp16.onnx", "model.int8.onnx"}
@@ -159,6 +160,29 @@ def test_inspect_json_follows_its_schema_and_round_trips(low_precision_template:
     report = write_report(directory, **QUIET).read_text()
     worst = record.accuracy[-1].ranked("local")[0]
     assert "## Where" in report and f"worst site `{worst.node}`" in report
+
+
+def _validate(data: dict) -> None:
+    schema = load_schema("inspect")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(data, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_records_round_trip_and_an_infinite_error_is_null() -> None:
+    site = SiteRecord("t", "/a/Conv", "a", "qdq", "int8", 3, ("/a/Conv",), 0.5, 0.5, 0.0, 9.0, 0.0, 0.1, 0.2)
+    broken = replace(site, tensor="u", added=math.inf, local_rank=1, accumulated_rank=1, local_sqnr_db=-200.0)
+    layer = LayerTime("conv", ("/a/Conv", "/a/Relu"), "Convolution", "jit_avx512_I8", "I8", 0.2, 3, True, False)
+    latency = ArtifactLatency("model.int8.onnx", "int8", "openvino", 1, 20, (layer,), 0.25, None)
+    record = InspectRecord("now", "images", 4, [ArtifactAccuracy("model.int8.onnx", "int8", 0.5, (site, broken))])
+    record.latency.append(latency)
+    data = record.to_dict()
+    _validate(data)
+    assert data["accuracy"][0]["sites"][1]["added"] is None  # JSON has no infinity
+    back = InspectRecord.from_dict(json.loads(json.dumps(data)))
+    assert back.latency == record.latency and back.accuracy[0].sites[0] == site
+    assert back.latency[0].int8_weighted == 1 and back.accuracy[0].ranked("local")[0].tensor == "u"
+    with pytest.raises(BadInputError, match="run `resnext-deploy inspect` again"):
+        InspectRecord.from_dict({**data, "accuracy": [{"artifact": "x"}]})
 
 
 def test_inspect_refuses_what_it_cannot_do(low_precision_template: Path, tmp_path: Path, capsys) -> None:
