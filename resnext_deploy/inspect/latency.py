@@ -85,7 +85,7 @@ def _openvino(path: str, precision: str, batch_size: int, image_size: int, itera
         names = str(rt["originalLayersNames"].astype(str)) if "originalLayersNames" in rt else ""
         runtime_precision = str(rt["runtimePrecision"].astype(str)) if "runtimePrecision" in rt else ""
         fused[op.get_friendly_name()] = ([n for n in names.split(",") if n], runtime_precision)
-    rows = [(name, *info[name], float(np.mean(values)), *fused.get(name, ([], ""))) for name, values in times.items()]
+    rows = [(name, *info[name], float(np.median(values)), *fused.get(name, ([], ""))) for name, values in times.items()]
     return {"rows": rows, "wall_ms": statistics.median(wall)}
 
 
@@ -111,32 +111,28 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
             session.run(None, {name: x})
             wall.append((time.perf_counter() - start) * 1e3)
         events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     kinds: dict[str, tuple[str, str]] = {}
-    runs = 0
     for event in events:
-        if event.get("cat") == "Session" and event.get("name") == "model_run":
-            runs += 1
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
         node = event["name"][: -len("_kernel_time")]
-        totals[node] = totals.get(node, 0.0) + float(event.get("dur", 0)) / 1e3
+        times.setdefault(node, []).append(float(event.get("dur", 0)) / 1e3)
         args = event.get("args", {})
         kinds[node] = (str(args.get("op_name", "")), str(args.get("provider", "")))
-    runs = max(runs, 1)
-    rows = [
-        (node, kinds[node][0], f"{kinds[node][0]} ({kinds[node][1]})", ms / runs, [node], "")
-        for node, ms in totals.items()
+    rows = [  # the median over the timed runs (the warm-up ones come first)
+        (node, kinds[node][0], f"{kinds[node][0]} ({kinds[node][1]})", float(np.median(ms[-iterations:])), [node], "")
+        for node, ms in times.items()
     ]
-    return {"rows": rows, "wall_ms": statistics.median(wall[WARMUP:] or wall)}
+    return {"rows": rows, "wall_ms": statistics.median(wall)}
 
 
 def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
     """TensorRT's IProfiler and engine inspector (run where a GPU is); the wall time is the CUDA-event time."""
     from ..backends.tensorrt.layers import layer_profile
 
-    rows = layer_profile(path, batch_size, image_size, iterations, WARMUP)
-    return {"rows": rows, "wall_ms": float(sum(row[3] for row in rows))}
+    rows, device_ms = layer_profile(path, batch_size, image_size, iterations, WARMUP)
+    return {"rows": rows, "wall_ms": device_ms}
 
 
 PROFILERS = {"openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 
@@ -27,8 +27,8 @@ def _profiler() -> Any:
             trt.IProfiler.__init__(self)
             self.times: dict[str, list[float]] = {}
 
-        def report_layer_time(self, layer_name: str, ms: float) -> None:
-            self.times.setdefault(layer_name, []).append(ms)
+        def report_layer_time(self, layer_name: str, ms: SupportsFloat) -> None:
+            self.times.setdefault(layer_name, []).append(float(ms))
 
     return LayerTimes()
 
@@ -62,19 +62,24 @@ def _output_type(info: Mapping[str, Any]) -> str:
     return str(first.get("Format/Datatype", "")).split(" ")[0]
 
 
-def layer_profile(path: str, batch_size: int, image_size: int, iterations: int, warmup: int) -> list[LayerRow]:
-    """Each layer's mean time over ``iterations`` calls of the engine at ``path`` on a seeded batch."""
+def layer_profile(
+    path: str, batch_size: int, image_size: int, iterations: int, warmup: int
+) -> tuple[list[LayerRow], float]:
+    """Each layer's median time over ``iterations`` calls of the engine at ``path`` on a seeded batch, and the
+    median device time of a whole call (CUDA events) measured alongside."""
     runner = TensorRTRunner(path)
     loaded = runner._loaded
     if loaded is None:  # pragma: no cover - a fresh runner is open
-        return []
+        return [], 0.0
     batch = np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
     for _ in range(warmup):
         runner.infer(batch)
     profiler = _profiler()
     loaded.context.profiler = profiler
+    device: list[float] = []
     for _ in range(iterations):
         runner.infer(batch)
+        device.append(runner.last_device_ms or 0.0)
     info = _layer_info(loaded.engine, loaded.context)
     runner.close()
     rows: list[LayerRow] = []
@@ -85,9 +90,9 @@ def layer_profile(path: str, batch_size: int, image_size: int, iterations: int, 
                 name,
                 str(layer.get("LayerType", "")),
                 str(layer.get("TacticName", "")),
-                float(np.mean(times)),
+                float(np.median(times)),
                 _onnx_nodes(name, layer),
                 _output_type(layer),
             )
         )
-    return rows
+    return rows, float(np.median(device)) if device else 0.0
