@@ -57,7 +57,7 @@ def run_inspect(
     for name in [n for n in chosen if n in TYPED]:
         entry = manifest.entry(name)
         log(f"inspect: {name} site by site on {len(images)} images")
-        search = entry._record.get("search")
+        search = entry.search
         accuracy, _passes = artifact_accuracy(
             directory, entry, float_model, load_onnx(directory / name), images, search, confirm
         )

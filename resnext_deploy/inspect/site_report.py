@@ -34,7 +34,7 @@ def logit_error(reference: np.ndarray, candidate: np.ndarray) -> float:
 def sites_of(float_model: Any, typed: Any, entry: ArtifactEntry) -> list[Site]:
     if entry.precision == "int8":
         return int8_sites(typed, float_model)
-    fp32_nodes = entry._record.get("fp32_nodes") or []
+    fp32_nodes = entry.fp32_nodes
     return fp16_sites(typed, float_model, fp32_nodes)
 
 
@@ -148,12 +148,12 @@ def artifact_accuracy(
     """The records of one typed file on ``images``: both views, ranked; the worst few confirmed on the logits."""
     sites = sites_of(float_model, typed, entry)
     passes = site_errors(float_model, typed, sites, images)
-    records = [_record(errors, search, entry._record.get("remedies") or []) for errors in passes.errors]
+    records = [_record(errors, search, entry.remedies) for errors in passes.errors]
     records = _ranked(records)
     fp32 = entry.parent_sha256 or ""
     saved = saved_sensitivities(directory, fp32) if entry.precision == "int8" else {}
     top1 = agreement(passes.float_logits, passes.typed_logits)
-    label = "FP32" if (entry._record.get("options") or {}).get("high_precision") == "fp32" else "FP16"
+    label = "FP32" if entry.options.get("high_precision") == "fp32" else "FP16"
     worst = {s.tensor for s in sorted(records, key=lambda s: s.local_rank or 10**9)[:confirm] if s.local_rank}
     final = []
     for record, site in zip(records, sites, strict=True):
