@@ -15,7 +15,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from helpers import calibration_of, cli, fails, snapshot
+from helpers import QUICK_PIPELINE, TINY, calibration_of, cli, fails, noise_images, snapshot
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.data import open_dataset, take
@@ -192,3 +192,14 @@ def test_inspect_refuses_what_it_cannot_do(low_precision_template: Path, tmp_pat
     fails(cli(capsys, "inspect", "--dir", directory, "--backends", "tensorflow"), ExitCode.BAD_INPUT, "openvino")
     fails(cli(capsys, "inspect", "--dir", directory, "--artifacts", "model.x.onnx"), ExitCode.BAD_INPUT, "model.x")
     assert not (directory / INSPECT_JSON).exists()
+
+
+@pytest.mark.slow  # a whole (tiny) pipeline
+def test_pipeline_with_inspect_ends_with_a_where_section(tmp_path: Path, capsys) -> None:
+    data = noise_images(tmp_path / "images", 48)
+    directory = tmp_path / "o"
+    args = ["--dir", directory, "--calib-dir", data, *QUICK_PIPELINE, "--count", "8", "--inspect"]
+    cli(capsys, "pipeline", *TINY, *args)
+    record = read_inspect(directory)
+    assert record is not None and {a.artifact for a in record.accuracy} == {"model.fp16.onnx", "model.int8.onnx"}
+    assert "## Where" in (directory / "report.md").read_text()
