@@ -134,6 +134,9 @@ def test_a_planted_outlier_ranks_first_in_both_views(tmp_path: Path) -> None:
 @needs_demo
 def test_a_residual_plant_is_named_as_the_adds_input(tmp_path: Path) -> None:
     directory = typed_dir(tmp_path / "art", cases.shortcut)
+    model = Manifest(directory).entry("model.onnx").sha256  # the INT8 search's saved sensitivity of the Add's site
+    search = {"format": 3, "key": {"model": model, "method": "entropy"}, "scores": {"/layer2/layer2.0/Add": 0.25}}
+    (directory / "int8_search.json").write_text(json.dumps(search))
     record = run_inspect(directory, DEMO_VAL, artifacts=["model.int8.onnx"], backends=[], **QUIET)
     [accuracy] = record.accuracy
     for view in ("local", "accumulated"):
@@ -141,6 +144,9 @@ def test_a_residual_plant_is_named_as_the_adds_input(tmp_path: Path) -> None:
         assert first.kind == "residual", (view, first)
         assert first.tensor == "/layer2/layer2.0/downsample/downsample.0/Conv_output_0"
         assert first.node == "/layer2/layer2.0/Add" and first.module == "layer2.0"
+    assert (first.alone_source, first.alone_rel_error, first.alone_top1) == ("saved", 0.25, None)  # reused, not rerun
+    second = accuracy.ranked("local")[1]
+    assert second.alone_source == "measured" and second.alone_top1 is not None  # none saved: measured here
 
 
 @pytest.mark.slow  # both typed files of the tiny model at 224 px
