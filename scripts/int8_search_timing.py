@@ -6,8 +6,9 @@ Usage:
 
 * ``forced``: torchvision-style ResNeXt-50 (random weights, seed 0), ``build-trt --int8 --onnx-only
   --int8-cosine 0.9998`` (a bound the plain INT8 file misses, so the search runs);
-* ``7-class``: the same architecture with a 7-class head (random weights), ``--calib-dir`` 80 seeded noise
-  images in 4 class folders, default tolerances.
+* ``7-class``: the same architecture with a 7-class head (random weights), default tolerances.
+
+Both calibrate and check on 80 seeded noise images in 4 class folders (``--calib-dir``).
 
 Each case runs in a fresh directory (no saved sensitivity or calibration to reuse). Prints the machine and
 commit, then per case: the exit code, the step's wall time, the search's own seconds, what it tried and kept.
@@ -26,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-CASES = {
-    "forced": (["--arch", "resnext50_32x4d"], ["--int8-cosine", "0.9998"], False),
-    "7-class": (["--arch", "resnext50_32x4d", "--num-classes", "7"], [], True),
+CASES = {  # export options, build-trt options
+    "forced": (["--arch", "resnext50_32x4d"], ["--int8-cosine", "0.9998"]),
+    "7-class": (["--arch", "resnext50_32x4d", "--num-classes", "7"], []),
 }
 
 
@@ -48,12 +49,11 @@ def run_case(name: str, directory: Path) -> dict:
     from resnext_deploy.artifacts import Manifest
     from resnext_deploy.cli import main
 
-    export, build, calib = CASES[name]
+    export, build = CASES[name]
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):
         main(["export", "--dir", str(directory / "art"), *export])
-    if calib:
-        build += ["--calib-dir", str(noise_folder(directory / "images"))]
+    build = [*build, "--calib-dir", str(noise_folder(directory / "images"))]
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         code = main(["build-trt", "--dir", str(directory / "art"), "--int8", "--onnx-only", *build])
