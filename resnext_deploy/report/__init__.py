@@ -187,9 +187,10 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> P
     plot = BENCH_PNG if (directory / BENCH_PNG).exists() else None
     bench = BenchSection.from_dict(read_json(bench_path), plot) if bench_path.exists() else None
     report = build_report(manifest, verify, bench, manifest.skipped)
+    where = where_markdown(directory)  # read, and a malformed inspect.json refused, before anything is written
     write_json(directory / REPORT_JSON, report.to_dict())
     path = directory / REPORT_MD
-    write_text(path, render_markdown(report) + where_markdown(directory))
+    write_text(path, render_markdown(report) + where)
     log(f"wrote {path} and {directory / REPORT_JSON}")
     return path
 

@@ -209,3 +209,10 @@ def test_pipeline_with_inspect_ends_with_a_where_section(tmp_path: Path, capsys)
     record = read_inspect(directory)
     assert record is not None and {a.artifact for a in record.accuracy} == {"model.fp16.onnx", "model.int8.onnx"}
     assert "## Where" in (directory / "report.md").read_text()
+
+
+def test_a_malformed_inspect_json_stops_the_report_before_it_writes(tiny_dir: Path) -> None:
+    (tiny_dir / INSPECT_JSON).write_text(json.dumps({"created": "now"}))
+    with pytest.raises(BadInputError, match="inspect.json is malformed"):
+        write_report(tiny_dir, **QUIET)
+    assert not (tiny_dir / "report.md").exists() and not (tiny_dir / "report.json").exists()
