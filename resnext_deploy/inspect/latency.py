@@ -33,20 +33,23 @@ WEIGHTED_OPS = {"Conv", "Gemm", "MatMul", "QLinearConv", "ConvInteger", "FusedCo
 OV_OVERHEAD = {"Reorder", "Convert", "FakeQuantize"}
 ORT_OVERHEAD = {"QuantizeLinear", "DequantizeLinear", "Cast", "ReorderInput", "ReorderOutput", "Transpose"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+NCHWC_SUFFIX = "_nchwc"
 INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 ITERATIONS = 20
 WARMUP = 3
 
 
-def node_index(path: Path) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
-    """model order of each ONNX node, each output tensor's producer, and each node's op type."""
+def node_index(path: Path) -> tuple[dict[str, int], dict[str, str], dict[str, str], dict[str, str]]:
+    """Model order of each ONNX node, each output tensor's producer, each node's op type and first input's producer."""
     from ..artifacts import load_onnx
 
     model = load_onnx(path, load_external_data=False)
     order = {node.name: i for i, node in enumerate(model.graph.node)}
     producer = {out: node.name for node in model.graph.node for out in node.output}
     ops = {node.name: node.op_type for node in model.graph.node}
-    return order, producer, ops
+    nodes = model.graph.node
+    parent = {node.name: producer[node.input[0]] for node in nodes if node.input and node.input[0] in producer}
+    return order, producer, ops, parent
 
 
 def _input(batch_size: int, image_size: int) -> np.ndarray:
@@ -149,6 +152,7 @@ def onnx_of(artifact: str) -> str:
 def _onnx_node(name: str, order: Mapping[str, int], producer: Mapping[str, str]) -> str | None:
     """The ONNX node a runtime's layer name stands for: a node name, an output tensor's name, or a node name with
     the parts a runtime appends when it splits a node (``/fc/Gemm/WithoutBiases``)."""
+    name = name.removesuffix(NCHWC_SUFFIX)  # ONNX Runtime's blocked-layout copy of a node's output
     while name:
         if name in order:
             return name
@@ -156,6 +160,15 @@ def _onnx_node(name: str, order: Mapping[str, int], producer: Mapping[str, str])
             return producer[name]
         name = name.rpartition("/")[0]
     return None
+
+
+def _weighted_source(nodes: tuple[str, ...], ops: Mapping[str, str], parent: Mapping[str, str]) -> tuple[str, ...]:
+    """A fused weighted kernel named after its activation (ONNX Runtime's ``<relu output>_nchwc`` Conv): the Conv
+    that feeds that activation joins the group, first."""
+    if not nodes or any(ops[n] in WEIGHTED_OPS for n in nodes):
+        return nodes
+    source = parent.get(nodes[0])
+    return (source, *nodes) if source is not None and ops.get(source) in WEIGHTED_OPS else nodes
 
 
 def _precision_of(kernel: str, runtime_precision: str, layer_type: str, artifact_precision: str) -> str:
@@ -180,13 +193,15 @@ def profile(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         result = pool.submit(PROFILERS[backend], str(path), precision, batch_size, image_size, iterations).result()
-    order, producer, ops = node_index(directory / onnx_of(artifact))
+    order, producer, ops, parent = node_index(directory / onnx_of(artifact))
     layers = []
     for name, layer_type, kernel, ms, originals, runtime_precision in result["rows"]:
         found = [_onnx_node(n, order, producer) for n in [*originals, name]]
         nodes = tuple(dict.fromkeys(n for n in found if n is not None))
         nodes = tuple(sorted(nodes, key=lambda n: (ops[n] not in WEIGHTED_OPS, ops[n] in QDQ_OPS, order[n])))
         weighted = any(kind in layer_type for kind in WEIGHTED_TYPES) or layer_type in WEIGHTED_OPS
+        if weighted:
+            nodes = _weighted_source(nodes, ops, parent)
         overhead = layer_type in OV_OVERHEAD | ORT_OVERHEAD and not weighted
         layers.append(
             LayerTime(
