@@ -48,9 +48,9 @@ def machine() -> str:
 
 
 def timed_pass(model, images: np.ndarray) -> float:
-    from resnext_deploy.inspect.accuracy import _session
+    from resnext_deploy.inspect.accuracy import cpu_session
 
-    session = _session(model)
+    session = cpu_session(model)
     name = session.get_inputs()[0].name
     session.run(None, {name: images[:8]})  # warm
     start = time.perf_counter()

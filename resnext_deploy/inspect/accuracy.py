@@ -168,7 +168,7 @@ def typed_weight(typed: Any, typed_inits: Mapping[str, np.ndarray], node_name: s
     return ((q - zero) * scale).astype(np.float32)
 
 
-def _session(model: Any, as_written: bool = False) -> Any:
+def cpu_session(model: Any, as_written: bool = False) -> Any:
     """A CPU session; ``as_written`` turns ONNX Runtime's graph rewrites off, so that every recorded tensor is the
     one the file defines (a fused Q/DQ -> Conv kernel computes otherwise, and its unfused side output differs)."""
     import onnxruntime as ort
@@ -269,7 +269,7 @@ class ProbeGraph:
             outputs = [onnx.ValueInfoProto(name=node.output[0]) for node in nodes]
             graph = helper.make_graph(nodes, "probes", inputs, outputs, inits)
             opsets = list(float_model.opset_import)
-            self.session = _session(helper.make_model(graph, opset_imports=opsets, ir_version=float_model.ir_version))
+            self.session = cpu_session(helper.make_model(graph, opset_imports=opsets, ir_version=float_model.ir_version))
 
     def run(self, values: Mapping[str, np.ndarray], quantized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each probed output on one batch: ``values`` from the float pass, ``quantized`` each site's typed tensor."""
@@ -316,13 +316,13 @@ def site_errors(
     input_name = float_model.graph.input[0].name
     wanted = [s.tensor for s in sites] + [n for ps in probes.values() for p in ps for n in [p.output, *p.inputs]]
     wanted = [name for name in dict.fromkeys(wanted) if name != input_name]
-    float_session = _session(recording(float_model, wanted))
+    float_session = cpu_session(recording(float_model, wanted))
     float_names = [o.name for o in float_session.get_outputs()]
     typed_session = None
     renamed: dict[str, str] = {}
     if accumulated and typed is not None:
         renamed = typed_names(typed, wanted)
-        typed_session = _session(recording(typed, list(renamed.values())), as_written=True)
+        typed_session = cpu_session(recording(typed, list(renamed.values())), as_written=True)
         outputs = [o.name for o in typed_session.get_outputs()]
     errors = {
         site.tensor: SiteErrors(site, local=Energy() if probes[site.tensor] or site.precision == "fp32" else None)

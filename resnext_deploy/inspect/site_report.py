@@ -13,7 +13,7 @@ import numpy as np
 
 from ..artifacts import ArtifactEntry, read_json
 from ..errors import BadInputError
-from .accuracy import Passes, SiteErrors, _session, site_errors
+from .accuracy import Passes, SiteErrors, cpu_session, site_errors
 from .records import ArtifactAccuracy, SiteRecord
 from .sites import Site, fp16_sites, initializer_arrays, int8_sites, module_path
 
@@ -131,7 +131,7 @@ def _with_site(float_model: Any, typed: Any, site: Site, alone: bool) -> Any:
 
 
 def _logits(model: Any, images: np.ndarray) -> np.ndarray:
-    session = _session(model)
+    session = cpu_session(model)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: images[i : i + 16]})[0] for i in range(0, len(images), 16)])
 
