@@ -268,8 +268,8 @@ class ProbeGraph:
             inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in feeds]
             outputs = [onnx.ValueInfoProto(name=node.output[0]) for node in nodes]
             graph = helper.make_graph(nodes, "probes", inputs, outputs, inits)
-            opsets = list(float_model.opset_import)
-            self.session = cpu_session(helper.make_model(graph, opset_imports=opsets, ir_version=float_model.ir_version))
+            opsets, version = list(float_model.opset_import), float_model.ir_version
+            self.session = cpu_session(helper.make_model(graph, opset_imports=opsets, ir_version=version))
 
     def run(self, values: Mapping[str, np.ndarray], quantized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each probed output on one batch: ``values`` from the float pass, ``quantized`` each site's typed tensor."""
