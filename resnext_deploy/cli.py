@@ -263,6 +263,9 @@ def pipeline(
     directory: DirOption = Path("artifacts/demo"),
     data: DataOption = None,
     count: CountOption = None,
+    inspect: Annotated[
+        bool, typer.Option("--inspect", help="Run `inspect` even when every check passes (it runs when one fails).")
+    ] = False,
 ) -> None:
     """The whole chain: export, FP16, INT8, TensorRT engines where possible, verify, bench, DIR/report.md.
 
@@ -272,7 +275,7 @@ def pipeline(
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build, inspect=inspect)
     model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
@@ -419,6 +422,45 @@ def report(directory: ExportedDirOption) -> None:
     typer.echo(f"report: {written.path}")
     if not written.status.passed:
         raise typer.Exit(int(written.status.exit_code))
+
+
+@app.command()
+def inspect(
+    directory: ExportedDirOption,
+    data: DataOption = None,
+    count: Annotated[int, typer.Option("--count", help="Images the accuracy passes use.")] = 32,
+    artifacts: Annotated[
+        str,
+        typer.Option(
+            "--artifacts",
+            help="Comma list of DIR's files; default: the typed files, and model.onnx "
+            "against model.int8.onnx for the layer times.",
+        ),
+    ] = "",
+    backends: Annotated[
+        str, typer.Option("--backends", help="Comma list of runtimes to profile (openvino, onnxruntime); 'none': skip.")
+    ] = "",
+    json_path: JsonOption = None,
+) -> None:
+    """Where a typed file loses accuracy (site by site) and where the time goes (layer by layer).
+
+    Writes DIR/inspect.json, inspect.md and inspect.png; the top of the tables goes to stdout.
+    """
+    from .artifacts import locked, write_json
+    from .inspect import INSPECT_JSON
+    from .inspect.render import SHOWN, inspect_markdown
+    from .inspect.run import run_inspect
+    from .source import artifact_dir
+
+    json_file = _json_target(json_path, directory)
+    directory = artifact_dir(directory)
+    names = [n.strip() for n in artifacts.split(",") if n.strip()] or None
+    chosen = None if not backends else [b.strip() for b in backends.split(",") if b.strip() and b.strip() != "none"]
+    with locked(directory):
+        record = run_inspect(directory, data, count, names, chosen, log=log)
+        if json_file is not None:
+            write_json(json_file, record.to_dict())
+        _print_result(inspect_markdown(record, SHOWN), directory / INSPECT_JSON, json_path)
 
 
 @app.command("triton-repo")

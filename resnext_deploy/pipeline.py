@@ -35,6 +35,7 @@ class PipelineOptions:
     count: int | None = None
     bench: BenchSettings = field(default_factory=BenchSettings)
     build: BuildOptions = field(default_factory=BuildOptions)
+    inspect: bool = False  # run inspect even when every check passed (it always runs when one fails)
 
 
 @dataclass
@@ -97,12 +98,25 @@ def run_pipeline(
         failed["bench"] = f"failed: {exc}"
         log(f"bench failed: {exc}")
     skipped = {**failed, **skipped}
+    if options.inspect or failed or not verified:
+        _inspect(directory, options, log)
     # The same report, and the same status, as `report --dir`: both derived from what the directory records.
     written = write_report(directory, log=log)
     status = written.status
     tables = [verify_text(verified.record)] + ([bench_text(measured)] if measured is not None else [])
     bad_input = status.exit_code == ExitCode.BAD_INPUT
     return PipelineResult(written.path, status.passed, status.summary(), skipped, tables, bad_input)
+
+
+def _inspect(directory: Path, options: PipelineOptions, log: Callable[[str], None]) -> None:
+    """inspect's layer-by-layer account before the report, which shows its "Where"; its own failure is a log line."""
+    from .inspect.run import run_inspect
+
+    log("== inspect")
+    try:
+        run_inspect(directory, options.data, log=log)
+    except (DeployError, OSError) as exc:
+        log(f"inspect failed; the report goes on without it: {exc}")
 
 
 def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | None:

@@ -208,7 +208,8 @@ def write_report(directory: str | Path, log: Callable[[str], None] = print) -> W
     bench = read_bench_section(bench_path, plot) if bench_path.exists() else None
     report = build_report(manifest, verify, bench, manifest.skipped)
     triton = _triton_section(directory)  # read, and a malformed file refused, before anything is written
-    markdown = render_markdown(report) + triton
+    where = where_markdown(directory)  # read, and a malformed inspect.json refused, before anything is written
+    markdown = render_markdown(report) + triton + where
     data = json.dumps(_strict(report.to_dict()), indent=2, allow_nan=False, default=str) + "\n"
     path, json_path = directory / REPORT_MD, directory / REPORT_JSON
     with atomic_path(json_path) as json_tmp, atomic_path(path) as markdown_tmp:
@@ -427,6 +428,15 @@ def render_markdown(report: Report) -> str:
         out += ["", "## Machine", ""]
         out.append(markdown_table(["", ""], [[str(k), str(v)] for k, v in report.machine.items()]))
     return "\n".join(out) + "\n"
+
+
+def where_markdown(directory: Path) -> str:
+    """The short "Where" section from ``DIR/inspect.json``, when inspect ran there (else nothing)."""
+    from ..inspect.render import where_section
+    from ..inspect.run import read_inspect
+
+    found = read_inspect(directory)
+    return "\n".join(where_section(found)) + "\n" if found is not None else ""
 
 
 def _status_lines(status: RunStatus) -> list[str]:

@@ -215,6 +215,7 @@ def _build_plan(
     profile.set_shape(image.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
     config.add_optimization_profile(profile)
     config.clear_flag(trt.BuilderFlag.TF32)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # inspect's per-layer view: tactics, types, ONNX names
     if options.workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.opt_level is not None:
