@@ -301,6 +301,7 @@ class StandIn:
         module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
         module.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
         module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        module.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
         levels = {"AMPERE_PLUS": "AMPERE_PLUS"}
         if same_cc:  # from TensorRT 10.9
             levels["SAME_COMPUTE_CAPABILITY"] = "SAME_COMPUTE_CAPABILITY"

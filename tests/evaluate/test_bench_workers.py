@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import copy_dir
 
+from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends import onnxruntime as ort_backend
 from resnext_deploy.backends.base import ArtifactSet, Backend, Candidate, Runner
 from resnext_deploy.backends.openvino import OpenVINORunner, precision_summary
@@ -225,3 +226,7 @@ def test_bench_survives_a_worker_stopped_or_killed_mid_measure(
     assert "FAILED onnxruntime-cpu:fp32 batch 1" in err
     assert err.strip().splitlines()[-1].startswith("error: bench: 1 row(s) failed")
     assert "Failed (not measured)" in (directory / "bench.md").read_text()
+    # The failure is recorded in the manifest: report derives a failed status from the directory.
+    [step] = [step for step in Manifest(directory).skipped if step.step == "bench"]
+    assert step.failed and "1 row(s) failed" in step.reason
+    assert main(["report", "--dir", str(directory)]) == ExitCode.VERIFY_FAILED
