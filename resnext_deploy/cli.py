@@ -438,7 +438,12 @@ def inspect(
         ),
     ] = "",
     backends: Annotated[
-        str, typer.Option("--backends", help="Comma list of runtimes to profile (openvino, onnxruntime); 'none': skip.")
+        str,
+        typer.Option(
+            "--backends",
+            help="Comma list of runtimes to profile (openvino, onnxruntime, tensorrt); 'none': skip; "
+            "default: every one available here.",
+        ),
     ] = "",
     json_path: JsonOption = None,
 ) -> None:

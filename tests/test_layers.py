@@ -27,7 +27,9 @@ LAYERS = {
     "export": 3,
     "backends": 3,
     "precision": 4,
+    "inspect.accuracy": 4,  # the per-site error code the INT8 search shares with inspect
     "evaluate": 5,
+    "inspect": 6,
     "report": 6,
     "serving": 6,
     "pipeline": 7,
