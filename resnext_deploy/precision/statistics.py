@@ -28,7 +28,8 @@ from ..ui import progress
 
 NUM_BINS = 2048  # TensorRT's and pytorch-quantization's histogram size
 QUANTIZED_BINS = 128  # positive INT8 levels the entropy search maps the histogram onto
-HISTOGRAM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")  # their activation inputs may get Q/DQ
+# their activation inputs may get Q/DQ (GlobalAveragePool: in ONNX Runtime's placement, precision/int8_ort.py)
+HISTOGRAM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool")
 BATCH_BYTES = 256 * 2**20  # activations fetched per batch; sets the calibration's memory, not the count
 MAX_BATCH = 32
 

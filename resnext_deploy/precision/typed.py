@@ -6,6 +6,7 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,19 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, Manifest, atomic_path
+from ..artifacts import ONNX_FILES, ORT_INT8_FILE, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..parity import Parity, Tolerance, compare
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
+from .bias import bias_shifts, correct_biases
 from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import WEIGHT_MAX, int8_model
+from .int8 import WEIGHT_MAX, QdqPlan, graph_quantization, int8_model
+from .int8_ort import DEFAULT_ACTIVATION_TYPE, int8_ort_model
 from .options import PrecisionOptions
-from .search import CheckSet, SearchRecord, search_int8
+from .search import CheckSet, SearchRecord, _equalized, search_int8
 from .split import HELDOUT_MAX, split_for
 
 CHECK_BATCH = 16
@@ -36,6 +39,7 @@ CHECK_BATCH = 16
 BUILD_MARGIN = 0.5
 VERIFY_SET = HELDOUT_MAX
 EXPORT_HINT = "run `resnext-deploy export --dir DIR` first"
+ORT_STEP = "int8 for onnxruntime"  # the manifest's skipped step when model.int8.ort.onnx fails its check
 
 
 @dataclass
@@ -50,6 +54,7 @@ class TypedResult:
     quantized_nodes: tuple[str, ...] = ()
     search: SearchRecord | None = None
     remedies: tuple[str, ...] = ()  # INT8: equalization, bias correction, exclusion, as the file uses them
+    runtime_files: tuple[Path, ...] = ()  # INT8: the variants for other runtimes written beside it (ONNX Runtime's)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class TypedBuild:
     quantized: list[str] = field(default_factory=list)  # INT8: the weighted nodes
     tensors: list[str] = field(default_factory=list)  # INT8: the activation tensors with Q/DQ
     search: SearchRecord | None = None
+    ort_model: Any = None  # INT8: ONNX Runtime's placement of the same sites and ranges (model.int8.ort.onnx)
+    ort_parity: Parity | None = None
+    ort_skipped: str | None = None  # why no model.int8.ort.onnx is written
+    ort_tensors: list[str] = field(default_factory=list)  # its activation tensors with Q/DQ
 
     @property
     def remedies(self) -> list[str]:
@@ -158,6 +167,13 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
     if entry is None:
         return None
     final = plan.directory / plan.name
+    if (
+        plan.precision == "int8"
+        and ort_is_target()
+        and not manifest.is_current(ORT_INT8_FILE, entry.sha256, _ort_options(plan.record_options))
+    ):
+        log(f"{final} is up to date but {ORT_INT8_FILE} is not; making both again from one calibration")
+        return None
     log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
     return TypedResult(
         final,
@@ -168,6 +184,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
         quantized_nodes=tuple(entry.quantized_nodes or ()),
         search=None if entry.search is None else SearchRecord.from_dict(entry.search),
         remedies=entry.remedies,
+        runtime_files=_recorded_variants(manifest, plan),
     )
 
 
@@ -208,7 +225,35 @@ def judge_typed(plan: TypedPlan, built: TypedBuild, options: PrecisionOptions, l
                 f"{plan.name} disagrees with model.onnx on {plan.heldout.description}: {'; '.join(parity.failures)}"
                 f"{plan.margin}{_tried(built.search, options)}; no {plan.name} was written"
             )
+    if built.ort_model is not None:
+        with contextlib.suppress(_NotKept):
+            _judge_ort(plan, built, log)
     return parity
+
+
+def _judge_ort(plan: TypedPlan, built: TypedBuild, log: Log) -> None:
+    """Write and check ONNX Runtime's INT8 file on ONNX Runtime, like the TensorRT file; one that fails is not kept.
+
+    It has the TensorRT file's sites and ranges, but more tensors quantized (the Add inputs, the bias), so
+    it is checked on its own; a failure leaves ONNX Runtime on model.int8.onnx and says why.
+    """
+    with atomic_path(plan.directory / ORT_INT8_FILE) as tmp:
+        save_model(built.ort_model, tmp)
+        built.ort_model = None
+        parity = check_parity(plan.parent_path, tmp, "int8", plan.heldout, plan.tolerance, plan.use_labels)
+        log(_parity_summary(ORT_INT8_FILE, plan.heldout, parity))
+        if not parity:
+            built.ort_skipped = (
+                f"{ORT_INT8_FILE} disagrees with model.onnx on {plan.heldout.description}: "
+                f"{'; '.join(parity.failures)}{plan.margin}; ONNX Runtime runs {plan.name} instead"
+            )
+            log(f"warning: {built.ort_skipped}")
+            raise _NotKept
+        built.ort_parity = parity
+
+
+class _NotKept(Exception):
+    """Leaves atomic_path without moving the checked file into place."""
 
 
 def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity: Parity, log: Log) -> TypedResult:
@@ -216,18 +261,19 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
     search = built.search.to_dict() if built.search else None
     calibration = built.calibration
     int8 = {"remedies": built.remedies} if plan.precision == "int8" else {}
-    manifest.record(
+    ranges = {
+        "fingerprint": calibration.fingerprint,
+        "description": calibration.description,
+        "count": calibration.count,
+        "method": built.search.method if built.search else calibration.method,
+        "percentile": calibration.percentile,
+    }
+    entry = manifest.record(
         plan.name,
         plan.precision,
         parent_sha256=plan.parent_sha256,
         options=plan.record_options,
-        calibration={
-            "fingerprint": calibration.fingerprint,
-            "description": calibration.description,
-            "count": calibration.count,
-            "method": built.search.method if built.search else calibration.method,
-            "percentile": calibration.percentile,
-        },
+        calibration=ranges,
         heldout=plan.heldout.description,
         heldout_synthetic=plan.synthetic,
         parity=parity.to_dict(),
@@ -239,6 +285,9 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
     )
     final = plan.directory / plan.name
     log(f"wrote {final}")
+    variants: tuple[Path, ...] = ()
+    if plan.precision == "int8":
+        variants = _record_ort(manifest, plan, built, entry.sha256, ranges, log)
     return TypedResult(
         final,
         plan.precision,
@@ -247,7 +296,57 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         quantized_nodes=tuple(built.quantized),
         search=built.search,
         remedies=tuple(built.remedies),
+        runtime_files=variants,
     )
+
+
+def _record_ort(
+    manifest: Manifest, plan: TypedPlan, built: TypedBuild, parent_sha256: str, ranges: dict[str, Any], log: Log
+) -> tuple[Path, ...]:
+    """Record model.int8.ort.onnx as the INT8 file's ONNX Runtime variant, or forget an older one not made again.
+
+    Its parent is model.int8.onnx: made again, that file makes this one stale, so the two never disagree.
+    """
+    path = plan.directory / ORT_INT8_FILE
+    if built.ort_parity is None:
+        manifest.forget(ORT_INT8_FILE)
+        path.unlink(missing_ok=True)  # an older variant would no longer match model.int8.onnx
+        manifest.record_skipped(ORT_STEP, built.ort_skipped)
+        return ()
+    manifest.record(
+        ORT_INT8_FILE,
+        plan.precision,
+        parent_sha256=parent_sha256,
+        options=_ort_options(plan.record_options),
+        calibration=ranges,
+        heldout=plan.heldout.description,
+        heldout_synthetic=plan.synthetic,
+        parity=built.ort_parity.to_dict(),
+        fp32_nodes=[],
+        quantized_nodes=built.quantized,
+        quantized_tensors=built.ort_tensors,
+        placement="onnxruntime",
+        remedies=built.remedies,
+    )
+    manifest.record_skipped(ORT_STEP, None)
+    log(f"wrote {path} (ONNX Runtime's placement of the same sites and ranges)")
+    return (path,)
+
+
+def _ort_options(record_options: dict[str, Any]) -> dict[str, Any]:
+    """The TensorRT file's options and the variant's own: what makes model.int8.ort.onnx current."""
+    return {**record_options, "placement": "onnxruntime", "activation_type": DEFAULT_ACTIVATION_TYPE}
+
+
+def _recorded_variants(manifest: Manifest, plan: TypedPlan) -> tuple[Path, ...]:
+    return (plan.directory / ORT_INT8_FILE,) if plan.precision == "int8" and manifest.entry(ORT_INT8_FILE) else ()
+
+
+def ort_is_target() -> bool:
+    """Whether ONNX Runtime is a deployment target here (installed): then the INT8 step writes its own file."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
@@ -264,6 +363,9 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
 def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: PrecisionOptions, log: Log) -> TypedBuild:
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     search_record = None
+    record = None
+    # ONNX Runtime's file starts from the same float graph: int8_model changes it in place, the search copies it
+    base = (prepared if options.search else _copy(prepared)) if ort_is_target() else None
     if not options.search:
         model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
     else:
@@ -290,7 +392,49 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
         f"INT8: {len(qdq.weighted)} Conv/Gemm nodes quantized, {len(qdq.consumers)} activation tensors "
         f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
-    return TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    built = TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    if base is not None:
+        built.ort_model = _ort_int8(plan, base, calibration, qdq, record, options, log)
+        built.ort_tensors = sorted(graph_quantization(built.ort_model).tensors)
+    return built
+
+
+def _ort_int8(
+    plan: TypedPlan,
+    base: Any,
+    calibration: Calibration,
+    qdq: QdqPlan,
+    record: SearchRecord | None,
+    options: PrecisionOptions,
+    log: Log,
+) -> Any:
+    """ONNX Runtime's INT8 graph with exactly the TensorRT file's sites, ranges (method) and remedies.
+
+    The search returns the TensorRT graph only; its float graph is rebuilt here from what its record
+    says it used: the equalized graph (its calibration is cached in DIR) and the bias shifts (one pass).
+    """
+    method = record.method if record is not None and record.method else calibration.method
+    remedies = record.remedies if record is not None else []
+    ranges = calibration
+    if "equalization" in remedies:
+        equalized = _equalized(plan.directory, base, plan.dataset, calibration, log)
+        if equalized is not None:
+            base, ranges, _pairs = equalized
+    ranges = ranges.with_method(method)
+    if "bias correction" in remedies:
+        shifts = bias_shifts(base, ranges, plan.dataset, options.exclude)
+        correct_biases(base, shifts, qdq.weighted)
+    model, _plan = int8_ort_model(base, ranges, options.exclude, only=qdq.sites)
+    log(f"INT8 for ONNX Runtime: the same {len(qdq.sites)} sites with Q/DQ around each ({ORT_INT8_FILE})")
+    return model
+
+
+def _copy(model: Any) -> Any:
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
