@@ -16,8 +16,8 @@ TensorRT's file (:func:`~resnext_deploy.precision.int8.qdq_plan` decides both, e
   the tensor has negative values, ``[0, amax]`` with all 256 levels when it has none (a ReLU's
   output: a QuantizeLinear whose zero point is the type's minimum clips like ReLU, so the optimizer
   drops the ReLU and the Conv before it fuses);
-* a MaxPool between quantized tensors takes its output's quantization on its input too, and runs
-  on 8-bit data;
+* a MaxPool or Flatten whose output is quantized takes the output's quantization on its input too,
+  and runs on 8-bit data;
 * activations uint8 (U8S8) by default or int8 (S8S8), weights int8; everything else FP32.
 """
 
@@ -74,11 +74,10 @@ def int8_ort_model(
     nodes = {node.name: node for node in graph.node}
     initializers = {init.name: init for init in graph.initializer}
     slots = ort_slots(model, plan)
-    pooled = {nodes[pool].input[0]: output for pool, output in _pooled(model, slots).items()}
-    for pool_input, output in pooled.items():
-        slots.setdefault(pool_input, []).extend(
-            (node.name, 0) for node in graph.node if node.op_type == "MaxPool" and node.output[0] == output
-        )
+    pooled = {}  # input of a MaxPool or Flatten -> the quantized output whose quantization it takes
+    for name, output in _pooled(model, slots).items():
+        pooled[nodes[name].input[0]] = output
+        slots.setdefault(nodes[name].input[0], []).append((name, 0))
     new_nodes: list = []
     new_inits: list = []
     scales: dict[str, float] = {}  # quantized tensor -> its scale (the bias scale needs it)
@@ -167,12 +166,20 @@ def ort_slots(model, plan: QdqPlan) -> dict[str, list[tuple[str, int]]]:
     return dict(slots)
 
 
+PASS_THROUGH_OPS = ("MaxPool", "Flatten")  # quantization commutes with them: they run on 8-bit data
+
+
 def _pooled(model, slots: dict[str, list[tuple[str, int]]]) -> dict[str, str]:
-    """MaxPool node -> its quantized output, for each MaxPool whose output is quantized and input is not."""
+    """MaxPool or Flatten node -> its quantized output, where the output is quantized and the input is not.
+
+    Its input takes the output's scale and zero point, so ONNX Runtime drops the pair around it: the
+    MaxPool runs on 8-bit data, and the GlobalAveragePool before the classifier's Flatten fuses
+    (QLinearGlobalAveragePool).
+    """
     return {
         node.name: node.output[0]
         for node in model.graph.node
-        if node.op_type == "MaxPool" and node.output[0] in slots and node.input[0] not in slots
+        if node.op_type in PASS_THROUGH_OPS and node.output[0] in slots and node.input[0] not in slots
     }
 
 
