@@ -9,10 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, RUNTIME_FILES
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..logs import ort_severity
-from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, run_in_chunks
+from .base import (
+    ArtifactSet,
+    Backend,
+    BackendOption,
+    Candidate,
+    Runner,
+    TritonModel,
+    run_in_chunks,
+    usable_runtime_files,
+)
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -96,11 +104,8 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-BACKEND_NAME = "onnxruntime"
-
-
 class OnnxRuntimeBackend(Backend):
-    name = BACKEND_NAME
+    name = "onnxruntime"
     description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
     # No flag: bench turns spinning off for every backend with this knob unless --allow-spinning.
     options = (BackendOption("allow_spinning", True, "Idle pool threads spin for the next call."),)
@@ -122,7 +127,7 @@ class OnnxRuntimeBackend(Backend):
         devices = [device for device, provider in ORT_PROVIDERS.items() if provider in available]
         found = []
         for precision in precisions:
-            name = own_file(artifacts, precision)
+            name = artifacts.runtime_file(precision, self.name)
             if name is None or not artifacts.present(name):
                 continue
             reason = artifacts.unusable(name)
@@ -137,25 +142,10 @@ class OnnxRuntimeBackend(Backend):
         self, directory: Path, options: Mapping[str, Any], usable: Callable[[str], bool]
     ) -> list[TritonModel]:
         """One ``onnxruntime_onnx`` model per current ONNX file; ``--onnx-kind`` says where it runs."""
-        models = []
-        for precision, name in ONNX_FILES.items():
-            variant = RUNTIME_FILES.get((precision, self.name))
-            chosen = variant if variant is not None and usable(variant) else name
-            if usable(chosen):
-                models.append(TritonModel(chosen, precision, "onnx", "onnxruntime_onnx"))
-        return models
-
-
-def own_file(artifacts: ArtifactSet, precision: str) -> str | None:
-    """The file ONNX Runtime runs for ``precision``: its own variant where DIR records one, else the precision's.
-
-    ``model.int8.ort.onnx`` has the Q/DQ placement ONNX Runtime fuses; a directory made before it existed,
-    or where it failed its check, has only ``model.int8.onnx``, which ONNX Runtime runs too (slower).
-    """
-    variant = RUNTIME_FILES.get((precision, BACKEND_NAME))
-    if variant is not None and artifacts.present(variant):
-        return variant
-    return ONNX_FILES.get(precision)
+        return [
+            TritonModel(name, precision, "onnx", "onnxruntime_onnx")
+            for precision, name in usable_runtime_files(self.name, usable)
+        ]
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -19,6 +19,7 @@ from resnext_deploy.precision.int8 import INT8_MAX, graph_quantization, int8_mod
 from resnext_deploy.precision.int8_ort import activation_quantization, int8_ort_model
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
+from resnext_deploy.serving.triton_repo import collect_models
 
 X = np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
 QUIET = {"log": lambda _m: None}
@@ -134,6 +135,10 @@ def test_the_int8_step_writes_and_records_both_files(tiny_dir: Path, tmp_path: P
     assert graph_quantization(model).layers == frozenset(trt.quantized_nodes)
     assert set(trt.quantized_tensors) <= graph_quantization(model).tensors
     assert optimized_ops(model, tmp_path)["QLinearConv"] == len(trt.quantized_nodes) - 1  # all but the Gemm
+    # Triton's ONNX Runtime model serves the variant; OpenVINO's keeps TensorRT's file (see RUNTIME_FILES)
+    served = {(m.platform, m.precision): m.artifact.name for m in collect_models(tiny_dir, log=QUIET["log"])}
+    assert served[("onnxruntime_onnx", "int8")] == ORT_INT8_FILE
+    assert served.get(("openvino", "int8"), ONNX_FILES["int8"]) == ONNX_FILES["int8"]
     # a rerun reuses both; once model.int8.onnx changes, the variant is stale with it
     assert make_typed_onnx(tiny_dir, "int8", options, **QUIET).reused
     manifest.update(ONNX_FILES["int8"], sha256="0" * 64)
