@@ -99,6 +99,7 @@ class TypedBuild:
     ort_parity: Parity | None = None
     ort_skipped: str | None = None  # why no model.int8.ort.onnx is written
     ort_tensors: list[str] = field(default_factory=list)  # its activation tensors with Q/DQ
+    expected: list[np.ndarray] = field(default_factory=list)  # model.onnx's logits on the check set, once run
 
     @property
     def remedies(self) -> list[str]:
@@ -218,7 +219,9 @@ def judge_typed(plan: TypedPlan, built: TypedBuild, options: PrecisionOptions, l
     with atomic_path(final) as tmp:
         save_model(built.model, tmp)
         built.model = None
-        parity = check_parity(plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels)
+        parity = check_parity(
+            plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels, built.expected
+        )
         log(_parity_summary(plan.name, plan.heldout, parity))
         if not parity:
             raise VerificationError(
@@ -240,7 +243,9 @@ def _judge_ort(plan: TypedPlan, built: TypedBuild, log: Log) -> None:
     with atomic_path(plan.directory / ORT_INT8_FILE) as tmp:
         save_model(built.ort_model, tmp)
         built.ort_model = None
-        parity = check_parity(plan.parent_path, tmp, "int8", plan.heldout, plan.tolerance, plan.use_labels)
+        parity = check_parity(
+            plan.parent_path, tmp, "int8", plan.heldout, plan.tolerance, plan.use_labels, built.expected
+        )
         log(_parity_summary(ORT_INT8_FILE, plan.heldout, parity))
         if not parity:
             built.ort_skipped = (
@@ -364,6 +369,7 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     search_record = None
     record = None
+    check = None
     # ONNX Runtime's file starts from the same float graph: int8_model changes it in place, the search copies it
     base = (prepared if options.search else _copy(prepared)) if ort_is_target() else None
     if not options.search:
@@ -393,6 +399,8 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
         f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
     built = TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    if check is not None:  # the search ran model.onnx on the check images already (batches of CHECK_BATCH)
+        built.expected.append(check.reference)
     if base is not None:
         built.ort_model = _ort_int8(plan, base, calibration, qdq, record, options, log)
         built.ort_tensors = sorted(graph_quantization(built.ort_model).tensors)
@@ -503,19 +511,29 @@ def check_parity(
     dataset: Dataset,
     tolerance: Tolerance,
     use_labels: bool,
+    expected: list[np.ndarray] | None = None,
 ) -> Parity:
-    """Run both files in ONNX Runtime on the same inputs and compare the logits."""
-    reference_runner = OnnxRuntimeRunner(reference)
+    """Run both files in ONNX Runtime on the same inputs and compare the logits.
+
+    ``expected``: model.onnx's logits per batch, filled in by the first check of a build (when empty)
+    and reused by the next (ONNX Runtime's INT8 file is checked on the same images), so model.onnx runs once.
+    """
+    reference_runner = None if expected else OnnxRuntimeRunner(reference)
     candidate_runner = OnnxRuntimeRunner(candidate, precision)
     refs, cands, labels = [], [], []
     with progress(dataset.count, f"checking {precision} on {dataset.count} held-out samples") as advance:
         for batch in dataset.batches(CHECK_BATCH):
-            refs.append(reference_runner(batch.images))
+            if reference_runner is not None:
+                refs.append(reference_runner(batch.images))
             cands.append(candidate_runner(batch.images))
             if batch.labels is not None:
                 labels.append(batch.labels)
             advance(len(batch.images))
-    reference_runner.close()
+    if reference_runner is not None:
+        reference_runner.close()
+        if expected is not None:
+            expected.extend(refs)
+    refs = expected or refs
     candidate_runner.close()
     truth = np.concatenate(labels) if use_labels and labels else None
     return compare(np.concatenate(refs), np.concatenate(cands), tolerance, truth)

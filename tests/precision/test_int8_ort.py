@@ -151,3 +151,23 @@ def test_the_demo_models_onnx_runtime_file_passes_verify_and_is_what_onnx_runtim
     report = run_verify(demo_dir, backends=("onnxruntime",), precisions=("int8",), **QUIET)
     [row] = report.results
     assert row.candidate.artifact == ORT_INT8_FILE and row.passed, row.failures
+
+
+def test_both_checks_run_model_onnx_once(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX Runtime file is checked against the logits the TensorRT file's check computed."""
+    from resnext_deploy.precision import typed
+
+    opened: list[str] = []
+
+    class Counting(typed.OnnxRuntimeRunner):
+        def __init__(self, path, *args, **kwargs) -> None:
+            opened.append(Path(path).name.split(".partial")[0])
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(typed, "OnnxRuntimeRunner", Counting)
+    calib = noise_images(tmp_path / "calib", 24)
+    options = PrecisionOptions(
+        calib_source=calib, min_check=8, search=False, tolerances={"int8": Tolerance(cosine_min=0.98)}
+    )
+    make_typed_onnx(tiny_dir, "int8", options, **QUIET)
+    assert opened.count("model.onnx") == 1 and len(opened) == 3, opened
