@@ -226,7 +226,9 @@ def collect_statistics(
     model = load_onnx(model_path)
     tensors, histogram, per_sample = activation_tensors(model)
     graph_inputs = {value.name for value in model.graph.input}
-    fetched = [name for name in tensors if name not in graph_inputs]
+    rectified = rectified_outputs(model, [name for name in tensors if name not in graph_inputs])
+    derived = {name for outputs in rectified.values() for name in outputs}
+    fetched = [name for name in tensors if name not in graph_inputs and name not in derived]
     batches = run_batches(
         model,
         fetched,
@@ -243,6 +245,8 @@ def collect_statistics(
         for name in graph_inputs & stats.keys():
             stats[name].add(images, scratch=scratch)
         for name, value in zip(fetched, values, strict=True):
+            for output in rectified.get(name, ()):  # before the value is spoiled below
+                stats[output].add(np.maximum(value, np.float32(0)), overwrite=True, scratch=scratch)
             stats[name].add(value, overwrite=True, scratch=scratch)  # fetched for this alone
         del values
         seen += len(images)
@@ -250,6 +254,26 @@ def collect_statistics(
     if skipped:
         log(f"warning: {skipped}")
     return stats, seen + len(dataset.skipped)
+
+
+def rectified_outputs(model, fetched: list[str]) -> dict[str, list[str]]:
+    """Fetched tensor -> the outputs of the ReLUs that read it: computed from it here instead of fetched.
+
+    ``np.maximum(x, 0)`` is ONNX Runtime's ReLU value for value (NaN stays NaN; only the sign of a zero may
+    differ, which no statistic sees), so their statistics are the ones a fetch would give, and ONNX
+    Runtime hands out about a third fewer tensors per batch.
+    """
+    wanted = set(fetched)
+    relus = {
+        node.output[0]: node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Relu" and node.output[0] in wanted and node.input[0] in wanted
+    }
+    rectified: dict[str, list[str]] = {}
+    for output, source in relus.items():
+        if source not in relus:  # a ReLU of a ReLU's output stays fetched
+            rectified.setdefault(source, []).append(output)
+    return rectified
 
 
 def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:

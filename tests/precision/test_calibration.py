@@ -22,6 +22,8 @@ from resnext_deploy.precision.statistics import (
     TensorStats,
     activation_tensors,
     collect_statistics,
+    rectified_outputs,
+    run_batches,
 )
 from resnext_deploy.source import SourceOptions, resolve_source
 
@@ -134,6 +136,28 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
         assert stats[name].minimum == pytest.approx(float(values[name].min()), rel=1e-5, abs=1e-6)
         assert stats[name].maximum == pytest.approx(float(values[name].max()), rel=1e-5, abs=1e-6)
         assert (stats[name].histogram is not None) == (name in histogram)
+
+
+def test_relu_outputs_computed_from_their_inputs_equal_fetched_ones(tiny_dir: Path) -> None:
+    """ReLU outputs derived from the fetched ReLU inputs have the statistics of fetched ones, bin for bin."""
+    model_path = tiny_dir / "model.onnx"
+    dataset = open_dataset(None, PRE, count=12, seed=4)
+    stats, _consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=1)
+    model = onnx.load(str(model_path))
+    tensors, histogram, _per_sample = activation_tensors(model)
+    fetched = [t for t in tensors if t != "input"]
+    derived = {out for outs in rectified_outputs(model, fetched).values() for out in outs}
+    assert derived and derived <= set(fetched)
+    reference = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in derived}
+    for _images, values in run_batches(model, fetched, dataset, 1, "", model_path):  # every tensor fetched
+        for name, value in zip(fetched, values, strict=True):
+            if name in reference:
+                reference[name].add(value)
+    for name, expected in reference.items():
+        assert (stats[name].minimum, stats[name].maximum) == (expected.minimum, expected.maximum)
+        if expected.histogram is not None:
+            assert stats[name].histogram.limit == expected.histogram.limit
+            np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
 
 
 # ----------------------------------------------------------------------------------------------
