@@ -359,9 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         rows["ort: fp32"] = ("onnxruntime", str(base / "model.onnx"))
     results = measure(args, rows, source.preprocessing.image_size, base / "model.onnx")
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from calibration_cost import machine
+
+    where = machine()
+    print(f"{args.arch}, {args.rounds} rounds of {args.duration} s per row; {where}")
     print(table(results, batches))
     if args.json is not None:
-        args.json.write_text(json.dumps({"arch": args.arch, "rows": results}, indent=2))
+        args.json.write_text(json.dumps({"arch": args.arch, "machine": where, "rows": results}, indent=2))
     return 0
 
 

@@ -52,6 +52,6 @@ ONNX_FILES: dict[str, str] = {p.value: p.onnx_file for p in Precision if p.has_a
 # Variants made for one runtime family (a backend name) beside the precision's own file: ONNX Runtime's CPU
 # provider fuses Q/DQ into QLinearConv only with Q/DQ around each layer (precision/int8_ort.py).
 ORT_INT8_FILE = "model.int8.ort.onnx"
-# OpenVINO has no entry: it runs model.int8.onnx, level with model.int8.ort.onnx on ResNeXt-50 (within 10%,
-# either way by batch size and load: scripts/int8_speed_compare.py), and so verify checks TensorRT's file on a CPU.
+# OpenVINO has no entry: it runs model.int8.onnx, level with model.int8.ort.onnx on ResNeXt-50 (ahead by turns
+# in loaded runs of scripts/int8_speed_compare.py), and so verify checks TensorRT's file on a CPU.
 RUNTIME_FILES: dict[tuple[str, str], str] = {("int8", "onnxruntime"): ORT_INT8_FILE}
