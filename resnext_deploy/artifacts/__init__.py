@@ -11,7 +11,7 @@ from .manifest import (
     tool_versions,
 )
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
-from .precisions import ONNX_FILES, PRECISIONS, Precision
+from .precisions import ONNX_FILES, ORT_INT8_FILE, PRECISIONS, RUNTIME_FILES, Precision
 from .store import (
     CALIBRATION_NAME,
     LOCK_NAME,
@@ -39,8 +39,10 @@ __all__ = [
     "LOCK_NAME",
     "MANIFEST_NAME",
     "ONNX_FILES",
+    "ORT_INT8_FILE",
     "PARTIAL_PREFIX",
     "PRECISIONS",
+    "RUNTIME_FILES",
     "Precision",
     "Manifest",
     "atomic_path",

@@ -10,10 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..logs import ort_severity
-from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, run_in_chunks
+from .base import (
+    ArtifactSet,
+    Backend,
+    BackendOption,
+    Candidate,
+    Runner,
+    TritonModel,
+    run_in_chunks,
+    usable_runtime_files,
+)
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -144,8 +152,9 @@ class OnnxRuntimeBackend(Backend):
     # No flag: bench turns spinning off for every backend with this knob with --passive-pools.
     options = (BackendOption("allow_spinning", True, "Idle pool threads spin for the next call."),)
     int8_note = {
-        "cpu": "ONNX Runtime's CPU provider runs this Q/DQ graph through quantize/dequantize pairs and float "
-        "kernels (QDQ-to-float fallbacks) rather than fused int8 kernels",
+        "cpu": "ONNX Runtime's CPU provider fuses model.int8.ort.onnx into QLinearConv/QLinearAdd kernels; it runs "
+        "TensorRT's model.int8.onnx (used when the ONNX Runtime file is absent) through quantize/dequantize pairs "
+        "and float kernels",
         "cuda": "ONNX Runtime's CUDA provider has few int8 kernels and runs most Q/DQ pairs as separate "
         "quantize/dequantize steps",
         "tensorrt": "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
@@ -160,7 +169,7 @@ class OnnxRuntimeBackend(Backend):
         devices = [device for device, provider in ORT_PROVIDERS.items() if provider in available]
         found = []
         for precision in precisions:
-            name = ONNX_FILES.get(precision)
+            name = artifacts.runtime_file(precision, self.name)
             if name is None or not artifacts.present(name):
                 continue
             reason = artifacts.unusable(name)
@@ -177,8 +186,7 @@ class OnnxRuntimeBackend(Backend):
         """One ``onnxruntime_onnx`` model per current ONNX file; ``--onnx-kind`` says where it runs."""
         return [
             TritonModel(name, precision, "onnx", "onnxruntime_onnx")
-            for precision, name in ONNX_FILES.items()
-            if usable(name)
+            for precision, name in usable_runtime_files(self.name, usable)
         ]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, read_json, sha256_file, write_json
 from ..errors import BadInputError, one_line
-from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel
+from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, usable_runtime_files
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 CACHE_DIR = "openvino_cache"
@@ -234,7 +234,7 @@ class OpenVINOBackend(Backend):
         missing = self.unavailable()
         found = []
         for precision in precisions:
-            name = FILES.get(precision)
+            name = artifacts.runtime_file(precision, self.name) if precision in ONNX_FILES else FILES.get(precision)
             if name is None or not artifacts.present(name):
                 continue
             reason = missing or artifacts.unusable(name)
@@ -262,8 +262,7 @@ class OpenVINOBackend(Backend):
         return [
             TritonModel(name, precision, self.name, self.name, triton_backend=True, instance_kind="KIND_CPU",
                         parameters=hint)
-            for precision, name in ONNX_FILES.items()
-            if usable(name)
+            for precision, name in usable_runtime_files(self.name, usable)
         ]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_onnx, now_iso, write_json
+from ..artifacts import ONNX_FILES, PRECISIONS, RUNTIME_FILES, Manifest, check_writable, load_onnx, now_iso, write_json
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, Discovery, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -365,7 +365,10 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
     """Each candidate's outputs against the reference's, with its precision's tolerance: the run's report."""
     reference = run.logits[0]
     results = []
-    shortfall = int8_shortfall(plan.found.manifest) if any(c.precision == "int8" for c in run.ran) else None
+    shortfalls = {  # per INT8 file: the ONNX file a candidate runs, else (an engine) model.int8.onnx it was built from
+        name: int8_shortfall(plan.found.manifest, name)
+        for name in {_int8_file(c.artifact) for c in run.ran if c.precision == "int8"}
+    }
     for candidate, output, error in list(zip(run.ran, run.logits, run.errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
         parity = None
@@ -375,7 +378,8 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
             error = f"outputs of shape {output.shape} where the PyTorch model gives {reference.shape}"
         elif error is None and output is not None:
             parity = compare(reference, output, tolerance, run.labels)
-        if parity is not None and candidate.precision == "int8" and shortfall:
+        shortfall = shortfalls.get(_int8_file(candidate.artifact)) if candidate.precision == "int8" else None
+        if parity is not None and shortfall:
             parity = replace(parity, failures=(*parity.failures, shortfall))
         results.append(CandidateResult(candidate, tolerance, parity, error))
     results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in run.failed]
@@ -413,18 +417,28 @@ def record_verify(
         log(f"skipped {entry.label}: {entry.reason}")
 
 
-def int8_shortfall(manifest: Manifest) -> str | None:
-    """Why ``model.int8.onnx`` (which every INT8 candidate runs or was built from) is not the INT8 file recorded.
+def _int8_file(artifact: str | None) -> str:
+    """The INT8 ONNX file behind a candidate: the one it runs (a runtime's variant too), else model.int8.onnx."""
+    return artifact if artifact in INT8_ONNX_FILES else ONNX_FILES["int8"]
+
+
+INT8_ONNX_FILES = frozenset(
+    [ONNX_FILES["int8"], *(name for (precision, _family), name in RUNTIME_FILES.items() if precision == "int8")]
+)
+
+
+def int8_shortfall(manifest: Manifest, name: str = ONNX_FILES["int8"]) -> str | None:
+    """Why the INT8 file ``name`` (which a candidate runs or was built from) is not the INT8 file recorded.
 
     Parity alone cannot tell a float file from an INT8 one that is close to it; the graph can.
     """
     from ..precision.int8 import quantization_shortfall
 
-    entry = manifest.entry(ONNX_FILES["int8"])
+    entry = manifest.entry(name)
     if entry is None:
         return None
     try:
-        model = load_onnx(manifest.directory / ONNX_FILES["int8"], load_external_data=False)
+        model = load_onnx(manifest.directory / name, load_external_data=False)
     except BadInputError:
         return None  # a file that does not load fails its candidates with that error already
     return quantization_shortfall(model, entry.quantized_nodes, entry.quantized_tensors)
