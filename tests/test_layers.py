@@ -28,6 +28,7 @@ LAYERS = {
     "backends": 3,
     "precision": 4,
     "inspect.accuracy": 4,  # the per-site error code the INT8 search shares with inspect
+    "inspect.sites": 4,
     "evaluate": 5,
     "inspect": 6,
     "report": 6,

@@ -563,9 +563,7 @@ def check_parity(
     refs = expected or refs
     truth = np.concatenate(labels) if use_labels and labels else None
     reference_logits = np.concatenate(refs)
-    parities = {
-        name: compare(reference_logits, np.concatenate(out), tolerance, truth) for name, out in outputs.items()
-    }
+    parities = {name: compare(reference_logits, np.concatenate(out), tolerance, truth) for name, out in outputs.items()}
     parity = parities.pop("onnxruntime")
     for name, other in parities.items():
         if log is not None:
