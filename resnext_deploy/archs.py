@@ -6,9 +6,12 @@ reads the registry, answers without importing torch (seconds on a small machine)
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Union
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -204,9 +207,152 @@ ARCHS: dict[str, ArchSpec] = {
 DEMO_ARCH = "resnext11_digits"
 
 
-def get_arch(name: str) -> ArchSpec:
-    """Look up a registered configuration; an unknown name raises ``KeyError`` listing the known ones."""
-    try:
+# ----------------------------------------------------------------------------------------------
+# The ResNeXt family of timm: built through timm's own constructor, described by a table made from it
+
+
+@dataclass(frozen=True)
+class KeyProfile:
+    """What a state dict's keys say about its architecture, the classifier left out (any class count fits).
+
+    ``fingerprint``: the sha256 (16 hex digits) of every key and shape; ``features``: the traits the keys
+    show (SE blocks, a deep stem...); ``blocks``: the blocks per stage.
+    """
+
+    fingerprint: str
+    features: tuple[str, ...]
+    blocks: tuple[int, ...]
+
+
+# The classifier's key prefixes in torchvision's and timm's ResNeXt family (ResNet, ByobNet, legacy SENet).
+CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "last_linear.")
+# trait: (key fragments that show it, a short label, what it means)
+FEATURES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "se": ((".se.fc1.", ".attn.fc1.", ".se_module.fc1."), "SE", "SE blocks: an SE-ResNeXt"),
+    "eca": ((".se.conv.", ".attn.conv."), "ECA", "ECA blocks: an ECA-ResNeXt"),
+    "gc": ((".attn.conv_attn.",), "GC", "global-context blocks: a GC-ResNeXt"),
+    "bat": ((".attn.ba.",), "BAT", "bilinear attention blocks: a BAT-ResNeXt"),
+    "sk": ((".conv2.paths.",), "SK", "selective-kernel convolutions: an SK-ResNeXt"),
+    "csp": (("conv_transition.",), "CSP", "cross-stage-partial stages: a CSP-ResNeXt"),
+    "deep-stem": (("conv1.0.",), "deep stem", "a deep stem of three convolutions: a `d` or `t` variant"),
+    "avg-down": (("downsample.1.weight",), "avg-pool downsample", "average-pool downsampling: a `d` variant"),
+    "byob": (("stem.conv1.",), "BYOB", "timm's BYOB layout (stem., stages.): a `ts` model"),
+    "legacy": (("layer0.conv1.",), "legacy SENet", "timm's legacy SENet layout (layer0., last_linear.)"),
+}
+_BLOCK = re.compile(r"^(layer\d+|stages\.\d+)\.(?:blocks\.)?(\d+)\.")
+
+
+def key_profile(shapes: Mapping[str, Sequence[int]]) -> KeyProfile:
+    """The :class:`KeyProfile` of a state dict given as ``{key: shape}`` (no tensor needed, so no torch)."""
+    kept = {
+        key: tuple(shape)
+        for key, shape in shapes.items()
+        if not key.startswith(CLASSIFIER_PREFIXES) and not key.endswith("num_batches_tracked")
+    }
+    text = "\n".join(f"{key}:{','.join(map(str, shape))}" for key, shape in sorted(kept.items()))
+    found = []
+    for trait, (fragments, _, _) in FEATURES.items():
+        hits = [key for key in kept if any(f in f".{key}" for f in fragments)]
+        if trait == "avg-down":  # a Conv (4-D weight) second in the downsample branch: an AvgPool comes first
+            hits = [key for key in hits if len(kept[key]) == 4]
+        if hits:
+            found.append(trait)
+    depth: dict[str, int] = {}
+    for key in kept:
+        if match := _BLOCK.match(key):
+            depth[match.group(1)] = max(depth.get(match.group(1), 0), int(match.group(2)) + 1)
+    blocks = tuple(depth[stage] for stage in sorted(depth, key=lambda s: int(re.sub(r"\D", "", s))))
+    return KeyProfile(hashlib.sha256(text.encode()).hexdigest()[:16], tuple(found), blocks)
+
+
+def describe_features(features: Sequence[str]) -> str:
+    """``se.fc1`` keys: SE blocks... in words, each trait with the key fragment that shows it."""
+    parts = []
+    for trait in features:
+        fragments, _, meaning = FEATURES[trait]
+        parts.append(f"`{fragments[0].strip('.')}` keys: {meaning}")
+    return "; ".join(parts) if parts else "plain ResNeXt keys (conv1, layer1.0.conv2, fc)"
+
+
+@dataclass(frozen=True)
+class LibraryArch:
+    """A ResNeXt-family architecture that timm builds (``timm.create_model(name, pretrained=False)``).
+
+    Its parameter count, default preprocessing (its default weights tag's) and key profile come from the
+    generated table in :mod:`resnext_deploy.weights_table`, so listing and matching need no timm.
+    """
+
+    name: str
+    library: str
+    parameters: int
+    num_classes: int
+    classifier_inputs: int
+    default_tag: str
+    profile: KeyProfile
+    preprocessing: Preprocessing
+    description: str = ""
+    class_names: tuple[str, ...] = field(default=())
+
+    def parameter_count(self, num_classes: int | None = None) -> int:
+        extra = (num_classes or self.num_classes) - self.num_classes
+        return self.parameters + extra * (self.classifier_inputs + 1)
+
+
+Arch = Union[ArchSpec, LibraryArch]
+
+
+@dataclass(frozen=True)
+class WeightsTag:
+    """A published weights tag (timm's ``arch.tag``, torchvision's ``Enum.MEMBER``) and its eval transform."""
+
+    name: str
+    arch: str
+    library: str
+    preprocessing: Preprocessing
+
+
+def _library_tables() -> tuple[dict[str, LibraryArch], dict[str, WeightsTag]]:
+    from . import weights_table as table
+
+    tags = {}
+    for name, (arch, library, size, resize, interpolation, mean, std) in table.WEIGHT_TAGS.items():
+        tags[name] = WeightsTag(name, arch, library, Preprocessing(size, resize, mean, std, interpolation))
+    archs = {}
+    for name, (params, classes, inputs, tag, fingerprint, features, blocks) in table.TIMM_ARCHS.items():
+        profile = KeyProfile(fingerprint, tuple(features), tuple(blocks))
+        pre = tags[tag].preprocessing
+        traits = ", ".join(FEATURES[t][1] for t in features) or "plain ResNeXt"
+        archs[name] = LibraryArch(name, "timm", params, classes, inputs, tag, profile, pre, f"timm: {traits}")
+    return archs, tags
+
+
+LIBRARY_ARCHS, WEIGHT_TAGS = _library_tables()
+
+
+def get_arch(name: str) -> Arch:
+    """Look up a built-in configuration or one of timm's ResNeXt family; unknown: ``KeyError`` naming the known."""
+    if name in ARCHS:
         return ARCHS[name]
-    except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHS)}") from None
+    if name in LIBRARY_ARCHS:
+        return LIBRARY_ARCHS[name]
+    raise KeyError(
+        f"unknown architecture {name!r}; choose one of: {', '.join(ARCHS)}, or one of timm's ResNeXt family "
+        f"({', '.join(list(LIBRARY_ARCHS)[:4])}, ...: `resnext-deploy archs` lists them all)"
+    )
+
+
+def candidates(profile: KeyProfile, profiles: Mapping[str, KeyProfile], shown: int = 3) -> str:
+    """What to try for a checkpoint of ``profile``: the architectures whose keys fit it, best first, in words."""
+    exact = [name for name, known in profiles.items() if known.fingerprint == profile.fingerprint]
+    if exact:
+        return f"its keys and shapes are those of {_names(exact, shown)}; try `--arch {exact[0]}`"
+    alike = [name for name, known in profiles.items() if known.features == profile.features]
+    alike.sort(key=lambda name: profiles[name].blocks != profile.blocks)
+    said = describe_features(profile.features)
+    if not alike:
+        return f"{said}; no registered architecture has these keys (`resnext-deploy archs` lists them)"
+    return f"{said}; try `--arch {alike[0]}`" + (f" (or {_names(alike[1:], shown - 1)})" if alike[1:] else "")
+
+
+def _names(names: Sequence[str], shown: int) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

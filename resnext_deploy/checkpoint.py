@@ -7,12 +7,17 @@ safetensors. A bare state dict or one wrapped under ``state_dict``/``model`` is 
 
 from __future__ import annotations
 
+import functools
+import json
 import pickle
+import re
+import shlex
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .archs import ARCHS, CLASSIFIER_PREFIXES, LIBRARY_ARCHS, KeyProfile, candidates, key_profile
 from .errors import BadInputError, one_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -62,10 +67,7 @@ def _read_torch(path: Path) -> object:
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(exc)
         if "global" in detail.lower():  # the weights-only unpickler met a class or function reference
-            raise BadInputError(
-                f"checkpoint {path} holds pickled objects other than tensors (possibly code), which are never "
-                f"loaded ({detail}); re-save it as a plain state_dict or as .safetensors"
-            ) from None
+            raise BadInputError(pickled_message(path, detail)) from None
         raise BadInputError(
             f"checkpoint {path} is truncated or not a weights-only PyTorch checkpoint ({detail}); "
             "re-download it or re-save it as a plain state_dict"
@@ -75,6 +77,38 @@ def _read_torch(path: Path) -> object:
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({one_line(exc, 200)}); "
             "re-download or re-save it"
         ) from None
+
+
+# Globals of a training checkpoint's extras (a dict holding the state dict beside its arguments), not of a model.
+_EXTRAS_MODULES = ("argparse", "builtins", "collections", "numpy", "omegaconf", "pathlib", "datetime", "typing")
+
+
+def pickled_message(path: Path, detail: str) -> str:
+    """Why a pickle is refused, and the one line that re-saves it as a state dict: whole, never cut.
+
+    Unpickling runs whatever code the file names, so it is never done here; the user, trusting the file,
+    can do it once with the line given and pass the state dict it writes. A file naming a function rather
+    than a class gets no such line: unpickling it would call that function.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", detail)
+    refused = found.group(1) if found else "a Python object"
+    head = f"checkpoint {path} holds pickled objects other than tensors (possibly code), which are never loaded"
+    if not refused.rsplit(".", 1)[-1][:1].isupper():
+        return (
+            f"{head}: it names the function {refused}, which unpickling would call; do not load this file, "
+            "re-save the weights as a state_dict (or .safetensors) from the code that trained them"
+        )
+    target = path.with_name(f"{path.stem}_state_dict.pth")
+    loaded = f"torch.load({json.dumps(str(path))}, weights_only=False)"
+    is_model = not refused.startswith(_EXTRAS_MODULES)
+    weights = f"{loaded}.state_dict()" if is_model else f"{loaded}[{json.dumps('state_dict')}]"
+    line = shlex.join(["python", "-c", f"import torch; torch.save({weights}, {json.dumps(str(target))})"])
+    what = f"a whole model ({refused})" if is_model else f"Python objects beside the weights ({refused})"
+    key = "" if is_model else " (with the key your file keeps the weights under)"
+    return (
+        f"{head}: {what}, and unpickling runs code the file names. Only if you trust the file, re-save its "
+        f"weights once{key}: {line} then pass --checkpoint {target}"
+    )
 
 
 def _unpickler_detail(exc: BaseException) -> str:
@@ -144,7 +178,8 @@ def _check_total(state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
     if held > limit:
         raise BadInputError(
             f"checkpoint {path} does not fit --arch {arch}: it holds {held} bytes of tensors, more than the "
-            f"architecture can use ({limit}); pass the architecture the checkpoint was trained with"
+            f"architecture can use ({limit}); pass the architecture the checkpoint was trained with: "
+            f"{suggest_arch(state)}"
         )
 
 
@@ -173,9 +208,28 @@ def _normalise(state: dict, path: Path, arch: str | None = None) -> dict[str, to
 
 
 def infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
-    """The classifier's output count, read from ``fc.weight``."""
-    weight = state.get("fc.weight")
-    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+    """The classifier's output count, read from its weight (``fc``, timm's ``head.fc`` or ``last_linear``)."""
+    for prefix in CLASSIFIER_PREFIXES:
+        weight = state.get(f"{prefix}weight")
+        if weight is not None and weight.dim() == 2:
+            return int(weight.shape[0])
+    return None
+
+
+@functools.cache
+def _builtin_profiles() -> dict[str, KeyProfile]:
+    from .models import create_model
+
+    with torch.device("meta"):
+        return {
+            name: key_profile({k: tuple(t.shape) for k, t in create_model(name).state_dict().items()}) for name in ARCHS
+        }
+
+
+def suggest_arch(state: dict[str, torch.Tensor]) -> str:
+    """The architectures whose keys fit ``state``'s, in words, for every "pass the architecture" message."""
+    profiles = {**_builtin_profiles(), **{name: arch.profile for name, arch in LIBRARY_ARCHS.items()}}
+    return candidates(key_profile({k: tuple(v.shape) for k, v in state.items()}), profiles)
 
 
 def _listing(label: str, keys: list[str]) -> str:
@@ -202,7 +256,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
         ]
         raise BadInputError(
             f"checkpoint {source} does not fit --arch {arch}: {'; '.join(parts)}; "
-            "pass the architecture (and --num-classes) the checkpoint was trained with"
+            f"pass the architecture (and --num-classes) the checkpoint was trained with: {suggest_arch(state)}"
         )
     filled = {k: state.get(k, v) for k, v in expected.items()}
     model.load_state_dict({k: t.to(expected[k].dtype) for k, t in filled.items()}, strict=True)

@@ -30,6 +30,7 @@ from .cli_options import (
     backend_list,
     comma_list,
     grouped,
+    help_default,
 )
 from .errors import BadInputError, DeployError, ExitCode, one_line
 from .logs import log
@@ -64,6 +65,26 @@ def _flag_type(self: TyperOption, ctx: Any) -> str | None:
 
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
+
+
+def _default_value(self: TyperOption, *, ctx: Any) -> Any:
+    """The default ``--help`` shows: a grouped flag's is its bundle's (the flag itself defaults to "not given")."""
+    found = help_default(self.name)
+    return _option_default(self, ctx=ctx) if found is None else found
+
+
+def _default_text(self: TyperOption, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
+    """A comma list as it is typed; an on/off pair names the side that is on (Typer reads the flag's own None)."""
+    if self.is_bool_flag and self.secondary_opts and help_default(self.name) is not None:
+        return (self.opts if default_value else self.secondary_opts)[0].lstrip("-")
+    if isinstance(default_value, (tuple, list)):
+        return ",".join(str(v) for v in default_value)
+    return _option_text(self, ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value)
+
+
+_option_default, _option_text = TyperOption._extract_default_help_str, TyperOption._get_default_string
+TyperOption._extract_default_help_str = _default_value  # type: ignore[method-assign]  # no hook for this either
+TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
 
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
@@ -134,16 +155,20 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
 
 @app.command()
 def archs() -> None:
-    """List the registered architectures and their defaults (from the registry alone: no model is built)."""
-    from .archs import ARCHS
+    """List the built-in architectures and timm's ResNeXt family (from the registry alone: no model is built)."""
+    from .archs import ARCHS, LIBRARY_ARCHS
+    from .environment import package_version
 
-    for spec in ARCHS.values():
+    for spec in (*ARCHS.values(), *LIBRARY_ARCHS.values()):
         params = spec.parameter_count()
         pre = spec.preprocessing
         typer.echo(
-            f"{spec.name:<18} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
+            f"{spec.name:<22} {params / 1e6:7.2f}M params  {spec.num_classes:>4} classes  "
             f"{pre.image_size}px  {spec.description}"
         )
+    timm = package_version("timm")
+    state = f"timm {timm} is installed" if timm else "timm is not installed: `pip install timm` (README, Install)"
+    log(f"{len(ARCHS)} built in; {len(LIBRARY_ARCHS)} built through timm ({state})")
 
 
 @app.command()
@@ -169,14 +194,14 @@ def export(
     ] = None,
 ) -> None:
     """Export DIR/model.onnx (FP32) and check it against PyTorch in ONNX Runtime."""
-    from .artifacts import locked, prepare_dir
+    from .artifacts import locked, prepare_dir, recorded_step
     from .export import check_export_options, export_onnx
     from .source import resolve_source
 
     check_export_options(opset, static_batch)
-    model = resolve_source(source)
+    model = resolve_source(source, log=log)
     directory = prepare_dir(directory)
-    with locked(directory):
+    with locked(directory), recorded_step(directory, "export"):
         export_onnx(model, directory, opset=opset, static_batch=static_batch, log=log)
     if warning := model.weights_warning():
         typer.echo(f"WARNING: {warning}")
@@ -212,7 +237,7 @@ def build_trt(
     check_trt_major(trt_major)
     directory = artifact_dir(directory)
     with locked(directory):
-        with recorded_step(directory, f"{precision} ONNX", record_failure=False):
+        with recorded_step(directory, f"{precision} ONNX"):
             make_typed_onnx(directory, precision, precision_options, log=log)
         reason = tensorrt_status()
         if reason is not None:  # for `report`, as pipeline records it: why, and every file's trtexec line
@@ -220,7 +245,8 @@ def build_trt(
         if onnx_only:
             return
         try:
-            build_engine(directory, precision, build, log=log, trt_major=trt_major)
+            with recorded_step(directory, f"{precision} engine"):
+                build_engine(directory, precision, build, log=log, trt_major=trt_major)
         except TensorRTUnavailableError as exc:
             typer.echo(exc.command)
             raise
@@ -237,6 +263,9 @@ def pipeline(
     directory: DirOption = Path("artifacts/demo"),
     data: DataOption = None,
     count: CountOption = None,
+    inspect: Annotated[
+        bool, typer.Option("--inspect", help="Run `inspect` even when every check passes (it runs when one fails).")
+    ] = False,
 ) -> None:
     """The whole chain: export, FP16, INT8, TensorRT engines where possible, verify, bench, DIR/report.md.
 
@@ -246,8 +275,8 @@ def pipeline(
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build)
-    model = resolve_source(source, name_folders=(precision.calib_source, data))
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build, inspect=inspect)
+    model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
         result = run_pipeline(model, directory, options, log=log)
@@ -312,17 +341,21 @@ def verify(
 def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: JsonOption = None) -> None:
     """Latency and throughput of every runner at every batch size, each runner in its own process.
 
-    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout.
+    Writes DIR/bench.json, .csv, .md and .png; the table goes to stdout. Exit 1 when a runner's process died
+    or stopped answering (its rows are recorded as failed; the others are written).
     """
     from .artifacts import locked, recorded_step
+    from .errors import VerificationError
     from .evaluate.bench import BENCH_JSON, bench_text, run_bench
     from .source import artifact_dir
 
     json_file = _json_target(json_path, directory)
     directory = artifact_dir(directory)
-    with locked(directory), recorded_step(directory, "bench", record_failure=False):
+    with locked(directory), recorded_step(directory, "bench"):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
+        if failure := report.failure():  # recorded in the manifest, so report and verify see the failed rows
+            raise VerificationError(failure)
 
 
 @app.command("bench-triton")
@@ -373,15 +406,66 @@ def bench_triton(
 
 @app.command()
 def report(directory: ExportedDirOption) -> None:
-    """Write DIR/report.md and report.json from what DIR holds, whichever commands made it (as pipeline does)."""
+    """Write DIR/report.md and report.json from what DIR holds, whichever commands made it (as pipeline does).
+
+    Exits with the run's status, derived from DIR: 0 passed, 1 a step or verify failed (or nothing verified), 3 a
+    step met bad input, so a CI job can gate on it.
+    """
     from .artifacts import locked
     from .report import write_report
     from .source import artifact_dir
 
     directory = artifact_dir(directory)
     with locked(directory):
-        path = write_report(directory, log=log)
-    typer.echo(f"report: {path}")
+        written = write_report(directory, log=log)
+    typer.echo(f"report: {written.status.summary()}")
+    typer.echo(f"report: {written.path}")
+    if not written.status.passed:
+        raise typer.Exit(int(written.status.exit_code))
+
+
+@app.command()
+def inspect(
+    directory: ExportedDirOption,
+    data: DataOption = None,
+    count: Annotated[int, typer.Option("--count", help="Images the accuracy passes use.")] = 32,
+    artifacts: Annotated[
+        str,
+        typer.Option(
+            "--artifacts",
+            help="Comma list of DIR's files; default: the typed files, and model.onnx "
+            "against model.int8.onnx for the layer times.",
+        ),
+    ] = "",
+    backends: Annotated[
+        str,
+        typer.Option(
+            "--backends",
+            help="Comma list of runtimes to profile (openvino, onnxruntime, tensorrt); 'none': skip; "
+            "default: every one available here.",
+        ),
+    ] = "",
+    json_path: JsonOption = None,
+) -> None:
+    """Where a typed file loses accuracy (site by site) and where the time goes (layer by layer).
+
+    Writes DIR/inspect.json, inspect.md and inspect.png; the top of the tables goes to stdout.
+    """
+    from .artifacts import locked, write_json
+    from .inspect import INSPECT_JSON
+    from .inspect.render import SHOWN, inspect_markdown
+    from .inspect.run import run_inspect
+    from .source import artifact_dir
+
+    json_file = _json_target(json_path, directory)
+    directory = artifact_dir(directory)
+    names = [n.strip() for n in artifacts.split(",") if n.strip()] or None
+    chosen = None if not backends else [b.strip() for b in backends.split(",") if b.strip() and b.strip() != "none"]
+    with locked(directory):
+        record = run_inspect(directory, data, count, names, chosen, log=log)
+        if json_file is not None:
+            write_json(json_file, record.to_dict())
+        _print_result(inspect_markdown(record, SHOWN), directory / INSPECT_JSON, json_path)
 
 
 @app.command("triton-repo")

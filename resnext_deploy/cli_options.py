@@ -3,7 +3,8 @@
 A command takes a group as one parameter (``source: SourceOptions``); :func:`grouped` shows Typer the
 group's flags in its place and calls the command with the bundle made from them. A flag left out is not
 passed on, so every default lives in its dataclass alone (``SourceOptions``, ``PrecisionOptions``,
-``BuildOptions``, ``BenchSettings``, the tolerance table). The backends' own knobs are read from the
+``BuildOptions``, ``BenchSettings``, the tolerance table); ``--help`` reads it from there (:func:`help_default`,
+only when help is shown: those modules import torch). The backends' own knobs are read from the
 registry each time the command line is parsed, so a registered backend's knob is a flag with no edit here.
 
 Typer stays rather than plain Click: each group shows as a panel of its Rich help, and a group is a list of
@@ -12,6 +13,7 @@ typed parameters, which is what Typer reads (see ``cli._flag_type`` for the one 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,16 +65,27 @@ class Group:
         flags: Sequence[Flag] = (),
         panel: str | None = None,
         parts: Mapping[str, Group] | None = None,
+        defaults: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.make = make
         self._flags = tuple(flags)
         self.panel = panel
         self.parts = dict(parts or {})
+        self._defaults = defaults
+        self._known: Mapping[str, Any] | None = None
 
     def flags(self) -> tuple[Flag, ...]:
         return self._flags
 
+    def defaults(self) -> Mapping[str, Any]:
+        """Each field's default, read from the bundle (imported on first use, then kept)."""
+        if self._known is None:
+            self._known = dict(self._defaults()) if self._defaults else {}
+        return self._known
+
     def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        for flag in self.flags():
+            _HELP[f"{prefix}__{flag.field}"] = (self, flag.field)
         own = [flag.parameter(f"{prefix}__{flag.field}", self.panel) for flag in self.flags()]
         return own + [p for name, part in self.parts.items() for p in part.parameters(f"{prefix}__{name}")]
 
@@ -90,11 +103,29 @@ class Group:
         return self.make(given)
 
 
+# A grouped flag's parameter name -> its group and field, so that --help can show the bundle's default.
+_HELP: dict[str, tuple[Group, str]] = {}
+
+
+def help_default(name: str | None) -> Any:
+    """The default ``--help`` shows for a grouped flag (the bundle's), or None (not grouped, or no default)."""
+    group, field = _HELP.get(name or "", (None, ""))
+    return None if group is None else group.defaults().get(field)
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
 class BackendGroup(Group):
     """Every registered backend's knobs that have a flag; the bundle maps backend name to the knobs given."""
 
     def __init__(self) -> None:
-        super().__init__(self._by_backend, panel="Backend options")
+        super().__init__(self._by_backend, panel="Backend options", defaults=self._option_defaults)
+
+    @classmethod
+    def _option_defaults(cls) -> dict[str, Any]:
+        return {f"{backend}__{option.name}": option.default for backend, option in cls._declared()}
 
     @staticmethod
     def _declared() -> list[tuple[str, Any]]:
@@ -106,7 +137,7 @@ class BackendGroup(Group):
         flags = []
         for backend, option in self._declared():
             kind = Literal[option.choices] if option.choices else type(option.default)  # type: ignore[valid-type]
-            text = f"{option.help} ({backend}; default: {option.default})"
+            text = f"{option.help} ({backend})"
             flags.append(Flag(f"{backend}__{option.name}", option.flag, text, kind))
         return tuple(flags)
 
@@ -154,6 +185,35 @@ def grouped(**groups: Group) -> Callable[[Callable[..., Any]], GroupedCommand]:
 
 
 # The bundles, imported when a command runs: their modules import torch or numpy, the command line does not.
+def _precision_defaults() -> dict[str, Any]:
+    from .precision.options import PrecisionOptions
+
+    return _fields(PrecisionOptions)
+
+
+def _build_defaults() -> dict[str, Any]:
+    from .backends.tensorrt.options import BuildOptions
+
+    return _fields(BuildOptions)
+
+
+def _bench_defaults() -> dict[str, Any]:
+    from .evaluate.settings import BenchSettings
+
+    return _fields(BenchSettings)
+
+
+def _tolerance_defaults() -> dict[str, Any]:
+    from .parity import DEFAULT_TOLERANCES
+
+    fields = {"cosine": "cosine_min", "top1": "top1_min", "max_accuracy_drop": "accuracy_drop_max"}
+    return {
+        f"{precision}_{flag}": getattr(DEFAULT_TOLERANCES[precision], attribute)
+        for precision in ("fp16", "int8")
+        for flag, attribute in fields.items()
+    }
+
+
 def _source(given: dict[str, Any]) -> Any:
     from .source import SourceOptions
 
@@ -220,15 +280,21 @@ _PRE = "Preprocessing (recorded in model.onnx; every later step uses it)"
 SOURCE = Group(
     _source,
     [
-        Flag("arch", "--arch", "Registered architecture (see `archs`); default: the demo model."),
+        Flag(
+            "arch",
+            "--arch",
+            "Built-in architecture or one of timm's ResNeXt family (see `archs`); default: the demo model, or the "
+            "architecture of a --preset weights tag.",
+        ),
         Flag("checkpoint", "--checkpoint", ".pth/.pt/.bin/.safetensors state dict.", Path),
         Flag("num_classes", "--num-classes", "Classifier outputs; default: the checkpoint's.", int),
         Flag("image_size", "--image-size", "Input height and width.", int),
         Flag(
             "preset",
             "--preset",
-            "torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear) or timm "
-            "(crop-pct 0.95, bicubic); default: the architecture's.",
+            "torchvision-v1 (resize 256, bilinear), torchvision-v2 (resize 232, bilinear), timm "
+            "(crop-pct 0.95, bicubic), or a weights tag: timm's (resnext50_32x4d.tv_in1k) or torchvision's "
+            "(ResNeXt101_64X4D_Weights.IMAGENET1K_V1); default: the architecture's.",
             panel=_PRE,
         ),
         Flag("resize_size", "--resize-size", "Short side before the center crop.", int, panel=_PRE),
@@ -257,6 +323,7 @@ TOLERANCES = Group(
         Flag("int8_max_accuracy_drop", "--int8-max-accuracy-drop", "Max accuracy loss of INT8 in points.", float),
     ],
     panel="Tolerances",
+    defaults=_tolerance_defaults,
 )
 
 _SEARCH = "INT8 search"
@@ -292,6 +359,7 @@ PRECISION = Group(
         Flag("search_minutes", "--search-minutes", "Time limit of the INT8 search.", float, panel=_SEARCH),
     ],
     parts={"tolerances": TOLERANCES},
+    defaults=_precision_defaults,
 )
 
 BUILD = Group(
@@ -312,6 +380,7 @@ BUILD = Group(
         Flag("version_compatible", "--version-compatible", "Engine runs on later TensorRT versions.", bool),
     ],
     panel="TensorRT build",
+    defaults=_build_defaults,
 )
 
 BACKEND_OPTIONS = BackendGroup()
@@ -343,15 +412,21 @@ BENCH = Group(
         Flag("min_iterations", "--min-iterations", "Fewest timed calls per row.", int),
         Flag("rounds", "--rounds", "Interleaved rounds (fewer only to fit --budget).", int),
         Flag("min_rounds", "--min-rounds", "Rounds kept however short --budget is.", int),
-        Flag("pause_ms", "--pause-ms", "Idle time between two slices.", float),
         Flag(
-            "allow_spinning",
-            "--allow-spinning",
-            "Leave thread pools spinning between calls (ONNX Runtime, OpenMP); default: they sleep.",
+            "pause_ms",
+            "--pause-ms",
+            "Idle time after each slice, for the last runner's pool to go quiet; default: measured at start.",
+            float,
+        ),
+        Flag(
+            "passive_pools",
+            "--passive-pools",
+            "Idle thread pools sleep (OMP_WAIT_POLICY=PASSIVE, no ONNX Runtime spinning); default: library defaults.",
             bool,
         ),
         Flag("threads", "--threads", "CPU threads for torch, ONNX Runtime and OpenVINO.", int, _threads),
     ],
     panel="Benchmark",
     parts={"backend_options": BACKEND_OPTIONS},
+    defaults=_bench_defaults,
 )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import random
 import stat
+import unicodedata
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +65,51 @@ def _not_regular(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file (FIFO, socket or device)"
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name, or None: names are data, one per line of Triton's labels.txt.
+
+    A line break, NUL or other control character (Unicode categories Cc, Zl, Zp: ``splitlines`` breaks on some
+    of them) would forge labels; bytes that are not UTF-8 (``os.fsdecode`` keeps them as lone surrogates)
+    cannot be written to labels.txt, ONNX metadata or JSON.
+    """
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "is not valid UTF-8"
+        if category in ("Cc", "Zl", "Zp"):
+            return f"holds a line break or control character (U+{ord(char):04X})"
+    return None
+
+
+def shown_name(name: str) -> str:
+    """A name quoted on one line: escapes for control characters, the raw bytes of a name that is not UTF-8."""
+    if any(unicodedata.category(char) == "Cs" for char in name):
+        return repr(os.fsencode(name))[1:]
+    return repr(name)
+
+
+def check_class_names(names: Sequence[str], where: str) -> None:
+    """Refuse (exit 3) the first name that is not a usable class name, saying ``where`` it came from."""
+    for name in names:
+        if problem := class_name_problem(name):
+            raise BadInputError(f"{where}: class name {shown_name(name)} {problem}; use printable UTF-8 text")
+
+
 @dataclass
 class ImageFolder:
-    """A folder of images, searched recursively; first-level subfolders are classes when present."""
+    """A folder of images, searched recursively; first-level subfolders are classes when present.
+
+    Images beside the class folders belong to no class: they are skipped (``stray``) and the set stays
+    labeled, unless they outnumber the images in class folders (then the folder is one unlabeled set).
+    Class folder names are checked as class names (:func:`check_class_names`) whichever command reads them.
+    """
 
     root: Path
     files: list[Path]
     labels: list[int] | None
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    stray: list[Path] = field(default_factory=list)
 
     @classmethod
     def scan(cls, root: str | Path) -> ImageFolder:
@@ -94,11 +131,42 @@ class ImageFolder:
                 f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}){also}; point to a folder of images"
             )
         top = [p.relative_to(root).parts for p in files]
-        classes = sorted({parts[0] for parts in top if len(parts) > 1})
-        if classes and all(len(parts) > 1 for parts in top):
-            index = {name: i for i, name in enumerate(classes)}
-            return cls(root, files, [index[parts[0]] for parts in top], classes, skipped)
-        return cls(root, files, None, [], skipped)
+        in_classes = [(path, parts[0]) for path, parts in zip(files, top, strict=True) if len(parts) > 1]
+        stray = [path for path, parts in zip(files, top, strict=True) if len(parts) == 1]
+        if not in_classes or len(stray) > len(in_classes):
+            return cls(root, files, None, [], skipped)
+        classes = sorted({name for _path, name in in_classes})
+        check_class_names(classes, f"the class folders of {root}")
+        index = {name: i for i, name in enumerate(classes)}
+        labels = [index[name] for _path, name in in_classes]
+        return cls(root, [path for path, _name in in_classes], labels, classes, skipped, stray)
+
+    def relabeled(self, names: Sequence[str]) -> ImageFolder:
+        """The images labeled by the model's class indices when every class folder is one of ``names``.
+
+        A folder of some of the model's classes (only ``7/``) is then labeled data for those classes; one
+        with a folder the model does not name keeps its own labels (and is not the model's classes).
+        """
+        if self.labels is None or not names or self.classes == list(names) or not set(self.classes) <= set(names):
+            return self
+        index = {name: i for i, name in enumerate(names)}
+        return replace(self, labels=[index[self.classes[label]] for label in self.labels], classes=list(names))
+
+    @property
+    def present(self) -> list[str]:
+        """The classes that have images here (all of ``classes`` unless relabeled by a model's names)."""
+        return [] if self.labels is None else [self.classes[i] for i in sorted(set(self.labels))]
+
+    def stray_note(self) -> str | None:
+        """The warning that names the images skipped beside the class folders, or None."""
+        if not self.stray:
+            return None
+        shown = ", ".join(shown_name(path.name) for path in self.stray[:5])
+        more = f" and {len(self.stray) - 5} more" if len(self.stray) > 5 else ""
+        return (
+            f"skipped {len(self.stray)} image(s) beside the class folders of {self.root}, which belong to no class: "
+            f"{shown}{more} (move them into a class folder, or elsewhere)"
+        )
 
     def ordered(self, seed: int) -> list[int]:
         """All file indices in a seeded order, round-robin over classes so any prefix is class-balanced."""
@@ -138,10 +206,15 @@ class Dataset:
 
     def skipped_summary(self) -> str | None:
         """One warning line about files that could not be used, or None."""
-        if not self.skipped:
-            return None
-        path, reason = self.skipped[0]
-        return f"skipped {len(self.skipped)} unreadable image(s), e.g. {path}: {reason}"
+        notes = [self.stray_note()]
+        if self.skipped:
+            path, reason = self.skipped[0]
+            notes.append(f"skipped {len(self.skipped)} unreadable image(s), e.g. {path}: {reason}")
+        return "; ".join(note for note in notes if note) or None
+
+    def stray_note(self) -> str | None:
+        """Images of the source left out because they belong to no class (image folders only), or None."""
+        return None
 
 
 class ImageDataset(Dataset):
@@ -161,9 +234,12 @@ class ImageDataset(Dataset):
         digest.update(repr(pre).encode())
         label = f"{folder.root} ({wanted} of {len(folder.files)} images"
         label += f" after the first {offset}" if offset else ""
-        label += f", {len(folder.classes)} classes)" if folder.labels is not None else ")"
+        label += f", {len(folder.present)} classes)" if folder.labels is not None else ")"
         super().__init__(label, wanted, folder.labels is not None, digest.hexdigest()[:16])
         self.available = len(self.order)
+
+    def stray_note(self) -> str | None:
+        return self.folder.stray_note()
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         self.skipped = list(self.folder.skipped)
@@ -384,11 +460,13 @@ def open_dataset(
     seed: int = 0,
     offset: int = 0,
     num_classes: int | None = None,
+    class_names: Sequence[str] = (),
 ) -> Dataset:
     """An image folder, a ``.npy``/``.npz`` of preprocessed arrays, or (``None``) synthetic inputs.
 
     ``offset`` skips that many samples of the seeded order (a folder) or rows (arrays): calibration
-    takes the first ones and held-out checks the rest. ``num_classes`` bounds the labels of arrays.
+    takes the first ones and held-out checks the rest. ``num_classes`` bounds the labels of arrays;
+    ``class_names`` (the model's) label a folder whose class folders are some of them by the model's indices.
     """
     shape = (3, pre.image_size, pre.image_size)
     if count is not None and count < 1:
@@ -404,7 +482,7 @@ def open_dataset(
         if path.suffix not in (".npy", ".npz"):
             raise BadInputError(f"{path} is a file but not .npy/.npz; pass an image folder or a .npy/.npz")
         return ArrayDataset(path, shape, count, offset, num_classes)
-    return ImageDataset(ImageFolder.scan(path), pre, count, seed, offset)
+    return ImageDataset(ImageFolder.scan(path).relabeled(class_names), pre, count, seed, offset)
 
 
 def take(dataset: Dataset, count: int, batch_size: int = 32) -> Batch:

@@ -2,7 +2,8 @@
 
 One readable file: the bottleneck block, the network, and the registry of named
 configurations. State-dict key names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv2``,
-``downsample.0``, ``fc``), so torchvision and timm checkpoints load as they are.
+``downsample.0``, ``fc``), so torchvision's and timm's plain ResNeXt checkpoints load as they are. The rest
+of timm's ResNeXt family (SE, ``d``, ``ts``...) is built through timm's own constructor: :func:`create_model`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from .archs import (  # the registry lives apart from torch; re-exported here, w
     IMAGENET_MEAN,
     IMAGENET_STD,
     INTERPOLATIONS,
+    LIBRARY_ARCHS,
     PRESETS,
+    Arch,
     ArchSpec,
+    LibraryArch,
     Preprocessing,
     get_arch,
     resize_for_crop_pct,
 )
+from .errors import BackendUnavailableError
 
 __all__ = [
     "ARCHS",
@@ -33,9 +38,12 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
+    "LIBRARY_ARCHS",
     "PRESETS",
+    "Arch",
     "ArchSpec",
     "Bottleneck",
+    "LibraryArch",
     "Preprocessing",
     "ResNeXt",
     "count_parameters",
@@ -140,9 +148,19 @@ class ResNeXt(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def create_model(arch: str | ArchSpec, num_classes: int | None = None) -> ResNeXt:
-    """Build a randomly initialised model of a registered configuration (eval mode)."""
+def create_model(arch: str | Arch, num_classes: int | None = None) -> nn.Module:
+    """Build a randomly initialised model of a registered configuration (eval mode).
+
+    A timm architecture is built by ``timm.create_model(name, pretrained=False, num_classes=...)``: its own
+    code, so a timm checkpoint then loads strictly; nothing is downloaded.
+    """
     spec = get_arch(arch) if isinstance(arch, str) else arch
+    if isinstance(spec, LibraryArch):
+        return (
+            timm_module(spec.name)
+            .create_model(spec.name, pretrained=False, num_classes=num_classes or spec.num_classes)
+            .eval()
+        )
     model = ResNeXt(
         spec.layers,
         spec.planes,
@@ -153,6 +171,26 @@ def create_model(arch: str | ArchSpec, num_classes: int | None = None) -> ResNeX
         stem_width=spec.stem_width,
     )
     return model.eval()
+
+
+TIMM_INSTALL = "install torchvision for your torch, then `pip install timm` (README, Install: torchvision and timm)"
+
+
+def timm_module(arch: str = "this architecture"):
+    """timm, or one line saying why it cannot be had and how to install it (exit 4, as for a missing extra)."""
+    from .environment import TORCHVISION_FIX, package_version, torchvision_mismatch
+
+    if package_version("timm") is None:
+        raise BackendUnavailableError(f"{arch} is built through timm, which is not installed: {TIMM_INSTALL}")
+    if problem := torchvision_mismatch():
+        raise BackendUnavailableError(
+            f"{arch} is built through timm, which cannot import: {problem}; {TORCHVISION_FIX}"
+        )
+    try:
+        import timm
+    except Exception as exc:  # noqa: BLE001 - a broken install of an optional library, whatever it raises
+        raise BackendUnavailableError(f"timm is installed but does not import ({exc}); {TIMM_INSTALL}") from None
+    return timm
 
 
 def count_parameters(model: nn.Module) -> int:

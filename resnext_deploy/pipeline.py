@@ -2,8 +2,9 @@
 
 Each step reuses what an earlier (possibly interrupted) run finished, by sha256 in the manifest, so a
 second run after Ctrl-C redoes only what is missing. Once model.onnx exists the run always ends with
-a report: a step that fails is recorded with its reason (and, for INT8, what the search tried), and
-the later steps run on what exists.
+a report: a step that fails is recorded in the manifest with its reason (and, for INT8, what the search
+tried), the later steps run on what exists, and the run's status is derived from the directory, as
+``verify`` and ``report`` derive it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from .artifacts import recorded_step
 from .backends.registry import backends
 from .backends.tensorrt.options import BuildOptions
 from .data import Dataset, open_dataset
-from .errors import BadInputError, DeployError, VerificationError
+from .errors import BadInputError, DeployError, ExitCode, VerificationError
 from .evaluate.settings import BenchSettings
 from .export import export_onnx
 from .precision.options import PrecisionOptions
-from .precision.split import split_datasets
+from .precision.split import given_calibration, split_datasets
 from .precision.typed import make_typed_onnx
 from .source import ModelSource
 
@@ -34,6 +35,7 @@ class PipelineOptions:
     count: int | None = None
     bench: BenchSettings = field(default_factory=BenchSettings)
     build: BuildOptions = field(default_factory=BuildOptions)
+    inspect: bool = False  # run inspect even when every check passed (it always runs when one fails)
 
 
 @dataclass
@@ -60,21 +62,24 @@ def run_pipeline(
     from .report import write_report
 
     log("== export (FP32 ONNX)")
-    export_onnx(source, directory, log=log)
+    with recorded_step(directory, "export"):
+        export_onnx(source, directory, log=log)
     failed: dict[str, str] = {}
-    bad_input = False
     for precision in ("fp16", "int8"):
         log(f"== {precision.upper()} ONNX")
         try:
             with recorded_step(directory, f"{precision} ONNX"):
                 make_typed_onnx(directory, precision, options.precision, log=log)
         except (VerificationError, BadInputError) as exc:
-            bad_input |= isinstance(exc, BadInputError)
             failed[f"{precision} ONNX"] = f"failed: {exc}"
             log(f"{precision.upper()} step failed; continuing with what exists: {exc}")
     skipped: dict[str, str] = {}
     for backend in backends().values():  # TensorRT's engines, or the trtexec lines that build them elsewhere
-        skipped.update(backend.build(directory, options.build, log))
+        try:
+            skipped.update(backend.build(directory, options.build, log))
+        except (VerificationError, BadInputError) as exc:  # recorded in the manifest by the step that failed
+            failed[f"{backend.name} build"] = f"failed: {exc}"
+            log(f"{backend.name} build failed; continuing with what exists: {exc}")
     log("== verify")
     verified = run_verify(
         directory,
@@ -89,17 +94,31 @@ def run_pipeline(
     try:
         with recorded_step(directory, "bench"):
             measured = run_bench(directory, options.bench, log=log)
-    except BadInputError as exc:
-        bad_input = True
+            if failure := measured.failure():  # rows whose worker died or hung: the others are in bench.json
+                raise VerificationError(failure)
+    except (VerificationError, BadInputError) as exc:
         failed["bench"] = f"failed: {exc}"
         log(f"bench failed: {exc}")
     skipped = {**failed, **skipped}
-    report = write_report(directory, log=log)  # the same report as `report --dir`: the steps are in the manifest
-    problems = [f"{step} {reason}" for step, reason in failed.items()]
-    if not verified:
-        problems.append(verified.failure_summary())
+    if options.inspect or failed or not verified:
+        _inspect(directory, options, log)
+    # The same report, and the same status, as `report --dir`: both derived from what the directory records.
+    written = write_report(directory, log=log)
+    status = written.status
     tables = [verify_text(verified.record)] + ([bench_text(measured)] if measured is not None else [])
-    return PipelineResult(report, not problems, "; ".join(problems), skipped, tables, bad_input)
+    bad_input = status.exit_code == ExitCode.BAD_INPUT
+    return PipelineResult(written.path, status.passed, status.summary(), skipped, tables, bad_input)
+
+
+def _inspect(directory: Path, options: PipelineOptions, log: Callable[[str], None]) -> None:
+    """inspect's layer-by-layer account before the report, which shows its "Where"; its own failure is a log line."""
+    from .inspect.run import run_inspect
+
+    log("== inspect")
+    try:
+        run_inspect(directory, options.data, log=log)
+    except (DeployError, OSError) as exc:
+        log(f"inspect failed; the report goes on without it: {exc}")
 
 
 def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | None:
@@ -109,15 +128,21 @@ def verify_dataset(source: ModelSource, options: PipelineOptions) -> Dataset | N
     verify's own default (the demo's validation split, or synthetic inputs said loudly for a model
     without any image).
     """
-    precision, pre = options.precision, source.preprocessing
-    if options.data is not None or (precision.calib_source is None and precision.check_source is None):
+    precision, pre, names = options.precision, source.preprocessing, source.class_names
+    calib_source = given_calibration(source, precision.calib_source)
+    if options.data is not None or (calib_source is None and precision.check_source is None):
         return None
     if precision.check_source is not None:
-        return open_dataset(precision.check_source, pre, options.count, precision.seed, num_classes=source.num_classes)
+        return open_dataset(
+            precision.check_source, pre, options.count, precision.seed, num_classes=source.num_classes,
+            class_names=names,
+        )  # fmt: skip
     try:
         return split_datasets(
-            source, "int8", precision.calib_source, precision.calib_count, None, options.count, precision.min_check,
+            source, "int8", calib_source, precision.calib_count, None, options.count, precision.min_check,
             precision.seed,
         )[1]  # fmt: skip
     except BadInputError:
-        return open_dataset(precision.calib_source, pre, options.count, precision.seed, num_classes=source.num_classes)
+        return open_dataset(
+            calib_source, pre, options.count, precision.seed, num_classes=source.num_classes, class_names=names
+        )

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .artifacts import ONNX_FILES, Manifest, sha256_file
-from .data import Dataset, ImageDataset, ImageFolder
+from .data import Dataset, ImageDataset, ImageFolder, check_class_names
 from .demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from .errors import BadInputError, UsageError
 from .models import (
     DEMO_ARCH,
     INTERPOLATIONS,
     PRESETS,
-    ArchSpec,
+    Arch,
+    LibraryArch,
     Preprocessing,
     create_model,
     get_arch,
@@ -41,7 +43,7 @@ class ModelSource:
     classes: tuple[str, ...] = ()  # names given at export (--class-names, the data's class folders); () none given
 
     @property
-    def spec(self) -> ArchSpec:
+    def spec(self) -> Arch:
         return get_arch(self.arch)
 
     @property
@@ -142,6 +144,7 @@ class ModelSource:
             raise BadInputError(f"the recorded class names {str(classes)[:80]!r} are not a list of strings")
         if classes and len(classes) != data["num_classes"]:
             raise BadInputError(f"{len(classes)} recorded class names for {data['num_classes']} classes")
+        check_class_names(classes, "the recorded class names")
         return cls(**{k: data[k] for k in required}, preprocess=preprocess, classes=tuple(classes))
 
 
@@ -161,6 +164,10 @@ def demo_data(source: ModelSource) -> DemoData | None:
     return DemoData(DEMO_CALIB, DEMO_VAL) if source.arch == DEMO_ARCH else None
 
 
+def _quiet(_message: str) -> None:
+    """The default ``log``: library callers that pass none hear nothing."""
+
+
 def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
     """``0.485,0.456,0.406`` into three floats (one per RGB channel)."""
     if text is None:
@@ -175,7 +182,7 @@ def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | No
 
 
 def resolve_preprocessing(
-    spec: ArchSpec,
+    spec: Arch,
     image_size: int | None = None,
     preset: str | None = None,
     resize_size: int | None = None,
@@ -183,11 +190,42 @@ def resolve_preprocessing(
     interpolation: str | None = None,
     mean: str | None = None,
     std: str | None = None,
+    log: Callable[[str], None] = _quiet,
 ) -> Preprocessing:
-    """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it."""
-    if preset is not None and preset not in PRESETS:
-        raise UsageError(f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    pre = PRESETS[preset] if preset else spec.preprocessing
+    """The architecture's preprocessing, or a named preset's, with the command line's choices applied over it.
+
+    A preset is one of :data:`PRESETS` or a published weights tag (timm's ``arch.tag``, torchvision's
+    ``Enum.MEMBER``), whose transform is read from the installed library when it imports, else from the table.
+    ``log`` gets one warning when the result's resize or crop is none of the architecture's published weights'.
+    """
+    from .weights import WEIGHT_TAGS, mismatch_warning, tag_preprocessing
+
+    if preset is not None and preset not in PRESETS and preset not in WEIGHT_TAGS:
+        raise UsageError(
+            f"unknown --preset {preset!r}; choose one of: {', '.join(PRESETS)}, or a weights tag such as "
+            "resnext50_32x4d.tv_in1k (timm) or ResNeXt50_32X4D_Weights.IMAGENET1K_V2 (torchvision); README, Models"
+        )
+    if preset in WEIGHT_TAGS:
+        pre, where = tag_preprocessing(WEIGHT_TAGS[preset], log)
+        log(f"--preset {preset}: resize {pre.resize_size}, crop {pre.image_size}, {pre.interpolation} (from {where})")
+    else:
+        pre = PRESETS[preset] if preset else spec.preprocessing
+    pre = _apply_options(pre, image_size, resize_size, crop_pct, interpolation, mean, std)
+    if warning := mismatch_warning(spec, pre, preset):
+        log(f"warning: {warning}")
+    return pre
+
+
+def _apply_options(
+    pre: Preprocessing,
+    image_size: int | None,
+    resize_size: int | None,
+    crop_pct: float | None,
+    interpolation: str | None,
+    mean: str | None,
+    std: str | None,
+) -> Preprocessing:
+    """The single settings of the command line over a preset or the architecture's default."""
     if image_size is not None:
         pre = pre.with_image_size(image_size)
     if resize_size is not None and crop_pct is not None:
@@ -241,17 +279,25 @@ class SourceOptions:
             raise BadInputError(f"--image-size must be between 8 and 4096, got {self.image_size}")
 
 
-def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[str | Path | None] = ()) -> ModelSource:
+def resolve_source(
+    options: SourceOptions | None = None,
+    name_folders: Sequence[str | Path | None] = (),
+    log: Callable[[str], None] = _quiet,
+) -> ModelSource:
     """Turn command-line choices into a :class:`ModelSource`; nothing given means the bundled demo model.
 
     Class names come from ``options.class_names`` (a file, one per line, or a folder of class subfolders),
     else from the first of ``name_folders`` (the data given with the export) whose class subfolders are as
     many as the model's classes; the model's class count follows the names when nothing else sets it.
     """
+    from .weights import WEIGHT_TAGS
+
     options = options or SourceOptions()
     arch, checkpoint, num_classes, class_names = (
         options.arch, options.checkpoint, options.num_classes, options.class_names
     )  # fmt: skip
+    if arch is None and options.preset in WEIGHT_TAGS:  # a weights tag names its architecture
+        arch = WEIGHT_TAGS[options.preset].arch
     if arch is None and checkpoint is None:
         arch, checkpoint = DEMO_ARCH, DEMO_WEIGHTS
         if not DEMO_WEIGHTS.exists():
@@ -262,9 +308,13 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
         spec = get_arch(arch)
     except KeyError as exc:
         raise BadInputError(str(exc.args[0])) from None
+    if isinstance(spec, LibraryArch):  # timm builds it: say now, in one line, when timm cannot
+        from .models import timm_module
+
+        timm_module(spec.name)
     pre = resolve_preprocessing(
         spec, options.image_size, options.preset, options.resize_size, options.crop_pct, options.interpolation,
-        options.mean, options.std,
+        options.mean, options.std, log=log,
     )  # fmt: skip
     sha = None
     if checkpoint is not None:
@@ -278,11 +328,10 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
     num_classes = num_classes or len(names) or spec.num_classes
     if names and len(names) != num_classes:
         raise BadInputError(f"--class-names {class_names} names {len(names)} classes; the model has {num_classes}")
-    for folder in [] if names else [f for f in name_folders if f is not None and Path(f).is_dir()]:
-        found = tuple(ImageFolder.scan(folder).classes)
-        if len(found) == num_classes:
+    for folder in [f for f in name_folders if f is not None and Path(f).is_dir()]:
+        found = tuple(ImageFolder.scan(folder).classes)  # every folder: its names are checked before any work
+        if not names and len(found) == num_classes and found != spec.class_names:  # the architecture's own: as given
             names = found
-            break
     return ModelSource(
         arch=spec.name,
         num_classes=num_classes,
@@ -295,16 +344,29 @@ def resolve_source(options: SourceOptions | None = None, name_folders: Sequence[
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """``--class-names``: a text file with one name per line (blank lines ignored), or a folder's class subfolders."""
+    """``--class-names``: a text file with one name per line (blank lines ignored), or a folder's class subfolders.
+
+    Lines end at a line feed (CRLF too) and nowhere else: a name holding any other line break or control
+    character, or bytes that are not UTF-8, is refused naming its line (folders: :meth:`ImageFolder.scan`).
+    """
     path = Path(path)
     if path.is_dir():
         names = tuple(ImageFolder.scan(path).classes)
     else:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read --class-names {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadInputError(f"cannot read --class-names {path}: {exc.strerror or exc}") from None
+        lines = []
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                line = raw.removesuffix(b"\r").decode("utf-8").strip()
+            except UnicodeDecodeError:
+                line = os.fsdecode(raw.removesuffix(b"\r")).strip()  # kept as surrogates: refused, shown as bytes
+            check_class_names([line], f"--class-names {path} line {number}")
+            if line:
+                lines.append(line)
+        names = tuple(lines)
     if not names:
         raise BadInputError(f"--class-names {path} names no class (one name per line, or class subfolders)")
     if len(set(names)) != len(names):
@@ -322,7 +384,7 @@ def labels_match_model(dataset: Dataset, source: ModelSource) -> bool:
         return False
     if not isinstance(dataset, ImageDataset):
         return True
-    classes = dataset.folder.classes
+    classes = dataset.folder.classes  # the model's names when the folders were some of them (ImageFolder.relabeled)
     if source.class_names:
         return list(classes) == list(source.class_names)
     return len(classes) == source.num_classes
@@ -339,7 +401,13 @@ def label_note(dataset: Dataset, source: ModelSource) -> str | None:
             "accuracy is not (put the images in one subfolder per class for accuracy)"
         )
     if labels_match_model(dataset, source):
-        return None
+        present = dataset.folder.present
+        if len(present) == len(classes):
+            return None
+        return (
+            f"{dataset.folder.root} holds {len(present)} of the model's {len(classes)} classes ({_names(present)}): "
+            "accuracy is over those classes only"
+        )
     expected = (
         f"the model's classes ({_names(source.class_names)})"
         if source.class_names

@@ -3,6 +3,11 @@
 Usage:
 
     python scripts/int8_outlier_cases.py --dir /tmp/outliers [--cases shortcut,classifier,...] [--json out.json]
+        [--readme README.md]
+
+``--readme`` replaces the table between the README's ``<!-- outlier-cases:start -->`` and
+``<!-- outlier-cases:end -->`` lines with this run's table and the machine, load and commit it was measured on.
+``tests/precision/test_outlier_cases.py`` runs the script on two of the cases in CI's slow lane.
 
 Each case rescales the bundled demo model's trained weights so that it computes the same function
 (up to float rounding) while one or more activations get outlier channels, the way trained models
@@ -12,6 +17,9 @@ show them and the way a per-tensor INT8 scale cannot absorb:
   (the residual Add's sum is unchanged; its shortcut input, a Q/DQ site, carries the outliers);
 * ``classifier``: four channels of the last block's output (both branches) x300, the classifier's
   weights that read them /300 (ReLU and the average pool commute with a positive factor);
+* ``shortcut x300`` / ``classifier x300`` (issue 26): eight channels x300 of layer2's output (read by layer3's
+  conv1 and downsample) or of the classifier's input: past float16's range, so the FP16-range rule keeps
+  nodes in FP32 beside the Q/DQ pairs (it renames the tensors between them);
 * ``two layers`` / ``three layers``: the input of layer1's conv3 (4 channels x400) and layer2's
   grouped conv2 (3 channels x300), then also layer3's conv2 (2 channels x1000);
 * ``spread``: a quarter of the channels read by every conv2 and conv3 scaled x10-30 (seeded).
@@ -29,6 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -69,11 +80,30 @@ def shortcut(state: State) -> None:
         state["layer2.0.bn3.bias"][channel] -= 100.0
 
 
+def block_output(state: State, block: str, readers: tuple[str, ...], channels: tuple[int, ...], factor: float) -> None:
+    """Channels of ``block``'s output (both branches, so the residual Add and its ReLU too) ``factor`` times
+    larger, the weights of ``readers`` that read them as much smaller (ReLU and pooling commute with it)."""
+    for channel in channels:
+        scale_bn(state, f"{block}.bn3", factor, channel)
+        scale_bn(state, f"{block}.downsample.1", factor, channel)
+        for reader in readers:
+            state[f"{reader}.weight"][:, channel] /= factor
+
+
 def classifier(state: State) -> None:
-    for channel in (2, 17, 33, 50):
-        scale_bn(state, "layer3.0.bn3", 300.0, channel)
-        scale_bn(state, "layer3.0.downsample.1", 300.0, channel)
-        state["fc.weight"][:, channel] /= 300.0
+    block_output(state, "layer3.0", ("fc",), (2, 17, 33, 50), 300.0)
+
+
+# Eight channels x300 (issue 26): activations past float16's range (512), so the FP16-range rule keeps
+# nodes in FP32 beside the Q/DQ pairs, at a shortcut branch (layer2's output, read by layer3's conv1 and
+# downsample) and at the classifier's input.
+def shortcut_x300(state: State) -> None:
+    readers = ("layer3.0.conv1", "layer3.0.downsample.0")
+    block_output(state, "layer2.0", readers, (3, 11, 20, 41, 60, 77, 90, 120), 300.0)
+
+
+def classifier_x300(state: State) -> None:
+    block_output(state, "layer3.0", ("fc",), (2, 17, 33, 50, 101, 150, 200, 250), 300.0)
 
 
 LAYERS = [
@@ -106,6 +136,8 @@ def spread(state: State) -> None:
 CASES: dict[str, Callable[[State], None]] = {
     "shortcut": shortcut,
     "classifier": classifier,
+    "shortcut x300": shortcut_x300,
+    "classifier x300": classifier_x300,
     "two layers": two_layers,
     "three layers": three_layers,
     "spread": spread,
@@ -142,8 +174,8 @@ def run_case(case: str, directory: Path) -> dict[str, Any]:
     verify = json.loads((directory / "art" / "verify.json").read_text())
     int8 = {r["backend"]: r for r in verify["results"] if r["precision"] == "int8"}
     reference = next((r["reference_accuracy"] for r in verify["results"] if r.get("reference_accuracy")), None)
-    entry = Manifest(directory / "art").entry("model.int8.onnx") or {}
-    search = entry.get("search") or {}
+    entry = Manifest(directory / "art").entry("model.int8.onnx")
+    search = (entry.search if entry else None) or {}
     return {
         "case": case,
         "exit": code,
@@ -152,7 +184,7 @@ def run_case(case: str, directory: Path) -> dict[str, Any]:
         "int8 openvino": int8.get("openvino", {}).get("accuracy"),
         "verify": "pass" if int8 and all(r["passed"] for r in int8.values()) else "FAIL",
         "kept": search.get("kept", []),
-        "remedies": entry.get("remedies", []) if entry else ["(no INT8 file)"],
+        "remedies": list(entry.remedies) if entry else ["(no INT8 file)"],
         "seconds": round(seconds, 1),
         "search seconds": search.get("seconds"),
     }
@@ -176,20 +208,64 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- outlier-cases:start -->", "<!-- outlier-cases:end -->"
+
+
+def provenance(commit: str) -> str:
+    """The machine, its load at the end, and the commit the table was measured on."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor() or "unknown CPU",
+    )
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    where = f"{cpu} ({os.cpu_count()} CPUs, load average {load} at the end)"
+    return f"Measured by `scripts/int8_outlier_cases.py` on {where} at commit {commit}."
+
+
+def current_commit() -> str:
+    """The checkout's commit when the run starts (the code measured), marked when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
+
+
+def write_readme(path: Path, text: str) -> None:
+    """Replace what stands between the README's markers with ``text``."""
+    readme = path.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{path} has no {START} ... {END} lines to replace")
+    head, rest = readme.split(START, 1)
+    path.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, required=True, help="working directory, one folder per case")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of: {', '.join(CASES)}")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--readme", type=Path, help="write the table and its provenance into this README's markers")
     args = parser.parse_args(argv)
     cases = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in cases if name not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    commit = current_commit()
     rows = [run_case(case, args.dir / case.replace(" ", "-")) for case in cases]
-    print(table(rows))
+    text = f"{table(rows)}\n\n{provenance(commit)}"
+    print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.readme:
+        write_readme(args.readme, text)
     return 0 if all(row["verify"] == "pass" for row in rows) else 1
 
 

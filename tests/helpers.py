@@ -237,22 +237,36 @@ def measured(tmp_path: Path, *args: object) -> tuple[int, str, int]:
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    """Each entry of ``directory`` by name: a file's sha256, or ``<dir>``."""
+    """Each entry of ``directory`` by name: a file's sha256 (the manifest's text), or ``<dir>``."""
     if not directory.exists():
         return {}
-    return {p.name: sha256_file(p) if p.is_file() else "<dir>" for p in directory.iterdir()}
+
+    def seen(path: Path) -> str:
+        if not path.is_file():
+            return "<dir>"
+        return path.read_text(errors="replace") if path.name == MANIFEST_NAME else sha256_file(path)
+
+    return {p.name: seen(p) for p in directory.iterdir()}
 
 
 def unchanged(directory: Path, before: dict[str, str], allowed_new: frozenset[str] = frozenset()) -> None:
-    """No partial file, no new artifact, the manifest and every finished artifact byte for byte as before."""
+    """No partial file, no new artifact, every finished artifact byte for byte as before, and the manifest too but
+    for the failure the step recorded (every command records its failure there before it exits)."""
     after = snapshot(directory)
     assert not [name for name in after if name.endswith(".partial")], after
     assert set(after) - set(before) - REPORTS - allowed_new == set()
-    assert {name: before[name] for name in before if name not in REPORTS} == {
-        name: after.get(name) for name in before if name not in REPORTS
-    }
+    files = {name for name in before if name not in REPORTS and name != MANIFEST_NAME}
+    assert {name: before[name] for name in files} == {name: after.get(name) for name in files}
     if MANIFEST_NAME in after:
-        json.loads((directory / MANIFEST_NAME).read_text())
+        manifest = json.loads(after[MANIFEST_NAME])
+        if MANIFEST_NAME in before:
+            assert without_failures(manifest) == without_failures(json.loads(before[MANIFEST_NAME]))
+
+
+def without_failures(manifest: dict) -> dict:
+    """A manifest less the failed steps it records (every command records its failure before it exits)."""
+    skipped = {k: v for k, v in (manifest.get("skipped") or {}).items() if not v.startswith("failed")}
+    return {**{k: v for k, v in manifest.items() if k != "skipped"}, **({"skipped": skipped} if skipped else {})}
 
 
 # ----------------------------------------------------------------------------------------------

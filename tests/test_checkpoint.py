@@ -145,3 +145,92 @@ def test_non_state_dict_and_nan_weights(tmp_path: Path):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(BadInputError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pickled whole models, and the architectures a checkpoint's keys fit
+
+
+def test_a_pickled_whole_model_is_refused_with_the_one_line_that_resaves_it(tmp_path: Path, capsys) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    from resnext_deploy.cli import main
+    from resnext_deploy.errors import ExitCode
+
+    torch.manual_seed(0)
+    model = create_model("resnext_tiny")
+    whole = tmp_path / "my model.pth"  # a space: the line must still run as printed
+    torch.save(model, whole)
+    assert main(["export", "--arch", "resnext_tiny", "--checkpoint", str(whole), "--dir", str(tmp_path / "d")]) == 3
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "a whole model (resnext_deploy.models.ResNeXt)" in err and "Only if you trust the file" in err
+    line = err.split("re-save its weights once: ", 1)[1].split(" then pass --checkpoint ", 1)[0]
+    argv = shlex.split(line)
+    assert argv[:2] == ["python", "-c"]
+    done = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    saved = tmp_path / "my model_state_dict.pth"
+    assert err.endswith(f"--checkpoint {saved}")
+    state = read_state_dict(saved, "resnext_tiny")  # now a plain state dict, loaded with weights_only
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    code = main(["export", "--arch", "resnext_tiny", "--checkpoint", str(saved), "--dir", str(tmp_path / "d")])
+    assert code == ExitCode.OK
+
+
+def test_a_checkpoint_with_extras_gets_the_line_for_its_state_dict_key(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "train.ckpt"
+    torch.save({"state_dict": create_model("resnext_tiny").state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(BadInputError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert "(argparse.Namespace)" in message and 'weights_only=False)["state_dict"]' in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        # SE keys on a plain ResNeXt-50: a family whose keys show it, named with an architecture to try
+        ("se", "`se.fc1` keys: SE blocks: an SE-ResNeXt; try `--arch seresnext50_32x4d`"),
+        # every key and shape of another registered architecture: named exactly
+        ("cifar", "its keys and shapes are those of resnext29_8x64d; try `--arch resnext29_8x64d`"),
+    ],
+)
+def test_pass_the_architecture_names_the_ones_the_keys_fit(tmp_path: Path, change: str, fragment: str) -> None:
+    with torch.device("meta"):
+        state = create_model("resnext29_8x64d" if change == "cifar" else "resnext50_32x4d").state_dict()
+    state = {k: torch.zeros(v.shape) for k, v in state.items() if "layer2" not in k or change == "cifar"}
+    if change == "se":  # timm's SEModule: fc1 (reduce) and fc2 (expand) 1x1 convs in every block
+        state |= {
+            "layer1.0.se.fc1.weight": torch.zeros(16, 256, 1, 1),
+            "layer1.0.se.fc2.weight": torch.zeros(256, 16, 1, 1),
+        }
+    with pytest.raises(BadInputError) as info:
+        load_into(create_model("resnext_tiny"), state, tmp_path / "x.pth", "resnext_tiny")
+    assert fragment in str(info.value) and "pass the architecture" in str(info.value)
+
+
+def test_a_timm_architecture_without_timm_says_how_to_install_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    from resnext_deploy import environment
+    from resnext_deploy.cli import main
+    from resnext_deploy.errors import ExitCode
+
+    real = environment.package_version
+    monkeypatch.setattr(environment, "package_version", lambda name: None if name == "timm" else real(name))
+    code = main(["export", "--arch", "seresnext50_32x4d", "--image-size", "32", "--dir", str(tmp_path / "d")])
+    assert code == ExitCode.BACKEND_UNAVAILABLE
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "seresnext50_32x4d is built through timm, which is not installed" in err and "pip install timm" in err
+    assert "README, Install" in err and not (tmp_path / "d" / "model.onnx").exists()
+
+
+def test_the_class_count_is_read_from_timms_classifier_names() -> None:
+    from resnext_deploy.checkpoint import infer_num_classes
+
+    assert infer_num_classes({"head.fc.weight": torch.zeros(7, 2048)}) == 7
+    assert infer_num_classes({"last_linear.weight": torch.zeros(5, 2048)}) == 5
+    assert infer_num_classes({"layer1.0.conv1.weight": torch.zeros(8, 8, 1, 1)}) is None

@@ -11,7 +11,7 @@ import torch
 
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
-from resnext_deploy.models import ARCHS, create_model
+from resnext_deploy.models import ARCHS, LIBRARY_ARCHS, create_model
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -174,5 +174,8 @@ def test_archs_answers_without_building_or_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     *table, imported = done.stdout.splitlines()
-    assert imported == "False" and len(table) == len(ARCHS)
-    assert "resnext50_32x4d      25.03M params  1000 classes" in table[0]
+    assert imported == "False" and len(table) == len(ARCHS) + len(LIBRARY_ARCHS)
+    assert "resnext50_32x4d          25.03M params  1000 classes" in table[0]
+    [seresnext] = [line for line in table if line.startswith("seresnext50_32x4d ")]
+    assert "27.56M params" in seresnext and "timm: SE" in seresnext  # timm's count, from the table
+    assert done.stderr.strip().startswith(f"{len(ARCHS)} built in; {len(LIBRARY_ARCHS)} built through timm (timm")

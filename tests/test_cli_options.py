@@ -93,3 +93,50 @@ def test_backend_knobs_are_flags_of_every_command_that_uses_backends(command: st
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "--ov-hint" in out and "latency|throughput" in out and "<bool>" not in out
+
+
+def _defaults_shown(command: str) -> dict[str, str | None]:
+    """Each option of ``command`` that has a default (the bundle's for a grouped one): the text its --help
+    shows for it, or None when its help has no ``[default: ...]``."""
+    from typer.core import TyperOption
+
+    from resnext_deploy.cli_options import help_default
+
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    ctx = typer.Context(click_command)
+    shown: dict[str, str | None] = {}
+    for param in click_command.params:
+        if not isinstance(param, TyperOption) or param.is_flag and not param.secondary_opts:
+            continue  # a lone flag (--fp16) is off unless given: it has no default to show
+        default = help_default(param.name) if help_default(param.name) is not None else param.default
+        if default is None or default == () or param.opts[0] == "--help":
+            continue
+        if default == "":  # "not given" (verify's --backends): the help says in words what that means
+            assert "default: " in (param.help or "").lower(), param.opts[0]
+            continue
+        record = param.get_help_record(ctx)
+        text = " ".join((record or ("", ""))[1].split())
+        shown[param.opts[0]] = text.split("[default: ", 1)[1].split("]", 1)[0] if "[default: " in text else None
+    return shown
+
+
+@pytest.mark.parametrize("command", sorted(typer.main.get_command(app).commands))  # type: ignore[attr-defined]
+def test_every_option_with_a_default_shows_it_in_help(command: str, monkeypatch, capsys) -> None:
+    shown = _defaults_shown(command)
+    assert all(text for text in shown.values()), {flag: text for flag, text in shown.items() if not text}
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main([command, "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for text in shown.values():
+        assert f"[default: {text}]" in help_text
+
+
+def test_help_shows_the_bundles_own_defaults() -> None:
+    build, bench = _defaults_shown("build-trt"), _defaults_shown("bench")
+    precision, settings = PrecisionOptions(), BenchSettings()
+    assert build["--calib-count"] == str(precision.calib_count) and build["--max-batch"] == str(
+        BuildOptions().max_batch
+    )
+    assert build["--search"] == "search" and build["--int8-cosine"] == "0.99"
+    assert bench["--budget"] == str(settings.budget_s) and bench["--precisions"] == ",".join(settings.precisions)
+    assert bench["--ov-hint"] == "latency"

@@ -95,17 +95,18 @@ def test_second_run_reuses_finished_artifacts(demo_run, capsys):
 
 def _without_times(report: dict) -> dict:
     """report.json less what differs between two runs: times, and the speeds measured (compared by their rows)."""
-    kept = {k: v for k, v in report.items() if k not in ("created", "bench", "summary", "onnxruntime_vs_torch")}
+    kept = {k: v for k, v in report.items() if k not in ("created", "bench", "summary", "fastest_verified_vs_torch")}
     return {**kept, "artifacts": [{k: v for k, v in a.items() if k != "created"} for a in report["artifacts"]]}
 
 
 def test_report_command_rebuilds_the_pipelines_report_from_the_directory(demo_run, capsys):
-    directory, _ = demo_run
+    directory, code = demo_run
     made_by_pipeline = json.loads((directory / "report.json").read_text())
     markdown = (directory / "report.md").read_text()
     capsys.readouterr()
-    assert main(["report", "--dir", str(directory)]) == ExitCode.OK
-    assert capsys.readouterr().out.strip() == f"report: {directory / 'report.md'}"
+    assert main(["report", "--dir", str(directory)]) == code  # the same status, derived from the same directory
+    assert code == ExitCode.OK and made_by_pipeline["status"]["verdict"] == "passed"
+    assert capsys.readouterr().out.splitlines() == ["report: passed", f"report: {directory / 'report.md'}"]
     rebuilt = json.loads((directory / "report.json").read_text())
     assert {k: v for k, v in rebuilt.items() if k != "created"} == {
         k: v for k, v in made_by_pipeline.items() if k != "created"
@@ -128,7 +129,7 @@ def test_single_commands_then_report_write_what_pipeline_writes(demo_run, tmp_pa
     assert main(["verify", "--dir", directory, "--count", "200"]) == code  # verify decides both exit codes
     bench = ["--batch-sizes", "1,4", "--duration", "0.2", "--budget", "90", "--precisions", "fp32,int8"]
     assert main(["bench", "--dir", directory, *bench]) == ExitCode.OK  # as FAST gives pipeline's bench step
-    assert main(["report", "--dir", directory]) == ExitCode.OK
+    assert main(["report", "--dir", directory]) == code  # the verdict of pipeline, from single commands
     steps = json.loads((tmp_path / "steps" / "report.json").read_text())
     pipeline = json.loads((pipeline_dir / "report.json").read_text())
     assert _without_times(steps) == _without_times(pipeline)  # artifacts, verify's results, skipped steps, ...

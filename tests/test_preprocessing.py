@@ -171,3 +171,71 @@ def test_a_manifest_from_before_presets_still_reads(tmp_path: Path) -> None:
 def test_bad_preprocessing_options_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(BadInputError, match=message):
         resolve_source(SourceOptions("resnext50_32x4d", **options))
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets per weights tag (the libraries' own transforms: tests/test_family.py, where they import)
+
+
+@pytest.mark.parametrize(
+    ("preset", "arch", "sizes"),
+    [
+        ("ResNeXt101_64X4D_Weights.IMAGENET1K_V1", "resnext101_64x4d", (224, 232, "bilinear")),  # not 256
+        ("ResNeXt50_32X4D_Weights.IMAGENET1K_V1", "resnext50_32x4d", (224, 256, "bilinear")),
+        ("resnext50_32x4d.tv_in1k", "resnext50_32x4d", (224, 256, "bilinear")),  # crop 0.875, unlike --preset timm
+        ("seresnext50_32x4d.racm_in1k", "seresnext50_32x4d", (224, 256, "bicubic")),
+        ("resnext26ts.ra2_in1k", "resnext26ts", (256, 284, "bicubic")),
+    ],
+)
+def test_a_weights_tag_is_a_preset_and_names_its_architecture(
+    preset: str, arch: str, sizes: tuple, monkeypatch
+) -> None:
+    from resnext_deploy import weights
+    from resnext_deploy.archs import get_arch
+    from resnext_deploy.source import resolve_preprocessing
+
+    monkeypatch.setattr(weights, "library_usable", lambda _library: False)  # the table answers here
+    said: list[str] = []
+    pre = resolve_preprocessing(get_arch(arch), preset=preset, log=said.append)
+    assert (pre.image_size, pre.resize_size, pre.interpolation) == sizes
+    assert pre.mean == IMAGENET_MEAN and pre.std == IMAGENET_STD
+    assert said == [
+        f"--preset {preset}: resize {sizes[1]}, crop {sizes[0]}, {sizes[2]} (from resnext-deploy's table; "
+        f"{weights.WEIGHT_TAGS[preset].library} does not import here)"
+    ]
+    if get_arch(arch).__class__.__name__ == "ArchSpec":  # a tag alone picks the architecture
+        assert resolve_source(SourceOptions(preset=preset, image_size=None)).arch == arch
+
+
+def test_a_resize_or_crop_that_fits_no_published_weights_is_warned_about() -> None:
+    from resnext_deploy.archs import get_arch
+    from resnext_deploy.source import resolve_preprocessing
+
+    said: list[str] = []
+    resolve_preprocessing(get_arch("resnext101_64x4d"), preset="torchvision-v2", log=said.append)  # 232: IMAGENET1K_V1
+    resolve_preprocessing(get_arch("resnext50_32x4d"), preset="timm", log=said.append)  # 235: a1h_in1k
+    assert said == []
+    resolve_preprocessing(get_arch("resnext50_32x4d"), resize_size=240, log=said.append)
+    [warning] = said
+    assert warning.startswith("warning: resize 240, crop 224 is none of resnext50_32x4d's published weights'")
+    assert (
+        "resize 256, crop 224, bilinear: resnext50_32x4d.fb_ssl_yfcc100m_ft_in1k" in warning and "--preset" in warning
+    )
+    assert "resize 232, crop 224, bilinear: ResNeXt50_32X4D_Weights.IMAGENET1K_V2" in warning
+    said.clear()
+    resolve_preprocessing(get_arch("resnext50_32x4d"), preset="seresnext50_32x4d.racm_in1k", log=said.append)
+    assert (
+        said[-1]
+        == "warning: --preset seresnext50_32x4d.racm_in1k is a weights tag of seresnext50_32x4d, not of resnext50_32x4d"
+    )
+    said.clear()
+    resolve_preprocessing(get_arch("resnext_tiny"), log=said.append)  # no published weights: nothing to compare
+    assert said == []
+
+
+def test_an_unknown_preset_names_the_kinds_of_preset(capsys, tmp_path: Path) -> None:
+    assert main(["export", "--arch", "resnext_tiny", "--preset", "IMAGENET1K_V1", "--dir", str(tmp_path / "d")]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "torchvision-v1" in err and "resnext50_32x4d.tv_in1k" in err and "ResNeXt50_32X4D_Weights.IMAGENET1K_V2" in err
+    )

@@ -59,6 +59,6 @@ def test_reexport_marks_children_stale_and_build_makes_them_again(tiny_export_te
 def test_the_report_names_stale_artifacts(tiny_export_template: Path, tmp_path: Path) -> None:
     directory = with_low_precision(tiny_export_template, tmp_path / "tiny")
     export_onnx(resolve_source(SourceOptions("resnext_tiny", num_classes=7)), directory, log=lambda _: None)
-    markdown = write_report(directory, log=lambda _: None).read_text()
+    markdown = write_report(directory, log=lambda _: None).path.read_text()
     assert "**Out of date:** model.fp16.onnx is stale, made from an earlier model.onnx" in markdown
     assert "**Out of date:** model.int8.onnx is stale" in markdown

@@ -3,6 +3,7 @@
 from .manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
+    CalibrationRef,
     Manifest,
     SkippedStep,
     recorded_step,
@@ -10,7 +11,7 @@ from .manifest import (
     tool_versions,
 )
 from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
-from .precisions import ONNX_FILES, PRECISIONS, Precision
+from .precisions import ONNX_FILES, ORT_INT8_FILE, PRECISIONS, RUNTIME_FILES, Precision
 from .store import (
     CALIBRATION_NAME,
     LOCK_NAME,
@@ -32,13 +33,16 @@ from .store import (
 
 __all__ = [
     "ArtifactEntry",
+    "CalibrationRef",
     "SkippedStep",
     "CALIBRATION_NAME",
     "LOCK_NAME",
     "MANIFEST_NAME",
     "ONNX_FILES",
+    "ORT_INT8_FILE",
     "PARTIAL_PREFIX",
     "PRECISIONS",
+    "RUNTIME_FILES",
     "Precision",
     "Manifest",
     "atomic_path",

@@ -7,15 +7,16 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, VerificationError
 from .precisions import ONNX_FILES
-from .store import CALIBRATION_NAME, LOCK_NAME, now_iso, read_json, sha256_file, write_json
+from .store import CALIBRATION_NAME, LOCK_NAME, engine_file, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -76,6 +77,35 @@ def tool_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": numpy.__version__,
     }
+
+
+@dataclass(frozen=True)
+class CalibrationRef:
+    """Which calibration a typed file's ranges came from; the engine step copies its fingerprint into its manifest.
+
+    Written by the typed-file step (``precision/typed.py``) and read back only through
+    :attr:`ArtifactEntry.calibration`, so the key the writer sets is the key every reader finds.
+    """
+
+    fingerprint: str  # the calibration images' content fingerprint (``Dataset.fingerprint``)
+    description: str
+    count: int
+    method: str
+    percentile: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> CalibrationRef:
+        """The recorded object; a missing or mistyped field is a ``ValueError`` (the manifest check names the file)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("is not an object")
+        types = {"fingerprint": str, "description": str, "count": int, "method": str, "percentile": (int, float)}
+        for key, kind in types.items():
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                raise ValueError(f"has no valid {key}")
+        return cls(**{key: data[key] for key in types})
 
 
 @dataclass(frozen=True)
@@ -143,14 +173,15 @@ class ArtifactEntry:
         return self._record.get("parity")
 
     @property
-    def calibration(self) -> Mapping[str, Any] | None:
-        return self._record.get("calibration")
+    def calibration(self) -> CalibrationRef | None:
+        """The calibration a typed file was made with (checked when the manifest was read), or None."""
+        recorded = self._record.get("calibration")
+        return None if recorded is None else CalibrationRef.from_dict(recorded)
 
     @property
     def calibration_fingerprint(self) -> str | None:
-        """The calibration set's fingerprint of an INT8 file (top level or in its options), or None."""
-        value = self._record.get("calibration_fingerprint") or self.options.get("calibration_fingerprint")
-        return str(value) if value else None
+        """The calibration set's fingerprint of a typed file, or None for a file made without calibration."""
+        return None if self.calibration is None else self.calibration.fingerprint
 
     @property
     def search(self) -> Mapping[str, Any] | None:
@@ -176,6 +207,11 @@ class ArtifactEntry:
         return tuple(self._record.get("remedies") or ())
 
 
+# A recorded failure's reason starts with one of these: on bad input (exit 3), or a failed check (exit 1).
+FAILED_BAD_INPUT = "failed on bad input: "
+FAILED = "failed: "
+
+
 @dataclass(frozen=True)
 class SkippedStep:
     """A step that did not run, or failed (its reason starts with ``failed``): what ``report`` lists."""
@@ -187,6 +223,19 @@ class SkippedStep:
     def failed(self) -> bool:
         return self.reason.startswith("failed")
 
+    @property
+    def bad_input(self) -> bool:
+        """The step failed on its input (too few images, a full disk), not on a check: exit 3, as pipeline's."""
+        return self.reason.startswith(FAILED_BAD_INPUT)
+
+    @property
+    def artifact(self) -> str | None:
+        """The artifact the step makes (``int8 ONNX``: ``model.int8.onnx``), which its failure left unmade."""
+        precision, _, kind = self.step.partition(" ")
+        if precision not in ONNX_FILES:
+            return None
+        return {"ONNX": ONNX_FILES[precision], "engine": engine_file(precision)}.get(kind)
+
 
 class Manifest:
     """``DIR/manifest.json``: one entry per artifact, keyed by file name, and the steps skipped there."""
@@ -194,11 +243,16 @@ class Manifest:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
-        self._data: dict[str, Any] = {"format": 1, "artifacts": {}}
+        self._data: dict[str, Any] = {"format": MANIFEST_FORMAT, "artifacts": {}}
         if self.path.exists():
             loaded = read_json(self.path)
             if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
                 raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
+            if loaded.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+                raise BadInputError(
+                    f"{self.path}: format {str(loaded.get('format'))[:40]} is not one this resnext-deploy reads "
+                    f"({MANIFEST_FORMAT}); use the version that wrote it, or another --dir"
+                )
             _check_entries(loaded["artifacts"], self.path)
             _check_skipped(loaded.get("skipped"), self.path)
             self._data = loaded
@@ -244,10 +298,13 @@ class Manifest:
         precision: str,
         parent_sha256: str | None = None,
         options: dict[str, Any] | None = None,
+        calibration: CalibrationRef | None = None,
         **extra: Any,
     ) -> ArtifactEntry:
         """Record ``name`` as it is now on disk; ``extra`` holds the making step's own fields (JSON values)."""
         path = self.directory / name
+        if calibration is not None:
+            extra["calibration"] = calibration.to_dict()
         self._entries[name] = {
             "path": name,
             "sha256": sha256_file(path),
@@ -327,19 +384,24 @@ class Manifest:
 
 
 @contextmanager
-def recorded_step(directory: str | Path, step: str, record_failure: bool = True) -> Iterator[None]:
-    """Run a step; once it succeeds, a failure recorded earlier (by ``pipeline``) is cleared from the manifest.
+def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
+    """Run a step; record its failure (bad input, a failed check) in the manifest, or clear an earlier one.
 
-    With ``record_failure`` (``pipeline``, which goes on and ends with a report) a failure (bad input, a failed
-    check) is recorded for the report before it goes on up; single commands leave the directory as it was.
+    Every command records it, single ones as ``pipeline`` does, so that ``verify``, ``report`` and ``pipeline``
+    derive one status from the directory whichever commands ran. The failure still goes on up (the exit code).
     """
     try:
         yield
     except (BadInputError, VerificationError) as exc:
-        if record_failure:
-            Manifest(directory).record_skipped(step, f"failed: {exc}")
+        prefix = FAILED_BAD_INPUT if isinstance(exc, BadInputError) else FAILED
+        # The step's own error is what the user must see: a manifest that cannot take the record (a full disk,
+        # a malformed manifest) does not replace it.
+        with contextlib.suppress(BadInputError, OSError):
+            if (Path(directory) / MANIFEST_NAME).is_file():
+                Manifest(directory).record_skipped(step, f"{prefix}{exc}")
         raise
-    Manifest(directory).record_skipped(step, None)
+    if (Path(directory) / MANIFEST_NAME).is_file():
+        Manifest(directory).record_skipped(step, None)
 
 
 def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
@@ -359,10 +421,48 @@ def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
             problem = "has a parent_sha256 that is not a string"
         elif name == ONNX_FILES["fp32"] and not isinstance(entry.get("options", {}).get("source"), dict):
             problem = "has no model source object in its options"
+        elif entry.get("calibration") is not None:
+            try:
+                CalibrationRef.from_dict(entry["calibration"])
+            except ValueError as exc:
+                problem = f"has a calibration record that {exc}"
+        if problem is None:
+            problem = _wrong_type(entry)
         if problem:
             raise BadInputError(
                 f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
             )
+
+
+# Fields later steps and the report read, and the JSON types each may have (None: absent or null).
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "size_bytes": (int,),
+    "precision": (str,),
+    "created": (str,),
+    "heldout": (str,),
+    "weights_warning": (str,),
+    "stale": (str,),
+    "remedies": (list,),
+    "fp32_nodes": (list,),
+    "quantized_nodes": (list,),
+    "quantized_tensors": (list,),
+    "search": (dict,),
+    "parity": (dict,),
+    "calibration": (dict,),
+}
+
+
+def _wrong_type(entry: Mapping[str, Any]) -> str | None:
+    """Which field of an entry is not of its type (a string size, a list where an object belongs), or None."""
+    for key, kinds in _ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"has {key} {str(value)[:40]!r}, a {type(value).__name__}, not a {kinds[0].__name__}"
+        if kinds == (list,) and not all(isinstance(item, str) for item in value):
+            return f"has {key} with items that are not strings"
+    return None
 
 
 def _check_skipped(skipped: object, path: Path) -> None:

@@ -2,6 +2,8 @@
 
 A :class:`Precision` is a ``str``, so it compares, hashes and serializes as its name ("fp32") and existing
 string keys keep working. ``bf16`` has no file of its own: it is the FP32 file computed in bf16 (OpenVINO).
+A precision's own file is the one TensorRT builds from; a runtime family that fuses another pattern gets a
+variant of it (:data:`RUNTIME_FILES`), made from the same decisions and recorded under the same precision.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class Precision(str, Enum):
         """Whether the tool makes a file of this precision (bf16 is a compute mode of the FP32 file)."""
         return self in _FILES
 
+    def runtime_file(self, family: str) -> str:
+        """The ONNX file runtime ``family`` (a backend name) runs for this precision: its variant, or the file."""
+        return RUNTIME_FILES.get((self.value, family), self.onnx_file)
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every precision name a user can choose, in declaration order."""
@@ -43,3 +49,9 @@ _FILES = {Precision.FP32: "model.onnx", Precision.FP16: "model.fp16.onnx", Preci
 # The precisions the tool makes files of, as plain names (manifest entries, engines, Triton models).
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision if p.has_artifact)
 ONNX_FILES: dict[str, str] = {p.value: p.onnx_file for p in Precision if p.has_artifact}
+# Variants made for one runtime family (a backend name) beside the precision's own file: ONNX Runtime's CPU
+# provider fuses Q/DQ into QLinearConv only with Q/DQ around each layer (precision/int8_ort.py).
+ORT_INT8_FILE = "model.int8.ort.onnx"
+# OpenVINO has no entry: it runs model.int8.onnx, level with model.int8.ort.onnx on ResNeXt-50 (ahead by turns
+# in loaded runs of scripts/int8_speed_compare.py), and so verify checks TensorRT's file on a CPU.
+RUNTIME_FILES: dict[tuple[str, str], str] = {("int8", "onnxruntime"): ORT_INT8_FILE}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..artifacts import Manifest
+from ..artifacts import ONNX_FILES, RUNTIME_FILES, Manifest
 from ..errors import BadInputError
 
 if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a backend must not import torch
@@ -143,6 +143,17 @@ class ArtifactSet:
     def present(self, name: str) -> bool:
         return self.manifest.entry(name) is not None or self.path(name).exists()
 
+    def runtime_file(self, precision: str, family: str) -> str | None:
+        """The file runtime ``family`` runs for ``precision``: its variant where DIR has one, else the precision's.
+
+        A directory made before the variant existed, or where it failed its check, has only the precision's
+        own file (``model.int8.onnx``), which every runtime runs too.
+        """
+        variant = RUNTIME_FILES.get((precision, family))
+        if variant is not None and self.present(variant):
+            return variant
+        return ONNX_FILES.get(precision)
+
     def unusable(self, name: str) -> str | None:
         """Why a present artifact is not used (not in the manifest, or stale), or None; a changed one is an error."""
         if self.manifest.entry(name) is None:
@@ -156,6 +167,17 @@ class ArtifactSet:
         if stale is not None:
             return f"{name} is stale: {stale}; build-trt or pipeline makes it again"
         return None
+
+
+def usable_runtime_files(family: str, usable: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """(precision, file) per precision ``family`` can serve: its variant where usable, else the precision's file."""
+    chosen = []
+    for precision, name in ONNX_FILES.items():
+        variant = RUNTIME_FILES.get((precision, family))
+        name = variant if variant is not None and usable(variant) else name
+        if usable(name):
+            chosen.append((precision, name))
+    return chosen
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..logs import ort_severity
-from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, run_in_chunks
+from .base import (
+    ArtifactSet,
+    Backend,
+    BackendOption,
+    Candidate,
+    Runner,
+    TritonModel,
+    run_in_chunks,
+    usable_runtime_files,
+)
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -22,23 +31,60 @@ ORT_PROVIDERS = {
 GPU_HINT = "pip install 'resnext-deploy[gpu]' (onnxruntime-gpu, after pip uninstall onnxruntime) on a CUDA machine"
 
 
+SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def physical_cores() -> int:
+    """Physical cores of the whole machine (one per distinct core sibling list in sysfs): ONNX Runtime's default.
+
+    ONNX Runtime sizes its pool by the machine's physical cores and ignores the process's affinity mask
+    (``taskset -c 0`` still got two threads on a 2-core machine), so :func:`session_options` caps it.
+    """
+    siblings = set()
+    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings_list"):
+        try:
+            siblings.add(path.read_text().strip())
+        except OSError:
+            continue
+    return len(siblings) or os.cpu_count() or 1
+
+
+def default_threads() -> int | None:
+    """The thread count a session gets without ``--threads``: None (ONNX Runtime's default) unless that default,
+    the machine's physical cores, is more than the CPUs this process may use, and then those CPUs."""
+    from ..environment import usable_cpus
+
+    usable = usable_cpus()
+    return usable if usable < physical_cores() else None
+
+
 def session_options(threads: int | None = None, allow_spinning: bool = True) -> Any:
     """ONNX Runtime session options as every session here uses them: the log level ``--verbose`` sets, and threads.
 
-    ``allow_spinning=False`` makes idle pool threads sleep at once instead of spinning for the next
-    call: bench turns it off so a runner's pool never takes the cores from the one measured next.
+    Without ``threads``, ONNX Runtime's own default, capped at the CPUs this process may use
+    (:func:`default_threads`). ``allow_spinning=False`` makes idle pool threads sleep at once instead of
+    spinning for the next call (bench's ``--passive-pools``); the default leaves ONNX Runtime's default.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = ort_severity()
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not allow_spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for key in SPINNING_KEYS:
+            options.add_session_config_entry(key, "0")
     return options
+
+
+def spinning_of(options: Any) -> bool:
+    """Whether a session's idle intra-op threads spin, read back from its options (ONNX Runtime's default: yes)."""
+    try:
+        return str(options.get_session_config_entry(SPINNING_KEYS[0])) != "0"
+    except Exception:  # noqa: BLE001 - ONNX Runtime raises when the entry was never set: its default
+        return True
 
 
 class OnnxRuntimeRunner(Runner):
@@ -75,7 +121,11 @@ class OnnxRuntimeRunner(Runner):
             raise BadInputError(f"{self.path} must have one NCHW image input; found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape
-        self.options = {"intra_op_threads": options.intra_op_num_threads or "default", "allow_spinning": allow_spinning}
+        given = self.session.get_session_options()  # what the session runs with, read back from it
+        self.options = {
+            "intra_op_threads": given.intra_op_num_threads or "default",
+            "allow_spinning": spinning_of(given),
+        }
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         declared = self.input_shape[1:]
@@ -99,11 +149,12 @@ class OnnxRuntimeRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
-    # No flag: bench turns spinning off for every backend with this knob unless --allow-spinning.
+    # No flag: bench turns spinning off for every backend with this knob with --passive-pools.
     options = (BackendOption("allow_spinning", True, "Idle pool threads spin for the next call."),)
     int8_note = {
-        "cpu": "ONNX Runtime's CPU provider runs this Q/DQ graph through quantize/dequantize pairs and float "
-        "kernels (QDQ-to-float fallbacks) rather than fused int8 kernels",
+        "cpu": "ONNX Runtime's CPU provider fuses model.int8.ort.onnx into QLinearConv/QLinearAdd kernels; it runs "
+        "TensorRT's model.int8.onnx (used when the ONNX Runtime file is absent) through quantize/dequantize pairs "
+        "and float kernels",
         "cuda": "ONNX Runtime's CUDA provider has few int8 kernels and runs most Q/DQ pairs as separate "
         "quantize/dequantize steps",
         "tensorrt": "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT",
@@ -118,7 +169,7 @@ class OnnxRuntimeBackend(Backend):
         devices = [device for device, provider in ORT_PROVIDERS.items() if provider in available]
         found = []
         for precision in precisions:
-            name = ONNX_FILES.get(precision)
+            name = artifacts.runtime_file(precision, self.name)
             if name is None or not artifacts.present(name):
                 continue
             reason = artifacts.unusable(name)
@@ -135,8 +186,7 @@ class OnnxRuntimeBackend(Backend):
         """One ``onnxruntime_onnx`` model per current ONNX file; ``--onnx-kind`` says where it runs."""
         return [
             TritonModel(name, precision, "onnx", "onnxruntime_onnx")
-            for precision, name in ONNX_FILES.items()
-            if usable(name)
+            for precision, name in usable_runtime_files(self.name, usable)
         ]
 
 

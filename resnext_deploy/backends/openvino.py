@@ -21,7 +21,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, read_json, sha256_file, write_json
 from ..errors import BadInputError, one_line
-from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel
+from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, usable_runtime_files
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 CACHE_DIR = "openvino_cache"
@@ -31,6 +31,11 @@ FILES = {**ONNX_FILES, "bf16": ONNX_FILES["fp32"]}
 # INT8: the layers between Q/DQ pairs in f32. OpenVINO 2026.4 cannot compile some Q/DQ files (ONNX Runtime's
 # per-channel S8S8 ones) in bf16, and on ResNeXt-50 f32 there cost no measurable time: the convolutions are int8.
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+# Layer types of OpenVINO's runtime model that move or hold data rather than compute: left out of what a runner
+# reports it computes in.
+DATA_LAYERS = frozenset({"Const", "Input", "Output", "Parameter", "Result", "Reorder", "Reshape", "Convert"})
+# Layer types named on their own in that report; the others are summed up as "rest".
+MAIN_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
 # x86 flags of int8 dot products that accumulate in int32 (no int16 saturation).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # Without them a pair of u8 x s8 products (u8 up to 255) must fit in an int16: |weight| <= 64. model.int8.onnx
@@ -122,8 +127,10 @@ class OpenVINORunner(Runner):
             "num_streams": int(self.compiled.get_property("NUM_STREAMS")),
             "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
             "infer_requests": self.requests,
+            "runtime_precision": runtime_precisions(self.compiled),
         }
-        self.compute_precision = self.options["inference_precision"]
+        summary = precision_summary(self.options["runtime_precision"])
+        self.compute_precision = summary or self.options["inference_precision"]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or any(d not in (None, n) for d, n in zip(self.input_shape, batch.shape, strict=True)):
@@ -145,6 +152,54 @@ class OpenVINORunner(Runner):
 
     def close(self) -> None:
         self.queue = self.request = self.compiled = None
+
+
+def runtime_precisions(compiled: Any) -> dict[str, dict[str, int]]:
+    """What the compiled model runs, from OpenVINO's runtime model: per layer type, its layers by runtime precision.
+
+    Only computing layers (not :data:`DATA_LAYERS`); e.g. ``{"Convolution": {"i8": 53}, "Eltwise": {"f32": 2}}``.
+    An empty dict where the runtime model cannot be read.
+    """
+    found: dict[str, dict[str, int]] = {}
+    try:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+            if kind not in DATA_LAYERS:
+                counts = found.setdefault(kind, {})
+                counts[precision] = counts.get(precision, 0) + 1
+    except Exception:  # noqa: BLE001 - an OpenVINO without these runtime-info keys: nothing to report
+        return {}
+    return found
+
+
+def precision_summary(layers: Mapping[str, Mapping[str, int]]) -> str | None:
+    """One line from :func:`runtime_precisions`: ``f32`` where everything runs in one precision, else
+    e.g. ``i8 Convolution 53/53, i8 FullyConnected 1/1; rest: i8 60, f32 4``. None where nothing was read."""
+    totals: dict[str, int] = {}
+    for counts in layers.values():
+        for precision, count in counts.items():
+            totals[precision] = totals.get(precision, 0) + count
+    if len(totals) <= 1:
+        return next(iter(totals), None)
+    parts = []
+    for kind in MAIN_LAYERS:
+        counts = layers.get(kind, {})
+        total = sum(counts.values())
+        parts += [f"{p} {kind} {n}/{total}" for p, n in sorted(counts.items(), key=lambda item: -item[1])]
+    rest: dict[str, int] = {}
+    for kind, counts in layers.items():
+        if kind not in MAIN_LAYERS:
+            for precision, count in counts.items():
+                rest[precision] = rest.get(precision, 0) + count
+    text = ", ".join(parts)
+    if rest:
+        text += (
+            ("; " if text else "")
+            + "rest: "
+            + ", ".join(f"{p} {n}" for p, n in sorted(rest.items(), key=lambda item: -item[1]))
+        )
+    return text
 
 
 class OpenVINOBackend(Backend):
@@ -179,7 +234,7 @@ class OpenVINOBackend(Backend):
         missing = self.unavailable()
         found = []
         for precision in precisions:
-            name = FILES.get(precision)
+            name = artifacts.runtime_file(precision, self.name) if precision in ONNX_FILES else FILES.get(precision)
             if name is None or not artifacts.present(name):
                 continue
             reason = missing or artifacts.unusable(name)
@@ -207,8 +262,7 @@ class OpenVINOBackend(Backend):
         return [
             TritonModel(name, precision, self.name, self.name, triton_backend=True, instance_kind="KIND_CPU",
                         parameters=hint)
-            for precision, name in ONNX_FILES.items()
-            if usable(name)
+            for precision, name in usable_runtime_files(self.name, usable)
         ]  # fmt: skip
 
 

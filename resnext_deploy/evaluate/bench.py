@@ -1,7 +1,10 @@
 """How much faster is each artifact? Latency and throughput of every runner, measured so the ratios can be trusted.
 
-- **Isolated.** Each runner lives in its own worker process (:mod:`.worker`), so thread pools of
-  different runtimes never meet; idle pools are told to sleep rather than spin.
+- **As users run it.** Each runner lives in its own worker process (:mod:`.worker`), so thread pools of
+  different runtimes never meet, and runs in its library's default threading (pools that spin between
+  calls as they do by default; ``--passive-pools`` puts them to sleep instead, and says so). After each
+  slice bench waits until the last runner's pool has gone quiet (none of its threads running or runnable,
+  read from ``/proc``) before the next slice starts, so no runner meets a neighbour's spinning pool.
 - **Interleaved.** Every round gives every (runner, batch size) one time slice, one worker running
   at a time, so drift of the machine hits all rows alike; a speedup pairs rounds measured side by side.
 - **Against the machine's own noise.** A fixed small workload measures how much this machine's
@@ -9,6 +12,9 @@
   time used by other processes is read from ``/proc``: a disturbed row is marked, and a busy machine said.
 - **Within a budget.** ``budget_s`` bounds the whole run; slices, then rounds, shrink to fit, down to
   a minimum number of rounds, and the progress bar counts the planned work.
+- **Surviving its workers.** Each reply is awaited for its planned time plus a margin (:func:`reply_margin`);
+  a worker that dies or stops answering is ended and its rows recorded as failed, with the reason, while
+  the other rows are kept and written.
 
 Statistics agree with themselves: a row's median, its images/s and its speedup come from the same
 calls, and every interval contains its estimate (:mod:`.timing`).
@@ -35,10 +41,18 @@ from ..errors import BadInputError
 from ..schemas import SCHEMA_VERSION
 from ..ui import markdown_table, render_table
 from ..ui import progress as ui_progress
-from .machine import DISTURBED_CPU, LoadMonitor, disturbed, load_average, machine_record
+from .machine import (
+    DISTURBED_CPU,
+    QUIET_WINDOW_S,
+    LoadMonitor,
+    disturbed,
+    load_average,
+    machine_record,
+    quiet_after,
+)
 from .settings import BenchSettings
 from .timing import CONFIDENCE, latency_stats, median_interval, ratio_interval, round_spread, spread_of
-from .worker import NOISE_PROBE, QUIET_ENV, Opened, RunnerProcess, WorkerError, WorkerSpec
+from .worker import NOISE_PROBE, QUIET_ENV, SPINNING, Opened, RunnerProcess, WorkerError, WorkerSpec
 
 BENCH_JSON, BENCH_CSV, BENCH_MD, BENCH_PNG = "bench.json", "bench.csv", "bench.md", "bench.png"
 # A row is unstable when its round spread exceeds max(UNSTABLE_FLOOR, NOISE_FACTOR x the noise probe's spread).
@@ -56,7 +70,15 @@ CLOSE_RESERVE_S = 3.0  # kept from the budget for closing workers, statistics an
 # (a ResNeXt-50 matrix on a 2-core AVX2 EPYC took 9% longer than planned).
 PLAN_SHARE = 0.85
 REFERENCE_KEY = ("torch", "fp32")
-SPINNING = "allow_spinning"  # the backend knob that lets idle thread pools spin (ONNX Runtime's)
+# A reply is awaited for the work it was asked for (a slice, a warm-up) plus a margin: this share of --budget,
+# at least REPLY_MARGIN_MIN_S, and at least the planned time again (a call twice as slow as planned is not a hang).
+REPLY_MARGIN_SHARE = 0.1
+REPLY_MARGIN_MIN_S = 2.0
+# Without --pause-ms, bench waits after each slice until the worker is quiet (machine.quiet_after), at most
+# QUIET_LIMIT_S; the plan expects PAUSE_FACTOR x the wait measured after the worker's warm-up.
+PAUSE_FACTOR = 2.0
+QUIET_LIMIT_S = 1.0
+LIBRARY_DEFAULTS, PASSIVE = "library defaults", "passive"  # the thread-pool mode recorded in each row's options
 
 
 @dataclass
@@ -209,6 +231,51 @@ class LoadRecord:
         )
 
 
+@dataclass(frozen=True)
+class FailedRow:
+    """A row whose worker died or stopped answering (or whose runner failed mid-measure): not measured, and why.
+
+    ``batch_size`` None: the worker was lost before any batch size was warmed up. ``signal`` names the
+    signal that ended the worker (``SIGKILL``), ``timed_out`` says it stopped answering and was ended.
+    """
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    batch_size: int | None
+    stage: str  # open, warm-up or measure
+    reason: str
+    signal: str | None = None
+    timed_out: bool = False
+    rounds_measured: int = 0
+
+    @property
+    def label(self) -> str:
+        where = f"{self.backend}-{self.device}:{self.precision}"
+        return where + (f" batch {self.batch_size}" if self.batch_size is not None else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def failed_row(
+    candidate: Candidate, batch_size: int | None, stage: str, error: WorkerError, rounds: int = 0
+) -> FailedRow:
+    return FailedRow(
+        candidate.backend,
+        candidate.precision,
+        candidate.device,
+        candidate.artifact,
+        batch_size,
+        stage,
+        str(error),
+        error.signal,
+        error.kind == "timeout",
+        rounds,
+    )
+
+
 @dataclass
 class BenchReport:
     """What ``bench`` measured; ``to_dict`` is the shape of ``bench.json``."""
@@ -222,6 +289,17 @@ class BenchReport:
     noise: NoiseFloor
     load: LoadRecord
     directory: Path
+    failed: list[FailedRow] = field(default_factory=list)
+
+    def failure(self) -> str | None:
+        """The one line that says which rows failed (the exit status's reason), or None when none did."""
+        if not self.failed:
+            return None
+        rows = "; ".join(f"{f.label} ({f.stage}): {f.reason}" for f in self.failed)
+        return (
+            f"bench: {len(self.failed)} row(s) failed: {rows}; the {len(self.results)} measured row(s) are in "
+            f"{self.directory / BENCH_JSON}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -234,6 +312,7 @@ class BenchReport:
             "results": [row.to_dict() for row in self.results],
             "warnings": self.warnings,
             "skipped": [s.to_dict() for s in self.skipped],
+            "failed": [f.to_dict() for f in self.failed],
             "artifacts": self.artifacts,
         }
 
@@ -252,6 +331,9 @@ class Unit:
     rounds_ms: list[list[float]] = field(default_factory=list)
     device_ms: list[float] = field(default_factory=list)
     ticks: list[tuple[int, int]] = field(default_factory=list)  # (other processes', machine's) per slice
+    quiet_s: float | None = None  # how long the worker's pool kept using CPU after its warm-up
+    pause_s: float = 0.0  # the wait after each slice the plan expects (until the worker is quiet)
+    waits_s: list[float] = field(default_factory=list)  # the waits after its slices, as measured
 
 
 @dataclass(frozen=True)
@@ -264,20 +346,30 @@ class Plan:
     fits: bool
 
 
-def plan_rounds(units: Sequence[Unit], settings: BenchSettings, available_s: float, control_s: float = 0.0) -> Plan:
+def plan_rounds(
+    units: Sequence[Unit],
+    settings: BenchSettings,
+    available_s: float,
+    control_s: float = 0.0,
+    pause_s: float | None = None,
+) -> Plan:
     """The most measurement that fits ``available_s``, giving up in this order: slice length, then
     ``min_iterations`` (one call per round), then rounds (down to ``min_rounds``).
 
     Every unit gets at least ``min_calls`` calls per round (its share of ``min_iterations``), so a slow
     row (one call longer than its slice) costs its calls, not its slice. Sets each unit's ``min_calls``.
-    ``control_s`` is what each round spends besides the units (the noise control's slice).
+    ``control_s`` is what each round spends besides the units (the noise control's slice); ``pause_s`` the
+    pause after each slice (``--pause-ms`` when None, else 0).
     """
-    pause_s = settings.pause_ms / 1e3
+    if pause_s is None:
+        pause_s = (settings.pause_ms or 0.0) / 1e3
 
     def seconds(rounds: int, slice_s: float, calls: int | None = None) -> float:
         for unit in units:
             unit.min_calls = calls or max(1, math.ceil(settings.min_iterations / rounds))
-        return rounds * (control_s + sum(max(slice_s, u.min_calls * u.call_ms / 1e3) + pause_s for u in units))
+        return rounds * (
+            control_s + sum(max(slice_s, u.min_calls * u.call_ms / 1e3) + pause_s + u.pause_s for u in units)
+        )
 
     def plan(rounds: int, slice_s: float, calls: int | None = None, fits: bool = True) -> Plan:
         return Plan(rounds, slice_s, seconds(rounds, slice_s, calls), fits)
@@ -316,7 +408,19 @@ def run_bench(
         log(f"warning: {line}")
     for entry in report.skipped:
         log(f"skipped {entry.label}: {entry.reason}")
+    for failed in report.failed:
+        log(f"FAILED {failed.label} ({failed.stage}): {failed.reason}")
     return report
+
+
+def reply_margin(settings: BenchSettings) -> float:
+    """How much longer than planned a worker's reply is awaited: 10% of ``--budget``, at least 2 s."""
+    return max(REPLY_MARGIN_MIN_S, REPLY_MARGIN_SHARE * settings.budget_s)
+
+
+def reply_timeout(planned_s: float, settings: BenchSettings) -> float:
+    """The longest wait for a reply to work planned to take ``planned_s``: that plus the margin, or twice it."""
+    return planned_s + max(reply_margin(settings), planned_s)
 
 
 def measure_bench(
@@ -330,7 +434,7 @@ def measure_bench(
     settings = settings or BenchSettings()
     backends_used = settings.backends or backend_names()
     options = {name: dict(values) for name, values in settings.backend_options.items()}
-    if not settings.allow_spinning:  # every backend with this knob: idle pools sleep between slices
+    if settings.passive_pools:  # every backend with this knob: idle pools sleep between slices
         for name in backends_used:
             if any(option.name == SPINNING for option in get_backend(name).options):
                 options.setdefault(name, {})[SPINNING] = False
@@ -355,55 +459,77 @@ def measure_bench(
             size,
             candidate.options,
             extra,
-            quiet=not settings.allow_spinning,
+            passive=settings.passive_pools,
         )
 
-    probe_spec = WorkerSpec(
-        "", NOISE_PROBE, "fp32", "cpu", None, settings.threads, 1, quiet=not settings.allow_spinning
-    )
+    probe_spec = WorkerSpec("", NOISE_PROBE, "fp32", "cpu", None, settings.threads, 1, passive=settings.passive_pools)
     log(f"starting {len(runnable)} runner process(es) and a noise probe")
     workers = [(c, RunnerProcess(spec(c))) for c in runnable]
     probe = RunnerProcess(probe_spec)
+    for candidate, worker in workers:
+        log(f"worker {worker.pid}: {candidate.label}")
+    log(f"worker {probe.pid}: noise probe")
     opened: list[tuple[Candidate, RunnerProcess, Opened]] = []
+    failed: list[FailedRow] = []
     peaks: dict[int, float | None] = {}
     try:
         with ui_progress(len(workers), "opening runners", unit="runners") as advance:
             for candidate, worker in workers:
+                wait_s = max(reply_margin(settings), settings.budget_s - (time.monotonic() - started))
                 try:
-                    opened.append((candidate, worker, worker.open()))
+                    opened.append((candidate, worker, worker.open(timeout_s=wait_s)))
                 except WorkerError as exc:
                     worker.kill()
-                    reason = str(exc) if exc.kind == "unavailable" else f"cannot be loaded: {exc}"
-                    skipped.append(candidate.skip_record(reason))
+                    if exc.lost:
+                        failed.append(failed_row(candidate, None, "open", exc))
+                    else:
+                        reason = str(exc) if exc.kind == "unavailable" else f"cannot be loaded: {exc}"
+                        skipped.append(candidate.skip_record(reason))
                 advance(1, f"opened {candidate.label}")
-        if not opened:
+        if not opened and not failed:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
-        start_spread, control, workload, call_spread = measure_noise(probe)
+        left_s = max(reply_margin(settings), settings.budget_s - (time.monotonic() - started))
+        start_spread, control, workload, call_spread = measure_noise(probe, settings, open_s=left_s)
         monitor = LoadMonitor()
         before = load_average()
-        units = _warm_up(opened, settings, skipped, progress, size)
-        if not units:
+        units = _warm_up(opened, settings, skipped, failed, progress, size)
+        if not units and not failed:
             _nothing_to_bench(found.manifest.directory, backends_used, settings, skipped)
+        pause_s = (settings.pause_ms or 0.0) / 1e3  # a fixed pause (--pause-ms), else wait until quiet
+        for unit in [*units, *([control] if control else [])]:
+            if settings.pause_ms is None:
+                unit.pause_s = min(PAUSE_FACTOR * (unit.quiet_s or 0.0), QUIET_LIMIT_S) + QUIET_WINDOW_S
         setup_s = time.monotonic() - started
-        control_s = NOISE_PROBE_SLICE_S + settings.pause_ms / 1e3 if control is not None else 0.0
+        control_s = NOISE_PROBE_SLICE_S + pause_s + control.pause_s if control is not None else 0.0
         available = (settings.budget_s - setup_s - CLOSE_RESERVE_S) * PLAN_SHARE
-        plan = plan_rounds(units, settings, available, control_s)
-        log(
-            f"measuring {len(units)} row(s) in {plan.rounds} interleaved rounds of {plan.slice_s * 1e3:.0f} ms "
-            f"slices (at least {units[0].min_calls} call(s) each): about {plan.seconds:.0f} s"
-        )
-        _measure([*units, *([control] if control else [])], plan, settings.pause_ms / 1e3, monitor, progress)
+        plan = plan_rounds(units, settings, available, control_s, pause_s)
+        if units:
+            wait = f"a {pause_s * 1e3:.0f} ms pause" if settings.pause_ms is not None else "a wait until quiet"
+            log(
+                f"measuring {len(units)} row(s) in {plan.rounds} interleaved rounds of {plan.slice_s * 1e3:.0f} ms "
+                f"slices (at least {units[0].min_calls} call(s) each), {wait} after each: about {plan.seconds:.0f} s"
+            )
+        measured = [*units, *([control] if control else [])] if units else []
+        lost = _measure(measured, plan, pause_s, monitor, progress, settings)
+        failed += [f for unit, f in lost if unit is not control]
         after = load_average()
-        run_spread = round_spread(control.rounds_ms) if control else None
+        run_spread = (
+            round_spread(control.rounds_ms) if control and all(unit is not control for unit, _ in lost) else None
+        )
         noise = NoiseFloor.measured(start_spread, run_spread, plan.rounds, workload, call_spread)
     finally:
         probe.kill()
         for _, worker, *_ in opened:
-            peaks[id(worker)] = worker.close()
+            peaks[id(worker)] = worker.close(timeout_s=reply_margin(settings))
         for _, worker in workers:
             worker.kill()
     info = {id(worker): (candidate, opened_info) for candidate, worker, opened_info in opened}
+    gone = {id(unit) for unit, _ in lost}
+    units = [u for u in units if id(u) not in gone]
     rows = [_row(u, info[id(u.worker)][1], peaks.get(id(u.worker)), found.manifest.directory, noise) for u in units]
+    mode = PASSIVE if settings.passive_pools else LIBRARY_DEFAULTS
+    for row in rows:
+        row.options["pools"] = mode
     add_speedups(rows, {id(row): unit.rounds_ms for row, unit in zip(rows, units, strict=True)})
     load = _load_record(units, rows, monitor.available, before, after)
     warnings = bench_warnings(rows, noise, load)
@@ -429,7 +555,7 @@ def measure_bench(
         "wall_s": time.monotonic() - started,
         "input": "seeded N(0,1) float32 NCHW, made once per batch size in each worker and not timed",
         "speedup": "median of torch fp32 on the same device at the same batch size / this row's median",
-        "isolation": _isolation(settings),
+        "isolation": _isolation(settings, [*units, *([control] if control else [])], control),
         "stability": noise.rule,
     }
     report = BenchReport(
@@ -442,6 +568,7 @@ def measure_bench(
         noise,
         load,
         found.manifest.directory,
+        failed,
     )
     return report
 
@@ -456,32 +583,65 @@ def _nothing_to_bench(
     )
 
 
-def _isolation(settings: BenchSettings) -> dict[str, Any]:
-    """How the runners were kept apart, recorded in the settings and in every row's options."""
+def _isolation(settings: BenchSettings, units: Sequence[Unit], control: Unit | None) -> dict[str, Any]:
+    """How the runners were kept apart and in which threading they ran, recorded in the settings
+    (each row's ``options["pools"]`` says the mode too). The waits are in milliseconds, by runner."""
+    from ..environment import usable_cpus
+
+    def ms(values: Sequence[float]) -> float | None:
+        return round(float(np.median(values)) * 1e3, 1) if values else None
+
+    by_runner: dict[str, list[Unit]] = {}
+    for unit in units:
+        by_runner.setdefault(NOISE_PROBE if unit is control else unit.candidate.label, []).append(unit)
+    waits = [w for unit in units for w in unit.waits_s]
+    until_quiet = settings.pause_ms is None
     return {
         "process_per_runner": True,
-        "environment": {} if settings.allow_spinning else dict(QUIET_ENV),
-        "onnxruntime_allow_spinning": settings.allow_spinning,
-        "pause_ms": settings.pause_ms,
+        "mode": PASSIVE if settings.passive_pools else LIBRARY_DEFAULTS,
+        "environment": dict(QUIET_ENV) if settings.passive_pools else {},
+        "onnxruntime_allow_spinning": not settings.passive_pools,
+        "threads": f"--threads {settings.threads}"
+        if settings.threads
+        else f"each library's default, capped at the {usable_cpus()} usable CPUs",
+        "pause": "until quiet" if until_quiet else "fixed (--pause-ms)",
+        "pause_ms": ms(waits) if until_quiet else settings.pause_ms,
+        "pause_max_ms": round(max(waits) * 1e3, 1) if until_quiet and waits else settings.pause_ms,
+        "quiet_rule": f"after each slice, bench waits until none of the worker's threads has been running or "
+        f"runnable (state R in /proc/PID/task/*/stat) for {QUIET_WINDOW_S * 1e3:g} ms, at most {QUIET_LIMIT_S:g} s",
+        "quiet_after_warm_up_ms": {
+            label: max((round(u.quiet_s * 1e3, 1) for u in group if u.quiet_s is not None), default=None)
+            for label, group in by_runner.items()
+        },
+        "wait_after_slice_ms": {label: ms([w for u in group for w in u.waits_s]) for label, group in by_runner.items()},
+        "reply_margin_s": reply_margin(settings),
     }
 
 
-def measure_noise(probe: RunnerProcess) -> tuple[float | None, Unit | None, str, float | None]:
+def measure_noise(
+    probe: RunnerProcess, settings: BenchSettings | None = None, open_s: float | None = None
+) -> tuple[float | None, Unit | None, str, float | None]:
     """Run the fixed workload in quick rounds: its round spread, and the unit that keeps it running as a control.
 
     The control takes one slice in every round of the measurement (see :class:`NoiseFloor`); None,
-    with no spread, where the probe cannot run.
+    with no spread, where the probe cannot run (or is lost: ``open_s`` bounds its opening, each slice
+    is bounded as the rows' are).
     """
+    settings = settings or BenchSettings()
     workload = "4 conv3x3 32ch 28x28 in ONNX Runtime"
+    wait_s = reply_timeout(NOISE_PROBE_SLICE_S, settings)
     try:
-        opened = probe.open()
+        opened = probe.open(timeout_s=open_s)
         workload = str(opened.options.get("workload", workload))
-        warm = probe.run(1, NOISE_PROBE_SLICE_S, 2).times_ms
-        rounds = [probe.run(1, NOISE_PROBE_SLICE_S, 1).times_ms for _ in range(NOISE_PROBE_ROUNDS)]
+        warm = probe.run(1, NOISE_PROBE_SLICE_S, 2, timeout_s=wait_s).times_ms
+        quiet = quiet_after(probe.pid, QUIET_LIMIT_S)
+        rounds = [probe.run(1, NOISE_PROBE_SLICE_S, 1, timeout_s=wait_s).times_ms for _ in range(NOISE_PROBE_ROUNDS)]
     except WorkerError:
+        probe.kill()
         return None, None, workload, None
     candidate = Candidate(NOISE_PROBE, "fp32", "cpu", None)
     control = Unit(candidate, probe, 1, warm[0], float(np.median(warm[1:])), fixed_slice_s=NOISE_PROBE_SLICE_S)
+    control.quiet_s = quiet
     return round_spread(rounds), control, workload, spread_of([t for r in rounds for t in r])
 
 
@@ -489,6 +649,7 @@ def _warm_up(
     opened: Sequence[tuple[Candidate, RunnerProcess, Opened]],
     settings: BenchSettings,
     skipped: list[SkipRecord],
+    failed: list[FailedRow],
     progress: bool,
     image_size: int,
 ) -> list[Unit]:
@@ -496,50 +657,98 @@ def _warm_up(
 
     The warm calls' median is what the plan expects a call to cost; where the first call already used up
     the warm-up time, the first call is the (pessimistic) estimate. A runner that cannot run a batch is
-    reported and not timed.
+    reported and not timed; a worker lost on the way fails its remaining batch sizes. After each warm-up
+    the time the worker's pool takes to go quiet is measured (the pause is made from it).
     """
     units = []
     with ui_progress(len(opened) * len(settings.batch_sizes), "warming up", unit="rows") as advance:
         for candidate, worker, _ in opened:
+            lost: WorkerError | None = None
             for batch_size in sorted(settings.batch_sizes):
+                if lost is not None:
+                    failed.append(failed_row(candidate, batch_size, "warm-up", lost))
+                    advance(1, f"warming up {candidate.label} batch {batch_size}")
+                    continue
                 try:
-                    calls = worker.run(batch_size, settings.warmup_ms / 1e3, 1)
+                    calls = worker.run(
+                        batch_size, warm_s := settings.warmup_ms / 1e3, 1, timeout_s=reply_timeout(warm_s, settings)
+                    )
                 except WorkerError as exc:
-                    shape = f"{batch_size}x3x{image_size}x{image_size}"
-                    skipped.append(candidate.skip_record(f"cannot run a {shape} batch: {exc}"))
+                    if exc.lost:
+                        lost = exc
+                        failed.append(failed_row(candidate, batch_size, "warm-up", exc))
+                    else:
+                        shape = f"{batch_size}x3x{image_size}x{image_size}"
+                        skipped.append(candidate.skip_record(f"cannot run a {shape} batch: {exc}"))
                 else:
                     first, *warm = calls.times_ms
-                    units.append(Unit(candidate, worker, batch_size, first, float(np.median(warm or [first]))))
-                if progress:
-                    advance(1, f"warming up {candidate.label} batch {batch_size}")
+                    unit = Unit(candidate, worker, batch_size, first, float(np.median(warm or [first])))
+                    unit.quiet_s = quiet_after(worker.pid, QUIET_LIMIT_S)
+                    units.append(unit)
+                advance(1, f"warming up {candidate.label} batch {batch_size}")
     return units
 
 
-def _measure(units: Sequence[Unit], plan: Plan, pause_s: float, monitor: LoadMonitor, progress: bool) -> None:
-    """Rounds of one slice per unit, each round starting one unit later; the bar counts planned seconds."""
+def _measure(
+    units: Sequence[Unit],
+    plan: Plan,
+    pause_s: float,
+    monitor: LoadMonitor,
+    progress: bool,
+    settings: BenchSettings | None = None,
+) -> list[tuple[Unit, FailedRow]]:
+    """Rounds of one slice per unit, each round starting one unit later; the bar counts planned seconds.
+
+    Each reply is awaited for the slice's planned time plus :func:`reply_margin`. A unit whose worker dies or
+    stops answering fails with every other unit of that worker; one whose runner raises fails alone; the
+    rest go on. Returns the failed units, each with its record.
+    """
+    settings = settings or BenchSettings()
+    lost: dict[int, tuple[Unit, FailedRow]] = {}
     with ui_progress(plan.seconds, "measuring", unit="s") as advance:
         for round_index in range(plan.rounds):
-            shift = round_index % len(units)
+            shift = round_index % len(units) if units else 0
             for unit in [*units[shift:], *units[:shift]]:
+                slice_s = _slice(unit, plan)
+                work_s = max(slice_s, unit.min_calls * unit.call_ms / 1e3)
+                planned = work_s + pause_s + unit.pause_s
+                if id(unit) in lost:
+                    advance(planned, f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} failed")
+                    continue
                 before = monitor.sample(unit.worker.pid)
                 try:
-                    calls = unit.worker.run(unit.batch_size, slice_s := _slice(unit, plan), unit.min_calls)
+                    calls = unit.worker.run(
+                        unit.batch_size,
+                        slice_s,
+                        unit.min_calls,
+                        timeout_s=reply_timeout(work_s, settings),
+                    )
                 except WorkerError as exc:
-                    raise WorkerError(exc.kind, f"{unit.candidate.label} batch {unit.batch_size}: {exc}") from None
+                    for other in units if exc.lost else [unit]:
+                        if other.worker is unit.worker and id(other) not in lost:
+                            rounds = len(other.rounds_ms)
+                            lost[id(other)] = (
+                                other,
+                                failed_row(other.candidate, other.batch_size, "measure", exc, rounds),
+                            )
+                    advance(planned, f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} failed")
+                    continue
                 after = monitor.sample(unit.worker.pid)
                 unit.rounds_ms.append(calls.times_ms)
                 unit.device_ms += calls.device_ms
                 ticks = LoadMonitor.others(before, after)
                 if ticks is not None:
                     unit.ticks.append(ticks)
-                if pause_s:
+                if settings.pause_ms is not None:
                     time.sleep(pause_s)
-                if progress:
-                    planned = max(slice_s, unit.min_calls * unit.call_ms / 1e3) + pause_s
-                    advance(
-                        planned,
-                        f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} batch {unit.batch_size}",
-                    )
+                else:  # until the worker's pool has gone quiet, so the next slice meets no spinning neighbour
+                    waited = time.perf_counter()
+                    quiet_after(unit.worker.pid, QUIET_LIMIT_S)
+                    unit.waits_s.append(time.perf_counter() - waited)
+                advance(
+                    planned, f"round {round_index + 1}/{plan.rounds}: {unit.candidate.label} batch {unit.batch_size}"
+                )
+    return list(lost.values())
 
 
 def measured_row(
@@ -707,11 +916,36 @@ def int8_note(backend: str, device: str) -> str:
 
 
 def bench_text(report: BenchReport) -> str:
-    """The terminal tables (rows, then one line per runner), a busy machine and the stability rule said once."""
+    """The terminal tables (rows, then one line per runner), a busy machine, failed rows, the threading mode and
+    the stability rule said once."""
     text = render_table(*bench_table(report.results), title="bench (milliseconds per batch)")
     text += "\n" + render_table(*runner_table(report.results), title="runners")
     note = report.load.note()
-    return text + (f"\nWARNING: {note}" if note else "") + f"\nnote: {report.noise.rule}"
+    text += f"\nWARNING: {note}" if note else ""
+    text += "".join(f"\nFAILED: {f.label} ({f.stage}): {f.reason}" for f in report.failed)
+    return text + f"\nnote: {threading_note(report.settings)}\nnote: {report.noise.rule}"
+
+
+def threading_note(settings: dict[str, Any]) -> str:
+    """Which threading the rows were measured in (``settings.isolation`` of a bench.json), in one sentence."""
+    isolation = settings.get("isolation") or {}
+    pause = isolation.get("pause_ms")
+    if isolation.get("pause") == "until quiet" and isinstance(pause, (int, float)):
+        pause_text = (
+            f"; after each slice bench waited until the runner's pool went quiet (median {pause:.0f} ms, longest "
+            f"{isolation.get('pause_max_ms') or 0:.0f} ms) before the next slice"
+        )
+    elif isinstance(pause, (int, float)) and pause > 0:
+        pause_text = f"; a {pause:.0f} ms pause after each slice (--pause-ms)"
+    else:
+        pause_text = ""
+    if isolation.get("mode") == PASSIVE:
+        return (
+            "measured with idle thread pools put to sleep (--passive-pools: OMP_WAIT_POLICY=PASSIVE, ONNX Runtime "
+            "allow_spinning=0), not each library's default threading; users who keep the defaults may see other "
+            "figures" + pause_text
+        )
+    return f"measured in each library's default threading ({isolation.get('threads', 'library defaults')})" + pause_text
 
 
 def bench_table(rows: Sequence[BenchRow]) -> tuple[list[str], list[list[str]]]:
@@ -803,7 +1037,12 @@ def write_outputs(report: BenchReport, directory: Path, json_path: str | Path | 
     writer.writerows({**r, "options": json.dumps(r["options"]) if r["options"] else ""} for r in data["results"])
     write_text(directory / BENCH_CSV, buffer.getvalue())
     text = "# bench\n\n" + markdown_table(*bench_table(report.results))
-    text += "\n\n" + markdown_table(*runner_table(report.results)) + f"\n\nNote: {report.noise.rule}.\n"
+    text += "\n\n" + markdown_table(*runner_table(report.results))
+    if report.failed:
+        text += "\n\nFailed (not measured):\n\n" + "".join(
+            f"- {f.label} ({f.stage}): {f.reason}\n" for f in report.failed
+        )
+    text += f"\n\nThreading: {threading_note(report.settings)}.\n\nNote: {report.noise.rule}.\n"
     if report.warnings:
         text += "\nWarnings:\n\n" + "".join(f"- {w}\n" for w in report.warnings)
     write_text(directory / BENCH_MD, text)

@@ -8,6 +8,7 @@ flags are "unknown" and the load monitor says it could not look.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,76 @@ class LoadMonitor:
         total = after.total - before.total
         other = (after.busy - before.busy) - (after.ours - before.ours)
         return max(other, 0), max(total, 0)
+
+
+def process_cpu_ns(pid: int, waiting: bool = False) -> int | None:
+    """CPU time all threads of a process have used, in nanoseconds (``/proc/PID/task/*/schedstat``); None if unreadable.
+
+    Nanoseconds, not the 10 ms clock ticks of ``/proc/PID/stat``: a pool that spins for 30 ms after its
+    last call shows up here. ``waiting`` adds the time its threads were runnable but waited for a CPU: what
+    they wanted to run, which a busy machine does not hide.
+    """
+    total, read = 0, False
+    try:
+        tasks = os.listdir(_PROC / str(pid) / "task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = (_PROC / str(pid) / "task" / task / "schedstat").read_text().split()
+            total += int(fields[0]) + (int(fields[1]) if waiting else 0)
+            read = True
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total if read else None
+
+
+def running_threads(pid: int) -> int | None:
+    """How many threads of a process are running or runnable now (state R in ``/proc/PID/task/*/stat``).
+
+    A pool thread that spins is in R whether or not it holds a CPU (other load, or a cgroup's CPU quota,
+    can keep it off for tens of milliseconds); one that sleeps is not. None where it cannot be read.
+    """
+    try:
+        tasks = os.listdir(_PROC / str(pid) / "task")
+    except OSError:
+        return None
+    running = 0
+    for task in tasks:
+        try:
+            text = (_PROC / str(pid) / "task" / task / "stat").read_text()
+            running += text[text.rindex(")") + 2] == "R"
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return running
+
+
+# A process is quiet once none of its threads was running or runnable for QUIET_WINDOW_S.
+QUIET_WINDOW_S = 0.01
+QUIET_POLL_S = 0.001
+
+
+def quiet_after(pid: int, limit_s: float) -> float | None:
+    """Seconds from now until process ``pid`` goes quiet (its pools stop spinning), at most ``limit_s``.
+
+    Polls its threads' states (:func:`running_threads`) every millisecond; quiet is the start of the first
+    stretch of :data:`QUIET_WINDOW_S` in which none was running or runnable. Returns ``limit_s`` if it never
+    went quiet, None where ``/proc`` cannot be read.
+    """
+    start = time.perf_counter()
+    quiet_since: float | None = None
+    while (now := time.perf_counter()) - start < limit_s + QUIET_WINDOW_S:
+        running = running_threads(pid)
+        if running is None:
+            return None
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= QUIET_WINDOW_S:
+            return min(quiet_since - start, limit_s)
+        time.sleep(QUIET_POLL_S)
+    return limit_s
 
 
 def disturbed(other_ticks: int, total_ticks: int) -> bool:

@@ -21,6 +21,9 @@ class BenchSettings:
     ``duration_s`` is the measured time each row aims for; ``budget_s`` bounds the whole run, and the
     plan shrinks slices, then rounds (down to ``min_rounds``), to fit it. ``backend_options`` holds the
     backends' own knobs by backend name (OpenVINO's ``performance_hint``), checked against their declarations.
+    Each runtime runs in its default threading unless ``passive_pools`` (idle pools sleep: what some
+    deployments set, not what users get by default). ``pause_ms`` is the idle time after each slice that
+    lets the last runner's pool go quiet; None measures it when bench starts.
     """
 
     backends: tuple[str, ...] | None = None
@@ -34,8 +37,8 @@ class BenchSettings:
     budget_s: float = 180.0
     rounds: int = 10
     min_rounds: int = 5
-    pause_ms: float = 0.0
-    allow_spinning: bool = False
+    pause_ms: float | None = None
+    passive_pools: bool = False
 
     def __post_init__(self) -> None:
         from ..backends.registry import backend_names, check_options
@@ -48,7 +51,8 @@ class BenchSettings:
         _check_range("--warmup-ms", self.warmup_ms, 0, 600_000)
         _check_range("--duration", self.duration_s, 0, 3600, open_low=True)
         _check_range("--budget", self.budget_s, 0, 86_400, open_low=True)
-        _check_range("--pause-ms", self.pause_ms, 0, 10_000)
+        if self.pause_ms is not None:
+            _check_range("--pause-ms", self.pause_ms, 0, 10_000)
         if self.min_iterations < 1:
             raise BadInputError(f"--min-iterations must be at least 1, got {self.min_iterations}")
         if not 2 <= self.min_rounds <= self.rounds <= 1000:
@@ -59,7 +63,11 @@ class BenchSettings:
     def to_dict(self) -> dict[str, Any]:
         from ..backends.registry import backend_names
 
-        return {**asdict(self), "backends": list(self.backends) if self.backends else list(backend_names())}
+        return {
+            **asdict(self),
+            "backends": list(self.backends) if self.backends else list(backend_names()),
+            "allow_spinning": not self.passive_pools,  # the key bench.json had before --passive-pools
+        }
 
 
 def _check_range(flag: str, value: float, low: float, high: float, open_low: bool = False) -> None:

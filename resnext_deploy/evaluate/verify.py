@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, PRECISIONS, Manifest, check_writable, load_onnx, now_iso, write_json
+from ..artifacts import ONNX_FILES, PRECISIONS, RUNTIME_FILES, Manifest, check_writable, load_onnx, now_iso, write_json
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, Discovery, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -24,6 +24,7 @@ from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
 from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
+from .status import Problem, failed_steps, step_problem
 
 VERIFY_JSON = "verify.json"
 Log = Callable[[str], None]
@@ -144,10 +145,11 @@ class VerifyRecord:
     machine: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=now_iso)
+    failed_steps: list[Problem] = field(default_factory=list)  # recorded in the manifest: artifacts not made
 
     @property
     def passed(self) -> bool:
-        return not self.reference.failures and all(r.passed for r in self.rows)
+        return not self.reference.failures and all(r.passed for r in self.rows) and not self.failed_steps
 
     def __bool__(self) -> bool:
         return self.passed
@@ -157,6 +159,7 @@ class VerifyRecord:
         failures = self.reference.failures
         parts = [f"reference torch-cpu:fp32: {failures[0]}"] if failures else []
         parts += [f"{r.full_label}: {r.failures[0]}" for r in self.rows if not r.passed]
+        parts += [str(problem) for problem in self.failed_steps]
         return f"{len(parts)} failed: " + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +174,7 @@ class VerifyRecord:
                 "passed": self.passed,
                 "machine": self.machine,
                 "artifacts": self.artifacts,
+                "failed_steps": [asdict(p) for p in self.failed_steps],
             }
         )
 
@@ -186,6 +190,7 @@ class VerifyRecord:
                 dict(data["machine"]),
                 dict(data["artifacts"]),
                 str(data["created"]),
+                [Problem(str(p["step"]), str(p["reason"]), bool(p["bad_input"])) for p in data.get("failed_steps", [])],
             )
         except (KeyError, TypeError, ValueError, AttributeError, BadInputError) as exc:
             raise BadInputError(f"{VERIFY_JSON} is malformed ({one_line(exc, 80)}); run verify again") from None
@@ -311,7 +316,7 @@ def run_verify(
     for note in plan.notes:
         log(f"warning: {note}")
     report = judge(plan, run_candidates(plan, batch_size), {**DEFAULT_TOLERANCES, **(tolerances or {})})
-    record_verify(report.record, plan.found.manifest.directory, json_path, log)
+    record_verify(report.record, plan.found.manifest.directory, json_path, log, logged=plan.notes)
     return report
 
 
@@ -334,6 +339,7 @@ def plan_verify(
             found.source.preprocessing,
             count,
             num_classes=found.source.num_classes,
+            class_names=found.source.class_names,
         )
     reference = next(c for c in found.runnable if c.key == REFERENCE)
     candidates = [c for c in found.runnable if c is not reference and c.precision in precisions]
@@ -359,7 +365,10 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
     """Each candidate's outputs against the reference's, with its precision's tolerance: the run's report."""
     reference = run.logits[0]
     results = []
-    shortfall = int8_shortfall(plan.found.manifest) if any(c.precision == "int8" for c in run.ran) else None
+    shortfalls = {  # per INT8 file: the ONNX file a candidate runs, else (an engine) model.int8.onnx it was built from
+        name: int8_shortfall(plan.found.manifest, name)
+        for name in {_int8_file(c.artifact) for c in run.ran if c.precision == "int8"}
+    }
     for candidate, output, error in list(zip(run.ran, run.logits, run.errors, strict=True))[1:]:
         tolerance = tolerances[candidate.precision]
         parity = None
@@ -369,7 +378,8 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
             error = f"outputs of shape {output.shape} where the PyTorch model gives {reference.shape}"
         elif error is None and output is not None:
             parity = compare(reference, output, tolerance, run.labels)
-        if parity is not None and candidate.precision == "int8" and shortfall:
+        shortfall = shortfalls.get(_int8_file(candidate.artifact)) if candidate.precision == "int8" else None
+        if parity is not None and shortfall:
             parity = replace(parity, failures=(*parity.failures, shortfall))
         results.append(CandidateResult(candidate, tolerance, parity, error))
     results += [CandidateResult(c, tolerances[c.precision], error=error) for c, error in run.failed]
@@ -380,36 +390,55 @@ def judge(plan: VerifyPlan, run: VerifyRun, tolerances: Mapping[str, Tolerance])
         [w for w in (plan.dataset.skipped_summary(), *plan.notes) if w],
         describe(),
         plan.found.hashes([*run.ran, *(c for c, _ in run.failed)]),
+        failed_steps=[step_problem(step) for step in failed_steps(plan.found.manifest) if step.artifact],
     )
     return VerifyReport(record, results)
 
 
 def record_verify(
-    record: VerifyRecord, directory: Path, json_path: str | Path | None, log: Callable[[str], None]
+    record: VerifyRecord,
+    directory: Path,
+    json_path: str | Path | None,
+    log: Callable[[str], None],
+    logged: Sequence[str] = (),
 ) -> None:
-    """Write ``DIR/verify.json`` (and ``json_path``), then log the warnings and the runners that did not run."""
+    """Write ``DIR/verify.json`` (and ``json_path``), then log the warnings and the runners that did not run.
+
+    ``logged``: warnings already said before the run (the data's notes), recorded but not said twice.
+    """
     data = record.to_dict()
     write_json(directory / VERIFY_JSON, data)
     if json_path is not None:
         write_json(json_path, data)
     for line in record.warnings:
-        log(f"warning: {line}")
+        if line not in logged:
+            log(f"warning: {line}")
     for entry in record.skipped:
         log(f"skipped {entry.label}: {entry.reason}")
 
 
-def int8_shortfall(manifest: Manifest) -> str | None:
-    """Why ``model.int8.onnx`` (which every INT8 candidate runs or was built from) is not the INT8 file recorded.
+def _int8_file(artifact: str | None) -> str:
+    """The INT8 ONNX file behind a candidate: the one it runs (a runtime's variant too), else model.int8.onnx."""
+    return artifact if artifact in INT8_ONNX_FILES else ONNX_FILES["int8"]
+
+
+INT8_ONNX_FILES = frozenset(
+    [ONNX_FILES["int8"], *(name for (precision, _family), name in RUNTIME_FILES.items() if precision == "int8")]
+)
+
+
+def int8_shortfall(manifest: Manifest, name: str = ONNX_FILES["int8"]) -> str | None:
+    """Why the INT8 file ``name`` (which a candidate runs or was built from) is not the INT8 file recorded.
 
     Parity alone cannot tell a float file from an INT8 one that is close to it; the graph can.
     """
     from ..precision.int8 import quantization_shortfall
 
-    entry = manifest.entry(ONNX_FILES["int8"])
+    entry = manifest.entry(name)
     if entry is None:
         return None
     try:
-        model = load_onnx(manifest.directory / ONNX_FILES["int8"], load_external_data=False)
+        model = load_onnx(manifest.directory / name, load_external_data=False)
     except BadInputError:
         return None  # a file that does not load fails its candidates with that error already
     return quantization_shortfall(model, entry.quantized_nodes, entry.quantized_tensors)
@@ -469,7 +498,12 @@ def _reference_record(plan: VerifyPlan, run: VerifyRun) -> ReferenceRecord:
 def verify_text(record: VerifyRecord) -> str:
     """The terminal table of a verify run, titled with the verdict, failure reasons under it."""
     table = render_table(*verify_table(record.rows), title=f"verify: {'passed' if record.passed else 'FAILED'}")
-    return "\n".join([table, *failure_notes(record.rows)])
+    return "\n".join([table, *failure_notes(record.rows), *step_notes(record)])
+
+
+def step_notes(record: VerifyRecord) -> list[str]:
+    """The artifacts a recorded step failed to make, which verify could not check: each one fails it."""
+    return [f"step failed: {problem}" for problem in record.failed_steps]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -495,22 +529,22 @@ def verify_table(rows: Sequence[VerifyRow]) -> tuple[list[str], list[list[str]]]
     cells = []
     failed = 0
     for r in rows:
-        p = r.parity
+        p = r.parity  # a failing Parity is falsy: test it against None, so a failed row shows its figures
         failed += not r.passed
-        accuracy = _fmt(p.accuracy if p else None, ".2f")
+        accuracy = _fmt(p.accuracy if p is not None else None, ".2f")
         if p is not None and p.accuracy is not None and p.reference_accuracy is not None:
             accuracy += f" ({p.accuracy - p.reference_accuracy:+.2f})"
         cells.append(
             [
                 r.label,
                 r.artifact or "-",
-                _fmt(p.n if p else None, "d"),
-                _fmt(p.max_abs if p else None, ".3g"),
-                _fmt(p.rel_error if p else None, ".3g"),
-                _fmt(p.cosine_min if p else None, ".6f"),
+                _fmt(p.n if p is not None else None, "d"),
+                _fmt(p.max_abs if p is not None else None, ".3g"),
+                _fmt(p.rel_error if p is not None else None, ".3g"),
+                _fmt(p.cosine_min if p is not None else None, ".6f"),
                 _top1_cell(p),
-                _fmt(p.top5_overlap if p else None, ".2%"),
-                _fmt(p.nonfinite if p else None, "d"),
+                _fmt(p.top5_overlap if p is not None else None, ".2%"),
+                _fmt(p.nonfinite if p is not None else None, "d"),
                 accuracy,
                 "pass" if r.passed else f"FAIL [{failed}]",
             ]

@@ -5,6 +5,15 @@ spins after its call takes the cores from the next runner. Each runner therefore
 process of its own; bench sends it "run batch B for S seconds" and gets the call times back, so
 only one runner computes at any moment. A worker opens its runner only when told to, so load and
 compile times are measured one at a time too.
+
+A worker runs its library as users get it by default (OpenMP's and ONNX Runtime's wait policies
+untouched); ``WorkerSpec.passive`` puts idle pools to sleep instead (``OMP_WAIT_POLICY=PASSIVE``, ONNX
+Runtime's ``allow_spinning=0``). Its memory figures are its own (``VmHWM`` of its process, reset before
+the runner opens), never the parent's high-water mark that ``ru_maxrss`` inherits across exec.
+
+Every reply is awaited for a bounded time (:meth:`RunnerProcess.run`'s ``timeout_s``): a worker that
+dies or stops answering raises :class:`WorkerError` with kind ``died`` or ``timeout`` and the reason
+(the signal that ended it, or the wait), and a stopped worker is killed.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import resource
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,9 +33,14 @@ from ..backends.base import Backend, Runner
 from ..errors import BackendUnavailableError, BadInputError, DeployError, one_line
 
 NOISE_PROBE = "noise-probe"  # the backend name of the fixed workload that measures the machine's own noise
-# Environment of every worker: OpenMP threads (torch) sleep as soon as a parallel region ends.
+# Environment of a worker in the passive mode (--passive-pools): OpenMP threads (torch) sleep as soon as a
+# parallel region ends. The default mode leaves the environment as the user has it.
 QUIET_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-REPLY_TIMEOUT_S = 900.0  # a worker that says nothing for this long is taken as hung
+# The environment variables that shape a runtime's threads, reported by a worker as it sees them.
+THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS")
+SPINNING = "allow_spinning"  # the backend knob that lets idle thread pools spin (ONNX Runtime's)
+REPLY_TIMEOUT_S = 900.0  # the default wait for one reply, where the caller gives none
+POLL_S = 0.05  # how often a wait looks whether the worker is still alive
 INPUT_SEED = 0
 
 
@@ -47,7 +61,7 @@ class WorkerSpec:
     image_size: int
     options: Mapping[str, Any] = field(default_factory=dict)
     extra_backends: tuple[Backend, ...] = ()
-    quiet: bool = True
+    passive: bool = False  # idle thread pools sleep (QUIET_ENV, no ONNX Runtime spinning); default: the libraries'
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,22 @@ class Opened:
     options: dict[str, Any]
     compute_precision: str | None
     rss_before_open_mb: float
+    peak_reset: bool = False  # VmHWM was reset before opening: the peak is the runner's process while it ran
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker sees from inside: its environment's thread variables, CPUs, memory and runner options.
+
+    For tests and ``inspect``: the proof that a worker runs its library with the settings bench says.
+    """
+
+    pid: int
+    environment: dict[str, str]
+    usable_cpus: int
+    rss_mb: float | None
+    peak_rss_mb: float | None
+    runner_options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -69,14 +99,22 @@ class SliceTimes:
 
 
 class WorkerError(DeployError):
-    """The worker could not open or run its runner. ``kind``: unavailable, broken (the artifact), or died.
+    """The worker could not open or run its runner.
 
-    Opening and warm-up failures become skip records; one during measurement ends bench (exit 70).
+    ``kind``: unavailable, broken (the runner reported an error), died (the process ended: ``signal`` names
+    the signal that killed it, if one did), or timeout (no reply in time; the worker was killed).
+    Bench skips a runner that is unavailable or broken, and records one that died or timed out as failed.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, signal_name: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.signal = signal_name
+
+    @property
+    def lost(self) -> bool:
+        """The worker is gone (died or was ended for not answering): nothing more can be asked of it."""
+        return self.kind in ("died", "timeout")
 
 
 @contextlib.contextmanager
@@ -102,7 +140,7 @@ class RunnerProcess:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, spec), daemon=True)
-        with _environment(QUIET_ENV if spec.quiet else {}):
+        with _environment(QUIET_ENV if spec.passive else {}):
             self._process.start()
         child.close()
 
@@ -110,39 +148,64 @@ class RunnerProcess:
     def pid(self) -> int:
         return int(self._process.pid or 0)
 
-    def _ask(self, *message: Any) -> Any:
-        self._conn.send(message)
-        return self._reply()
+    def _ask(self, *message: Any, timeout_s: float | None = None) -> Any:
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError):  # the pipe is closed: the worker is gone
+            raise self._died() from None
+        return self._reply(timeout_s)
 
-    def _reply(self) -> Any:
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        while not self._conn.poll(1.0):
+    def _died(self) -> WorkerError:
+        self._process.join(1)
+        code = self._process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            return WorkerError("died", f"the runner process was killed by {name}", name)
+        return WorkerError("died", f"the runner process died (exit code {code})")
+
+    def _reply(self, timeout_s: float | None = None) -> Any:
+        """The worker's next reply, awaited at most ``timeout_s`` (``REPLY_TIMEOUT_S`` when None)."""
+        wait_s = REPLY_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
+        while not self._conn.poll(min(POLL_S, max(deadline - time.monotonic(), 0.0))):
             if not self._process.is_alive():
-                raise WorkerError("died", f"the runner process died (exit code {self._process.exitcode})")
-            if time.monotonic() > deadline:
+                raise self._died()
+            if time.monotonic() >= deadline:
+                state = _process_state(self.pid)
                 self.kill()
-                raise WorkerError("died", f"the runner process did not answer in {REPLY_TIMEOUT_S:g} s")
+                how = " (it was stopped: state T)" if state in ("T", "t") else ""
+                raise WorkerError("timeout", f"the runner process did not answer in {wait_s:.1f} s{how}; ended it")
         try:
             reply = self._conn.recv()
         except (EOFError, OSError):
-            raise WorkerError("died", f"the runner process died (exit code {self._process.exitcode})") from None
+            raise self._died() from None
         if reply[0] == "error":
             raise WorkerError(reply[1], reply[2])
         return reply[1]
 
-    def open(self) -> Opened:
-        """Open the runner (the worker has imported its libraries by then); time only the opening."""
-        self._reply()  # imports done
-        return self._ask("open")  # type: ignore[no-any-return]
+    def open(self, timeout_s: float | None = None) -> Opened:
+        """Open the runner (the worker has imported its libraries by then); time only the opening.
 
-    def run(self, batch_size: int, seconds: float, min_calls: int) -> SliceTimes:
-        """Call the runner on a batch of ``batch_size`` until ``seconds`` passed and ``min_calls`` calls were made."""
-        return self._ask("run", batch_size, seconds, min_calls)  # type: ignore[no-any-return]
+        ``timeout_s`` bounds each of the two waits: the imports, then the opening.
+        """
+        self._reply(timeout_s)  # imports done
+        return self._ask("open", timeout_s=timeout_s)  # type: ignore[no-any-return]
 
-    def close(self) -> float | None:
-        """Close the runner and end the worker; its peak resident memory in MB, or None if it had died."""
+    def run(self, batch_size: int, seconds: float, min_calls: int, timeout_s: float | None = None) -> SliceTimes:
+        """Call the runner on a batch of ``batch_size`` until ``seconds`` passed and ``min_calls`` calls were made.
+
+        A reply not back within ``timeout_s`` ends the worker (:class:`WorkerError` ``timeout``).
+        """
+        return self._ask("run", batch_size, seconds, min_calls, timeout_s=timeout_s)  # type: ignore[no-any-return]
+
+    def describe(self, timeout_s: float | None = None) -> WorkerInfo:
+        """What the worker sees from inside (:class:`WorkerInfo`); after :meth:`open`."""
+        return self._ask("describe", timeout_s=timeout_s)  # type: ignore[no-any-return]
+
+    def close(self, timeout_s: float | None = 10.0) -> float | None:
+        """Close the runner and end the worker; its own peak resident memory in MB, or None if unknown or dead."""
         try:
-            peak = self._ask("close")
+            peak = self._ask("close", timeout_s=timeout_s)
         except (WorkerError, OSError, BrokenPipeError):
             peak = None
         self._process.join(10)
@@ -156,17 +219,44 @@ class RunnerProcess:
         self._conn.close()
 
 
-def _rss_mb() -> float:
-    """Resident memory of this process now, from /proc (0 where it cannot be read)."""
+def _process_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, T for stopped...), from /proc; None where it cannot be read."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        text = open(f"/proc/{pid}/stat", encoding="ascii", errors="replace").read()  # noqa: SIM115
+        return text[text.rindex(")") + 2]
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return None
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+def _status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB: this process's own, None where unreadable.
+
+    ``VmHWM`` is the process's own high-water mark (reset by exec and by :func:`_reset_peak`), unlike
+    ``ru_maxrss``, which a spawned worker inherits from its parent's peak across exec.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS (``5`` to /proc/self/clear_refs); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (0 where it cannot be read)."""
+    return _status_mb("VmRSS") or 0.0
 
 
 def _serve(conn: Any, spec: WorkerSpec) -> None:
@@ -180,10 +270,11 @@ def _serve(conn: Any, spec: WorkerSpec) -> None:
             get_backend(spec.backend).unavailable()  # imports what the backend's probe imports
         conn.send(("ready", None))
         conn.recv()
+        reset = _reset_peak()
         rss = _rss_mb()
         start = time.perf_counter()
         runner = _open(spec)
-        opened = Opened(time.perf_counter() - start, dict(runner.options or {}), runner.compute_precision, rss)
+        opened = Opened(time.perf_counter() - start, dict(runner.options or {}), runner.compute_precision, rss, reset)
     except BackendUnavailableError as exc:
         conn.send(("error", "unavailable", str(exc)))
         return
@@ -198,8 +289,11 @@ def _serve(conn: Any, spec: WorkerSpec) -> None:
         message = conn.recv()
         if message[0] == "close":
             runner.close()
-            conn.send(("closed", _peak_rss_mb()))
+            conn.send(("closed", _status_mb("VmHWM")))
             return
+        if message[0] == "describe":
+            conn.send(("info", _describe(runner)))
+            continue
         _, batch_size, seconds, min_calls = message
         if batch_size not in inputs:
             rng = np.random.default_rng(INPUT_SEED)
@@ -208,6 +302,15 @@ def _serve(conn: Any, spec: WorkerSpec) -> None:
             conn.send(("times", _timed_calls(runner, inputs[batch_size], seconds, min_calls)))
         except Exception as exc:  # noqa: BLE001 - a runner that fails on this batch is reported, never timed
             conn.send(("error", "broken", one_line(exc)))
+
+
+def _describe(runner: Runner) -> WorkerInfo:
+    from ..environment import usable_cpus
+
+    environment = {name: os.environ[name] for name in THREAD_ENV if name in os.environ}
+    return WorkerInfo(
+        os.getpid(), environment, usable_cpus(), _status_mb("VmRSS"), _status_mb("VmHWM"), dict(runner.options or {})
+    )
 
 
 def _timed_calls(runner: Runner, batch: np.ndarray, seconds: float, min_calls: int) -> SliceTimes:
@@ -226,11 +329,14 @@ def _timed_calls(runner: Runner, batch: np.ndarray, seconds: float, min_calls: i
 
 def _open(spec: WorkerSpec) -> Runner:
     if spec.backend == NOISE_PROBE:
-        return NoiseProbe(spec.threads, allow_spinning=not spec.quiet)
-    from ..backends.registry import discover_runners
+        return NoiseProbe(spec.threads, allow_spinning=not spec.passive)
+    from ..backends.registry import discover_runners, get_backend
 
+    options = dict(spec.options)
+    if spec.passive and any(option.name == SPINNING for option in get_backend(spec.backend).options):
+        options[SPINNING] = False  # idle pools sleep at once (ONNX Runtime's allow_spinning=0)
     found = discover_runners(
-        spec.directory, [spec.backend], [spec.precision], spec.threads, (), {spec.backend: spec.options}
+        spec.directory, [spec.backend], [spec.precision], spec.threads, (), {spec.backend: options}
     )
     for candidate in found.candidates:
         if (candidate.key, candidate.artifact) == ((spec.backend, spec.precision, spec.device), spec.artifact):
@@ -243,7 +349,7 @@ def _open(spec: WorkerSpec) -> Runner:
 class NoiseProbe(Runner):
     """A fixed small workload (four 3x3 convolutions in ONNX Runtime, made in memory) that measures the machine.
 
-    It runs with the runners' thread settings, so its spread across rounds is the noise the machine
+    It runs with the runners' thread settings and wait policy, so its spread across rounds is the noise the machine
     itself adds to any row: timer, scheduler and the hypervisor, with nothing of the model in it.
     """
 
@@ -278,7 +384,11 @@ class NoiseProbe(Runner):
         options = session_options(threads, allow_spinning)
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.input = rng.standard_normal(shape).astype(np.float32)
-        self.options = {"workload": f"{layers} conv3x3 {channels}ch 28x28 in ONNX Runtime", "threads": threads}
+        self.options = {
+            "workload": f"{layers} conv3x3 {channels}ch 28x28 in ONNX Runtime",
+            "threads": threads,
+            "allow_spinning": allow_spinning,
+        }
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.infer(batch)

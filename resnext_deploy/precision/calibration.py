@@ -2,8 +2,9 @@
 
 Which data calibrates is :mod:`~resnext_deploy.precision.split`'s decision; how the ranges are
 measured is :mod:`~resnext_deploy.precision.statistics`'. Every method's clip is kept per tensor, so
-the INT8 search tries them all without another pass; a saved file is reused only for the same model,
-data and method.
+the INT8 search tries them all without another pass; a saved file is reused only for the same model
+(sha256 of model.onnx), the same images (their content fingerprint: names and bytes, never sizes or mtimes),
+method and percentile.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ class Calibration:
         if self.model_sha256 != model_sha256:
             return "model.onnx changed"
         if self.fingerprint != dataset.fingerprint or self.count != dataset.count:
-            return f"it was made on other data ({self.description})"
+            if self.description == dataset.description:  # the fingerprint hashes names and contents, not mtimes
+                return f"its images changed since ({self.description}: same folder and count, other names or contents)"
+            return f"it was made on other data ({self.description}; this run calibrates on {dataset.description})"
         if self.method != method:
             return f"it was made with --calib-method {self.method}"
-        if method == "percentile" and self.percentile != percentile:
+        if self.percentile != percentile:  # every method's clip is saved, the percentile one among them
             return f"it was made with --percentile {self.percentile}"
         return None
 
@@ -118,8 +121,8 @@ def calibrate(
 ) -> Calibration:
     """Calibrate ``model_path`` on ``dataset`` or reuse ``DIR/calibration.json`` when it was made for the same.
 
-    Same means the same model.onnx (sha256), the same data (fingerprint and count) and the same
-    method (and percentile); a file made for anything else is recomputed, and the log says why.
+    Same means the same model.onnx (sha256), the same data (content fingerprint and count) and the same
+    method and percentile; a file made for anything else is recomputed, and the log says why.
     """
     check_method(method, percentile)
     path = Path(directory) / CALIBRATION_NAME

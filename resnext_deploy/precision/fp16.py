@@ -33,7 +33,7 @@ def overflow_nodes(model, calibration: Calibration, data_max: float = FP16_DATA_
             if name in big_initializers or (magnitude is not None and not magnitude <= data_max):
                 blocked.append(node.name)
                 break
-    return residual_closure(model, blocked)
+    return gate_closure(model, residual_closure(model, blocked))
 
 
 def residual_closure(model, blocked: list[str]) -> list[str]:
@@ -54,6 +54,35 @@ def residual_closure(model, blocked: list[str]) -> list[str]:
         group = {add.name}
         group.update(p.name for p in (producers.get(i) for i in add.input) if p is not None and p.op_type == "Conv")
         group.update(c.name for c in consumers.get(add.output[0], []) if c.op_type == "Relu")
+        if len(group) > 1 and group & result:
+            result |= group
+    return [node.name for node in model.graph.node if node.name in result]
+
+
+GATE_OPS = ("Sigmoid", "HardSigmoid")
+# Shape-only nodes between a gate and its Mul (ECA's view and expand): walked through to find the gate.
+SHAPE_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Identity", "Transpose", "Flatten")
+
+
+def gate_closure(model, blocked: list[str]) -> list[str]:
+    """``blocked`` plus the rest of every ``Sigmoid -> Mul`` pair it touches (an SE/ECA gate, or SiLU).
+
+    TensorRT runs the Sigmoid and the Mul it feeds as one pointwise kernel; a Cast between them (the Mul FP32
+    because its other input is large, the Sigmoid FP16) splits it and moves the gate through float16 for nothing.
+    """
+    producers = {name: node for node in model.graph.node for name in node.output}
+    result = set(blocked)
+    for mul in model.graph.node:
+        if mul.op_type != "Mul":
+            continue
+        group = {mul.name}
+        for name in mul.input:
+            parent, between = producers.get(name), []
+            while parent is not None and parent.op_type in SHAPE_OPS:
+                between.append(parent.name)
+                parent = producers.get(parent.input[0])
+            if parent is not None and parent.op_type in GATE_OPS:
+                group.update([parent.name, *between])
         if len(group) > 1 and group & result:
             result |= group
     return [node.name for node in model.graph.node if node.name in result]

@@ -13,6 +13,12 @@
 * a MaxPool whose output is quantized gets a pair on its input too, with the output's scale (max
   commutes with quantization, so nothing changes numerically): the pooling then runs on int8 data,
   as in ModelOpt's placement; TensorRT propagates Q/DQ across MaxPool either way;
+* an SE (or ECA) block's gate, ``Mul(x, Sigmoid(...))``, ends the main branch as a Conv does: the residual
+  Add after it takes Q/DQ on its shortcut input (the gate's own Sigmoid and Mul stay float; TensorRT runs
+  them as one pointwise kernel);
+* an AveragePool (the ``d`` variants' avg-pool downsample) that reads a tensor already quantized for another
+  consumer, and whose output is quantized, reads that tensor's DequantizeLinear: TensorRT fuses
+  DQ -> AveragePool -> Q into an INT8 pooling, at no new scale;
 * what is not quantized runs in float16 (``high_precision="fp16"``) or float32, graph I/O float32.
 """
 
@@ -28,7 +34,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from .calibration import Calibration
-from .fp16 import FP16_DATA_MAX, overflow_nodes, to_float16
+from .fp16 import FP16_DATA_MAX, GATE_OPS, SHAPE_OPS, overflow_nodes, to_float16
 from .graph import drop_unused_initializers, node_attribute, tag_model, toposort
 
 INT8_MAX = 127
@@ -67,7 +73,12 @@ class GraphQuantization:
 
 
 def graph_quantization(model) -> GraphQuantization:
-    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8."""
+    """Read which layers and activation tensors ``model`` (an ONNX ModelProto) really runs in INT8.
+
+    The one definition of what an INT8 file quantizes: the build records it from the graph it writes and
+    ``verify`` reads the file with it, so the file, its manifest entry and verify agree by construction
+    (the nodes the FP16-range rule keeps in FP32, and the sites the search keeps out, included).
+    """
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     dequantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
@@ -162,6 +173,9 @@ def qdq_plan(
     for tensor in consumers:
         if not math.isfinite(calibration.amax(tensor)):
             raise BadInputError(f"model.onnx computes non-finite values in {tensor} on the calibration data")
+    for node in graph.node:  # the avg-pool downsample of the `d` variants: int8 in, int8 out
+        if node.op_type == "AveragePool" and node.output[0] in consumers and node.input[0] in consumers:
+            consumers[node.input[0]].append((node.name, 0))
     plan.consumers = dict(consumers)
     plan.pooled = {
         node.name: node.output[0]
@@ -192,7 +206,7 @@ def _residual_input(add, producers: dict, quantized: set[str], initializers: set
     parents = [producers.get(name) for name in add.input]
     if any(p is None for p in parents):
         return None
-    is_conv = [p.op_type == "Conv" and p.name in quantized for p in parents]
+    is_conv = [(p.op_type == "Conv" and p.name in quantized) or is_gate(p, producers) for p in parents]
     if not any(is_conv):
         return None
     if all(is_conv):
@@ -205,6 +219,22 @@ def _residual_input(add, producers: dict, quantized: set[str], initializers: set
         if parents[main].name in _ancestors(parents[1 - main], producers):
             return None  # the Conv also feeds the other input: not a shortcut
     return 1 - main
+
+
+def is_gate(node, producers: dict) -> bool:
+    """Whether ``node`` is an attention gate's ``Mul(x, Sigmoid(s))`` (SE, ECA): ``s`` computed from more than x.
+
+    SiLU is ``Mul(x, Sigmoid(x))``, an activation rather than a gate: its Sigmoid reads the Mul's other input.
+    """
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return False
+    for index, name in enumerate(node.input):
+        parent = producers.get(name)
+        while parent is not None and parent.op_type in SHAPE_OPS:
+            parent = producers.get(parent.input[0])
+        if parent is not None and parent.op_type in GATE_OPS and parent.input[0] != node.input[1 - index]:
+            return True
+    return False
 
 
 def _ancestors(node, producers: dict) -> dict[str, int]:

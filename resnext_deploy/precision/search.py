@@ -8,10 +8,11 @@ search runs here, on explicit Q/DQ graphs in ONNX Runtime:
    checked, and the best kept;
 2. the remedies that keep every layer in INT8: cross-layer equalization (:mod:`.equalize`), then bias
    correction (:mod:`.bias`) of the best graph so far, each kept when it scores better;
-3. each Q/DQ site's sensitivity is measured on the check set: the logit error of the graph with this
-   one site in INT8 and everything else in FP32. A site is a weighted layer (its weight and data
-   input) or a residual Add (its shortcut input): outliers on a shortcut reach the Add's pair, which
-   keeping a Conv in float never removes;
+3. the Q/DQ sites are ranked by their own error from one recorded pass (the per-site code of ``inspect``,
+   :mod:`resnext_deploy.inspect.accuracy`), and the worst few are confirmed on the check set: the logit
+   error of the graph with this one site in INT8 and everything else in FP32. A site is a weighted layer
+   (its weight and data input) or a residual Add (its shortcut input): outliers on a shortcut reach the
+   Add's pair, which keeping a Conv in float never removes;
 4. the most sensitive sites are kept out of INT8 greedily until the tolerance holds or the budget
    (a share of the sites, a time limit) runs out; when it runs out, a few more checks find the
    smallest budget that would pass, for the failure message.
@@ -51,6 +52,9 @@ EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reu
 SEARCH_FORMAT = 3  # 3: every Q/DQ site (weighted layers, residual Adds); keyed by model, data and method only
 SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
+EARLY_SAMPLES = 16  # check images a calibration method is first tried on; one that fails by far stops there
+FAR_FACTOR = 10.0
+CONFIRMED_SITES = 8  # sites measured on the logits after the one-pass ranking (at least the budget and half this)
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,15 @@ class SearchRecord:
         self.note = f"{self.note}; {text}" if self.note else text
 
 
+def fails_by_far(parity: Parity, tolerance: Tolerance) -> bool:
+    """The minimum cosine misses its bound by FAR_FACTOR times the allowed deficit: the minimum over more images
+    can only be lower, so the whole check set fails too, and a method that fails so on a first slice need not
+    run on the rest (#31)."""
+    if tolerance.cosine_min is None:
+        return False
+    return 1.0 - parity.cosine_min > FAR_FACTOR * (1.0 - tolerance.cosine_min)
+
+
 def _score(parity: Parity) -> tuple:
     """Higher is better: passing first, then accuracy, the judged top-1 figure and the relative error.
 
@@ -251,7 +264,17 @@ def search_int8(
             correct_biases(model, shifts, qdq_plan(model, ranges, excluded, only).weighted)
         return int8_model(model, ranges, excluded, precision, only=only)
 
-    def check_parity(model) -> Parity:
+    def check_parity(model, early: bool = False) -> Parity:
+        """The parity on the check set; ``early``: a first slice that already fails by far ends the check there."""
+        if early and len(check.images) >= 2 * EARLY_SAMPLES:
+            first = run_model(model, check.images[:EARLY_SAMPLES])
+            labels = None if check.labels is None else check.labels[:EARLY_SAMPLES]
+            partial = compare(check.reference[:EARLY_SAMPLES], first, tolerance, labels)
+            if fails_by_far(partial, tolerance):
+                log(f"INT8 search: stopped after {EARLY_SAMPLES} check images: fails by far")
+                return partial
+            rest = run_model(model, check.images[EARLY_SAMPLES:])
+            return compare(check.reference, np.concatenate([first, rest]), tolerance, check.labels)
         return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
 
     current: tuple[Any, Calibration, dict[str, np.ndarray]] = (prepared, calibration, {})
@@ -261,7 +284,7 @@ def search_int8(
         best: tuple | None = None
         for method in methods:
             built = build(method, [])
-            parity = check_parity(built[0])
+            parity = check_parity(built[0], early=True)
             record.methods[f"{method}{label}"] = TrialSummary.of(parity)
             log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
             if best is None or _score(parity) > _score(best[3]):
@@ -308,17 +331,17 @@ def search_int8(
     flags = {"equalization": "equalized", "bias correction": "bias_corrected"}
     key.update({flags[name]: True for name in record.remedies})  # the graph the ranking is measured on
 
-    record.ranking, record.reused_ranking = _ranking(
-        directory, {**key, "method": method}, build, method, sites, check, expired, log
+    confirm = max(CONFIRMED_SITES, record.budget + CONFIRMED_SITES // 2)
+    record.ranking, order, record.reused_ranking, cut = _ranking(
+        directory, {**key, "method": method}, build, method, sites, check, expired, log, current[0], confirm
     )
     record.ranked = len(record.ranking)
-    if record.ranked < len(sites):
+    if cut:
         record.time_limited = True
         record.add_note(f"time limit: ranked {record.ranked} of {len(sites)} Q/DQ sites (saved; a rerun resumes)")
     shown = ", ".join(f"{name} ({score:.3g})" for name, score in record.ranking[:5])
     log(f"INT8 search: most sensitive Q/DQ sites: {shown}")
 
-    order = [name for name, _score_value in record.ranking]
     tried: dict[int, tuple] = {}
 
     def keep(count: int) -> tuple:
@@ -417,22 +440,33 @@ def _ranking(
     check: CheckSet,
     expired: Callable[[], bool],
     log: Log,
-) -> tuple[list[tuple[str, float]], bool]:
-    """Each site's sensitivity, most sensitive first, and whether a saved ranking was reused.
+    base: Any,
+    confirm: int,
+) -> tuple[list[tuple[str, float]], list[str], bool, bool]:
+    """The measured sensitivities (most sensitive first), the order to keep sites out in, whether saved scores were
+    reused, and whether the time limit cut the measuring short.
 
-    A site's sensitivity is the logit error when that site alone is INT8 and the rest of the graph
-    FP32: one quantized site in an FP32 graph runs on ONNX Runtime's fast FP32 kernels, so each run
-    costs about one FP32 pass over at most SENSITIVITY_SAMPLES images. The scores are saved as they
-    are (a ranking cut short by the time limit too) and a rerun measures only the sites missing.
+    One recorded pass gives every site's own error (:func:`~resnext_deploy.inspect.accuracy.local_errors`:
+    the noise at the site's layer output when only its pair and weight are INT8, the code ``inspect`` shows);
+    only the ``confirm`` worst of those are measured on the logits. A site's sensitivity is the logit error
+    when that site alone is INT8 and the rest of the graph FP32: each costs about one FP32 pass over at most
+    SENSITIVITY_SAMPLES images. The order is the measured sites by sensitivity, then the rest by their own
+    error. The scores are saved as they are (a ranking cut short by the time limit too) and a rerun measures
+    only the sites missing.
     """
+    from ..inspect.accuracy import local_errors
+
     path = directory / SEARCH_NAME
     scores = _load_scores(path, key, sites)
     reused = bool(scores)
     if reused:
         log(f"INT8 search: reusing {len(scores)} saved sensitivities from {path}")
-    missing = [site for site in sites if site not in scores]
     images = check.images[:SENSITIVITY_SAMPLES]
     reference = check.reference[:SENSITIVITY_SAMPLES]
+    own = local_errors(base, build(method, [], "fp32")[0], images)
+    by_own = sorted(sites, key=lambda site: -own.get(site, math.inf))  # a site the pass cannot see is measured
+    missing = [site for site in by_own[:confirm] if site not in scores]
+    log(f"INT8 search: ranked {len(sites)} Q/DQ sites by their own error in one pass; confirming the worst {confirm}")
     if missing:
         with progress(
             len(missing), f"measuring the INT8 sensitivity of {len(missing)} Q/DQ sites", unit="sites"
@@ -444,7 +478,10 @@ def _ranking(
                 advance(1)
         write_json(path, {"format": SEARCH_FORMAT, "key": key, "scores": scores})
     ranking = sorted(((site, scores[site]) for site in sites if site in scores), key=lambda item: -item[1])
-    return ranking, reused
+    measured = {name for name, _score in ranking}
+    order = [name for name, _score in ranking] + [site for site in by_own if site not in measured]
+    cut = any(site not in scores for site in missing)
+    return ranking, order, reused, cut
 
 
 def _load_scores(path: Path, key: dict[str, Any], sites: list[str]) -> dict[str, float]:

@@ -6,27 +6,31 @@ decision is made here, on the CPU, where it can be checked against ``model.onnx`
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, Manifest, atomic_path
+from ..artifacts import ONNX_FILES, ORT_INT8_FILE, CalibrationRef, Manifest, atomic_path
 from ..backends.onnxruntime import OnnxRuntimeRunner
+from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
-from ..parity import Parity, Tolerance, compare
+from ..parity import BUILD_MIN_DECISIVE, Parity, Tolerance, compare
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
+from .bias import bias_shifts, correct_biases
 from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
-from .int8 import WEIGHT_MAX, int8_model
+from .int8 import WEIGHT_MAX, QdqPlan, graph_quantization, int8_model
+from .int8_ort import DEFAULT_ACTIVATION_TYPE, int8_ort_model
 from .options import PrecisionOptions
-from .search import CheckSet, SearchRecord, search_int8
-from .split import HELDOUT_MAX, split_for
+from .search import CheckSet, SearchRecord, _equalized, search_int8
+from .split import HELDOUT_MAX, data_warnings, given_calibration, split_for
 
 CHECK_BATCH = 16
 # The build's check must predict verify's verdict. The minimum cosine and the misses of a few dozen
@@ -36,6 +40,7 @@ CHECK_BATCH = 16
 BUILD_MARGIN = 0.5
 VERIFY_SET = HELDOUT_MAX
 EXPORT_HINT = "run `resnext-deploy export --dir DIR` first"
+ORT_STEP = "int8 for onnxruntime"  # the manifest's skipped step when model.int8.ort.onnx fails its check
 
 
 @dataclass
@@ -50,6 +55,7 @@ class TypedResult:
     quantized_nodes: tuple[str, ...] = ()
     search: SearchRecord | None = None
     remedies: tuple[str, ...] = ()  # INT8: equalization, bias correction, exclusion, as the file uses them
+    runtime_files: tuple[Path, ...] = ()  # INT8: the variants for other runtimes written beside it (ONNX Runtime's)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ class TypedBuild:
     quantized: list[str] = field(default_factory=list)  # INT8: the weighted nodes
     tensors: list[str] = field(default_factory=list)  # INT8: the activation tensors with Q/DQ
     search: SearchRecord | None = None
+    ort_model: Any = None  # INT8: ONNX Runtime's placement of the same sites and ranges (model.int8.ort.onnx)
+    ort_parity: Parity | None = None
+    ort_skipped: str | None = None  # why no model.int8.ort.onnx is written
+    ort_tensors: list[str] = field(default_factory=list)  # its activation tensors with Q/DQ
+    expected: list[np.ndarray] = field(default_factory=list)  # model.onnx's logits on the check set, once run
 
     @property
     def remedies(self) -> list[str]:
@@ -132,7 +143,7 @@ def plan_typed(manifest: Manifest, parent_sha256: str, precision: str, options: 
     """The data split, the check's tolerance and the options record of one typed file."""
     source = recorded_source(manifest)
     dataset, heldout = split_for(source, precision, options)
-    record_options = _options(precision, dataset, heldout, options)
+    record_options = _options(precision, dataset, heldout, options, given_calibration(source, options.calib_source))
     record_options["tolerance"] = asdict(options.tolerance(precision))
     tolerance, margin = check_tolerance(options.tolerance(precision), heldout.count)
     record_options["check_tolerance"] = asdict(tolerance)
@@ -158,6 +169,13 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
     if entry is None:
         return None
     final = plan.directory / plan.name
+    if (
+        plan.precision == "int8"
+        and ort_is_target()
+        and not manifest.is_current(ORT_INT8_FILE, entry.sha256, _ort_options(plan.record_options))
+    ):
+        log(f"{final} is up to date but {ORT_INT8_FILE} is not; making both again from one calibration")
+        return None
     log(f"{final} is up to date (same model.onnx, calibration data and options); reusing it")
     return TypedResult(
         final,
@@ -168,6 +186,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
         quantized_nodes=tuple(entry.quantized_nodes or ()),
         search=None if entry.search is None else SearchRecord.from_dict(entry.search),
         remedies=entry.remedies,
+        runtime_files=_recorded_variants(manifest, plan),
     )
 
 
@@ -177,6 +196,8 @@ def run_typed(plan: TypedPlan, options: PrecisionOptions, log: Log) -> TypedBuil
         log(f"WARNING: no images for {plan.source.arch}; FP16 ranges come from {plan.dataset.description}")
     if plan.synthetic:
         log(f"WARNING: the check runs on {plan.heldout.description}: it shows numeric parity only, not accuracy")
+    for note in data_warnings(plan.dataset, plan.heldout, plan.source.num_classes):
+        log(f"warning: {note}")
     if plan.heldout.count < options.min_check:
         raise BadInputError(
             f"only {plan.heldout.count} check samples in {plan.heldout.description}; the check needs at least "
@@ -201,14 +222,46 @@ def judge_typed(plan: TypedPlan, built: TypedBuild, options: PrecisionOptions, l
     with atomic_path(final) as tmp:
         save_model(built.model, tmp)
         built.model = None
-        parity = check_parity(plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels)
+        parity = check_parity(
+            plan.parent_path, tmp, plan.precision, plan.heldout, plan.tolerance, plan.use_labels, built.expected, log
+        )
         log(_parity_summary(plan.name, plan.heldout, parity))
         if not parity:
             raise VerificationError(
                 f"{plan.name} disagrees with model.onnx on {plan.heldout.description}: {'; '.join(parity.failures)}"
                 f"{plan.margin}{_tried(built.search, options)}; no {plan.name} was written"
             )
+    if built.ort_model is not None:
+        with contextlib.suppress(_NotKept):
+            _judge_ort(plan, built, log)
     return parity
+
+
+def _judge_ort(plan: TypedPlan, built: TypedBuild, log: Log) -> None:
+    """Write and check ONNX Runtime's INT8 file on ONNX Runtime, like the TensorRT file; one that fails is not kept.
+
+    It has the TensorRT file's sites and ranges, but more tensors quantized (the Add inputs, the bias), so
+    it is checked on its own; a failure leaves ONNX Runtime on model.int8.onnx and says why.
+    """
+    with atomic_path(plan.directory / ORT_INT8_FILE) as tmp:
+        save_model(built.ort_model, tmp)
+        built.ort_model = None
+        parity = check_parity(
+            plan.parent_path, tmp, "int8", plan.heldout, plan.tolerance, plan.use_labels, built.expected, openvino=False
+        )
+        log(_parity_summary(ORT_INT8_FILE, plan.heldout, parity))
+        if not parity:
+            built.ort_skipped = (
+                f"{ORT_INT8_FILE} disagrees with model.onnx on {plan.heldout.description}: "
+                f"{'; '.join(parity.failures)}{plan.margin}; ONNX Runtime runs {plan.name} instead"
+            )
+            log(f"warning: {built.ort_skipped}")
+            raise _NotKept
+        built.ort_parity = parity
+
+
+class _NotKept(Exception):
+    """Leaves atomic_path without moving the checked file into place."""
 
 
 def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity: Parity, log: Log) -> TypedResult:
@@ -216,18 +269,19 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
     search = built.search.to_dict() if built.search else None
     calibration = built.calibration
     int8 = {"remedies": built.remedies} if plan.precision == "int8" else {}
-    manifest.record(
+    ranges = CalibrationRef(
+        fingerprint=calibration.fingerprint,
+        description=calibration.description,
+        count=calibration.count,
+        method=built.search.method if built.search else calibration.method,
+        percentile=calibration.percentile,
+    )
+    entry = manifest.record(
         plan.name,
         plan.precision,
         parent_sha256=plan.parent_sha256,
         options=plan.record_options,
-        calibration={
-            "fingerprint": calibration.fingerprint,
-            "description": calibration.description,
-            "count": calibration.count,
-            "method": built.search.method if built.search else calibration.method,
-            "percentile": calibration.percentile,
-        },
+        calibration=ranges,
         heldout=plan.heldout.description,
         heldout_synthetic=plan.synthetic,
         parity=parity.to_dict(),
@@ -239,6 +293,9 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
     )
     final = plan.directory / plan.name
     log(f"wrote {final}")
+    variants: tuple[Path, ...] = ()
+    if plan.precision == "int8":
+        variants = _record_ort(manifest, plan, built, entry.sha256, ranges, log)
     return TypedResult(
         final,
         plan.precision,
@@ -247,7 +304,57 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         quantized_nodes=tuple(built.quantized),
         search=built.search,
         remedies=tuple(built.remedies),
+        runtime_files=variants,
     )
+
+
+def _record_ort(
+    manifest: Manifest, plan: TypedPlan, built: TypedBuild, parent_sha256: str, ranges: CalibrationRef, log: Log
+) -> tuple[Path, ...]:
+    """Record model.int8.ort.onnx as the INT8 file's ONNX Runtime variant, or forget an older one not made again.
+
+    Its parent is model.int8.onnx: made again, that file makes this one stale, so the two never disagree.
+    """
+    path = plan.directory / ORT_INT8_FILE
+    if built.ort_parity is None:
+        manifest.forget(ORT_INT8_FILE)
+        path.unlink(missing_ok=True)  # an older variant would no longer match model.int8.onnx
+        manifest.record_skipped(ORT_STEP, built.ort_skipped)
+        return ()
+    manifest.record(
+        ORT_INT8_FILE,
+        plan.precision,
+        parent_sha256=parent_sha256,
+        options=_ort_options(plan.record_options),
+        calibration=ranges,
+        heldout=plan.heldout.description,
+        heldout_synthetic=plan.synthetic,
+        parity=built.ort_parity.to_dict(),
+        fp32_nodes=[],
+        quantized_nodes=built.quantized,
+        quantized_tensors=built.ort_tensors,
+        placement="onnxruntime",
+        remedies=built.remedies,
+    )
+    manifest.record_skipped(ORT_STEP, None)
+    log(f"wrote {path} (ONNX Runtime's placement of the same sites and ranges)")
+    return (path,)
+
+
+def _ort_options(record_options: dict[str, Any]) -> dict[str, Any]:
+    """The TensorRT file's options and the variant's own: what makes model.int8.ort.onnx current."""
+    return {**record_options, "placement": "onnxruntime", "activation_type": DEFAULT_ACTIVATION_TYPE}
+
+
+def _recorded_variants(manifest: Manifest, plan: TypedPlan) -> tuple[Path, ...]:
+    return (plan.directory / ORT_INT8_FILE,) if plan.precision == "int8" and manifest.entry(ORT_INT8_FILE) else ()
+
+
+def ort_is_target() -> bool:
+    """Whether ONNX Runtime is a deployment target here (installed): then the INT8 step writes its own file."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
@@ -255,23 +362,30 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
     if count >= VERIFY_SET:
         return tolerance, ""
     note = (
-        f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, so "
-        f"that verify on {VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
+        f" (the build's check on {count} images keeps a margin: half of each allowance of the tolerance, and "
+        f"decisive top-1 as verify judges it only on {BUILD_MIN_DECISIVE} decisive samples or more, else no flip among "
+        f"the decisive samples (raw agreement where the error is large), so that verify on "
+        f"{VERIFY_SET} agrees; pass --check-data with {VERIFY_SET} images to check without it)"
     )
-    return tolerance.tightened(BUILD_MARGIN), note
+    return replace(tolerance.tightened(BUILD_MARGIN), decisive_min=BUILD_MIN_DECISIVE), note
 
 
 def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: PrecisionOptions, log: Log) -> TypedBuild:
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     search_record = None
+    record = None
+    check = None
+    # ONNX Runtime's file starts from the same float graph: int8_model changes it in place, the search copies it
+    base = (prepared if options.search else _copy(prepared)) if ort_is_target() else None
     if not options.search:
         model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
     else:
-        key = {
+        key = {  # by content: model.onnx's sha256, the calibration and check images' fingerprints
             "model": plan.parent_sha256,
             "calibration": calibration.fingerprint,
             "check": plan.record_options["check"],
             "percentile": options.percentile,
+            "exclude": sorted(options.exclude),  # the sites there are to rank (a saved score names only those)
         }
         check = CheckSet(plan.parent_path, plan.heldout, plan.use_labels)
         model, fp32_nodes, qdq, parity, record = search_int8(
@@ -286,11 +400,59 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
             f"no activation is left in INT8 (--exclude {' '.join(options.exclude) or '(none)'}): "
             "the file would be float, not INT8; exclude fewer nodes"
         )
+    # What the manifest records is read from the graph written, by the function verify reads the file with: the
+    # two agree by construction, whatever the FP16-range rule kept in FP32 (renaming tensors there) or the search
+    # kept out.
+    found = graph_quantization(model)
     log(
-        f"INT8: {len(qdq.weighted)} Conv/Gemm nodes quantized, {len(qdq.consumers)} activation tensors "
+        f"INT8: {len(found.layers)} Conv/Gemm nodes quantized, {len(found.tensors)} activation tensors "
         f"with Q/DQ ({len(qdq.residual_adds)} residual Add shortcuts); the rest in {options.high_precision}"
     )
-    return TypedBuild(model, calibration, fp32_nodes, qdq.weighted, sorted(qdq.consumers), search_record)
+    built = TypedBuild(model, calibration, fp32_nodes, sorted(found.layers), sorted(found.tensors), search_record)
+    if check is not None:  # the search ran model.onnx on the check images already (batches of CHECK_BATCH)
+        built.expected.append(check.reference)
+    if base is not None:
+        built.ort_model = _ort_int8(plan, base, calibration, qdq, record, options, log)
+        built.ort_tensors = sorted(graph_quantization(built.ort_model).tensors)
+    return built
+
+
+def _ort_int8(
+    plan: TypedPlan,
+    base: Any,
+    calibration: Calibration,
+    qdq: QdqPlan,
+    record: SearchRecord | None,
+    options: PrecisionOptions,
+    log: Log,
+) -> Any:
+    """ONNX Runtime's INT8 graph with exactly the TensorRT file's sites, ranges (method) and remedies.
+
+    The search returns the TensorRT graph only; its float graph is rebuilt here from what its record
+    says it used: the equalized graph (its calibration is cached in DIR) and the bias shifts (one pass).
+    """
+    method = record.method if record is not None and record.method else calibration.method
+    remedies = record.remedies if record is not None else []
+    ranges = calibration
+    if "equalization" in remedies:
+        equalized = _equalized(plan.directory, base, plan.dataset, calibration, log)
+        if equalized is not None:
+            base, ranges, _pairs = equalized
+    ranges = ranges.with_method(method)
+    if "bias correction" in remedies:
+        shifts = bias_shifts(base, ranges, plan.dataset, options.exclude)
+        correct_biases(base, shifts, qdq.weighted)
+    model, _plan = int8_ort_model(base, ranges, options.exclude, only=qdq.sites)
+    log(f"INT8 for ONNX Runtime: the same {len(qdq.sites)} sites with Q/DQ around each ({ORT_INT8_FILE})")
+    return model
+
+
+def _copy(model: Any) -> Any:
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
@@ -318,11 +480,13 @@ def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
     return text
 
 
-def _options(precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions) -> dict[str, Any]:
+def _options(
+    precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions, calib_source: Path | None
+) -> dict[str, Any]:
     """What the typed file depends on besides model.onnx; the manifest compares it to resume."""
     record: dict[str, Any] = {
         "calibration": {
-            "source": None if options.calib_source is None else str(Path(options.calib_source).resolve()),
+            "source": None if calib_source is None else str(calib_source.resolve()),
             "fingerprint": dataset.fingerprint,
             "count": dataset.count,
             "seed": options.seed,
@@ -359,22 +523,53 @@ def check_parity(
     dataset: Dataset,
     tolerance: Tolerance,
     use_labels: bool,
+    expected: list[np.ndarray] | None = None,
+    log: Log | None = None,
+    openvino: bool = True,
 ) -> Parity:
-    """Run both files in ONNX Runtime on the same inputs and compare the logits."""
-    reference_runner = OnnxRuntimeRunner(reference)
-    candidate_runner = OnnxRuntimeRunner(candidate, precision)
-    refs, cands, labels = [], [], []
-    with progress(dataset.count, f"checking {precision} on {dataset.count} held-out samples") as advance:
-        for batch in dataset.batches(CHECK_BATCH):
-            refs.append(reference_runner(batch.images))
-            cands.append(candidate_runner(batch.images))
-            if batch.labels is not None:
-                labels.append(batch.labels)
-            advance(len(batch.images))
-    reference_runner.close()
-    candidate_runner.close()
+    """Run both files on the same inputs and compare the logits, on every CPU runtime the file is deployed on.
+
+    ONNX Runtime always; OpenVINO too where it is installed and ``openvino`` (it runs TensorRT's INT8 file on
+    CPUs, and its int8 kernels round differently), judged by the same :func:`~resnext_deploy.parity.compare`
+    and tolerance. The ONNX Runtime parity is returned, with OpenVINO's failures added to it (named), so that
+    the check fails when either runtime would fail verify. ``expected``: model.onnx's logits per batch, filled
+    in by the first check of a build (when empty) and reused by the next (ONNX Runtime's INT8 file is checked
+    on the same images), so model.onnx runs once.
+    """
+    runners: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner(candidate, precision)}
+    if openvino and OPENVINO.unavailable() is None:
+        from ..backends.openvino import OpenVINORunner
+
+        runners["openvino"] = OpenVINORunner(candidate, precision)
+    reference_runner = None if expected else OnnxRuntimeRunner(reference)
+    refs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    try:
+        with progress(dataset.count, f"checking {precision} on {dataset.count} held-out samples") as advance:
+            for batch in dataset.batches(CHECK_BATCH):
+                if reference_runner is not None:
+                    refs.append(reference_runner(batch.images))
+                for name, runner in runners.items():
+                    outputs[name].append(runner(batch.images))
+                if batch.labels is not None:
+                    labels.append(batch.labels)
+                advance(len(batch.images))
+    finally:
+        for runner in (*([reference_runner] if reference_runner is not None else []), *runners.values()):
+            runner.close()
+    if reference_runner is not None and expected is not None:
+        expected.extend(refs)
+    refs = expected or refs
     truth = np.concatenate(labels) if use_labels and labels else None
-    return compare(np.concatenate(refs), np.concatenate(cands), tolerance, truth)
+    reference_logits = np.concatenate(refs)
+    parities = {name: compare(reference_logits, np.concatenate(out), tolerance, truth) for name, out in outputs.items()}
+    parity = parities.pop("onnxruntime")
+    for name, other in parities.items():
+        if log is not None:
+            log(f"{_parity_summary(Path(candidate).name, dataset, other)} (on {name})")
+        parity = replace(parity, failures=(*parity.failures, *(f"on {name}: {f}" for f in other.failures)))
+    return parity
 
 
 def _parity_summary(name: str, dataset: Dataset, parity: Parity) -> str:

@@ -14,5 +14,5 @@ SCHEMA_VERSION = 1
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema of output ``name`` (``verify``, ``bench``, ``bench_triton``, ``calibration``)."""
+    """The JSON Schema of output ``name`` (``verify``, ``bench``, ``bench_triton``, ``calibration``, ``inspect``)."""
     return json.loads(resources.files(__package__).joinpath(f"{name}.json").read_text(encoding="utf-8"))

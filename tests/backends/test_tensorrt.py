@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnext_deploy.artifacts import Manifest, sha256_file
+from resnext_deploy.artifacts import CalibrationRef, Manifest, sha256_file
 from resnext_deploy.backends.base import run_in_chunks
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
@@ -301,6 +301,7 @@ class StandIn:
         module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
         module.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
         module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        module.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
         levels = {"AMPERE_PLUS": "AMPERE_PLUS"}
         if same_cc:  # from TensorRT 10.9
             levels["SAME_COMPUTE_CAPABILITY"] = "SAME_COMPUTE_CAPABILITY"
@@ -367,7 +368,8 @@ def test_contract_tensorrt_10_build_sequence(tiny_dir: Path, stand_in):
 def test_contract_tensorrt_11_build_has_no_creation_flag(tiny_dir: Path, stand_in):
     """Contract test, not TensorRT coverage: on 11.x the network is created without the (deprecated) flag."""
     fake = stand_in("11.4.0.106")
-    _add_typed_onnx(tiny_dir, "int8", calibration_fingerprint="sha256:calib")
+    calibration = CalibrationRef("sha256:calib", "calib (8 images)", 8, "entropy", 99.99)
+    _add_typed_onnx(tiny_dir, "int8", calibration=calibration)
     path = build_engine(tiny_dir, "int8", BuildOptions(hardware_compat="ampere+", version_compatible=True), **QUIET)
     assert ("create_network", ()) in fake.calls
     assert ("parse_from_file", str(tiny_dir / "model.int8.onnx")) in fake.calls

@@ -79,15 +79,18 @@ def test_bench_measures_every_runner_in_its_own_process_and_writes_json_csv_md_p
     openvino_fp16 = next(r for r in rows if (r["backend"], r["precision"]) == ("openvino", "fp16"))
     assert openvino_fp16["compute_precision"] in ("f32", "f16")  # what OpenVINO reports, not the file's name
     settings = data["settings"]
-    assert settings["isolation"] == {
-        "process_per_runner": True,
-        "environment": {"OMP_WAIT_POLICY": "PASSIVE"},
-        "onnxruntime_allow_spinning": False,
-        "pause_ms": 0.0,
-    }
+    isolation = settings["isolation"]
+    assert isolation["mode"] == "library defaults" and isolation["environment"] == {}  # what users run
+    assert isolation["onnxruntime_allow_spinning"] and settings["allow_spinning"]
+    assert isolation["pause"] == "until quiet" and 0 < isolation["pause_ms"] <= isolation["pause_max_ms"] <= 1000
+    labels = {f"{r['backend']}-{r['device']}:{r['precision']}" for r in rows}
+    assert {label.split(" (")[0] for label in isolation["wait_after_slice_ms"]} == labels | {"noise-probe"}
     assert settings["wall_s"] <= settings["budget_s"]
     ort = next(r for r in rows if r["backend"] == "onnxruntime")
-    assert ort["options"]["allow_spinning"] is False
+    assert ort["options"]["allow_spinning"] is True and ort["options"]["pools"] == "library defaults"
+    assert data["failed"] == []
+    openvino_int8 = next(r for r in rows if (r["backend"], r["precision"]) == ("openvino", "int8"))
+    assert openvino_int8["compute_precision"].startswith("i8 Convolution")  # what OpenVINO ran, not "f32"
     assert data["noise"]["threshold"] >= bench_module.UNSTABLE_FLOOR and data["noise"]["rounds"] > 0
     assert data["load"]["slices"] == sum(r["rounds"] for r in rows)
     machine = data["machine"]
@@ -101,6 +104,22 @@ def test_bench_measures_every_runner_in_its_own_process_and_writes_json_csv_md_p
     assert f"{rows[0]['median_ms']:.3f}" in markdown and "noise floor" in markdown
     assert (art / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "bench (milliseconds per batch)" in out and "runners" in out and "noise floor" in out
+    assert "measured in each library's default threading" in out and "default threading" in markdown
+
+
+@pytest.mark.slow  # bench's worker processes
+def test_passive_pools_are_recorded_in_every_row_and_said(art: Path, tmp_path: Path) -> None:
+    directory = copy_dir(art, tmp_path / "d")
+    args = ["bench", "--dir", str(directory), "--backends", "torch,onnxruntime", "--precisions", "fp32"]
+    assert main([*args, "--batch-sizes", "1", "--passive-pools", "--pause-ms", "5", *SHORT]) == 0
+    data = json.loads((directory / "bench.json").read_text())
+    isolation = data["settings"]["isolation"]
+    assert isolation["mode"] == "passive" and isolation["environment"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert (isolation["pause"], isolation["pause_ms"]) == ("fixed (--pause-ms)", 5.0)
+    assert {r["options"]["pools"] for r in data["results"]} == {"passive"}
+    ort = next(r for r in data["results"] if r["backend"] == "onnxruntime")
+    assert ort["options"]["allow_spinning"] is False
+    assert "--passive-pools" in (directory / "bench.md").read_text()
 
 
 @pytest.mark.slow  # bench's worker processes

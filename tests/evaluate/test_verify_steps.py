@@ -16,6 +16,7 @@ from resnext_deploy.errors import BadInputError
 from resnext_deploy.evaluate.verify import (
     VERIFY_JSON,
     VerifyRecord,
+    VerifyRow,
     judge,
     plan_verify,
     record_verify,
@@ -23,7 +24,7 @@ from resnext_deploy.evaluate.verify import (
     verify_table,
     verify_text,
 )
-from resnext_deploy.parity import DEFAULT_TOLERANCES
+from resnext_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare
 
 
 @pytest.fixture
@@ -70,4 +71,17 @@ def test_a_malformed_verify_json_is_a_one_line_error(planned, capsys: pytest.Cap
     with pytest.raises(BadInputError, match="run verify again"):
         VerifyRecord.from_dict(json.loads((directory / VERIFY_JSON).read_text()))
     assert main(["report", "--dir", str(directory)]) == 3
-    assert "verify.json is malformed" in capsys.readouterr().err
+    assert "verify.json: schema_version None is not one this resnext-deploy reads" in capsys.readouterr().err
+
+
+def test_a_failed_row_shows_its_figures() -> None:
+    """A failing Parity is falsy; the table tests it against None, so max abs, rel err and cosine are shown (#26)."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((80, 100)).astype(np.float32)
+    parity = compare(reference, reference + 0.3 * rng.standard_normal(reference.shape).astype(np.float32))
+    parity = replace(parity, failures=("min cosine below the tolerance",))
+    row = VerifyRow("openvino", "int8", "cpu", "model.int8.onnx", parity, False, parity.failures, Tolerance())
+    headers, [cells] = verify_table([row])
+    shown = dict(zip(headers, cells, strict=True))
+    assert shown["max abs"] == f"{parity.max_abs:.3g}" and shown["rel err"] == f"{parity.rel_error:.3g}"
+    assert shown["cos min"] == f"{parity.cosine_min:.6f}" and shown["n"] == "80" and shown["result"] == "FAIL [1]"

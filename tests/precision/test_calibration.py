@@ -18,9 +18,12 @@ from resnext_deploy.precision.split import check_share, split_datasets
 from resnext_deploy.precision.statistics import (
     NUM_BINS,
     AbsHistogram,
+    Scratch,
     TensorStats,
     activation_tensors,
     collect_statistics,
+    rectified_outputs,
+    run_batches,
 )
 from resnext_deploy.source import SourceOptions, resolve_source
 
@@ -48,6 +51,39 @@ def test_histogram_growth_merges_bins_exactly() -> None:
     assert streamed.counts.sum() == everything.size
     # merged counts may differ from a one-shot histogram only by values sitting on a bin edge
     assert np.abs(streamed.counts - direct).sum() <= 0.001 * everything.size
+
+
+def _reference_counts(batches: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """The histogram as it was first written: |x| allocated, scaled, cast to int32, clipped, counted, per batch."""
+    reference = AbsHistogram()
+    for values in batches:
+        magnitudes = np.abs(values).ravel()
+        amax = float(magnitudes.max())
+        if amax > reference.limit:
+            reference._grow(amax)
+        index = (magnitudes * np.float32(NUM_BINS / reference.limit)).astype(np.int32)
+        reference.counts += np.bincount(np.minimum(index, NUM_BINS - 1), minlength=NUM_BINS)
+    return reference.counts, reference.limit
+
+
+def test_the_in_place_histogram_counts_what_the_straightforward_one_does() -> None:
+    rng = np.random.default_rng(3)
+    batches = [np.maximum(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * s, 0) for s in (0.5, 4.0, 1.0)]
+    batches.append(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * 9.0)  # signed, grows the range again
+    batches[1].flat[0] = batches[1].max() * 2  # a value exactly at the limit it sets: the top bin
+    expected, limit = _reference_counts(batches)
+    kept = [values.copy() for values in batches]
+    stats, scratch = TensorStats(histogram=AbsHistogram()), Scratch()
+    for values, kept_values in zip(batches, kept, strict=True):
+        stats.add(kept_values)  # not overwritten: the caller's array stays as it was
+        np.testing.assert_array_equal(kept_values, values)
+    in_place = TensorStats(histogram=AbsHistogram())
+    for values in batches:
+        in_place.add(values.copy(), overwrite=True, scratch=scratch)
+    for result in (stats, in_place):
+        assert result.histogram.limit == limit
+        np.testing.assert_array_equal(result.histogram.counts, expected)
+        assert (result.minimum, result.maximum) == (min(map(np.min, batches)), max(map(np.max, batches)))
 
 
 def test_histogram_of_zeros_then_values() -> None:
@@ -100,6 +136,28 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
         assert stats[name].minimum == pytest.approx(float(values[name].min()), rel=1e-5, abs=1e-6)
         assert stats[name].maximum == pytest.approx(float(values[name].max()), rel=1e-5, abs=1e-6)
         assert (stats[name].histogram is not None) == (name in histogram)
+
+
+def test_relu_outputs_computed_from_their_inputs_equal_fetched_ones(tiny_dir: Path) -> None:
+    """ReLU outputs derived from the fetched ReLU inputs have the statistics of fetched ones, bin for bin."""
+    model_path = tiny_dir / "model.onnx"
+    dataset = open_dataset(None, PRE, count=12, seed=4)
+    stats, _consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=1)
+    model = onnx.load(str(model_path))
+    tensors, histogram, _per_sample = activation_tensors(model)
+    fetched = [t for t in tensors if t != "input"]
+    derived = {out for outs in rectified_outputs(model, fetched).values() for out in outs}
+    assert derived and derived <= set(fetched)
+    reference = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in derived}
+    for _images, values in run_batches(model, fetched, dataset, 1, "", model_path):  # every tensor fetched
+        for name, value in zip(fetched, values, strict=True):
+            if name in reference:
+                reference[name].add(value)
+    for name, expected in reference.items():
+        assert (stats[name].minimum, stats[name].maximum) == (expected.minimum, expected.maximum)
+        if expected.histogram is not None:
+            assert stats[name].histogram.limit == expected.histogram.limit
+            np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from resnext_deploy.cli import main
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
 from resnext_deploy.export import export_onnx
+from resnext_deploy.inspect import accuracy
 from resnext_deploy.models import create_model
 from resnext_deploy.parity import DEFAULT_TOLERANCES, compare
 from resnext_deploy.precision import search
@@ -150,7 +151,8 @@ def test_pipeline_records_a_failed_step_and_still_reports(tmp_path: Path) -> Non
     report = (directory / "report.md").read_text()
     assert "int8 ONNX: failed" in report and "after trying --calib-method entropy, minmax, percentile" in report
     top = report.splitlines()[:6]
-    assert "**Status: FAILED**" in top[2] and any(line.startswith("- int8 ONNX: failed") for line in top), top
+    assert top[0].endswith(": FAILED") and "**Status: FAILED**" in top[2]
+    assert any(line.startswith("- int8 ONNX (model.int8.onnx was not made): ") for line in top), top
     assert f"`model.fp16.onnx` was checked on {images}" in report and "numeric parity only" not in report
     verified_on = json.loads((directory / "verify.json").read_text())["reference"]["data"]
     assert str(images) in verified_on and "synthetic" not in verified_on  # the held-out images, never noise
@@ -250,7 +252,8 @@ def test_outliers_on_a_shortcut_are_found_at_the_add_and_the_ranking_is_reused(t
     assert "--search-minutes" not in message
     messages: list[str] = []
     result = make_typed_onnx(directory, "int8", PrecisionOptions(**data, search_max_fraction=0.06), log=messages.append)
-    assert any("reusing 17 saved sensitivities" in m for m in messages)  # a new budget reuses the ranking
+    saved = f"reusing {search.CONFIRMED_SITES} saved sensitivities"  # the confirmed ones (#31)
+    assert any(saved in m for m in messages)  # a new budget reuses the ranking
     assert any(m.startswith(f"reusing {directory / 'int8_equalized' / 'calibration.json'}") for m in messages)
     assert result.parity.passed and result.search.kept == ["/layer2/layer2.0/Add"]
     assert result.search.reused_ranking and result.search.ranking[0][0] == "/layer2/layer2.0/Add"
@@ -261,22 +264,48 @@ def test_a_ranking_cut_short_is_saved_and_resumed(tmp_path: Path, monkeypatch: p
     sites = ["a", "b", "c", "d"]
     check = SimpleNamespace(images=np.zeros((8, 1)), reference=np.ones((8, 2), np.float32))
     monkeypatch.setattr(search, "run_model", lambda model, images: model)
+    monkeypatch.setattr(accuracy, "local_errors", lambda base, typed, images: {"a": 0.4, "b": 0.3, "c": 0.2})
     measured: list[str] = []
 
-    def build(method, kept, precision, only):
+    def build(method, kept, precision, only=None):
+        if only is None:  # the whole INT8 graph, for the one-pass ranking
+            return (None,)
         measured.extend(only)
         return (np.full((8, 2), 1.0 + sites.index(only[0]), np.float32),)  # d is the most sensitive
 
+    def ranking(key: dict, expired, confirm: int = 4) -> tuple:
+        return search._ranking(tmp_path, key, build, "entropy", sites, check, expired, print, None, confirm)
+
     calls = iter(range(100))
-    ranking, reused = search._ranking(
-        tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: next(calls) >= 2, print
-    )
-    assert [name for name, _ in ranking] == ["b", "a"] and not reused and measured == ["a", "b"]
-    ranking, reused = search._ranking(tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: False, print)
-    assert reused and measured == ["a", "b", "c", "d"]  # only the missing ones measured
-    assert [name for name, _ in ranking] == ["d", "c", "b", "a"]
-    _, reused = search._ranking(tmp_path, {"k": 2}, build, "entropy", sites, check, lambda: False, print)
+    measures, order, reused, cut = ranking({"k": 1}, lambda: next(calls) >= 2)
+    # d, which the pass does not see, is measured first; then the pass's order
+    assert [name for name, _ in measures] == ["d", "a"] and not reused and cut and measured == ["d", "a"]
+    measures, order, reused, cut = ranking({"k": 1}, lambda: False)
+    assert reused and not cut and measured == ["d", "a", "b", "c"]  # only the missing ones measured
+    assert [name for name, _ in measures] == order == ["d", "c", "b", "a"]
+    _, _, reused, _ = ranking({"k": 2}, lambda: False)
     assert not reused  # another model or data set: measured again
+
+
+def test_only_the_worst_sites_of_the_one_pass_ranking_are_measured(tmp_path: Path, monkeypatch) -> None:
+    """#31: one recorded pass ranks every site; full passes confirm the worst ``confirm`` of them only."""
+    sites = ["a", "b", "c", "d"]
+    check = SimpleNamespace(images=np.zeros((8, 1)), reference=np.ones((8, 2), np.float32))
+    monkeypatch.setattr(search, "run_model", lambda model, images: model)
+    monkeypatch.setattr(accuracy, "local_errors", lambda base, typed, images: {"a": 0.1, "b": 0.4, "c": 0.3, "d": 0.2})
+    measured: list[str] = []
+
+    def build(method, kept, precision, only=None):
+        if only is not None:
+            measured.extend(only)
+        return (np.full((8, 2), 1.0 + (sites.index(only[0]) if only else 0), np.float32),)
+
+    measures, order, _, cut = search._ranking(
+        tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: False, print, None, 2
+    )
+    assert measured == ["b", "c"] and not cut
+    assert [name for name, _ in measures] == ["c", "b"]  # the confirmed ones by their measured sensitivity
+    assert order == ["c", "b", "d", "a"]  # then the rest by their own error
 
 
 @pytest.mark.slow  # the demo pipeline
@@ -300,3 +329,14 @@ def test_pipeline_repairs_outlier_int8_and_reports_the_search(tmp_path: Path) ->
     verify = json.loads((directory / "verify.json").read_text())
     accuracy = {r["precision"]: r["accuracy"] for r in verify["results"] if r["backend"] == "onnxruntime"}
     assert abs(accuracy["fp32"] - accuracy["int8"]) <= 1.0
+
+
+def test_a_method_that_fails_by_far_on_a_first_slice_stops_there() -> None:
+    """The minimum cosine of a slice bounds the whole set's from above, so a slice far below the bound ends it."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((16, 10)).astype(np.float32)
+    tolerance = DEFAULT_TOLERANCES["int8"]
+    close = compare(reference, reference + 0.01 * rng.standard_normal((16, 10)).astype(np.float32), tolerance)
+    far = compare(reference, reference + rng.standard_normal((16, 10)).astype(np.float32), tolerance)
+    assert not search.fails_by_far(close, tolerance)
+    assert search.fails_by_far(far, tolerance) and not far.passed

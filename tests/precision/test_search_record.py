@@ -59,3 +59,23 @@ def test_the_report_lines_come_from_the_typed_record() -> None:
     assert "Bias correction of 14 Conv/Gemm layers" in text and "not used" in text
     assert "Remedies the file uses: equalization, exclusion." in text
     assert "Kept out of INT8: `/layer2/layer2.0/Add` (1 of 18 Q/DQ sites, budget 4); the file passes" in text
+
+
+def test_a_remedy_is_used_only_as_the_file_records_it_with_the_figures_that_decided() -> None:
+    """Chosen for its smaller relative error with a lower cosine (issue 26): both graphs' figures are shown; a
+    remedy the file's manifest entry does not list is never called used."""
+    plain = TrialSummary(False, 0.9529, rel_error=0.131)
+    equalized = TrialSummary(False, 0.9421, rel_error=0.123)
+    record = SearchRecord(
+        methods={"entropy": plain, "entropy + equalization": equalized},
+        method="entropy",
+        layers=18,
+        equalization=RemedyTrial(6, equalized, True),
+    )
+    [line] = [line for line in _search_lines(record, ["equalization"]) if "Cross-layer" in line]
+    assert "fail, cosine min 0.9421, relative error 0.123 (the graph without it: fail, cosine min 0.9529" in line
+    verdict = "used in the file: it ranked above the graph without it (pass, accuracy, top-1, relative error)."
+    assert line.endswith(f"; {verdict}")
+    text = "\n".join(_search_lines(record, []))
+    assert "used in the file" not in text and "does not list it: not used" in text
+    assert "Remedies the file uses: none." in text

@@ -13,9 +13,20 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ...artifacts import ONNX_FILES, Manifest, engine_file, load_onnx, now_iso, single_input, write_bytes, write_json
+from ...artifacts import (
+    ONNX_FILES,
+    ArtifactEntry,
+    Manifest,
+    engine_file,
+    load_onnx,
+    now_iso,
+    recorded_step,
+    single_input,
+    write_bytes,
+    write_json,
+)
 from ...errors import BackendUnavailableError, BadInputError
 from ...source import recorded_source
 from . import probe
@@ -48,6 +59,44 @@ def _parser_errors(parser: trt.OnnxParser) -> list[str]:
             where += f" ({err.node_name() or '?'}: {err.node_operator() or '?'})"
         errors.append(f"{where}: {err.desc()}")
     return errors
+
+
+def engine_manifest_body(
+    onnx_entry: ArtifactEntry,
+    engine_name: str,
+    plan: bytes,
+    precision: str,
+    options: BuildOptions,
+    version: str,
+    gpu: dict[str, Any],
+    profile: dict[str, Any],
+    build_seconds: float,
+) -> dict[str, Any]:
+    """What ``model.<precision>.engine.json`` records about a built plan, its checksum included.
+
+    Apart from the build, so that what an engine would record (the calibration fingerprint of its typed ONNX
+    file among it) is made and tested without TensorRT.
+    """
+    body: dict[str, Any] = {
+        "format": ENGINE_MANIFEST_FORMAT,
+        "engine": engine_name,
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "plan_bytes": len(plan),
+        "precision": precision,
+        "source_onnx": onnx_entry.name,
+        "source_onnx_sha256": onnx_entry.sha256,
+        "calibration_fingerprint": onnx_entry.calibration_fingerprint,
+        "tensorrt_version": version,
+        **gpu,
+        "profile": profile,
+        "strongly_typed": True,
+        "tf32": False,
+        "build_options": options.to_dict(),
+        "build_seconds": round(build_seconds, 3),
+        "built": now_iso(),
+    }
+    body["checksum"] = manifest_checksum(body)
+    return body
 
 
 def build_engine(
@@ -109,25 +158,9 @@ def build_engine(
         "opt": [options.opt_batch, *chw],
         "max": [options.max_batch, *chw],
     }
-    body = {
-        "format": ENGINE_MANIFEST_FORMAT,
-        "engine": engine_path.name,
-        "plan_sha256": hashlib.sha256(plan).hexdigest(),
-        "plan_bytes": len(plan),
-        "precision": precision,
-        "source_onnx": onnx_name,
-        "source_onnx_sha256": onnx_entry.sha256,
-        "calibration_fingerprint": onnx_entry.calibration_fingerprint,
-        "tensorrt_version": version,
-        **gpu,
-        "profile": profile,
-        "strongly_typed": True,
-        "tf32": False,
-        "build_options": options.to_dict(),
-        "build_seconds": round(build_seconds, 3),
-        "built": now_iso(),
-    }
-    body["checksum"] = manifest_checksum(body)
+    body = engine_manifest_body(
+        onnx_entry, engine_path.name, plan, precision, options, version, gpu, profile, build_seconds
+    )
     write_bytes(engine_path, plan)
     write_json(engine_manifest_path(engine_path), body)
     manifest.record(
@@ -182,6 +215,7 @@ def _build_plan(
     profile.set_shape(image.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
     config.add_optimization_profile(profile)
     config.clear_flag(trt.BuilderFlag.TF32)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # inspect's per-layer view: tactics, types, ONNX names
     if options.workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.opt_level is not None:
@@ -242,7 +276,8 @@ def build_engines(directory: Path, options: BuildOptions, log: Callable[[str], N
     if reason is None:
         for precision in [p for p in ONNX_FILES if Manifest(directory).entry(ONNX_FILES[p])]:
             log(f"== TensorRT {precision.upper()} engine")
-            build_engine(directory, precision, options, log=log)
+            with recorded_step(directory, f"{precision} engine"):
+                build_engine(directory, precision, options, log=log)
     skipped = record_engines_skipped(directory, options, reason)
     if reason is not None:
         log(f"TensorRT engines skipped: {reason}")
