@@ -800,7 +800,7 @@ def test_pipeline_with_too_few_calibration_images_is_exit_3(capsys, tmp_path: Pa
     data = _image_folder(tmp_path / "few")
     args = ["--dir", tmp_path / "o", "--calib-dir", data, *QUICK_PIPELINE, "--count", "4"]
     outcome = cli(capsys, "pipeline", *TINY, *args)
-    line = fails(outcome, ExitCode.BAD_INPUT, "pipeline:", "int8 ONNX failed")
+    line = fails(outcome, ExitCode.BAD_INPUT, "pipeline:", "int8 ONNX (model.int8.onnx was not made)")
     assert (tmp_path / "o" / "report.md").exists(), line
 
 
