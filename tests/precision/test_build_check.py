@@ -11,7 +11,7 @@ import pytest
 
 from resnext_deploy.backends.openvino import BACKEND as OPENVINO
 from resnext_deploy.errors import VerificationError
-from resnext_deploy.parity import BUILD_MIN_DECISIVE, DEFAULT_TOLERANCES, compare
+from resnext_deploy.parity import BUILD_MIN_DECISIVE, BUILD_MIN_JUDGED, DEFAULT_TOLERANCES, compare
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import check_tolerance, make_typed_onnx
 
@@ -47,6 +47,10 @@ def test_a_flip_among_few_decisive_samples_fails_the_build_where_verify_excuses_
         "top-1 agreement 96.67% on the 30 decisive samples < 98.5% (fewer than 64: the build's check allows no "
         "flip among them)",
     )
+    # On fewer than BUILD_MIN_JUDGED decisive samples (random weights on noise) the build does not judge top-1.
+    few = np.r_[i, [j for j in range(len(reference)) if j != i][:9]]
+    sparse = compare(reference[few], flipped[few], tolerance)
+    assert sparse.decisive < BUILD_MIN_JUDGED and sparse.top1_decisive < 1.0 and sparse.passed
     # The decisive count is what decides: the same tightened tolerance with verify's rule excuses the flip.
     assert compare(reference, flipped, replace(tolerance, decisive_min=None)).passed
     # On verify's set size the check applies the tolerance itself, verify's rule included.
