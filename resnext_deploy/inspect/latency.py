@@ -23,18 +23,28 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import engine_file
+from ..artifacts import Precision, engine_file
 from ..errors import BackendUnavailableError, one_line
 from .records import ArtifactLatency, LayerTime
 
 BACKENDS = ("openvino", "onnxruntime", "tensorrt")
 WEIGHTED_TYPES = ("Convolution", "FullyConnected", "MatMul", "Gemm")  # in OpenVINO's and TensorRT's layer types
-WEIGHTED_OPS = {"Conv", "Gemm", "MatMul", "QLinearConv", "ConvInteger", "FusedConv", "FusedGemm", "QLinearMatMul"}
+WEIGHTED_OPS = {
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "QLinearConv",
+    "QGemm",
+    "ConvInteger",
+    "FusedConv",
+    "FusedGemm",
+    "QLinearMatMul",
+}
 OV_OVERHEAD = {"Reorder", "Convert", "FakeQuantize"}
 ORT_OVERHEAD = {"QuantizeLinear", "DequantizeLinear", "Cast", "ReorderInput", "ReorderOutput", "Transpose"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 NCHWC_SUFFIX = "_nchwc"
-INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
+INT8_OPS = {"QLinearConv", "QGemm", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 ITERATIONS = 20
 WARMUP = 3
 
@@ -270,14 +280,26 @@ def overhead_note(latency: ArtifactLatency, limit: int = 3) -> str:
 
 
 def profile_all(
-    directory: Path, artifacts: Mapping[str, str], backends: list[str], image_size: int, log: Any
+    directory: Path,
+    artifacts: Mapping[str, str],
+    backends: list[str],
+    image_size: int,
+    log: Any,
+    runtime_files: bool = True,
 ) -> tuple[list[ArtifactLatency], list[str]]:
-    """Every (artifact, backend) pair that can run here; a backend that cannot is a note, not an error."""
+    """Every (artifact, backend) pair that can run here; a backend that cannot is a note, not an error.
+
+    ``runtime_files``: a precision's file is replaced by the variant its runtime runs where DIR has one
+    (ONNX Runtime's ``model.int8.ort.onnx``), as verify and bench do; off for files the user named.
+    """
     out, notes = [], []
     for backend in backends:
         for artifact, precision in artifacts.items():
             if backend == "tensorrt" and not artifact.endswith(".engine"):
                 artifact = engine_file(precision)
+            elif runtime_files and artifact == Precision(precision).onnx_file:
+                variant = Precision(precision).runtime_file(backend)
+                artifact = variant if (directory / variant).is_file() else artifact
             if backend == "tensorrt" and not (directory / artifact).exists():
                 notes.append(f"tensorrt: no {artifact} (build-trt makes it where a GPU is)")
                 continue

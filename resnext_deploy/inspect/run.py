@@ -68,7 +68,7 @@ def run_inspect(
     if backends is None or backends:
         record.latency, notes = profile_all(
             directory, timed if artifacts else {n: timed[n] for n in timed if n in TIMED},
-            list(backends or BACKENDS), source.image_size, log,
+            list(backends or BACKENDS), source.image_size, log, runtime_files=not artifacts,
         )  # fmt: skip
         record.notes += notes
     record.seconds["latency"] = round(time.perf_counter() - started, 2)
