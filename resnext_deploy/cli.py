@@ -156,10 +156,11 @@ def _print_result(table: str, json_file: Path, json_option: Path | None) -> None
 @app.command()
 def archs() -> None:
     """List the built-in architectures and timm's ResNeXt family (from the registry alone: no model is built)."""
-    from .archs import ARCHS, LIBRARY_ARCHS
+    from .archs import ARCHS, LIBRARY_ARCHS, Arch
     from .environment import package_version
 
-    for spec in (*ARCHS.values(), *LIBRARY_ARCHS.values()):
+    specs: list[Arch] = [*ARCHS.values(), *LIBRARY_ARCHS.values()]
+    for spec in specs:
         params = spec.parameter_count()
         pre = spec.preprocessing
         typer.echo(

@@ -163,7 +163,7 @@ def test_inspect_json_follows_its_schema_and_round_trips(low_precision_template:
     assert record is not None and InspectRecord.from_dict(record.to_dict()) == record
     assert {a.artifact for a in record.accuracy} == {"model.fp16.onnx", "model.int8.onnx"}
     assert all(site.module for accuracy in record.accuracy for site in accuracy.sites)
-    report = write_report(directory, **QUIET).read_text()
+    report = write_report(directory, **QUIET).path.read_text()
     worst = record.accuracy[-1].ranked("local")[0]
     assert "## Where" in report and f"worst site `{worst.node}`" in report
 
