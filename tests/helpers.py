@@ -43,6 +43,18 @@ MEMORY_BOUND = 1536 << 20  # bytes; each bomb the fault tests plant would need f
 # Artifacts
 
 
+def load_script(name: str):
+    """A script of ``scripts/`` imported as a module (scripts are not a package), for tests that reuse its code."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def quiet_export(source, directory: Path) -> Path:
     """``directory`` holding ``source`` exported to model.onnx with its manifest, without progress lines."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -8,26 +8,17 @@ the module skips, saying why.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = "resnext_deploy/backends/tensorrt"
 
 
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trt_typecheck", ROOT / "scripts" / "trt_typecheck.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("trt_typecheck")
 OLDEST, NEWEST = list(tool.VERSIONS)[0], list(tool.VERSIONS)[-1]
 
 

@@ -37,6 +37,21 @@ def load_prepared(path: str | Path):
     return model
 
 
+def at_least_opset(model, opset: int):
+    """``model`` converted to ``opset`` when its default-domain opset is older (else itself), metadata kept:
+    Q/DQ with per-channel axes and INT32 biases need a recent opset, and the converter drops metadata_props."""
+    import onnx
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if current >= opset:
+        return model
+    props = list(model.metadata_props)
+    model = onnx.version_converter.convert_version(model, opset)
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    return model
+
+
 def drop_unused_initializers(graph) -> None:
     """Remove the initializers no node reads (left behind when a step rewires its inputs)."""
     used = {name for node in graph.node for name in node.input}

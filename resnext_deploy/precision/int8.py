@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import BadInputError
 from .calibration import Calibration
 from .fp16 import FP16_DATA_MAX, GATE_OPS, SHAPE_OPS, overflow_nodes, to_float16
-from .graph import drop_unused_initializers, node_attribute, tag_model, toposort
+from .graph import at_least_opset, drop_unused_initializers, node_attribute, tag_model, toposort
 
 INT8_MAX = 127
 # Weights use 7 bits so that OpenVINO runs the file correctly on CPUs without VNNI (AVX2, AVX-512 before
@@ -297,17 +297,11 @@ def int8_model(
     only: Collection[str] | None = None,
 ):
     """The Q/DQ graph, the nodes kept FP32, and the plan it followed (``exclude``, ``only``: see :func:`qdq_plan`)."""
-    import onnx
     from onnx import helper, numpy_helper
 
     if high_precision not in HIGH_PRECISIONS:
         raise BadInputError(f"--high-precision must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < QDQ_OPSET:
-        props = list(model.metadata_props)
-        model = onnx.version_converter.convert_version(model, QDQ_OPSET)
-        del model.metadata_props[:]
-        model.metadata_props.extend(props)
+    model = at_least_opset(model, QDQ_OPSET)
     plan = qdq_plan(model, calibration, exclude, only)
     half = high_precision == "fp16"
     blocked = set(overflow_nodes(model, calibration, data_max)) if half else set()

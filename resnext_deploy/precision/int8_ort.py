@@ -29,7 +29,7 @@ from collections.abc import Collection
 import numpy as np
 
 from .calibration import Calibration
-from .graph import drop_unused_initializers, tag_model, toposort
+from .graph import at_least_opset, drop_unused_initializers, tag_model, toposort
 from .int8 import INT8_MAX, WEIGHT_MAX, QdqPlan, _scale_floor, _weight_axis, qdq_plan, quantize_weight
 
 ORT_OPSET = 13  # per-channel DequantizeLinear (axis) and INT32 bias DequantizeLinear
@@ -58,17 +58,11 @@ def int8_ort_model(
 
     ``exclude`` and ``only`` keep the same sites in float as :func:`~resnext_deploy.precision.int8.int8_model`.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     if activation_type not in ACTIVATION_TYPES:
         raise ValueError(f"activation_type must be one of {ACTIVATION_TYPES}, got {activation_type!r}")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < ORT_OPSET:
-        props = list(model.metadata_props)
-        model = onnx.version_converter.convert_version(model, ORT_OPSET)
-        del model.metadata_props[:]
-        model.metadata_props.extend(props)
+    model = at_least_opset(model, ORT_OPSET)
     plan = qdq_plan(model, calibration, exclude, only)
     graph = model.graph
     nodes = {node.name: node for node in graph.node}

@@ -4,7 +4,6 @@ and the report and pipeline read it back; inspecting never changes a file it rea
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from helpers import QUICK_PIPELINE, TINY, calibration_of, cli, fails, noise_images, snapshot
+from helpers import QUICK_PIPELINE, TINY, calibration_of, cli, fails, load_script, noise_images, snapshot
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.data import open_dataset, take
@@ -35,11 +34,7 @@ from resnext_deploy.report import write_report
 from resnext_deploy.schemas import load_schema
 from resnext_deploy.source import SourceOptions, recorded_source, resolve_source
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("int8_outlier_cases", ROOT / "scripts" / "int8_outlier_cases.py")
-assert spec is not None and spec.loader is not None
-cases = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cases)
+cases = load_script("int8_outlier_cases")
 
 QUIET = {"log": lambda _m: None}
 PLANTED = "/layer2/layer2.0/relu/Relu_output_0"  # layer2.0.bn1 -> ReLU, read by the grouped conv2

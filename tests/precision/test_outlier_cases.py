@@ -3,11 +3,11 @@ default options ends within 1 point of FP32 on the separate validation set, and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.evaluate.verify import run_verify
@@ -16,11 +16,7 @@ from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.source import SourceOptions, resolve_source
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("int8_outlier_cases", ROOT / "scripts" / "int8_outlier_cases.py")
-assert spec is not None and spec.loader is not None
-cases = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cases)
+cases = load_script("int8_outlier_cases")
 
 QUIET = {"log": lambda _m: None}
 
