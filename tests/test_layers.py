@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "resnext_deploy"
 # Lower layers never import higher ones (function-level imports included). Same-layer imports are fine.
 LAYERS = {
     "errors": 0,
+    "serde": 0,
     "ui": 0,
     "environment": 0,
     "archs": 1,

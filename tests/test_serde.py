@@ -1,0 +1,79 @@
+"""The one encode/decode mechanism: records round-trip through JSON, and a hand-edited value names its field."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import pytest
+
+from resnext_deploy.serde import RecordError, decode, encode
+
+
+class Method(str, Enum):
+    ENTROPY = "entropy"
+    MINMAX = "minmax"
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    clip: float | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    method: Method
+    count: int
+    ranges: dict[str, Range]
+    names: tuple[str, ...] = ()
+    done: bool = False
+    note: str | None = None
+    extra: list[int] = field(default_factory=list)
+
+
+RECORD = Record(Method.MINMAX, 3, {"x": Range(-1.0, 2.5, 2.0), "y": Range(0.0, 1.0)}, ("a", "b"), True, None, [1])
+
+
+def test_a_record_round_trips_through_json_text() -> None:
+    text = json.dumps(encode(RECORD))
+    assert json.loads(text)["method"] == "minmax"  # enums are written as their values
+    assert decode(Record, json.loads(text)) == RECORD
+
+
+def test_non_finite_floats_survive_the_round_trip() -> None:
+    back = decode(Record, json.loads(json.dumps(encode(Record(Method.ENTROPY, 0, {"x": Range(math.nan, math.inf)})))))
+    assert math.isnan(back.ranges["x"].low) and back.ranges["x"].high == math.inf
+
+
+def test_unknown_keys_are_ignored_for_newer_files() -> None:
+    assert decode(Record, {**encode(RECORD), "added_later": 1}) == RECORD
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "kl"}, "Record.method: expected one of 'entropy', 'minmax', got 'kl'"),
+        ({"count": "3"}, "Record.count: expected an integer, got str"),
+        ({"count": True}, "Record.count: expected an integer, got bool"),
+        ({"done": 1}, "Record.done: expected true or false, got int"),
+        ({"ranges": {"x": {"low": "0", "high": 1}}}, "Record.ranges['x'].low: expected a number, got str"),
+        ({"names": [1]}, "Record.names[0]: expected a string, got int"),
+    ],
+)
+def test_a_hand_edited_value_names_its_field(change: dict, message: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        decode(Record, {**encode(RECORD), **change})
+    assert str(caught.value) == message
+
+
+def test_a_missing_field_and_a_non_object_are_refused() -> None:
+    data = encode(RECORD)
+    del data["count"]
+    with pytest.raises(RecordError, match=r"^Record.count: required field missing$"):
+        decode(Record, data)
+    with pytest.raises(RecordError, match="expected an object for Record, got list"):
+        decode(Record, [])
