@@ -58,6 +58,15 @@ def onnx_metadata(source: ModelSource) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``model.onnx`` depends on besides the checkpoint: the model source and the export's settings."""
+
+    source: ModelSource
+    opset: int
+    static_batch: int | None  # None: a dynamic batch dimension
+
+
 def check_export_options(opset: int, static_batch: int | None) -> None:
     """Refuse bad export options before anything is created on disk."""
     if not 13 <= opset <= 21:
@@ -80,7 +89,7 @@ def export_onnx(
     check_export_options(opset, static_batch)
     directory = Path(directory)
     manifest = Manifest(directory)
-    options = {"source": source.to_dict(), "opset": opset, "static_batch": static_batch}
+    options = ExportOptions(source, opset, static_batch)
     final = directory / ONNX_NAME
     log(f"model: {source.describe()}")
     if manifest.is_current(ONNX_NAME, source.checkpoint_sha256, options):

@@ -4,7 +4,9 @@ from .manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
     CalibrationRef,
+    EngineProfile,
     Manifest,
+    ManifestRecord,
     SkippedStep,
     recorded_step,
     refuse_owned,
@@ -34,6 +36,8 @@ from .store import (
 __all__ = [
     "ArtifactEntry",
     "CalibrationRef",
+    "EngineProfile",
+    "ManifestRecord",
     "SkippedStep",
     "CALIBRATION_NAME",
     "LOCK_NAME",

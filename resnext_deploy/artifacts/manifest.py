@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import BadInputError, VerificationError
+from ..serde import RecordError, decode, encode
 from .precisions import ONNX_FILES
 from .store import CALIBRATION_NAME, LOCK_NAME, engine_file, now_iso, read_json, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 # Files this tool writes in an artifact directory besides those its manifest records (which every command reads).
@@ -79,12 +80,17 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+# A record owned by a later layer (the model source, a parity check, the INT8 search, a step's options), as its
+# owner encoded it with serde: the manifest keeps it whole, and only its owner decodes it (ArtifactEntry.options_as).
+JsonObject = dict[str, Any]
+
+
 @dataclass(frozen=True)
 class CalibrationRef:
     """Which calibration a typed file's ranges came from; the engine step copies its fingerprint into its manifest.
 
-    Written by the typed-file step (``precision/typed.py``) and read back only through
-    :attr:`ArtifactEntry.calibration`, so the key the writer sets is the key every reader finds.
+    Written by the typed-file step (``precision/typed.py``) into :attr:`ArtifactEntry.calibration`, so the key the
+    writer sets is the key every reader finds.
     """
 
     fingerprint: str  # the calibration images' content fingerprint (``Dataset.fingerprint``)
@@ -93,118 +99,83 @@ class CalibrationRef:
     method: str
     percentile: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: object) -> CalibrationRef:
-        """The recorded object; a missing or mistyped field is a ``ValueError`` (the manifest check names the file)."""
-        if not isinstance(data, Mapping):
-            raise ValueError("is not an object")
-        types = {"fingerprint": str, "description": str, "count": int, "method": str, "percentile": (int, float)}
-        for key, kind in types.items():
-            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
-                raise ValueError(f"has no valid {key}")
-        return cls(**{key: data[key] for key in types})
+@dataclass(frozen=True)
+class EngineProfile:
+    """The optimization profile an engine was built with: its image input and the min/opt/max NCHW shapes."""
+
+    input: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def batches(self) -> tuple[int, int, int]:
+        """The min, opt and max batch sizes (what Triton's batching and the bench stay within)."""
+        return self.min[0], self.opt[0], self.max[0]
 
 
 @dataclass(frozen=True)
 class ArtifactEntry:
-    """What ``manifest.json`` records about one artifact: the only reader of an entry's keys.
+    """What ``manifest.json`` records about one artifact (the file ``path`` names, in the directory).
 
-    A view over the recorded JSON object, so fields a newer step wrote pass through a rewrite unchanged.
-    ``options`` and the records a step keeps (``parity``, ``search``, ``calibration``) stay JSON objects:
-    each is written and read back by the one step that owns its shape.
+    The fields every artifact has come first, then those of typed files and of engines (None or empty on others).
+    ``options``, ``parity`` and ``search`` are records of later layers, kept as their owners encoded them.
     """
 
-    name: str
-    _record: Mapping[str, Any]
+    path: str
+    sha256: str
+    size_bytes: int | None = None
+    precision: str | None = None
+    parent_sha256: str | None = None
+    options: JsonObject = field(default_factory=dict)  # what the file depends on besides its parent (options_as)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str | None = None
+    stale: str | None = None  # why it was made from an input that has changed since, as the last save found it
+    weights_warning: str | None = None
+    parity: JsonObject | None = None  # the check made with the file (``Parity.to_dict``; by batch for model.onnx)
+    # Typed files (model.fp16.onnx, model.int8.onnx, model.int8.ort.onnx):
+    heldout: str | None = None  # the held-out data the file was checked on when it was made
+    heldout_synthetic: bool = False
+    calibration: CalibrationRef | None = None
+    search: JsonObject | None = None  # the INT8 search record (``SearchRecord.to_dict``)
+    fp32_nodes: tuple[str, ...] = ()
+    quantized_nodes: tuple[str, ...] | None = None  # None: not an INT8 file
+    quantized_tensors: tuple[str, ...] | None = None
+    remedies: tuple[str, ...] = ()  # what an INT8 file applied before keeping sites in float
+    placement: str | None = None  # the runtime a variant of the precision's file was placed for (onnxruntime)
+    # Engines (model.<precision>.engine):
+    engine_manifest: str | None = None
+    tensorrt_version: str | None = None
+    gpu: str | None = None
+    profile: EngineProfile | None = None
 
     @property
-    def sha256(self) -> str:
-        return str(self._record["sha256"])
-
-    @property
-    def precision(self) -> str | None:
-        return self._record.get("precision")
-
-    @property
-    def size_bytes(self) -> int | None:
-        return self._record.get("size_bytes")
-
-    @property
-    def parent_sha256(self) -> str | None:
-        return self._record.get("parent_sha256")
-
-    @property
-    def created(self) -> str | None:
-        return self._record.get("created")
-
-    @property
-    def stale(self) -> str | None:
-        """Why the artifact was made from an input that has changed since, as the last save found it."""
-        return self._record.get("stale")
-
-    @property
-    def options(self) -> Mapping[str, Any]:
-        return self._record.get("options") or {}
+    def name(self) -> str:
+        return self.path
 
     @property
     def source(self) -> object:
-        """The model source recorded with ``model.onnx`` (JSON; ``source.recorded_source`` parses and checks it)."""
+        """The model source recorded with ``model.onnx`` (JSON; ``source.recorded_source`` decodes and checks it)."""
         return self.options.get("source")
-
-    @property
-    def weights_warning(self) -> str | None:
-        return self._record.get("weights_warning")
-
-    @property
-    def heldout(self) -> str | None:
-        """The held-out data a typed file was checked on when it was made (None for other artifacts)."""
-        return self._record.get("heldout")
-
-    @property
-    def heldout_synthetic(self) -> bool:
-        return bool(self._record.get("heldout_synthetic"))
-
-    @property
-    def parity(self) -> Any:
-        """The parity record of the check made with the file (its maker's ``Parity.to_dict``), or None."""
-        return self._record.get("parity")
-
-    @property
-    def calibration(self) -> CalibrationRef | None:
-        """The calibration a typed file was made with (checked when the manifest was read), or None."""
-        recorded = self._record.get("calibration")
-        return None if recorded is None else CalibrationRef.from_dict(recorded)
 
     @property
     def calibration_fingerprint(self) -> str | None:
         """The calibration set's fingerprint of a typed file, or None for a file made without calibration."""
         return None if self.calibration is None else self.calibration.fingerprint
 
-    @property
-    def search(self) -> Mapping[str, Any] | None:
-        """The INT8 search record (``SearchRecord.to_dict``), or None."""
-        return self._record.get("search")
+    def options_as(self, kind: type[T]) -> T:
+        """The recorded options as the making step's own record; a :class:`RecordError` when they are not one."""
+        return decode(kind, self.options)
 
-    @property
-    def fp32_nodes(self) -> tuple[str, ...]:
-        return tuple(self._record.get("fp32_nodes") or ())
 
-    @property
-    def quantized_nodes(self) -> list[str] | None:
-        """The nodes an INT8 file quantizes, as recorded; None when the entry records none (not an INT8 file)."""
-        return self._record.get("quantized_nodes")
+@dataclass
+class ManifestRecord:
+    """The whole of ``manifest.json``: the artifacts by file name, in the order recorded, and the skipped steps."""
 
-    @property
-    def quantized_tensors(self) -> list[str] | None:
-        return self._record.get("quantized_tensors")
-
-    @property
-    def remedies(self) -> tuple[str, ...]:
-        """What an INT8 file applied before keeping sites in float (equalization, bias correction)."""
-        return tuple(self._record.get("remedies") or ())
+    format: int = MANIFEST_FORMAT
+    artifacts: dict[str, ArtifactEntry] = field(default_factory=dict)
+    skipped: dict[str, str] | None = None  # step -> why it did not run or failed; absent when none
 
 
 # A recorded failure's reason starts with one of these: on bad input (exit 3), or a failed check (exit 1).
@@ -243,32 +214,21 @@ class Manifest:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
-        self._data: dict[str, Any] = {"format": MANIFEST_FORMAT, "artifacts": {}}
+        self._record = ManifestRecord()
         if self.path.exists():
-            loaded = read_json(self.path)
-            if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
-                raise BadInputError(f"{self.path} is not a resnext-deploy manifest; delete it or use another --dir")
-            if loaded.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-                raise BadInputError(
-                    f"{self.path}: format {str(loaded.get('format'))[:40]} is not one this resnext-deploy reads "
-                    f"({MANIFEST_FORMAT}); use the version that wrote it, or another --dir"
-                )
-            _check_entries(loaded["artifacts"], self.path)
-            _check_skipped(loaded.get("skipped"), self.path)
-            self._data = loaded
+            self._record = _read(self.path)
 
     @property
-    def _entries(self) -> dict[str, dict[str, Any]]:
-        return self._data["artifacts"]
+    def _entries(self) -> dict[str, ArtifactEntry]:
+        return self._record.artifacts
 
     @property
     def artifacts(self) -> dict[str, ArtifactEntry]:
         """Every recorded artifact by file name, in the order they were recorded."""
-        return {name: ArtifactEntry(name, record) for name, record in self._entries.items()}
+        return dict(self._entries)
 
     def entry(self, name: str) -> ArtifactEntry | None:
-        record = self._entries.get(name)
-        return None if record is None else ArtifactEntry(name, record)
+        return self._entries.get(name)
 
     def require(self, name: str, hint: str) -> ArtifactEntry:
         """The entry of an artifact that exists and still has the recorded sha256."""
@@ -280,66 +240,67 @@ class Manifest:
             raise BadInputError(f"{path} was changed after it was made (sha256 differs from the manifest); {hint}")
         return entry
 
-    def is_current(self, name: str, parent_sha256: str | None, options: dict[str, Any]) -> bool:
-        """True when the artifact exists unchanged and was made from the same parent with the same options."""
+    def is_current(self, name: str, parent_sha256: str | None, options: object) -> bool:
+        """True when the artifact exists unchanged and was made from the same parent with the same options.
+
+        ``options`` is the making step's record; the recorded one is decoded as its type and compared field by
+        field, so a field the step adds with its default, or options an older tool spelled otherwise, compare
+        as what they mean. Options that do not decode as that record are not current (the step makes it again).
+        """
         entry = self.entry(name)
         path = self.directory / name
-        if entry is None or not path.exists():
+        if entry is None or not path.exists() or entry.parent_sha256 != parent_sha256:
             return False
-        return (
-            entry.parent_sha256 == parent_sha256
-            and entry.options == json.loads(json.dumps(options, default=str))
-            and sha256_file(path) == entry.sha256
-        )
+        try:
+            recorded = entry.options_as(type(options))
+        except RecordError:
+            return False
+        return recorded == options and sha256_file(path) == entry.sha256
 
     def record(
         self,
         name: str,
         precision: str,
         parent_sha256: str | None = None,
-        options: dict[str, Any] | None = None,
-        calibration: CalibrationRef | None = None,
-        **extra: Any,
+        options: object = None,
+        **fields: Any,
     ) -> ArtifactEntry:
-        """Record ``name`` as it is now on disk; ``extra`` holds the making step's own fields (JSON values)."""
+        """Record ``name`` as it is now on disk: ``options`` is the making step's record, ``fields`` entry fields."""
         path = self.directory / name
-        if calibration is not None:
-            extra["calibration"] = calibration.to_dict()
-        self._entries[name] = {
-            "path": name,
-            "sha256": sha256_file(path),
-            "size_bytes": path.stat().st_size,
-            "precision": precision,
-            "parent_sha256": parent_sha256,
-            "options": json.loads(json.dumps(options or {}, default=str)),
-            "versions": tool_versions(),
-            "created": now_iso(),
-            **extra,
-        }
+        entry = ArtifactEntry(
+            path=name,
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            precision=precision,
+            parent_sha256=parent_sha256,
+            options={} if options is None else encode(options),
+            versions=tool_versions(),
+            created=now_iso(),
+            **fields,
+        )
+        self._entries[name] = decode(ArtifactEntry, encode(entry))  # a field of the wrong type fails here, unwritten
         self.save()
-        return ArtifactEntry(name, self._entries[name])
+        return self._entries[name]
 
     def update(self, name: str, **fields: Any) -> None:
-        self._entries[name].update(json.loads(json.dumps(fields, default=str)))
+        self._entries[name] = replace(self._entries[name], **fields)
         self.save()
 
     @property
     def skipped(self) -> list[SkippedStep]:
         """Steps that did not run or failed, and why: what ``report`` lists, whichever commands ran."""
-        return [SkippedStep(step, reason) for step, reason in (self._data.get("skipped") or {}).items()]
+        return [SkippedStep(step, reason) for step, reason in (self._record.skipped or {}).items()]
 
     def record_skipped(self, step: str, reason: str | None) -> None:
         """Record why ``step`` did not run or failed, or with None that it has run since (written on a change only)."""
-        steps = dict(self._data.get("skipped") or {})
+        steps = dict(self._record.skipped or {})
         if steps.get(step) == reason:
             return
         if reason is None:
             del steps[step]
         else:
             steps[step] = reason
-        self._data["skipped"] = steps
-        if not steps:
-            del self._data["skipped"]
+        self._record.skipped = steps or None
         self.save()
 
     def forget(self, name: str) -> None:
@@ -374,13 +335,12 @@ class Manifest:
 
     def save(self) -> None:
         """Write manifest.json, with each artifact's ``stale`` reason brought up to date first."""
-        for name, record in self._entries.items():
-            reason = self.stale_reason(name)
-            if reason is None:
-                record.pop("stale", None)
-            else:
-                record["stale"] = reason
-        write_json(self.path, self._data)
+        for name, entry in self._entries.items():
+            self._entries[name] = replace(entry, stale=self.stale_reason(name))
+        data = encode(self._record)
+        if self._record.skipped is None:
+            del data["skipped"]  # as manifests without skipped steps have always been written
+        write_json(self.path, data)
 
 
 @contextmanager
@@ -404,72 +364,52 @@ def recorded_step(directory: str | Path, step: str) -> Iterator[None]:
         Manifest(directory).record_skipped(step, None)
 
 
-def _check_entries(artifacts: dict[str, Any], path: Path) -> None:
-    """Every entry is an object with the fields later steps read, so a hand-edited manifest fails here, once.
+def _read(path: Path) -> ManifestRecord:
+    """The manifest at ``path``, every entry checked, so a hand-edited manifest fails here, once, in one line."""
+    loaded = read_json(path)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("artifacts"), dict):
+        raise BadInputError(f"{path} is not a resnext-deploy manifest; delete it or use another --dir")
+    if loaded.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise BadInputError(
+            f"{path}: format {str(loaded.get('format'))[:40]} is not one this resnext-deploy reads "
+            f"({MANIFEST_FORMAT}); use the version that wrote it, or another --dir"
+        )
+    entries = {name: _entry(name, data, path) for name, data in loaded["artifacts"].items()}
+    return ManifestRecord(MANIFEST_FORMAT, entries, _skipped(loaded.get("skipped"), path))
 
-    The model source's own fields are checked where it is read (``ModelSource.from_dict``).
+
+def _entry(name: str, data: object, path: Path) -> ArtifactEntry:
+    """One entry as its record, with the fields later steps read of the right types.
+
+    The model source's own fields are checked where it is read (``source.recorded_source``).
     """
-    for name, entry in artifacts.items():
-        problem = None
-        if not isinstance(entry, dict):
-            problem = f"is a {type(entry).__name__}, not an object"
-        elif not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
-            problem = "has no valid sha256"
-        elif not isinstance(entry.get("options", {}), dict):
-            problem = "has options that are not an object"
-        elif entry.get("parent_sha256") is not None and not isinstance(entry["parent_sha256"], str):
-            problem = "has a parent_sha256 that is not a string"
-        elif name == ONNX_FILES["fp32"] and not isinstance(entry.get("options", {}).get("source"), dict):
-            problem = "has no model source object in its options"
-        elif entry.get("calibration") is not None:
-            try:
-                CalibrationRef.from_dict(entry["calibration"])
-            except ValueError as exc:
-                problem = f"has a calibration record that {exc}"
-        if problem is None:
-            problem = _wrong_type(entry)
-        if problem:
-            raise BadInputError(
-                f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again"
-            )
+    problem = None
+    entry = None
+    if not isinstance(data, dict):
+        problem = f"is a {type(data).__name__}, not an object"
+    elif not isinstance(data.get("sha256"), str) or not _SHA256.fullmatch(data["sha256"]):
+        problem = "has no valid sha256"
+    elif not isinstance(data.get("options", {}), dict):
+        problem = "has options that are not an object"
+    else:
+        try:
+            entry = decode(ArtifactEntry, {"path": name, **data})
+        except RecordError as exc:
+            problem = f"has a field of the wrong type ({exc})"
+    if entry is not None and name == ONNX_FILES["fp32"] and not isinstance(entry.source, dict):
+        problem = "has no model source object in its options"
+    if problem is not None or entry is None:
+        raise BadInputError(f"{path}: the entry {str(name)[:80]!r} {problem}; delete the manifest and run export again")
+    return entry
 
 
-# Fields later steps and the report read, and the JSON types each may have (None: absent or null).
-_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
-    "size_bytes": (int,),
-    "precision": (str,),
-    "created": (str,),
-    "heldout": (str,),
-    "weights_warning": (str,),
-    "stale": (str,),
-    "remedies": (list,),
-    "fp32_nodes": (list,),
-    "quantized_nodes": (list,),
-    "quantized_tensors": (list,),
-    "search": (dict,),
-    "parity": (dict,),
-    "calibration": (dict,),
-}
-
-
-def _wrong_type(entry: Mapping[str, Any]) -> str | None:
-    """Which field of an entry is not of its type (a string size, a list where an object belongs), or None."""
-    for key, kinds in _ENTRY_TYPES.items():
-        value = entry.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return f"has {key} {str(value)[:40]!r}, a {type(value).__name__}, not a {kinds[0].__name__}"
-        if kinds == (list,) and not all(isinstance(item, str) for item in value):
-            return f"has {key} with items that are not strings"
-    return None
-
-
-def _check_skipped(skipped: object, path: Path) -> None:
+def _skipped(skipped: object, path: Path) -> dict[str, str] | None:
     """The skipped steps are an object of step -> reason strings (absent when none)."""
     if skipped is None:
-        return
-    if not isinstance(skipped, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in skipped.items()):
-        raise BadInputError(
-            f"{path}: 'skipped' is not an object of step names and reasons; delete the manifest and run export again"
-        )
+        return None
+    with contextlib.suppress(RecordError):
+        if isinstance(skipped, dict):  # decode takes a mapping type's value as a mapping
+            return decode(dict[str, str], skipped)
+    raise BadInputError(
+        f"{path}: 'skipped' is not an object of step names and reasons; delete the manifest and run export again"
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..parity import BUILD_MIN_DECISIVE, Parity, Tolerance, compare
+from ..serde import encode
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
 from .bias import bias_shifts, correct_biases
@@ -29,6 +30,7 @@ from .graph import load_prepared, save_model
 from .int8 import WEIGHT_MAX, QdqPlan, graph_quantization, int8_model
 from .int8_ort import DEFAULT_ACTIVATION_TYPE, int8_ort_model
 from .options import PrecisionOptions
+from .records import CalibrationData, CheckData, Int8Options, Int8RuntimeOptions, SearchLimits, TypedOptions
 from .search import CheckSet, SearchRecord, _equalized, search_int8
 from .split import HELDOUT_MAX, data_warnings, given_calibration, split_for
 
@@ -70,7 +72,7 @@ class TypedPlan:
     heldout: Dataset  # check images, never among them
     tolerance: Tolerance  # the build's check: the precision's tolerance, tightened on a small check set
     margin: str  # says when it is tightened, for the failure message
-    record_options: dict[str, Any]  # what the file depends on besides model.onnx (the manifest compares it)
+    record_options: TypedOptions  # what the file depends on besides model.onnx (the manifest compares it)
     use_labels: bool
 
     @property
@@ -143,10 +145,9 @@ def plan_typed(manifest: Manifest, parent_sha256: str, precision: str, options: 
     """The data split, the check's tolerance and the options record of one typed file."""
     source = recorded_source(manifest)
     dataset, heldout = split_for(source, precision, options)
-    record_options = _options(precision, dataset, heldout, options, given_calibration(source, options.calib_source))
-    record_options["tolerance"] = asdict(options.tolerance(precision))
     tolerance, margin = check_tolerance(options.tolerance(precision), heldout.count)
-    record_options["check_tolerance"] = asdict(tolerance)
+    calib_source = given_calibration(source, options.calib_source)
+    record_options = _options(precision, dataset, heldout, options, calib_source, tolerance)
     return TypedPlan(
         manifest.directory,
         precision,
@@ -172,7 +173,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
     if (
         plan.precision == "int8"
         and ort_is_target()
-        and not manifest.is_current(ORT_INT8_FILE, entry.sha256, _ort_options(plan.record_options))
+        and not manifest.is_current(ORT_INT8_FILE, entry.sha256, _ort_options(plan))
     ):
         log(f"{final} is up to date but {ORT_INT8_FILE} is not; making both again from one calibration")
         return None
@@ -180,7 +181,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
     return TypedResult(
         final,
         plan.precision,
-        _parity_from_dict(entry.parity),
+        None if not entry.parity else Parity.from_dict(entry.parity),
         reused=True,
         fp32_nodes=entry.fp32_nodes,
         quantized_nodes=tuple(entry.quantized_nodes or ()),
@@ -268,7 +269,6 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
     """Record the written file in the manifest, with its data, check, float nodes and (INT8) remedies."""
     search = built.search.to_dict() if built.search else None
     calibration = built.calibration
-    int8 = {"remedies": built.remedies} if plan.precision == "int8" else {}
     ranges = CalibrationRef(
         fingerprint=calibration.fingerprint,
         description=calibration.description,
@@ -289,7 +289,7 @@ def record_typed(manifest: Manifest, plan: TypedPlan, built: TypedBuild, parity:
         quantized_nodes=built.quantized,
         quantized_tensors=built.tensors,
         search=search,
-        **int8,
+        remedies=built.remedies,
     )
     final = plan.directory / plan.name
     log(f"wrote {final}")
@@ -325,7 +325,7 @@ def _record_ort(
         ORT_INT8_FILE,
         plan.precision,
         parent_sha256=parent_sha256,
-        options=_ort_options(plan.record_options),
+        options=_ort_options(plan),
         calibration=ranges,
         heldout=plan.heldout.description,
         heldout_synthetic=plan.synthetic,
@@ -341,9 +341,10 @@ def _record_ort(
     return (path,)
 
 
-def _ort_options(record_options: dict[str, Any]) -> dict[str, Any]:
+def _ort_options(plan: TypedPlan) -> Int8RuntimeOptions:
     """The TensorRT file's options and the variant's own: what makes model.int8.ort.onnx current."""
-    return {**record_options, "placement": "onnxruntime", "activation_type": DEFAULT_ACTIVATION_TYPE}
+    assert isinstance(plan.record_options, Int8Options), "only the INT8 file has an ONNX Runtime variant"
+    return plan.record_options.for_runtime("onnxruntime", DEFAULT_ACTIVATION_TYPE)
 
 
 def _recorded_variants(manifest: Manifest, plan: TypedPlan) -> tuple[Path, ...]:
@@ -383,7 +384,7 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
         key = {  # by content: model.onnx's sha256, the calibration and check images' fingerprints
             "model": plan.parent_sha256,
             "calibration": calibration.fingerprint,
-            "check": plan.record_options["check"],
+            "check": encode(plan.record_options.check),
             "percentile": options.percentile,
             "exclude": sorted(options.exclude),  # the sites there are to rank (a saved score names only those)
         }
@@ -481,39 +482,39 @@ def _tried(record: SearchRecord | None, options: PrecisionOptions) -> str:
 
 
 def _options(
-    precision: str, dataset: Dataset, heldout: Dataset, options: PrecisionOptions, calib_source: Path | None
-) -> dict[str, Any]:
+    precision: str,
+    dataset: Dataset,
+    heldout: Dataset,
+    options: PrecisionOptions,
+    calib_source: Path | None,
+    checked_with: Tolerance,
+) -> TypedOptions:
     """What the typed file depends on besides model.onnx; the manifest compares it to resume."""
-    record: dict[str, Any] = {
-        "calibration": {
-            "source": None if calib_source is None else str(calib_source.resolve()),
-            "fingerprint": dataset.fingerprint,
-            "count": dataset.count,
-            "seed": options.seed,
-        },
-        "check": {"fingerprint": heldout.fingerprint, "count": heldout.count},
-        "fp16_data_max": FP16_DATA_MAX,
-    }
-    if precision == "int8":
-        record["calibration"].update(method=options.calib_method, percentile=options.percentile)
-        record.update(
-            exclude=list(options.exclude),
-            high_precision=options.high_precision,
-            weight_max=WEIGHT_MAX,  # 7-bit weights: OpenVINO on CPUs without VNNI (int8.py)
-            search=options.search
-            and {
-                "max_fraction": options.search_max_fraction,
-                "minutes": options.search_minutes,
-            },
-        )
-    return record
-
-
-def _parity_from_dict(data: dict[str, Any] | None) -> Parity | None:
-    if not data:
-        return None
-    fields = {k: v for k, v in data.items() if k in Parity.__dataclass_fields__}
-    return Parity(**{**fields, "failures": tuple(fields.get("failures", ()))})
+    int8 = precision == "int8"
+    typed = TypedOptions(
+        calibration=CalibrationData(
+            source=None if calib_source is None else str(calib_source.resolve()),
+            fingerprint=dataset.fingerprint,
+            count=dataset.count,
+            seed=options.seed,
+            method=options.calib_method if int8 else None,
+            percentile=options.percentile if int8 else None,
+        ),
+        check=CheckData(heldout.fingerprint, heldout.count),
+        fp16_data_max=FP16_DATA_MAX,
+        tolerance=options.tolerance(precision),
+        check_tolerance=checked_with,
+    )
+    if not int8:
+        return typed
+    search = SearchLimits(options.search_max_fraction, options.search_minutes) if options.search else None
+    return Int8Options(
+        **vars(typed),
+        exclude=options.exclude,
+        high_precision=options.high_precision,
+        weight_max=WEIGHT_MAX,  # 7-bit weights: OpenVINO on CPUs without VNNI (int8.py)
+        search=search,
+    )
 
 
 def check_parity(

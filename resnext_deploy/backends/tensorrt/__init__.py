@@ -59,14 +59,12 @@ class TensorRTBackend(Backend):
             if not usable(name):
                 continue
             body = read_engine_manifest(directory / name)
-            profile = body["profile"]
             models.append(
                 TritonModel(
-                    name, precision, "trt", "tensorrt_plan", instance_kind="KIND_GPU", io_from=body["source_onnx"],
-                    batch_profile=(int(profile["min"][0]), int(profile["opt"][0]), int(profile["max"][0])),
-                    built_with=str(body.get("tensorrt_version", "unknown")),
-                    version_compatible=bool(body.get("build_options", {}).get("version_compatible")),
-                    rebuild=f"{build_trt_command(directory / name)} --min-batch 1", profile_input=profile["input"],
+                    name, precision, "trt", "tensorrt_plan", instance_kind="KIND_GPU", io_from=body.source_onnx,
+                    batch_profile=body.profile.batches, built_with=body.tensorrt_version,
+                    version_compatible=body.build_options.version_compatible,
+                    rebuild=f"{build_trt_command(directory / name)} --min-batch 1", profile_input=body.profile.input,
                 )
             )  # fmt: skip
         return models

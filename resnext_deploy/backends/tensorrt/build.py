@@ -13,11 +13,12 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...artifacts import (
     ONNX_FILES,
     ArtifactEntry,
+    EngineProfile,
     Manifest,
     engine_file,
     load_onnx,
@@ -28,11 +29,12 @@ from ...artifacts import (
     write_json,
 )
 from ...errors import BackendUnavailableError, BadInputError
+from ...serde import encode
 from ...source import recorded_source
 from . import probe
-from .manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum, read_engine_manifest
-from .options import BuildOptions
-from .probe import TensorRTUnavailableError, factory_failed, major_version, make_logger
+from .manifest import EngineManifest, engine_manifest_path, read_engine_manifest
+from .options import BuildOptions, EngineOptions
+from .probe import GpuInfo, TensorRTUnavailableError, factory_failed, major_version, make_logger
 from .trtexec import trtexec_command
 
 if TYPE_CHECKING:  # for annotations only: tensorrt is imported where it is used
@@ -68,35 +70,33 @@ def engine_manifest_body(
     precision: str,
     options: BuildOptions,
     version: str,
-    gpu: dict[str, Any],
-    profile: dict[str, Any],
+    gpu: GpuInfo,
+    profile: EngineProfile,
     build_seconds: float,
-) -> dict[str, Any]:
+) -> EngineManifest:
     """What ``model.<precision>.engine.json`` records about a built plan, its checksum included.
 
     Apart from the build, so that what an engine would record (the calibration fingerprint of its typed ONNX
     file among it) is made and tested without TensorRT.
     """
-    body: dict[str, Any] = {
-        "format": ENGINE_MANIFEST_FORMAT,
-        "engine": engine_name,
-        "plan_sha256": hashlib.sha256(plan).hexdigest(),
-        "plan_bytes": len(plan),
-        "precision": precision,
-        "source_onnx": onnx_entry.name,
-        "source_onnx_sha256": onnx_entry.sha256,
-        "calibration_fingerprint": onnx_entry.calibration_fingerprint,
-        "tensorrt_version": version,
-        **gpu,
-        "profile": profile,
-        "strongly_typed": True,
-        "tf32": False,
-        "build_options": options.to_dict(),
-        "build_seconds": round(build_seconds, 3),
-        "built": now_iso(),
-    }
-    body["checksum"] = manifest_checksum(body)
-    return body
+    return EngineManifest(
+        engine=engine_name,
+        plan_sha256=hashlib.sha256(plan).hexdigest(),
+        plan_bytes=len(plan),
+        precision=precision,
+        source_onnx=onnx_entry.name,
+        source_onnx_sha256=onnx_entry.sha256,
+        calibration_fingerprint=onnx_entry.calibration_fingerprint,
+        tensorrt_version=version,
+        gpu=gpu.gpu,
+        compute_capability=gpu.compute_capability,
+        driver_version=gpu.driver_version,
+        cuda_runtime=gpu.cuda_runtime,
+        profile=profile,
+        build_options=options,
+        build_seconds=round(build_seconds, 3),
+        built=now_iso(),
+    ).sealed()
 
 
 def build_engine(
@@ -146,23 +146,18 @@ def build_engine(
 
     version = str(probe.tensorrt_version())
     gpu = probe.gpu_info()
-    recorded_options = {**options.to_dict(), "tensorrt": version, "compute_capability": gpu["compute_capability"]}
+    recorded_options = EngineOptions(**vars(options), tensorrt=version, compute_capability=gpu.compute_capability)
     if manifest.is_current(engine_path.name, onnx_entry.sha256, recorded_options) and _has_manifest(engine_path):
         log(f"{engine_path} is up to date (same ONNX file, options, TensorRT and GPU); reusing it")
         return engine_path
 
     plan, build_seconds = _build_plan(onnx_path, precision, options, version, log)
-    profile = {
-        "input": input_name,
-        "min": [options.min_batch, *chw],
-        "opt": [options.opt_batch, *chw],
-        "max": [options.max_batch, *chw],
-    }
+    profile = EngineProfile(input_name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
     body = engine_manifest_body(
         onnx_entry, engine_path.name, plan, precision, options, version, gpu, profile, build_seconds
     )
     write_bytes(engine_path, plan)
-    write_json(engine_manifest_path(engine_path), body)
+    write_json(engine_manifest_path(engine_path), encode(body))
     manifest.record(
         engine_path.name,
         precision,
@@ -170,7 +165,7 @@ def build_engine(
         options=recorded_options,
         engine_manifest=engine_manifest_path(engine_path).name,
         tensorrt_version=version,
-        gpu=gpu["gpu"],
+        gpu=gpu.gpu,
         profile=profile,
     )
     log(f"wrote {engine_path} ({len(plan) / 2**20:.1f} MiB, built in {build_seconds:.1f} s) and its manifest")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ...errors import BadInputError
 
@@ -57,7 +56,10 @@ class BuildOptions:
         if self.timing_cache is not None and Path(self.timing_cache).is_dir():
             raise BadInputError(f"--timing-cache {self.timing_cache} is a directory; pass a file path")
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["timing_cache"] = str(self.timing_cache) if self.timing_cache is not None else None
-        return data
+
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions(BuildOptions):
+    """What an engine depends on besides its ONNX file (manifest.json compares it): the settings, TensorRT, the GPU."""
+
+    tensorrt: str  # the TensorRT version that built it
+    compute_capability: str  # of the GPU it was built on

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ...environment import cuda_available
 from ...environment import tensorrt_version as tensorrt_version  # asked through this module
@@ -86,18 +87,23 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
-def gpu_info() -> dict[str, Any]:
+@dataclass(frozen=True)
+class GpuInfo:
+    """The GPU an engine is built on, as its engine manifest records it (driver and CUDA are informational)."""
+
+    gpu: str  # the device name
+    compute_capability: str  # "8.6": an engine runs only on this one unless built for ampere+
+    driver_version: str | None = None
+    cuda_runtime: str | None = None
+
+
+def gpu_info() -> GpuInfo:
     """The current CUDA device as the engine manifest records it."""
     import torch
 
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    return {
-        "gpu": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "driver_version": driver_version(index),
-        "cuda_runtime": torch.version.cuda,
-    }
+    return GpuInfo(props.name, f"{props.major}.{props.minor}", driver_version(index), torch.version.cuda)
 
 
 def driver_version(index: int) -> str | None:

@@ -50,7 +50,7 @@ class TensorRTRunner(Runner):
         self.artifact = self.path.name
         meta = read_engine_manifest(self.path)
         plan = self.path.read_bytes()
-        if hashlib.sha256(plan).hexdigest() != meta.get("plan_sha256"):
+        if hashlib.sha256(plan).hexdigest() != meta.plan_sha256:
             raise BadInputError(
                 f"{self.path} is not the engine its manifest describes (sha256 differs): it was replaced or "
                 f"corrupted; rebuild it with `{build_trt_command(self.path)}`"
@@ -59,20 +59,20 @@ class TensorRTRunner(Runner):
         if reason is not None:
             raise BackendUnavailableError(reason)
         installed = str(probe.tensorrt_version())
-        check_compatible(meta, self.path, installed, probe.gpu_info()["compute_capability"])
+        check_compatible(meta, self.path, installed, probe.gpu_info().compute_capability)
         import tensorrt as trt
         import torch
 
         self._torch = torch
         self.meta = meta
-        self.precision = meta["precision"]
+        self.precision = meta.precision
 
         self._errors: list[str] = []
         try:
             runtime = trt.Runtime(make_logger(self._errors, lambda _m: None))
         except TypeError as exc:
             raise factory_failed("runtime", self._errors, exc) from None
-        if meta.get("build_options", {}).get("version_compatible"):
+        if meta.build_options.version_compatible:
             # The plan carries its own lean runtime (host code); the sha256 check above is what lets us trust it.
             runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan)
