@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,11 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, Manifest, sha256_file
+from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, ONNX_FILES, EngineProfile, Manifest, sha256_file
 from resnext_deploy.backends.openvino import CACHE_DIR
+from resnext_deploy.backends.tensorrt.manifest import EngineManifest
+from resnext_deploy.backends.tensorrt.options import BuildOptions
+from resnext_deploy.backends.tensorrt.probe import GpuInfo
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.export import export_onnx
@@ -359,3 +362,35 @@ def calibration_of(model: onnx.ModelProto, x: np.ndarray, **overrides: tuple[flo
     ranges.update(overrides)
     tensors = {name: {"min": lo, "max": hi, "amax": max(abs(lo), abs(hi))} for name, (lo, hi) in ranges.items()}
     return Calibration("", "", "random inputs", len(x), len(x), "minmax", 99.99, tensors)
+
+
+STAND_IN_GPU = GpuInfo("Stand-in GPU", "8.6", "550.0", "12.4")
+
+
+def stand_in_engine_manifest(engine: Path, precision: str = "fp32", **changes) -> EngineManifest:
+    """The engine manifest build-trt would write for ``engine`` (plan bytes already on disk), with ``changes``.
+
+    For tests of what reads an engine's manifest (runners, Triton, compatibility) on machines without TensorRT.
+    """
+    batches = {"min": 1, "opt": 4, "max": 16}
+    profile = EngineProfile("input", *((batches[k], 3, 32, 32) for k in ("min", "opt", "max")))
+    plan = engine.read_bytes()
+    record = EngineManifest(
+        engine=engine.name,
+        plan_sha256=sha256_file(engine),
+        plan_bytes=len(plan),
+        precision=precision,
+        source_onnx=ONNX_FILES[precision],
+        source_onnx_sha256=sha256_file(engine.parent / ONNX_FILES[precision]),
+        calibration_fingerprint=None,
+        tensorrt_version="10.13.3.9",
+        gpu=STAND_IN_GPU.gpu,
+        compute_capability=STAND_IN_GPU.compute_capability,
+        driver_version=STAND_IN_GPU.driver_version,
+        cuda_runtime=STAND_IN_GPU.cuda_runtime,
+        profile=profile,
+        build_options=BuildOptions(),
+        build_seconds=1.0,
+        built="2026-01-01T00:00:00+00:00",
+    )
+    return replace(record, **changes).sealed()

@@ -40,6 +40,7 @@ from helpers import (
     quiet_export,
     rerecord,
     snapshot,
+    stand_in_engine_manifest,
     unchanged,
 )
 from onnx import TensorProto, helper, numpy_helper
@@ -50,11 +51,12 @@ from resnext_deploy.artifacts import Manifest, engine_file, locked, sha256_file
 from resnext_deploy.backends.tensorrt import manifest as engine_manifest
 from resnext_deploy.backends.tensorrt import probe
 from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path
-from resnext_deploy.backends.tensorrt.options import BuildOptions
+from resnext_deploy.backends.tensorrt.probe import GpuInfo
 from resnext_deploy.data import load_rgb, open_dataset
 from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL, DEMO_WEIGHTS
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.models import create_model
+from resnext_deploy.serde import encode
 from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,29 +298,22 @@ INSTALLED, CAPABILITY = "10.13.3.9", "8.0"
 def plant_engine(directory: Path, case: str) -> Path:
     """model.fp32.engine and its manifest as build_engine writes them on some machine (opaque plan bytes)."""
     path = directory / engine_file("fp32")
-    plan = b"an opaque TensorRT plan from elsewhere"
-    path.write_bytes(plan)
-    body = {
-        "format": engine_manifest.ENGINE_MANIFEST_FORMAT,
-        "engine": path.name,
-        "plan_sha256": sha256_file(path),
-        "plan_bytes": len(plan),
-        "precision": "fp32",
-        "source_onnx": "model.onnx",
-        "source_onnx_sha256": sha256_file(directory / "model.onnx"),
-        "tensorrt_version": "9.2.0.5" if case == "other-tensorrt" else INSTALLED,
-        "gpu": "Tesla T4" if case == "other-gpu" else "NVIDIA A100",
-        "compute_capability": "7.5" if case == "other-gpu" else CAPABILITY,
-        "build_options": BuildOptions().to_dict(),
-    }
-    body["checksum"] = engine_manifest.manifest_checksum(body)
+    path.write_bytes(b"an opaque TensorRT plan from elsewhere")
+    body = encode(
+        stand_in_engine_manifest(
+            path,
+            tensorrt_version="9.2.0.5" if case == "other-tensorrt" else INSTALLED,
+            gpu="Tesla T4" if case == "other-gpu" else "NVIDIA A100",
+            compute_capability="7.5" if case == "other-gpu" else CAPABILITY,
+        )
+    )
     if case == "edited-manifest":
         body["compute_capability"] = "9.0"
     meta = engine_manifest_path(path)
     meta.write_text(json.dumps(body))
     if case == "missing-manifest":
         meta.unlink()
-    Manifest(directory).record(path.name, "fp32", parent_sha256=body["source_onnx_sha256"])
+    Manifest(directory).record(path.name, "fp32", parent_sha256=sha256_file(directory / "model.onnx"))
     return path
 
 
@@ -348,7 +343,7 @@ def test_verify_and_bench_record_a_refused_engine_as_skipped(
     if tensorrt_present:
         monkeypatch.setattr(probe, "tensorrt_status", lambda: None)
         monkeypatch.setattr(probe, "tensorrt_version", lambda: INSTALLED)
-        monkeypatch.setattr(probe, "gpu_info", lambda: {"compute_capability": CAPABILITY})
+        monkeypatch.setattr(probe, "gpu_info", lambda: GpuInfo("NVIDIA A100", CAPABILITY))
     expected = ENGINE_CASES[case] if tensorrt_present else probe.tensorrt_status() or ENGINE_CASES[case]
     plant_engine(tiny_dir, case)
     before = snapshot(tiny_dir)

@@ -12,15 +12,17 @@ import pytest
 from helpers import cli, noise_images
 from PIL import Image
 
-from resnext_deploy.artifacts import CALIBRATION_NAME, Manifest
+from resnext_deploy.artifacts import CALIBRATION_NAME, EngineProfile, Manifest
 from resnext_deploy.backends.tensorrt.build import engine_manifest_body
 from resnext_deploy.backends.tensorrt.manifest import manifest_checksum
 from resnext_deploy.backends.tensorrt.options import BuildOptions
+from resnext_deploy.backends.tensorrt.probe import GpuInfo
 from resnext_deploy.errors import BadInputError, ExitCode, VerificationError
 from resnext_deploy.parity import Tolerance
 from resnext_deploy.precision.calibration import calibrate
 from resnext_deploy.precision.options import PrecisionOptions
 from resnext_deploy.precision.typed import make_typed_onnx
+from resnext_deploy.serde import encode
 from resnext_deploy.source import SourceOptions, resolve_source
 
 QUIET = {"log": lambda _m: None}
@@ -50,19 +52,18 @@ def test_an_int8_engine_would_record_its_calibration_fingerprint(tiny_dir: Path,
     fingerprint = json.loads((tiny_dir / CALIBRATION_NAME).read_text())["fingerprint"]
     assert entry is not None and entry.calibration is not None and entry.calibration.fingerprint == fingerprint
 
-    gpu = {"gpu": "none (no TensorRT here)", "compute_capability": "0.0"}
-    profile = {"input": "input", "min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+    gpu = GpuInfo("none (no TensorRT here)", "0.0")
+    profile = EngineProfile("input", (1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
     body = engine_manifest_body(entry, "model.int8.engine", b"plan", "int8", BuildOptions(), "10.13", gpu, profile, 1.0)
-    assert body["calibration_fingerprint"] == fingerprint
-    assert body["source_onnx"] == "model.int8.onnx" and body["source_onnx_sha256"] == entry.sha256
-    assert body["checksum"] == manifest_checksum(body)
+    assert body.calibration_fingerprint == fingerprint
+    assert body.source_onnx == "model.int8.onnx" and body.source_onnx_sha256 == entry.sha256
+    written = encode(body)  # as build_engine writes it: the fingerprint in the file, under the checksum
+    assert written["calibration_fingerprint"] == fingerprint and written["checksum"] == manifest_checksum(written)
     fp32 = Manifest(tiny_dir).entry("model.onnx")
-    assert (
-        engine_manifest_body(fp32, "model.fp32.engine", b"p", "fp32", BuildOptions(), "10.13", gpu, profile, 1.0)[
-            "calibration_fingerprint"
-        ]
-        is None
-    )  # nothing calibrated the FP32 file
+    fp32_body = engine_manifest_body(
+        fp32, "model.fp32.engine", b"p", "fp32", BuildOptions(), "10.13", gpu, profile, 1.0
+    )
+    assert fp32_body.calibration_fingerprint is None  # nothing calibrated the FP32 file
 
 
 def test_a_hand_edited_calibration_record_is_refused_naming_the_manifest(tiny_dir: Path, tmp_path: Path) -> None:
@@ -72,7 +73,9 @@ def test_a_hand_edited_calibration_record_is_refused_naming_the_manifest(tiny_di
     data = json.loads((tiny_dir / "manifest.json").read_text())
     data["artifacts"]["model.int8.onnx"]["calibration"]["fingerprint"] = 7
     (tiny_dir / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BadInputError, match="model.int8.onnx.*calibration record that has no valid fingerprint"):
+    with pytest.raises(
+        BadInputError, match=r"model.int8.onnx' has a bad calibration.fingerprint \(expected a string, got int\)"
+    ):
         Manifest(tiny_dir)
 
 

@@ -22,14 +22,16 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from helpers import digit_jpeg
+from helpers import digit_jpeg, stand_in_engine_manifest
 
-from resnext_deploy.artifacts import Manifest, engine_file, write_json
+from resnext_deploy.artifacts import EngineProfile, Manifest, engine_file, write_json
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
-from resnext_deploy.backends.tensorrt.manifest import ENGINE_MANIFEST_FORMAT, engine_manifest_path, manifest_checksum
+from resnext_deploy.backends.tensorrt.manifest import engine_manifest_path
+from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.data import open_dataset, take
 from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCode
 from resnext_deploy.schemas import load_schema
+from resnext_deploy.serde import encode
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
 from resnext_deploy.serving.pytriton import SERVER_LOG
 from resnext_deploy.serving.triton_repo import make_triton_repo
@@ -66,21 +68,13 @@ def _add_stand_in_engine(
     """Plan bytes that are not a plan, with a manifest of the shape build-trt writes."""
     path = directory / engine_file("fp16")
     path.write_bytes(b"stand-in plan bytes")
-    profile = {
-        "input": "input",
-        **{k: [b, 3, 32, 32] for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))},
-    }
-    body = {
-        "format": ENGINE_MANIFEST_FORMAT,
-        "engine": path.name,
-        "precision": "fp16",
-        "source_onnx": "model.fp16.onnx",
-        "tensorrt_version": "10.13.3.9",
-        "profile": profile,
-        "build_options": {"version_compatible": version_compatible},
-    }
-    body["checksum"] = manifest_checksum(body)
-    write_json(engine_manifest_path(path), body)
+    batches = {"min": min_batch, "opt": opt_batch, "max": max_batch}
+    profile = EngineProfile("input", *((batches[k], 3, 32, 32) for k in ("min", "opt", "max")))
+    options = BuildOptions(
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, version_compatible=version_compatible
+    )
+    body = stand_in_engine_manifest(path, "fp16", profile=profile, build_options=options)
+    write_json(engine_manifest_path(path), encode(body))
     Manifest(directory).record(path.name, "fp16", options={"fixture": "stand-in engine"}, profile=profile)
     return path
 
