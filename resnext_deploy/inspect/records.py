@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadInputError
+from ..serde import RecordError, decode, encode
 
 INSPECT_JSON = "inspect.json"
 INSPECT_MD = "inspect.md"
@@ -53,11 +53,6 @@ class SiteRecord:
     search: str = ""
     fix: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SiteRecord:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        return cls(**{**values, "nodes": tuple(values.get("nodes", ()))})
-
 
 @dataclass(frozen=True)
 class ArtifactAccuracy:
@@ -78,18 +73,6 @@ class ArtifactAccuracy:
         values = [s.local_sqnr_db for s in self.sites if s.local_sqnr_db is not None]
         return min(values) if values else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sites": [asdict(s) for s in self.sites]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactAccuracy:
-        return cls(
-            str(data["artifact"]),
-            str(data["precision"]),
-            float(data["top1"]),
-            tuple(SiteRecord.from_dict(s) for s in data["sites"]),
-        )
-
 
 @dataclass(frozen=True)
 class LayerTime:
@@ -104,11 +87,6 @@ class LayerTime:
     depth: int  # order of the first ONNX node in model.onnx (-1: unknown)
     weighted: bool  # it runs a Conv/Gemm/MatMul
     overhead: bool  # a reorder, reformat, conversion or a Q/DQ that runs on its own
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LayerTime:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        return cls(**{**values, "nodes": tuple(values.get("nodes", ()))})
 
 
 @dataclass(frozen=True)
@@ -140,29 +118,6 @@ class ArtifactLatency:
     def overhead_ms(self) -> float:
         return sum(layer.ms for layer in self.layers if layer.overhead)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "layers": [asdict(layer) for layer in self.layers],
-            "total_ms": self.total_ms,
-            "int8_weighted": self.int8_weighted,
-            "weighted": self.weighted,
-            "overhead_ms": self.overhead_ms,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactLatency:
-        return cls(
-            str(data["artifact"]),
-            str(data["precision"]),
-            str(data["backend"]),
-            int(data["batch_size"]),
-            int(data["iterations"]),
-            tuple(LayerTime.from_dict(layer) for layer in data["layers"]),
-            float(data["wall_ms"]),
-            data.get("bench_ms"),
-        )
-
 
 @dataclass
 class InspectRecord:
@@ -177,38 +132,26 @@ class InspectRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # accuracy passes, output checks, latency
 
     def to_dict(self) -> dict[str, Any]:
+        """``inspect.json``: the record, each latency's sums beside its layers, non-finite figures as null."""
         from ..schemas import SCHEMA_VERSION
 
-        return _finite(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "created": self.created,
-                "data": self.data,
-                "images": self.images,
-                "accuracy": [a.to_dict() for a in self.accuracy],
-                "latency": [a.to_dict() for a in self.latency],
-                "notes": list(self.notes),
-                "seconds": dict(self.seconds),
-            }
-        )
+        data = encode(self)
+        for written, latency in zip(data["latency"], self.latency, strict=True):
+            written.update(
+                total_ms=latency.total_ms,
+                int8_weighted=latency.int8_weighted,
+                weighted=latency.weighted,
+                overhead_ms=latency.overhead_ms,
+            )
+        return _finite({"schema_version": SCHEMA_VERSION, **data})
 
     @classmethod
-    def from_dict(cls, data: Any) -> InspectRecord:
-        """``inspect.json`` read back; a malformed one is bad input that says to run inspect again."""
+    def from_dict(cls, data: object) -> InspectRecord:
+        """``inspect.json`` read back (the sums are derived again); a malformed one is bad input: run inspect again."""
         try:
-            return cls(
-                str(data["created"]),
-                str(data["data"]),
-                int(data["images"]),
-                [ArtifactAccuracy.from_dict(a) for a in data["accuracy"]],
-                [ArtifactLatency.from_dict(a) for a in data["latency"]],
-                [str(n) for n in data.get("notes", [])],
-                {str(k): float(v) for k, v in data.get("seconds", {}).items()},
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInputError(
-                f"{INSPECT_JSON} is malformed ({type(exc).__name__}: {exc}); run `resnext-deploy inspect` again"
-            ) from None
+            return decode(cls, data)
+        except RecordError as exc:
+            raise BadInputError(f"{INSPECT_JSON} is malformed ({exc}); run `resnext-deploy inspect` again") from None
 
 
 def _finite(value: Any) -> Any:

@@ -184,6 +184,8 @@ def test_records_round_trip_and_an_infinite_error_is_null() -> None:
     assert back.latency[0].int8_weighted == 1 and back.accuracy[0].ranked("local")[0].tensor == "u"
     with pytest.raises(BadInputError, match="run `resnext-deploy inspect` again"):
         InspectRecord.from_dict({**data, "accuracy": [{"artifact": "x"}]})
+    with pytest.raises(BadInputError, match=r"InspectRecord.images: expected an integer, got str\)"):
+        InspectRecord.from_dict({**data, "images": "4"})  # a hand edit names its field
 
 
 def test_inspect_refuses_what_it_cannot_do(low_precision_template: Path, tmp_path: Path, capsys) -> None:
