@@ -10,8 +10,8 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Union
+from dataclasses import dataclass, field, replace
+from typing import Union
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,19 +43,6 @@ class Preprocessing:
     def with_image_size(self, image_size: int) -> Preprocessing:
         ratio = self.resize_size / self.image_size
         return replace(self, image_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            image_size=int(data["image_size"]),
-            resize_size=int(data["resize_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            interpolation=str(data.get("interpolation", "bilinear")),
-        )
 
 
 def resize_for_crop_pct(image_size: int, crop_pct: float) -> int:

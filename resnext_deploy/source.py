@@ -6,7 +6,7 @@ import math
 import os
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .models import (
     get_arch,
     resize_for_crop_pct,
 )
+from .serde import RecordError, decode, encode
 
 RANDOM_SEED = 0
 MAX_CLASSES = 1_000_000  # far above any real classifier; a larger count is a typo or a hostile manifest
@@ -109,43 +110,32 @@ class ModelSource:
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not self.classes:  # as manifests recorded it before names could be given: they stay up to date
-            del data["classes"]
-        return data
+        """The source as JSON values (``serde.encode``), for the records that embed it."""
+        return encode(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> ModelSource:
-        """Rebuild a source recorded in a manifest; any malformed field is a ``BadInputError``.
+    def from_dict(cls, data: object) -> ModelSource:
+        """Rebuild a source recorded in a manifest or a record; any malformed field is a ``BadInputError``.
 
         ``preprocess`` and ``classes`` are optional: manifests written before they existed use the architecture's.
         """
-        required = [k for k in cls.__dataclass_fields__ if k not in ("preprocess", "classes")]
-        if not isinstance(data, dict) or not all(k in data for k in required):
-            raise BadInputError(f"the model source {str(data)[:80]!r} lacks fields of {required}")
         try:
-            get_arch(str(data["arch"]))
+            source = decode(cls, data)
+        except RecordError as exc:
+            raise BadInputError(str(exc)) from None
+        try:
+            get_arch(source.arch)
         except KeyError as exc:
             raise BadInputError(str(exc.args[0])) from None
         for key, low, high in (("num_classes", 1, MAX_CLASSES), ("image_size", 8, 4096)):
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise BadInputError(f"{key} {str(value)[:40]} is not an integer between {low} and {high}")
-        for key in ("checkpoint", "checkpoint_sha256"):
-            if data[key] is not None and not isinstance(data[key], str):
-                raise BadInputError(f"{key} must be a string or null, got {type(data[key]).__name__}")
-        pre = data.get("preprocess")
-        try:
-            preprocess = None if pre is None else Preprocessing.from_dict(pre)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise BadInputError(f"the recorded preprocessing {str(pre)[:80]!r} is malformed ({exc})") from None
-        classes = data.get("classes") or []
-        if not isinstance(classes, (list, tuple)) or not all(isinstance(n, str) for n in classes):
-            raise BadInputError(f"the recorded class names {str(classes)[:80]!r} are not a list of strings")
-        if classes and len(classes) != data["num_classes"]:
-            raise BadInputError(f"{len(classes)} recorded class names for {data['num_classes']} classes")
-        check_class_names(classes, "the recorded class names")
-        return cls(**{k: data[k] for k in required}, preprocess=preprocess, classes=tuple(classes))
+            if not low <= getattr(source, key) <= high:
+                raise BadInputError(
+                    f"{key} {str(getattr(source, key))[:40]} is not an integer between {low} and {high}"
+                )
+        if source.classes and len(source.classes) != source.num_classes:
+            raise BadInputError(f"{len(source.classes)} recorded class names for {source.num_classes} classes")
+        check_class_names(source.classes, "the recorded class names")
+        return source
 
 
 @dataclass(frozen=True)

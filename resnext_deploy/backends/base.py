@@ -11,7 +11,7 @@ runners that need them, so declaring a backend costs nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import numpy as np
 
 from ..artifacts import ONNX_FILES, RUNTIME_FILES, Manifest
 from ..errors import BadInputError
+from ..serde import decode, encode
 
 if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a backend must not import torch
     from ..backends.tensorrt.options import BuildOptions  # (not .tensorrt: test_layers reads that as tensorrt)
@@ -119,11 +120,13 @@ class SkipRecord:
         return f"{self.backend}-{self.device}:{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As verify.json and bench.json list it (``serde.encode``)."""
+        return encode(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SkipRecord:
-        return cls(data["backend"], data["precision"], data["device"], data.get("artifact"), data["reason"])
+    def from_dict(cls, data: object) -> SkipRecord:
+        """A listed skip read back (``serde.decode``); a :class:`~resnext_deploy.serde.RecordError` names a bad field."""
+        return decode(cls, data)
 
 
 @dataclass(frozen=True)

@@ -476,12 +476,12 @@ MANIFEST_CASES = {
     "missing-source": (lambda a: a["model.onnx"]["options"].pop("source"), "has no model source"),
     "source-a-number": (lambda a: a["model.onnx"]["options"].update(source=7), "no model source"),
     "unknown-arch": (_source(arch="resnext9000"), "unknown architecture 'resnext9000'"),
-    "arch-a-list": (_source(arch=["resnext_tiny"]), "unknown architecture"),
+    "arch-a-list": (_source(arch=["resnext_tiny"]), "ModelSource.arch: expected a string, got list"),
     "huge-class-count": (_source(num_classes=10**12), "num_classes 1000000000000 is not an integer between"),
     "zero-classes": (_source(num_classes=0), "num_classes 0"),
-    "classes-a-string": (_source(num_classes="10"), "num_classes 10 is not an integer"),
+    "classes-a-string": (_source(num_classes="10"), "ModelSource.num_classes: expected an integer, got str"),
     "image-size-huge": (_source(image_size=10**9), "image_size"),
-    "checkpoint-a-number": (_source(checkpoint=5), "checkpoint must be a string"),
+    "checkpoint-a-number": (_source(checkpoint=5), "ModelSource.checkpoint: expected a string, got int"),
     "parent-a-dict": (lambda a: a["model.onnx"].update(parent_sha256={}), "parent_sha256"),
 }
 
