@@ -125,7 +125,7 @@ class SkipRecord:
 
     @classmethod
     def from_dict(cls, data: object) -> SkipRecord:
-        """A listed skip read back (``serde.decode``); a :class:`~resnext_deploy.serde.RecordError` names a bad field."""
+        """A listed skip read back (``serde.decode``); a ``RecordError`` names a bad field."""
         return decode(cls, data)
 
 
