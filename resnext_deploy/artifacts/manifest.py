@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,7 +141,7 @@ class ArtifactEntry:
     calibration: CalibrationRef | None = None
     search: JsonObject | None = None  # the INT8 search record (``SearchRecord.to_dict``)
     fp32_nodes: tuple[str, ...] = ()
-    quantized_nodes: tuple[str, ...] | None = None  # None: not an INT8 file
+    quantized_nodes: tuple[str, ...] | None = None  # None: not recorded (a file made by another tool)
     quantized_tensors: tuple[str, ...] | None = None
     remedies: tuple[str, ...] = ()  # what an INT8 file applied before keeping sites in float
     placement: str | None = None  # the runtime a variant of the precision's file was placed for (onnxruntime)
@@ -278,7 +279,9 @@ class Manifest:
             created=now_iso(),
             **fields,
         )
-        self._entries[name] = decode(ArtifactEntry, encode(entry))  # a field of the wrong type fails here, unwritten
+        # As a later read finds it (JSON lists, not tuples, inside the owners' records); a field of the wrong type
+        # fails here, unwritten.
+        self._entries[name] = decode(ArtifactEntry, json.loads(json.dumps(encode(entry))))
         self.save()
         return self._entries[name]
 

@@ -156,20 +156,31 @@ def build_engine(
     body = engine_manifest_body(
         onnx_entry, engine_path.name, plan, precision, options, version, gpu, profile, build_seconds
     )
+    record_engine(manifest, engine_path, plan, body, recorded_options)
+    log(f"wrote {engine_path} ({len(plan) / 2**20:.1f} MiB, built in {build_seconds:.1f} s) and its manifest")
+    return engine_path
+
+
+def record_engine(
+    manifest: Manifest, engine_path: Path, plan: bytes, body: EngineManifest, options: EngineOptions
+) -> None:
+    """Write the plan and its engine manifest beside it, and record the engine in ``manifest.json``.
+
+    Apart from the build, so that what a built engine leaves in the directory is written and read back in
+    tests without TensorRT.
+    """
     write_bytes(engine_path, plan)
     write_json(engine_manifest_path(engine_path), encode(body))
     manifest.record(
         engine_path.name,
-        precision,
-        parent_sha256=onnx_entry.sha256,
-        options=recorded_options,
+        body.precision,
+        parent_sha256=body.source_onnx_sha256,
+        options=options,
         engine_manifest=engine_manifest_path(engine_path).name,
-        tensorrt_version=version,
-        gpu=gpu.gpu,
-        profile=profile,
+        tensorrt_version=body.tensorrt_version,
+        gpu=body.gpu,
+        profile=body.profile,
     )
-    log(f"wrote {engine_path} ({len(plan) / 2**20:.1f} MiB, built in {build_seconds:.1f} s) and its manifest")
-    return engine_path
 
 
 def _has_manifest(engine_path: Path) -> bool:
