@@ -70,7 +70,7 @@ def _assert_matches_polygraphy(path: Path, x: np.ndarray, ours: np.ndarray) -> N
 
     meta = read_engine_manifest(path)
     with TrtRunner(EngineFromBytes(path.read_bytes())) as runner:
-        outputs = runner.infer({meta["profile"]["input"]: x})
+        outputs = runner.infer({meta.profile.input: x})
     assert len(outputs) == 1, list(outputs)
     theirs = np.asarray(next(iter(outputs.values())), dtype=np.float32)
     assert theirs.shape == ours.shape
@@ -80,7 +80,7 @@ def _assert_matches_polygraphy(path: Path, x: np.ndarray, ours: np.ndarray) -> N
 def test_fp32_engine_matches_pytorch(tiny_dir: Path):
     path = build_engine(tiny_dir, "fp32", SMALL, **QUIET)
     meta = read_engine_manifest(path)
-    assert meta["tf32"] is False and meta["profile"]["max"] == [8, 3, 32, 32]
+    assert meta.tf32 is False and meta.profile.max == (8, 3, 32, 32)
     x = _inputs(5)
     with TensorRTRunner(path) as runner:
         out = runner(x)
@@ -142,7 +142,7 @@ def test_timing_cache_is_written_and_reused(tiny_dir: Path, tmp_path: Path):
     build_engine(tiny_dir, "fp32", BuildOptions(timing_cache=cache), **QUIET)
     assert cache.stat().st_size > 0
     path = build_engine(tiny_dir, "fp32", BuildOptions(opt_batch=16, timing_cache=cache), **QUIET)
-    assert read_engine_manifest(path)["profile"]["opt"][0] == 16
+    assert read_engine_manifest(path).profile.opt[0] == 16
 
 
 def test_hardware_and_version_compatible_engine_loads(tiny_dir: Path):
