@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,19 @@ ITERATIONS = 20
 WARMUP = 3
 
 
+# A runtime layer as its profiler reports it: name, layer type, kernel, median ms, the ONNX nodes it fused (where
+# the runtime says), the precision it ran in (where the runtime says; else read from the kernel's name).
+ProfileRow = tuple[str, str, str, float, list[str], str]
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """What a runtime's profiler measured in its worker process: a row per runtime layer, the median call time."""
+
+    rows: list[ProfileRow]
+    wall_ms: float
+
+
 def node_index(path: Path) -> tuple[dict[str, int], dict[str, str], dict[str, str], dict[str, str]]:
     """Model order of each ONNX node, each output tensor's producer, each node's op type and first input's producer."""
     from ..artifacts import load_onnx
@@ -68,7 +82,7 @@ def _input(batch_size: int, image_size: int) -> np.ndarray:
     return np.random.default_rng(INPUT_SEED).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
 
 
-def _openvino(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
+def _openvino(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> Profiled:
     import openvino as ov
 
     core = ov.Core()
@@ -99,10 +113,10 @@ def _openvino(path: str, precision: str, batch_size: int, image_size: int, itera
         runtime_precision = str(rt["runtimePrecision"].astype(str)) if "runtimePrecision" in rt else ""
         fused[op.get_friendly_name()] = ([n for n in names.split(",") if n], runtime_precision)
     rows = [(name, *info[name], float(np.median(values)), *fused.get(name, ([], ""))) for name, values in times.items()]
-    return {"rows": rows, "wall_ms": statistics.median(wall)}
+    return Profiled(rows, statistics.median(wall))
 
 
-def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
+def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> Profiled:
     import json
 
     import onnxruntime as ort
@@ -137,15 +151,15 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
         (node, kinds[node][0], f"{kinds[node][0]} ({kinds[node][1]})", float(np.median(ms[-iterations:])), [node], "")
         for node, ms in times.items()
     ]
-    return {"rows": rows, "wall_ms": statistics.median(wall)}
+    return Profiled(rows, statistics.median(wall))
 
 
-def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
+def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> Profiled:
     """TensorRT's IProfiler and engine inspector (run where a GPU is); the wall time is the CUDA-event time."""
     from ..backends.tensorrt.layers import layer_profile
 
     rows, device_ms = layer_profile(path, batch_size, image_size, iterations, WARMUP)
-    return {"rows": rows, "wall_ms": device_ms}
+    return Profiled(rows, device_ms)
 
 
 PROFILERS = {"openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
@@ -205,7 +219,7 @@ def profile(
         result = pool.submit(PROFILERS[backend], str(path), precision, batch_size, image_size, iterations).result()
     order, producer, ops, parent = node_index(directory / onnx_of(artifact))
     layers = []
-    for name, layer_type, kernel, ms, originals, runtime_precision in result["rows"]:
+    for name, layer_type, kernel, ms, originals, runtime_precision in result.rows:
         found = [_onnx_node(n, order, producer) for n in [*originals, name]]
         nodes = tuple(dict.fromkeys(n for n in found if n is not None))
         nodes = tuple(sorted(nodes, key=lambda n: (ops[n] not in WEIGHTED_OPS, ops[n] in QDQ_OPS, order[n])))
@@ -227,7 +241,7 @@ def profile(
             )
         )
     layers.sort(key=lambda layer: (layer.depth if layer.depth >= 0 else 10**9, layer.name))
-    return ArtifactLatency(artifact, precision, backend, batch_size, iterations, tuple(layers), result["wall_ms"])
+    return ArtifactLatency(artifact, precision, backend, batch_size, iterations, tuple(layers), result.wall_ms)
 
 
 def bench_median(directory: Path, backend: str, precision: str, batch_size: int) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import ONNX_FILES, ORT_INT8_FILE, CalibrationRef, Manifest, atomic_path
+from ..backends.base import Runner
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
@@ -537,7 +538,7 @@ def check_parity(
     in by the first check of a build (when empty) and reused by the next (ONNX Runtime's INT8 file is checked
     on the same images), so model.onnx runs once.
     """
-    runners: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner(candidate, precision)}
+    runners: dict[str, Runner] = {"onnxruntime": OnnxRuntimeRunner(candidate, precision)}
     if openvino and OPENVINO.unavailable() is None:
         from ..backends.openvino import OpenVINORunner
 
