@@ -125,3 +125,27 @@ def test_the_engine_manifest_is_its_record_and_carries_the_calibration(every_ent
     engine = Manifest(every_entry).entry(ENGINE)
     assert engine is not None and engine.profile == body.profile and engine.gpu == STAND_IN_GPU.gpu
     assert engine.engine_manifest == engine_manifest_path(path).name and engine.parent_sha256 == int8.sha256
+
+
+def _contains(new: object, old: object) -> bool:
+    """``old``'s keys are all in ``new`` with the same values (fields added since may be there too)."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(key in new and _contains(new[key], value) for key, value in old.items())
+    return new == old
+
+
+def test_a_manifest_written_before_the_records_reads_as_them(tmp_path: Path) -> None:
+    """The manifest the previous version wrote for the tiny model (export, FP16, INT8 and its ORT variant).
+
+    Its entries decode as records, their options as each step's record, and what the records write again keeps
+    every value it had: a directory made before stays current (``is_current`` compares the decoded options).
+    """
+    shutil.copy(Path(__file__).parent / "data" / "manifest_before_records.json", tmp_path / MANIFEST_NAME)
+    old = json.loads((tmp_path / MANIFEST_NAME).read_text())["artifacts"]
+    manifest = Manifest(tmp_path)
+    assert list(manifest.artifacts) == list(old)
+    for name, recorded in old.items():
+        entry = manifest.entry(name)
+        assert entry is not None and _contains(json.loads(json.dumps(encode(entry))), recorded)
+        options = entry.options_as(OPTIONS[name][0])
+        assert _contains(json.loads(json.dumps(encode(options))), recorded["options"])
