@@ -399,7 +399,7 @@ def _entry(name: str, data: object, path: Path) -> ArtifactEntry:
             entry = decode(ArtifactEntry, {"path": name, **data})
         except RecordError as exc:
             where, _, what = str(exc).partition(": ")
-            problem = f"has a bad {where.removeprefix(ArtifactEntry.__name__ + '.')} ({what})"
+            problem = f"has {where.removeprefix(ArtifactEntry.__name__ + '.')}: {what}"
     if entry is not None and name == ONNX_FILES["fp32"] and not isinstance(entry.source, dict):
         problem = "has no model source object in its options"
     if problem is not None or entry is None:

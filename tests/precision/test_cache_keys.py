@@ -74,7 +74,7 @@ def test_a_hand_edited_calibration_record_is_refused_naming_the_manifest(tiny_di
     data["artifacts"]["model.int8.onnx"]["calibration"]["fingerprint"] = 7
     (tiny_dir / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(
-        BadInputError, match=r"model.int8.onnx' has a bad calibration.fingerprint \(expected a string, got int\)"
+        BadInputError, match=r"model.int8.onnx' has calibration.fingerprint: expected a string, got int; delete"
     ):
         Manifest(tiny_dir)
 
