@@ -16,7 +16,7 @@ from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.evaluate.bench import LoadRecord, NoiseFloor, add_speedups, measured_row
-from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow
+from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow, verify_json
 from resnext_deploy.parity import DEFAULT_TOLERANCES, compare
 from resnext_deploy.source import recorded_source
 
@@ -33,7 +33,7 @@ def _records(directory: Path) -> None:
     source = recorded_source(manifest)
     reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 64, 90.0, 0, "64 images", "x", True, ())
     verify = VerifyRecord(reference, [row], artifacts={"model.onnx": manifest.entry("model.onnx").sha256})
-    (directory / "verify.json").write_text(json.dumps(verify.to_dict()))
+    (directory / "verify.json").write_text(json.dumps(verify_json(verify)))
 
     noise = NoiseFloor.measured(0.01, 0.01, 10, "4 convolutions", 0.02)
     rounds = {1: [[10.0] * 20 for _ in range(10)], 8: [[4.0] * 20 for _ in range(10)]}
@@ -98,8 +98,12 @@ def _drop(file: str, *keys: str) -> tuple[str, Callable[[Json], None]]:
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
-        (_set("verify.json", "results", 0, "accuracy", value="99.5"), "verify.json: results[0].accuracy is a str"),
-        (_set("verify.json", "results", 0, "max_abs", value=[1]), "verify.json: results[0].max_abs is a list"),
+        (
+            _set("verify.json", "results", 0, "accuracy", value="99.5"),
+            "verify.json: results[0].accuracy: expected a number, got str",
+        ),
+        (_set("verify.json", "results", 0, "max_abs", value=[1]), "verify.json: results[0].max_abs: expected a number"),
+        (_drop("verify.json", "reference", "labeled"), "verify.json: reference.labeled: required field missing"),
         (_set("verify.json", "schema_version", value=99), "verify.json: schema_version 99 is not one"),
         (_set("bench.json", "results", 1, "median_ms", value="fast"), "bench.json: results[1].median_ms is a str"),
         (_set("bench.json", "machine", value=["cpu"]), "bench.json: machine is a list"),
