@@ -9,7 +9,7 @@ from enum import Enum
 
 import pytest
 
-from resnext_deploy.serde import RecordError, decode, encode
+from resnext_deploy.serde import JSON_KEY, RecordError, decode, encode
 
 
 class Method(str, Enum):
@@ -77,3 +77,33 @@ def test_a_missing_field_and_a_non_object_are_refused() -> None:
         decode(Record, data)
     with pytest.raises(RecordError, match="expected an object for Record, got list"):
         decode(Record, [])
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu_flags: str = field(metadata={JSON_KEY: "cpu flags"})
+    threads: int | str = "library defaults"
+    knobs: dict[str, str | int | float | bool] = field(default_factory=dict)
+    range: Range | None = None
+
+
+def test_a_renamed_key_and_a_scalar_union_round_trip_keeping_their_types() -> None:
+    machine = Machine("avx2 fma", 4, {"hint": "latency", "spin": True, "streams": 2, "share": 0.5})
+    data = json.loads(json.dumps(encode(machine)))
+    assert list(data) == ["cpu flags", "threads", "knobs", "range"]
+    back = decode(Machine, data)
+    assert back == machine and back.knobs["spin"] is True and type(back.knobs["streams"]) is int
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threads": 1.5}, "Machine.threads: expected int or str, got float"),
+        ({"knobs": {"x": None}}, "Machine.knobs['x']: expected str or int or float or bool, got NoneType"),
+        ({"range": [0, 1]}, "Machine.range: expected an object for Range, got list"),
+    ],
+)
+def test_a_wrong_union_member_or_a_nested_non_object_names_its_field(change: dict, message: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        decode(Machine, {"cpu flags": "avx2", **change})
+    assert str(caught.value) == message

@@ -32,6 +32,7 @@ from ..evaluate.status import RunStatus, Verdict, changed_since, run_status
 from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
 from ..precision.search import RemedyTrial, SearchRecord, TrialSummary
 from ..schemas import SCHEMA_VERSION
+from ..serde import encode
 from ..source import ModelSource, export_command, recorded_source
 from ..ui import markdown_table
 from .records import check_record, check_settings
@@ -79,7 +80,7 @@ class BenchSection:
             "settings": self.settings,
             "noise": None if self.noise is None else asdict(self.noise),
             "load": None if self.load is None else asdict(self.load),
-            "results": [r.to_dict() for r in self.rows],
+            "results": [encode(r) for r in self.rows],
             "warnings": self.warnings,
             "plot": self.plot,
         }
@@ -97,8 +98,8 @@ class Headline:
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
             "device": self.device,
-            "best": None if self.best is None else self.best.to_dict(),
-            "faster_unreliable": [r.to_dict() for r in self.faster_unreliable],
+            "best": None if self.best is None else encode(self.best),
+            "faster_unreliable": [encode(r) for r in self.faster_unreliable],
         }
         return data if self.note is None else {**data, "note": self.note}
 

@@ -25,6 +25,7 @@ from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow, run_verify
 from resnext_deploy.parity import Tolerance
 from resnext_deploy.report import BenchSection, build_report, render_markdown, write_report
+from resnext_deploy.serde import encode
 from resnext_deploy.source import ModelSource
 
 
@@ -146,7 +147,7 @@ def _report_from_rounds(tmp_path: Path, candidate_rounds: list[list[float]]) -> 
     reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 0, None, 0, "-", "-", False, ())
     verify = VerifyRecord(reference, [passed])
     report = build_report(Manifest(tmp_path), verify, bench, [])
-    return rows[1].to_dict(), render_markdown(replace(report, verify=None))
+    return encode(rows[1]), render_markdown(replace(report, verify=None))
 
 
 def test_a_noisy_timer_does_not_make_a_headline(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from resnext_deploy.errors import ExitCode
 from resnext_deploy.evaluate.bench import LoadRecord, NoiseFloor, add_speedups, measured_row
 from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow
 from resnext_deploy.parity import DEFAULT_TOLERANCES, compare
+from resnext_deploy.serde import encode
 from resnext_deploy.source import recorded_source
 
 Json = dict
@@ -50,7 +51,7 @@ def _records(directory: Path) -> None:
         "settings": settings,
         "noise": asdict(noise),
         "load": asdict(LoadRecord(True, 0.0, 0, 20, None, None, False)),
-        "results": [r.to_dict() for r in rows],
+        "results": [encode(r) for r in rows],
         "warnings": [],
         "skipped": [],
         "artifacts": {"model.onnx": manifest.entry("model.onnx").sha256},
