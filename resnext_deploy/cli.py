@@ -355,7 +355,7 @@ def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: Json
     with locked(directory), recorded_step(directory, "bench"):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
-        if failure := report.failure():  # recorded in the manifest, so report and verify see the failed rows
+        if failure := report.failure(directory):  # recorded in the manifest, so report and verify see the failed rows
             raise VerificationError(failure)
 
 

@@ -94,7 +94,7 @@ def run_pipeline(
     try:
         with recorded_step(directory, "bench"):
             measured = run_bench(directory, options.bench, log=log)
-            if failure := measured.failure():  # rows whose worker died or hung: the others are in bench.json
+            if failure := measured.failure(directory):  # rows whose worker died or hung: the others are in bench.json
                 raise VerificationError(failure)
     except (VerificationError, BadInputError) as exc:
         failed["bench"] = f"failed: {exc}"

@@ -122,3 +122,33 @@ def test_a_bad_value_in_an_inline_record_is_named_by_its_key_in_the_file() -> No
     data["results"][0] = {"name": "a", "count": 2, "error": None, "failures": ["far"]}
     with pytest.raises(RecordError, match=r"^Table.results\[0\].error: expected a number, got NoneType$"):
         decode(Table, data)  # null is NaN only where the file says so
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu_flags: str = field(metadata={JSON_KEY: "cpu flags"})
+    threads: int | str = "library defaults"
+    knobs: dict[str, str | int | float | bool] = field(default_factory=dict)
+    range: Range | None = None
+
+
+def test_a_renamed_key_and_a_scalar_union_round_trip_keeping_their_types() -> None:
+    machine = Machine("avx2 fma", 4, {"hint": "latency", "spin": True, "streams": 2, "share": 0.5})
+    data = json.loads(json.dumps(encode(machine)))
+    assert list(data) == ["cpu flags", "threads", "knobs", "range"]
+    back = decode(Machine, data)
+    assert back == machine and back.knobs["spin"] is True and type(back.knobs["streams"]) is int
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threads": 1.5}, "Machine.threads: expected int or str, got float"),
+        ({"knobs": {"x": None}}, "Machine.knobs['x']: expected str or int or float or bool, got NoneType"),
+        ({"range": [0, 1]}, "Machine.range: expected an object for Range, got list"),
+    ],
+)
+def test_a_wrong_union_member_or_a_nested_non_object_names_its_field(change: dict, message: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        decode(Machine, {"cpu flags": "avx2", **change})
+    assert str(caught.value) == message

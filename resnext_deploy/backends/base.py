@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a b
     from ..source import ModelSource
 
 OptionValue = str | int | float | bool
+# What a runner says it runs with (OpenVINO's hint, streams, per-layer precisions): backend-specific JSON values,
+# recorded in bench rows as the runtime reports them and never read back by the code.
+RunnerOptions = dict[str, Any]
 
 
 class Runner:
@@ -40,7 +43,7 @@ class Runner:
     device: str = "cpu"
     artifact: str | None = None
     last_device_ms: float | None = None
-    options: dict[str, Any] | None = None
+    options: RunnerOptions | None = None
     # What the runtime really computes in, where it says (OpenVINO may run an fp16 file in f32); None: as typed.
     compute_precision: str | None = None
 

@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, PRECISIONS, RUNTIME_FILES, Manifest, check_writable, load_onnx, now_iso, write_json
+from ..artifacts import (
+    ONNX_FILES,
+    PRECISIONS,
+    RUNTIME_FILES,
+    Manifest,
+    check_writable,
+    load_onnx,
+    now_iso,
+    read_json,
+    write_json,
+)
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, Discovery, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -22,7 +32,7 @@ from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
 from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
-from ..serde import INLINE, JSON_KEY, decode, encode
+from ..serde import INLINE, JSON_KEY, RecordError, decode, encode
 from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
 from .status import Problem, failed_steps, step_problem
@@ -133,9 +143,22 @@ def verify_json(record: VerifyRecord) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, **encode(record, nan_as_null=True), "passed": record.passed}
 
 
-def decode_verify(data: Any) -> VerifyRecord:
-    """A ``verify.json`` read back; raises :class:`~resnext_deploy.serde.RecordError` naming a malformed field."""
-    return decode(VerifyRecord, data, nan_as_null=True)
+def read_verify(path: str | Path) -> VerifyRecord:
+    """``verify.json`` as verify wrote it; a malformed or other-version file is one ``BadInputError`` naming the key."""
+    path = Path(path)
+    data: Any = read_json(path)
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path.name} is a JSON {type(data).__name__}, not an object; run verify again")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BadInputError(
+            f"{path.name}: schema_version {str(data.get('schema_version'))[:40]} is not one this resnext-deploy reads "
+            f"({SCHEMA_VERSION}); run verify again with this version"
+        )
+    try:
+        return decode(VerifyRecord, data, nan_as_null=True)
+    except RecordError as exc:
+        where = str(exc).removeprefix(f"{VerifyRecord.__name__}.")
+        raise BadInputError(f"{path.name}: {where}; run verify again (or restore the file)") from None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Precision, engine_file
-from ..errors import BackendUnavailableError, one_line
+from ..errors import BackendUnavailableError, BadInputError, one_line
 from .records import ArtifactLatency, LayerTime
 
 BACKENDS = ("openvino", "onnxruntime", "tensorrt")
@@ -232,15 +232,14 @@ def profile(
 
 def bench_median(directory: Path, backend: str, precision: str, batch_size: int) -> float | None:
     """bench's median for the same runner (CPU) and batch, when ``bench.json`` holds it."""
-    from ..artifacts import read_json
-    from ..evaluate.bench import BENCH_JSON, read_bench
+    from ..evaluate.bench import BENCH_JSON, read_bench_report
 
     path = directory / BENCH_JSON
     if not path.exists():
         return None
     try:
-        rows = read_bench(dict(read_json(path)))[0]
-    except Exception:  # noqa: BLE001 - an unreadable bench.json only leaves the comparison out
+        rows = read_bench_report(path).results
+    except BadInputError:  # an unreadable bench.json only leaves the comparison out
         return None
     for row in rows:
         if (row.backend, row.precision, row.device, row.batch_size) == (backend, precision, "cpu", batch_size):

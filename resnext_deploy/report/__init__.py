@@ -12,7 +12,6 @@ from ..artifacts import atomic_path
 from .model import (
     REPORT_JSON,
     REPORT_MD,
-    BenchSection,
     FastestRatio,
     Headline,
     Report,
@@ -26,7 +25,6 @@ from .render import render_markdown, triton_section, where_markdown
 __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
-    "BenchSection",
     "FastestRatio",
     "Headline",
     "Report",

@@ -11,67 +11,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, SkippedStep, now_iso, read_json
-from ..backends.base import SkipRecord
-from ..errors import BadInputError, one_line
-from ..evaluate.bench import BENCH_JSON, BENCH_PNG, BenchRow, LoadRecord, NoiseFloor, format_speedup, read_bench
+from ..artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, SkippedStep, now_iso
+from ..errors import BadInputError
+from ..evaluate.bench import BENCH_JSON, BENCH_PNG, BenchReport, BenchRow, format_speedup, read_bench_report
 from ..evaluate.status import RunStatus, changed_since, run_status
-from ..evaluate.verify import VERIFY_JSON, VerifyRecord, decode_verify, verify_json
-from ..schemas import SCHEMA_VERSION
-from ..serde import RecordError
+from ..evaluate.verify import VERIFY_JSON, VerifyRecord, read_verify, verify_json
+from ..serde import encode
 from ..source import ModelSource, export_command, recorded_source
-from .records import check_record, check_settings
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
-
-
-@dataclass(frozen=True)
-class BenchSection:
-    """``bench.json`` as the report reads it: typed rows, noise floor and load, and bench's own settings record."""
-
-    rows: list[BenchRow]
-    noise: NoiseFloor | None = None
-    load: LoadRecord | None = None
-    settings: Mapping[str, Any] | None = None  # bench's record of how it measured (JSON, bench owns its shape)
-    warnings: list[str] = field(default_factory=list)
-    machine: Mapping[str, Any] | None = None
-    artifacts: Mapping[str, str] = field(default_factory=dict)
-    skipped: list[SkipRecord] = field(default_factory=list)
-    plot: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], plot: str | None) -> BenchSection:
-        """A ``bench.json`` read back; a malformed one is a ``BadInputError`` that says to run bench again."""
-        try:
-            rows, noise, load = read_bench(dict(data))
-            return cls(
-                rows,
-                noise,
-                load,
-                data.get("settings"),
-                list(data.get("warnings") or []),
-                data.get("machine"),
-                dict(data.get("artifacts") or {}),
-                [SkipRecord.from_dict(s) for s in data.get("skipped") or []],
-                plot,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadInputError(f"{BENCH_JSON} is malformed ({one_line(exc, 80)}); run bench again") from None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "settings": self.settings,
-            "noise": None if self.noise is None else asdict(self.noise),
-            "load": None if self.load is None else asdict(self.load),
-            "results": [r.to_dict() for r in self.rows],
-            "warnings": self.warnings,
-            "plot": self.plot,
-        }
 
 
 @dataclass(frozen=True)
@@ -86,8 +39,8 @@ class Headline:
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
             "device": self.device,
-            "best": None if self.best is None else self.best.to_dict(),
-            "faster_unreliable": [r.to_dict() for r in self.faster_unreliable],
+            "best": None if self.best is None else encode(self.best),
+            "faster_unreliable": [encode(r) for r in self.faster_unreliable],
         }
         return data if self.note is None else {**data, "note": self.note}
 
@@ -113,7 +66,7 @@ class Report:
     model: ModelSource | None
     artifacts: list[ArtifactEntry]
     verify: VerifyRecord | None
-    bench: BenchSection | None
+    bench: BenchReport | None
     summary: list[Headline]
     ratios: list[FastestRatio]
     skipped: list[SkippedStep]
@@ -121,6 +74,7 @@ class Report:
     status: RunStatus
     changed: list[str] = field(default_factory=list)  # files verify ran whose content has changed since
     weights_warning: str | None = None
+    plot: str | None = None  # bench's plot, where it is in the directory
     created: str = field(default_factory=now_iso)
 
     @property
@@ -130,9 +84,14 @@ class Report:
 
     @property
     def machine(self) -> Mapping[str, Any] | None:
+        """The machine the results were measured on, as its record holds it (bench's, else verify's)."""
         if self.bench is not None:
-            return self.bench.machine
+            return encode(self.bench.machine)
         return self.verify.machine if self.verify is not None else None
+
+    def _bench_json(self, bench: BenchReport) -> dict[str, object]:
+        keys = ("settings", "noise", "load", "results", "warnings")
+        return {**{key: encode(getattr(bench, key)) for key in keys}, "plot": self.plot}
 
     def to_dict(self) -> dict[str, object]:
         """The content of report.json."""
@@ -156,7 +115,7 @@ class Report:
                 for a in self.artifacts
             ],
             "verify": verify,
-            "bench": None if self.bench is None else self.bench.to_dict(),
+            "bench": None if self.bench is None else self._bench_json(self.bench),
             "summary": [h.to_dict() for h in self.summary],
             "weights_warning": self.weights_warning,
             "fastest_verified_vs_torch": [asdict(r) for r in self.ratios],
@@ -192,48 +151,14 @@ def read_report(directory: Path) -> Report:
     manifest = Manifest(directory)
     verify_path, bench_path = directory / VERIFY_JSON, directory / BENCH_JSON
     verify = read_verify(verify_path) if verify_path.exists() else None
-    plot = BENCH_PNG if (directory / BENCH_PNG).exists() else None
-    bench = read_bench_section(bench_path, plot) if bench_path.exists() else None
-    return build_report(manifest, verify, bench, manifest.skipped)
+    bench = read_bench_report(bench_path) if bench_path.exists() else None
+    report = build_report(manifest, verify, bench, manifest.skipped)
+    return replace(report, plot=BENCH_PNG) if (directory / BENCH_PNG).exists() else report
 
 
 def report_json(report: Report) -> str:
     """The text of report.json: strict JSON, so a NaN or infinite figure is null."""
     return json.dumps(_strict(report.to_dict()), indent=2, allow_nan=False, default=str) + "\n"
-
-
-def _schema_version(data: Any, name: str, command: str) -> None:
-    """A file written by another version of its format is refused, naming the file and the key."""
-    if not isinstance(data, dict):
-        raise BadInputError(f"{name} is a JSON {type(data).__name__}, not an object; run {command} again")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BadInputError(
-            f"{name}: schema_version {str(version)[:40]} is not one this resnext-deploy reads ({SCHEMA_VERSION}); "
-            f"run {command} again with this version"
-        )
-
-
-def read_verify(path: Path) -> VerifyRecord:
-    """``verify.json`` as its typed record, each field checked."""
-    data = read_json(path)
-    _schema_version(data, VERIFY_JSON, "verify")
-    try:
-        return decode_verify(data)
-    except RecordError as exc:
-        where = str(exc).removeprefix(f"{VerifyRecord.__name__}.")
-        raise BadInputError(f"{VERIFY_JSON}: {where}; run verify again (or restore the file)") from None
-
-
-def read_bench_section(path: Path, plot: str | None) -> BenchSection:
-    """``bench.json`` as the report reads it, each field checked."""
-    data = read_json(path)
-    _schema_version(data, BENCH_JSON, "bench")
-    section = BenchSection.from_dict(data, plot)
-    check_record(section, BENCH_JSON, "bench")
-    if section.settings:
-        check_settings(section.settings, BENCH_JSON)
-    return section
 
 
 def _strict(value: Any) -> Any:
@@ -248,7 +173,7 @@ def _strict(value: Any) -> Any:
 
 
 def build_report(
-    manifest: Manifest, verify: VerifyRecord | None, bench: BenchSection | None, steps: Sequence[SkippedStep]
+    manifest: Manifest, verify: VerifyRecord | None, bench: BenchReport | None, steps: Sequence[SkippedStep]
 ) -> Report:
     """The report of a directory: the manifest's artifacts and skipped steps, verify's and bench's results."""
     fp32 = manifest.entry("model.onnx")
@@ -270,7 +195,7 @@ def build_report(
         verify=verify,
         bench=bench,
         summary=_summary(verify, bench),
-        ratios=[] if bench is None else _fastest_ratios(bench.rows, _verified(verify)),
+        ratios=[] if bench is None else _fastest_ratios(bench.results, _verified(verify)),
         skipped=skipped,
         stale=_stale(manifest, measured),
         status=run_status(manifest, verify, changed),
@@ -292,7 +217,7 @@ def _stale(manifest: Manifest, measured: Mapping[str, Mapping[str, str]]) -> lis
     return stale
 
 
-def _summary(verify: VerifyRecord | None, bench: BenchSection | None) -> list[Headline]:
+def _summary(verify: VerifyRecord | None, bench: BenchReport | None) -> list[Headline]:
     """Per device (GPU, CPU): the fastest verified artifact whose speedup is reliable, and faster unreliable ones.
 
     Only a candidate that passed ``verify`` counts, and only a reliable speedup (a narrow interval, no
@@ -300,7 +225,7 @@ def _summary(verify: VerifyRecord | None, bench: BenchSection | None) -> list[He
     named beside it, never as the result.
     """
     passed = _verified(verify)
-    rows = [r for r in bench.rows if _finite_speedup(r) and not r.is_reference] if bench else []
+    rows = [r for r in bench.results if _finite_speedup(r) and not r.is_reference] if bench else []
     summary = []
     for device, on_device in (("GPU", lambda d: d != "cpu"), ("CPU", lambda d: d == "cpu")):
         measured = [r for r in rows if on_device(r.device)]

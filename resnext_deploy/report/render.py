@@ -8,12 +8,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..artifacts import MANIFEST_NAME, ArtifactEntry
-from ..evaluate.bench import BENCH_JSON, bench_table, format_speedup, runner_table
+from ..evaluate.bench import BENCH_JSON, BenchReport, bench_table, format_speedup, runner_table
 from ..evaluate.status import RunStatus, Verdict
 from ..evaluate.verify import VERIFY_JSON, VerifyRecord, failure_notes, verify_table
 from ..precision.search import RemedyTrial, SearchRecord, TrialSummary
 from ..ui import markdown_table
-from .model import BenchSection, FastestRatio, Report
+from .model import FastestRatio, Report
 
 NAMED = 3  # faster-but-unreliable rows named beside a headline
 
@@ -53,7 +53,7 @@ def render_markdown(report: Report) -> str:
     )
     out += _precision_section(report.checked)
     out += _verify_section(report.verify, report.changed)
-    out += _bench_section(report.bench, report.ratios)
+    out += _bench_section(report.bench, report.ratios, report.plot)
     out += _measured_section(report.bench)
     if report.skipped:
         out += ["", "## Skipped", ""]
@@ -178,8 +178,7 @@ def _summary_section(report: Report) -> list[str]:
         Verdict.NOT_VERIFIED: "**not verified** (see above)",
     }[status.verdict]
     out.append(f"- Verdict: {verdict}.")
-    load = bench.load if bench else None
-    if load is not None and (note := load.note()):
+    if bench is not None and (note := bench.load.note()):
         out.append(f"- **{note}.**")
     for item in report.summary:
         best = item.best
@@ -206,24 +205,22 @@ def _summary_section(report: Report) -> list[str]:
     return out
 
 
-def _measured_section(bench: BenchSection | None) -> list[str]:
+def _measured_section(bench: BenchReport | None) -> list[str]:
     """The noise floor and the stability rule: what a reader needs to trust the intervals, after the results."""
     if bench is None:
         return []
-    out = ["", "## How this was measured", ""]
-    settings = bench.settings or {}
-    if settings:
-        out += [
-            f"Each runner in its own process; warm-up {settings['warmup_ms']:g} ms, then {settings['rounds']} "
-            f"interleaved rounds of {settings.get('slice_s', 0) * 1e3:.0f} ms slices (at least "
-            f"{settings['min_iterations']} calls per row), {settings.get('wall_s', 0):.0f} s in all within a "
-            f"{settings.get('budget_s', 0):g} s budget. Speedup is torch fp32's median on the same device at the same "
-            "batch size over the row's median; images/s comes from the same median.",
-            "",
-        ]
-    if bench.noise is not None:
-        out.append(f"Read the speedups with their interval: {bench.noise.rule}.")
-    return out
+    run = bench.settings
+    return [
+        "",
+        "## How this was measured",
+        "",
+        f"Each runner in its own process; warm-up {run.warmup_ms:g} ms, then {run.rounds} interleaved rounds of "
+        f"{run.slice_s * 1e3:.0f} ms slices (at least {run.min_iterations} calls per row), {run.wall_s:.0f} s in all "
+        f"within a {run.budget_s:g} s budget. Speedup is torch fp32's median on the same device at the same batch "
+        "size over the row's median; images/s comes from the same median.",
+        "",
+        f"Read the speedups with their interval: {bench.noise.rule}.",
+    ]
 
 
 def _verify_section(verify: VerifyRecord | None, changed: list[str]) -> list[str]:
@@ -256,11 +253,11 @@ def _verify_section(verify: VerifyRecord | None, changed: list[str]) -> list[str
     return out
 
 
-def _bench_section(bench: BenchSection | None, ratios: list[FastestRatio]) -> list[str]:
+def _bench_section(bench: BenchReport | None, ratios: list[FastestRatio], plot: str | None) -> list[str]:
     out = ["", "## Latency and throughput", ""]
     if bench is None:
         return [*out, "bench did not run."]
-    rows = bench.rows
+    rows = bench.results
     for ratio in ratios:
         out.append(
             f"- {ratio.device.upper()}, batch {ratio.batch_size}: the fastest verified artifact, {ratio.backend} "
@@ -271,8 +268,8 @@ def _bench_section(bench: BenchSection | None, ratios: list[FastestRatio]) -> li
         out.append("")
     out.append(markdown_table(*_dash_nonfinite(bench_table(rows))))
     out += ["", markdown_table(*_dash_nonfinite(runner_table(rows)))]
-    if bench.plot:
-        out += ["", f"![median latency and speedup against batch size, log scale, 95% intervals]({bench.plot})"]
+    if plot:
+        out += ["", f"![median latency and speedup against batch size, log scale, 95% intervals]({plot})"]
     return out
 
 

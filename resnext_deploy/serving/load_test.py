@@ -22,6 +22,7 @@ from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, read_json,
 from ..errors import BackendUnavailableError, BadInputError, one_line
 from ..evaluate.machine import DISTURBED_CPU, LoadMonitor, machine_record
 from ..schemas import SCHEMA_VERSION
+from ..serde import encode
 from .triton_repo import INSTALL_HINT, default_model_name, model_base_name
 
 TRITON_BENCH_JSON = "bench_triton.json"
@@ -426,7 +427,7 @@ def write_triton_bench(
     record = {
         "schema_version": SCHEMA_VERSION,
         "created": now_iso(),
-        "machine": machine_record(None),
+        "machine": encode(machine_record(None)),
         **served_files(directory, {row.model for row in rows}),
         "load": {"other_cpu": other_cpu, "warning": busy_warning(other_cpu)},
         "rows": [row.to_dict() for row in rows],
