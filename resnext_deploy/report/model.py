@@ -158,18 +158,7 @@ def read_report(directory: Path) -> Report:
 
 def report_json(report: Report) -> str:
     """The text of report.json: strict JSON, so a NaN or infinite figure is null."""
-    return json.dumps(_strict(report.to_dict()), indent=2, allow_nan=False, default=str) + "\n"
-
-
-def _strict(value: Any) -> Any:
-    """Strict JSON has no NaN or infinity: null in their place."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
+    return json.dumps(encode(report.to_dict(), nan_as_null=True), indent=2, allow_nan=False, default=str) + "\n"
 
 
 def build_report(
