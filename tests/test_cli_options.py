@@ -101,6 +101,7 @@ def _defaults_shown(command: str) -> dict[str, str | None]:
     from typer.core import TyperOption
 
     from resnext_deploy.cli_options import help_default
+    from resnext_deploy.patches import typer_help
 
     click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
     ctx = typer.Context(click_command)
@@ -114,7 +115,8 @@ def _defaults_shown(command: str) -> dict[str, str | None]:
         if default == "":  # "not given" (verify's --backends): the help says in words what that means
             assert "default: " in (param.help or "").lower(), param.opts[0]
             continue
-        record = param.get_help_record(ctx)
+        with typer_help(help_default):  # as main() renders help
+            record = param.get_help_record(ctx)
         text = " ".join((record or ("", ""))[1].split())
         shown[param.opts[0]] = text.split("[default: ", 1)[1].split("]", 1)[0] if "[default: " in text else None
     return shown
