@@ -185,8 +185,8 @@ def serve(
     file_name = ONNX_FILES[options.precision]
     model_name = _checked_model_name(directory, options, file_name, log)
     try:  # every module serve uses, before any work
-        for module in ("pytriton.decorators", "pytriton.exceptions", "pytriton.model_config", "pytriton.triton"):
-            importlib.import_module(module)
+        for module in ("decorators", "exceptions", "model_config", "triton"):
+            importlib.import_module(f"pytriton.{module}")
         importlib.import_module("tritonclient.utils")
     except ImportError as exc:
         raise BackendUnavailableError(f"serve needs PyTriton ({exc.name} is missing); {INSTALL_HINT}") from None
