@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "resnext_deploy"
 LAYERS = {
     "errors": 0,
     "serde": 0,
+    "patches": 0,  # third-party patches, each scoped (typer, pytriton): imports nothing of the package
     "ui": 0,
     "environment": 0,
     "archs": 1,

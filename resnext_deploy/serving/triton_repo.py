@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, Manifest, external_files
 from ..backends.base import TritonModel
-from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
+from ..backends.tensorrt.options import BuildOptions
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import export_command, recorded_source
+from .options import DEFAULT_MAX_BATCH, ONNX_KINDS, TritonRepoOptions
 from .repo_ledger import VERSION, RepoLedger, remove_stale, staged_model_dir
 
 if TYPE_CHECKING:
@@ -37,13 +38,7 @@ INSTALL_HINT = (
     "wheel, `pip install 'resnext-deploy[triton]'` into a virtual environment of its own (PyTriton needs numpy < 2)"
 )
 LABELS_FILE = "labels.txt"
-# ONNX models batch like an engine built with build-trt's default profile.
-DEFAULT_MAX_BATCH = BuildOptions.max_batch
-DEFAULT_OPT_BATCH = BuildOptions.opt_batch
-DEFAULT_QUEUE_DELAY_US = 100
-MAX_QUEUE_DELAY_US = 60_000_000  # a minute; Triton's field is a uint64, and larger values only stall clients
-MAX_INSTANCES = 1024
-ONNX_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DEFAULT_OPT_BATCH = BuildOptions.opt_batch  # ONNX models prefer batches like an engine of build-trt's default profile
 TRT_WORKSPACE_BYTES = 1 << 30
 REPO_FILE_MODE = 0o644  # a repository is shipped: tritonserver often runs as another user than its author
 # Graph I/O types the artifacts can have (onnx.TensorProto names) -> Triton data types.
@@ -140,12 +135,7 @@ class RepoModel:
 
 
 def build_model_config(
-    model: RepoModel,
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    onnx_kind: str = "auto",
-    trt_accelerator: bool = False,
-    labels: tuple[str, ...] = (),
+    model: RepoModel, options: TritonRepoOptions = TritonRepoOptions(), labels: tuple[str, ...] = ()
 ) -> ModelConfig:
     """The ``ModelConfig`` message for one model; with ``labels``, outputs of as many classes name labels.txt.
 
@@ -179,10 +169,10 @@ def build_model_config(
         config.parameters[key].string_value = value
     if batched:
         config.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    kind = model.instance_kind or ONNX_KINDS[onnx_kind]
-    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
-    if trt_accelerator and model.platform == "onnxruntime_onnx":
+        config.dynamic_batching.max_queue_delay_microseconds = options.batching.max_queue_delay_us
+    kind = model.instance_kind or ONNX_KINDS[options.onnx_kind]
+    config.instance_group.add(count=options.batching.instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    if options.trt_accelerator and model.platform == "onnxruntime_onnx":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP32" if model.precision == "fp32" else "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(TRT_WORKSPACE_BYTES)
@@ -216,8 +206,6 @@ def _batch_plan(
     """max_batch_size and preferred batch sizes for a graph whose leading dimension is ``dims[0]``."""
     if dims[0] != -1:
         return 0, ()  # a fixed batch: Triton passes requests through whole
-    if requested is not None and not 1 <= requested <= BATCH_LIMIT:
-        raise BadInputError(f"--max-batch-size must be between 1 and {BATCH_LIMIT}, got {requested}")
     if requested is not None and limit is not None and requested > limit:
         raise BadInputError(f"--max-batch-size {requested} exceeds {source}'s optimization profile maximum {limit}")
     max_batch = requested or limit or DEFAULT_MAX_BATCH
@@ -346,45 +334,26 @@ def _write_model(model: RepoModel, config: ModelConfig, labels: tuple[str, ...],
 def make_triton_repo(
     directory: str | Path,
     out: str | Path,
-    name: str | None = None,
-    max_batch_size: int | None = None,
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    onnx_kind: str = "auto",
-    trt_accelerator: bool = False,
+    options: TritonRepoOptions = TritonRepoOptions(),
     log: Callable[[str], None] = print,
-    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
-    preprocess: bool = False,
 ) -> list[Path]:
     """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
 
     Each model folder is staged beside its place and renamed in whole. ``out`` keeps a ledger of the model
     folders written here: a rerun replaces those and removes the ones it no longer writes, refuses (before
     writing anything) a model folder holding what it did not write, such as a ``2/``, and leaves every other
-    entry of ``out`` alone. ``preprocess`` adds the image models of :mod:`.ensemble` (encoded images in).
+    entry of ``out`` alone. ``options.preprocess`` adds the image models of :mod:`.ensemble` (encoded images in).
     """
-    if not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
-        raise BadInputError(
-            f"--max-queue-delay-us must be between 0 and {MAX_QUEUE_DELAY_US}, got {max_queue_delay_us}"
-        )
-    if not 1 <= instances <= MAX_INSTANCES:
-        raise BadInputError(f"--instances must be between 1 and {MAX_INSTANCES}, got {instances}")
-    if onnx_kind not in ONNX_KINDS:
-        raise BadInputError(f"--onnx-kind must be one of {', '.join(ONNX_KINDS)}, got {onnx_kind!r}")
-    if trt_accelerator and onnx_kind == "cpu":
-        raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
-    models = collect_models(directory, name, max_batch_size, log, backend_options)
+    batching = options.batching
+    models = collect_models(directory, options.name, batching.max_batch_size, log, options.backend_options)
     source = recorded_source(Manifest(directory))
-    labels = source.class_names
     extra = []
-    if preprocess:
+    if options.preprocess:
         from .ensemble import image_models
 
-        base = name or model_base_name(directory)
-        extra = image_models(
-            models, base, source.preprocessing, labels, ONNX_FILES["fp32"], max_queue_delay_us, instances, log
-        )
+        base = options.name or model_base_name(directory)
+        extra = image_models(models, base, source.preprocessing, source.class_names, ONNX_FILES["fp32"], batching, log)
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BadInputError(f"--out {out} is not a folder; choose a folder for the Triton repository")
@@ -397,23 +366,7 @@ def make_triton_repo(
     except OSError as exc:
         raise BadInputError(f"cannot create {out}: {exc.strerror or exc}; choose a writable --out") from None
     ledger = ledger.write(ledger.models | set(names))  # a run cut short still owns what it wrote
-    written = []
-    for model in models:
-        config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator, labels)
-        model_dir = out / model.name
-        with staged_model_dir(model_dir) as staging:
-            _write_model(model, config, labels, staging)
-        batching = (
-            f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
-            f"queue delay {max_queue_delay_us} us"
-            if model.max_batch_size
-            else "fixed batch, no dynamic batching"
-        )
-        log(f"wrote {model_dir} ({model.platform} from {model.artifact.name}; {batching})")
-        note = model.engine_note()
-        if note is not None and not model.version_compatible:
-            log(f"warning: {model.artifact.name} was {note}")
-        written.append(model_dir)
+    written = [_write_repo_model(model, options, source.class_names, out, log) for model in models]
     for image in extra:
         with staged_model_dir(out / image.name) as staging:
             image.write(staging, REPO_FILE_MODE)
@@ -426,3 +379,24 @@ def make_triton_repo(
         server += shlex.split(VERSION_COMPATIBLE_FLAG)
     log(f"serve it with: {shlex.join(server)}")
     return written
+
+
+def _write_repo_model(
+    model: RepoModel, options: TritonRepoOptions, labels: tuple[str, ...], out: Path, log: Callable[[str], None]
+) -> Path:
+    """``out/<model>``, staged and renamed into place, said in one line (and what its engine needs, if anything)."""
+    config = build_model_config(model, options, labels)
+    model_dir = out / model.name
+    with staged_model_dir(model_dir) as staging:
+        _write_model(model, config, labels, staging)
+    batching = (
+        f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
+        f"queue delay {options.batching.max_queue_delay_us} us"
+        if model.max_batch_size
+        else "fixed batch, no dynamic batching"
+    )
+    log(f"wrote {model_dir} ({model.platform} from {model.artifact.name}; {batching})")
+    note = model.engine_note()
+    if note is not None and not model.version_compatible:
+        log(f"warning: {model.artifact.name} was {note}")
+    return model_dir
