@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..artifacts.precisions import PRECISIONS, Precision
+from ..backends.base import BATCH_LIMIT
 from ..errors import BadInputError
-
-MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -97,4 +96,4 @@ def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
+    return parse_int_list(text, "--batch-sizes", BATCH_LIMIT)

@@ -32,9 +32,8 @@ from typing import TextIO
 import numpy as np
 
 from ..artifacts import ONNX_FILES, Manifest
-from ..backends.base import Runner
+from ..backends.base import BATCH_LIMIT, Runner
 from ..backends.registry import discover_runners
-from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import recorded_source
 from .front import HttpFront, default_body_limit, free_loopback_port

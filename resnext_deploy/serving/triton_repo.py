@@ -22,8 +22,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, Manifest, external_files
-from ..backends.base import TritonModel
-from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
+from ..backends.base import BATCH_LIMIT, TritonModel
+from ..backends.tensorrt import BuildOptions
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import export_command, recorded_source
 from .repo_ledger import VERSION, RepoLedger, remove_stale, staged_model_dir
