@@ -39,7 +39,7 @@ from .logs import setup as setup_logging
 from .patches import typer_help
 
 if TYPE_CHECKING:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
     from .evaluate.settings import BenchSettings
     from .parity import Tolerance
     from .precision.options import PrecisionOptions
@@ -144,7 +144,7 @@ def archs() -> None:
 @app.command()
 def info() -> None:
     """Versions of torch, torchvision, timm, onnx, onnxruntime, OpenVINO and TensorRT; CUDA devices; providers."""
-    from .backends.tensorrt.probe import summary
+    from .backends.tensorrt import summary
     from .environment import TORCHVISION_FIX, describe, optional_libraries, torchvision_mismatch
 
     for key, value in {**describe(), **optional_libraries(), "tensorrt": summary()}.items():
@@ -195,9 +195,13 @@ def build_trt(
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
     from .artifacts import locked, recorded_step
-    from .backends.tensorrt.build import build_engine, record_engines_skipped
-    from .backends.tensorrt.options import check_trt_major
-    from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+    from .backends.tensorrt import (
+        TensorRTUnavailableError,
+        build_engine,
+        check_trt_major,
+        record_engines_skipped,
+        tensorrt_status,
+    )
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
 
@@ -242,10 +246,12 @@ def pipeline(
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
+    from .backends.tensorrt import BACKEND as TENSORRT
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build, inspect=inspect)
+    builds = {TENSORRT.name: build}
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=builds, inspect=inspect)
     model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
@@ -344,7 +350,8 @@ def bench_triton(
 ) -> None:
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
     from .artifacts import locked
-    from .evaluate.settings import MAX_BATCH, parse_int_list
+    from .backends.base import BATCH_LIMIT
+    from .evaluate.settings import parse_int_list
     from .serving.load_test import (
         LoadTestSettings,
         background_load,
@@ -358,7 +365,7 @@ def bench_triton(
 
     settings = LoadTestSettings(
         levels=parse_int_list(concurrency, "--concurrency", 1024),
-        batch_size=parse_int_list(str(batch_size), "--batch-size", MAX_BATCH)[0],
+        batch_size=parse_int_list(str(batch_size), "--batch-size", BATCH_LIMIT)[0],
         duration_s=duration,
     )
     directory = artifact_dir(directory)

@@ -195,7 +195,7 @@ def _precision_defaults() -> dict[str, Any]:
 
 
 def _build_defaults() -> dict[str, Any]:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
 
     return _fields(BuildOptions)
 
@@ -230,7 +230,7 @@ def _precision(given: dict[str, Any]) -> Any:
 
 
 def _build(given: dict[str, Any]) -> Any:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
 
     return BuildOptions(**given)
 

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..artifacts.precisions import PRECISIONS, Precision
+from ..backends.base import BATCH_LIMIT
 from ..errors import BadInputError
 
 if TYPE_CHECKING:  # the CLI imports these settings for its defaults: no numpy or backends at import
     from ..backends.base import OptionValue
-
-MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -91,4 +90,4 @@ def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
+    return parse_int_list(text, "--batch-sizes", BATCH_LIMIT)

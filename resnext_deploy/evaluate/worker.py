@@ -356,10 +356,9 @@ class NoiseProbe(Runner):
     backend = NOISE_PROBE
 
     def __init__(self, threads: int | None, allow_spinning: bool) -> None:
-        import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        from ..backends.onnxruntime import session_options
+        from ..backends.onnxruntime import open_session
 
         rng = np.random.default_rng(0)
         channels, layers = 32, 4
@@ -381,8 +380,7 @@ class NoiseProbe(Runner):
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        options = session_options(threads, allow_spinning)
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(model, threads=threads, allow_spinning=allow_spinning)
         self.input = rng.standard_normal(shape).astype(np.float32)
         self.options = {
             "workload": f"{layers} conv3x3 {channels}ch 28x28 in ONNX Runtime",

@@ -105,15 +105,10 @@ def _openvino(path: str, precision: str, batch_size: int, image_size: int, itera
 def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
     import json
 
-    import onnxruntime as ort
-
-    from ..backends.onnxruntime import session_options
+    from ..backends.onnxruntime import open_session
 
     with tempfile.TemporaryDirectory(prefix="resnext-deploy-profile-") as folder:
-        options = session_options()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "ort")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = open_session(path, profile_prefix=Path(folder) / "ort")
         name = session.get_inputs()[0].name
         x = _input(batch_size, image_size)
         for _ in range(WARMUP):
@@ -142,7 +137,7 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
 
 def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> dict[str, Any]:
     """TensorRT's IProfiler and engine inspector (run where a GPU is); the wall time is the CUDA-event time."""
-    from ..backends.tensorrt.layers import layer_profile
+    from ..backends.tensorrt import layer_profile
 
     rows, device_ms = layer_profile(path, batch_size, image_size, iterations, WARMUP)
     return {"rows": rows, "wall_ms": device_ms}

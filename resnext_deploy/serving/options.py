@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..artifacts.precisions import ONNX_FILES
-from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
+from ..backends.base import BATCH_LIMIT
+from ..backends.tensorrt import BuildOptions
 from ..errors import BadInputError
 
 # ONNX models batch like an engine built with build-trt's default profile.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, Manifest, external_files
 from ..backends.base import TritonModel
-from ..backends.tensorrt.options import BuildOptions
+from ..backends.tensorrt import BuildOptions
 from ..errors import BackendUnavailableError, BadInputError
 from ..source import export_command, recorded_source
 from .options import DEFAULT_MAX_BATCH, ONNX_KINDS, TritonRepoOptions
