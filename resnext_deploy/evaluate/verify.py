@@ -129,6 +129,11 @@ class VerifyRecord:
     def __bool__(self) -> bool:
         return self.passed
 
+    def problems(self) -> list[Problem]:
+        """The reference's problems and each failing candidate, with all its reasons (what the run's status reads)."""
+        problems = [Problem("reference torch-cpu:fp32", failure) for failure in self.reference.failures]
+        return problems + [Problem(row.full_label, "; ".join(row.failures)) for row in self.rows if not row.passed]
+
     def failure_summary(self) -> str:
         """One line naming every failing candidate and its first reason."""
         failures = self.reference.failures

@@ -19,7 +19,7 @@ from .. import imageprep
 from ..archs import Preprocessing
 from .options import Batching
 from .repo_ledger import CONFIG_HEADER, VERSION
-from .triton_repo import LABELS_FILE, RepoModel, labels_text, model_config_pb2
+from .repo_model import LABELS_FILE, RepoModel, labels_text, model_config_pb2
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig

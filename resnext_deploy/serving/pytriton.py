@@ -42,7 +42,8 @@ from .front import HttpFront, default_body_limit, free_loopback_port
 from .grpc_front import GrpcFront
 from .image_input import CLASS_OUTPUT, IMAGE_INPUT, image_model_name, make_image_infer
 from .options import ServeOptions
-from .triton_repo import INSTALL_HINT, LABELS_FILE, MODEL_NAME_RE, default_model_name, labels_text, onnx_io
+from .repo_model import LABELS_FILE, labels_text, onnx_io
+from .triton_repo import INSTALL_HINT, MODEL_NAME_RE, default_model_name
 
 if TYPE_CHECKING:
     from pytriton.triton import Triton
