@@ -14,10 +14,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from typer.core import TyperOption
 
 from . import __version__
 from .cli_options import (
@@ -25,8 +24,10 @@ from .cli_options import (
     BENCH,
     BUILD,
     PRECISION,
+    SERVE,
     SOURCE,
     TOLERANCES,
+    TRITON_REPO,
     backend_list,
     comma_list,
     grouped,
@@ -35,12 +36,14 @@ from .cli_options import (
 from .errors import BadInputError, DeployError, ExitCode, one_line
 from .logs import log
 from .logs import setup as setup_logging
+from .patches import typer_help
 
 if TYPE_CHECKING:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
     from .evaluate.settings import BenchSettings
     from .parity import Tolerance
     from .precision.options import PrecisionOptions
+    from .serving.options import ServeOptions, TritonRepoOptions
     from .source import SourceOptions
 
 app = typer.Typer(
@@ -51,40 +54,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _flag_type(self: TyperOption, ctx: Any) -> str | None:
-    """No type beside a flag in the help: it takes no value (Typer 0.29's Rich help shows ``<bool>``).
-
-    Kept, with Typer, after weighing both ways out. Plain Click would drop the Rich help panels that show
-    each option group apart; and within Typer an option's own setting (an empty metavar) reaches the flags
-    we declare but not Click's ``--help``, which every command has. This is Typer's one missing hook.
-    """
-    return None if self.is_flag else _option_type(self, ctx)
-
-
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # Typer offers no hook for this
-
-
-def _default_value(self: TyperOption, *, ctx: Any) -> Any:
-    """The default ``--help`` shows: a grouped flag's is its bundle's (the flag itself defaults to "not given")."""
-    found = help_default(self.name)
-    return _option_default(self, ctx=ctx) if found is None else found
-
-
-def _default_text(self: TyperOption, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
-    """A comma list as it is typed; an on/off pair names the side that is on (Typer reads the flag's own None)."""
-    if self.is_bool_flag and self.secondary_opts and help_default(self.name) is not None:
-        return (self.opts if default_value else self.secondary_opts)[0].lstrip("-")
-    if isinstance(default_value, (tuple, list)):
-        return ",".join(str(v) for v in default_value)
-    return _option_text(self, ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value)
-
-
-_option_default, _option_text = TyperOption._extract_default_help_str, TyperOption._get_default_string
-TyperOption._extract_default_help_str = _default_value  # type: ignore[method-assign]  # no hook for this either
-TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
 
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Artifact directory (created if missing).")]
@@ -175,7 +144,7 @@ def archs() -> None:
 @app.command()
 def info() -> None:
     """Versions of torch, torchvision, timm, onnx, onnxruntime, OpenVINO and TensorRT; CUDA devices; providers."""
-    from .backends.tensorrt.probe import summary
+    from .backends.tensorrt import summary
     from .environment import TORCHVISION_FIX, describe, optional_libraries, torchvision_mismatch
 
     for key, value in {**describe(), **optional_libraries(), "tensorrt": summary()}.items():
@@ -226,9 +195,13 @@ def build_trt(
     Without TensorRT or a GPU, prints the equivalent trtexec line and exits 4.
     """
     from .artifacts import locked, recorded_step
-    from .backends.tensorrt.build import build_engine, record_engines_skipped
-    from .backends.tensorrt.options import check_trt_major
-    from .backends.tensorrt.probe import TensorRTUnavailableError, tensorrt_status
+    from .backends.tensorrt import (
+        TensorRTUnavailableError,
+        build_engine,
+        check_trt_major,
+        record_engines_skipped,
+        tensorrt_status,
+    )
     from .precision.typed import make_typed_onnx
     from .source import artifact_dir
 
@@ -273,10 +246,12 @@ def pipeline(
     With no arguments it runs on the bundled demo model and digits, offline.
     """
     from .artifacts import locked, prepare_dir
+    from .backends.tensorrt import BACKEND as TENSORRT
     from .pipeline import PipelineOptions, run_pipeline
     from .source import resolve_source
 
-    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=build, inspect=inspect)
+    builds = {TENSORRT.name: build}
+    options = PipelineOptions(precision=precision, data=data, count=count, bench=bench, build=builds, inspect=inspect)
     model = resolve_source(source, name_folders=(precision.calib_source, data), log=log)
     directory = prepare_dir(directory)
     with locked(directory):
@@ -355,7 +330,7 @@ def bench(directory: ExportedDirOption, settings: BenchSettings, json_path: Json
     with locked(directory), recorded_step(directory, "bench"):
         report = run_bench(directory, settings, json_path=json_file, log=log)
         _print_result(bench_text(report), directory / BENCH_JSON, json_path)
-        if failure := report.failure():  # recorded in the manifest, so report and verify see the failed rows
+        if failure := report.failure(directory):  # recorded in the manifest, so report and verify see the failed rows
             raise VerificationError(failure)
 
 
@@ -375,7 +350,8 @@ def bench_triton(
 ) -> None:
     """Load-test a running Triton server with DIR's model: DIR/bench_triton.json and .md."""
     from .artifacts import locked
-    from .evaluate.settings import MAX_BATCH, parse_int_list
+    from .backends.base import BATCH_LIMIT
+    from .evaluate.settings import parse_int_list
     from .serving.load_test import (
         LoadTestSettings,
         background_load,
@@ -389,7 +365,7 @@ def bench_triton(
 
     settings = LoadTestSettings(
         levels=parse_int_list(concurrency, "--concurrency", 1024),
-        batch_size=parse_int_list(str(batch_size), "--batch-size", MAX_BATCH)[0],
+        batch_size=parse_int_list(str(batch_size), "--batch-size", BATCH_LIMIT)[0],
         duration_s=duration,
     )
     directory = artifact_dir(directory)
@@ -470,124 +446,27 @@ def inspect(
 
 
 @app.command("triton-repo")
-@grouped(backend_options=BACKEND_OPTIONS)
+@grouped(repository=TRITON_REPO)
 def triton_repo(
     directory: ReadDirOption,
-    backend_options: Mapping[str, Mapping[str, Any]],
     out: Annotated[Path, typer.Option("--out", help="Triton model repository to write (created if missing).")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name prefix; default: the architecture.")] = None,
-    max_batch_size: Annotated[
-        Optional[int],
-        typer.Option("--max-batch-size", help="Largest batch; default: the engine profile's maximum, or 32 for ONNX."),
-    ] = None,
-    max_queue_delay_us: Annotated[
-        int, typer.Option("--max-queue-delay-us", help="How long Triton may hold a request to fill a batch.")
-    ] = 100,
-    instances: Annotated[int, typer.Option("--instances", help="Model instances per device.")] = 1,
-    onnx_kind: Annotated[
-        Literal["auto", "gpu", "cpu"],
-        typer.Option("--onnx-kind", help="Where ONNX models run: auto (GPU if the host has one), gpu or cpu."),
-    ] = "auto",
-    trt_accelerator: Annotated[
-        bool,
-        typer.Option("--trt-accelerator", help="Run ONNX models on GPUs through ONNX Runtime's TensorRT provider."),
-    ] = False,
-    preprocess: Annotated[
-        bool,
-        typer.Option(
-            "--preprocess",
-            help="Also write <model>_image ensembles: JPEG/PNG bytes in, logits and class names out (Python backend).",
-        ),
-    ] = False,
+    repository: TritonRepoOptions,
 ) -> None:
     """Write a Triton model repository: one model per ONNX file and engine in DIR."""
     from .serving.triton_repo import make_triton_repo
 
-    make_triton_repo(
-        directory,
-        out,
-        name=name,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        onnx_kind=onnx_kind,
-        trt_accelerator=trt_accelerator,
-        log=log,
-        backend_options=backend_options,
-        preprocess=preprocess,
-    )
+    make_triton_repo(directory, out, repository, log=log)
 
 
 @app.command()
-def serve(
-    directory: ReadDirOption,
-    precision: Annotated[
-        Literal["fp32", "fp16", "int8"], typer.Option("--precision", help="Which ONNX file.")
-    ] = "fp32",
-    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback unless you mean otherwise.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
-    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", help="gRPC port; default: --port + 1.")] = None,
-    metrics_port: Annotated[
-        Optional[int], typer.Option("--metrics-port", help="Prometheus metrics port; default: --port + 2.")
-    ] = None,
-    max_batch_size: Annotated[
-        int, typer.Option("--max-batch-size", help="Largest batch Triton forms; 1 switches batching off.")
-    ] = 32,
-    max_queue_delay_us: Annotated[
-        int, typer.Option("--max-queue-delay-us", help="How long Triton may hold a request to fill a batch.")
-    ] = 100,
-    instances: Annotated[int, typer.Option("--instances", help="Model instances (ONNX Runtime sessions).")] = 1,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Threads per instance (ONNX Runtime, OpenVINO).")
-    ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name; default: <arch>_onnx_<precision>.")] = None,
-    backend: Annotated[
-        str, typer.Option("--backend", help="CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>).")
-    ] = "onnxruntime",
-    restarts: Annotated[
-        int, typer.Option("--restarts", help="Restart a Triton server that dies, at most N times (default: exit 4).")
-    ] = 0,
-    http: Annotated[
-        bool, typer.Option("--http/--no-http", help="Serve HTTP too; --no-http leaves gRPC alone (see README).")
-    ] = True,
-    max_request_mb: Annotated[
-        Optional[float],
-        typer.Option(
-            "--max-request-mb",
-            help="Largest request (HTTP body, gRPC message), decompressed, in MiB; default: twice the largest batch "
-            "in binary form, at least 8.",
-        ),
-    ] = None,
-) -> None:
+@grouped(serving=SERVE)
+def serve(directory: ReadDirOption, serving: ServeOptions) -> None:
     """Serve DIR's ONNX model with a real Triton server (PyTriton) on the CPU until Ctrl-C."""
-    from .environment import cap_threads
     from .logs import verbose
     from .serving.pytriton import SERVER_LOG
     from .serving.pytriton import serve as serve_model
 
-    if max_request_mb is not None and not 0 < max_request_mb <= 2047:  # gRPC's limit is a 32-bit int
-        raise BadInputError(f"--max-request-mb must be more than 0 and at most 2047, got {max_request_mb:g}")
-    serve_model(
-        directory,
-        precision,
-        host=host,
-        port=port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        threads=cap_threads(threads, log),
-        name=name,
-        log=log,
-        server_log=None if verbose() else Path(directory) / SERVER_LOG,
-        backend=backend,
-        restarts=restarts,
-        http=http,
-        max_request=None if max_request_mb is None else max(1, int(max_request_mb * 2**20)),
-    )
+    serve_model(directory, serving, log=log, server_log=None if verbose() else Path(directory) / SERVER_LOG)
 
 
 # A path component over 255 bytes, or a path over PATH_MAX: the user's path, wherever a library trips on it.
@@ -620,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         _refuse_undecodable(sys.argv[1:] if argv is None else argv)
-        result = command.main(args=argv, prog_name="resnext-deploy", standalone_mode=False)
+        with typer_help(help_default):
+            result = command.main(args=argv, prog_name="resnext-deploy", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (typer vendors Click)
         message = exc.format_message().strip()
         if message:  # empty when there were no arguments at all and the help was shown instead

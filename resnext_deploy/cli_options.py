@@ -8,7 +8,8 @@ only when help is shown: those modules import torch). The backends' own knobs ar
 registry each time the command line is parsed, so a registered backend's knob is a flag with no edit here.
 
 Typer stays rather than plain Click: each group shows as a panel of its Rich help, and a group is a list of
-typed parameters, which is what Typer reads (see ``cli._flag_type`` for the one patch it still needs).
+typed parameters, which is what Typer reads (:func:`resnext_deploy.patches.typer_help` is the patch its help
+still needs).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class Group:
 
     def parameters(self, prefix: str) -> list[inspect.Parameter]:
         for flag in self.flags():
-            _HELP[f"{prefix}__{flag.field}"] = (self, flag.field)
+            key = f"{prefix}__{flag.field}"
+            if _HELP.setdefault(key, (self, flag.field)) != (self, flag.field):  # --help would show the other's default
+                raise ValueError(f"two option groups make the parameter {key}; give the commands' groups other names")
         own = [flag.parameter(f"{prefix}__{flag.field}", self.panel) for flag in self.flags()]
         return own + [p for name, part in self.parts.items() for p in part.parameters(f"{prefix}__{name}")]
 
@@ -192,7 +195,7 @@ def _precision_defaults() -> dict[str, Any]:
 
 
 def _build_defaults() -> dict[str, Any]:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
 
     return _fields(BuildOptions)
 
@@ -227,7 +230,7 @@ def _precision(given: dict[str, Any]) -> Any:
 
 
 def _build(given: dict[str, Any]) -> Any:
-    from .backends.tensorrt.options import BuildOptions
+    from .backends.tensorrt import BuildOptions
 
     return BuildOptions(**given)
 
@@ -429,4 +432,99 @@ BENCH = Group(
     panel="Benchmark",
     parts={"backend_options": BACKEND_OPTIONS},
     defaults=_bench_defaults,
+)
+
+
+def _serve_options() -> type:
+    from .serving.options import ServeOptions
+
+    return ServeOptions
+
+
+def _triton_repo_options() -> type:
+    from .serving.options import TritonRepoOptions
+
+    return TritonRepoOptions
+
+
+def _batching(owner: Callable[[], type], max_batch_help: str, instances_help: str) -> Group:
+    """The batching flags ``serve`` and ``triton-repo`` share, declared here once; each says in its own help what
+    its command does with them, and its bundle's default batching fills what is not given."""
+    return Group(
+        lambda given: dataclasses.replace(owner()().batching, **given),
+        [
+            Flag("max_batch_size", "--max-batch-size", max_batch_help, int),
+            Flag(
+                "max_queue_delay_us", "--max-queue-delay-us", "How long Triton may hold a request to fill a batch.", int
+            ),
+            Flag("instances", "--instances", instances_help, int),
+        ],
+        panel="Batching",
+        defaults=lambda: dataclasses.asdict(owner()().batching),
+    )
+
+
+SERVE = Group(
+    lambda given: _serve_options()(**given),
+    [
+        Flag("precision", "--precision", "Which ONNX file.", Literal["fp32", "fp16", "int8"]),
+        Flag("host", "--host", "Address to bind; loopback unless you mean otherwise."),
+        Flag("port", "--port", "HTTP port.", int),
+        Flag("grpc_port", "--grpc-port", "gRPC port; default: --port + 1.", int),
+        Flag("metrics_port", "--metrics-port", "Prometheus metrics port; default: --port + 2.", int),
+        Flag("threads", "--threads", "Threads per instance (ONNX Runtime, OpenVINO).", int, _threads),
+        Flag("name", "--name", "Model name; default: <arch>_onnx_<precision>."),
+        Flag("backend", "--backend", "CPU runner: onnxruntime or openvino (model <arch>_openvino_<precision>)."),
+        Flag("restarts", "--restarts", "Restart a Triton server that dies, at most N times (default: exit 4).", int),
+        Flag("http", "--http/--no-http", "Serve HTTP too; --no-http leaves gRPC alone (see README).", bool),
+        Flag(
+            "max_request_mb",
+            "--max-request-mb",
+            "Largest request (HTTP body, gRPC message), decompressed, in MiB; default: twice the largest batch in "
+            "binary form, at least 8.",
+            float,
+        ),
+    ],
+    parts={
+        "batching": _batching(
+            _serve_options,
+            "Largest batch Triton forms; 1 switches batching off.",
+            "Model instances (ONNX Runtime sessions).",
+        )
+    },
+    defaults=lambda: _fields(_serve_options()),
+)
+
+TRITON_REPO = Group(
+    lambda given: _triton_repo_options()(**given),
+    [
+        Flag("name", "--name", "Model name prefix; default: the architecture."),
+        Flag(
+            "onnx_kind",
+            "--onnx-kind",
+            "Where ONNX models run: auto (GPU if the host has one), gpu or cpu.",
+            Literal["auto", "gpu", "cpu"],
+        ),
+        Flag(
+            "trt_accelerator",
+            "--trt-accelerator",
+            "Run ONNX models on GPUs through ONNX Runtime's TensorRT provider.",
+            bool,
+        ),
+        Flag(
+            "preprocess",
+            "--preprocess",
+            "Also write <model>_image ensembles: JPEG/PNG bytes in, logits and class names out (Python backend).",
+            bool,
+        ),
+    ],
+    parts={
+        "batching": _batching(
+            _triton_repo_options,
+            "Largest batch; default: the engine profile's maximum, or 32 for ONNX.",
+            "Model instances per device.",
+        ),
+        "backend_options": BACKEND_OPTIONS,
+    },
+    defaults=lambda: _fields(_triton_repo_options()),
 )

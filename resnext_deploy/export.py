@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import CALIBRATION_NAME, ONNX_FILES, Manifest, atomic_path, read_json, tool_versions
+from .backends.base import BATCH_LIMIT
 from .backends.onnxruntime import OnnxRuntimeRunner
-from .backends.tensorrt.options import BATCH_LIMIT
 from .backends.torch import TorchRunner
 from .errors import BadInputError, VerificationError
 from .parity import DEFAULT_TOLERANCES, Parity, compare

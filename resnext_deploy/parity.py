@@ -6,9 +6,7 @@ A foundation module: export, the typed-file checks and verify all judge with it,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -29,11 +27,6 @@ class Tolerance:
     # all the same, and a larger error is judged on raw agreement. The build's check sets it: it must predict
     # verify's verdict on a larger set, where more samples are decisive (BUILD_MIN_DECISIVE).
     decisive_min: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
-        """A tolerance read back from JSON (``asdict``); criteria it does not name are not applied."""
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
     def tightened(self, factor: float) -> Tolerance:
         """Each allowance (cosine deficit, top-1 misses, accuracy drop, relative error) times ``factor``.
@@ -128,16 +121,6 @@ class Parity:
         data["failures"] = list(self.failures)
         data["passed"] = self.passed
         return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Parity:
-        """A parity record read back from JSON, where NaN and infinity were written as null."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            value = data.get(f.name, None if f.default is MISSING else f.default)
-            values[f.name] = math.nan if value is None and f.type == "float" else value
-        values["failures"] = tuple(values["failures"] or ())
-        return cls(**values)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

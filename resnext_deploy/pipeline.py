@@ -9,13 +9,13 @@ tried), the later steps run on what exists, and the run's status is derived from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .artifacts import recorded_step
-from .backends.registry import backends
-from .backends.tensorrt.options import BuildOptions
+from .backends.registry import backends, check_build_options
 from .data import Dataset, open_dataset
 from .errors import BadInputError, DeployError, ExitCode, VerificationError
 from .evaluate.settings import BenchSettings
@@ -34,8 +34,11 @@ class PipelineOptions:
     data: Path | None = None
     count: int | None = None
     bench: BenchSettings = field(default_factory=BenchSettings)
-    build: BuildOptions = field(default_factory=BuildOptions)
+    build: Mapping[str, Any] = field(default_factory=dict)  # by backend name: its build_options record
     inspect: bool = False  # run inspect even when every check passed (it always runs when one fails)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "build", check_build_options(self.build))
 
 
 @dataclass
@@ -76,7 +79,7 @@ def run_pipeline(
     skipped: dict[str, str] = {}
     for backend in backends().values():  # TensorRT's engines, or the trtexec lines that build them elsewhere
         try:
-            skipped.update(backend.build(directory, options.build, log))
+            skipped.update(backend.build(directory, options.build.get(backend.name), log))
         except (VerificationError, BadInputError) as exc:  # recorded in the manifest by the step that failed
             failed[f"{backend.name} build"] = f"failed: {exc}"
             log(f"{backend.name} build failed; continuing with what exists: {exc}")
@@ -94,7 +97,7 @@ def run_pipeline(
     try:
         with recorded_step(directory, "bench"):
             measured = run_bench(directory, options.bench, log=log)
-            if failure := measured.failure():  # rows whose worker died or hung: the others are in bench.json
+            if failure := measured.failure(directory):  # rows whose worker died or hung: the others are in bench.json
                 raise VerificationError(failure)
     except (VerificationError, BadInputError) as exc:
         failed["bench"] = f"failed: {exc}"

@@ -4,18 +4,35 @@ Each file in DIR is a dataclass owned by the module that writes it; this module 
 (``encode``) and back (``decode``), with cattrs doing the walking. Decoding is strict about types, because a file
 read back may have been edited by hand: a string where a number belongs, or a bool where an int belongs, is an
 error naming the field (``$.tensors['x'].min``), never a silent conversion. Keys a record does not declare are
-ignored, so a newer tool's extra fields do not break an older reader.
+ignored, so a newer tool's extra fields do not break an older reader. A union of JSON scalars (``int | str``) keeps
+the value's own type, which must be one of the union's.
+
+Two field markers keep a file's layout where it is not the record's shape:
+``field(metadata={JSON_KEY: "cpu flags"})`` writes a field under another key (one that is not a Python name),
+and ``field(metadata=INLINE)`` writes a nested record's fields inline in its parent's object (nulls for a
+``None`` one). Strict JSON has no NaN: ``nan_as_null=True`` writes a non-finite float as null and reads null in
+a float field back as NaN.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
 
 import cattrs
+from cattrs.errors import AttributeValidationNote
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 T = TypeVar("T")
+
+JSON_KEY = "json_key"  # a dataclass field's metadata key: the name it has in the JSON file
+INLINE = {"serde_inline": True}  # field metadata: the nested record's fields sit in its parent's object
+_SCALARS = (str, int, float, bool, type(None))
 
 
 class RecordError(ValueError):
@@ -64,25 +81,158 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-_converter = cattrs.Converter(detailed_validation=True)
-for _kind, _hook in ((float, _strict_float), (int, _strict_int), (str, _strict_str), (bool, _strict_bool)):
-    _converter.register_structure_hook(_kind, _hook)
-_converter.register_structure_hook(Enum, _enum_member)
-_converter.register_unstructure_hook(Enum, _plain)
-_converter.register_unstructure_hook(str, _plain)
+def _nan_from_null(value: Any, kind: type) -> float:
+    return math.nan if value is None else _strict_float(value, kind)
 
 
-def encode(record: Any) -> Any:
-    """``record`` (a dataclass, or containers of them) as JSON values: dicts, lists, strings, numbers, None."""
-    return _converter.unstructure(record)
+def _is_scalar_union(kind: Any) -> bool:
+    """``int | str``, ``str | int | float | bool``: a union of two or more JSON scalar types besides null."""
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+        return False
+    args = typing.get_args(kind)
+    return all(arg in _SCALARS for arg in args) and sum(arg is not type(None) for arg in args) >= 2
 
 
-def decode(cls: type[T], data: Any) -> T:
-    """``data`` (parsed JSON) as a ``cls``; raises :class:`RecordError` saying which field is wrong and how."""
+def _scalar_union(value: Any, kind: Any) -> Any:
+    """The value as it is, when its own JSON type is one of the union's (an integer also fits a float)."""
+    args = typing.get_args(kind)
+    own = type(value)
+    if own in args:
+        return value
+    if own is int and float in args:
+        return float(value)
+    names = " or ".join("null" if arg is type(None) else arg.__name__ for arg in args)
+    raise TypeError(f"expected {names}, got {own.__name__}")
+
+
+def _is_record(kind: Any) -> bool:
+    return dataclasses.is_dataclass(kind) and isinstance(kind, type)
+
+
+def _has_layout(kind: Any) -> bool:
+    return _is_record(kind) and any(
+        JSON_KEY in f.metadata or "serde_inline" in f.metadata for f in dataclasses.fields(kind)
+    )
+
+
+def _renamed(kind: type) -> dict[str, str]:
+    return {f.name: f.metadata[JSON_KEY] for f in dataclasses.fields(kind) if JSON_KEY in f.metadata}
+
+
+def _inline_record(hint: Any) -> tuple[type, bool]:
+    """The record type of an inline field (``R`` or ``R | None``) and whether it may be None."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return options[0], len(options) < len(typing.get_args(hint))
+
+
+def _own_keys(kind: type) -> set[str]:
+    return {f.metadata.get(JSON_KEY, f.name) for f in dataclasses.fields(kind) if "serde_inline" not in f.metadata}
+
+
+def _structure_record(kind: type, converter: cattrs.Converter) -> Callable[[Any, type], Any]:
+    """A dataclass from a JSON object (renamed keys and inline records too); anything else is refused by name."""
+    fields = dataclasses.fields(kind)
+    hints = typing.get_type_hints(kind) if any("serde_inline" in f.metadata for f in fields) else {}
+    inline = {f.name: _inline_record(hints[f.name]) for f in fields if "serde_inline" in f.metadata}
+    renamed = _renamed(kind)
+    overrides = {name: override(rename=key) for name, key in renamed.items()}
+    overrides.update({name: override(struct_hook=lambda value, _: value) for name in inline})
+    generated = make_dict_structure_fn(kind, converter, **overrides)
+    own = _own_keys(kind)
+
+    def structure(data: Any, _: type) -> Any:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object for {kind.__name__}, got {type(data).__name__}")
+        records = {}
+        for name, (record, optional) in inline.items():
+            keys = [f.name for f in dataclasses.fields(record) if f.name not in own]
+            absent = optional and all(data.get(key) is None for key in keys)
+            records[name] = None if absent else converter.structure(data, record)
+        try:
+            return generated({**data, **records}, kind)
+        except cattrs.ClassValidationError as exc:
+            _rename_notes(exc, renamed)
+            raise
+
+    return structure
+
+
+def _rename_notes(exc: cattrs.ClassValidationError, renamed: dict[str, str]) -> None:
+    """Errors name a renamed field by its key in the file, where the reader can find it."""
+    for inner in exc.exceptions:
+        notes = getattr(inner, "__notes__", [])
+        for i, note in enumerate(notes):
+            if isinstance(note, AttributeValidationNote) and note.name in renamed:
+                notes[i] = AttributeValidationNote(note, renamed[note.name], note.type)
+
+
+def _unstructure_layout(kind: type, converter: cattrs.Converter) -> Callable[[Any], Any]:
+    fields = dataclasses.fields(kind)
+    hints = typing.get_type_hints(kind)
+    inline = {f.name: _inline_record(hints[f.name])[0] for f in fields if "serde_inline" in f.metadata}
+    overrides = {name: override(rename=key) for name, key in _renamed(kind).items()}
+    generated = make_dict_unstructure_fn(kind, converter, **overrides)
+    own = _own_keys(kind)
+
+    def unstructure(record: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in generated(record).items():
+            if key not in inline:
+                data[key] = value
+                continue
+            nested = dict.fromkeys(f.name for f in dataclasses.fields(inline[key])) if value is None else value
+            data.update({k: v for k, v in nested.items() if k not in own})
+        return data
+
+    return unstructure
+
+
+def _make_converter(nan_as_null: bool) -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True)
+    floats = _nan_from_null if nan_as_null else _strict_float
+    for kind, hook in ((float, floats), (int, _strict_int), (str, _strict_str), (bool, _strict_bool)):
+        converter.register_structure_hook(kind, hook)
+    converter.register_structure_hook(Enum, _enum_member)
+    converter.register_unstructure_hook(Enum, _plain)
+    converter.register_unstructure_hook(str, _plain)
+    converter.register_structure_hook_func(_is_scalar_union, _scalar_union)
+    converter.register_structure_hook_factory(_is_record, lambda kind: _structure_record(kind, converter))
+    converter.register_unstructure_hook_factory(_has_layout, lambda kind: _unstructure_layout(kind, converter))
+    return converter
+
+
+_converter = _make_converter(nan_as_null=False)
+_nan_converter = _make_converter(nan_as_null=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def encode(record: Any, *, nan_as_null: bool = False) -> Any:
+    """``record`` (a dataclass, or containers of them) as JSON values: dicts, lists, strings, numbers, None.
+
+    ``nan_as_null``: a non-finite float is written as null, for files that are strict JSON.
+    """
+    data = _converter.unstructure(record)
+    return _finite(data) if nan_as_null else data
+
+
+def decode(cls: type[T], data: Any, *, nan_as_null: bool = False) -> T:
+    """``data`` (parsed JSON) as a ``cls``; raises :class:`RecordError` saying which field is wrong and how.
+
+    ``nan_as_null``: null in a float field (not an optional one) is read as NaN, as ``encode`` wrote it.
+    """
     if dataclasses.is_dataclass(cls) and not isinstance(data, dict):
         raise RecordError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
     try:
-        return _converter.structure(data, cls)
+        return (_nan_converter if nan_as_null else _converter).structure(data, cls)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         raise RecordError(_first_problem(exc, cls)) from None
 

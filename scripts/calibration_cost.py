@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from resnext_deploy.artifacts import load_onnx  # noqa: E402
-from resnext_deploy.backends.onnxruntime import session_options  # noqa: E402
+from resnext_deploy.backends.onnxruntime import open_session  # noqa: E402
 from resnext_deploy.data import open_dataset  # noqa: E402
 from resnext_deploy.precision.statistics import activation_tensors, collect_statistics, run_batches  # noqa: E402
 
@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    import onnxruntime as ort
 
     from resnext_deploy.artifacts import Manifest
     from resnext_deploy.source import recorded_source
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_bytes = (per_sample or 1) * args.batch_size
 
     def plain() -> None:
-        session = ort.InferenceSession(str(model_path), session_options(), providers=["CPUExecutionProvider"])
+        session = open_session(model_path)
         for batch in dataset.batches(args.batch_size):
             session.run(None, {session.get_inputs()[0].name: batch.images})
 

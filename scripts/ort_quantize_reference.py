@@ -29,6 +29,7 @@ from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import DeployError
 from resnext_deploy.evaluate.bench import bench_table, measure_bench
 from resnext_deploy.evaluate.settings import BenchSettings, parse_batch_sizes
+from resnext_deploy.serde import encode
 from resnext_deploy.source import recorded_source
 from resnext_deploy.ui import render_table
 
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             f"{line['vs_quantize_static']:.2f}x ONNX Runtime quantize_static U8S8 "
             f"(which is {line['quantize_static_vs_torch_eager']:.2f}x PyTorch eager)"
         )
-    write_json(args.dir / "ort_reference_bench.json", {**report.to_dict(), "summary": summary})
+    write_json(args.dir / "ort_reference_bench.json", {**encode(report), "summary": summary})
     return 0
 
 

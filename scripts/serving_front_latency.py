@@ -67,6 +67,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     from resnext_deploy.evaluate.machine import load_average, machine_record
+    from resnext_deploy.serde import encode
     from resnext_deploy.serving.load_test import LoadTestSettings, background_load, served_model, triton_load_test
 
     port, grpc_port = _free_port(), _free_port()
@@ -108,7 +109,7 @@ def main() -> int:
         server.wait(60)
 
     machine = machine_record(None)
-    print(f"machine: {machine.get('cpu')}, {machine.get('cpu cores')} cores; load average {load_average()}")
+    print(f"machine: {machine.cpu}, {machine.cpu_cores} cores; load average {load_average()}")
     print(
         f"other processes' share of the CPU before the runs: {other_cpu if other_cpu is None else f'{other_cpu:.0%}'}"
     )
@@ -140,7 +141,13 @@ def main() -> int:
                 }
             )
     if args.json:
-        record = {"commit": _commit(), "machine": machine, "other_cpu": other_cpu, "model": model, "cases": results}
+        record = {
+            "commit": _commit(),
+            "machine": encode(machine),
+            "other_cpu": other_cpu,
+            "model": model,
+            "cases": results,
+        }
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -23,12 +23,25 @@ from onnx import numpy_helper
 from PIL import Image
 
 from resnext_deploy.artifacts import LOCK_NAME, MANIFEST_NAME, ONNX_FILES, EngineProfile, Manifest, sha256_file
+from resnext_deploy.backends.base import Candidate, SkipRecord
 from resnext_deploy.backends.openvino import CACHE_DIR
 from resnext_deploy.backends.tensorrt.manifest import EngineManifest
 from resnext_deploy.backends.tensorrt.options import BuildOptions
 from resnext_deploy.backends.tensorrt.probe import GpuInfo
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
+from resnext_deploy.evaluate.bench import (
+    BenchReport,
+    BenchRun,
+    FailedRow,
+    Isolation,
+    LoadRecord,
+    NoiseFloor,
+    add_speedups,
+    bench_warnings,
+    measured_row,
+)
+from resnext_deploy.evaluate.machine import machine_record
 from resnext_deploy.export import export_onnx
 
 # CLI options: the tiny model, and the shortest bench, pipeline and INT8 build that still do every step.
@@ -394,3 +407,70 @@ def stand_in_engine_manifest(engine: Path, precision: str = "fp32", **changes) -
         built="2026-01-01T00:00:00+00:00",
     )
     return replace(record, **changes).sealed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+def bench_report() -> BenchReport:
+    """A bench record as bench writes it (torch and an INT8 file on the CPU, one skipped and one failed row)."""
+    noise = NoiseFloor.measured(0.01, 0.02, 4, "4 conv3x3 32ch 28x28 in ONNX Runtime", call_spread=0.1)
+    rounds = {"torch": [[10.0, 10.5]] * 4, "onnxruntime": [[5.0, 5.2], [5.1, 5.0], [4.9, 5.3], [5.0, 5.0]]}
+    rows = [
+        measured_row(Candidate("torch", "fp32", "cpu", None), 1, rounds["torch"], noise, [(0, 100)] * 4),
+        measured_row(Candidate("onnxruntime", "int8", "cpu", "model.int8.onnx"), 1, rounds["onnxruntime"], noise),
+    ]
+    add_speedups(rows, {id(rows[0]): rounds["torch"], id(rows[1]): rounds["onnxruntime"]})
+    rows[1].options.update({"allow_spinning": True, "intra_op_threads": "default", "pools": "library defaults"})
+    load = LoadRecord(True, 0.01, 0, 8, (0.5, 0.4, 0.3), (0.6, 0.4, 0.3), False)
+    isolation = Isolation(
+        process_per_runner=True,
+        mode="library defaults",
+        environment={},
+        onnxruntime_allow_spinning=True,
+        threads="--threads 1",
+        pause="until quiet",
+        pause_ms=12.0,
+        pause_max_ms=30.5,
+        quiet_rule="after each slice, bench waits until quiet",
+        quiet_after_warm_up_ms={"torch-cpu:fp32": 3.0, "noise-probe": None},
+        wait_after_slice_ms={"torch-cpu:fp32": 11.0, "noise-probe": None},
+        reply_margin_s=2.0,
+    )
+    run = BenchRun(
+        backends=("torch", "onnxruntime"),
+        precisions=("fp32", "int8"),
+        batch_sizes=(1,),
+        warmup_ms=10.0,
+        duration_s=0.3,
+        min_iterations=3,
+        threads=1,
+        backend_options={"openvino": {"performance_hint": "latency"}, "onnxruntime": {"allow_spinning": True}},
+        budget_s=180.0,
+        rounds=4,
+        min_rounds=5,
+        pause_ms=None,
+        passive_pools=False,
+        allow_spinning=True,
+        slice_s=0.03,
+        setup_s=4.5,
+        planned_s=2.0,
+        plan_fits=True,
+        wall_s=8.25,
+        input="seeded N(0,1) float32 NCHW",
+        speedup="median of torch fp32 / this row's median",
+        isolation=isolation,
+        stability=noise.rule,
+    )
+    return BenchReport(
+        machine=machine_record(1),
+        settings=run,
+        noise=noise,
+        load=load,
+        results=rows,
+        warnings=bench_warnings(rows, noise, load),
+        skipped=[SkipRecord("openvino", "fp16", "cpu", "model.fp16.onnx", "openvino is not installed")],
+        failed=[FailedRow("onnxruntime", "fp16", "cpu", "model.fp16.onnx", 1, "measure", "died", "SIGKILL", False, 2)],
+        artifacts={"model.int8.onnx": "0" * 64},
+    )

@@ -101,6 +101,7 @@ def _defaults_shown(command: str) -> dict[str, str | None]:
     from typer.core import TyperOption
 
     from resnext_deploy.cli_options import help_default
+    from resnext_deploy.patches import typer_help
 
     click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
     ctx = typer.Context(click_command)
@@ -114,7 +115,8 @@ def _defaults_shown(command: str) -> dict[str, str | None]:
         if default == "":  # "not given" (verify's --backends): the help says in words what that means
             assert "default: " in (param.help or "").lower(), param.opts[0]
             continue
-        record = param.get_help_record(ctx)
+        with typer_help(help_default):  # as main() renders help
+            record = param.get_help_record(ctx)
         text = " ".join((record or ("", ""))[1].split())
         shown[param.opts[0]] = text.split("[default: ", 1)[1].split("]", 1)[0] if "[default: " in text else None
     return shown
@@ -140,3 +142,40 @@ def test_help_shows_the_bundles_own_defaults() -> None:
     assert build["--search"] == "search" and build["--int8-cosine"] == "0.99"
     assert bench["--budget"] == str(settings.budget_s) and bench["--precisions"] == ",".join(settings.precisions)
     assert bench["--ov-hint"] == "latency"
+
+
+def test_serve_and_triton_repo_pass_their_bundles_whole_with_one_batching_group(
+    tiny_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import resnext_deploy.serving.pytriton as pytriton
+    import resnext_deploy.serving.triton_repo as triton_repo
+    from resnext_deploy.serving.options import Batching, ServeOptions, TritonRepoOptions
+
+    seen: list[object] = []
+    monkeypatch.setattr(pytriton, "serve", lambda _directory, options, **_kwargs: seen.append(options))
+    monkeypatch.setattr(triton_repo, "make_triton_repo", lambda _d, _out, options, **_kwargs: seen.append(options))
+    assert main(["serve", "--dir", str(tiny_dir), "--instances", "2", "--no-http"]) == 0
+    repo_flags = ["--out", str(tmp_path / "repo"), "--max-queue-delay-us", "0", "--ov-hint", "throughput"]
+    assert main(["triton-repo", "--dir", str(tiny_dir), *repo_flags]) == 0
+    serve, repo = seen
+    assert isinstance(serve, ServeOptions) and isinstance(repo, TritonRepoOptions)
+    assert serve == ServeOptions(batching=Batching(ServeOptions().batching.max_batch_size, instances=2), http=False)
+    assert repo.batching == Batching(max_queue_delay_us=0) and repo.batching.max_batch_size is None
+    assert set(repo.backend_options) == {"openvino"}
+    shared = {"--max-batch-size", "--max-queue-delay-us", "--instances"}
+    assert shared <= _options("serve").keys() & _options("triton-repo").keys()
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        ("serve", ["--instances", "0"], "--instances must be between 1 and"),
+        ("serve", ["--port", "9000", "--grpc-port", "9000"], "three different ports"),
+        ("triton-repo", ["--out", "repo", "--max-queue-delay-us", "-1"], "--max-queue-delay-us must be between 0"),
+        ("triton-repo", ["--out", "repo", "--onnx-kind", "cpu", "--trt-accelerator"], "needs GPU instances"),
+    ],
+)
+def test_a_bad_serving_option_is_one_line_of_bad_input(tiny_dir: Path, capsys, command, flags, message) -> None:
+    assert main([command, "--dir", str(tiny_dir), *flags]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

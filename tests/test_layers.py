@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "resnext_deploy"
 LAYERS = {
     "errors": 0,
     "serde": 0,
+    "patches": 0,  # third-party patches, each scoped (typer, pytriton): imports nothing of the package
     "ui": 0,
     "environment": 0,
     "archs": 1,
@@ -80,21 +81,67 @@ def test_no_module_imports_a_later_layer(path: Path) -> None:
     assert not later, f"{module} (layer {_layer(module)}) imports {later}"
 
 
-def test_no_import_cycle_at_module_level() -> None:
-    graph = {_module(p): {t for t, top in _imports(p) if top and t} for p in SOURCES}
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += graph.get(node, ())
+    return seen
 
-    done: set[str] = set()
 
-    def visit(node: str, stack: list[str]) -> None:
-        assert node not in stack, " -> ".join([*stack[stack.index(node) :], node])
-        if node in done:
-            return
-        for target in graph.get(node, ()):
-            visit(target, [*stack, node])
-        done.add(node)
+def test_no_import_cycle() -> None:
+    """No module reaches itself through imports: module level, in functions or for type checking alike.
 
-    for node in graph:
-        visit(node, [])
+    A circle at function level still ties its modules into one piece: none can be read, moved or tested
+    without the others, and the first import order that runs the circle at module level breaks.
+    """
+    modules = {_module(p) for p in SOURCES}
+    graph = {_module(p): {t for t, _ in _imports(p) if t in modules} for p in SOURCES}
+    reach = {node: _reachable(graph, node) for node in graph}
+    circles = {
+        frozenset({node, *(o for o in reach[node] if node in reach[o])}) for node in graph if node in reach[node]
+    }
+    assert not circles, [sorted(circle) for circle in circles]
+
+
+# What code outside backends/ may import of them: the generic interface, and each backend's face (its module, or
+# its package's __init__ for a backend of several modules). The rest is the backend's own business.
+BACKEND_FACES = {
+    "backends",
+    "backends.base",
+    "backends.registry",
+    "backends.torch",
+    "backends.onnxruntime",
+    "backends.openvino",
+    "backends.tensorrt",
+}
+
+
+def test_backends_are_reached_only_through_their_faces() -> None:
+    private = sorted(
+        f"{_module(p)} -> {target}"
+        for p in SOURCES
+        if not _module(p).startswith("backends")
+        for target, _ in _imports(p)
+        if target.startswith("backends.") and target not in BACKEND_FACES
+    )
+    assert not private, private
+
+
+def test_the_generic_backend_interface_names_no_backend() -> None:
+    """A backend plugs into base and registry (through ``BUILTIN``); they never reach for one by name."""
+    generic = {"backends", "backends.base", "backends.registry"}
+    named = sorted(
+        f"{_module(p)} -> {target}"
+        for p in SOURCES
+        if _module(p) in generic
+        for target, _ in _imports(p)
+        if target.startswith("backends.") and target not in generic
+    )
+    assert not named, named
 
 
 def test_tensorrt_is_imported_only_by_its_backend() -> None:

@@ -23,10 +23,14 @@ from ..errors import BadInputError
 from ..serde import decode, encode
 
 if TYPE_CHECKING:  # the CLI reads the registry to make its flags: declaring a backend must not import torch
-    from ..backends.tensorrt.options import BuildOptions  # (not .tensorrt: test_layers reads that as tensorrt)
     from ..source import ModelSource
 
 OptionValue = str | int | float | bool
+# What a runner says it runs with (OpenVINO's hint, streams, per-layer precisions): backend-specific JSON values,
+# recorded in bench rows as the runtime reports them and never read back by the code.
+RunnerOptions = dict[str, Any]
+# The largest batch any command accepts: a static export, an engine profile, bench, Triton's max_batch_size.
+BATCH_LIMIT = 4096
 
 
 class Runner:
@@ -41,7 +45,7 @@ class Runner:
     device: str = "cpu"
     artifact: str | None = None
     last_device_ms: float | None = None
-    options: dict[str, Any] | None = None
+    options: RunnerOptions | None = None
     # What the runtime really computes in, where it says (OpenVINO may run an fp16 file in f32); None: as typed.
     compute_precision: str | None = None
 
@@ -241,6 +245,8 @@ class Backend:
     installed") and :meth:`candidates`, which takes each of :attr:`options` as a keyword. ``int8_note``
     says, per device, why INT8 may not beat FP16 there (bench's warning). :meth:`build` and
     :meth:`triton_models` are optional: ``pipeline`` and ``triton-repo`` call them on every backend.
+    A backend that builds declares the record its :meth:`build` takes as :attr:`build_options` (TensorRT's
+    profile and builder settings); the caller makes it, from its own flags or the record's defaults.
     """
 
     name: str = ""
@@ -248,6 +254,7 @@ class Backend:
     description: str = ""
     options: tuple[BackendOption, ...] = ()
     int8_note: Mapping[str, str] = MappingProxyType({})
+    build_options: type | None = None
 
     def option_values(self, given: Mapping[str, Any] | None = None) -> dict[str, OptionValue]:
         """Every knob's value: ``given`` ones checked, the rest their defaults; an unknown name is bad input."""
@@ -268,8 +275,11 @@ class Backend:
         """The (artifact, device) pairs this backend runs here; a backend with knobs takes each as a keyword."""
         raise NotImplementedError
 
-    def build(self, directory: Path, options: BuildOptions, log: Callable[[str], None]) -> dict[str, str]:
-        """Build this backend's own artifacts from the typed ONNX files; returns the steps skipped, with why."""
+    def build(self, directory: Path, options: Any, log: Callable[[str], None]) -> dict[str, str]:
+        """Build this backend's own artifacts from the typed ONNX files; returns the steps skipped, with why.
+
+        ``options`` is an instance of :attr:`build_options` (None for a backend that builds nothing).
+        """
         return {}
 
     def triton_models(

@@ -79,6 +79,42 @@ def session_options(threads: int | None = None, allow_spinning: bool = True) -> 
     return options
 
 
+def open_session(
+    model: str | Path | bytes | Any,
+    *,
+    threads: int | None = None,
+    allow_spinning: bool = True,
+    provider: str = ORT_PROVIDERS["cpu"],
+    optimize: bool = True,
+    profile_prefix: str | Path | None = None,
+    origin: str | Path | None = None,
+) -> Any:
+    """An ONNX Runtime session on ``model`` (a path, serialized bytes or a ModelProto) as every session here opens.
+
+    It takes :func:`session_options` (log level, thread cap, spinning; telemetry is off since the package
+    imported). ``optimize=False`` turns ONNX Runtime's graph rewrites off, so that the graph runs as written;
+    ``profile_prefix`` turns its profiler on, writing there. A model ONNX Runtime cannot load is bad input,
+    naming ``origin`` (the file a ModelProto came from), else the path.
+    """
+    import onnxruntime as ort
+
+    options = session_options(threads, allow_spinning)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if isinstance(model, str | Path):
+        source: str | bytes = str(model)
+    else:
+        source = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(source, options, providers=[provider])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+        what = origin or (model if isinstance(model, str | Path) else "the ONNX model")
+        raise BadInputError(f"ONNX Runtime cannot load {what}: {one_line(exc)}") from None
+
+
 def spinning_of(options: Any) -> bool:
     """Whether a session's idle intra-op threads spin, read back from its options (ONNX Runtime's default: yes)."""
     try:
@@ -111,11 +147,7 @@ class OnnxRuntimeRunner(Runner):
         self.artifact = self.path.name
         self.precision = precision
         self.device = device
-        try:
-            options = session_options(threads, allow_spinning)
-            self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BadInputError(f"ONNX Runtime cannot load {self.path}: {one_line(exc)}") from None
+        self.session = open_session(self.path, threads=threads, allow_spinning=allow_spinning, provider=provider)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise BadInputError(f"{self.path} must have one NCHW image input; found {[i.name for i in inputs]}")

@@ -58,6 +58,23 @@ def check_options(given: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
     return {name: get_backend(name).option_values(values) for name, values in given.items()}
 
 
+def check_build_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Build records by backend name, one for every backend that builds: those given, the rest their defaults.
+
+    A record for a backend that builds nothing, or of another type than its :attr:`~.base.Backend.build_options`,
+    is a caller's mistake.
+    """
+    for name, record in given.items():
+        kind = get_backend(name).build_options
+        if kind is None or not isinstance(record, kind):
+            raise TypeError(f"backend {name} builds with {kind.__name__ if kind else 'no options'}, got {record!r}")
+    return {
+        name: given[name] if name in given else backend.build_options()
+        for name, backend in backends().items()
+        if backend.build_options is not None
+    }
+
+
 def get_backend(name: str) -> Backend:
     try:
         return backends()[name]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..serde import JSON_KEY
 
 # Instruction-set flags that decide CPU inference speed, in the order they are listed.
 ISA_FLAGS = (
@@ -186,16 +188,58 @@ def disturbed(other_ticks: int, total_ticks: int) -> bool:
     return total_ticks > 0 and other_ticks >= MIN_TICKS and other_ticks / total_ticks > DISTURBED_CPU
 
 
-def machine_record(threads: int | None) -> dict[str, Any]:
-    """The machine and library versions numbers belong to: CPU model and ISA flags, cores, threads used."""
+def _key(name: str) -> Any:
+    """A field whose key in the JSON files is ``name`` (spaces, as the machine tables show it)."""
+    return field(metadata={JSON_KEY: name})
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """The machine and library versions numbers belong to: CPU model and ISA flags, cores, threads used.
+
+    Written under ``machine`` in bench.json (and the serving load tests' files) with the keys the
+    tables show (``"cpu flags"``), so a reader sees the same names in the JSON and in report.md.
+    """
+
+    resnext_deploy: str = _key("resnext-deploy")
+    python: str = _key("python")
+    platform: str = _key("platform")
+    cpu: str = _key("cpu")
+    torch: str = _key("torch")
+    torch_cuda: str = _key("torch cuda")
+    cuda_devices: str = _key("cuda devices")
+    onnx: str = _key("onnx")
+    onnxruntime: str = _key("onnxruntime")
+    onnxruntime_providers: str = _key("onnxruntime providers")
+    tensorrt: str = _key("tensorrt")
+    openvino: str = _key("openvino")
+    cpu_flags: str = _key("cpu flags")  # the ISA_FLAGS present, space-separated, or "unknown"
+    cpu_cores: int | None = _key("cpu cores")
+    cpus_usable: int = _key("cpus usable")
+    threads_requested: int | str = _key("threads requested")  # --threads, or "library defaults"
+
+
+def machine_record(threads: int | None) -> MachineRecord:
+    """This machine, as :class:`MachineRecord` records it."""
     from ..environment import describe, package_version, usable_cpus
 
+    described = describe()
     flags = cpu_flags()
-    return {
-        **describe(),
-        "openvino": package_version("openvino") or "not installed",
-        "cpu flags": " ".join(flags) if flags is not None else "unknown",
-        "cpu cores": os.cpu_count(),
-        "cpus usable": usable_cpus(),
-        "threads requested": threads if threads else "library defaults",
-    }
+    return MachineRecord(
+        resnext_deploy=described["resnext-deploy"],
+        python=described["python"],
+        platform=described["platform"],
+        cpu=described["cpu"],
+        torch=described["torch"],
+        torch_cuda=described["torch cuda"],
+        cuda_devices=described["cuda devices"],
+        onnx=described["onnx"],
+        onnxruntime=described["onnxruntime"],
+        onnxruntime_providers=described["onnxruntime providers"],
+        tensorrt=described["tensorrt"],
+        openvino=package_version("openvino") or "not installed",
+        cpu_flags=" ".join(flags) if flags is not None else "unknown",
+        cpu_cores=os.cpu_count(),
+        cpus_usable=usable_cpus(),
+        threads_requested=threads if threads else "library defaults",
+    )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..artifacts.precisions import PRECISIONS, Precision
+from ..backends.base import BATCH_LIMIT
 from ..errors import BadInputError
 
-MAX_BATCH = 4096
+if TYPE_CHECKING:  # the CLI imports these settings for its defaults: no numpy or backends at import
+    from ..backends.base import OptionValue
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class BenchSettings:
     duration_s: float = 3.0
     min_iterations: int = 10
     threads: int | None = None
-    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    backend_options: Mapping[str, Mapping[str, OptionValue]] = field(default_factory=dict)
     budget_s: float = 180.0
     rounds: int = 10
     min_rounds: int = 5
@@ -59,15 +61,6 @@ class BenchSettings:
             raise BadInputError(f"--rounds must be from 2 to 1000, got {self.rounds} (at least {self.min_rounds})")
         if self.threads is not None and self.threads < 1:
             raise BadInputError(f"--threads must be at least 1, got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        from ..backends.registry import backend_names
-
-        return {
-            **asdict(self),
-            "backends": list(self.backends) if self.backends else list(backend_names()),
-            "allow_spinning": not self.passive_pools,  # the key bench.json had before --passive-pools
-        }
 
 
 def _check_range(flag: str, value: float, low: float, high: float, open_low: bool = False) -> None:
@@ -97,4 +90,4 @@ def parse_int_list(text: str, flag: str, maximum: int) -> tuple[int, ...]:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    return parse_int_list(text, "--batch-sizes", MAX_BATCH)
+    return parse_int_list(text, "--batch-sizes", BATCH_LIMIT)

@@ -11,13 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..artifacts import Manifest, SkippedStep, sha256_file
 from ..errors import ExitCode
-
-if TYPE_CHECKING:
-    from .verify import VerifyRecord
 
 
 class Verdict(str, Enum):
@@ -96,13 +93,16 @@ def changed_since(directory: Path, hashes: Mapping[str, str]) -> list[str]:
     return changed
 
 
-def verify_problems(verify: VerifyRecord) -> list[Problem]:
-    """The reference's problems and each failing candidate, with all its reasons."""
-    problems = [Problem("reference torch-cpu:fp32", failure) for failure in verify.reference.failures]
-    return problems + [Problem(row.full_label, "; ".join(row.failures)) for row in verify.rows if not row.passed]
+class VerifyResult(Protocol):
+    """What the status reads of verify's record (``evaluate.verify.VerifyRecord``): verify builds on this module."""
+
+    @property
+    def artifacts(self) -> Mapping[str, str]: ...  # file name -> sha256 verify ran
+
+    def problems(self) -> list[Problem]: ...  # the reference's problems and each failing candidate
 
 
-def run_status(manifest: Manifest, verify: VerifyRecord | None, changed: list[str] | None = None) -> RunStatus:
+def run_status(manifest: Manifest, verify: VerifyResult | None, changed: list[str] | None = None) -> RunStatus:
     """The run's status from the manifest's failed steps and verify's record (None: verify did not run).
 
     The files verify ran are checked against the disk now (``changed``, when the caller has hashed them
@@ -110,7 +110,7 @@ def run_status(manifest: Manifest, verify: VerifyRecord | None, changed: list[st
     """
     problems = [step_problem(step) for step in failed_steps(manifest)]
     if verify is not None:
-        problems += verify_problems(verify)
+        problems += verify.problems()
     if problems:
         return RunStatus(Verdict.FAILED, tuple(problems))
     if verify is None:

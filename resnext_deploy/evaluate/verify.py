@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import ONNX_FILES, PRECISIONS, RUNTIME_FILES, Manifest, check_writable, load_onnx, now_iso, write_json
+from ..artifacts import (
+    ONNX_FILES,
+    PRECISIONS,
+    RUNTIME_FILES,
+    Manifest,
+    check_writable,
+    load_onnx,
+    now_iso,
+    read_json,
+    write_json,
+)
 from ..backends.base import Candidate, Runner, SkipRecord
 from ..backends.registry import REFERENCE, Discovery, discover_runners, open_runners
 from ..data import Dataset, open_dataset
@@ -22,6 +32,7 @@ from ..environment import describe
 from ..errors import BadInputError, DeployError, one_line
 from ..parity import DEFAULT_TOLERANCES, Parity, Tolerance, compare
 from ..schemas import SCHEMA_VERSION
+from ..serde import INLINE, JSON_KEY, RecordError, decode, encode
 from ..source import ModelSource, demo_data, label_note, labels_match_model
 from ..ui import progress, render_table
 from .status import Problem, failed_steps, step_problem
@@ -70,14 +81,6 @@ class ReferenceRecord:
     labeled: bool
     failures: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "model": self.model.to_dict(), "failures": list(self.failures)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceRecord:
-        values = {f.name: data[f.name] for f in fields(cls)}
-        return cls(**{**values, "model": ModelSource.from_dict(data["model"]), "failures": tuple(data["failures"])})
-
 
 @dataclass(frozen=True)
 class VerifyRow:
@@ -87,7 +90,8 @@ class VerifyRow:
     precision: str
     device: str
     artifact: str | None
-    parity: Parity | None  # None: the candidate never produced outputs (its error is in ``failures``)
+    # Written inline in the row; None (nulls there): the candidate never produced outputs (its error is in failures).
+    parity: Parity | None = field(metadata=INLINE)
     passed: bool
     failures: tuple[str, ...]
     tolerance: Tolerance
@@ -101,35 +105,6 @@ class VerifyRow:
         """The label with the file it ran, as a candidate names itself in logs."""
         return f"{self.label} ({self.artifact})" if self.artifact else self.label
 
-    def to_dict(self) -> dict[str, object]:
-        metrics = self.parity.to_dict() if self.parity is not None else dict.fromkeys(_METRIC_FIELDS)
-        identity = {"backend": self.backend, "precision": self.precision, "device": self.device}
-        return {
-            **identity,
-            "artifact": self.artifact,
-            **metrics,
-            "passed": self.passed,
-            "failures": list(self.failures),
-            "tolerance": asdict(self.tolerance),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VerifyRow:
-        return cls(
-            data["backend"],
-            data["precision"],
-            data["device"],
-            data["artifact"],
-            None if data["n"] is None else Parity.from_dict(data),
-            bool(data["passed"]),
-            tuple(data["failures"]),
-            Tolerance.from_dict(data["tolerance"]),
-        )
-
-
-# Parity's metric fields, written as nulls for a candidate that never produced outputs.
-_METRIC_FIELDS = tuple(f.name for f in fields(Parity) if f.name != "failures")
-
 
 @dataclass
 class VerifyRecord:
@@ -139,7 +114,7 @@ class VerifyRecord:
     """
 
     reference: ReferenceRecord
-    rows: list[VerifyRow]
+    rows: list[VerifyRow] = field(metadata={JSON_KEY: "results"})
     skipped: list[SkipRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
@@ -154,6 +129,11 @@ class VerifyRecord:
     def __bool__(self) -> bool:
         return self.passed
 
+    def problems(self) -> list[Problem]:
+        """The reference's problems and each failing candidate, with all its reasons (what the run's status reads)."""
+        problems = [Problem("reference torch-cpu:fp32", failure) for failure in self.reference.failures]
+        return problems + [Problem(row.full_label, "; ".join(row.failures)) for row in self.rows if not row.passed]
+
     def failure_summary(self) -> str:
         """One line naming every failing candidate and its first reason."""
         failures = self.reference.failures
@@ -162,38 +142,28 @@ class VerifyRecord:
         parts += [str(problem) for problem in self.failed_steps]
         return f"{len(parts)} failed: " + "; ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _finite(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "created": self.created,
-                "reference": self.reference.to_dict(),
-                "results": [r.to_dict() for r in self.rows],
-                "skipped": [s.to_dict() for s in self.skipped],
-                "warnings": self.warnings,
-                "passed": self.passed,
-                "machine": self.machine,
-                "artifacts": self.artifacts,
-                "failed_steps": [asdict(p) for p in self.failed_steps],
-            }
-        )
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VerifyRecord:
-        """A ``verify.json`` read back; a malformed one is a ``BadInputError`` that says to run verify again."""
-        try:
-            return cls(
-                ReferenceRecord.from_dict(data["reference"]),
-                [VerifyRow.from_dict(r) for r in data["results"]],
-                [SkipRecord.from_dict(s) for s in data["skipped"]],
-                list(data["warnings"]),
-                dict(data["machine"]),
-                dict(data["artifacts"]),
-                str(data["created"]),
-                [Problem(str(p["step"]), str(p["reason"]), bool(p["bad_input"])) for p in data.get("failed_steps", [])],
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, BadInputError) as exc:
-            raise BadInputError(f"{VERIFY_JSON} is malformed ({one_line(exc, 80)}); run verify again") from None
+def verify_json(record: VerifyRecord) -> dict[str, Any]:
+    """The content of ``verify.json``: the record as strict JSON, with its format's version and its verdict."""
+    return {"schema_version": SCHEMA_VERSION, **encode(record, nan_as_null=True), "passed": record.passed}
+
+
+def read_verify(path: str | Path) -> VerifyRecord:
+    """``verify.json`` as verify wrote it; a malformed or other-version file is one ``BadInputError`` naming the key."""
+    path = Path(path)
+    data: Any = read_json(path)
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path.name} is a JSON {type(data).__name__}, not an object; run verify again")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BadInputError(
+            f"{path.name}: schema_version {str(data.get('schema_version'))[:40]} is not one this resnext-deploy reads "
+            f"({SCHEMA_VERSION}); run verify again with this version"
+        )
+    try:
+        return decode(VerifyRecord, data, nan_as_null=True)
+    except RecordError as exc:
+        where = str(exc).removeprefix(f"{VerifyRecord.__name__}.")
+        raise BadInputError(f"{path.name}: {where}; run verify again (or restore the file)") from None
 
 
 @dataclass
@@ -261,17 +231,6 @@ class VerifyRun:
     errors: list[str | None]
     skipped: list[SkipRecord]  # could not open here
     failed: list[tuple[Candidate, str]]  # failed to open
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: write null for them."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def default_data(source: ModelSource) -> Path | None:
@@ -406,7 +365,7 @@ def record_verify(
 
     ``logged``: warnings already said before the run (the data's notes), recorded but not said twice.
     """
-    data = record.to_dict()
+    data = verify_json(record)
     write_json(directory / VERIFY_JSON, data)
     if json_path is not None:
         write_json(json_path, data)

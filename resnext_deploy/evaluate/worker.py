@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Backend, Runner
+from ..backends.base import Backend, OptionValue, Runner, RunnerOptions
 from ..errors import BackendUnavailableError, BadInputError, DeployError, one_line
 
 NOISE_PROBE = "noise-probe"  # the backend name of the fixed workload that measures the machine's own noise
@@ -59,7 +59,7 @@ class WorkerSpec:
     artifact: str | None
     threads: int | None
     image_size: int
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, OptionValue] = field(default_factory=dict)  # its backend's knobs, as the candidate's
     extra_backends: tuple[Backend, ...] = ()
     passive: bool = False  # idle thread pools sleep (QUIET_ENV, no ONNX Runtime spinning); default: the libraries'
 
@@ -69,7 +69,7 @@ class Opened:
     """What a worker reports once its runner is open."""
 
     load_s: float
-    options: dict[str, Any]
+    options: RunnerOptions  # what the runner says it runs with (backend-specific, recorded in the rows)
     compute_precision: str | None
     rss_before_open_mb: float
     peak_reset: bool = False  # VmHWM was reset before opening: the peak is the runner's process while it ran
@@ -87,7 +87,7 @@ class WorkerInfo:
     usable_cpus: int
     rss_mb: float | None
     peak_rss_mb: float | None
-    runner_options: dict[str, Any]
+    runner_options: RunnerOptions
 
 
 @dataclass(frozen=True)
@@ -356,10 +356,9 @@ class NoiseProbe(Runner):
     backend = NOISE_PROBE
 
     def __init__(self, threads: int | None, allow_spinning: bool) -> None:
-        import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        from ..backends.onnxruntime import session_options
+        from ..backends.onnxruntime import open_session
 
         rng = np.random.default_rng(0)
         channels, layers = 32, 4
@@ -381,8 +380,7 @@ class NoiseProbe(Runner):
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        options = session_options(threads, allow_spinning)
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(model, threads=threads, allow_spinning=allow_spinning)
         self.input = rng.standard_normal(shape).astype(np.float32)
         self.options = {
             "workload": f"{layers} conv3x3 {channels}ch 28x28 in ONNX Runtime",

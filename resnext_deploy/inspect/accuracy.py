@@ -171,14 +171,9 @@ def typed_weight(typed: Any, typed_inits: Mapping[str, np.ndarray], node_name: s
 def cpu_session(model: Any, as_written: bool = False) -> Any:
     """A CPU session; ``as_written`` turns ONNX Runtime's graph rewrites off, so that every recorded tensor is the
     one the file defines (a fused Q/DQ -> Conv kernel computes otherwise, and its unfused side output differs)."""
-    import onnxruntime as ort
+    from ..backends.onnxruntime import open_session
 
-    from ..backends.onnxruntime import session_options
-
-    options = session_options()
-    if as_written:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return open_session(model, optimize=not as_written)
 
 
 def typed_names(typed: Any, names: Sequence[str]) -> dict[str, str]:

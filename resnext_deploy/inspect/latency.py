@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Precision, engine_file
-from ..errors import BackendUnavailableError, one_line
+from ..errors import BackendUnavailableError, BadInputError, one_line
 from .records import ArtifactLatency, LayerTime
 
 BACKENDS = ("openvino", "onnxruntime", "tensorrt")
@@ -119,15 +119,10 @@ def _openvino(path: str, precision: str, batch_size: int, image_size: int, itera
 def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> Profiled:
     import json
 
-    import onnxruntime as ort
-
-    from ..backends.onnxruntime import session_options
+    from ..backends.onnxruntime import open_session
 
     with tempfile.TemporaryDirectory(prefix="resnext-deploy-profile-") as folder:
-        options = session_options()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "ort")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = open_session(path, profile_prefix=Path(folder) / "ort")
         name = session.get_inputs()[0].name
         x = _input(batch_size, image_size)
         for _ in range(WARMUP):
@@ -156,7 +151,7 @@ def _onnxruntime(path: str, precision: str, batch_size: int, image_size: int, it
 
 def _tensorrt(path: str, precision: str, batch_size: int, image_size: int, iterations: int) -> Profiled:
     """TensorRT's IProfiler and engine inspector (run where a GPU is); the wall time is the CUDA-event time."""
-    from ..backends.tensorrt.layers import layer_profile
+    from ..backends.tensorrt import layer_profile
 
     rows, device_ms = layer_profile(path, batch_size, image_size, iterations, WARMUP)
     return Profiled(rows, device_ms)
@@ -246,15 +241,14 @@ def profile(
 
 def bench_median(directory: Path, backend: str, precision: str, batch_size: int) -> float | None:
     """bench's median for the same runner (CPU) and batch, when ``bench.json`` holds it."""
-    from ..artifacts import read_json
-    from ..evaluate.bench import BENCH_JSON, read_bench
+    from ..evaluate.bench import BENCH_JSON, read_bench_report
 
     path = directory / BENCH_JSON
     if not path.exists():
         return None
     try:
-        rows = read_bench(dict(read_json(path)))[0]
-    except Exception:  # noqa: BLE001 - an unreadable bench.json only leaves the comparison out
+        rows = read_bench_report(path).results
+    except BadInputError:  # an unreadable bench.json only leaves the comparison out
         return None
     for row in rows:
         if (row.backend, row.precision, row.device, row.batch_size) == (backend, precision, "cpu", batch_size):

@@ -11,8 +11,8 @@ from ..errors import BadInputError
 from ..parity import DEFAULT_TOLERANCES, MIN_CHECK_SAMPLES, Tolerance
 from .calibration import DEFAULT_METHOD, DEFAULT_PERCENTILE, check_method
 from .int8 import HIGH_PRECISIONS
-from .split import DEFAULT_CALIB_COUNT
 
+DEFAULT_CALIB_COUNT = 512  # NVIDIA suggests about 500 images for ImageNet-sized calibration
 # At most this share of the Q/DQ sites (weighted layers, residual Adds) kept out of INT8: on the demo's
 # 18 sites, 4. Outliers planted in one or two places needed 15-29% of the layers when only layers counted.
 DEFAULT_SEARCH_MAX_FRACTION = 0.25

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_path, cache_error, is_number, read_json, write_json
-from ..backends.onnxruntime import session_options
+from ..backends.onnxruntime import open_session
 from ..data import Dataset
 from ..errors import BadInputError
 from ..parity import Parity, Tolerance, compare
@@ -207,10 +207,8 @@ class CheckSet:
 
 def run_model(model: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an ONNX model (a path or a ModelProto) on the CPU provider."""
-    import onnxruntime as ort
 
-    source = model if isinstance(model, str) else model.SerializeToString()
-    session = ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
+    session = open_session(model)
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(out).astype(np.float32)

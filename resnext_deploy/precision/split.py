@@ -22,7 +22,6 @@ from ..source import ModelSource, demo_data
 if TYPE_CHECKING:
     from .options import PrecisionOptions
 
-DEFAULT_CALIB_COUNT = 512  # NVIDIA suggests about 500 images for ImageNet-sized calibration
 HELDOUT_MAX = 500  # held-out images checked at most, by default
 SYNTHETIC_CHECK_COUNT = 64
 CHECK_FRACTION = 0.10  # share of the user's images held out for the check (at least MIN_CHECK_SAMPLES)

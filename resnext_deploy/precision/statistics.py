@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import load_onnx
-from ..backends.onnxruntime import session_options
+from ..backends.onnxruntime import open_session
 from ..data import Dataset
-from ..errors import BadInputError, one_line
+from ..errors import BadInputError
 from ..ui import progress
 
 NUM_BINS = 2048  # TensorRT's and pytorch-quantization's histogram size
@@ -289,14 +289,10 @@ def run_batches(
     A model with a fixed batch size is fed padded batches, and the padding's values are dropped.
     """
     import onnx
-    import onnxruntime as ort
 
     outputs = {value.name for value in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
-        raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
+    session = open_session(model, origin=model_path)
     del model
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from .. import imageprep
 from ..archs import Preprocessing
+from .options import Batching
 from .repo_ledger import CONFIG_HEADER, VERSION
-from .triton_repo import LABELS_FILE, RepoModel, labels_text, model_config_pb2
+from .repo_model import LABELS_FILE, RepoModel, labels_text, model_config_pb2
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -56,7 +57,7 @@ class ImageModel:
 
 
 def preprocess_config(
-    name: str, pre: Preprocessing, output_name: str, max_batch_size: int, queue_delay_us: int, instances: int
+    name: str, pre: Preprocessing, output_name: str, max_batch_size: int, batching: Batching
 ) -> ModelConfig:
     """The Python-backend model that turns ``IMAGE`` bytes into ``output_name``, a normalised CHW float32 batch."""
     pb = model_config_pb2()
@@ -76,8 +77,8 @@ def preprocess_config(
     }
     for key, value in values.items():
         config.parameters[key].string_value = value
-    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.instance_group.add(count=batching.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     return config
 
 
@@ -119,8 +120,7 @@ def image_models(
     pre: Preprocessing,
     labels: tuple[str, ...],
     source: str,
-    queue_delay_us: int,
-    instances: int,
+    batching: Batching,
     log: Callable[[str], None] = print,
 ) -> list[ImageModel]:
     """The preprocessing model and one ensemble per classifier it can feed (batched, one FP32 image input)."""
@@ -141,9 +141,7 @@ def image_models(
     input_names = {model.inputs[0].name for model in fed}
     if len(input_names) > 1:  # one preprocessing model names its output after the classifiers' input
         fed = [model for model in fed if model.inputs[0].name == fed[0].inputs[0].name]
-    pre_config = preprocess_config(
-        name, pre, fed[0].inputs[0].name, max(m.max_batch_size for m in fed), queue_delay_us, instances
-    )
+    pre_config = preprocess_config(name, pre, fed[0].inputs[0].name, max(m.max_batch_size for m in fed), batching)
     described = (
         f"resize {pre.resize_size} ({pre.interpolation}), crop {pre.image_size}, mean {list(pre.mean)}, "
         f"std {list(pre.std)}"

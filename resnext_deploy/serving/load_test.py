@@ -12,16 +12,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..artifacts import MANIFEST_NAME, ONNX_FILES, Manifest, now_iso, read_json, write_json, write_text
 from ..errors import BackendUnavailableError, BadInputError, one_line
-from ..evaluate.machine import DISTURBED_CPU, LoadMonitor, machine_record
+from ..evaluate.machine import DISTURBED_CPU, LoadMonitor, MachineRecord, machine_record
 from ..schemas import SCHEMA_VERSION
+from ..serde import RecordError, decode, encode
 from .triton_repo import INSTALL_HINT, default_model_name, model_base_name
 
 TRITON_BENCH_JSON = "bench_triton.json"
@@ -50,8 +50,41 @@ class LoadRow:
     first_error: str | None = None
     warning: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class ServedFiles:
+    """sha256 of every artifact in DIR, and which of its files each load-tested model name is (None: not DIR's)."""
+
+    artifacts: dict[str, str]
+    models: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class BackgroundLoad:
+    """The share of the CPU other processes used just before the test, and the warning it gave (None: quiet)."""
+
+    other_cpu: float | None = None
+    warning: str | None = None
+
+
+@dataclass
+class TritonBenchRecord:
+    """``DIR/bench_triton.json`` (``schemas/bench_triton.json``): the rows, and what DIR held when they ran.
+
+    ``artifacts`` and ``models`` are :class:`ServedFiles`' fields, kept at the top of the file.
+    """
+
+    schema_version: int
+    created: str
+    machine: MachineRecord
+    artifacts: dict[str, str]
+    models: dict[str, str | None]
+    rows: list[LoadRow]
+    load: BackgroundLoad = field(default_factory=BackgroundLoad)
+
+    @property
+    def served(self) -> ServedFiles:
+        return ServedFiles(self.artifacts, self.models)
 
 
 def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
@@ -423,15 +456,17 @@ def write_triton_bench(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / TRITON_BENCH_JSON, directory / "bench_triton.md"
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "created": now_iso(),
-        "machine": machine_record(None),
-        **served_files(directory, {row.model for row in rows}),
-        "load": {"other_cpu": other_cpu, "warning": busy_warning(other_cpu)},
-        "rows": [row.to_dict() for row in rows],
-    }
-    write_json(json_path, record)
+    served = served_files(directory, {row.model for row in rows})
+    record = TritonBenchRecord(
+        schema_version=SCHEMA_VERSION,
+        created=now_iso(),
+        machine=machine_record(None),
+        artifacts=served.artifacts,
+        models=served.models,
+        rows=list(rows),
+        load=BackgroundLoad(other_cpu, busy_warning(other_cpu)),
+    )
+    write_json(json_path, encode(record))
     lines = ["# Triton load test", "", *triton_bench_markdown(rows, other_cpu)]
     write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
@@ -467,25 +502,21 @@ def triton_report_lines(directory: str | Path) -> list[str]:
     path = Path(directory) / TRITON_BENCH_JSON
     if not path.exists():
         return []
-    data = read_json(path)
-    try:
-        rows = [LoadRow(**row) for row in data["rows"]]
-        load = data.get("load") or {}
-        other_cpu = load.get("other_cpu")
-        if other_cpu is not None and not isinstance(other_cpu, (int, float)):
-            raise TypeError("load.other_cpu is not a number")
-        measured, models = dict(data.get("artifacts") or {}), dict(data.get("models") or {})
-        for row in rows:
-            if not isinstance(row.requests_per_s, (int, float)) or not isinstance(row.model, str):
-                raise TypeError(f"a row's figures are not numbers: {row.model!r}")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise BadInputError(f"{path} is malformed ({one_line(exc, 100)}); run bench-triton again") from None
-    now = served_files(Path(directory), set(models))["artifacts"]
-    lines = triton_bench_markdown(rows, other_cpu)
-    for model, file in sorted(models.items()):
-        if isinstance(file, str) and measured.get(file) != now.get(file):
+    record = read_triton_bench(path)
+    now = served_files(Path(directory), set(record.models)).artifacts
+    lines = triton_bench_markdown(record.rows, record.load.other_cpu)
+    for model, file in sorted(record.models.items()):
+        if file is not None and record.artifacts.get(file) != now.get(file):
             lines += ["", f"**Out of date:** {file} (model {model}) changed since this load test; rerun bench-triton."]
     return lines
+
+
+def read_triton_bench(path: Path) -> TritonBenchRecord:
+    """``bench_triton.json`` as its record; a file edited into another shape is exit 3 naming the field."""
+    try:
+        return decode(TritonBenchRecord, read_json(path))
+    except RecordError as exc:
+        raise BadInputError(f"{path} is malformed ({one_line(exc, 160)}); run bench-triton again") from None
 
 
 def busy_warning(other_cpu: float | None) -> str | None:
@@ -498,14 +529,14 @@ def busy_warning(other_cpu: float | None) -> str | None:
     )
 
 
-def served_files(directory: Path, models: set[str]) -> dict[str, Any]:
+def served_files(directory: Path, models: set[str]) -> ServedFiles:
     """sha256 of every artifact in DIR, and which file each load-tested model name is (where DIR names it).
 
     The server may serve anything under a name; this records what DIR held, so a result can be tied to
     the file it was meant to measure (and told stale when that file changes).
     """
     if not (directory / MANIFEST_NAME).exists():
-        return {"artifacts": {}, "models": {model: None for model in models}}
+        return ServedFiles({}, {model: None for model in models})
     manifest = Manifest(directory)
     artifacts = {name: entry.sha256 for name, entry in manifest.artifacts.items()}
     names = {
@@ -513,4 +544,4 @@ def served_files(directory: Path, models: set[str]) -> dict[str, Any]:
         for precision in ONNX_FILES
         for backend in ("onnxruntime", "openvino")
     }
-    return {"artifacts": artifacts, "models": {model: names.get(model) for model in models}}
+    return ServedFiles(artifacts, {model: names.get(model) for model in models})

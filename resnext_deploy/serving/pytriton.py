@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import ipaddress
 import os
 import re
@@ -27,30 +28,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from ..artifacts import ONNX_FILES, Manifest
 from ..backends.base import Runner
 from ..backends.registry import discover_runners
-from ..backends.tensorrt.options import BATCH_LIMIT
 from ..errors import BackendUnavailableError, BadInputError
+from ..patches import pytriton_labels
 from ..source import recorded_source
 from .front import HttpFront, default_body_limit, free_loopback_port
 from .grpc_front import GrpcFront
 from .image_input import CLASS_OUTPUT, IMAGE_INPUT, image_model_name, make_image_infer
-from .triton_repo import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_QUEUE_DELAY_US,
-    INSTALL_HINT,
-    LABELS_FILE,
-    MODEL_NAME_RE,
-    TensorSpec,
-    default_model_name,
-    labels_text,
-    onnx_io,
-)
+from .options import ServeOptions
+from .repo_model import LABELS_FILE, labels_text, onnx_io
+from .triton_repo import INSTALL_HINT, MODEL_NAME_RE, default_model_name
+
+if TYPE_CHECKING:
+    from pytriton.triton import Triton
 
 SERVER_LOG = "triton_server.log"  # tritonserver's own log, in the artifact directory unless --verbose
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; open client connections do not hold it up
@@ -164,30 +160,17 @@ def _load_error(exc: Exception) -> str:
 
 def serve(
     directory: str | Path,
-    precision: str = "fp32",
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    grpc_port: int | None = None,
-    metrics_port: int | None = None,
-    max_batch_size: int = DEFAULT_MAX_BATCH,
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    threads: int | None = None,
-    name: str | None = None,
+    options: ServeOptions = ServeOptions(),
     log: Callable[[str], None] = print,
     server_log: str | Path | None = None,
-    backend: str = "onnxruntime",
-    restarts: int = 0,
-    http: bool = True,
-    max_request: int | None = None,
 ) -> None:
-    """Serve ``DIR``'s ONNX file of ``precision`` on ``backend``'s CPU runner until Ctrl-C or SIGTERM.
+    """Serve ``DIR``'s ONNX file of ``options.precision`` on its backend's CPU runner until Ctrl-C or SIGTERM.
 
     HTTP on ``port``, gRPC on ``grpc_port`` (default port+1), metrics on ``metrics_port`` (default
     port+2). The model is named like the ``triton-repo`` model of the same file
     (``<arch>_onnx_<precision>``, ``<arch>_openvino_<precision>``), so clients and load tests address both
-    alike. ``max_batch_size`` 1 switches batching off; ``max_queue_delay_us`` is how long Triton may hold a
-    request to fill a batch.
+    alike. A ``max_batch_size`` of 1 switches batching off; ``max_queue_delay_us`` is how long Triton may hold
+    a request to fill a batch.
     tritonserver's own log goes to ``server_log``, or to stderr when it is None; never to stdout.
     A server that dies is restarted at most ``restarts`` times (opt-in); then serve fails (exit 4), never exit 0.
     ``http`` False serves gRPC alone. tritonserver listens on loopback ports of its own; ``port`` is
@@ -199,234 +182,241 @@ def serve(
     Beside it, ``<model>_image`` takes encoded JPEG or PNG bytes (``IMAGE``) and returns the logits and the top
     class's name (``CLASS``), preprocessed as ``verify`` does (:mod:`.image_input`).
     """
-    if precision not in ONNX_FILES:
-        raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(ONNX_FILES)}")
-    grpc_port = port + 1 if grpc_port is None else grpc_port
-    metrics_port = port + 2 if metrics_port is None else metrics_port
-    if len({port, grpc_port, metrics_port}) < 3:
-        raise BadInputError(
-            f"HTTP, gRPC and metrics need three different ports, got {port}, {grpc_port}, {metrics_port}"
-        )
-    if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0 or restarts < 0:
-        raise BadInputError(
-            "--max-batch-size and --instances must be at least 1, --max-queue-delay-us and --restarts 0 or more"
-        )
-    if max_batch_size > BATCH_LIMIT:
-        raise BadInputError(f"--max-batch-size must be at most {BATCH_LIMIT}, got {max_batch_size}")
     directory = Path(directory)
-    file_name = ONNX_FILES[precision]
+    file_name = ONNX_FILES[options.precision]
+    model_name = _checked_model_name(directory, options, file_name, log)
+    try:  # every module serve uses, before any work
+        for module in ("decorators", "exceptions", "model_config", "triton"):
+            importlib.import_module(f"pytriton.{module}")
+        importlib.import_module("tritonclient.utils")
+    except ImportError as exc:
+        raise BackendUnavailableError(f"serve needs PyTriton ({exc.name} is missing); {INSTALL_HINT}") from None
+    _check_numpy()
+    found = discover_runners(
+        directory, (options.backend,), (options.precision,), options.threads, required=(options.backend,)
+    )
+    usable = [c for c in found.candidates if c.device == "cpu" and c.artifact == file_name]
+    if not usable:
+        raise BadInputError(
+            f"backend {options.backend} does not run {file_name} on the CPU; use onnxruntime or openvino"
+        )
+    if usable[0].open is None:
+        raise BackendUnavailableError(f"backend {options.backend} cannot serve {file_name}: {usable[0].skipped}")
+    open_runner = usable[0].open
+    runners: list[Runner] = []
+    try:
+        runners += [open_runner() for _ in range(options.batching.instances)]
+        _Server(directory, options, file_name, model_name, runners, log, server_log).run()
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def _checked_model_name(directory: Path, options: ServeOptions, file_name: str, log: Callable[[str], None]) -> str:
+    """The served model's name, once DIR's file is current and every port is free; bad input otherwise."""
+    precision = options.precision
     hint = "run `resnext-deploy export` first" if precision == "fp32" else f"make the {precision} ONNX file first"
     manifest = Manifest(directory)
     manifest.require(file_name, hint)
     if stale := manifest.stale_reason(file_name):
         raise BadInputError(f"{directory / file_name} is stale: {stale}; {hint}")
-    model_name = name or default_model_name(directory, precision, backend)
+    model_name = options.name or default_model_name(directory, precision, options.backend)
     if not MODEL_NAME_RE.match(model_name):
         raise BadInputError(f"--name {model_name!r} may hold only letters, digits, '_', '-' and '.'")
-    host = "127.0.0.1" if host == "localhost" else host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise BadInputError(f"--host must be an IP address (or localhost), got {host!r}") from None
-    if not ipaddress.ip_address(host).is_loopback:
-        log(f"warning: binding to {host}: anyone who can reach this address can send requests")
-    for flag, value in (("--port", port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
-        _check_port(flag, host, value)
+    if not ipaddress.ip_address(options.address).is_loopback:
+        log(f"warning: binding to {options.address}: anyone who can reach this address can send requests")
+    for flag, value in zip(("--port", "--grpc-port", "--metrics-port"), options.ports, strict=True):
+        _check_port(flag, options.address, value)
+    return model_name
 
-    try:
-        from pytriton.decorators import batch
-        from pytriton.exceptions import PyTritonError, PyTritonValidationError
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+class _Server:
+    """One ``serve`` run: the checking fronts, and each tritonserver started behind them with both models bound.
+
+    A runner serves the tensor and the image model alike; each has its lock, since OpenVINO's is not thread-safe.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        options: ServeOptions,
+        file_name: str,
+        model_name: str,
+        runners: list[Runner],
+        log: Callable[[str], None],
+        server_log: str | Path | None,
+    ) -> None:
+        self.options, self.file_name, self.model_name, self.log = options, file_name, model_name, log
+        self.server_log = server_log
+        self.runners = [(runner, threading.Lock()) for runner in runners]
+        (self.image,), (self.logits,) = onnx_io(directory / file_name)
+        self.source = recorded_source(Manifest(directory))
+        self.image_name = image_model_name(model_name)
+        self.body_limit = options.max_request or default_body_limit(options.max_batch_size, self.image.dims[1:])
+        self.triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
+        self.triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
+
+    def run(self) -> None:
+        """Serve until stopped, restarting a server that dies at most ``restarts`` times; then exit 4."""
+        from pytriton.exceptions import PyTritonError
+        from tritonclient.utils import InferenceServerException
+
+        options, log = self.options, self.log
+        if self.server_log is not None:
+            log(f"Triton server log: {self.server_log}")
+        _, grpc_port, _ = options.ports
+        fronts: list[HttpFront | GrpcFront] = [
+            GrpcFront(options.address, grpc_port, self.triton_grpc_port, self.body_limit, log)
+        ]
+        if options.http:
+            fronts.append(HttpFront(options.address, options.port, self.triton_http_port, self.body_limit, log))
+        limit_mb = self.body_limit / 2**20
+        log(f"requests are checked before Triton reads them: messages up to {limit_mb:.1f} MiB (decompressed)")
+        stop = _StopSignals()
+        try:
+            for front in fronts:
+                front.start()
+            for attempt in range(options.restarts + 1):
+                if attempt:
+                    log(f"warning: the Triton server died; restarting it ({attempt} of {options.restarts})")
+                self._serve_once()
+                stop.settle()  # a Ctrl-C to the process group also stops tritonserver: that is no crash
+            where = self.server_log if self.server_log is not None else "its log above"
+            raise BackendUnavailableError(
+                f"the Triton server died (see {where}); serving stopped"
+                + ("" if options.restarts else " (--restarts N restarts it up to N times)")
+            )
+        except KeyboardInterrupt:
+            pass
+        except (PyTritonError, InferenceServerException) as exc:
+            if stop.received is None:
+                raise BackendUnavailableError(
+                    f"Triton could not serve {self.file_name}: {_load_error(exc)} (the server log has the details)"
+                ) from None
+        finally:
+            stop.restore()
+            for front in fronts:
+                front.stop()
+        log("server stopped")
+        if stop.received == signal.SIGINT:
+            raise KeyboardInterrupt  # exit 130, as for any command stopped by Ctrl-C
+
+    def _serve_once(self) -> None:
+        """Start tritonserver, bind the models, and return when the server is gone; Ctrl-C raises through."""
         from pytriton.triton import Triton, TritonConfig
         from tritonclient.utils import InferenceServerException
-    except ImportError as exc:
-        raise BackendUnavailableError(f"serve needs PyTriton ({exc.name} is missing); {INSTALL_HINT}") from None
-    _check_numpy()
 
-    found = discover_runners(directory, (backend,), (precision,), threads, required=(backend,))
-    usable = [c for c in found.candidates if c.device == "cpu" and c.artifact == file_name]
-    if not usable:
-        raise BadInputError(f"backend {backend} does not run {file_name} on the CPU; use onnxruntime or openvino")
-    if usable[0].open is None:
-        raise BackendUnavailableError(f"backend {backend} cannot serve {file_name}: {usable[0].skipped}")
-    (image,), (logits,) = onnx_io(directory / file_name)
-    body_limit = max_request or default_body_limit(max_batch_size, image.dims[1:])
-    triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
-    triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
-    runners: list[Runner] = []
-    locks: list[threading.Lock] = []  # a runner serves the tensor and the image model; OpenVINO's is not thread-safe
-    try:
-        runners += [usable[0].open() for _ in range(instances)]
-        locks += [threading.Lock() for _ in runners]
-    except BaseException:
-        for runner in runners:
-            runner.close()
-        raise
-
-    def make_infer(runner: Runner, lock: threading.Lock):
-        @batch
-        def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-            images = inputs[image.name]
-            if not np.isfinite(images).all():  # the client gets an error, not HTTP 200 with NaN logits
-                raise PyTritonValidationError(f"{image.name} holds NaN or Inf values; send finite pixels")
-            with lock:
-                return {logits.name: runner(images)}
-
-        return infer
-
-    config = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=triton_http_port,
-        grpc_address="127.0.0.1",
-        grpc_port=triton_grpc_port,
-        metrics_address=host,
-        metrics_port=metrics_port,
-        allow_http=http,
-        exit_timeout_secs=EXIT_TIMEOUT_S,
-        log_file=None if server_log is None else Path(server_log).absolute(),
-    )
-    if server_log is not None:
-        log(f"Triton server log: {server_log}")
-    endpoints = (f"http://{host}:{port} and " if http else "") + f"grpc://{host}:{grpc_port}"
-    fronts: list[HttpFront | GrpcFront] = [GrpcFront(host, grpc_port, triton_grpc_port, body_limit, log)]
-    if http:
-        fronts.append(HttpFront(host, port, triton_http_port, body_limit, log))
-    log(f"requests are checked before Triton reads them: messages up to {body_limit / 2**20:.1f} MiB (decompressed)")
-
-    source = recorded_source(Manifest(directory))
-    image_name = image_model_name(model_name)
-    pre = source.preprocessing  # what verify applies to DIR's images
-    model_config = ModelConfig(
-        max_batch_size=max_batch_size, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)
-    )
-
-    def serve_once() -> None:
-        """Start tritonserver, bind the models, and return when the server is gone; Ctrl-C raises through."""
+        options, log = self.options, self.log
+        http_port, grpc_port, metrics_port = options.ports
+        config = TritonConfig(
+            http_address="127.0.0.1",
+            http_port=self.triton_http_port,
+            grpc_address="127.0.0.1",
+            grpc_port=self.triton_grpc_port,
+            metrics_address=options.address,
+            metrics_port=metrics_port,
+            allow_http=options.http,
+            exit_timeout_secs=EXIT_TIMEOUT_S,
+            log_file=None if self.server_log is None else Path(self.server_log).absolute(),
+        )
         # PyTriton prints what tritonserver writes on its stdout and stderr ("Error: Failed to initialize NVML" on
         # a machine without a GPU) on this process's stdout; results alone belong there. It goes to the server log
         # (beside Triton's own lines), or to stderr with -v.
         with (
-            _server_output(server_log) as output,
+            _server_output(self.server_log) as output,
             contextlib.redirect_stdout(output),
             interpreter_libpython_first(log),
             _workspace() as workspace,
-            _with_labels(model_name, logits, source.class_names),
-            _with_labels(image_name, logits, source.class_names),
+            self._labels(),
             Triton(config=config, workspace=workspace) as triton,
         ):
-            # The image model first: PyTriton loads models in this order, so the tensor model, which clients and
-            # load tests wait for, is ready last.
-            triton.bind(
-                model_name=image_name,
-                infer_func=[
-                    make_image_infer(r, lock, pre, source.class_names, logits.name, PyTritonValidationError)
-                    for r, lock in zip(runners, locks, strict=True)
-                ],
-                inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
-                outputs=[
-                    Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:]),
-                    Tensor(name=CLASS_OUTPUT, dtype=np.bytes_, shape=(1,)),
-                ],
-                config=model_config,
-                strict=True,
-            )
-            triton.bind(
-                model_name=model_name,
-                infer_func=[make_infer(r, lock) for r, lock in zip(runners, locks, strict=True)],
-                inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
-                outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
-                config=model_config,
-                strict=True,
-            )
-            batching = (
-                f"dynamic batching up to {max_batch_size}, queue delay {max_queue_delay_us} us"
-                if max_batch_size > 1
-                else "no batching"
-            )
+            self._bind(triton)
             triton.run()  # starts tritonserver and loads the model, so that "serving" below means ready
-            ready_port = port if http else grpc_port  # with --no-http, only gRPC answers
+            ready_port = http_port if options.http else grpc_port  # with --no-http, only gRPC answers
+            host = f"[{options.address}]" if ":" in options.address else options.address
             try:
-                for served in (model_name, image_name):
-                    _require_ready(f"[{host}]:{ready_port}" if ":" in host else f"{host}:{ready_port}", served, http)
+                for served in (self.model_name, self.image_name):
+                    _require_ready(f"{host}:{ready_port}", served, options.http)
             except (OSError, InferenceServerException):
                 if triton.is_alive():
                     raise
                 return  # it died while starting: reported (or restarted) like any other death
-            log(
-                f"serving {file_name} on {backend} as model {model_name!r} ({batching}, {instances} instance(s)) at "
-                f"{endpoints}; Ctrl-C stops"
-            )
-            log(f"and as {image_name!r}: JPEG or PNG bytes in {IMAGE_INPUT!r}, class names in {CLASS_OUTPUT!r}")
+            self._say_serving()
             # Not triton.serve(): it swallows Ctrl-C and returns the same way as when the server dies.
             triton.run()
             while triton.is_alive():
                 time.sleep(ALIVE_CHECK_S)
 
-    stop = _StopSignals()
-    try:
-        for front in fronts:
-            front.start()
-        for attempt in range(restarts + 1):
-            if attempt:
-                log(f"warning: the Triton server died; restarting it ({attempt} of {restarts})")
-            serve_once()
-            stop.settle()  # a Ctrl-C to the process group also stops tritonserver: that is no crash
-        where = server_log if server_log is not None else "its log above"
-        raise BackendUnavailableError(
-            f"the Triton server died (see {where}); serving stopped"
-            + ("" if restarts else " (--restarts N restarts it up to N times)")
+    def _labels(self) -> contextlib.AbstractContextManager[None]:
+        """Triton's labels.txt for both models, as triton-repo writes it, so classification requests return names."""
+        labels = self.source.class_names
+        if not labels or self.logits.dims[-1] != len(labels):
+            return contextlib.nullcontext()
+        return pytriton_labels((self.model_name, self.image_name), self.logits.name, LABELS_FILE, labels_text(labels))
+
+    def _bind(self, triton: Triton) -> None:
+        """The image model, then the tensor model: PyTriton loads them in this order, so the one clients and load
+        tests wait for is ready last."""
+        from pytriton.decorators import batch
+        from pytriton.exceptions import PyTritonValidationError
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+        image, logits, pre = self.image, self.logits, self.source.preprocessing  # what verify applies to DIR's images
+        batching = self.options.batching
+        model_config = ModelConfig(
+            max_batch_size=self.options.max_batch_size,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=batching.max_queue_delay_us),
         )
-    except KeyboardInterrupt:
-        pass
-    except (PyTritonError, InferenceServerException) as exc:
-        if stop.received is None:
-            raise BackendUnavailableError(
-                f"Triton could not serve {file_name}: {_load_error(exc)} (the server log has the details)"
-            ) from None
-    finally:
-        stop.restore()
-        for front in fronts:
-            front.stop()
-        for runner in runners:
-            runner.close()
-    log("server stopped")
-    if stop.received == signal.SIGINT:
-        raise KeyboardInterrupt  # exit 130, as for any command stopped by Ctrl-C
 
+        def make_infer(runner: Runner, lock: threading.Lock):
+            @batch
+            def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+                images = inputs[image.name]
+                if not np.isfinite(images).all():  # the client gets an error, not HTTP 200 with NaN logits
+                    raise PyTritonValidationError(f"{image.name} holds NaN or Inf values; send finite pixels")
+                with lock:
+                    return {logits.name: runner(images)}
 
-@contextlib.contextmanager
-def _with_labels(model_name: str, output: TensorSpec, labels: tuple[str, ...]) -> Iterator[None]:
-    """Give the served model Triton's labels.txt, as triton-repo does, so classification requests return names.
+            return infer
 
-    PyTriton's model configuration has no label field, so the configuration and files it sends to Triton are
-    extended while this server runs (PyTriton's own ``Model``, restored after).
-    """
-    from pytriton.models.model import Model
+        triton.bind(
+            model_name=self.image_name,
+            infer_func=[
+                make_image_infer(runner, lock, pre, self.source.class_names, logits.name, PyTritonValidationError)
+                for runner, lock in self.runners
+            ],
+            inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
+            outputs=[
+                Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:]),
+                Tensor(name=CLASS_OUTPUT, dtype=np.bytes_, shape=(1,)),
+            ],
+            config=model_config,
+            strict=True,
+        )
+        triton.bind(
+            model_name=self.model_name,
+            infer_func=[make_infer(runner, lock) for runner, lock in self.runners],
+            inputs=[Tensor(name=image.name, dtype=np.float32, shape=image.dims[1:])],
+            outputs=[Tensor(name=logits.name, dtype=np.float32, shape=logits.dims[1:])],
+            config=model_config,
+            strict=True,
+        )
 
-    if not labels or output.dims[-1] != len(labels):
-        yield
-        return
-    config, files = Model.get_model_config, Model.get_proxy_model_files
-
-    def labelled_config(model: Model) -> dict:
-        data = config(model)
-        if model.model_name == model_name:
-            for item in data.get("output", []):
-                if item.get("name") == output.name:
-                    item["label_filename"] = LABELS_FILE
-        return data
-
-    def labelled_files(model: Model) -> dict[str, bytes]:
-        data = files(model)
-        if model.model_name == model_name:
-            data[f"file:{LABELS_FILE}"] = labels_text(labels).encode()
-        return data
-
-    Model.get_model_config, Model.get_proxy_model_files = labelled_config, labelled_files  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Model.get_model_config, Model.get_proxy_model_files = config, files  # type: ignore[method-assign]
+    def _say_serving(self) -> None:
+        options, batching = self.options, self.options.batching
+        http_port, grpc_port, _ = options.ports
+        host = options.address
+        endpoints = (f"http://{host}:{http_port} and " if options.http else "") + f"grpc://{host}:{grpc_port}"
+        batched = (
+            f"dynamic batching up to {options.max_batch_size}, queue delay {batching.max_queue_delay_us} us"
+            if options.max_batch_size > 1
+            else "no batching"
+        )
+        self.log(
+            f"serving {self.file_name} on {options.backend} as model {self.model_name!r} ({batched}, "
+            f"{batching.instances} instance(s)) at {endpoints}; Ctrl-C stops"
+        )
+        self.log(f"and as {self.image_name!r}: JPEG or PNG bytes in {IMAGE_INPUT!r}, class names in {CLASS_OUTPUT!r}")
 
 
 def _require_ready(url: str, model_name: str, http: bool = True) -> None:

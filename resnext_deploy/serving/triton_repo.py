@@ -16,17 +16,25 @@ import re
 import shlex
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, Manifest, external_files
 from ..backends.base import TritonModel
-from ..backends.tensorrt.options import BATCH_LIMIT, BuildOptions
-from ..errors import BackendUnavailableError, BadInputError
+from ..backends.tensorrt import BuildOptions
+from ..errors import BadInputError
 from ..source import export_command, recorded_source
+from .options import DEFAULT_MAX_BATCH, ONNX_KINDS, TritonRepoOptions
 from .repo_ledger import VERSION, RepoLedger, remove_stale, staged_model_dir
+from .repo_model import (
+    LABELS_FILE,
+    VERSION_COMPATIBLE_FLAG,
+    RepoModel,
+    TensorSpec,
+    labels_text,
+    model_config_pb2,
+    onnx_io,
+)
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -36,116 +44,19 @@ INSTALL_HINT = (
     "from a checkout, `make setup-triton` makes .venv-triton: run `.venv-triton/bin/resnext-deploy ...`; from a "
     "wheel, `pip install 'resnext-deploy[triton]'` into a virtual environment of its own (PyTriton needs numpy < 2)"
 )
-LABELS_FILE = "labels.txt"
-# ONNX models batch like an engine built with build-trt's default profile.
-DEFAULT_MAX_BATCH = BuildOptions.max_batch
-DEFAULT_OPT_BATCH = BuildOptions.opt_batch
-DEFAULT_QUEUE_DELAY_US = 100
-MAX_QUEUE_DELAY_US = 60_000_000  # a minute; Triton's field is a uint64, and larger values only stall clients
-MAX_INSTANCES = 1024
-ONNX_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DEFAULT_OPT_BATCH = BuildOptions.opt_batch  # ONNX models prefer batches like an engine of build-trt's default profile
 TRT_WORKSPACE_BYTES = 1 << 30
 REPO_FILE_MODE = 0o644  # a repository is shipped: tritonserver often runs as another user than its author
 # Graph I/O types the artifacts can have (onnx.TensorProto names) -> Triton data types.
-ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16"}
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Triton's TensorRT backend lets a plan run its embedded lean runtime only when the server is started with this.
-VERSION_COMPATIBLE_FLAG = "--backend-config=tensorrt,version-compatible=true"
 # The part of a model name that says what runs it, <arch>_<kind>_<precision>, where it is not the backend's name
 # (the backends' Triton hooks name it; `serve` names its models alike).
 NAME_KINDS = {"onnxruntime": "onnx"}
 
 
-def model_config_pb2() -> ModuleType:
-    """Triton's ModelConfig protobuf module, as ``tritonclient`` ships it."""
-    try:
-        from tritonclient.grpc import model_config_pb2 as module
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"Triton's model configuration needs tritonclient[grpc] ({exc.name} is missing), a dependency of "
-            "resnext-deploy: reinstall it (a checkout: `make setup`; a wheel: `pip install resnext_deploy-*.whl`)"
-        ) from None
-    return module
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output; ``dims`` include the batch dimension, -1 where it is dynamic."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-
-
-def onnx_io(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The graph inputs and outputs of an ONNX file, with Triton data types."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # noqa: BLE001 - onnx raises untyped decode errors
-        raise BadInputError(f"cannot read {path} as ONNX: {str(exc).strip()[:200]}") from None
-    initializers = {init.name for init in graph.initializer}
-
-    def spec(value) -> TensorSpec:
-        tensor = value.type.tensor_type
-        type_name = onnx.TensorProto.DataType.Name(tensor.elem_type)
-        if type_name not in ONNX_TO_TRITON:
-            raise BadInputError(f"{path}: tensor {value.name!r} has type {type_name}, which Triton cannot serve")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        return TensorSpec(value.name, ONNX_TO_TRITON[type_name], dims)
-
-    inputs = [spec(v) for v in graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in graph.output]
-
-
-@dataclass(frozen=True)
-class RepoModel:
-    """One model of the repository: where it came from and how Triton should batch it."""
-
-    name: str
-    platform: str  # onnxruntime_onnx | tensorrt_plan, or a Triton backend (openvino)
-    artifact: Path
-    precision: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    max_batch_size: int  # 0: the graph has a fixed batch and Triton must not batch
-    preferred_batch_sizes: tuple[int, ...]
-    sha256: str
-    tensorrt_version: str | None = None  # engines: the TensorRT that built the plan
-    version_compatible: bool = False  # engines: built to load in later TensorRT versions
-    external: tuple[str, ...] = ()  # the ONNX file's external-data side files, relative to its directory
-    triton_backend: bool = False  # ``platform`` names a Triton backend (config.backend), not a platform
-    instance_kind: str | None = None  # None: --onnx-kind
-    parameters: Mapping[str, str] = field(default_factory=dict)
-
-    def engine_note(self) -> str | None:
-        """What the server must offer for this engine to load (None for ONNX models)."""
-        if self.platform != "tensorrt_plan":
-            return None
-        if self.version_compatible:
-            return (
-                f"built version-compatible with TensorRT {self.tensorrt_version}: start tritonserver with "
-                f"{VERSION_COMPATIBLE_FLAG} (its TensorRT must be {self.tensorrt_version} or later)"
-            )
-        return (
-            f"built with TensorRT {self.tensorrt_version}: it loads only in a tritonserver whose TensorRT is "
-            f"exactly {self.tensorrt_version} (Triton's release notes name it), on the GPU model it was built "
-            "for; build with --version-compatible to relax the first"
-        )
-
-    @property
-    def model_file(self) -> str:
-        return "model.plan" if self.platform == "tensorrt_plan" else "model.onnx"
-
-
 def build_model_config(
-    model: RepoModel,
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    onnx_kind: str = "auto",
-    trt_accelerator: bool = False,
-    labels: tuple[str, ...] = (),
+    model: RepoModel, options: TritonRepoOptions = TritonRepoOptions(), labels: tuple[str, ...] = ()
 ) -> ModelConfig:
     """The ``ModelConfig`` message for one model; with ``labels``, outputs of as many classes name labels.txt.
 
@@ -179,10 +90,10 @@ def build_model_config(
         config.parameters[key].string_value = value
     if batched:
         config.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    kind = model.instance_kind or ONNX_KINDS[onnx_kind]
-    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
-    if trt_accelerator and model.platform == "onnxruntime_onnx":
+        config.dynamic_batching.max_queue_delay_microseconds = options.batching.max_queue_delay_us
+    kind = model.instance_kind or ONNX_KINDS[options.onnx_kind]
+    config.instance_group.add(count=options.batching.instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    if options.trt_accelerator and model.platform == "onnxruntime_onnx":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP32" if model.precision == "fp32" else "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(TRT_WORKSPACE_BYTES)
@@ -205,19 +116,12 @@ def config_text(model: RepoModel, config: ModelConfig) -> str:
     return header + text_format.MessageToString(config)
 
 
-def labels_text(labels: tuple[str, ...]) -> str:
-    """Triton's label file: one class name per line, line i naming output i."""
-    return "".join(f"{label}\n" for label in labels)
-
-
 def _batch_plan(
     dims: tuple[int, ...], source: str, requested: int | None, limit: int | None, opt: int
 ) -> tuple[int, tuple[int, ...]]:
     """max_batch_size and preferred batch sizes for a graph whose leading dimension is ``dims[0]``."""
     if dims[0] != -1:
         return 0, ()  # a fixed batch: Triton passes requests through whole
-    if requested is not None and not 1 <= requested <= BATCH_LIMIT:
-        raise BadInputError(f"--max-batch-size must be between 1 and {BATCH_LIMIT}, got {requested}")
     if requested is not None and limit is not None and requested > limit:
         raise BadInputError(f"--max-batch-size {requested} exceeds {source}'s optimization profile maximum {limit}")
     max_batch = requested or limit or DEFAULT_MAX_BATCH
@@ -346,45 +250,26 @@ def _write_model(model: RepoModel, config: ModelConfig, labels: tuple[str, ...],
 def make_triton_repo(
     directory: str | Path,
     out: str | Path,
-    name: str | None = None,
-    max_batch_size: int | None = None,
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    onnx_kind: str = "auto",
-    trt_accelerator: bool = False,
+    options: TritonRepoOptions = TritonRepoOptions(),
     log: Callable[[str], None] = print,
-    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
-    preprocess: bool = False,
 ) -> list[Path]:
     """Write a Triton model repository under ``out``: per model ``config.pbtxt`` and ``1/model.{onnx,plan}``.
 
     Each model folder is staged beside its place and renamed in whole. ``out`` keeps a ledger of the model
     folders written here: a rerun replaces those and removes the ones it no longer writes, refuses (before
     writing anything) a model folder holding what it did not write, such as a ``2/``, and leaves every other
-    entry of ``out`` alone. ``preprocess`` adds the image models of :mod:`.ensemble` (encoded images in).
+    entry of ``out`` alone. ``options.preprocess`` adds the image models of :mod:`.ensemble` (encoded images in).
     """
-    if not 0 <= max_queue_delay_us <= MAX_QUEUE_DELAY_US:
-        raise BadInputError(
-            f"--max-queue-delay-us must be between 0 and {MAX_QUEUE_DELAY_US}, got {max_queue_delay_us}"
-        )
-    if not 1 <= instances <= MAX_INSTANCES:
-        raise BadInputError(f"--instances must be between 1 and {MAX_INSTANCES}, got {instances}")
-    if onnx_kind not in ONNX_KINDS:
-        raise BadInputError(f"--onnx-kind must be one of {', '.join(ONNX_KINDS)}, got {onnx_kind!r}")
-    if trt_accelerator and onnx_kind == "cpu":
-        raise BadInputError("--trt-accelerator needs GPU instances; use --onnx-kind auto or gpu")
     model_config_pb2()  # fail before writing anything when tritonclient is missing
-    models = collect_models(directory, name, max_batch_size, log, backend_options)
+    batching = options.batching
+    models = collect_models(directory, options.name, batching.max_batch_size, log, options.backend_options)
     source = recorded_source(Manifest(directory))
-    labels = source.class_names
     extra = []
-    if preprocess:
+    if options.preprocess:
         from .ensemble import image_models
 
-        base = name or model_base_name(directory)
-        extra = image_models(
-            models, base, source.preprocessing, labels, ONNX_FILES["fp32"], max_queue_delay_us, instances, log
-        )
+        base = options.name or model_base_name(directory)
+        extra = image_models(models, base, source.preprocessing, source.class_names, ONNX_FILES["fp32"], batching, log)
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BadInputError(f"--out {out} is not a folder; choose a folder for the Triton repository")
@@ -397,23 +282,7 @@ def make_triton_repo(
     except OSError as exc:
         raise BadInputError(f"cannot create {out}: {exc.strerror or exc}; choose a writable --out") from None
     ledger = ledger.write(ledger.models | set(names))  # a run cut short still owns what it wrote
-    written = []
-    for model in models:
-        config = build_model_config(model, max_queue_delay_us, instances, onnx_kind, trt_accelerator, labels)
-        model_dir = out / model.name
-        with staged_model_dir(model_dir) as staging:
-            _write_model(model, config, labels, staging)
-        batching = (
-            f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
-            f"queue delay {max_queue_delay_us} us"
-            if model.max_batch_size
-            else "fixed batch, no dynamic batching"
-        )
-        log(f"wrote {model_dir} ({model.platform} from {model.artifact.name}; {batching})")
-        note = model.engine_note()
-        if note is not None and not model.version_compatible:
-            log(f"warning: {model.artifact.name} was {note}")
-        written.append(model_dir)
+    written = [_write_repo_model(model, options, source.class_names, out, log) for model in models]
     for image in extra:
         with staged_model_dir(out / image.name) as staging:
             image.write(staging, REPO_FILE_MODE)
@@ -426,3 +295,24 @@ def make_triton_repo(
         server += shlex.split(VERSION_COMPATIBLE_FLAG)
     log(f"serve it with: {shlex.join(server)}")
     return written
+
+
+def _write_repo_model(
+    model: RepoModel, options: TritonRepoOptions, labels: tuple[str, ...], out: Path, log: Callable[[str], None]
+) -> Path:
+    """``out/<model>``, staged and renamed into place, said in one line (and what its engine needs, if anything)."""
+    config = build_model_config(model, options, labels)
+    model_dir = out / model.name
+    with staged_model_dir(model_dir) as staging:
+        _write_model(model, config, labels, staging)
+    batching = (
+        f"max batch {model.max_batch_size}, preferred {list(model.preferred_batch_sizes)}, "
+        f"queue delay {options.batching.max_queue_delay_us} us"
+        if model.max_batch_size
+        else "fixed batch, no dynamic batching"
+    )
+    log(f"wrote {model_dir} ({model.platform} from {model.artifact.name}; {batching})")
+    note = model.engine_note()
+    if note is not None and not model.version_compatible:
+        log(f"warning: {model.artifact.name} was {note}")
+    return model_dir

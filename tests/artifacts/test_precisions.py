@@ -18,6 +18,7 @@ from resnext_deploy.cli import main
 from resnext_deploy.evaluate.bench import LoadRecord, NoiseFloor, measured_row
 from resnext_deploy.parity import DEFAULT_TOLERANCES, SELECTABLE_PRECISIONS
 from resnext_deploy.schemas import load_schema
+from resnext_deploy.serde import encode
 
 
 def _precision_enums(node: Any) -> Iterator[list[str]]:
@@ -80,6 +81,6 @@ def test_bf16_bench_and_verify_outputs_validate_against_their_schemas(
     # A bf16 row, as OpenVINO writes it on a CPU with bf16 (this one may have none): the schema takes it.
     noise = NoiseFloor(0.01, 0.05, 15, "test")
     row = measured_row(Candidate("openvino", Precision.BF16, "cpu", "model.onnx"), 1, [[1.0]] * 3, noise)
-    bench["results"].append(row.to_dict())
+    bench["results"].append(encode(row))
     bench["load"] = LoadRecord(True, 0.0, 0, 3, None, None, False).__dict__
     jsonschema.validate(json.loads(json.dumps(bench)), load_schema("bench"))

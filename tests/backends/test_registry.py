@@ -13,7 +13,14 @@ import pytest
 from resnext_deploy.artifacts import ONNX_FILES
 from resnext_deploy.backends.base import ArtifactSet, Backend, Candidate, Runner
 from resnext_deploy.backends.onnxruntime import OnnxRuntimeRunner
-from resnext_deploy.backends.registry import backend_names, discover_runners, register, unregister
+from resnext_deploy.backends.registry import (
+    backend_names,
+    check_build_options,
+    discover_runners,
+    register,
+    unregister,
+)
+from resnext_deploy.backends.tensorrt import BuildOptions
 from resnext_deploy.backends.torch import TorchRunner
 from resnext_deploy.cli import main
 from resnext_deploy.errors import ExitCode
@@ -108,3 +115,13 @@ def test_torch_runner_restores_the_thread_count_it_changed() -> None:
     assert torch.get_num_threads() == wanted
     runner.close()
     assert torch.get_num_threads() == before
+
+
+def test_each_building_backend_gets_its_own_build_record() -> None:
+    given = BuildOptions(max_batch=64)
+    assert check_build_options({}) == {"tensorrt": BuildOptions()}  # the only backend that builds, at its defaults
+    assert check_build_options({"tensorrt": given}) == {"tensorrt": given}
+    with pytest.raises(TypeError, match="tensorrt builds with BuildOptions"):
+        check_build_options({"tensorrt": {"max_batch": 64}})
+    with pytest.raises(TypeError, match="openvino builds with no options"):
+        check_build_options({"openvino": given})

@@ -8,7 +8,7 @@ import pytest
 
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.precision.search import RemedyTrial, SearchRecord, TrialSummary
-from resnext_deploy.report import _search_lines
+from resnext_deploy.report.render import _search_lines
 
 PASS = TrialSummary(True, 0.9991, 0.99, 1.0, 120, True, 0.031, 99.0)
 FAIL = TrialSummary(False, 0.95, 0.9, 0.8, 100, True, 0.2, None, ("cosine min 0.95 < 0.99",))

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import copy_dir, edit_initializers
+from helpers import bench_report, copy_dir, edit_initializers
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
@@ -24,7 +24,8 @@ from resnext_deploy.evaluate.bench import (
 from resnext_deploy.evaluate.settings import BenchSettings
 from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow, run_verify
 from resnext_deploy.parity import Tolerance
-from resnext_deploy.report import BenchSection, build_report, render_markdown, write_report
+from resnext_deploy.report import build_report, render_markdown, write_report
+from resnext_deploy.serde import encode
 from resnext_deploy.source import ModelSource
 
 
@@ -140,13 +141,14 @@ def _report_from_rounds(tmp_path: Path, candidate_rounds: list[list[float]]) -> 
     reference_rounds = [[10.0] * 20 for _ in candidate_rounds]
     rows = [measured_row(reference, 1, reference_rounds, NOISE), measured_row(candidate, 1, candidate_rounds, NOISE)]
     add_speedups(rows, {id(rows[0]): reference_rounds, id(rows[1]): candidate_rounds})
-    bench = BenchSection(rows, NOISE, QUIET_LOAD, warnings=bench_warnings(rows, NOISE, QUIET_LOAD))
+    warnings = bench_warnings(rows, NOISE, QUIET_LOAD)
+    bench = replace(bench_report(), results=rows, noise=NOISE, load=QUIET_LOAD, warnings=warnings, skipped=[])
     passed = VerifyRow(*candidate.identity().values(), parity=None, passed=True, failures=(), tolerance=Tolerance())
     source = ModelSource("resnext_tiny", 10, 32, None, None)
     reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 0, None, 0, "-", "-", False, ())
     verify = VerifyRecord(reference, [passed])
     report = build_report(Manifest(tmp_path), verify, bench, [])
-    return rows[1].to_dict(), render_markdown(replace(report, verify=None))
+    return encode(rows[1]), render_markdown(replace(report, verify=None))
 
 
 def test_a_noisy_timer_does_not_make_a_headline(tmp_path: Path) -> None:

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, snapshot
+from helpers import bench_report, cli, snapshot
 
 from resnext_deploy.artifacts import Manifest
 from resnext_deploy.backends.base import Candidate
 from resnext_deploy.errors import ExitCode
 from resnext_deploy.evaluate.bench import LoadRecord, NoiseFloor, add_speedups, measured_row
-from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow
+from resnext_deploy.evaluate.verify import ReferenceRecord, VerifyRecord, VerifyRow, verify_json
 from resnext_deploy.parity import DEFAULT_TOLERANCES, compare
+from resnext_deploy.serde import encode
 from resnext_deploy.source import recorded_source
 
 Json = dict
@@ -33,7 +34,7 @@ def _records(directory: Path) -> None:
     source = recorded_source(manifest)
     reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 64, 90.0, 0, "64 images", "x", True, ())
     verify = VerifyRecord(reference, [row], artifacts={"model.onnx": manifest.entry("model.onnx").sha256})
-    (directory / "verify.json").write_text(json.dumps(verify.to_dict()))
+    (directory / "verify.json").write_text(json.dumps(verify_json(verify)))
 
     noise = NoiseFloor.measured(0.01, 0.01, 10, "4 convolutions", 0.02)
     rounds = {1: [[10.0] * 20 for _ in range(10)], 8: [[4.0] * 20 for _ in range(10)]}
@@ -42,20 +43,10 @@ def _records(directory: Path) -> None:
         measured_row(Candidate("onnxruntime", "fp32", "cpu", "model.onnx"), 1, rounds[8], noise),
     ]
     add_speedups(rows, {id(rows[0]): rounds[1], id(rows[1]): rounds[8]})
-    settings = {"warmup_ms": 200, "rounds": 10, "min_iterations": 10, "slice_s": 0.3, "wall_s": 20, "budget_s": 180}
-    bench = {
-        "schema_version": 1,
-        "created": "2026-01-01T00:00:00Z",
-        "machine": {"cpu": "test"},
-        "settings": settings,
-        "noise": asdict(noise),
-        "load": asdict(LoadRecord(True, 0.0, 0, 20, None, None, False)),
-        "results": [r.to_dict() for r in rows],
-        "warnings": [],
-        "skipped": [],
-        "artifacts": {"model.onnx": manifest.entry("model.onnx").sha256},
-    }
-    (directory / "bench.json").write_text(json.dumps(bench))
+    load = LoadRecord(True, 0.0, 0, 20, None, None, False)
+    artifacts = {"model.onnx": manifest.entry("model.onnx").sha256}
+    bench = replace(bench_report(), results=rows, noise=noise, load=load, warnings=[], failed=[], artifacts=artifacts)
+    (directory / "bench.json").write_text(json.dumps(encode(bench)))
 
 
 def _edit(path: Path, change: Callable[[Json], None]) -> None:
@@ -98,12 +89,19 @@ def _drop(file: str, *keys: str) -> tuple[str, Callable[[Json], None]]:
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
-        (_set("verify.json", "results", 0, "accuracy", value="99.5"), "verify.json: results[0].accuracy is a str"),
-        (_set("verify.json", "results", 0, "max_abs", value=[1]), "verify.json: results[0].max_abs is a list"),
+        (
+            _set("verify.json", "results", 0, "accuracy", value="99.5"),
+            "verify.json: results[0].accuracy: expected a number, got str",
+        ),
+        (_set("verify.json", "results", 0, "max_abs", value=[1]), "verify.json: results[0].max_abs: expected a number"),
+        (_drop("verify.json", "reference", "labeled"), "verify.json: reference.labeled: required field missing"),
         (_set("verify.json", "schema_version", value=99), "verify.json: schema_version 99 is not one"),
-        (_set("bench.json", "results", 1, "median_ms", value="fast"), "bench.json: results[1].median_ms is a str"),
-        (_set("bench.json", "machine", value=["cpu"]), "bench.json: machine is a list"),
-        (_drop("bench.json", "settings", "warmup_ms"), "bench.json: settings.warmup_ms is missing"),
+        (
+            _set("bench.json", "results", 1, "median_ms", value="fast"),
+            "bench.json: BenchReport.results[1].median_ms: expected a number, got str",
+        ),
+        (_set("bench.json", "machine", value=["cpu"]), "bench.json: BenchReport.machine: expected an object"),
+        (_drop("bench.json", "settings", "warmup_ms"), "bench.json: BenchReport.settings.warmup_ms: required field"),
         (_set("bench.json", "schema_version", value=2), "bench.json: schema_version 2 is not one"),
         (_set("manifest.json", "artifacts", "model.onnx", "size_bytes", value="12 kB"), "'model.onnx' has size_bytes"),
         (_set("manifest.json", "format", value=2), "manifest.json: format 2 is not one"),

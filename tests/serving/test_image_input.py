@@ -27,6 +27,7 @@ from resnext_deploy.artifacts import Manifest
 from resnext_deploy.data import open_dataset, take
 from resnext_deploy.serving import ensemble
 from resnext_deploy.serving.image_input import class_names_of, images_to_batch
+from resnext_deploy.serving.options import TritonRepoOptions
 from resnext_deploy.serving.triton_repo import make_triton_repo
 from resnext_deploy.source import recorded_source
 
@@ -78,7 +79,7 @@ def test_triton_repo_preprocess_writes_the_packages_preprocessing_verbatim_and_a
     from tritonclient.grpc import model_config_pb2
 
     out = tmp_path / "repo"
-    written = make_triton_repo(tiny_dir, out, log=lambda _m: None, preprocess=True)
+    written = make_triton_repo(tiny_dir, out, TritonRepoOptions(preprocess=True), log=lambda _m: None)
     names = sorted(path.name for path in written)
     assert names == sorted(
         [f"{PREFIX}_onnx_fp32", f"{PREFIX}_openvino_fp32", f"{PREFIX}_preprocess"]
@@ -140,7 +141,7 @@ def test_the_preprocessing_model_runs_in_tritonserver_like_verify(demo_dir: Path
     from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
 
     out = tmp_path / "repo"
-    make_triton_repo(demo_dir, out, log=lambda _m: None, preprocess=True)
+    make_triton_repo(demo_dir, out, TritonRepoOptions(preprocess=True), log=lambda _m: None)
     name = f"{recorded_source(Manifest(demo_dir)).arch}_preprocess"
     server = tmp_path / "tritonserver"  # PyTriton's own layout: the stub of this Python in the Python backend
     shutil.copytree(get_root_module_path() / "tritonserver", server, ignore=shutil.ignore_patterns("python_backend_*"))

@@ -33,6 +33,7 @@ from resnext_deploy.errors import BackendUnavailableError, BadInputError, ExitCo
 from resnext_deploy.schemas import load_schema
 from resnext_deploy.serde import encode
 from resnext_deploy.serving.load_test import LoadTestSettings, triton_load_test, write_triton_bench
+from resnext_deploy.serving.options import Batching, ServeOptions, TritonRepoOptions
 from resnext_deploy.serving.pytriton import SERVER_LOG
 from resnext_deploy.serving.triton_repo import make_triton_repo
 from resnext_deploy.source import recorded_source
@@ -92,7 +93,7 @@ def test_repository_configs_parse_into_triton_model_config(full_dir: Path, tmp_p
 
     out = tmp_path / "repo"
     messages: list[str] = []
-    written = make_triton_repo(full_dir, out, trt_accelerator=True, log=messages.append)
+    written = make_triton_repo(full_dir, out, TritonRepoOptions(trt_accelerator=True), log=messages.append)
     assert sorted(p.name for p in written) == [
         "resnext_tiny_onnx_fp16",
         "resnext_tiny_onnx_fp32",
@@ -182,8 +183,8 @@ def test_repository_flags_shape_batching_and_placement(full_dir: Path, tmp_path:
     from tritonclient.grpc import model_config_pb2 as pb
 
     out = tmp_path / "repo"
-    options = {"max_batch_size": 8, "max_queue_delay_us": 0, "instances": 2, "onnx_kind": "cpu", "name": "digits"}
-    make_triton_repo(full_dir, out, log=lambda _m: None, **options)
+    options = TritonRepoOptions(name="digits", batching=Batching(8, max_queue_delay_us=0, instances=2), onnx_kind="cpu")
+    make_triton_repo(full_dir, out, options, log=lambda _m: None)
     config = _parse(out / "digits_onnx_fp32")
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [8]
@@ -193,9 +194,9 @@ def test_repository_flags_shape_batching_and_placement(full_dir: Path, tmp_path:
     assert _parse(out / "digits_trt_fp16").max_batch_size == 8  # a smaller batch than the profile allows is fine
 
     with pytest.raises(BadInputError, match="exceeds model.fp16.engine's optimization profile maximum 16"):
-        make_triton_repo(full_dir, tmp_path / "r2", max_batch_size=64, log=lambda _m: None)
+        make_triton_repo(full_dir, tmp_path / "r2", TritonRepoOptions(batching=Batching(64)), log=lambda _m: None)
     with pytest.raises(BadInputError, match="needs GPU instances"):
-        make_triton_repo(full_dir, tmp_path / "r3", onnx_kind="cpu", trt_accelerator=True, log=lambda _m: None)
+        TritonRepoOptions(onnx_kind="cpu", trt_accelerator=True)
 
 
 @needs_tritonclient
@@ -235,7 +236,8 @@ def test_missing_pytriton_names_commands_for_a_checkout_and_a_wheel(tiny_dir: Pa
     monkeypatch.setitem(sys.modules, "pytriton", None)
     monkeypatch.setitem(sys.modules, "pytriton.decorators", None)
     with pytest.raises(BackendUnavailableError, match=r"`make setup-triton`.*resnext-deploy\[triton\]") as caught:
-        serve(tiny_dir, port=_free_ports(1)[0], grpc_port=_free_ports(1)[0], metrics_port=_free_ports(1)[0])
+        http, grpc, metrics = _free_ports(3)
+        serve(tiny_dir, ServeOptions(port=http, grpc_port=grpc, metrics_port=metrics))
     assert "numpy < 2" in str(caught.value)
     done = subprocess.run(["make", "-n", "-B", "setup-triton"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "constraints-triton.txt" in done.stdout  # the named target exists

@@ -1,19 +1,57 @@
 """TensorRT: engine builds (strongly typed, 10.x and 11.x), the engine manifest, the runner, the trtexec line.
 
 ``tensorrt`` is imported inside the functions that need it, so this package imports on any machine.
+This module is TensorRT's face: code outside ``backends/`` imports what it names here, never its modules.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...artifacts import PRECISIONS, engine_file
 from ..base import ArtifactSet, Backend, Candidate, TritonModel
 from . import probe
 from .options import BuildOptions
+
+if TYPE_CHECKING:
+    from .build import build_engine, record_engines_skipped
+    from .layers import layer_profile
+    from .options import check_trt_major
+    from .probe import TensorRTUnavailableError, summary, tensorrt_status
+
+# What the face hands on, by the module that defines it, looked up when asked for: the builder and the profiler
+# import torch, so they load on first use, and a test's stand-in for a probe is what every caller gets.
+_HANDED_ON = {
+    "build_engine": "build",
+    "record_engines_skipped": "build",
+    "layer_profile": "layers",
+    "check_trt_major": "options",
+    "TensorRTUnavailableError": "probe",
+    "summary": "probe",
+    "tensorrt_status": "probe",
+}
+
+__all__ = [
+    "BACKEND",
+    "BuildOptions",
+    "TensorRTUnavailableError",
+    "build_engine",
+    "check_trt_major",
+    "layer_profile",
+    "record_engines_skipped",
+    "summary",
+    "tensorrt_status",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HANDED_ON:
+        return getattr(importlib.import_module(f".{_HANDED_ON[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TensorRTBackend(Backend):
@@ -21,6 +59,7 @@ class TensorRTBackend(Backend):
     extra = "tensorrt-cu12"  # or tensorrt-cu13: the one matching torch's CUDA build, which install_hint() names
     description = "TensorRT engines on an NVIDIA GPU"
     int8_note = {"cuda": "ResNeXt's grouped convolutions have few fast INT8 kernels in TensorRT"}
+    build_options = BuildOptions
 
     def unavailable(self) -> str | None:
         return probe.tensorrt_status()

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import BadInputError
+from ..base import BATCH_LIMIT
 
 HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}  # ours -> trtexec's spelling
 MAX_OPT_LEVEL = 5
-BATCH_LIMIT = 4096  # the largest batch any command accepts (profile, static export, Triton's max_batch_size)
 TRT_MAJORS = range(10, 100)  # --trt-major: 10 and 11 are supported; later majors get 11's trtexec flags
 
 
