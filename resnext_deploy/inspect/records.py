@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,31 +134,21 @@ class InspectRecord:
         """``inspect.json``: the record, each latency's sums beside its layers, non-finite figures as null."""
         from ..schemas import SCHEMA_VERSION
 
-        data = encode(self)
+        data = encode(self, nan_as_null=True)
         for written, latency in zip(data["latency"], self.latency, strict=True):
-            written.update(
-                total_ms=latency.total_ms,
-                int8_weighted=latency.int8_weighted,
-                weighted=latency.weighted,
-                overhead_ms=latency.overhead_ms,
-            )
-        return _finite({"schema_version": SCHEMA_VERSION, **data})
+            sums = {
+                "total_ms": latency.total_ms,
+                "int8_weighted": latency.int8_weighted,
+                "weighted": latency.weighted,
+                "overhead_ms": latency.overhead_ms,
+            }
+            written.update(encode(sums, nan_as_null=True))
+        return {"schema_version": SCHEMA_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: object) -> InspectRecord:
         """``inspect.json`` read back (the sums are derived again); a malformed one is bad input: run inspect again."""
         try:
-            return decode(cls, data)
+            return decode(cls, data, nan_as_null=True)
         except RecordError as exc:
             raise BadInputError(f"{INSPECT_JSON} is malformed ({exc}); run `resnext-deploy inspect` again") from None
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no infinity: an infinite error share is written as null (the text says "non-finite")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

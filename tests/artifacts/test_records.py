@@ -62,7 +62,7 @@ def every_entry(tiny_export_template: Path, tmp_path_factory: pytest.TempPathFac
     version, gpu, profile_shapes = "10.13.3.9", STAND_IN_GPU, ((2, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
     profile = EngineProfile("input", *profile_shapes)
     body = engine_manifest_body(onnx_entry, ENGINE, b"plan bytes", "int8", build, version, gpu, profile, 12.5)
-    recorded = EngineOptions(**vars(build), tensorrt=version, compute_capability=gpu.compute_capability)
+    recorded = EngineOptions(build, version, gpu.compute_capability)
     record_engine(manifest, directory / ENGINE, b"plan bytes", body, recorded)
     return directory
 
@@ -123,7 +123,12 @@ def test_the_engine_manifest_is_its_record_and_carries_the_calibration(every_ent
     assert int8 is not None and int8.calibration is not None
     assert body.calibration_fingerprint == int8.calibration.fingerprint
     engine = Manifest(every_entry).entry(ENGINE)
-    assert engine is not None and engine.profile == body.profile and engine.gpu == STAND_IN_GPU.gpu
+    assert (
+        engine is not None
+        and engine.profile == body.profile
+        and engine.gpu == STAND_IN_GPU.gpu
+        and encode(body)["gpu"] == STAND_IN_GPU.gpu
+    )
     assert engine.engine_manifest == engine_manifest_path(path).name and engine.parent_sha256 == int8.sha256
 
 

@@ -303,8 +303,7 @@ def plant_engine(directory: Path, case: str) -> Path:
         stand_in_engine_manifest(
             path,
             tensorrt_version="9.2.0.5" if case == "other-tensorrt" else INSTALLED,
-            gpu="Tesla T4" if case == "other-gpu" else "NVIDIA A100",
-            compute_capability="7.5" if case == "other-gpu" else CAPABILITY,
+            gpu_info=GpuInfo("Tesla T4", "7.5") if case == "other-gpu" else GpuInfo("NVIDIA A100", CAPABILITY),
         )
     )
     if case == "edited-manifest":

@@ -88,10 +88,7 @@ def engine_manifest_body(
         source_onnx_sha256=onnx_entry.sha256,
         calibration_fingerprint=onnx_entry.calibration_fingerprint,
         tensorrt_version=version,
-        gpu=gpu.gpu,
-        compute_capability=gpu.compute_capability,
-        driver_version=gpu.driver_version,
-        cuda_runtime=gpu.cuda_runtime,
+        gpu_info=gpu,
         profile=profile,
         build_options=options,
         build_seconds=round(build_seconds, 3),
@@ -146,7 +143,7 @@ def build_engine(
 
     version = str(probe.tensorrt_version())
     gpu = probe.gpu_info()
-    recorded_options = EngineOptions(**vars(options), tensorrt=version, compute_capability=gpu.compute_capability)
+    recorded_options = EngineOptions(options, version, gpu.compute_capability)
     if manifest.is_current(engine_path.name, onnx_entry.sha256, recorded_options) and _has_manifest(engine_path):
         log(f"{engine_path} is up to date (same ONNX file, options, TensorRT and GPU); reusing it")
         return engine_path
@@ -178,7 +175,7 @@ def record_engine(
         options=options,
         engine_manifest=engine_manifest_path(engine_path).name,
         tensorrt_version=body.tensorrt_version,
-        gpu=body.gpu,
+        gpu=body.gpu_info.gpu,
         profile=body.profile,
     )
 

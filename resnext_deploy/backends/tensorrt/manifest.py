@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ...artifacts import EngineProfile, read_json
 from ...errors import BadInputError
-from ...serde import RecordError, decode, encode
+from ...serde import INLINE, RecordError, decode, encode
 from .options import BuildOptions
 from .probe import GpuInfo, version_tuple
 from .trtexec import build_trt_command
@@ -20,10 +20,7 @@ ENGINE_MANIFEST_FORMAT = 1
 
 @dataclass(frozen=True)
 class EngineManifest:
-    """What ``model.<precision>.engine.json`` records about a built plan, sealed by a checksum of the rest.
-
-    The GPU's fields sit at the top level of the file, as engine manifests have always had them (:attr:`gpu_info`).
-    """
+    """What ``model.<precision>.engine.json`` records about a built plan, sealed by a checksum of the rest."""
 
     engine: str
     plan_sha256: str
@@ -33,10 +30,7 @@ class EngineManifest:
     source_onnx_sha256: str
     calibration_fingerprint: str | None  # of the typed ONNX file's calibration set; None for one made without
     tensorrt_version: str
-    gpu: str
-    compute_capability: str
-    driver_version: str | None
-    cuda_runtime: str | None
+    gpu_info: GpuInfo = field(metadata=INLINE)  # its fields at the top level, where engine manifests have them
     profile: EngineProfile
     build_options: BuildOptions
     build_seconds: float
@@ -45,10 +39,6 @@ class EngineManifest:
     tf32: bool = False
     format: int = ENGINE_MANIFEST_FORMAT
     checksum: str = ""
-
-    @property
-    def gpu_info(self) -> GpuInfo:
-        return GpuInfo(self.gpu, self.compute_capability, self.driver_version, self.cuda_runtime)
 
     def sealed(self) -> EngineManifest:
         """This record with the checksum of its other fields, as it is written."""
@@ -96,7 +86,7 @@ def read_engine_manifest(engine_path: str | Path) -> EngineManifest:
 def check_compatible(body: EngineManifest, engine_path: Path, installed: str, capability: str) -> None:
     """Refuse an engine built for another TensorRT version or GPU unless it was built to move."""
     options = body.build_options
-    built, cc = body.tensorrt_version, body.compute_capability
+    built, cc = body.tensorrt_version, body.gpu_info.compute_capability
     rebuild = (
         f"rebuild it on this machine with `{build_trt_command(engine_path)}` (add --hardware-compat ampere+ "
         "and/or --version-compatible to build engines that move between GPUs or TensorRT versions)"
@@ -111,5 +101,6 @@ def check_compatible(body: EngineManifest, engine_path: Path, installed: str, ca
         ampere_ok = options.hardware_compat == "ampere+" and int(capability.split(".")[0]) >= 8
         if not ampere_ok:
             raise BadInputError(
-                f"{engine_path} was built for compute capability {cc} ({body.gpu}), this GPU is {capability}; {rebuild}"
+                f"{engine_path} was built for compute capability {cc} ({body.gpu_info.gpu}), "
+                f"this GPU is {capability}; {rebuild}"
             )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import BadInputError
+from ...serde import INLINE
 from ..base import BATCH_LIMIT
 
 HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}  # ours -> trtexec's spelling
@@ -57,9 +58,10 @@ class BuildOptions:
             raise BadInputError(f"--timing-cache {self.timing_cache} is a directory; pass a file path")
 
 
-@dataclass(frozen=True, kw_only=True)
-class EngineOptions(BuildOptions):
+@dataclass(frozen=True)
+class EngineOptions:
     """What an engine depends on besides its ONNX file (manifest.json compares it): the settings, TensorRT, the GPU."""
 
+    build: BuildOptions = field(metadata=INLINE)  # its fields at the top level, where manifests have them
     tensorrt: str  # the TensorRT version that built it
     compute_capability: str  # of the GPU it was built on
