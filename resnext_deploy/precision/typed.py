@@ -21,7 +21,7 @@ from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..parity import BUILD_MIN_DECISIVE, Parity, Tolerance, compare
-from ..serde import encode
+from ..serde import decode, encode
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
 from .bias import bias_shifts, correct_biases
@@ -182,7 +182,7 @@ def _reused(manifest: Manifest, plan: TypedPlan, log: Log) -> TypedResult | None
     return TypedResult(
         final,
         plan.precision,
-        None if not entry.parity else Parity.from_dict(entry.parity),
+        None if not entry.parity else decode(Parity, entry.parity, nan_as_null=True),
         reused=True,
         fp32_nodes=entry.fp32_nodes,
         quantized_nodes=tuple(entry.quantized_nodes or ()),
