@@ -205,13 +205,14 @@ _converter = _make_converter(nan_as_null=False)
 _nan_converter = _make_converter(nan_as_null=True)
 
 
-def _finite(value: Any) -> Any:
+def _json_values(value: Any, nan_as_null: bool) -> Any:
+    """Tuples as lists (what JSON reads back), and with ``nan_as_null`` non-finite floats as null."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return None if nan_as_null and not math.isfinite(value) else value
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _json_values(v, nan_as_null) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_json_values(v, nan_as_null) for v in value]
     return value
 
 
@@ -220,8 +221,7 @@ def encode(record: Any, *, nan_as_null: bool = False) -> Any:
 
     ``nan_as_null``: a non-finite float is written as null, for files that are strict JSON.
     """
-    data = _converter.unstructure(record)
-    return _finite(data) if nan_as_null else data
+    return _json_values(_converter.unstructure(record), nan_as_null)
 
 
 def decode(cls: type[T], data: Any, *, nan_as_null: bool = False) -> T:
@@ -233,7 +233,7 @@ def decode(cls: type[T], data: Any, *, nan_as_null: bool = False) -> T:
         raise RecordError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
     try:
         return (_nan_converter if nan_as_null else _converter).structure(data, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise RecordError(_first_problem(exc, cls)) from None
 
 
@@ -245,6 +245,8 @@ def _first_problem(exc: Exception, cls: type) -> str:
             text, _, where = problems[0].rpartition(" @ ")
             return f"{where}: {text}"
         return f"not a valid {name}"
+    if isinstance(exc, AttributeError):  # a mapping given something without .items()
+        return f"not a valid {name}: expected an object"
     return f"not a valid {name}: {exc}"
 
 

@@ -152,3 +152,12 @@ def test_a_wrong_union_member_or_a_nested_non_object_names_its_field(change: dic
     with pytest.raises(RecordError) as caught:
         decode(Machine, {"cpu flags": "avx2", **change})
     assert str(caught.value) == message
+
+
+def test_tuples_are_written_as_the_lists_json_reads_back() -> None:
+    assert encode({"pair": (1, 2), "nested": [(3,)]}) == {"pair": [1, 2], "nested": [[3]]}
+
+
+def test_a_mapping_given_a_list_is_a_record_error() -> None:
+    with pytest.raises(RecordError, match="expected an object"):
+        decode(dict[str, str], ["a"])
