@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 CASES = {  # export options, build-trt options
     "forced": (["--arch", "resnext50_32x4d"], ["--int8-cosine", "0.9998"]),
+    "tight": (["--arch", "resnext50_32x4d"], ["--int8-cosine", "0.99995"]),
     "7-class": (["--arch", "resnext50_32x4d", "--num-classes", "7"], []),
 }
 

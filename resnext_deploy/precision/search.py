@@ -28,10 +28,10 @@ import glob
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from ..backends.onnxruntime import session_options
 from ..data import Dataset
 from ..errors import BadInputError
 from ..parity import Parity, Tolerance, compare
-from ..serde import encode
+from ..serde import RecordError, decode, encode
 from ..ui import progress
 from .bias import bias_shifts, correct_biases
 from .calibration import METHODS, Calibration, Log, calibrate
@@ -86,33 +86,38 @@ class TrialSummary:
             tuple(parity.failures),
         )
 
+
+@dataclass(frozen=True)
+class RemedyTrial(TrialSummary):
+    """A remedy tried before keeping sites in float: how the repaired graph compared, whether it is used, and its
+    size under the name the record stores it by (:class:`EqualizationTrial`, :class:`BiasCorrectionTrial`)."""
+
+    SIZE: ClassVar[str] = ""
+    chosen: bool = False
+
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrialSummary:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        return cls(**{**values, "failures": tuple(values.get("failures", ()))})
+    def made(cls, size: int, summary: TrialSummary, chosen: bool) -> RemedyTrial:
+        return cls(**asdict(summary), chosen=chosen, **{cls.SIZE: size})
+
+    @property
+    def size(self) -> int:
+        return getattr(self, self.SIZE)
+
+    @property
+    def summary(self) -> TrialSummary:
+        return TrialSummary(**{f.name: getattr(self, f.name) for f in fields(TrialSummary)})
 
 
 @dataclass(frozen=True)
-class RemedyTrial:
-    """A remedy tried before keeping sites in float: its size, how the repaired graph compared, whether it is used.
-
-    ``size`` is the number of Conv -> ReLU -> Conv pairs rescaled (equalization) or of layers whose bias was
-    corrected (bias correction); the record stores it under that name (``pairs``, ``layers``).
-    """
-
-    size: int
-    summary: TrialSummary
-    chosen: bool
-
-    def to_dict(self, size_key: str) -> dict[str, Any]:
-        return {size_key: self.size, **asdict(self.summary), "chosen": self.chosen}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], size_key: str) -> RemedyTrial:
-        return cls(int(data[size_key]), TrialSummary.from_dict(data), bool(data["chosen"]))
+class EqualizationTrial(RemedyTrial):
+    SIZE: ClassVar[str] = "pairs"
+    pairs: int = 0  # Conv -> ReLU -> Conv pairs rescaled
 
 
-REMEDY_SIZE_KEYS = {"equalization": "pairs", "bias_correction": "layers"}
+@dataclass(frozen=True)
+class BiasCorrectionTrial(RemedyTrial):
+    SIZE: ClassVar[str] = "layers"
+    layers: int = 0  # Conv/Gemm layers whose bias was corrected
 
 
 @dataclass
@@ -132,8 +137,8 @@ class SearchRecord:
     note: str = ""
     needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
     time_limited: bool = False
-    equalization: RemedyTrial | None = None
-    bias_correction: RemedyTrial | None = None
+    equalization: EqualizationTrial | None = None
+    bias_correction: BiasCorrectionTrial | None = None
 
     @property
     def remedies(self) -> list[str]:
@@ -146,28 +151,19 @@ class SearchRecord:
         return used + (["exclusion"] if self.kept else [])
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name, size_key in REMEDY_SIZE_KEYS.items():
-            trial = getattr(self, name)
-            data[name] = None if trial is None else trial.to_dict(size_key)
-        data["remedies"] = self.remedies
-        data["ranking"] = [[name, score] for name, score in self.ranking[:RANKING_SHOWN]]
-        return data
+        """The record as JSON values (:mod:`~resnext_deploy.serde`), the ranking's top only, with the remedies used."""
+        data = encode(replace(self, ranking=self.ranking[:RANKING_SHOWN]))
+        data["ranking"] = [list(item) for item in data["ranking"]]
+        return {**data, "remedies": self.remedies}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchRecord:
+    def from_dict(cls, data: Any) -> SearchRecord:
         """A record as :meth:`to_dict` wrote it (older ones lack the remedies); BadInputError when malformed."""
         try:
-            values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-            values["methods"] = {name: TrialSummary.from_dict(m) for name, m in data.get("methods", {}).items()}
-            values["ranking"] = [(str(name), float(score)) for name, score in data.get("ranking", [])]
-            for name, size_key in REMEDY_SIZE_KEYS.items():
-                values[name] = RemedyTrial.from_dict(data[name], size_key) if data.get(name) else None
-            return cls(**values)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return decode(cls, data)
+        except RecordError as exc:
             raise BadInputError(
-                f"the INT8 search record in manifest.json is malformed ({type(exc).__name__}: {exc}); "
-                "make model.int8.onnx again"
+                f"the INT8 search record in manifest.json is malformed ({exc}); make model.int8.onnx again"
             ) from None
 
     def add_note(self, text: str) -> None:
@@ -424,7 +420,7 @@ class Int8Search:
         assert best is not None, "no calibration method to try"
         return best
 
-    def try_remedy(self, graph: Graph, methods: Sequence[str], size: int) -> RemedyTrial:
+    def try_remedy(self, graph: Graph, methods: Sequence[str], kind: type[RemedyTrial], size: int) -> Any:
         """``methods`` on a repaired graph, kept as the current one when its best ranks above the best so far."""
         before, self.graph = self.graph, graph
         candidate = self.try_methods(methods)
@@ -433,7 +429,7 @@ class Int8Search:
             self.best = candidate
         else:
             self.graph = before
-        return RemedyTrial(size, TrialSummary.of(candidate.parity), chosen)
+        return kind.made(size, TrialSummary.of(candidate.parity), chosen)
 
     def try_remedies(self, prepared: Any, methods: Sequence[str]) -> None:
         """Equalization, then bias correction of the best graph so far, each only while nothing passes."""
@@ -443,7 +439,7 @@ class Int8Search:
         if equalized is not None:
             model, ranges, pairs = equalized
             graph = Graph(model, ranges, label=" + equalization")
-            self.record.equalization = self.try_remedy(graph, methods, len(pairs))
+            self.record.equalization = self.try_remedy(graph, methods, EqualizationTrial, len(pairs))
         if self.passed:
             return
         method, graph = self.best_candidate.method, self.graph
@@ -451,7 +447,7 @@ class Int8Search:
         shifts = bias_shifts(graph.model, graph.ranges.with_method(method), self.dataset, self.options.exclude)
         if shifts:
             corrected = replace(graph, shifts=shifts, label=f"{graph.label} + bias correction")
-            self.record.bias_correction = self.try_remedy(corrected, [method], len(shifts))
+            self.record.bias_correction = self.try_remedy(corrected, [method], BiasCorrectionTrial, len(shifts))
 
     @property
     def best_candidate(self) -> Candidate:
