@@ -18,6 +18,10 @@ search runs here, on explicit Q/DQ graphs in ONNX Runtime:
    (a share of the sites, a time limit) runs out; when it runs out, a few more checks find the
    smallest budget that would pass, for the failure message.
 
+Each step is a method of :class:`Int8Search`, which holds the state (the current float graph, the best
+:class:`Candidate`, the record); the greedy keeping and the bisection are markers stepped with each
+check's verdict (:class:`KeepMarker`, :class:`BisectMarker`), as Polygraphy's ``debug precision`` does.
+
 The sensitivities are saved in ``DIR/int8_search.json``, keyed by model, data and method only (a new
 budget or tolerance reuses them), also when the time limit cut the ranking short (a rerun resumes).
 """
