@@ -5,7 +5,8 @@ scale crush every other channel). TensorRT 11 has no precision constraints to se
 search runs here, on explicit Q/DQ graphs in ONNX Runtime:
 
 1. every calibration method (entropy, percentile, minmax; the statistics hold all three) is
-   checked, and the best kept;
+   checked, and the best kept; a candidate whose first EARLY_SAMPLES check images already miss the
+   cosine bound fails for sure and is not run on the rest;
 2. the remedies that keep every layer in INT8: cross-layer equalization (:mod:`.equalize`), then bias
    correction (:mod:`.bias`) of the best graph so far, each kept when it scores better;
 3. the Q/DQ sites are ranked by their own error from one recorded pass (the per-site code of ``inspect``,
@@ -17,6 +18,10 @@ search runs here, on explicit Q/DQ graphs in ONNX Runtime:
    (a share of the sites, a time limit) runs out; when it runs out, a few more checks find the
    smallest budget that would pass, for the failure message.
 
+Each step is a method of :class:`Int8Search`, which holds the state (the current float graph, the best
+:class:`Candidate`, the record); the greedy keeping and the bisection are markers stepped with each
+check's verdict (:class:`KeepMarker`, :class:`BisectMarker`), as Polygraphy's ``debug precision`` does.
+
 The sensitivities are saved in ``DIR/int8_search.json``, keyed by model, data and method only (a new
 budget or tolerance reuses them), also when the time limit cut the ranking short (a rerun resumes).
 """
@@ -27,10 +32,10 @@ import glob
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,21 +44,22 @@ from ..backends.onnxruntime import open_session
 from ..data import Dataset
 from ..errors import BadInputError
 from ..parity import Parity, Tolerance, compare
+from ..serde import RecordError, decode, encode
 from ..ui import progress
 from .bias import bias_shifts, correct_biases
 from .calibration import METHODS, Calibration, Log, calibrate
 from .equalize import equalize
-from .graph import save_model
-from .int8 import int8_model, qdq_plan
+from .graph import at_least_opset, save_model
+from .int8 import QDQ_OPSET, QdqPlan, int8_model, qdq_plan
 from .options import PrecisionOptions
+from .records import CheckData
 
 SEARCH_NAME = "int8_search.json"
 EQUALIZED_DIR = "int8_equalized"  # the equalized graph and its calibration, reused by a rerun
-SEARCH_FORMAT = 3  # 3: every Q/DQ site (weighted layers, residual Adds); keyed by model, data and method only
+SEARCH_FORMAT = 4  # 4: the key is a SearchKey (remedy flags always written); 3: every Q/DQ site, keyed by data
 SENSITIVITY_SAMPLES = 8  # check samples the per-site error is measured on (a continuous measure needs few)
 RANKING_SHOWN = 10
-EARLY_SAMPLES = 16  # check images a calibration method is first tried on; one that fails by far stops there
-FAR_FACTOR = 10.0
+EARLY_SAMPLES = 16  # check images a candidate is first checked on; one whose minimum cosine fails there stops
 CONFIRMED_SITES = 8  # sites measured on the logits after the one-pass ranking (at least the budget and half this)
 
 
@@ -85,33 +91,38 @@ class TrialSummary:
             tuple(parity.failures),
         )
 
+
+@dataclass(frozen=True)
+class RemedyTrial(TrialSummary):
+    """A remedy tried before keeping sites in float: how the repaired graph compared, whether it is used, and its
+    size under the name the record stores it by (:class:`EqualizationTrial`, :class:`BiasCorrectionTrial`)."""
+
+    SIZE: ClassVar[str] = ""
+    chosen: bool = False
+
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrialSummary:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        return cls(**{**values, "failures": tuple(values.get("failures", ()))})
+    def made(cls, size: int, summary: TrialSummary, chosen: bool) -> RemedyTrial:
+        return cls(**asdict(summary), chosen=chosen, **{cls.SIZE: size})
+
+    @property
+    def size(self) -> int:
+        return getattr(self, self.SIZE)
+
+    @property
+    def summary(self) -> TrialSummary:
+        return TrialSummary(**{f.name: getattr(self, f.name) for f in fields(TrialSummary)})
 
 
 @dataclass(frozen=True)
-class RemedyTrial:
-    """A remedy tried before keeping sites in float: its size, how the repaired graph compared, whether it is used.
-
-    ``size`` is the number of Conv -> ReLU -> Conv pairs rescaled (equalization) or of layers whose bias was
-    corrected (bias correction); the record stores it under that name (``pairs``, ``layers``).
-    """
-
-    size: int
-    summary: TrialSummary
-    chosen: bool
-
-    def to_dict(self, size_key: str) -> dict[str, Any]:
-        return {size_key: self.size, **asdict(self.summary), "chosen": self.chosen}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], size_key: str) -> RemedyTrial:
-        return cls(int(data[size_key]), TrialSummary.from_dict(data), bool(data["chosen"]))
+class EqualizationTrial(RemedyTrial):
+    SIZE: ClassVar[str] = "pairs"
+    pairs: int = 0  # Conv -> ReLU -> Conv pairs rescaled
 
 
-REMEDY_SIZE_KEYS = {"equalization": "pairs", "bias_correction": "layers"}
+@dataclass(frozen=True)
+class BiasCorrectionTrial(RemedyTrial):
+    SIZE: ClassVar[str] = "layers"
+    layers: int = 0  # Conv/Gemm layers whose bias was corrected
 
 
 @dataclass
@@ -131,8 +142,8 @@ class SearchRecord:
     note: str = ""
     needed: int | None = None  # the fewest top-ranked sites kept out that passes, found beyond the budget
     time_limited: bool = False
-    equalization: RemedyTrial | None = None
-    bias_correction: RemedyTrial | None = None
+    equalization: EqualizationTrial | None = None
+    bias_correction: BiasCorrectionTrial | None = None
 
     @property
     def remedies(self) -> list[str]:
@@ -145,41 +156,23 @@ class SearchRecord:
         return used + (["exclusion"] if self.kept else [])
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name, size_key in REMEDY_SIZE_KEYS.items():
-            trial = getattr(self, name)
-            data[name] = None if trial is None else trial.to_dict(size_key)
-        data["remedies"] = self.remedies
-        data["ranking"] = [[name, score] for name, score in self.ranking[:RANKING_SHOWN]]
-        return data
+        """The record as JSON values (:mod:`~resnext_deploy.serde`), the ranking's top only, with the remedies used."""
+        data = encode(replace(self, ranking=self.ranking[:RANKING_SHOWN]))
+        data["ranking"] = [list(item) for item in data["ranking"]]
+        return {**data, "remedies": self.remedies}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchRecord:
+    def from_dict(cls, data: Any) -> SearchRecord:
         """A record as :meth:`to_dict` wrote it (older ones lack the remedies); BadInputError when malformed."""
         try:
-            values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-            values["methods"] = {name: TrialSummary.from_dict(m) for name, m in data.get("methods", {}).items()}
-            values["ranking"] = [(str(name), float(score)) for name, score in data.get("ranking", [])]
-            for name, size_key in REMEDY_SIZE_KEYS.items():
-                values[name] = RemedyTrial.from_dict(data[name], size_key) if data.get(name) else None
-            return cls(**values)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return decode(cls, data)
+        except RecordError as exc:
             raise BadInputError(
-                f"the INT8 search record in manifest.json is malformed ({type(exc).__name__}: {exc}); "
-                "make model.int8.onnx again"
+                f"the INT8 search record in manifest.json is malformed ({exc}); make model.int8.onnx again"
             ) from None
 
     def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
-
-
-def fails_by_far(parity: Parity, tolerance: Tolerance) -> bool:
-    """The minimum cosine misses its bound by FAR_FACTOR times the allowed deficit: the minimum over more images
-    can only be lower, so the whole check set fails too, and a method that fails so on a first slice need not
-    run on the rest (#31)."""
-    if tolerance.cosine_min is None:
-        return False
-    return 1.0 - parity.cosine_min > FAR_FACTOR * (1.0 - tolerance.cosine_min)
 
 
 def _score(parity: Parity) -> tuple:
@@ -205,13 +198,23 @@ class CheckSet:
         self.reference = run_model(str(reference), self.images)
 
 
-def run_model(model: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Logits of an ONNX model (a path or a ModelProto) on the CPU provider."""
+def open_model(model: Any, batch: int = 16) -> Callable[[np.ndarray], np.ndarray]:
+    """The logits of an ONNX model (a path or a ModelProto) on the CPU provider, as a function of the images: one
+    session for every slice a check runs."""
 
     session = open_session(model)
     name = session.get_inputs()[0].name
-    out = [session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
-    return np.concatenate(out).astype(np.float32)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        out = [session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+        return np.concatenate(out).astype(np.float32)
+
+    return run
+
+
+def run_model(model: Any, images: np.ndarray) -> np.ndarray:
+    """Logits of an ONNX model (a path or a ModelProto) on the CPU provider."""
+    return open_model(model)(images)
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -225,6 +228,314 @@ def _patterns(names: list[str]) -> tuple[str, ...]:
     return tuple(glob.escape(name) for name in names)
 
 
+@dataclass(frozen=True)
+class SearchKey:
+    """What saved sensitivities were measured on: model.onnx and the data by content, the options that set the
+    sites, and (added by the search) the method and remedies of the graph. Not the budget nor the tolerance: a
+    rerun with another one reuses them."""
+
+    model: str
+    calibration: str
+    check: CheckData
+    percentile: float
+    exclude: tuple[str, ...] = ()
+    method: str = ""
+    equalized: bool = False
+    bias_corrected: bool = False
+
+
+@dataclass
+class Graph:
+    """The float graph candidates are made from: model.onnx or its equalized graph, its ranges, and the bias
+    shifts once bias correction is chosen; ``label`` is what it adds to a method's name in the record."""
+
+    model: Any
+    ranges: Calibration
+    shifts: dict[str, np.ndarray] = field(default_factory=dict)
+    label: str = ""
+    upgraded: Any = None  # ``model`` at the opset Q/DQ needs, converted once, not once per candidate
+
+    def at_qdq_opset(self) -> Any:
+        if self.upgraded is None:
+            self.upgraded = at_least_opset(self.model, QDQ_OPSET)
+        return self.upgraded
+
+
+@dataclass
+class Candidate:
+    """One INT8 graph the search made and checked: its method, the sites kept out of INT8, the graph and parity."""
+
+    method: str
+    kept: tuple[str, ...]
+    model: Any
+    fp32_nodes: list[str]
+    plan: QdqPlan
+    parity: Parity  # on every check image, or on the first EARLY_SAMPLES when those already fail
+    first: Parity  # on the first EARLY_SAMPLES (or every image of a small check set)
+    complete: bool = True  # whether ``parity`` covers every check image
+
+
+@dataclass
+class SearchResult:
+    """The best candidate, what the search tried, and the float graph it was made from (reused by ONNX Runtime's
+    INT8 file: the equalized graph and the bias shifts are not measured twice)."""
+
+    best: Candidate
+    record: SearchRecord
+    graph: Graph
+
+
+def fails_for_sure(parity: Parity, tolerance: Tolerance) -> bool:
+    """The minimum cosine of a first slice already misses its bound: the minimum over more images can only be
+    lower, so the whole check set fails too, and the rest need not run (#31)."""
+    return tolerance.cosine_min is not None and not parity.cosine_min >= tolerance.cosine_min
+
+
+def better(candidate: Candidate, than: Candidate | None) -> bool:
+    """Whether ``candidate`` ranks above ``than``: passing first, then the figures on the images both ran on."""
+    if than is None:
+        return True
+    if candidate.parity.passed != than.parity.passed:
+        return candidate.parity.passed
+    if candidate.complete and than.complete:
+        return _score(candidate.parity) > _score(than.parity)
+    return _score(candidate.first) > _score(than.first)
+
+
+class KeepMarker:
+    """Greedy, as Polygraphy's markers step: keep the 1, 2, ... most sensitive sites out of INT8 until a count
+    passes or ``limit`` counts were tried. ``count`` is the next count to try, None when done."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count: int | None = 1 if limit >= 1 else None
+
+    def step(self, passed: bool) -> None:
+        if self.count is not None:
+            self.count = None if passed or self.count >= self.limit else self.count + 1
+
+
+class BisectMarker:
+    """The fewest sites kept out that passes, above ``failing`` (known to fail) and up to ``limit``: doubling, then
+    bisection, a handful of checks. ``count`` is the next to try (None when done), ``passing`` the smallest count
+    found to pass (None while none has)."""
+
+    def __init__(self, failing: int, limit: int) -> None:
+        self.failing, self.limit = failing, limit
+        self.passing: int | None = None
+        self.count: int | None = min(max(1, 2 * failing), limit) if failing < limit else None
+
+    def step(self, passed: bool) -> None:
+        if self.count is None:
+            return
+        if passed:
+            self.passing = self.count
+        else:
+            self.failing = self.count
+        if self.passing is None:
+            self.count = None if self.count >= self.limit else min(2 * self.count, self.limit)
+        else:
+            self.count = (self.failing + self.passing) // 2 if self.passing - self.failing > 1 else None
+
+
+class Int8Search:
+    """The search's state: the current float graph, the best candidate so far, the record; one method per step."""
+
+    def __init__(
+        self,
+        directory: Path,
+        graph: Graph,
+        dataset: Dataset,
+        check: CheckSet,
+        tolerance: Tolerance,
+        options: PrecisionOptions,
+        key: SearchKey,
+        log: Log,
+    ) -> None:
+        self.directory, self.dataset, self.check = directory, dataset, check
+        self.tolerance, self.options, self.key, self.log = tolerance, options, key, log
+        self.graph = graph
+        self.record = SearchRecord()
+        self.started = time.perf_counter()
+        self.deadline = self.started + options.search_minutes * 60.0
+        self.best: Candidate | None = None
+        self.order: list[str] = []  # the sites in the order they are kept out
+        self.tried: dict[int, Candidate] = {}  # per count of sites kept out
+
+    def expired(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def build(self, method: str, kept: Sequence[str] = (), precision: str = "", only: list[str] | None = None):
+        """The Q/DQ graph of the current float graph with ``method``'s ranges, ``kept`` out of INT8."""
+        import onnx
+
+        graph = self.graph
+        model = onnx.ModelProto()
+        model.CopyFrom(graph.at_qdq_opset())
+        ranges, excluded = graph.ranges.with_method(method), self.options.exclude + _patterns(list(kept))
+        if graph.shifts:  # only the layers in INT8 are corrected: one kept in float keeps its bias
+            correct_biases(model, graph.shifts, qdq_plan(model, ranges, excluded, only).weighted)
+        return int8_model(model, ranges, excluded, precision or self.options.high_precision, only=only)
+
+    def candidate(self, method: str, kept: Sequence[str] = ()) -> Candidate:
+        model, fp32_nodes, plan = self.build(method, kept)
+        parity, first, complete = self.check_parity(model)
+        return Candidate(method, tuple(kept), model, fp32_nodes, plan, parity, first, complete)
+
+    def check_parity(self, model: Any) -> tuple[Parity, Parity, bool]:
+        """The parity on the check set, on its first EARLY_SAMPLES images, and whether the first covers every image.
+
+        A first slice that already fails for sure (:func:`fails_for_sure`) ends the check there.
+        """
+        check, tolerance = self.check, self.tolerance
+        run = open_model(model)
+        if len(check.images) < 2 * EARLY_SAMPLES:
+            parity = compare(check.reference, run(check.images), tolerance, check.labels)
+            return parity, parity, True
+        first_logits = run(check.images[:EARLY_SAMPLES])
+        labels = None if check.labels is None else check.labels[:EARLY_SAMPLES]
+        first = compare(check.reference[:EARLY_SAMPLES], first_logits, tolerance, labels)
+        if fails_for_sure(first, tolerance):
+            self.log(f"INT8 search: stopped after {EARLY_SAMPLES} check images: the minimum cosine already fails")
+            return first, first, False
+        logits = np.concatenate([first_logits, run(check.images[EARLY_SAMPLES:])])
+        return compare(check.reference, logits, tolerance, check.labels), first, True
+
+    def try_methods(self, methods: Sequence[str]) -> Candidate:
+        """Each of ``methods`` on the current graph; the best, stopping at the first that passes."""
+        best = None
+        for method in methods:
+            candidate = self.candidate(method)
+            self.record.methods[f"{method}{self.graph.label}"] = TrialSummary.of(candidate.parity)
+            self.log(f"INT8 search: --calib-method {method}{self.graph.label}: {_line(candidate.parity)}")
+            if better(candidate, best):
+                best = candidate
+            if candidate.parity.passed:
+                break
+        assert best is not None, "no calibration method to try"
+        return best
+
+    def try_remedy(self, graph: Graph, methods: Sequence[str], kind: type[RemedyTrial], size: int) -> Any:
+        """``methods`` on a repaired graph, kept as the current one when its best ranks above the best so far."""
+        before, self.graph = self.graph, graph
+        candidate = self.try_methods(methods)
+        chosen = better(candidate, self.best)
+        if chosen:
+            self.best = candidate
+        else:
+            self.graph = before
+        return kind.made(size, TrialSummary.of(candidate.parity), chosen)
+
+    def try_remedies(self, prepared: Any, methods: Sequence[str]) -> None:
+        """Equalization, then bias correction of the best graph so far, each only while nothing passes."""
+        if self.passed:
+            return
+        equalized = _equalized(self.directory, prepared, self.dataset, self.graph.ranges, self.log)
+        if equalized is not None:
+            model, ranges, pairs = equalized
+            graph = Graph(model, ranges, label=" + equalization")
+            self.record.equalization = self.try_remedy(graph, methods, EqualizationTrial, len(pairs))
+        if self.passed:
+            return
+        method, graph = self.best_candidate.method, self.graph
+        self.log(f"INT8 search: bias correction of the quantized Conv/Gemm layers ({method} ranges)")
+        shifts = bias_shifts(graph.model, graph.ranges.with_method(method), self.dataset, self.options.exclude)
+        if shifts:
+            corrected = replace(graph, shifts=shifts, label=f"{graph.label} + bias correction")
+            self.record.bias_correction = self.try_remedy(corrected, [method], BiasCorrectionTrial, len(shifts))
+
+    @property
+    def best_candidate(self) -> Candidate:
+        assert self.best is not None, "no candidate checked yet"
+        return self.best
+
+    @property
+    def passed(self) -> bool:
+        return self.best is not None and self.best.parity.passed
+
+    def rank(self) -> None:
+        """Rank the sites of the best graph (one recorded pass, the worst few confirmed); the order to keep out in."""
+        record, method = self.record, self.best_candidate.method
+        remedies = record.remedies
+        key = replace(
+            self.key,
+            method=method,
+            equalized="equalization" in remedies,
+            bias_corrected="bias correction" in remedies,
+        )
+        sites = self.best_candidate.plan.sites
+        confirm = max(CONFIRMED_SITES, record.budget + CONFIRMED_SITES // 2)
+        ranking = _ranking(
+            self.directory,
+            key,
+            self.build,
+            method,
+            sites,
+            self.check,
+            self.expired,
+            self.log,
+            self.graph.model,
+            confirm,
+        )
+        record.ranking, self.order, record.reused_ranking, cut = ranking
+        record.ranked = len(record.ranking)
+        if cut:
+            record.time_limited = True
+            record.add_note(f"time limit: ranked {record.ranked} of {len(sites)} Q/DQ sites (saved; a rerun resumes)")
+        shown = ", ".join(f"{name} ({score:.3g})" for name, score in record.ranking[:5])
+        self.log(f"INT8 search: most sensitive Q/DQ sites: {shown}")
+
+    def keep(self, count: int) -> Candidate:
+        """The graph with the ``count`` first sites of the order kept out of INT8, checked (once per count)."""
+        if count not in self.tried:
+            self.tried[count] = self.candidate(self.best_candidate.method, self.order[:count])
+            self.log(
+                f"INT8 search: {count} site(s) kept in {self.options.high_precision}: {_line(self.tried[count].parity)}"
+            )
+        return self.tried[count]
+
+    def keep_greedily(self) -> None:
+        """Keep the most sensitive sites out one more at a time until the check passes or the budget runs out."""
+        marker = KeepMarker(min(self.record.budget, len(self.order)))
+        while marker.count is not None:
+            if self.expired():
+                self.record.time_limited = True
+                self.record.add_note("time limit reached while keeping sites")
+                return
+            candidate = self.keep(marker.count)
+            if better(candidate, self.best):
+                self.best = candidate
+                self.record.kept = list(candidate.kept)
+            marker.step(candidate.parity.passed)
+
+    def find_needed(self) -> None:
+        """The fewest top-ranked sites kept out that passes beyond the budget, for the failure message; up to half."""
+        marker = BisectMarker(self.record.budget, max(1, math.ceil(len(self.order) / 2)))
+        while marker.count is not None and not self.expired():
+            marker.step(self.keep(marker.count).parity.passed)
+        self.record.needed = marker.passing
+        if marker.passing is None and self.expired():
+            self.record.time_limited = True
+
+    def run(self, prepared: Any, first_method: str) -> SearchResult:
+        """Every calibration method, the remedies, then sites kept out of INT8, each only while nothing passes."""
+        methods = [first_method, *[m for m in METHODS if m != first_method]]
+        self.best = self.try_methods(methods)
+        self.try_remedies(prepared, methods)
+        record, best = self.record, self.best_candidate
+        record.method = best.method
+        record.layers = len(best.plan.sites)
+        record.budget = min(record.layers, math.floor(self.options.search_max_fraction * record.layers))
+        if not self.passed:
+            self.rank()
+            self.keep_greedily()
+        if not self.passed:
+            self.find_needed()
+        record.passed = self.passed
+        record.seconds = round(time.perf_counter() - self.started, 1)
+        return SearchResult(self.best_candidate, record, self.graph)
+
+
 def search_int8(
     directory: Path,
     prepared: Any,
@@ -233,139 +544,17 @@ def search_int8(
     check: CheckSet,
     tolerance: Tolerance,
     options: PrecisionOptions,
-    key: dict[str, Any],
+    key: SearchKey,
     log: Log,
-) -> tuple[Any, list[str], Any, Parity, SearchRecord]:
-    """Search for an INT8 graph that passes ``tolerance`` on ``check``; return the best one found.
+) -> SearchResult:
+    """Search for an INT8 graph that passes ``tolerance`` on ``check``; the best one found.
 
     ``prepared`` is model.onnx as :func:`~resnext_deploy.precision.graph.load_prepared` gives it (copied,
     never changed). ``key`` identifies the model and the data (calibration, check set) for reusing the
-    saved ranking; the method is added here. The budget is not in it: a larger one reuses the ranking.
+    saved ranking; the method and remedies are added here.
     """
-    import onnx
-
-    key = json.loads(json.dumps(key))  # compared with the saved file's key, so JSON types throughout
-    exclude, high_precision = options.exclude, options.high_precision
-    started = time.perf_counter()
-    deadline = started + options.search_minutes * 60.0
-    record = SearchRecord()
-
-    def expired() -> bool:
-        return time.perf_counter() > deadline
-
-    def build(method: str, kept: list[str], precision: str = high_precision, only: list[str] | None = None):
-        base, ranges, shifts = current  # model.onnx or its equalized graph, and bias shifts once chosen
-        model = onnx.ModelProto()
-        model.CopyFrom(base)
-        ranges, excluded = ranges.with_method(method), exclude + _patterns(kept)
-        if shifts:  # only the layers in INT8 are corrected: one kept in float keeps its bias
-            correct_biases(model, shifts, qdq_plan(model, ranges, excluded, only).weighted)
-        return int8_model(model, ranges, excluded, precision, only=only)
-
-    def check_parity(model, early: bool = False) -> Parity:
-        """The parity on the check set; ``early``: a first slice that already fails by far ends the check there."""
-        if early and len(check.images) >= 2 * EARLY_SAMPLES:
-            first = run_model(model, check.images[:EARLY_SAMPLES])
-            labels = None if check.labels is None else check.labels[:EARLY_SAMPLES]
-            partial = compare(check.reference[:EARLY_SAMPLES], first, tolerance, labels)
-            if fails_by_far(partial, tolerance):
-                log(f"INT8 search: stopped after {EARLY_SAMPLES} check images: fails by far")
-                return partial
-            rest = run_model(model, check.images[EARLY_SAMPLES:])
-            return compare(check.reference, np.concatenate([first, rest]), tolerance, check.labels)
-        return compare(check.reference, run_model(model, check.images), tolerance, check.labels)
-
-    current: tuple[Any, Calibration, dict[str, np.ndarray]] = (prepared, calibration, {})
-
-    def try_methods(label: str, methods: list[str]) -> tuple:
-        """Each of ``methods`` on the current graph, best first; stops at the first that passes."""
-        best: tuple | None = None
-        for method in methods:
-            built = build(method, [])
-            parity = check_parity(built[0], early=True)
-            record.methods[f"{method}{label}"] = TrialSummary.of(parity)
-            log(f"INT8 search: --calib-method {method}{label}: {_line(parity)}")
-            if best is None or _score(parity) > _score(best[3]):
-                best = (*built, parity, method)
-            if parity.passed:
-                break
-        return best
-
-    def remedy(repaired: tuple, label: str, methods: list[str], size: int) -> RemedyTrial:
-        """Try ``methods`` on a repaired graph; keep it as the current one when it scores better than the best."""
-        nonlocal best, current
-        before, current = current, repaired
-        candidate = try_methods(label, methods)
-        chosen = _score(candidate[3]) > _score(best[3])
-        if chosen:
-            best = candidate
-        else:
-            current = before
-        return RemedyTrial(size, TrialSummary.of(candidate[3]), chosen)
-
-    methods = [calibration.method, *[m for m in METHODS if m != calibration.method]]
-    best = try_methods("", methods)
-    label = ""
-    if not best[3].passed:
-        equalized = _equalized(directory, prepared, dataset, calibration, log)
-        if equalized is not None:
-            graph, ranges, pairs = equalized
-            record.equalization = remedy((graph, ranges, {}), " + equalization", methods, len(pairs))
-            label = " + equalization" if record.equalization.chosen else ""
-    if not best[3].passed:
-        graph, ranges, _none = current
-        log(f"INT8 search: bias correction of the quantized Conv/Gemm layers ({best[4]} ranges)")
-        shifts = bias_shifts(graph, ranges.with_method(best[4]), dataset, exclude)
-        if shifts:
-            label += " + bias correction"
-            record.bias_correction = remedy((graph, ranges, shifts), label, [best[4]], len(shifts))
-    model, fp32_nodes, plan, parity, method = best
-    record.method = method
-    sites = plan.sites
-    record.layers = len(sites)
-    record.budget = min(len(sites), math.floor(options.search_max_fraction * len(sites)))
-    if parity.passed:
-        return _finish(record, model, fp32_nodes, plan, parity, started)
-    flags = {"equalization": "equalized", "bias correction": "bias_corrected"}
-    key.update({flags[name]: True for name in record.remedies})  # the graph the ranking is measured on
-
-    confirm = max(CONFIRMED_SITES, record.budget + CONFIRMED_SITES // 2)
-    record.ranking, order, record.reused_ranking, cut = _ranking(
-        directory, {**key, "method": method}, build, method, sites, check, expired, log, current[0], confirm
-    )
-    record.ranked = len(record.ranking)
-    if cut:
-        record.time_limited = True
-        record.add_note(f"time limit: ranked {record.ranked} of {len(sites)} Q/DQ sites (saved; a rerun resumes)")
-    shown = ", ".join(f"{name} ({score:.3g})" for name, score in record.ranking[:5])
-    log(f"INT8 search: most sensitive Q/DQ sites: {shown}")
-
-    tried: dict[int, tuple] = {}
-
-    def keep(count: int) -> tuple:
-        """The graph with the ``count`` most sensitive sites kept out of INT8, and its parity (once per count)."""
-        if count not in tried:
-            candidate = build(method, order[:count])
-            tried[count] = (*candidate, check_parity(candidate[0]))
-            log(f"INT8 search: {count} site(s) kept in {high_precision}: {_line(tried[count][3])}")
-        return tried[count]
-
-    for count in range(1, min(record.budget, len(order)) + 1):
-        if expired():
-            record.time_limited = True
-            record.add_note("time limit reached while keeping sites")
-            break
-        candidate = keep(count)
-        if _score(candidate[3]) > _score(parity):
-            model, fp32_nodes, plan, parity = candidate
-            record.kept = order[:count]
-        if candidate[3].passed:
-            break
-    if not parity.passed:
-        record.needed = _smallest_passing(keep, record.budget, len(order), expired)
-        if record.needed is None and expired():
-            record.time_limited = True
-    return _finish(record, model, fp32_nodes, plan, parity, started)
+    search = Int8Search(directory, Graph(prepared, calibration), dataset, check, tolerance, options, key, log)
+    return search.run(prepared, calibration.method)
 
 
 def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Calibration, log: Log) -> tuple | None:
@@ -392,46 +581,9 @@ def _equalized(directory: Path, prepared: Any, dataset: Dataset, calibration: Ca
     return model, ranges, pairs
 
 
-def _smallest_passing(
-    keep: Callable[[int], tuple], budget: int, ranked: int, expired: Callable[[], bool]
-) -> int | None:
-    """The fewest top-ranked sites kept out that passes, beyond ``budget``; None if up to half of them do not.
-
-    Doubling, then bisection: a handful of checks, so the failure can name the budget that would pass.
-    """
-    limit = max(1, math.ceil(ranked / 2))
-    if budget >= limit:
-        return None
-    failing, count = budget, max(1, 2 * budget)
-    while True:
-        count = min(count, limit)
-        if expired():
-            return None
-        if keep(count)[3].passed:
-            passing = count
-            break
-        failing = count
-        if count >= limit:
-            return None
-        count *= 2
-    while passing - failing > 1 and not expired():
-        middle = (failing + passing) // 2
-        if keep(middle)[3].passed:
-            passing = middle
-        else:
-            failing = middle
-    return passing
-
-
-def _finish(record: SearchRecord, model, fp32_nodes, plan, parity: Parity, started: float):
-    record.passed = parity.passed
-    record.seconds = round(time.perf_counter() - started, 1)
-    return model, fp32_nodes, plan, parity, record
-
-
 def _ranking(
     directory: Path,
-    key: dict[str, Any],
+    key: SearchKey,
     build: Callable,
     method: str,
     sites: list[str],
@@ -474,7 +626,7 @@ def _ranking(
                     break
                 scores[site] = relative_error(reference, run_model(build(method, [], "fp32", only=[site])[0], images))
                 advance(1)
-        write_json(path, {"format": SEARCH_FORMAT, "key": key, "scores": scores})
+        write_json(path, {"format": SEARCH_FORMAT, "key": _key_json(key), "scores": scores})
     ranking = sorted(((site, scores[site]) for site in sites if site in scores), key=lambda item: -item[1])
     measured = {name for name, _score in ranking}
     order = [name for name, _score in ranking] + [site for site in by_own if site not in measured]
@@ -482,7 +634,7 @@ def _ranking(
     return ranking, order, reused, cut
 
 
-def _load_scores(path: Path, key: dict[str, Any], sites: list[str]) -> dict[str, float]:
+def _load_scores(path: Path, key: SearchKey, sites: list[str]) -> dict[str, float]:
     """Saved sensitivities for the same key, checked entry by entry against this model's Q/DQ ``sites``."""
     if not path.exists():
         return {}
@@ -490,7 +642,7 @@ def _load_scores(path: Path, key: dict[str, Any], sites: list[str]) -> dict[str,
         data = read_json(path)
     except BadInputError:
         return {}
-    if not isinstance(data, dict) or data.get("format") != SEARCH_FORMAT or data.get("key") != key:
+    if not isinstance(data, dict) or data.get("format") != SEARCH_FORMAT or data.get("key") != _key_json(key):
         return {}
     scores = data.get("scores")
     if not isinstance(scores, dict):
@@ -502,6 +654,11 @@ def _load_scores(path: Path, key: dict[str, Any], sites: list[str]) -> dict[str,
         if name not in known:
             raise cache_error(path, f"scores site {str(name)[:80]!r}, which this model does not quantize")
     return {str(name): float(score) for name, score in scores.items()}
+
+
+def _key_json(key: SearchKey) -> Any:
+    """The key as the saved file holds it (JSON types: a tuple reads back as a list)."""
+    return json.loads(json.dumps(encode(key)))
 
 
 def _line(parity: Parity) -> str:

@@ -21,10 +21,10 @@ from ..backends.openvino import BACKEND as OPENVINO
 from ..data import Dataset
 from ..errors import BadInputError, VerificationError
 from ..parity import BUILD_MIN_DECISIVE, Parity, Tolerance, compare
-from ..serde import decode, encode
+from ..serde import decode
 from ..source import ModelSource, labels_match_model, recorded_source
 from ..ui import progress
-from .bias import bias_shifts, correct_biases
+from .bias import correct_biases
 from .calibration import Calibration, Log, calibrate
 from .fp16 import FP16_DATA_MAX, fp16_model
 from .graph import load_prepared, save_model
@@ -32,7 +32,7 @@ from .int8 import WEIGHT_MAX, QdqPlan, graph_quantization, int8_model
 from .int8_ort import DEFAULT_ACTIVATION_TYPE, int8_ort_model
 from .options import PrecisionOptions
 from .records import CalibrationData, CheckData, Int8Options, Int8RuntimeOptions, SearchLimits, TypedOptions
-from .search import CheckSet, SearchRecord, _equalized, search_int8
+from .search import CheckSet, SearchKey, SearchRecord, SearchResult, search_int8
 from .split import HELDOUT_MAX, data_warnings, given_calibration, split_for
 
 CHECK_BATCH = 16
@@ -375,24 +375,26 @@ def check_tolerance(tolerance: Tolerance, count: int) -> tuple[Tolerance, str]:
 def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: PrecisionOptions, log: Log) -> TypedBuild:
     """The INT8 graph with the configured method; searched further when it fails and the search is on."""
     search_record = None
-    record = None
+    searched = None
     check = None
     # ONNX Runtime's file starts from the same float graph: int8_model changes it in place, the search copies it
     base = (prepared if options.search else _copy(prepared)) if ort_is_target() else None
     if not options.search:
         model, fp32_nodes, qdq = int8_model(prepared, calibration, options.exclude, options.high_precision)
     else:
-        key = {  # by content: model.onnx's sha256, the calibration and check images' fingerprints
-            "model": plan.parent_sha256,
-            "calibration": calibration.fingerprint,
-            "check": encode(plan.record_options.check),
-            "percentile": options.percentile,
-            "exclude": sorted(options.exclude),  # the sites there are to rank (a saved score names only those)
-        }
+        key = SearchKey(  # by content: model.onnx's sha256, the calibration and check images' fingerprints
+            model=plan.parent_sha256,
+            calibration=calibration.fingerprint,
+            check=plan.record_options.check,
+            percentile=options.percentile,
+            exclude=tuple(sorted(options.exclude)),  # the sites there are to rank (a saved score names only those)
+        )
         check = CheckSet(plan.parent_path, plan.heldout, plan.use_labels)
-        model, fp32_nodes, qdq, parity, record = search_int8(
+        searched = search_int8(
             plan.directory, prepared, calibration, plan.dataset, check, plan.tolerance, options, key, log
         )
+        record, best = searched.record, searched.best
+        model, fp32_nodes, qdq, parity = best.model, best.fp32_nodes, best.plan, best.parity
         if not (record.methods and len(record.methods) == 1 and parity.passed):  # else the configured method passed
             search_record = record
             if record.kept:
@@ -414,37 +416,26 @@ def _int8(plan: TypedPlan, prepared: Any, calibration: Calibration, options: Pre
     if check is not None:  # the search ran model.onnx on the check images already (batches of CHECK_BATCH)
         built.expected.append(check.reference)
     if base is not None:
-        built.ort_model = _ort_int8(plan, base, calibration, qdq, record, options, log)
+        built.ort_model = _ort_int8(base, calibration, qdq, searched, options.exclude, log)
         built.ort_tensors = sorted(graph_quantization(built.ort_model).tensors)
     return built
 
 
 def _ort_int8(
-    plan: TypedPlan,
-    base: Any,
-    calibration: Calibration,
-    qdq: QdqPlan,
-    record: SearchRecord | None,
-    options: PrecisionOptions,
-    log: Log,
+    base: Any, calibration: Calibration, qdq: QdqPlan, searched: SearchResult | None, exclude: tuple[str, ...], log: Log
 ) -> Any:
     """ONNX Runtime's INT8 graph with exactly the TensorRT file's sites, ranges (method) and remedies.
 
-    The search returns the TensorRT graph only; its float graph is rebuilt here from what its record
-    says it used: the equalized graph (its calibration is cached in DIR) and the bias shifts (one pass).
+    When the search ran, its float graph (model.onnx or the equalized graph, with the bias shifts once
+    chosen) is the base: nothing it measured is measured again.
     """
-    method = record.method if record is not None and record.method else calibration.method
-    remedies = record.remedies if record is not None else []
-    ranges = calibration
-    if "equalization" in remedies:
-        equalized = _equalized(plan.directory, base, plan.dataset, calibration, log)
-        if equalized is not None:
-            base, ranges, _pairs = equalized
-    ranges = ranges.with_method(method)
-    if "bias correction" in remedies:
-        shifts = bias_shifts(base, ranges, plan.dataset, options.exclude)
+    ranges, shifts = calibration, {}
+    if searched is not None:
+        base, shifts = searched.graph.model, searched.graph.shifts
+        ranges = searched.graph.ranges.with_method(searched.best.method)
+    if shifts:
         correct_biases(base, shifts, qdq.weighted)
-    model, _plan = int8_ort_model(base, ranges, options.exclude, only=qdq.sites)
+    model, _plan = int8_ort_model(base, ranges, exclude, only=qdq.sites)
     log(f"INT8 for ONNX Runtime: the same {len(qdq.sites)} sites with Q/DQ around each ({ORT_INT8_FILE})")
     return model
 

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ from resnext_deploy.data import ImageDataset, ImageFolder
 from resnext_deploy.environment import cap_threads, usable_cpus
 from resnext_deploy.errors import BadInputError, ExitCode
 from resnext_deploy.export import export_onnx
-from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, _load_scores
+from resnext_deploy.precision.search import SEARCH_FORMAT, SEARCH_NAME, CheckData, SearchKey, _key_json, _load_scores
 from resnext_deploy.source import SourceOptions, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -853,7 +854,7 @@ def test_an_edited_calibration_json_is_exit_3_naming_it(capsys, calibrated_templ
 
 
 def test_an_edited_search_ranking_is_exit_3_naming_it(tmp_path: Path) -> None:
-    key = {"model": "m"}
+    key = SearchKey("m", "c", CheckData("f", 40), 99.99)
     path = tmp_path / SEARCH_NAME
     for scores, fragment in [
         ("nope", "not an object"),
@@ -862,13 +863,17 @@ def test_an_edited_search_ranking_is_exit_3_naming_it(tmp_path: Path) -> None:
         ({"conv1": -1.0}, "not a finite number"),
         ({"ghost": 1.0}, "does not quantize"),
     ]:
-        path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "scores": scores}))
+        path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": _key_json(key), "scores": scores}))
         with pytest.raises(BadInputError, match=re.escape(fragment)) as caught:
             _load_scores(path, key, ["conv1", "conv2"])
         assert str(path) in str(caught.value) and "delete it" in str(caught.value)
-    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": key, "scores": {"conv2": 0.5, "conv1": 0.1}}))
+    path.write_text(
+        json.dumps({"format": SEARCH_FORMAT, "key": _key_json(key), "scores": {"conv2": 0.5, "conv1": 0.1}})
+    )
     assert _load_scores(path, key, ["conv1", "conv2"]) == {"conv2": 0.5, "conv1": 0.1}
-    path.write_text(json.dumps({"format": SEARCH_FORMAT, "key": {"model": "other"}, "scores": {"x": 1}}))
+    path.write_text(
+        json.dumps({"format": SEARCH_FORMAT, "key": _key_json(replace(key, model="other")), "scores": {"x": 1}})
+    )
     assert _load_scores(path, key, ["conv1", "conv2"]) == {}  # another model's ranking: measured again
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +32,7 @@ from resnext_deploy.precision.typed import make_typed_onnx
 from resnext_deploy.source import SourceOptions, resolve_source
 
 QUIET = {"log": lambda _m: None}
+KEY = search.SearchKey("sha", "calibration", search.CheckData("check", 40), 99.99)
 BIG = 1e4  # activations this large overflow float16's safe range (512) by far
 needs_demo = pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="the demo weights are not built yet")
 
@@ -273,17 +275,17 @@ def test_a_ranking_cut_short_is_saved_and_resumed(tmp_path: Path, monkeypatch: p
         measured.extend(only)
         return (np.full((8, 2), 1.0 + sites.index(only[0]), np.float32),)  # d is the most sensitive
 
-    def ranking(key: dict, expired, confirm: int = 4) -> tuple:
+    def ranking(key: search.SearchKey, expired, confirm: int = 4) -> tuple:
         return search._ranking(tmp_path, key, build, "entropy", sites, check, expired, print, None, confirm)
 
     calls = iter(range(100))
-    measures, order, reused, cut = ranking({"k": 1}, lambda: next(calls) >= 2)
+    measures, order, reused, cut = ranking(KEY, lambda: next(calls) >= 2)
     # d, which the pass does not see, is measured first; then the pass's order
     assert [name for name, _ in measures] == ["d", "a"] and not reused and cut and measured == ["d", "a"]
-    measures, order, reused, cut = ranking({"k": 1}, lambda: False)
+    measures, order, reused, cut = ranking(KEY, lambda: False)
     assert reused and not cut and measured == ["d", "a", "b", "c"]  # only the missing ones measured
     assert [name for name, _ in measures] == order == ["d", "c", "b", "a"]
-    _, _, reused, _ = ranking({"k": 2}, lambda: False)
+    _, _, reused, _ = ranking(replace(KEY, model="other"), lambda: False)
     assert not reused  # another model or data set: measured again
 
 
@@ -301,7 +303,7 @@ def test_only_the_worst_sites_of_the_one_pass_ranking_are_measured(tmp_path: Pat
         return (np.full((8, 2), 1.0 + (sites.index(only[0]) if only else 0), np.float32),)
 
     measures, order, _, cut = search._ranking(
-        tmp_path, {"k": 1}, build, "entropy", sites, check, lambda: False, print, None, 2
+        tmp_path, KEY, build, "entropy", sites, check, lambda: False, print, None, 2
     )
     assert measured == ["b", "c"] and not cut
     assert [name for name, _ in measures] == ["c", "b"]  # the confirmed ones by their measured sensitivity
@@ -331,12 +333,112 @@ def test_pipeline_repairs_outlier_int8_and_reports_the_search(tmp_path: Path) ->
     assert abs(accuracy["fp32"] - accuracy["int8"]) <= 1.0
 
 
-def test_a_method_that_fails_by_far_on_a_first_slice_stops_there() -> None:
-    """The minimum cosine of a slice bounds the whole set's from above, so a slice far below the bound ends it."""
-    rng = np.random.default_rng(0)
-    reference = rng.standard_normal((16, 10)).astype(np.float32)
+def _parity(noise: float, rows: int = 32, seed: int = 0):
+    """A real Parity: model.onnx-like logits against a copy with ``noise`` added (0.01 passes, 1.0 fails)."""
+    rng = np.random.default_rng(seed)
+    reference = rng.standard_normal((rows, 10)).astype(np.float32)
+    noisy = reference + noise * rng.standard_normal(reference.shape).astype(np.float32)
+    return compare(reference, noisy, DEFAULT_TOLERANCES["int8"])
+
+
+def _search(tmp_path: Path, check=None, **options) -> search.Int8Search:
+    check = check or SimpleNamespace(images=np.zeros((8, 1)), reference=np.ones((8, 2), np.float32), labels=None)
+    graph = search.Graph(None, None)
     tolerance = DEFAULT_TOLERANCES["int8"]
-    close = compare(reference, reference + 0.01 * rng.standard_normal((16, 10)).astype(np.float32), tolerance)
-    far = compare(reference, reference + rng.standard_normal((16, 10)).astype(np.float32), tolerance)
-    assert not search.fails_by_far(close, tolerance)
-    assert search.fails_by_far(far, tolerance) and not far.passed
+    return search.Int8Search(tmp_path, graph, None, check, tolerance, PrecisionOptions(**options), KEY, lambda _m: None)
+
+
+def _candidate(method: str, kept=(), noise: float = 1.0) -> search.Candidate:
+    parity = _parity(noise)
+    return search.Candidate(method, tuple(kept), None, [], SimpleNamespace(sites=list("abcdefgh")), parity, parity)
+
+
+def test_a_candidate_whose_first_slice_fails_the_cosine_bound_stops_there(tmp_path: Path, monkeypatch) -> None:
+    """The minimum cosine of a slice bounds the whole set's from above: a slice below the bound fails for sure."""
+    tolerance = DEFAULT_TOLERANCES["int8"]
+    assert not search.fails_for_sure(_parity(0.01, 16), tolerance)
+    assert search.fails_for_sure(_parity(1.0, 16), tolerance) and not _parity(1.0, 16).passed
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 10)).astype(np.float32)
+    check = SimpleNamespace(images=np.arange(40.0)[:, None], reference=reference, labels=None)
+    runs: list[int] = []
+
+    def open_model(noise):
+        def run(images):
+            runs.append(len(images))
+            rows = images[:, 0].astype(int)
+            return reference[rows] + noise * rng.standard_normal((len(rows), 10)).astype(np.float32)
+
+        return run
+
+    monkeypatch.setattr(search, "open_model", open_model)
+    parity, first, complete = _search(tmp_path, check).check_parity(1.0)
+    assert runs == [search.EARLY_SAMPLES] and not complete and not parity.passed and parity is first
+    runs.clear()
+    parity, first, complete = _search(tmp_path, check).check_parity(0.001)
+    assert runs == [search.EARLY_SAMPLES, 40 - search.EARLY_SAMPLES] and complete and parity.passed
+
+
+def test_the_methods_are_tried_in_order_until_one_passes_and_the_best_is_kept(tmp_path: Path) -> None:
+    state = _search(tmp_path)
+    noise = {"entropy": 0.5, "minmax": 0.3, "percentile": 0.01}
+    tried: list[str] = []
+
+    def candidate(method, kept=()):
+        tried.append(method)
+        return _candidate(method, kept, noise[method])
+
+    state.candidate = candidate
+    best = state.try_methods(["entropy", "minmax", "percentile"])
+    assert best.method == "percentile" and best.parity.passed and list(state.record.methods) == tried
+    noise["percentile"] = 0.8  # nothing passes: the best of the failing ones, all tried
+    tried.clear()
+    assert state.try_methods(["entropy", "minmax", "percentile"]).method == "minmax" and len(tried) == 3
+    noise["entropy"] = 0.01  # the first passes: the others are never built
+    tried.clear()
+    assert state.try_methods(["entropy", "minmax", "percentile"]).method == "entropy" and tried == ["entropy"]
+
+
+def test_sites_are_kept_out_greedily_until_the_check_passes(tmp_path: Path) -> None:
+    state = _search(tmp_path)
+    state.best, state.order, state.record.budget = _candidate("entropy", noise=2.0), list("abcdefgh"), 5
+    state.candidate = lambda method, kept=(): _candidate(method, kept, 0.01 if len(kept) >= 3 else 1.0 / len(kept))
+    state.keep_greedily()
+    assert state.passed and state.record.kept == ["a", "b", "c"] and sorted(state.tried) == [1, 2, 3]
+
+
+def test_an_exhausted_budget_stops_keeping_and_bisects_the_count_that_would_pass(tmp_path: Path) -> None:
+    state = _search(tmp_path)
+    state.best, state.order, state.record.budget = _candidate("entropy", noise=2.0), list("abcdefgh"), 1
+    state.candidate = lambda method, kept=(): _candidate(method, kept, 0.01 if len(kept) >= 3 else 1.0 / len(kept))
+    state.keep_greedily()
+    assert not state.passed and state.record.kept == ["a"] and sorted(state.tried) == [1]
+    state.find_needed()
+    assert state.record.needed == 3 and sorted(state.tried) == [1, 2, 3, 4]  # doubling 2, 4; then bisection 3
+
+
+def test_the_markers_step_alone() -> None:
+    keep = search.KeepMarker(3)
+    counts = []
+    while keep.count is not None:
+        counts.append(keep.count)
+        keep.step(False)
+    assert counts == [1, 2, 3] and search.KeepMarker(0).count is None
+    bisect = search.BisectMarker(2, 20)
+    counts = []
+    while bisect.count is not None:
+        counts.append(bisect.count)
+        bisect.step(bisect.count >= 11)
+    assert counts == [4, 8, 16, 12, 10, 11] and bisect.passing == 11
+    never = search.BisectMarker(0, 4)
+    while never.count is not None:
+        never.step(False)
+    assert never.passing is None and search.BisectMarker(4, 4).count is None
+
+
+def test_the_search_key_is_saved_as_plain_json_and_another_key_is_not_reused(tmp_path: Path) -> None:
+    path = tmp_path / search.SEARCH_NAME
+    path.write_text(json.dumps({"format": search.SEARCH_FORMAT, "key": search._key_json(KEY), "scores": {"a": 0.5}}))
+    assert search._load_scores(path, KEY, ["a"]) == {"a": 0.5}
+    assert search._key_json(KEY)["check"] == {"fingerprint": "check", "count": 40}
+    assert search._load_scores(path, replace(KEY, bias_corrected=True), ["a"]) == {}

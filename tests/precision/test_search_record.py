@@ -7,8 +7,15 @@ import json
 import pytest
 
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.precision.search import RemedyTrial, SearchRecord, TrialSummary
+from resnext_deploy.precision.search import (
+    RANKING_SHOWN,
+    BiasCorrectionTrial,
+    EqualizationTrial,
+    SearchRecord,
+    TrialSummary,
+)
 from resnext_deploy.report.render import _search_lines
+from resnext_deploy.serde import decode, encode
 
 PASS = TrialSummary(True, 0.9991, 0.99, 1.0, 120, True, 0.031, 99.0)
 FAIL = TrialSummary(False, 0.95, 0.9, 0.8, 100, True, 0.2, None, ("cosine min 0.95 < 0.99",))
@@ -24,8 +31,8 @@ def _record() -> SearchRecord:
         budget=4,
         passed=True,
         seconds=12.5,
-        equalization=RemedyTrial(6, PASS, True),
-        bias_correction=RemedyTrial(14, FAIL, False),
+        equalization=EqualizationTrial.made(6, PASS, True),
+        bias_correction=BiasCorrectionTrial.made(14, FAIL, False),
     )
 
 
@@ -36,6 +43,17 @@ def test_the_record_round_trips_through_its_json_and_keeps_the_format() -> None:
     assert data["bias_correction"]["layers"] == 14 and data["remedies"] == ["equalization", "exclusion"]
     assert data["methods"]["entropy"]["failures"] == ["cosine min 0.95 < 0.99"]
     assert SearchRecord.from_dict(data) == record
+    assert decode(SearchRecord, encode(record)) == record  # one mechanism both ways (serde)
+    assert set(data["equalization"]) == {*TrialSummary.__dataclass_fields__, "pairs", "chosen"}  # the layout kept
+    assert data["ranking"] == [["/layer2/layer2.0/Add", 0.5], ["/fc/Gemm", 0.01]]
+    assert record.equalization.size == 6 and record.equalization.summary == PASS
+
+
+def test_the_record_keeps_the_top_of_the_ranking_only() -> None:
+    record = _record()
+    record.ranking = [(f"site{i}", 1.0 / (i + 1)) for i in range(30)]
+    data = json.loads(json.dumps(record.to_dict()))
+    assert len(data["ranking"]) == RANKING_SHOWN and data["ranking"][0] == ["site0", 1.0]
 
 
 def test_a_record_written_before_the_remedies_still_reads() -> None:
@@ -46,7 +64,10 @@ def test_a_record_written_before_the_remedies_still_reads() -> None:
     assert record.equalization is None and record.remedies == ["exclusion"]
 
 
-@pytest.mark.parametrize("broken", [{"methods": {"entropy": {}}}, {"ranking": [["a"]]}, {"equalization": {"pairs": 1}}])
+@pytest.mark.parametrize(
+    "broken",
+    [{"methods": {"entropy": {}}}, {"ranking": [["a"]]}, {"equalization": {"pairs": 1}}, {"budget": "4"}],
+)
 def test_a_malformed_record_is_one_line_of_bad_input(broken: dict) -> None:
     data = {**_record().to_dict(), **broken}
     with pytest.raises(BadInputError, match="search record in manifest.json is malformed"):
@@ -70,7 +91,7 @@ def test_a_remedy_is_used_only_as_the_file_records_it_with_the_figures_that_deci
         methods={"entropy": plain, "entropy + equalization": equalized},
         method="entropy",
         layers=18,
-        equalization=RemedyTrial(6, equalized, True),
+        equalization=EqualizationTrial.made(6, equalized, True),
     )
     [line] = [line for line in _search_lines(record, ["equalization"]) if "Cross-layer" in line]
     assert "fail, cosine min 0.9421, relative error 0.123 (the graph without it: fail, cosine min 0.9529" in line
