@@ -102,9 +102,6 @@ class Candidate:
         where = f"{self.backend}-{self.device}:{self.precision}"
         return f"{where} ({self.artifact})" if self.artifact else where
 
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.backend, "precision": self.precision, "device": self.device, "artifact": self.artifact}
-
     def skip_record(self, reason: str | None = None) -> SkipRecord:
         return SkipRecord(self.backend, self.precision, self.device, self.artifact, reason or self.skipped or "")
 
@@ -256,7 +253,7 @@ class Backend:
     int8_note: Mapping[str, str] = MappingProxyType({})
     build_options: type | None = None
 
-    def option_values(self, given: Mapping[str, Any] | None = None) -> dict[str, OptionValue]:
+    def option_values(self, given: Mapping[str, object] | None = None) -> dict[str, OptionValue]:
         """Every knob's value: ``given`` ones checked, the rest their defaults; an unknown name is bad input."""
         known = {option.name: option for option in self.options}
         unknown = sorted(set(given or {}) - set(known))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts import ONNX_FILES, PRECISIONS, Manifest
 from ..errors import BackendUnavailableError, BadInputError
-from .base import ArtifactSet, Backend, Candidate, Runner, SkipRecord
+from .base import ArtifactSet, Backend, Candidate, OptionValue, Runner, SkipRecord
 
 if TYPE_CHECKING:  # the CLI reads the registry to make its flags: it must not import torch
     from ..source import ModelSource
@@ -53,12 +53,12 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
-def check_options(given: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def check_options(given: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, OptionValue]]:
     """Knob values by backend name, each checked against its backend's declaration, defaults filled in."""
     return {name: get_backend(name).option_values(values) for name, values in given.items()}
 
 
-def check_build_options(given: Mapping[str, Any]) -> dict[str, Any]:
+def check_build_options(given: Mapping[str, object]) -> dict[str, object]:
     """Build records by backend name, one for every backend that builds: those given, the rest their defaults.
 
     A record for a backend that builds nothing, or of another type than its :attr:`~.base.Backend.build_options`,

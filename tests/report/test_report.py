@@ -143,7 +143,7 @@ def _report_from_rounds(tmp_path: Path, candidate_rounds: list[list[float]]) -> 
     add_speedups(rows, {id(rows[0]): reference_rounds, id(rows[1]): candidate_rounds})
     warnings = bench_warnings(rows, NOISE, QUIET_LOAD)
     bench = replace(bench_report(), results=rows, noise=NOISE, load=QUIET_LOAD, warnings=warnings, skipped=[])
-    passed = VerifyRow(*candidate.identity().values(), parity=None, passed=True, failures=(), tolerance=Tolerance())
+    passed = VerifyRow(*candidate.key, candidate.artifact, parity=None, passed=True, failures=(), tolerance=Tolerance())
     source = ModelSource("resnext_tiny", 10, 32, None, None)
     reference = ReferenceRecord("torch", "fp32", "cpu", None, source, 0, None, 0, "-", "-", False, ())
     verify = VerifyRecord(reference, [passed])
