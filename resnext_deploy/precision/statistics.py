@@ -13,7 +13,9 @@ search, as in NVIDIA's pytorch-quantization), ``percentile`` and ``minmax``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import numpy as np
 from ..artifacts import load_onnx
 from ..backends.onnxruntime import session_options
 from ..data import Dataset
+from ..environment import usable_cpus
 from ..errors import BadInputError, one_line
 from ..ui import progress
 
@@ -37,15 +40,17 @@ Log = Callable[[str], None]
 
 
 class Scratch:
-    """One reusable index buffer for every histogram of a pass: a fresh array per tensor and batch costs page faults."""
+    """Reusable index buffers for every histogram of a pass, one per thread: a fresh array per tensor and batch
+    costs page faults."""
 
     def __init__(self) -> None:
-        self._index = np.empty(0, np.intp)
+        self._local = threading.local()
 
     def index(self, size: int) -> np.ndarray:
-        if self._index.size < size:
-            self._index = np.empty(size, np.intp)
-        return self._index[:size]
+        buffer = getattr(self._local, "index", None)
+        if buffer is None or buffer.size < size:
+            buffer = self._local.index = np.empty(size, np.intp)
+        return buffer[:size]
 
 
 class AbsHistogram:
@@ -55,22 +60,35 @@ class AbsHistogram:
         self.counts = np.zeros(bins, dtype=np.int64)
         self.limit = 0.0
 
-    def add(self, magnitudes: np.ndarray, amax: float, overwrite: bool = False, scratch: Scratch | None = None) -> None:
-        """Add flat float32 ``|x|`` values whose maximum is ``amax`` (known to the caller already).
+    def add(
+        self,
+        values: np.ndarray,
+        amax: float,
+        overwrite: bool = False,
+        scratch: Scratch | None = None,
+        signed: bool = True,
+    ) -> None:
+        """Add flat float32 ``values`` (their ``|x|`` is counted) whose largest ``|x|`` is ``amax``.
 
-        ``overwrite``: the values may be scaled in place. The bin index is cast straight to the integer
-        type ``np.bincount`` counts in, into ``scratch``'s buffer: no array is allocated per call, and
-        the values at the top edge (``|x| == limit``) are folded into the last bin after counting.
+        ``overwrite``: the values may be scaled in place; ``signed=False``: none is negative, so no
+        ``abs`` pass. Scaling and ``|x|`` are one float32 pass each whose result is truncated straight
+        into ``scratch``'s integer buffer (``trunc(|x| * s) == trunc(|x * s|)`` exactly), the type
+        ``np.bincount`` counts in: no array is allocated per call, and the values at the top edge
+        (``|x| == limit``) are folded into the last bin after counting.
         """
         bins = len(self.counts)
         if amax > self.limit:
             self._grow(amax)
         if self.limit == 0.0:
-            self.counts[0] += magnitudes.size
+            self.counts[0] += values.size
             return
-        scaled = np.multiply(magnitudes, np.float32(bins / self.limit), out=magnitudes if overwrite else None)
-        index = scratch.index(scaled.size) if scratch is not None else np.empty(scaled.size, np.intp)
-        np.copyto(index, scaled, casting="unsafe")  # truncation, as astype
+        scale = np.float32(bins / self.limit)
+        index = scratch.index(values.size) if scratch is not None else np.empty(values.size, np.intp)
+        if signed:
+            scaled = np.multiply(values, scale, out=values if overwrite else None)
+            np.abs(scaled, out=index, casting="unsafe")  # truncation, as astype
+        else:
+            np.multiply(values, scale, out=index, casting="unsafe", dtype=np.float32)
         counts = np.bincount(index, minlength=bins)
         self.counts[: bins - 1] += counts[: bins - 1]
         self.counts[bins - 1] += counts[bins - 1 :].sum()
@@ -157,14 +175,18 @@ class TensorStats:
     def add(self, values: np.ndarray, overwrite: bool = False, scratch: Scratch | None = None) -> None:
         """Fold one batch of ``values`` in; ``overwrite``: the caller's to spoil (the histogram works in place)."""
         low, high = float(values.min()), float(values.max())
+        self.add_range(low, high)
+        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
+            flat = np.ravel(values)  # a view of contiguous values, else a copy (then scaled in place for nothing)
+            amax = max(abs(low), abs(high))
+            self.histogram.add(flat, amax, overwrite=overwrite, scratch=scratch, signed=low < 0)
+
+    def add_range(self, low: float, high: float) -> None:
+        """Fold in one batch's min and max; a NaN in either makes the range NaN for good."""
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
         if math.isnan(low) or math.isnan(high):
             self.minimum = self.maximum = math.nan
-        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
-            flat = np.ravel(values)  # a view of contiguous values, else a copy: either is ours to spoil
-            magnitudes = np.abs(flat, out=flat if overwrite else None)
-            self.histogram.add(magnitudes, max(abs(low), abs(high)), overwrite=True, scratch=scratch)
 
     @property
     def max_abs(self) -> float:
@@ -178,11 +200,19 @@ class TensorStats:
         return min(self.histogram.entropy_amax(), self.max_abs)
 
 
-def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
-    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per sample.
+@dataclass
+class Activations:
+    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per
+    sample (None where a shape is not known) and each tensor's rank where shape inference knows it."""
 
-    The byte count comes from shape inference and is None where a shape is not known.
-    """
+    tensors: list[str]
+    histogram: list[str]
+    per_sample: int | None
+    ranks: dict[str, int]
+
+
+def find_activations(model) -> Activations:
+    """The float activations of ``model``: what calibration measures, from one shape inference."""
     from onnx import TensorProto, shape_inference
 
     constant = {init.name for init in model.graph.initializer}
@@ -201,14 +231,21 @@ def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
     histogram = {
         name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
     }
+    ranks = {name: len(types[name].shape.dim) for name in tensors if types[name].HasField("shape")}
     per_sample: int | None = 0
     for name in tensors:
         dims = [d.dim_value for d in types[name].shape.dim[1:]]
-        if not types[name].HasField("shape") or any(d <= 0 for d in dims):
+        if name not in ranks or any(d <= 0 for d in dims):
             per_sample = None
             break
         per_sample += 4 * math.prod(dims)
-    return tensors, [name for name in tensors if name in histogram], per_sample
+    return Activations(tensors, [name for name in tensors if name in histogram], per_sample, ranks)
+
+
+def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
+    """The graph's float activations, those that get histograms, bytes per sample (see :class:`Activations`)."""
+    found = find_activations(model)
+    return found.tensors, found.histogram, found.per_sample
 
 
 def collect_statistics(
@@ -219,61 +256,101 @@ def collect_statistics(
 ) -> tuple[dict[str, TensorStats], int]:
     """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
 
-    Every batch's activations are folded into fixed-size statistics and released before the next
-    batch is decoded, so memory depends on the batch size (chosen to fetch about ``batch_bytes``),
-    never on the number of images.
+    Only the tensors that get histograms are fetched; the min and max of every other activation are
+    computed inside the graph (:func:`add_range_outputs`), by ONNX Runtime's threads, and fetched as one
+    number per sample. The histograms of a batch are counted on a pool of threads (numpy's passes release
+    the GIL), and every batch's activations are released before the next one runs, so memory depends on
+    the batch size (chosen to fetch about ``batch_bytes``), never on the number of images.
     """
     model = load_onnx(model_path)
-    tensors, histogram, per_sample = activation_tensors(model)
-    graph_inputs = {value.name for value in model.graph.input}
-    rectified = rectified_outputs(model, [name for name in tensors if name not in graph_inputs])
-    derived = {name for outputs in rectified.values() for name in outputs}
-    fetched = [name for name in tensors if name not in graph_inputs and name not in derived]
+    found = find_activations(model)
+    graph_inputs = [value.name for value in model.graph.input if value.name in found.tensors]
+    computed = [name for name in found.tensors if name not in graph_inputs]
+    histogram = set(found.histogram)
+    fetched = [name for name in computed if name in histogram or found.ranks.get(name, 0) < 2]
+    ranged = add_range_outputs(model, [name for name in computed if name not in fetched], found.ranks)
+    names = fetched + [output for outputs in ranged.values() for output in outputs]
     batches = run_batches(
         model,
-        fetched,
+        names,
         dataset,
-        batch_size(per_sample, batch_bytes),
+        batch_size(found.per_sample, batch_bytes),
         f"calibrating on {dataset.count} samples",
         model_path,
     )
     del model  # the session holds what it needs
-    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
+    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in found.tensors}
     scratch = Scratch()
     seen = 0
-    for images, values in batches:
-        for name in graph_inputs & stats.keys():
-            stats[name].add(images, scratch=scratch)
-        for name, value in zip(fetched, values, strict=True):
-            for output in rectified.get(name, ()):  # before the value is spoiled below
-                stats[output].add(np.maximum(value, np.float32(0)), overwrite=True, scratch=scratch)
-            stats[name].add(value, overwrite=True, scratch=scratch)  # fetched for this alone
-        del values
-        seen += len(images)
+
+    def fold(job: tuple[str, np.ndarray, bool]) -> None:
+        name, value, overwrite = job
+        stats[name].add(value, overwrite=overwrite, scratch=scratch)
+
+    with ThreadPoolExecutor(max(1, usable_cpus())) as pool:
+        for images, values in batches:
+            arrays = dict(zip(names, values, strict=True))
+            jobs = [(name, arrays[name], True) for name in fetched] + [(name, images, False) for name in graph_inputs]
+            jobs.sort(key=lambda job: -job[1].size)  # the largest first: the threads finish together
+            for _ in pool.map(fold, jobs):  # raises the first error of any job
+                pass
+            for name, (lowest, highest, squares) in ranged.items():
+                if np.isnan(arrays[squares]).any():  # ONNX Runtime's ReduceMin/Max may step over a NaN
+                    stats[name].add_range(math.nan, math.nan)
+                else:
+                    stats[name].add_range(float(arrays[lowest].min()), float(arrays[highest].max()))
+            del values, arrays, jobs
+            seen += len(images)
     skipped = dataset.skipped_summary()
     if skipped:
         log(f"warning: {skipped}")
     return stats, seen + len(dataset.skipped)
 
 
-def rectified_outputs(model, fetched: list[str]) -> dict[str, list[str]]:
-    """Fetched tensor -> the outputs of the ReLUs that read it: computed from it here instead of fetched.
+RANGE_OPS = ("ReduceMin", "ReduceMax", "ReduceSumSquare")  # the sum of squares is NaN exactly where a value is
 
-    ``np.maximum(x, 0)`` is ONNX Runtime's ReLU value for value (NaN stays NaN; only the sign of a zero may
-    differ, which no statistic sees), so their statistics are the ones a fetch would give, and ONNX
-    Runtime hands out about a third fewer tensors per batch.
+
+def add_range_outputs(model, names: list[str], ranks: dict[str, int]) -> dict[str, tuple[str, str, str]]:
+    """Add to ``model`` (changed) the per-sample ReduceMin, ReduceMax and ReduceSumSquare of each of ``names``.
+
+    Returns tensor -> those three output names. Reduced over every axis but the first, so a padded batch's
+    padding is dropped like a fetched tensor's. ONNX Runtime runs them on its threads and hands out one
+    number per sample instead of the tensor: no copy out of the graph and no numpy pass over it.
     """
-    wanted = set(fetched)
-    relus = {
-        node.output[0]: node.input[0]
-        for node in model.graph.node
-        if node.op_type == "Relu" and node.output[0] in wanted and node.input[0] in wanted
-    }
-    rectified: dict[str, list[str]] = {}
-    for output, source in relus.items():
-        if source not in relus:  # a ReLU of a ReLU's output stays fetched
-            rectified.setdefault(source, []).append(output)
-    return rectified
+    from onnx import TensorProto, ValueInfoProto, helper
+
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
+    taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
+    taken |= {value.name for value in (*model.graph.input, *model.graph.output)}
+    taken |= {init.name for init in model.graph.initializer}
+
+    def fresh(base: str) -> str:
+        name, number = base, 0
+        while name in taken:
+            number += 1
+            name = f"{base}_{number}"
+        taken.add(name)
+        return name
+
+    axes_inputs: dict[int, str] = {}
+    ranged: dict[str, tuple[str, str, str]] = {}
+    for tensor in names:
+        axes = list(range(1, ranks[tensor]))
+        inputs = [tensor]
+        if opset >= 18:  # axes became an input
+            if ranks[tensor] not in axes_inputs:
+                axes_inputs[ranks[tensor]] = fresh(f"calibration_axes_{ranks[tensor]}")
+                model.graph.initializer.append(
+                    helper.make_tensor(axes_inputs[ranks[tensor]], TensorProto.INT64, [len(axes)], axes)
+                )
+            inputs.append(axes_inputs[ranks[tensor]])
+        attributes = {"keepdims": 0} if opset >= 18 else {"keepdims": 0, "axes": axes}
+        outputs = tuple(fresh(f"{tensor}_calibration_{op}") for op in RANGE_OPS)
+        for op, output in zip(RANGE_OPS, outputs, strict=True):
+            model.graph.node.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        model.graph.output.extend(ValueInfoProto(name=output) for output in outputs)
+        ranged[tensor] = outputs  # type: ignore[assignment]
+    return ranged
 
 
 def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:
