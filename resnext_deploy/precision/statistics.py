@@ -200,19 +200,11 @@ class TensorStats:
         return min(self.histogram.entropy_amax(), self.max_abs)
 
 
-@dataclass
-class Activations:
-    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per
-    sample (None where a shape is not known) and each tensor's rank where shape inference knows it."""
+def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
+    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per sample.
 
-    tensors: list[str]
-    histogram: list[str]
-    per_sample: int | None
-    ranks: dict[str, int]
-
-
-def find_activations(model) -> Activations:
-    """The float activations of ``model``: what calibration measures, from one shape inference."""
+    The byte count comes from shape inference and is None where a shape is not known.
+    """
     from onnx import TensorProto, shape_inference
 
     constant = {init.name for init in model.graph.initializer}
@@ -231,21 +223,14 @@ def find_activations(model) -> Activations:
     histogram = {
         name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
     }
-    ranks = {name: len(types[name].shape.dim) for name in tensors if types[name].HasField("shape")}
     per_sample: int | None = 0
     for name in tensors:
         dims = [d.dim_value for d in types[name].shape.dim[1:]]
-        if name not in ranks or any(d <= 0 for d in dims):
+        if not types[name].HasField("shape") or any(d <= 0 for d in dims):
             per_sample = None
             break
         per_sample += 4 * math.prod(dims)
-    return Activations(tensors, [name for name in tensors if name in histogram], per_sample, ranks)
-
-
-def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
-    """The graph's float activations, those that get histograms, bytes per sample (see :class:`Activations`)."""
-    found = find_activations(model)
-    return found.tensors, found.histogram, found.per_sample
+    return tensors, [name for name in tensors if name in histogram], per_sample
 
 
 def collect_statistics(
@@ -256,30 +241,24 @@ def collect_statistics(
 ) -> tuple[dict[str, TensorStats], int]:
     """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
 
-    Only the tensors that get histograms are fetched; the min and max of every other activation are
-    computed inside the graph (:func:`add_range_outputs`), by ONNX Runtime's threads, and fetched as one
-    number per sample. The histograms of a batch are counted on a pool of threads (numpy's passes release
-    the GIL), and every batch's activations are released before the next one runs, so memory depends on
+    A batch's tensors are folded in on a pool of threads, one tensor per task (numpy's passes release the
+    GIL; ONNX Runtime is idle meanwhile), and released before the next batch runs, so memory depends on
     the batch size (chosen to fetch about ``batch_bytes``), never on the number of images.
     """
     model = load_onnx(model_path)
-    found = find_activations(model)
-    graph_inputs = [value.name for value in model.graph.input if value.name in found.tensors]
-    computed = [name for name in found.tensors if name not in graph_inputs]
-    histogram = set(found.histogram)
-    fetched = [name for name in computed if name in histogram or found.ranks.get(name, 0) < 2]
-    ranged = add_range_outputs(model, [name for name in computed if name not in fetched], found.ranks)
-    names = fetched + [output for outputs in ranged.values() for output in outputs]
+    tensors, histogram, per_sample = activation_tensors(model)
+    graph_inputs = [value.name for value in model.graph.input if value.name in tensors]
+    fetched = [name for name in tensors if name not in graph_inputs]
     batches = run_batches(
         model,
-        names,
+        fetched,
         dataset,
-        batch_size(found.per_sample, batch_bytes),
+        batch_size(per_sample, batch_bytes),
         f"calibrating on {dataset.count} samples",
         model_path,
     )
     del model  # the session holds what it needs
-    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in found.tensors}
+    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
     scratch = Scratch()
     seen = 0
 
@@ -289,68 +268,17 @@ def collect_statistics(
 
     with ThreadPoolExecutor(max(1, usable_cpus())) as pool:
         for images, values in batches:
-            arrays = dict(zip(names, values, strict=True))
-            jobs = [(name, arrays[name], True) for name in fetched] + [(name, images, False) for name in graph_inputs]
+            jobs = [(name, value, True) for name, value in zip(fetched, values, strict=True)]  # fetched for this
+            jobs += [(name, images, False) for name in graph_inputs]
             jobs.sort(key=lambda job: -job[1].size)  # the largest first: the threads finish together
             for _ in pool.map(fold, jobs):  # raises the first error of any job
                 pass
-            for name, (lowest, highest, squares) in ranged.items():
-                if np.isnan(arrays[squares]).any():  # ONNX Runtime's ReduceMin/Max may step over a NaN
-                    stats[name].add_range(math.nan, math.nan)
-                else:
-                    stats[name].add_range(float(arrays[lowest].min()), float(arrays[highest].max()))
-            del values, arrays, jobs
+            del values, jobs
             seen += len(images)
     skipped = dataset.skipped_summary()
     if skipped:
         log(f"warning: {skipped}")
     return stats, seen + len(dataset.skipped)
-
-
-RANGE_OPS = ("ReduceMin", "ReduceMax", "ReduceSumSquare")  # the sum of squares is NaN exactly where a value is
-
-
-def add_range_outputs(model, names: list[str], ranks: dict[str, int]) -> dict[str, tuple[str, str, str]]:
-    """Add to ``model`` (changed) the per-sample ReduceMin, ReduceMax and ReduceSumSquare of each of ``names``.
-
-    Returns tensor -> those three output names. Reduced over every axis but the first, so a padded batch's
-    padding is dropped like a fetched tensor's. ONNX Runtime runs them on its threads and hands out one
-    number per sample instead of the tensor: no copy out of the graph and no numpy pass over it.
-    """
-    from onnx import TensorProto, ValueInfoProto, helper
-
-    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
-    taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
-    taken |= {value.name for value in (*model.graph.input, *model.graph.output)}
-    taken |= {init.name for init in model.graph.initializer}
-
-    def fresh(base: str) -> str:
-        name, number = base, 0
-        while name in taken:
-            number += 1
-            name = f"{base}_{number}"
-        taken.add(name)
-        return name
-
-    axes_inputs: dict[int, str] = {}
-    ranged: dict[str, tuple[str, str, str]] = {}
-    for tensor in names:
-        axes = list(range(1, ranks[tensor]))
-        inputs = [tensor]
-        if opset >= 18:  # axes became an input
-            if ranks[tensor] not in axes_inputs:
-                axes_inputs[ranks[tensor]] = fresh(f"calibration_axes_{ranks[tensor]}")
-                model.graph.initializer.append(
-                    helper.make_tensor(axes_inputs[ranks[tensor]], TensorProto.INT64, [len(axes)], axes)
-                )
-            inputs.append(axes_inputs[ranks[tensor]])
-        attributes = {"keepdims": 0} if opset >= 18 else {"keepdims": 0, "axes": axes}
-        outputs = tuple(fresh(f"{tensor}_calibration_{op}") for op in RANGE_OPS)
-        for op, output in zip(RANGE_OPS, outputs, strict=True):
-            model.graph.node.append(helper.make_node(op, inputs, [output], name=output, **attributes))
-        model.graph.output.extend(ValueInfoProto(name=output) for output in outputs)
-        ranged[tensor] = outputs  # type: ignore[assignment]
-    return ranged
 
 
 def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:
@@ -371,7 +299,9 @@ def run_batches(
     outputs = {value.name for value in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+        # idle pool threads sleep at once: between runs the caller's numpy work needs the cores they would spin on
+        options = session_options(allow_spinning=False)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
         raise BadInputError(f"ONNX Runtime cannot load {model_path}: {one_line(exc)}") from None
     del model
