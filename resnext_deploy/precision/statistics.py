@@ -13,7 +13,9 @@ search, as in NVIDIA's pytorch-quantization), ``percentile`` and ``minmax``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import numpy as np
 from ..artifacts import load_onnx
 from ..backends.onnxruntime import open_session
 from ..data import Dataset
+from ..environment import usable_cpus
 from ..errors import BadInputError
 from ..ui import progress
 
@@ -37,15 +40,17 @@ Log = Callable[[str], None]
 
 
 class Scratch:
-    """One reusable index buffer for every histogram of a pass: a fresh array per tensor and batch costs page faults."""
+    """Reusable index buffers for every histogram of a pass, one per thread: a fresh array per tensor and batch
+    costs page faults."""
 
     def __init__(self) -> None:
-        self._index = np.empty(0, np.intp)
+        self._local = threading.local()
 
     def index(self, size: int) -> np.ndarray:
-        if self._index.size < size:
-            self._index = np.empty(size, np.intp)
-        return self._index[:size]
+        buffer = getattr(self._local, "index", None)
+        if buffer is None or buffer.size < size:
+            buffer = self._local.index = np.empty(size, np.intp)
+        return buffer[:size]
 
 
 class AbsHistogram:
@@ -55,22 +60,35 @@ class AbsHistogram:
         self.counts = np.zeros(bins, dtype=np.int64)
         self.limit = 0.0
 
-    def add(self, magnitudes: np.ndarray, amax: float, overwrite: bool = False, scratch: Scratch | None = None) -> None:
-        """Add flat float32 ``|x|`` values whose maximum is ``amax`` (known to the caller already).
+    def add(
+        self,
+        values: np.ndarray,
+        amax: float,
+        overwrite: bool = False,
+        scratch: Scratch | None = None,
+        signed: bool = True,
+    ) -> None:
+        """Add flat float32 ``values`` (their ``|x|`` is counted) whose largest ``|x|`` is ``amax``.
 
-        ``overwrite``: the values may be scaled in place. The bin index is cast straight to the integer
-        type ``np.bincount`` counts in, into ``scratch``'s buffer: no array is allocated per call, and
-        the values at the top edge (``|x| == limit``) are folded into the last bin after counting.
+        ``overwrite``: the values may be scaled in place; ``signed=False``: none is negative, so no
+        ``abs`` pass. Scaling and ``|x|`` are one float32 pass each whose result is truncated straight
+        into ``scratch``'s integer buffer (``trunc(|x| * s) == trunc(|x * s|)`` exactly), the type
+        ``np.bincount`` counts in: no array is allocated per call, and the values at the top edge
+        (``|x| == limit``) are folded into the last bin after counting.
         """
         bins = len(self.counts)
         if amax > self.limit:
             self._grow(amax)
         if self.limit == 0.0:
-            self.counts[0] += magnitudes.size
+            self.counts[0] += values.size
             return
-        scaled = np.multiply(magnitudes, np.float32(bins / self.limit), out=magnitudes if overwrite else None)
-        index = scratch.index(scaled.size) if scratch is not None else np.empty(scaled.size, np.intp)
-        np.copyto(index, scaled, casting="unsafe")  # truncation, as astype
+        scale = np.float32(bins / self.limit)
+        index = scratch.index(values.size) if scratch is not None else np.empty(values.size, np.intp)
+        if signed:
+            scaled = np.multiply(values, scale, out=values if overwrite else None)
+            np.abs(scaled, out=index, casting="unsafe")  # truncation, as astype
+        else:
+            np.multiply(values, scale, out=index, casting="unsafe", dtype=np.float32)
         counts = np.bincount(index, minlength=bins)
         self.counts[: bins - 1] += counts[: bins - 1]
         self.counts[bins - 1] += counts[bins - 1 :].sum()
@@ -157,14 +175,18 @@ class TensorStats:
     def add(self, values: np.ndarray, overwrite: bool = False, scratch: Scratch | None = None) -> None:
         """Fold one batch of ``values`` in; ``overwrite``: the caller's to spoil (the histogram works in place)."""
         low, high = float(values.min()), float(values.max())
+        self.add_range(low, high)
+        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
+            flat = np.ravel(values)  # a view of contiguous values, else a copy (then scaled in place for nothing)
+            amax = max(abs(low), abs(high))
+            self.histogram.add(flat, amax, overwrite=overwrite, scratch=scratch, signed=low < 0)
+
+    def add_range(self, low: float, high: float) -> None:
+        """Fold in one batch's min and max; a NaN in either makes the range NaN for good."""
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
         if math.isnan(low) or math.isnan(high):
             self.minimum = self.maximum = math.nan
-        if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
-            flat = np.ravel(values)  # a view of contiguous values, else a copy: either is ours to spoil
-            magnitudes = np.abs(flat, out=flat if overwrite else None)
-            self.histogram.add(magnitudes, max(abs(low), abs(high)), overwrite=True, scratch=scratch)
 
     @property
     def max_abs(self) -> float:
@@ -219,16 +241,14 @@ def collect_statistics(
 ) -> tuple[dict[str, TensorStats], int]:
     """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
 
-    Every batch's activations are folded into fixed-size statistics and released before the next
-    batch is decoded, so memory depends on the batch size (chosen to fetch about ``batch_bytes``),
-    never on the number of images.
+    A batch's tensors are folded in on a pool of threads, one tensor per task (numpy's passes release the
+    GIL; ONNX Runtime is idle meanwhile), and released before the next batch runs, so memory depends on
+    the batch size (chosen to fetch about ``batch_bytes``), never on the number of images.
     """
     model = load_onnx(model_path)
     tensors, histogram, per_sample = activation_tensors(model)
-    graph_inputs = {value.name for value in model.graph.input}
-    rectified = rectified_outputs(model, [name for name in tensors if name not in graph_inputs])
-    derived = {name for outputs in rectified.values() for name in outputs}
-    fetched = [name for name in tensors if name not in graph_inputs and name not in derived]
+    graph_inputs = [value.name for value in model.graph.input if value.name in tensors]
+    fetched = [name for name in tensors if name not in graph_inputs]
     batches = run_batches(
         model,
         fetched,
@@ -241,39 +261,24 @@ def collect_statistics(
     stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
     scratch = Scratch()
     seen = 0
-    for images, values in batches:
-        for name in graph_inputs & stats.keys():
-            stats[name].add(images, scratch=scratch)
-        for name, value in zip(fetched, values, strict=True):
-            for output in rectified.get(name, ()):  # before the value is spoiled below
-                stats[output].add(np.maximum(value, np.float32(0)), overwrite=True, scratch=scratch)
-            stats[name].add(value, overwrite=True, scratch=scratch)  # fetched for this alone
-        del values
-        seen += len(images)
+
+    def fold(job: tuple[str, np.ndarray, bool]) -> None:
+        name, value, overwrite = job
+        stats[name].add(value, overwrite=overwrite, scratch=scratch)
+
+    with ThreadPoolExecutor(max(1, usable_cpus())) as pool:
+        for images, values in batches:
+            jobs = [(name, value, True) for name, value in zip(fetched, values, strict=True)]  # fetched for this
+            jobs += [(name, images, False) for name in graph_inputs]
+            jobs.sort(key=lambda job: -job[1].size)  # the largest first: the threads finish together
+            for _ in pool.map(fold, jobs):  # raises the first error of any job
+                pass
+            del values, jobs
+            seen += len(images)
     skipped = dataset.skipped_summary()
     if skipped:
         log(f"warning: {skipped}")
     return stats, seen + len(dataset.skipped)
-
-
-def rectified_outputs(model, fetched: list[str]) -> dict[str, list[str]]:
-    """Fetched tensor -> the outputs of the ReLUs that read it: computed from it here instead of fetched.
-
-    ``np.maximum(x, 0)`` is ONNX Runtime's ReLU value for value (NaN stays NaN; only the sign of a zero may
-    differ, which no statistic sees), so their statistics are the ones a fetch would give, and ONNX
-    Runtime hands out about a third fewer tensors per batch.
-    """
-    wanted = set(fetched)
-    relus = {
-        node.output[0]: node.input[0]
-        for node in model.graph.node
-        if node.op_type == "Relu" and node.output[0] in wanted and node.input[0] in wanted
-    }
-    rectified: dict[str, list[str]] = {}
-    for output, source in relus.items():
-        if source not in relus:  # a ReLU of a ReLU's output stays fetched
-            rectified.setdefault(source, []).append(output)
-    return rectified
 
 
 def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:
@@ -292,7 +297,8 @@ def run_batches(
 
     outputs = {value.name for value in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
-    session = open_session(model, origin=model_path)
+    # idle pool threads sleep at once: between runs the caller's numpy work needs the cores they would spin on
+    session = open_session(model, allow_spinning=False, origin=model_path)
     del model
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from resnext_deploy.precision.statistics import (
     TensorStats,
     activation_tensors,
     collect_statistics,
-    rectified_outputs,
     run_batches,
 )
 from resnext_deploy.source import SourceOptions, resolve_source
@@ -138,26 +138,51 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
         assert (stats[name].histogram is not None) == (name in histogram)
 
 
-def test_relu_outputs_computed_from_their_inputs_equal_fetched_ones(tiny_dir: Path) -> None:
-    """ReLU outputs derived from the fetched ReLU inputs have the statistics of fetched ones, bin for bin."""
+@pytest.mark.parametrize("batch", [1, 5])
+def test_threaded_statistics_equal_one_tensor_at_a_time(tiny_dir: Path, batch: int) -> None:
+    """Tensors folded in on the thread pool (shared scratch, in place) give a plain loop's statistics, bin for bin."""
     model_path = tiny_dir / "model.onnx"
     dataset = open_dataset(None, PRE, count=12, seed=4)
-    stats, _consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=1)
+    per_sample = activation_tensors(onnx.load(str(model_path)))[2]
+    stats, _consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=batch * per_sample)
     model = onnx.load(str(model_path))
     tensors, histogram, _per_sample = activation_tensors(model)
     fetched = [t for t in tensors if t != "input"]
-    derived = {out for outs in rectified_outputs(model, fetched).values() for out in outs}
-    assert derived and derived <= set(fetched)
-    reference = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in derived}
-    for _images, values in run_batches(model, fetched, dataset, 1, "", model_path):  # every tensor fetched
+    reference = {t: TensorStats(histogram=AbsHistogram() if t in histogram else None) for t in tensors}
+    for images, values in run_batches(model, fetched, dataset, batch, "", model_path):
+        reference["input"].add(images)
         for name, value in zip(fetched, values, strict=True):
-            if name in reference:
-                reference[name].add(value)
+            reference[name].add(value)
     for name, expected in reference.items():
-        assert (stats[name].minimum, stats[name].maximum) == (expected.minimum, expected.maximum)
+        assert (stats[name].minimum, stats[name].maximum) == (expected.minimum, expected.maximum), name
+        assert (stats[name].histogram is None) == (expected.histogram is None)
         if expected.histogram is not None:
             assert stats[name].histogram.limit == expected.histogram.limit
             np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
+
+
+def test_a_nan_makes_the_range_nan(tmp_path: Path) -> None:
+    """A tensor holding one NaN among zeros has a NaN range (ONNX Runtime's ReduceMin/Max would step over it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = next(open_dataset(None, PRE, count=1, seed=0).batches(1)).images.shape[1:]
+    mask = np.ones(shape, np.float32)
+    mask.flat[100] = np.inf  # x * inf - x * inf: one NaN per sample, zeros elsewhere
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "mask"], ["scaled"]),
+            helper.make_node("Sub", ["scaled", "scaled"], ["holed"]),
+        ],
+        "nan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", *shape])],
+        [helper.make_tensor_value_info("holed", TensorProto.FLOAT, ["n", *shape])],
+        [numpy_helper.from_array(mask, "mask")],
+    )
+    path = tmp_path / "nan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    stats, _consumed = collect_statistics(path, open_dataset(None, PRE, count=4, seed=0), log=lambda _m: None)
+    assert np.isnan(stats["holed"].minimum) and np.isnan(stats["holed"].maximum)
+    assert stats["scaled"].minimum == -math.inf and stats["scaled"].maximum == math.inf
 
 
 # ----------------------------------------------------------------------------------------------
