@@ -26,6 +26,7 @@ import typer
 from .artifacts.precisions import Precision
 from .errors import BadInputError
 from .logs import log
+from .precision.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ PRECISION = Group(
             Path,
         ),
         Flag("calib_count", "--calib-count", "Calibration images, seeded, class-balanced.", int),
-        Flag("calib_method", "--calib-method", "Calibration method.", Literal["entropy", "minmax", "percentile"]),
+        Flag("calib_method", "--calib-method", "Calibration method.", Literal[METHODS]),  # type: ignore[valid-type]
         Flag("percentile", "--percentile", "For --calib-method percentile.", float),
         Flag("exclude", "--exclude", "Node-name glob left unquantized (repeatable).", list[str], tuple),
         Flag("high_precision", "--high-precision", "What INT8 leaves unquantized runs in.", Literal["fp16", "fp32"]),

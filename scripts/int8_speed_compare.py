@@ -172,14 +172,16 @@ PEERS = {"nncf": nncf_file, "modelopt": modelopt_file}
 
 def s8s8_file(directory: Path) -> Path:
     """model.int8.ort.onnx's placement with int8 activations (S8S8), from the same directory's calibration."""
-    from resnext_deploy.artifacts import CALIBRATION_NAME, read_json
-    from resnext_deploy.precision.calibration import Calibration
+    from resnext_deploy.artifacts import CALIBRATION_NAME
+    from resnext_deploy.precision.calibration import read_calibration
     from resnext_deploy.precision.graph import load_prepared, save_model
     from resnext_deploy.precision.int8_ort import int8_ort_model
 
     target = directory / "model.int8.ort.s8s8.onnx"
     if not target.exists():
-        calibration = Calibration.from_dict(read_json(directory / CALIBRATION_NAME))
+        calibration = read_calibration(directory / CALIBRATION_NAME)
+        if calibration is None:
+            raise SystemExit(f"{directory / CALIBRATION_NAME} is missing or of another format: run build-trt --int8")
         model, _plan = int8_ort_model(load_prepared(directory / "model.onnx"), calibration, activation_type="int8")
         save_model(model, target)
     return target

@@ -362,7 +362,8 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 def calibration_of(model: onnx.ModelProto, x: np.ndarray, **overrides: tuple[float, float]):
     """A Calibration holding each float tensor's range on ``x``, as calibration would record it; ``overrides``
     replace a tensor's (min, max), to plant an overflow or a NaN."""
-    from resnext_deploy.precision.calibration import Calibration
+    from resnext_deploy.precision.calibration import Calibration, TensorRange
+    from resnext_deploy.precision.methods import CalibrationMethod
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -373,8 +374,8 @@ def calibration_of(model: onnx.ModelProto, x: np.ndarray, **overrides: tuple[flo
     values = {probe.graph.input[0].name: x, **run_onnx(probe, x)}
     ranges = {name: (float(value.min()), float(value.max())) for name, value in values.items()}
     ranges.update(overrides)
-    tensors = {name: {"min": lo, "max": hi, "amax": max(abs(lo), abs(hi))} for name, (lo, hi) in ranges.items()}
-    return Calibration("", "", "random inputs", len(x), len(x), "minmax", 99.99, tensors)
+    tensors = {name: TensorRange(lo, hi, amax=max(abs(lo), abs(hi))) for name, (lo, hi) in ranges.items()}
+    return Calibration("", "", "random inputs", len(x), len(x), CalibrationMethod.MINMAX, 99.99, tensors)
 
 
 STAND_IN_GPU = GpuInfo("Stand-in GPU", "8.6", "550.0", "12.4")

@@ -77,11 +77,11 @@ def int8_ort_model(
     scales: dict[str, float] = {}  # quantized tensor -> its scale (the bias scale needs it)
     for tensor, consumers in slots.items():
         ranged = pooled.get(tensor, tensor)  # a MaxPool input is quantized like the MaxPool's output
-        entry = calibration.tensors.get(ranged, {})
+        entry = calibration.range(ranged)
         # a tensor only this placement quantizes (a GlobalAveragePool's input) may have no clip in an older
         # calibration.json: then its min/max range
-        amax = calibration.amax(ranged) if "amax" in entry or not entry else calibration.max_abs(ranged)
-        scale, zero = activation_quantization(amax, entry.get("min", -1.0) >= 0.0, activation_type)
+        amax = entry.max_abs if entry.amax is None else entry.amax
+        scale, zero = activation_quantization(amax, entry.min >= 0.0, activation_type)
         scales[tensor] = float(scale)
         new_inits += [
             numpy_helper.from_array(scale, f"{tensor}_scale"),

@@ -12,9 +12,18 @@ import onnxruntime as ort
 import pytest
 from helpers import noise_images
 
+from resnext_deploy.artifacts import write_json
 from resnext_deploy.data import open_dataset
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.precision.calibration import CALIBRATION_NAME, calibrate
+from resnext_deploy.precision.calibration import (
+    CALIBRATION_NAME,
+    Calibration,
+    TensorRange,
+    calibrate,
+    calibration_json,
+    read_calibration,
+)
+from resnext_deploy.precision.methods import CalibrationMethod
 from resnext_deploy.precision.split import check_share, split_datasets
 from resnext_deploy.precision.statistics import (
     NUM_BINS,
@@ -25,6 +34,7 @@ from resnext_deploy.precision.statistics import (
     collect_statistics,
     run_batches,
 )
+from resnext_deploy.serde import decode
 from resnext_deploy.source import SourceOptions, resolve_source
 
 TINY = resolve_source(SourceOptions("resnext_tiny"))
@@ -224,6 +234,66 @@ def test_calibration_is_saved_reused_and_recomputed_when_stale(tiny_dir: Path, t
     messages.clear()
     calibrate(tiny_dir, model_path, open_dataset(folder, PRE, count=6, seed=0), "minmax", log=messages.append)
     assert "stale (it is unreadable)" in messages[0]
+
+
+def test_calibration_json_reads_back_as_the_record_it_was_written_from(tiny_dir: Path, tmp_path: Path) -> None:
+    dataset = open_dataset(noise_images(tmp_path / "calib", 8), PRE, seed=0)
+    written = calibrate(tiny_dir, tiny_dir / "model.onnx", dataset, "percentile", log=lambda _m: None)
+    path = tiny_dir / CALIBRATION_NAME
+    assert read_calibration(path) == written and written.method is CalibrationMethod.PERCENTILE
+    saved = json.loads(path.read_text())
+    assert saved["method"] == "percentile" and saved["format"] == 2
+    clipped = [entry for entry in saved["tensors"].values() if "amax" in entry]
+    assert clipped and all(entry["amax"] == entry["amax_percentile"] for entry in clipped)
+    plain = [name for name, entry in saved["tensors"].items() if "amax" not in entry]  # no histogram: min/max only
+    assert plain and all(saved["tensors"][name].keys() == {"min", "max"} for name in plain)  # never null clips
+    assert all(written.tensors[name].amax is None for name in plain)
+    minmax = written.with_method("minmax")
+    assert all(minmax.amax(name) == entry.amax_minmax for name, entry in written.tensors.items() if entry.amax)
+
+
+def test_a_nan_range_round_trips_and_is_refused_on_reuse(tmp_path: Path) -> None:
+    """A tensor with NaN gets a NaN range (write_json keeps NaN); read back, it is what calibration never reuses."""
+    tensors = {"x": TensorRange(math.nan, math.nan), "y": TensorRange(-math.inf, math.inf)}
+    record = Calibration("sha", "f", "d", 1, 1, CalibrationMethod.ENTROPY, 99.99, tensors)
+    path = tmp_path / CALIBRATION_NAME
+    write_json(path, calibration_json(record))
+    back = decode(Calibration, json.loads(path.read_text()))
+    assert math.isnan(back.tensors["x"].min) and math.isnan(back.tensors["x"].max)
+    assert back.tensors["y"] == tensors["y"] and back.count == 1
+    with pytest.raises(BadInputError, match=r"has tensor 'x' with values that are not finite numbers; it is a cache"):
+        read_calibration(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda data: data.update(count="many"), "has count: expected an integer, got str"),
+        (lambda data: data.update(method="kl"), "has method: expected one of 'entropy', 'minmax', 'percentile'"),
+        (lambda data: data["tensors"]["input"].update(min="0"), "has tensors['input'].min: expected a number, got str"),
+        (lambda data: data["tensors"]["input"].update(min=[[1.0]]), "has tensors['input'].min: expected a number"),
+        (lambda data: data["tensors"].update(input=3), "has tensors['input']: expected an object"),
+        (lambda data: data["tensors"]["input"].update(min=5.0, max=1.0), "'input' without a valid min <= max"),
+        (lambda data: data.update(consumed=-1), "has a count that is not a non-negative integer"),
+    ],
+)
+def test_a_hand_edited_calibration_json_is_one_line_naming_the_field(tmp_path: Path, edit, named: str) -> None:
+    record = Calibration("sha", "f", "d", 2, 2, CalibrationMethod.MINMAX, 99.99, {"input": TensorRange(0.0, 1.0)})
+    data = calibration_json(record)
+    edit(data)
+    path = tmp_path / CALIBRATION_NAME
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadInputError) as caught:
+        read_calibration(path)
+    message = str(caught.value)
+    assert named in message and str(path) in message and "delete it (rm " in message and "\n" not in message
+
+
+def test_a_calibration_json_of_another_format_is_recomputed_not_refused(tmp_path: Path) -> None:
+    path = tmp_path / CALIBRATION_NAME
+    for text in ("{not json", "[]", json.dumps({"format": 1, "tensors": {"x": {"amax": 1.0}}})):
+        path.write_text(text)
+        assert read_calibration(path) is None
 
 
 def test_bad_method_and_percentile(tiny_dir: Path) -> None:

@@ -80,7 +80,7 @@ def test_it_has_tensorrts_sites_weights_and_clips(tmp_path: Path) -> None:
     assert shared and set(trt_scales) <= set(ort_scales)
     for tensor in shared:
         (trt_scale, _), (ort_scale, zero) = trt_scales[tensor], ort_scales[tensor]
-        levels = 255 if zero in (0, -128) and calibration.tensors[tensor]["min"] >= 0 else INT8_MAX
+        levels = 255 if zero in (0, -128) and calibration.tensors[tensor].min >= 0 else INT8_MAX
         assert trt_scale * INT8_MAX == pytest.approx(calibration.amax(tensor), rel=1e-6)
         assert ort_scale * levels == pytest.approx(calibration.amax(tensor), rel=1e-6)
 

@@ -7,8 +7,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from resnext_deploy.precision.calibration import Calibration
+from resnext_deploy.precision.calibration import Calibration, TensorRange
 from resnext_deploy.precision.int8 import graph_quantization, int8_model, qdq_plan
+from resnext_deploy.precision.methods import CalibrationMethod
 
 
 def _stem_model() -> onnx.ModelProto:
@@ -35,8 +36,8 @@ def _stem_model() -> onnx.ModelProto:
 
 
 def _calibration(amax: dict[str, float]) -> Calibration:
-    tensors = {name: {"amax": value, "min": 0.0, "max": value} for name, value in amax.items()}
-    return Calibration("sha", "fingerprint", "test", 1, 1, "minmax", 99.99, tensors)
+    tensors = {name: TensorRange(min=0.0, max=value, amax=value) for name, value in amax.items()}
+    return Calibration("sha", "fingerprint", "test", 1, 1, CalibrationMethod.MINMAX, 99.99, tensors)
 
 
 def _run(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:

@@ -212,7 +212,7 @@ def test_fp16_graph_and_parity(tiny_dir: Path) -> None:
 
 
 def _bump(calibration, tensor: str, value: float) -> None:
-    calibration.tensors[tensor]["max"] = value
+    calibration.tensors[tensor].max = value
 
 
 def test_fp16_keeps_overflowing_nodes_in_fp32(tiny_dir: Path) -> None:
