@@ -31,7 +31,7 @@ class TensorRange:
     """One tensor's range on the calibration data, like ONNX Runtime's ``TensorData``.
 
     A tensor with a histogram also has every method's clip (``|x|`` above it saturates) and the chosen one
-    (``amax``); one without (a graph input, say) is quantized by its min and max.
+    (``amax``); one without (it feeds no quantized op, a graph output say) has its min and max only.
     """
 
     min: float
@@ -195,7 +195,7 @@ def calibrate(
     if path.exists():
         saved = read_calibration(path)
         reason = "it is unreadable" if saved is None else saved.stale_reason(model_sha, dataset, method, percentile)
-        if reason is None:
+        if saved is not None and reason is None:
             log(f"reusing {path} ({saved.method}, {saved.count} samples of {saved.description})")
             return saved
         log(f"{path} is stale ({reason}); calibrating again")
