@@ -131,37 +131,69 @@ class AbsHistogram:
         As in NVIDIA's pytorch-quantization, bin 0 is set to bin 1's count first, so that the mass of
         exact zeros after a ReLU does not decide the threshold, and the last of equal minima wins.
         """
-        counts = self.counts.astype(np.float64)
+        counts = self.counts.copy()
         if counts.sum() == 0 or self.limit == 0.0:
             return 0.0
         counts[0] = counts[1]
-        tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = counts[i:].sum()
-        best_i, best_kl = len(counts), math.inf
-        for i in range(quantized_bins, len(counts) + 1):
-            head = counts[:i]
-            reference = head.copy()
-            reference[-1] += tail[i]
-            group = np.arange(i) * quantized_bins // i
-            nonzero = head != 0
-            sums = np.bincount(group, weights=head, minlength=quantized_bins)
-            members = np.bincount(group, weights=nonzero, minlength=quantized_bins)
-            average = np.divide(sums, members, out=np.zeros_like(sums), where=members > 0)
-            candidate = np.where(nonzero, average[group], 0.0)
-            kl = _kl_divergence(reference, candidate)
-            if kl <= best_kl:
-                best_i, best_kl = i, kl
-        return self.edge(best_i)
+        if len(counts) < quantized_bins:
+            return self.edge(len(counts))
+        divergences = _clip_divergences(counts, quantized_bins)
+        return self.edge(quantized_bins + int(np.flatnonzero(divergences == divergences.min())[-1]))
 
 
-def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    p_total, q_total = p.sum(), q.sum()
-    if p_total == 0 or q_total == 0:
-        return math.inf
-    p, q = p / p_total, q / q_total
-    support = p > 0
-    if np.any(q[support] == 0):
-        return math.inf
-    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+def _clip_divergences(counts: np.ndarray, quantized_bins: int) -> np.ndarray:
+    """KL(P || Q) of every clip bin ``i`` from ``quantized_bins`` to ``len(counts)``, at index ``i - quantized_bins``.
+
+    For clip ``i``, P is ``counts[:i]`` with the tail ``counts[i:]`` folded into its last bin; Q puts bin
+    ``k`` in group ``k * quantized_bins // i`` (a run of bins) and gives it the group's mean over its
+    nonzero bins, 0 where the bin is 0. With Q's sum equal to the head's,
+    ``KL = (sum p log p - sum p log q) / |P| + log(|head| / |P|)``, and ``sum p log q`` is, per group,
+    the group's sum times the log of its mean: prefix sums of the counts (exact) give every clip's group sums and
+    nonzero counts, a (clips x groups) array instead of a loop over clips. Infinite where P has mass
+    and Q none (an empty head, or a tail folded into an empty last bin). A KL that is 0 (no tail, each
+    group's nonzero bins equal) is set to exactly 0, as the bin by bin sum found it, so that ties at 0
+    still go to the last clip.
+    """
+    bins = len(counts)
+    clips = np.arange(quantized_bins, bins + 1)
+    # group j of a clip: its bins from bounds[j] up to bounds[j + 1], ceil(j * clip / quantized_bins)
+    bounds = -(-clips[:, None] * np.arange(quantized_bins + 1) // quantized_bins)
+    starts, ends = bounds[:, :-1], bounds[:, 1:]
+    nonzero = counts > 0
+    values = counts.astype(np.float64)
+    prefix = np.concatenate([[0.0], np.cumsum(values)])  # sums of integer counts: exact below 2**53
+    group_sums = prefix[ends] - prefix[starts]
+    members = np.concatenate([[0], np.cumsum(nonzero)])
+    group_members = members[ends] - members[starts]
+    log_means = np.log(np.divide(group_sums, group_members, out=np.ones_like(group_sums), where=group_members > 0))
+    x_log_x = values * np.log(values, out=np.zeros(bins), where=nonzero)
+    head = prefix[clips]
+    total = prefix[-1]
+    tail = total - head
+    last = values[clips - 1]
+    folded = last + tail
+    p_log_p = (
+        np.concatenate([[0.0], np.cumsum(x_log_x)])[clips]
+        - x_log_x[clips - 1]
+        + folded * np.log(folded, out=np.zeros_like(folded), where=folded > 0)
+    )
+    p_log_q = (group_sums * log_means).sum(axis=1) + tail * log_means[:, -1]
+    infinite = (head == 0) | ((last == 0) & (tail > 0)) | (total == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        divergences = (p_log_p - p_log_q) / total + np.log(head / total)
+    divergences[infinite] = math.inf
+    # 0 exactly where no tail is folded and no group holds two unequal nonzero bins: count, per group,
+    # the consecutive nonzero bins of unequal counts that both lie in it (breaks[a]: a and the next differ)
+    positions = np.flatnonzero(nonzero)
+    breaks = np.zeros(bins + 1, np.int64)
+    breaks[positions[:-1] + 1] = counts[positions[:-1]] != counts[positions[1:]]
+    breaks = np.cumsum(breaks)  # breaks[a]: unequal pairs starting before bin a
+    last_nonzero = np.maximum.accumulate(np.where(nonzero, np.arange(bins), -1))
+    untailed = np.flatnonzero((tail == 0) & (head > 0))  # usually few clips: those past the last nonzero bin
+    pairs_end = np.maximum(last_nonzero[ends[untailed] - 1], starts[untailed])  # pairs start before the last one
+    uniform = (breaks[pairs_end] == breaks[starts[untailed]]).all(axis=1)
+    divergences[untailed[uniform]] = 0.0
+    return divergences
 
 
 @dataclass
