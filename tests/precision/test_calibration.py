@@ -161,6 +161,25 @@ def test_threaded_statistics_equal_one_tensor_at_a_time(tiny_dir: Path, batch: i
             np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
 
 
+def test_reused_output_buffers_hold_each_batchs_own_activations(tiny_dir: Path) -> None:
+    """run_batches' IO-bound outputs (the same arrays every batch, a new set for the short last batch) equal a
+    fresh session.run of the same batch, for every tensor and every batch."""
+    model_path = tiny_dir / "model.onnx"
+    dataset = open_dataset(None, PRE, count=12, seed=5)
+    model = onnx.load(str(model_path))
+    fetched = [t for t in activation_tensors(model)[0] if t != "input"]
+    probe = onnx.load(str(model_path))
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetched if t != "logits")
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sizes, addresses = [], set()
+    for images, values in run_batches(model, fetched, dataset, 5, "", model_path):
+        sizes.append(len(images))
+        addresses.add(values[0].ctypes.data)
+        for name, value, expected in zip(fetched, values, session.run(fetched, {"input": images}), strict=True):
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert sizes == [5, 5, 2] and len(addresses) == 2  # the two full batches shared their buffers
+
+
 def test_a_nan_makes_the_range_nan(tmp_path: Path) -> None:
     """A tensor holding one NaN among zeros has a NaN range (ONNX Runtime's ReduceMin/Max would step over it)."""
     from onnx import TensorProto, helper, numpy_helper
