@@ -8,9 +8,7 @@ Exports ``--arch`` with seeded random weights into ``--dir`` when it holds no mo
 
 * ``plain``: an ONNX Runtime session on model.onnx fetching the logits only, over the images at
   ``--batch-size`` (what "the forward passes" cost);
-* ``fetch``: the same loop fetching every activation with ``session.run``, as a user would (no statistics);
-* ``fetch (io binding)``: the same fetch as calibration does it, ONNX Runtime writing every batch's
-  activations into the same arrays (:func:`~resnext_deploy.precision.statistics.run_batches`);
+* ``fetch``: the same loop fetching every activation, as calibration must (no statistics);
 * ``calibration``: :func:`~resnext_deploy.precision.statistics.collect_statistics` at the same batch
   size, every statistic every method needs (min/max, the |x| histograms for entropy and percentile).
 
@@ -32,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -115,21 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             session.run(None, {session.get_inputs()[0].name: batch.images})
 
     def fetch() -> None:
-        model = load_onnx(model_path)
-        outputs = {value.name for value in model.graph.output}
-        model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
-        session = open_session(model, allow_spinning=False)
-        for batch in dataset.batches(args.batch_size):
-            session.run(fetched, {session.get_inputs()[0].name: batch.images})
-
-    def fetch_bound() -> None:
         for _images, values in run_batches(load_onnx(model_path), fetched, dataset, args.batch_size, "", model_path):
             del values
 
     def calibration() -> None:
         collect_statistics(model_path, dataset, lambda _line: None, batch_bytes=batch_bytes)
 
-    steps = {"plain": plain, "fetch": fetch, "fetch (io binding)": fetch_bound, "calibration": calibration}
+    steps = {"plain": plain, "fetch": fetch, "calibration": calibration}
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     for round_index in range(args.rounds):
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     where = machine()
     print(f"{args.count} images at batch {args.batch_size}, {len(fetched)} activations fetched; {where}")
     for name, seconds in medians.items():
-        print(f"{name:18s} {seconds:8.2f} s  {seconds / medians['plain']:5.2f}x plain")
+        print(f"{name:12s} {seconds:8.2f} s  {seconds / medians['plain']:5.2f}x plain")
     if args.json:
         args.json.write_text(json.dumps({"machine": where, "seconds": times, "median": medians}, indent=2))
     return 0

@@ -309,9 +309,7 @@ def run_batches(
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """Yield each batch's images and the ``fetched`` tensors of ``model`` (a ModelProto, changed: they become outputs).
 
-    The fetched arrays are reused: ONNX Runtime writes the next batch into them, so they are valid until the
-    next batch is asked for (copy what must outlive it). A model with a fixed batch size is fed padded
-    batches, and the padding's values are dropped.
+    A model with a fixed batch size is fed padded batches, and the padding's values are dropped.
     """
     import onnx
 
@@ -325,7 +323,6 @@ def run_batches(
         raise BadInputError(f"{model_path} must have one NCHW image input; found {[i.name for i in inputs]}")
     feed = inputs[0]
     static_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
-    run = ReusedOutputs(session, feed.name, fetched)
     with progress(dataset.count, what) as advance:
         for batch in dataset.batches(static_batch or size):
             images = batch.images
@@ -333,41 +330,10 @@ def run_batches(
             real = len(images)
             if static_batch and real < static_batch:  # pad, then drop the padding's activations
                 images = np.concatenate([images, np.zeros((static_batch - real, *images.shape[1:]), images.dtype)])
-            values = run(images) if fetched else []  # none: ORT would run them all
-            yield images[:real], [value[:real] for value in values]
+            values = session.run(fetched, {feed.name: images}) if fetched else []  # none: ORT would run them all
+            yield images[:real], [np.asarray(value)[:real] for value in values]
             del values
             advance(real)
-
-
-class ReusedOutputs:
-    """Runs of ``session`` that write ``fetched`` into the same arrays batch after batch (ONNX Runtime's IO binding).
-
-    ``session.run`` copies each output into a fresh array: for calibration's hundreds of MB per batch that
-    copy and its page faults cost about as much as the forward pass. The first run at an input shape is a
-    plain one; its outputs become the buffers every later run at that shape writes into (an image model's
-    output shapes follow its input's).
-    """
-
-    def __init__(self, session: Any, feed: str, fetched: list[str]) -> None:
-        self.session = session
-        self.feed = feed
-        self.fetched = fetched
-        self.binding = session.io_binding()
-        self.shape: tuple[int, ...] | None = None
-        self.buffers: list[np.ndarray] = []
-
-    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
-        images = np.ascontiguousarray(images)
-        if images.shape != self.shape:
-            self.buffers = [np.ascontiguousarray(v) for v in self.session.run(self.fetched, {self.feed: images})]
-            self.shape = images.shape
-            self.binding.clear_binding_outputs()
-            for name, buffer in zip(self.fetched, self.buffers, strict=True):
-                self.binding.bind_output(name, "cpu", 0, buffer.dtype, buffer.shape, buffer.ctypes.data)
-            return self.buffers
-        self.binding.bind_cpu_input(self.feed, images)
-        self.session.run_with_iobinding(self.binding)
-        return self.buffers
 
 
 def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:
