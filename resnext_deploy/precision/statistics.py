@@ -243,7 +243,7 @@ def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
     for node in model.graph.node:  # Constant nodes and Identity of an initializer are constants too
         if node.op_type == "Constant" or (node.input and all(name in constant for name in node.input if name)):
             constant.update(node.output)
-    inferred = shape_inference.infer_shapes(model).graph
+    inferred = shape_inference.infer_shapes(_without_weights(model)).graph
     types = {value.name: value.type.tensor_type for value in [*inferred.input, *inferred.value_info, *inferred.output]}
     names = [value.name for value in model.graph.input] + [name for node in model.graph.node for name in node.output]
     tensors = [
@@ -263,6 +263,24 @@ def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
             break
         per_sample += 4 * math.prod(dims)
     return tensors, [name for name in tensors if name in histogram], per_sample
+
+
+def _without_weights(model):
+    """A copy of ``model`` whose large initializers keep their type and dims but not their values.
+
+    Shape inference serializes the model it is given and parses back its result: with the weights that is
+    most of a second for ResNeXt-50, without them milliseconds. Small initializers (a Reshape's shape, a
+    Resize's scales) keep their values: output shapes may depend on them.
+    """
+    from onnx import ModelProto
+
+    light = ModelProto()
+    light.CopyFrom(model)
+    for tensor in light.graph.initializer:
+        if math.prod(tensor.dims) >= 1024:
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                tensor.ClearField(field)
+    return light
 
 
 def collect_statistics(

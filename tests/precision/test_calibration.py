@@ -171,6 +171,20 @@ def test_threaded_statistics_equal_one_tensor_at_a_time(tiny_dir: Path, batch: i
             np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
 
 
+def test_shapes_inferred_without_the_weights_are_those_with_them(tiny_dir: Path) -> None:
+    """activation_tensors infers shapes on a weight-less copy: the same byte count, and the model keeps its weights."""
+    from onnx import shape_inference
+
+    model = onnx.load(str(tiny_dir / "model.onnx"))
+    weights = [tensor.SerializeToString() for tensor in model.graph.initializer]
+    assert max(map(len, weights)) > 4096  # some are stripped in the copy
+    tensors, _histogram, per_sample = activation_tensors(model)
+    assert [tensor.SerializeToString() for tensor in model.graph.initializer] == weights
+    inferred = shape_inference.infer_shapes(model).graph
+    shapes = {v.name: v.type.tensor_type.shape for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+    assert per_sample == sum(4 * math.prod(d.dim_value for d in shapes[name].dim[1:]) for name in tensors)
+
+
 def test_a_nan_makes_the_range_nan(tmp_path: Path) -> None:
     """A tensor holding one NaN among zeros has a NaN range (ONNX Runtime's ReduceMin/Max would step over it)."""
     from onnx import TensorProto, helper, numpy_helper
