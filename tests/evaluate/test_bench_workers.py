@@ -140,6 +140,36 @@ def ballast() -> Iterator[BallastBackend]:
     unregister(backend.name)
 
 
+class SlowOpenRunner(BallastRunner):
+    """A test-only runner that takes ``seconds`` to open, as OpenVINO compiling a large INT8 graph on a busy CPU."""
+
+    def __init__(self, seconds: float) -> None:
+        time.sleep(seconds)
+        super().__init__(1)
+
+
+class SlowOpenBackend(BallastBackend):
+    name = "slowopen"
+    description = "test-only: a runner that opens slowly"
+
+    def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
+        return [Candidate(self.name, "fp32", "cpu", None, functools.partial(SlowOpenRunner, 5.0))]
+
+
+@pytest.mark.slow  # bench's worker processes
+def test_a_runner_slow_to_open_is_measured_not_failed(art: Path, tmp_path: Path) -> None:
+    """Opening is not timed: a runner that opens after the budget's margin (2 s here) is waited for, not killed."""
+    backend = register(SlowOpenBackend())
+    try:
+        directory = copy_dir(art, tmp_path / "d")
+        args = ["bench", "--dir", str(directory), "--backends", "slowopen", "--duration", "0.05", "--budget", "1"]
+        assert main([*args, *SHORT]) == ExitCode.OK
+        data = json.loads((directory / "bench.json").read_text())
+        assert data["failed"] == [] and [row["backend"] for row in data["results"]] == ["slowopen"]
+    finally:
+        unregister(backend.name)
+
+
 @pytest.mark.slow  # bench's worker processes
 def test_peak_memory_is_the_workers_own_not_the_parents(art: Path, tmp_path: Path, ballast: BallastBackend) -> None:
     """The parent's high-water mark is pushed to 600 MB first; a worker that allocates 200 MB reports ~200 MB."""

@@ -58,6 +58,9 @@ PLAN_SHARE = 0.85
 # at least REPLY_MARGIN_MIN_S, and at least the planned time again (a call twice as slow as planned is not a hang).
 REPLY_MARGIN_SHARE = 0.1
 REPLY_MARGIN_MIN_S = 2.0
+# Opening compiles the model (OpenVINO's INT8 ResNeXt-50 takes seconds, several times that on a loaded machine) and
+# is not timed: a runner still opening after this long is hung, not slow, whatever is left of --budget.
+OPEN_TIMEOUT_MIN_S = 60.0
 # Without --pause-ms, bench waits after each slice until the worker is quiet (machine.quiet_after), at most
 # QUIET_LIMIT_S; the plan expects PAUSE_FACTOR x the wait measured after the worker's warm-up.
 PAUSE_FACTOR = 2.0
@@ -102,6 +105,10 @@ class _Run:
     def left_s(self) -> float:
         """What is left of the budget, or the reply margin where less is."""
         return max(reply_margin(self.settings), self.settings.budget_s - (time.monotonic() - self.started))
+
+    def open_s(self) -> float:
+        """How long a runner may take to open: what is left of the budget, at least :data:`OPEN_TIMEOUT_MIN_S`."""
+        return max(OPEN_TIMEOUT_MIN_S, self.left_s())
 
     def nothing_to_bench(self) -> BadInputError:
         reasons = "; ".join(f"{s.label}: {s.reason}" for s in self.skipped)
@@ -240,7 +247,7 @@ def _open_runners(run: _Run) -> None:
     with ui_progress(len(run.workers), "opening runners", unit="runners") as advance:
         for candidate, worker in run.workers:
             try:
-                run.opened.append((candidate, worker, worker.open(timeout_s=run.left_s())))
+                run.opened.append((candidate, worker, worker.open(timeout_s=run.open_s())))
             except WorkerError as exc:
                 worker.kill()
                 if exc.lost:
@@ -256,7 +263,7 @@ def _open_runners(run: _Run) -> None:
 def _measure_opened(run: _Run, probe: RunnerProcess, log: Callable[[str], None], progress: bool) -> _Measured:
     """The noise probe, the warm-up, the plan, then the interleaved rounds; units whose worker was lost are out."""
     settings = run.settings
-    start_spread, control, workload, call_spread = measure_noise(probe, settings, open_s=run.left_s())
+    start_spread, control, workload, call_spread = measure_noise(probe, settings, open_s=run.open_s())
     monitor = LoadMonitor()
     before = load_average()
     units = _warm_up(run.opened, settings, run.skipped, run.failed, progress, run.image_size)
