@@ -87,12 +87,16 @@ def test_the_knob_is_checked_and_reaches_the_candidates(tiny_dir: Path, shift: S
         discover_runners(tiny_dir, ["shift"], options={"shift": {"scale": 1.0}})
 
 
-def test_the_knob_is_a_flag_of_verify_and_bench(tiny_dir: Path, shift: ShiftBackend, capsys) -> None:
+def test_the_knob_is_a_flag_of_verify(tiny_dir: Path, shift: ShiftBackend, capsys) -> None:
     base = ["--dir", str(tiny_dir), "--backends", "shift"]
     assert main(["verify", *base, "--count", "4"]) == ExitCode.OK
     assert main(["verify", *base, "--count", "4", "--shift-by", "3"]) == ExitCode.VERIFY_FAILED
     [row] = _rows(tiny_dir / "verify.json")
     assert not row["passed"] and row["max_abs"] == pytest.approx(3.0, abs=1e-4)
+
+
+@pytest.mark.slow  # bench opens each runner in a process of its own
+def test_the_knob_is_a_flag_of_bench(tiny_dir: Path, shift: ShiftBackend, capsys) -> None:
     assert main(["bench", "--dir", str(tiny_dir), "--backends", "torch,shift", "--shift-by", "0.5", *QUICK_BENCH]) == 0
     [row] = _rows(tiny_dir / "bench.json")
     assert row["options"]["shift"] == 0.5 and row["median_ms"] > 0
@@ -101,6 +105,7 @@ def test_the_knob_is_a_flag_of_verify_and_bench(tiny_dir: Path, shift: ShiftBack
     assert "--shift-by" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a pipeline: export, verify, bench in child processes
 def test_pipeline_builds_verifies_and_benches_with_the_knob(tmp_path: Path, shift: ShiftBackend) -> None:
     directory = tmp_path / "run"
     args = ["--arch", "resnext_tiny", "--calib-dir", str(DEMO_CALIB), "--calib-count", "32", "--count", "32"]
