@@ -87,7 +87,7 @@ def test_the_knob_is_checked_and_reaches_the_candidates(tiny_dir: Path, shift: S
         discover_runners(tiny_dir, ["shift"], options={"shift": {"scale": 1.0}})
 
 
-def test_the_knob_is_a_flag_of_verify(tiny_dir: Path, shift: ShiftBackend, capsys) -> None:
+def test_the_knob_is_a_flag_of_verify(tiny_dir: Path, shift: ShiftBackend) -> None:
     base = ["--dir", str(tiny_dir), "--backends", "shift"]
     assert main(["verify", *base, "--count", "4"]) == ExitCode.OK
     assert main(["verify", *base, "--count", "4", "--shift-by", "3"]) == ExitCode.VERIFY_FAILED
