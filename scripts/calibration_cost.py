@@ -8,7 +8,7 @@ Exports ``--arch`` with seeded random weights into ``--dir`` when it holds no mo
 
 * ``plain``: an ONNX Runtime session on model.onnx fetching the logits only, over the images at
   ``--batch-size`` (what "the forward passes" cost);
-* ``fetch``: the same loop fetching every activation, as calibration must (no statistics);
+* ``fetch``: the same loop fetching the activations calibration reads, as it does (no statistics);
 * ``calibration``: :func:`~resnext_deploy.precision.statistics.collect_statistics` at the same batch
   size, every statistic every method needs (min/max, the |x| histograms for entropy and percentile).
 
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.dir / "model.onnx"
     dataset = open_dataset(images, recorded_source(Manifest(args.dir)).preprocessing, args.count)
     model = load_onnx(model_path)
-    tensors, _histogram, per_sample = activation_tensors(model)
-    fetched = [name for name in tensors if name not in {value.name for value in model.graph.input}]
-    batch_bytes = (per_sample or 1) * args.batch_size
+    found = activation_tensors(model)
+    fetched = [name for name in found.names if name not in {value.name for value in model.graph.input}]
+    batch_bytes = (found.per_sample or 1) * args.batch_size
 
     def plain() -> None:
         session = open_session(model_path)
@@ -112,7 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             session.run(None, {session.get_inputs()[0].name: batch.images})
 
     def fetch() -> None:
-        for _images, values in run_batches(load_onnx(model_path), fetched, dataset, args.batch_size, "", model_path):
+        serialized = model_path.read_bytes()
+        batches = run_batches(
+            load_onnx(model_path),
+            fetched,
+            dataset,
+            args.batch_size,
+            "",
+            model_path,
+            serialized=serialized,
+            shapes=found.shapes,
+        )
+        for _images, values in batches:
             del values
 
     def calibration() -> None:

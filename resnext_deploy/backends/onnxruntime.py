@@ -86,6 +86,7 @@ def open_session(
     allow_spinning: bool = True,
     provider: str = ORT_PROVIDERS["cpu"],
     optimize: bool = True,
+    memory_pattern: bool = True,
     profile_prefix: str | Path | None = None,
     origin: str | Path | None = None,
 ) -> Any:
@@ -93,6 +94,7 @@ def open_session(
 
     It takes :func:`session_options` (log level, thread cap, spinning; telemetry is off since the package
     imported). ``optimize=False`` turns ONNX Runtime's graph rewrites off, so that the graph runs as written;
+    ``memory_pattern=False`` its memory pattern (one block per run, planned from the first run);
     ``profile_prefix`` turns its profiler on, writing there. A model ONNX Runtime cannot load is bad input,
     naming ``origin`` (the file a ModelProto came from), else the path.
     """
@@ -101,6 +103,7 @@ def open_session(
     options = session_options(threads, allow_spinning)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_mem_pattern = memory_pattern
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)

@@ -103,18 +103,15 @@ def output_shift(
 
 def input_means(model, scales: dict[str, float], dataset: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per channel (axis 1), the mean of each tensor in ``scales`` and of its INT8 value at that scale."""
-    import onnx
-
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    graph_inputs = {value.name for value in work.graph.input}
+    graph_inputs = {value.name for value in model.graph.input}
     fetched = [name for name in scales if name not in graph_inputs]
-    per_sample = activation_tensors(work)[2]
+    found = activation_tensors(model)
     sums: dict[str, np.ndarray] = {}
     qsums: dict[str, np.ndarray] = {}
     counts = dict.fromkeys(scales, 0)
     what = f"measuring the INT8 output shift of {len(scales)} layers on {dataset.count} samples"
-    for images, values in run_batches(work, fetched, dataset, batch_size(per_sample), what, "the float graph"):
+    size = batch_size(found.per_sample)
+    for images, values in run_batches(model, fetched, dataset, size, what, "the float graph", shapes=found.shapes):
         tensors = dict(zip(fetched, values, strict=True))
         tensors.update({name: images for name in graph_inputs & scales.keys()})
         for name, value in tensors.items():

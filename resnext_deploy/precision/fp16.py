@@ -11,6 +11,7 @@ import numpy as np
 
 from .calibration import Calibration
 from .graph import tag_model, toposort, untie_initializers
+from .statistics import relu_outputs
 
 FP16_DATA_MAX = 512.0
 FP16_INIT_MAX = 65504.0
@@ -18,7 +19,12 @@ FP16_INIT_MAX = 65504.0
 
 def overflow_nodes(model, calibration: Calibration, data_max: float = FP16_DATA_MAX) -> list[str]:
     """Nodes that must stay FP32: an input or output over ``data_max`` (or non-finite) on the calibration
-    data, or a float initializer beyond float16's range."""
+    data, or a float initializer beyond float16's range.
+
+    A tensor read only by ReLUs is not in the calibration (:mod:`~resnext_deploy.precision.statistics`):
+    its magnitude is its ReLUs' outputs'. Its negative side may be large; computed in float16 it leaves the
+    ReLU as 0 all the same, so it keeps nothing in FP32 (ModelOpt's AutoCast, which this follows, reads it).
+    """
     from onnx import TensorProto, numpy_helper
 
     big_initializers = {
@@ -26,11 +32,19 @@ def overflow_nodes(model, calibration: Calibration, data_max: float = FP16_DATA_
         for init in model.graph.initializer
         if init.data_type == TensorProto.FLOAT and np.abs(numpy_helper.to_array(init)).max(initial=0) > FP16_INIT_MAX
     }
+    before_relu = relu_outputs(model)
+
+    def magnitudes(name: str) -> list[float]:
+        """The tensor's largest ``|x|``; for one read only by ReLUs, its ReLUs' (its negative side leaves as 0)."""
+        own = calibration.max_abs(name)
+        if own is not None or name not in before_relu:
+            return [] if own is None else [own]
+        return [peak for peak in map(calibration.max_abs, before_relu[name]) if peak is not None]
+
     blocked = []
     for node in model.graph.node:
         for name in (*node.input, *node.output):
-            magnitude = calibration.max_abs(name)
-            if name in big_initializers or (magnitude is not None and not magnitude <= data_max):
+            if name in big_initializers or any(not peak <= data_max for peak in magnitudes(name)):
                 blocked.append(node.name)
                 break
     return gate_closure(model, residual_closure(model, blocked))

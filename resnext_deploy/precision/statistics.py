@@ -8,15 +8,22 @@ image count; here memory is set by the batch size alone. The histogram keeps ``N
 doubles its range when a batch exceeds it (merging bin pairs, exact because the edges align), so
 it never grows either. From it come the per-tensor ranges: ``entropy`` (TensorRT's KL-divergence
 search, as in NVIDIA's pytorch-quantization), ``percentile`` and ``minmax``.
+
+A tensor read only by ReLUs (a Conv's or an Add's output before its ReLU) is not fetched: nothing
+quantizes it, and its ReLU's output holds what the FP16 check needs of it (see :func:`relu_outputs`).
+Fetching it would cost ONNX Runtime its Conv+ReLU fusion and a copy of about 40% of ResNeXt's
+activations.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +42,24 @@ QUANTIZED_BINS = 128  # positive INT8 levels the entropy search maps the histogr
 HISTOGRAM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool")
 BATCH_BYTES = 256 * 2**20  # activations fetched per batch; sets the calibration's memory, not the count
 MAX_BATCH = 32
+CHUNK = 1 << 18  # values a histogram scales and counts at a time: its 2 MB index buffer stays in cache
 
 Log = Callable[[str], None]
 
 
 class Scratch:
-    """Reusable index buffers for every histogram of a pass, one per thread: a fresh array per tensor and batch
+    """Reusable buffers for every histogram of a pass, one set per thread: a fresh array per tensor and batch
     costs page faults."""
 
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def index(self, size: int) -> np.ndarray:
-        buffer = getattr(self._local, "index", None)
-        if buffer is None or buffer.size < size:
-            buffer = self._local.index = np.empty(size, np.intp)
-        return buffer[:size]
+    def buffer(self, dtype: type, size: int) -> np.ndarray:
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        found = buffers.get(dtype)
+        if found is None or found.size < size:
+            found = buffers[dtype] = np.empty(size, dtype)
+        return found[:size]
 
 
 class AbsHistogram:
@@ -60,20 +69,13 @@ class AbsHistogram:
         self.counts = np.zeros(bins, dtype=np.int64)
         self.limit = 0.0
 
-    def add(
-        self,
-        values: np.ndarray,
-        amax: float,
-        overwrite: bool = False,
-        scratch: Scratch | None = None,
-        signed: bool = True,
-    ) -> None:
+    def add(self, values: np.ndarray, amax: float, scratch: Scratch | None = None, signed: bool = True) -> None:
         """Add flat float32 ``values`` (their ``|x|`` is counted) whose largest ``|x|`` is ``amax``.
 
-        ``overwrite``: the values may be scaled in place; ``signed=False``: none is negative, so no
-        ``abs`` pass. Scaling and ``|x|`` are one float32 pass each whose result is truncated straight
-        into ``scratch``'s integer buffer (``trunc(|x| * s) == trunc(|x * s|)`` exactly), the type
-        ``np.bincount`` counts in: no array is allocated per call, and the values at the top edge
+        ``signed=False``: none is negative, so no ``abs`` pass. The values are taken ``CHUNK`` at a time:
+        scaling (and ``|x|``) is one float32 pass whose result is truncated straight into ``scratch``'s
+        integer buffer (``trunc(|x| * s) == trunc(|x * s|)`` exactly), the type ``np.bincount`` counts in,
+        and that buffer stays in the core's cache between the two. The values at the top edge
         (``|x| == limit``) are folded into the last bin after counting.
         """
         bins = len(self.counts)
@@ -83,15 +85,18 @@ class AbsHistogram:
             self.counts[0] += values.size
             return
         scale = np.float32(bins / self.limit)
-        index = scratch.index(values.size) if scratch is not None else np.empty(values.size, np.intp)
-        if signed:
-            scaled = np.multiply(values, scale, out=values if overwrite else None)
-            np.abs(scaled, out=index, casting="unsafe")  # truncation, as astype
-        else:
-            np.multiply(values, scale, out=index, casting="unsafe", dtype=np.float32)
-        counts = np.bincount(index, minlength=bins)
-        self.counts[: bins - 1] += counts[: bins - 1]
-        self.counts[bins - 1] += counts[bins - 1 :].sum()
+        scratch = scratch or Scratch()
+        for start in range(0, values.size, CHUNK):
+            part = values[start : start + CHUNK]
+            index = scratch.buffer(np.intp, part.size)
+            if signed:
+                scaled = np.multiply(part, scale, out=scratch.buffer(np.float32, part.size))
+                np.abs(scaled, out=index, casting="unsafe")  # truncation, as astype
+            else:
+                np.multiply(part, scale, out=index, casting="unsafe", dtype=np.float32)
+            counts = np.bincount(index, minlength=bins)
+            self.counts[: bins - 1] += counts[: bins - 1]
+            self.counts[bins - 1] += counts[bins - 1 :].sum()
 
     def _grow(self, amax: float) -> None:
         """Double the range until it covers ``amax``, summing bin pairs: old edges stay new edges."""
@@ -204,14 +209,13 @@ class TensorStats:
     maximum: float = -math.inf
     histogram: AbsHistogram | None = None
 
-    def add(self, values: np.ndarray, overwrite: bool = False, scratch: Scratch | None = None) -> None:
-        """Fold one batch of ``values`` in; ``overwrite``: the caller's to spoil (the histogram works in place)."""
+    def add(self, values: np.ndarray, scratch: Scratch | None = None) -> None:
+        """Fold one batch of ``values`` in."""
         low, high = float(values.min()), float(values.max())
         self.add_range(low, high)
         if self.histogram is not None and math.isfinite(low) and math.isfinite(high):
-            flat = np.ravel(values)  # a view of contiguous values, else a copy (then scaled in place for nothing)
             amax = max(abs(low), abs(high))
-            self.histogram.add(flat, amax, overwrite=overwrite, scratch=scratch, signed=low < 0)
+            self.histogram.add(np.ravel(values), amax, scratch=scratch, signed=low < 0)
 
     def add_range(self, low: float, high: float) -> None:
         """Fold in one batch's min and max; a NaN in either makes the range NaN for good."""
@@ -232,11 +236,42 @@ class TensorStats:
         return min(self.histogram.entropy_amax(), self.max_abs)
 
 
-def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
-    """The graph's float activations (graph inputs, computed tensors), those that get histograms, bytes per sample.
+@dataclass(frozen=True)
+class Activations:
+    """What a statistics pass reads of a graph: its float activations, those with histograms, their shapes."""
 
-    The byte count comes from shape inference and is None where a shape is not known.
+    names: list[str]  # graph inputs and computed tensors, in graph order; none read only by ReLUs
+    histogram: list[str]  # those that may get Q/DQ: inputs of HISTOGRAM_OPS
+    shapes: dict[str, tuple[int, ...]] | None  # per-sample shape of each; None where shape inference left one open
+
+    @cached_property
+    def per_sample(self) -> int | None:
+        """Bytes of ``names`` per sample (float32), None where a shape is unknown."""
+        return None if self.shapes is None else sum(4 * math.prod(self.shapes[name]) for name in self.names)
+
+
+def relu_outputs(model) -> dict[str, list[str]]:
+    """Tensors whose every reader is a ReLU (and that are no graph output) -> those ReLUs' outputs.
+
+    Such a tensor needs no statistics of its own: no placement quantizes a ReLU's input, and for FP16 its
+    positive side is its ReLU's output while its negative side, however large, leaves as 0 in either precision
+    (ReLU maps float16's -inf to 0 too).
     """
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    outputs = {value.name for value in model.graph.output}
+    return {
+        name: [node.output[0] for node in nodes]
+        for name, nodes in readers.items()
+        if name and name not in outputs and all(node.op_type == "Relu" for node in nodes)
+    }
+
+
+def activation_tensors(model) -> Activations:
+    """The graph's float activations (graph inputs, computed tensors) but those read only by ReLUs, and which get
+    histograms; shapes come from shape inference."""
     from onnx import TensorProto, shape_inference
 
     constant = {init.name for init in model.graph.initializer}
@@ -246,23 +281,28 @@ def activation_tensors(model) -> tuple[list[str], list[str], int | None]:
     inferred = shape_inference.infer_shapes(_without_weights(model)).graph
     types = {value.name: value.type.tensor_type for value in [*inferred.input, *inferred.value_info, *inferred.output]}
     names = [value.name for value in model.graph.input] + [name for node in model.graph.node for name in node.output]
+    before_relu = relu_outputs(model)
     tensors = [
         name
         for name in names
-        if name and name not in constant and name in types and types[name].elem_type == TensorProto.FLOAT
+        if name
+        and name not in constant
+        and name not in before_relu
+        and name in types
+        and types[name].elem_type == TensorProto.FLOAT
     ]
     wanted = set(tensors)
     histogram = {
         name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
     }
-    per_sample: int | None = 0
+    shapes: dict[str, tuple[int, ...]] | None = {}
     for name in tensors:
-        dims = [d.dim_value for d in types[name].shape.dim[1:]]
+        dims = tuple(d.dim_value for d in types[name].shape.dim[1:])
         if not types[name].HasField("shape") or any(d <= 0 for d in dims):
-            per_sample = None
+            shapes = None
             break
-        per_sample += 4 * math.prod(dims)
-    return tensors, [name for name in tensors if name in histogram], per_sample
+        shapes[name] = dims
+    return Activations(tensors, [name for name in tensors if name in histogram], shapes)
 
 
 def _without_weights(model):
@@ -292,34 +332,37 @@ def collect_statistics(
     """Run ``model_path`` over ``dataset`` once and return per-tensor statistics and the samples read.
 
     A batch's tensors are folded in on a pool of threads, one tensor per task (numpy's passes release the
-    GIL; ONNX Runtime is idle meanwhile), and released before the next batch runs, so memory depends on
-    the batch size (chosen to fetch about ``batch_bytes``), never on the number of images.
+    GIL; ONNX Runtime is idle meanwhile), before the next batch overwrites them, so memory depends on the
+    batch size (chosen to fetch about ``batch_bytes``), never on the number of images.
     """
+    serialized = Path(model_path).read_bytes()
     model = load_onnx(model_path)
-    tensors, histogram, per_sample = activation_tensors(model)
-    graph_inputs = [value.name for value in model.graph.input if value.name in tensors]
-    fetched = [name for name in tensors if name not in graph_inputs]
+    found = activation_tensors(model)
+    graph_inputs = [value.name for value in model.graph.input if value.name in found.names]
+    fetched = [name for name in found.names if name not in graph_inputs]
     batches = run_batches(
         model,
         fetched,
         dataset,
-        batch_size(per_sample, batch_bytes),
+        batch_size(found.per_sample, batch_bytes),
         f"calibrating on {dataset.count} samples",
         model_path,
+        serialized=serialized,
+        shapes=found.shapes,
     )
-    del model  # the session holds what it needs
-    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in tensors}
+    del model, serialized  # the session holds what it needs
+    histogram = set(found.histogram)
+    stats = {name: TensorStats(histogram=AbsHistogram() if name in histogram else None) for name in found.names}
     scratch = Scratch()
     seen = 0
 
-    def fold(job: tuple[str, np.ndarray, bool]) -> None:
-        name, value, overwrite = job
-        stats[name].add(value, overwrite=overwrite, scratch=scratch)
+    def fold(job: tuple[str, np.ndarray]) -> None:
+        name, value = job
+        stats[name].add(value, scratch=scratch)
 
     with ThreadPoolExecutor(max(1, usable_cpus())) as pool:
         for images, values in batches:
-            jobs = [(name, value, True) for name, value in zip(fetched, values, strict=True)]  # fetched for this
-            jobs += [(name, images, False) for name in graph_inputs]
+            jobs = list(zip(fetched, values, strict=True)) + [(name, images) for name in graph_inputs]
             jobs.sort(key=lambda job: -job[1].size)  # the largest first: the threads finish together
             for _ in pool.map(fold, jobs):  # raises the first error of any job
                 pass
@@ -337,35 +380,100 @@ def batch_size(per_sample: int | None, batch_bytes: int = BATCH_BYTES) -> int:
 
 
 def run_batches(
-    model: Any, fetched: list[str], dataset: Dataset, size: int, what: str, model_path: str | Path
+    model: Any,
+    fetched: list[str],
+    dataset: Dataset,
+    size: int,
+    what: str,
+    model_path: str | Path,
+    *,
+    serialized: bytes | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Yield each batch's images and the ``fetched`` tensors of ``model`` (a ModelProto, changed: they become outputs).
+    """Yield each batch's images and the ``fetched`` tensors of ``model`` (a ModelProto, not changed).
 
-    A model with a fixed batch size is fed padded batches, and the padding's values are dropped.
+    ``serialized``: ``model``'s bytes as read from its file, which the outputs are appended to instead of
+    serializing the weights again. ``shapes``: the per-sample shape of every fetched tensor; with them
+    ONNX Runtime writes into buffers allocated once and the tensors yielded are views of them, valid until
+    the next batch (without, ONNX Runtime allocates every output per batch and the binding copies each into a new
+    array: at batch 8 on ResNeXt-50 about a gigabyte per batch, paid in page faults and copies). A model
+    with a fixed batch size is fed padded batches, and the padding's values are dropped.
     """
-    import onnx
-
-    outputs = {value.name for value in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in fetched if name not in outputs)
+    existing = {value.name for value in model.graph.output}
+    source = with_outputs(model, [name for name in fetched if name not in existing], serialized)
     # idle pool threads sleep at once: between runs the caller's numpy work needs the cores they would spin on
-    session = open_session(model, allow_spinning=False, origin=model_path)
-    del model
+    # no memory pattern: planned from the first run, it is allocated anew at the second, paying its page faults twice
+    session = open_session(source, allow_spinning=False, memory_pattern=False, origin=model_path)
+    del source
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise BadInputError(f"{model_path} must have one NCHW image input; found {[i.name for i in inputs]}")
     feed = inputs[0]
     static_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
+    rows = static_batch or size
+    fetch = None
+    if fetched and shapes is not None and all(name in shapes for name in fetched):
+        fetch = _bound_fetch(session, feed.name, fetched, shapes, rows)
     with progress(dataset.count, what) as advance:
-        for batch in dataset.batches(static_batch or size):
+        for batch in dataset.batches(rows):
             images = batch.images
             _check_fits(feed, images, model_path)
             real = len(images)
             if static_batch and real < static_batch:  # pad, then drop the padding's activations
                 images = np.concatenate([images, np.zeros((static_batch - real, *images.shape[1:]), images.dtype)])
-            values = session.run(fetched, {feed.name: images}) if fetched else []  # none: ORT would run them all
+            if fetch is not None:
+                values = fetch(images)
+            else:  # none fetched: ONNX Runtime would run them all
+                values = session.run(fetched, {feed.name: images}) if fetched else []
             yield images[:real], [np.asarray(value)[:real] for value in values]
             del values
             advance(real)
+
+
+def with_outputs(model: Any, names: list[str], serialized: bytes | None = None) -> bytes:
+    """``model`` serialized with ``names`` appended to its graph outputs.
+
+    Protobuf merges concatenated messages (a repeated field appends), so with ``serialized`` (``model``'s own
+    bytes) the outputs are a few bytes added to them: the weights are neither copied nor serialized again.
+    """
+    import onnx
+
+    extra = onnx.ModelProto(graph=onnx.GraphProto(output=[onnx.ValueInfoProto(name=name) for name in names]))
+    return (serialized if serialized is not None else model.SerializeToString()) + extra.SerializeToString()
+
+
+def _bound_fetch(
+    session: Any, feed: str, fetched: list[str], shapes: dict[str, tuple[int, ...]], rows: int
+) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A run of ``session`` whose ``fetched`` outputs land in float32 buffers of ``rows`` samples, allocated once."""
+    buffers = _populated([(rows, *shapes[name]) for name in fetched])
+    binding = session.io_binding()
+
+    def run(images: np.ndarray) -> list[np.ndarray]:
+        binding.bind_cpu_input(feed, np.ascontiguousarray(images))
+        views = [buffer[: len(images)] for buffer in buffers]  # a shorter last batch: the leading rows
+        for name, view in zip(fetched, views, strict=True):
+            binding.bind_output(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
+        session.run_with_iobinding(binding)
+        return views
+
+    return run
+
+
+def _populated(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Float32 arrays of ``shapes``, 64-byte aligned, in one anonymous mapping whose pages the kernel maps at once.
+
+    With ``MAP_POPULATE`` (Linux) one call maps every page; otherwise ONNX Runtime's first writes fault them in
+    one at a time (at batch 8 on ResNeXt-50 about 160,000 faults, a second in a VM). Elsewhere, plain arrays.
+    """
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    sizes = [-(-math.prod(shape) // 16) * 16 for shape in shapes]  # whole 64-byte lines
+    if populate is None or not sum(sizes):
+        return [np.empty(shape, np.float32) for shape in shapes]
+    mapping = mmap.mmap(-1, 4 * sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    flat = np.frombuffer(mapping, np.float32)  # the arrays keep the mapping alive
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in zip(starts, shapes, strict=True)]
 
 
 def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:

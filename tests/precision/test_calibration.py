@@ -76,21 +76,25 @@ def _reference_counts(batches: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return reference.counts, reference.limit
 
 
-def test_the_in_place_histogram_counts_what_the_straightforward_one_does() -> None:
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
+def test_the_chunked_histogram_counts_what_the_straightforward_one_does(monkeypatch, chunk: int) -> None:
+    """Counted ``chunk`` values at a time (7: many chunks and a short last one), in shared scratch buffers, the
+    counts are a one-shot bincount's, and the caller's arrays stay as they were."""
+    from resnext_deploy.precision import statistics
+
+    monkeypatch.setattr(statistics, "CHUNK", chunk)
     rng = np.random.default_rng(3)
     batches = [np.maximum(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * s, 0) for s in (0.5, 4.0, 1.0)]
     batches.append(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * 9.0)  # signed, grows the range again
     batches[1].flat[0] = batches[1].max() * 2  # a value exactly at the limit it sets: the top bin
     expected, limit = _reference_counts(batches)
     kept = [values.copy() for values in batches]
-    stats, scratch = TensorStats(histogram=AbsHistogram()), Scratch()
+    alone, shared, scratch = TensorStats(histogram=AbsHistogram()), TensorStats(histogram=AbsHistogram()), Scratch()
     for values, kept_values in zip(batches, kept, strict=True):
-        stats.add(kept_values)  # not overwritten: the caller's array stays as it was
+        alone.add(kept_values)
+        shared.add(kept_values, scratch=scratch)
         np.testing.assert_array_equal(kept_values, values)
-    in_place = TensorStats(histogram=AbsHistogram())
-    for values in batches:
-        in_place.add(values.copy(), overwrite=True, scratch=scratch)
-    for result in (stats, in_place):
+    for result in (alone, shared):
         assert result.histogram.limit == limit
         np.testing.assert_array_equal(result.histogram.counts, expected)
         assert (result.minimum, result.maximum) == (min(map(np.min, batches)), max(map(np.max, batches)))
@@ -134,8 +138,9 @@ def test_streaming_statistics_match_one_big_batch(tiny_dir: Path) -> None:
     assert consumed == 12
 
     model = onnx.load(str(model_path))
-    tensors, histogram, per_sample = activation_tensors(model)
-    assert "input" in tensors and "input" in histogram and per_sample and per_sample > 0
+    found = activation_tensors(model)
+    tensors, histogram = found.names, found.histogram
+    assert "input" in tensors and "input" in histogram and found.per_sample and found.per_sample > 0
     fetched = [t for t in tensors if t != "input"]
     model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetched if t != "logits")
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -153,10 +158,12 @@ def test_threaded_statistics_equal_one_tensor_at_a_time(tiny_dir: Path, batch: i
     """Tensors folded in on the thread pool (shared scratch, in place) give a plain loop's statistics, bin for bin."""
     model_path = tiny_dir / "model.onnx"
     dataset = open_dataset(None, PRE, count=12, seed=4)
-    per_sample = activation_tensors(onnx.load(str(model_path)))[2]
-    stats, _consumed = collect_statistics(model_path, dataset, log=lambda _m: None, batch_bytes=batch * per_sample)
     model = onnx.load(str(model_path))
-    tensors, histogram, _per_sample = activation_tensors(model)
+    found = activation_tensors(model)
+    stats, _consumed = collect_statistics(
+        model_path, dataset, log=lambda _m: None, batch_bytes=batch * found.per_sample
+    )
+    tensors, histogram = found.names, found.histogram
     fetched = [t for t in tensors if t != "input"]
     reference = {t: TensorStats(histogram=AbsHistogram() if t in histogram else None) for t in tensors}
     for images, values in run_batches(model, fetched, dataset, batch, "", model_path):
@@ -178,11 +185,12 @@ def test_shapes_inferred_without_the_weights_are_those_with_them(tiny_dir: Path)
     model = onnx.load(str(tiny_dir / "model.onnx"))
     weights = [tensor.SerializeToString() for tensor in model.graph.initializer]
     assert max(map(len, weights)) > 4096  # some are stripped in the copy
-    tensors, _histogram, per_sample = activation_tensors(model)
+    found = activation_tensors(model)
     assert [tensor.SerializeToString() for tensor in model.graph.initializer] == weights
     inferred = shape_inference.infer_shapes(model).graph
     shapes = {v.name: v.type.tensor_type.shape for v in [*inferred.input, *inferred.value_info, *inferred.output]}
-    assert per_sample == sum(4 * math.prod(d.dim_value for d in shapes[name].dim[1:]) for name in tensors)
+    assert found.shapes == {name: tuple(d.dim_value for d in shapes[name].dim[1:]) for name in found.names}
+    assert found.per_sample == sum(4 * math.prod(found.shapes[name]) for name in found.names)
 
 
 def test_a_nan_makes_the_range_nan(tmp_path: Path) -> None:
@@ -410,3 +418,16 @@ def test_wrong_shape_npy(tmp_path: Path) -> None:
     np.save(arrays, np.zeros((4, 3, 16, 16), np.float32))
     with pytest.raises(BadInputError, match=r"expected \(N, 3, 32, 32\)"):
         calib_only(arrays, 4)
+
+
+def test_tensors_read_only_by_relus_are_not_fetched(tiny_dir: Path) -> None:
+    """A Conv's or Add's output before its ReLU gets no statistics (nothing quantizes it); its ReLU's output does."""
+    from resnext_deploy.precision.statistics import relu_outputs
+
+    model = onnx.load(str(tiny_dir / "model.onnx"))
+    before_relu = relu_outputs(model)
+    producers = {name: node.op_type for node in model.graph.node for name in node.output}
+    assert {producers[name] for name in before_relu} == {"Conv", "Add"}
+    stats, _consumed = collect_statistics(tiny_dir / "model.onnx", open_dataset(None, PRE, count=2, seed=0), print)
+    assert not stats.keys() & before_relu.keys()
+    assert {output for outputs in before_relu.values() for output in outputs} <= stats.keys()

@@ -86,3 +86,23 @@ def test_without_overflow_every_node_computes_in_float16() -> None:
     assert floats == []
     casts = [node for node in half.graph.node if node.op_type == "Cast"]
     assert len(casts) == 2  # the float32 input in and the output out
+
+
+def test_a_tensor_read_only_by_relus_is_judged_by_their_outputs() -> None:
+    """Calibration records no ReLU input (a0, a1, sum): its positive side is the ReLU's output, its negative side
+    leaves the ReLU as 0 in float16 too, so only a large ReLU output keeps the pair FP32."""
+    from resnext_deploy.precision.statistics import relu_outputs
+
+    model = residual_block()
+    assert relu_outputs(model) == {"a0": ["h"], "a1": ["r1"], "sum": ["r2"]}
+
+    def recorded(**overrides: tuple[float, float]):
+        calibration = calibration_of(model, X, **overrides)
+        for name in relu_outputs(model):
+            del calibration.tensors[name]
+        return calibration
+
+    # r1 large: a1 was as large, so conv1 (which writes a1) stays FP32 too
+    assert overflow_nodes(model, recorded(r1=(0.0, FP16_DATA_MAX * 2))) == ["conv1", "relu1", *BLOCK_GROUP]
+    assert overflow_nodes(model, recorded(r2=(0.0, FP16_DATA_MAX * 2))) == [*BLOCK_GROUP, "pool"]
+    assert overflow_nodes(model, recorded()) == []  # however negative a0 was: it is not in the record
