@@ -8,7 +8,8 @@ Exports ``--arch`` with seeded random weights into ``--dir`` when it holds no mo
 
 * ``plain``: an ONNX Runtime session on model.onnx fetching the logits only, over the images at
   ``--batch-size`` (what "the forward passes" cost);
-* ``fetch``: the same loop fetching the activations calibration reads, as it does (no statistics);
+* ``fetch``: the pass calibration makes (:func:`~resnext_deploy.precision.statistics.activation_pass`, its setup
+  included), fetching the activations without folding them into statistics;
 * ``calibration``: :func:`~resnext_deploy.precision.statistics.collect_statistics` at the same batch
   size, every statistic every method needs (min/max, the |x| histograms for entropy and percentile).
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from resnext_deploy.artifacts import load_onnx  # noqa: E402
 from resnext_deploy.backends.onnxruntime import open_session  # noqa: E402
 from resnext_deploy.data import open_dataset  # noqa: E402
-from resnext_deploy.precision.statistics import activation_tensors, collect_statistics, run_batches  # noqa: E402
+from resnext_deploy.precision.statistics import activation_pass, activation_tensors, collect_statistics  # noqa: E402
 
 
 def machine() -> dict[str, object]:
@@ -113,18 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             session.run(None, {session.get_inputs()[0].name: batch.images})
 
     def fetch() -> None:
-        serialized = model_path.read_bytes()
-        batches = run_batches(
-            load_onnx(model_path),
-            fetched,
-            dataset,
-            args.batch_size,
-            "",
-            model_path,
-            serialized=serialized,
-            shapes=found.shapes,
-        )
-        for _images, values in batches:
+        for _images, values in activation_pass(model_path, dataset, "", batch_bytes).batches:
             del values
 
     def calibration() -> None:

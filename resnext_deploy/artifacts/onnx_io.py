@@ -54,18 +54,21 @@ def external_files(path: str | Path) -> list[str]:
     return sorted(locations)
 
 
-def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
+def load_onnx(path: str | Path, load_external_data: bool = True, serialized: bytes | None = None) -> Any:
     """Parse an ONNX file; a file that does not parse, or external data outside its directory, is a BadInputError.
 
     External data (weights kept in side files) must be relative paths to files inside the model's own
     directory, symlinks resolved: a location such as ``../../etc/shadow`` is refused before anything,
     ONNX Runtime, TensorRT's parser or trtexec, would read it. Unnamed nodes get names (see ``name_nodes``).
+    ``serialized``: the file's bytes, already read by the caller (parsed instead of reading the file again).
     """
     import onnx
 
     path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = (
+            onnx.load(str(path), load_external_data=False) if serialized is None else onnx.load_from_string(serialized)
+        )
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise their own untyped errors on bad bytes
         detail = one_line(exc)
         raise BadInputError(f"{path} is not a readable ONNX model ({detail}); delete it and make it again") from None

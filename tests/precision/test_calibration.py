@@ -32,6 +32,7 @@ from resnext_deploy.precision.statistics import (
     TensorStats,
     activation_tensors,
     collect_statistics,
+    histogram_stride,
     run_batches,
 )
 from resnext_deploy.serde import decode
@@ -98,6 +99,52 @@ def test_the_chunked_histogram_counts_what_the_straightforward_one_does(monkeypa
         assert result.histogram.limit == limit
         np.testing.assert_array_equal(result.histogram.counts, expected)
         assert (result.minimum, result.maximum) == (min(map(np.min, batches)), max(map(np.max, batches)))
+
+
+@pytest.mark.parametrize(
+    ("per_sample", "stride"),
+    [(1, 1), (65535, 1), (65536, 3), (256 * 56 * 56, 25), (2048 * 7 * 7, 3), (3 * 224 * 224, 5)],
+)
+def test_the_histogram_stride_shares_no_factor_with_an_image(per_sample: int, stride: int) -> None:
+    """All values up to twice HISTOGRAM_VALUES; above, the first stride past per_sample // HISTOGRAM_VALUES with no
+    factor in common with the image's size (256x56x56 = 2**14 * 7**2: 24 shares 8, 25 shares none)."""
+    assert histogram_stride(per_sample) == stride
+    assert math.gcd(stride, per_sample) == 1
+
+
+def test_a_large_tensor_s_histogram_counts_a_strided_sample_and_its_range_every_value() -> None:
+    """Over twice HISTOGRAM_VALUES an image, the histogram counts every stride-th value of the batch (through every
+    row and column, across images), while min and max still see every value, the extremes off the sample included."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((3, 2, 9, 10)).astype(np.float32)  # 180 values an image: stride 4 shares 2, so 7
+    values.flat[1], values.flat[2] = 50.0, -60.0  # neither at a multiple of 7
+    stats = TensorStats(histogram=AbsHistogram())
+    stats.add(values, histogram_values=40)
+    sample = values.ravel()[::7]
+    expected = AbsHistogram()
+    expected.add(sample, 60.0)
+    assert (stats.minimum, stats.maximum) == (-60.0, 50.0)
+    assert stats.histogram.counts.sum() == len(sample) == math.ceil(values.size / 7)
+    np.testing.assert_array_equal(stats.histogram.counts, expected.counts)
+    columns = {(index % 180) % 10 for index in range(0, values.size, 7)}
+    assert columns == set(range(10))  # a stride sharing a factor with the width would skip columns
+
+
+def test_sampled_clips_stay_near_every_value_s() -> None:
+    """On 32 images of 400K ReLU'd values (a stride of 13), entropy and percentile clips from the sample are within
+    a few percent of those of every value; min and max are the same."""
+    rng = np.random.default_rng(6)
+    images = np.maximum(rng.standard_normal((32, 16, 160, 160), dtype=np.float32) * rng.gamma(2, 1, (32, 16, 1, 1)), 0)
+    sampled = TensorStats(histogram=AbsHistogram())
+    for batch in np.split(images, 4):
+        sampled.add(batch)
+    exact = TensorStats(histogram=AbsHistogram())
+    for batch in np.split(images, 4):
+        exact.add(batch, histogram_values=images[0].size)  # every value
+    assert sampled.histogram.counts.sum() * 12 < exact.histogram.counts.sum()
+    assert (sampled.minimum, sampled.maximum) == (exact.minimum, exact.maximum)
+    for method, tolerance in (("entropy", 0.05), ("percentile", 0.01), ("minmax", 0.0)):
+        assert sampled.amax(method, 99.99) == pytest.approx(exact.amax(method, 99.99), rel=tolerance), method
 
 
 def test_histogram_of_zeros_then_values() -> None:
