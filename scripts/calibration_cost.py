@@ -87,14 +87,20 @@ def prepare(args: argparse.Namespace) -> Path:
     return images
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def model_arguments(description: str) -> argparse.ArgumentParser:
+    """The options :func:`prepare` reads (``--dir``, ``--arch``, ``--count``) and ``--json``."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--arch", default="resnext50_32x4d")
     parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--json", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = model_arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
     from resnext_deploy.artifacts import Manifest

@@ -7,22 +7,21 @@ Calibration's histograms count a strided sample of each image's tensor (``HISTOG
 see ``precision/statistics.py``); min and max see every value. This script calibrates ``--arch`` (seeded
 random weights, exported into ``--dir`` when it holds no model.onnx, as ``calibration_cost.py`` does) three
 times at the default batch size: on ``--count`` seeded N(0,1) images with the sample, on the same images with
-every value counted, and on as many other images (another seed) with every value counted. For the entropy
-and percentile clips and the max of each histogram tensor it prints the median, 90th percentile and largest
-relative difference of "sample vs every value" beside "other images vs these images": the noise that the
-choice of calibration images brings anyway.
+every value counted, and on as many other images (another seed, written to ``--dir`` as calib-other.npy) with
+every value counted. For the entropy and percentile clips and the max of each histogram tensor it prints the
+median, 90th percentile and largest relative difference of "sample vs every value" beside "other images vs
+these images": the noise that the choice of calibration images brings anyway.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
-from calibration_cost import ROOT, machine, prepare
+from calibration_cost import ROOT, machine, model_arguments, prepare
 
 sys.path.insert(0, str(ROOT))
 
@@ -62,12 +61,7 @@ def differences(found: dict[str, list[float]], reference: dict[str, list[float]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--arch", default="resnext50_32x4d")
-    parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    args = model_arguments(__doc__).parse_args(argv)
 
     images = prepare(args)
     model_path = args.dir / "model.onnx"

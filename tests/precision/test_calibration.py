@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import noise_images
+from helpers import load_script, noise_images
 
 from resnext_deploy.artifacts import write_json
 from resnext_deploy.data import open_dataset
@@ -478,3 +478,16 @@ def test_tensors_read_only_by_relus_are_not_fetched(tiny_dir: Path) -> None:
     stats, _consumed = collect_statistics(tiny_dir / "model.onnx", open_dataset(None, PRE, count=2, seed=0), print)
     assert not stats.keys() & before_relu.keys()
     assert {output for outputs in before_relu.values() for output in outputs} <= stats.keys()
+
+
+def test_the_sampling_script_finds_no_difference_where_every_value_is_counted(
+    tiny_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """scripts/calibration_sampling.py on the tiny model (every tensor under the threshold, so the sample is every
+    value): its "sample vs every value" row is exactly zero, while other images do move the clips."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "scripts"))
+    out = tmp_path / "sampling.json"
+    assert load_script("calibration_sampling").main(["--dir", str(tiny_dir), "--count", "8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["differences"]
+    assert all(value == 0.0 for figures in rows["sample vs every value"].values() for value in figures.values())
+    assert rows["other images vs these"]["entropy"]["max"] > 0 and rows["other images vs these"]["minmax"]["max"] > 0
