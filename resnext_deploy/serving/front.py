@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..errors import BadInputError
@@ -393,8 +393,23 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 break
 
 
-def free_loopback_port() -> int:
-    """A port the kernel hands out on 127.0.0.1 now: tritonserver's own HTTP port behind the front."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_loopback_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` different ports the kernel hands out on 127.0.0.1 now, none of them in ``avoid``: tritonserver's
+    own ports behind the fronts, ``avoid`` being the ones serve listens on.
+
+    The probes stay bound until all are found: one at a time, the kernel may hand out the same port twice, and
+    tritonserver then refuses to start ("cannot listen to HTTP requests and GRPC requests at the same ... port").
+    """
+    probes: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            probe = socket.socket()
+            probes.append(probe)
+            probe.bind(("127.0.0.1", 0))
+            if (port := probe.getsockname()[1]) not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for probe in probes:
+            probe.close()

@@ -38,7 +38,7 @@ from ..backends.registry import discover_runners
 from ..errors import BackendUnavailableError, BadInputError
 from ..patches import pytriton_labels
 from ..source import recorded_source
-from .front import HttpFront, default_body_limit, free_loopback_port
+from .front import HttpFront, default_body_limit, free_loopback_ports
 from .grpc_front import GrpcFront
 from .image_input import CLASS_OUTPUT, IMAGE_INPUT, image_model_name, make_image_infer
 from .options import ServeOptions
@@ -253,8 +253,8 @@ class _Server:
         self.source = recorded_source(Manifest(directory))
         self.image_name = image_model_name(model_name)
         self.body_limit = options.max_request or default_body_limit(options.max_batch_size, self.image.dims[1:])
-        self.triton_http_port = free_loopback_port()  # tritonserver's own HTTP port; the front listens on --port
-        self.triton_grpc_port = free_loopback_port()  # and its gRPC port, behind the gRPC front on --grpc-port
+        # tritonserver's own HTTP and gRPC ports, behind the fronts on --port and --grpc-port
+        self.triton_http_port, self.triton_grpc_port = free_loopback_ports(2, avoid=options.ports)
 
     def run(self) -> None:
         """Serve until stopped, restarting a server that dies at most ``restarts`` times; then exit 4."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from resnext_deploy.serving.front import HttpFront, default_body_limit, free_loopback_port
+from resnext_deploy.serving.front import HttpFront, default_body_limit, free_loopback_ports
 
 LIMIT = 1 << 20
 INFER = "/v2/models/m/infer"
@@ -54,7 +54,7 @@ def front() -> Iterator[int]:
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=upstream.serve_forever, daemon=True)
     thread.start()
-    port = free_loopback_port()
+    (port,) = free_loopback_ports(1)
     proxy = HttpFront("127.0.0.1", port, upstream.server_address[1], LIMIT, log=lambda _m: None)
     proxy.start()
     try:
@@ -224,7 +224,7 @@ def test_the_front_adds_no_delayed_ack_wait() -> None:
 
     upstream = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=_answer_at_once, args=(upstream,), daemon=True).start()
-    port = free_loopback_port()
+    (port,) = free_loopback_ports(1)
     proxy = HttpFront("127.0.0.1", port, upstream.getsockname()[1], LIMIT, log=lambda _m: None)
     proxy.start()
     body = _json([3], [1.0, 2.0, 3.0])
@@ -244,3 +244,38 @@ def test_the_front_adds_no_delayed_ack_wait() -> None:
         proxy.stop()
         upstream.close()
     assert statistics.median(times) < 0.02, times  # 0.3 ms here; 46 ms with the delayed ACK
+
+
+def test_free_loopback_ports_differ_and_avoid_serve_s_own(monkeypatch) -> None:
+    """Each probe is held until all are found, so the ports differ even when the kernel would hand one out twice;
+    a port serve listens on itself is skipped. Here the kernel is made to offer 5000, 5000, 6000, 5001, 7000."""
+    offered = iter([5000, 5000, 6000, 5001, 7000])
+    bound: list[int] = []
+
+    class Probe:
+        def __init__(self) -> None:
+            self.port = 0
+
+        def bind(self, _address: tuple[str, int]) -> None:
+            self.port = next(offered)
+            if self.port in bound:  # a port still held cannot be handed out again: the kernel offers the next
+                self.port = next(offered)
+            bound.append(self.port)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+        def close(self) -> None:
+            bound.remove(self.port)
+
+    monkeypatch.setattr("resnext_deploy.serving.front.socket.socket", Probe)
+    assert free_loopback_ports(3, avoid=(6000,)) == [5000, 5001, 7000]
+    assert bound == []  # every probe closed
+
+
+def test_free_loopback_ports_are_real_free_ports() -> None:
+    ports = free_loopback_ports(3)
+    assert len(set(ports)) == 3
+    for port in ports:
+        with socket.create_server(("127.0.0.1", port)):
+            pass
