@@ -28,18 +28,19 @@ sys.path.insert(0, str(ROOT))
 from resnext_deploy.artifacts import Manifest  # noqa: E402
 from resnext_deploy.data import open_dataset  # noqa: E402
 from resnext_deploy.precision.options import DEFAULT_PERCENTILE  # noqa: E402
-from resnext_deploy.precision.statistics import TensorStats, collect_statistics  # noqa: E402
+from resnext_deploy.precision.statistics import HISTOGRAM_VALUES, TensorStats, collect_statistics  # noqa: E402
 from resnext_deploy.source import recorded_source  # noqa: E402
 
 EVERY_VALUE = 1 << 40  # a histogram_values no image reaches: stride 1
 METHODS = ("entropy", "percentile", "minmax")
 
 
-def clips(model_path: Path, images: Path, count: int, histogram_values: int | None) -> dict[str, list[float]]:
+def clips(
+    model_path: Path, images: Path, count: int, histogram_values: int = HISTOGRAM_VALUES
+) -> dict[str, list[float]]:
     """Each histogram tensor's entropy, percentile and minmax clip after one calibration pass."""
     dataset = open_dataset(images, recorded_source(Manifest(model_path.parent)).preprocessing, count)
-    extra = {} if histogram_values is None else {"histogram_values": histogram_values}
-    stats, _seen = collect_statistics(model_path, dataset, lambda _line: None, **extra)
+    stats, _seen = collect_statistics(model_path, dataset, lambda _line: None, histogram_values=histogram_values)
     return {name: [stat.amax(method, DEFAULT_PERCENTILE) for method in METHODS] for name, stat in _kept(stats)}
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.dir / "model.onnx"
     other = args.dir / "calib-other.npy"
     np.save(other, np.random.default_rng(1).standard_normal(np.load(images, mmap_mode="r").shape).astype(np.float32))
-    sampled = clips(model_path, images, args.count, None)
+    sampled = clips(model_path, images, args.count)
     every = clips(model_path, images, args.count, EVERY_VALUE)
     others = clips(model_path, other, args.count, EVERY_VALUE)
     rows = {"sample vs every value": differences(sampled, every), "other images vs these": differences(others, every)}

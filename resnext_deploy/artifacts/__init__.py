@@ -12,7 +12,7 @@ from .manifest import (
     refuse_owned,
     tool_versions,
 )
-from .onnx_io import external_files, load_onnx, name_nodes, opset_of, single_input
+from .onnx_io import external_files, image_inputs, load_onnx, name_nodes, opset_of, single_input
 from .precisions import ONNX_FILES, ORT_INT8_FILE, PRECISIONS, RUNTIME_FILES, Precision
 from .store import (
     CALIBRATION_NAME,
@@ -55,6 +55,7 @@ __all__ = [
     "engine_file",
     "is_number",
     "external_files",
+    "image_inputs",
     "load_onnx",
     "locked",
     "name_nodes",

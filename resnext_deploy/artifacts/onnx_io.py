@@ -100,13 +100,16 @@ def load_onnx(path: str | Path, load_external_data: bool = True, serialized: byt
     return model
 
 
-def single_input(model: Any, path: str | Path) -> tuple[str, list[int | str]]:
-    """The graph's one image input: its name and dims (``dim_param`` names for dynamic axes).
-
-    Inputs that are also initializers (older exporters list weights as inputs) are not image inputs.
-    """
+def image_inputs(model: Any) -> list[Any]:
+    """The graph's inputs but those that are also initializers (older exporters list weights as inputs)."""
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def single_input(model: Any, path: str | Path) -> tuple[str, list[int | str]]:
+    """The graph's one image input (see :func:`image_inputs`): its name and dims (``dim_param`` names for dynamic
+    axes)."""
+    inputs = image_inputs(model)
     if len(inputs) != 1:
         raise BadInputError(f"{path} must have one image input; found {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]

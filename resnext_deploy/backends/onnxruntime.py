@@ -87,6 +87,7 @@ def open_session(
     provider: str = ORT_PROVIDERS["cpu"],
     optimize: bool = True,
     memory_pattern: bool = True,
+    priority_order: bool = False,
     profile_prefix: str | Path | None = None,
     origin: str | Path | None = None,
 ) -> Any:
@@ -95,6 +96,8 @@ def open_session(
     It takes :func:`session_options` (log level, thread cap, spinning; telemetry is off since the package
     imported). ``optimize=False`` turns ONNX Runtime's graph rewrites off, so that the graph runs as written;
     ``memory_pattern=False`` its memory pattern (one block per run, planned from the first run);
+    ``priority_order=True`` its priority-based execution order, which runs a node it inserted (a layout
+    reorder before a graph output) right after the node it serves, instead of after every node of the graph;
     ``profile_prefix`` turns its profiler on, writing there. A model ONNX Runtime cannot load is bad input,
     naming ``origin`` (the file a ModelProto came from), else the path.
     """
@@ -104,6 +107,8 @@ def open_session(
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_mem_pattern = memory_pattern
+    if priority_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)

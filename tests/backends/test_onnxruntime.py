@@ -34,10 +34,15 @@ def test_a_path_bytes_or_a_model_open_the_same_session(tmp_path: Path) -> None:
 
 
 def test_the_session_runs_with_what_it_was_asked_for(tmp_path: Path) -> None:
-    given = open_session(relu_model(), threads=2, allow_spinning=False, optimize=False).get_session_options()
+    given = open_session(
+        relu_model(), threads=2, allow_spinning=False, optimize=False, priority_order=True
+    ).get_session_options()
     assert given.intra_op_num_threads == 2 and not spinning_of(given)
     assert given.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    assert open_session(relu_model()).get_session_options().graph_optimization_level != given.graph_optimization_level
+    assert given.execution_order == ort.ExecutionOrder.PRIORITY_BASED
+    default = open_session(relu_model()).get_session_options()
+    assert default.graph_optimization_level != given.graph_optimization_level
+    assert default.execution_order == ort.ExecutionOrder.DEFAULT
     profiled = open_session(relu_model(), profile_prefix=tmp_path / "ort")
     profiled.run(None, {"x": np.zeros((1, 4), dtype=np.float32)})
     assert Path(profiled.end_profiling()).parent == tmp_path

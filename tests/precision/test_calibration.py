@@ -33,6 +33,7 @@ from resnext_deploy.precision.statistics import (
     activation_tensors,
     collect_statistics,
     histogram_stride,
+    nonnegative_tensors,
     run_batches,
 )
 from resnext_deploy.serde import decode
@@ -145,6 +146,64 @@ def test_sampled_clips_stay_near_every_value_s() -> None:
     assert (sampled.minimum, sampled.maximum) == (exact.minimum, exact.maximum)
     for method, tolerance in (("entropy", 0.05), ("percentile", 0.01), ("minmax", 0.0)):
         assert sampled.amax(method, 99.99) == pytest.approx(exact.amax(method, 99.99), rel=tolerance), method
+
+
+def _relu_batch(seed: int) -> np.ndarray:
+    return np.maximum(np.random.default_rng(seed).standard_normal((3, 64, 40, 40)).astype(np.float32), 0.0)
+
+
+def _positive_then(value: float) -> np.ndarray:
+    """All positive, with ``value`` past the zero probe (where only a min pass finds it)."""
+    values = _relu_batch(1) + 0.5
+    values[2, 63, 39, 39] = value
+    return values
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        [_relu_batch(0), _relu_batch(1)],  # zeros in the probe: the min pass is skipped
+        [_relu_batch(0) + 0.25],  # none is 0: the min pass finds 0.25
+        [_positive_then(0.0)],  # a 0 past the probe only
+        [_relu_batch(0), _positive_then(math.nan)],  # a NaN past the probe: NaN range, as a min pass gives
+    ],
+)
+def test_a_nonnegative_tensor_s_range_and_histogram_are_those_of_a_min_pass(batches: list[np.ndarray]) -> None:
+    """A tensor the graph keeps >= 0 takes a 0 in its first values as its minimum instead of reading them all: min,
+    max and histogram are those of the plain statistics, whatever the data."""
+    skipped, plain = TensorStats(histogram=AbsHistogram(), nonnegative=True), TensorStats(histogram=AbsHistogram())
+    for values in batches:
+        skipped.add(values)
+        plain.add(values)
+    np.testing.assert_array_equal([skipped.minimum, skipped.maximum], [plain.minimum, plain.maximum])
+    assert skipped.histogram.limit == plain.histogram.limit
+    np.testing.assert_array_equal(skipped.histogram.counts, plain.histogram.counts)
+
+
+def test_nonnegative_tensors_are_relu_outputs_and_what_pooling_keeps_of_them() -> None:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("MaxPool", ["relu"], ["pooled"], kernel_shape=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["pooled"], ["averaged"]),
+        helper.make_node("Flatten", ["averaged"], ["flat"]),
+        helper.make_node("MaxPool", ["conv"], ["signed_pool"], kernel_shape=[2, 2]),
+        helper.make_node("Add", ["pooled", "signed_pool"], ["sum"]),
+        helper.make_node("Neg", ["relu"], ["negated"]),
+    ]
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    model = helper.make_model(helper.make_graph(nodes, "signs", [value], []))
+    assert nonnegative_tensors(model) == {"relu", "pooled", "averaged", "flat"}
+
+
+def test_the_tiny_model_s_relu_outputs_are_found_nonnegative(tiny_dir: Path) -> None:
+    model = onnx.load(str(tiny_dir / "model.onnx"))
+    found = activation_tensors(model)
+    producers = {name: node.op_type for node in model.graph.node for name in node.output}
+    assert {name for name in found.names if producers.get(name) == "Relu"} <= found.nonnegative
+    assert "input" not in found.nonnegative and "logits" not in found.nonnegative
 
 
 def test_histogram_of_zeros_then_values() -> None:
