@@ -13,8 +13,10 @@ Exports ``--arch`` with seeded random weights into ``--dir`` when it holds no mo
 * ``calibration``: :func:`~resnext_deploy.precision.statistics.collect_statistics` at the same batch
   size, every statistic every method needs (min/max, the |x| histograms for entropy and percentile).
 
-Prints the median of each over the rounds and the ratios to ``plain``, and what the statistics add
-(``calibration`` minus ``fetch``: with a free fetch, calibration would still cost plain plus that),
+Prints the median of each over the rounds and the ratios to ``plain``: the ratio of the medians, and the median
+of each round's own ratio (steps of one round run minutes apart at most, so a machine that slows down for a while
+moves both), and what the statistics add (``calibration`` minus ``fetch``: with a free fetch, calibration would
+still cost plain plus that),
 with the CPU's flags, the commit and the load average, so a figure always says where it came from.
 Target (#31): calibration at most 1.5x plain on 64 ResNeXt-50 images at batch 8.
 """
@@ -137,17 +139,25 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - started)
             print(f"round {round_index + 1}: {name} {times[name][-1]:.2f} s", file=sys.stderr)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    paired = {
+        name: statistics.median(step / plain for step, plain in zip(values, times["plain"], strict=True))
+        for name, values in times.items()
+    }
     where = machine()
     print(f"{args.count} images at batch {args.batch_size}, {len(fetched)} activations fetched; {where}")
     for name, seconds in medians.items():
-        print(f"{name:12s} {seconds:8.2f} s  {seconds / medians['plain']:5.2f}x plain")
+        print(
+            f"{name:12s} {seconds:8.2f} s  {seconds / medians['plain']:5.2f}x plain  "
+            f"(each round's own ratio, median: {paired[name]:.2f}x)"
+        )
     statistics_only = medians["calibration"] - medians["fetch"]  # what the statistics add to the fetching loop
     print(
         f"{'statistics':12s} {statistics_only:8.2f} s  {statistics_only / medians['plain']:5.2f}x plain "
         "(calibration minus fetch)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"machine": where, "seconds": times, "median": medians}, indent=2))
+        record = {"machine": where, "seconds": times, "median": medians, "paired_ratio_median": paired}
+        args.json.write_text(json.dumps(record, indent=2))
     return 0
 
 

@@ -96,8 +96,8 @@ def open_session(
     It takes :func:`session_options` (log level, thread cap, spinning; telemetry is off since the package
     imported). ``optimize=False`` turns ONNX Runtime's graph rewrites off, so that the graph runs as written;
     ``memory_pattern=False`` its memory pattern (one block per run, planned from the first run);
-    ``priority_order=True`` its priority-based execution order, which runs a node it inserted (a layout
-    reorder before a graph output) right after the node it serves, instead of after every node of the graph;
+    ``priority_order=True`` its priority-based execution order (by priority, then node index; with many
+    fetched outputs it runs more of the layout copies it inserts before them early, and maps less memory);
     ``profile_prefix`` turns its profiler on, writing there. A model ONNX Runtime cannot load is bad input,
     naming ``origin`` (the file a ModelProto came from), else the path.
     """

@@ -22,8 +22,10 @@ activations.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,8 @@ CHUNK = 1 << 18  # values a histogram scales and counts at a time: its 2 MB inde
 # a histogram counts all of an image's tensor up to twice this many values, else a strided sample of this to twice
 # this many; min and max see every value
 HISTOGRAM_VALUES = 1 << 15
+MADV_POPULATE_WRITE = 23  # Linux 5.14+ (not in Python 3.11's mmap module): map a range's pages, writable, now
+POPULATE_CHUNK = 16 << 20  # bytes mapped per call: between calls other threads may map memory too
 # values a non-negative tensor's batch is probed for a 0 (its minimum then) before a min pass over every value
 ZERO_PROBE = 4096
 # ops whose output is non-negative where their (first) input is: they pick, average or move its values
@@ -487,20 +491,22 @@ def run_batches(
     array: at batch 8 on ResNeXt-50 about a gigabyte per batch, paid in page faults and copies). A model
     with a fixed batch size is fed padded batches, and the padding's values are dropped.
     """
-    existing = {value.name for value in model.graph.output}
-    source = with_outputs(model, [name for name in fetched if name not in existing], serialized)
     static_batch = _static_batch(model)
-    del model, serialized  # the session holds what it needs
     rows = static_batch or size
     buffer_shapes = None
     if fetched and shapes is not None and all(name in shapes for name in fetched):
         buffer_shapes = [(rows, *shapes[name]) for name in fetched]
-    with ThreadPoolExecutor(1) as pool:  # the buffers' pages are mapped while ONNX Runtime builds the session
+    # the buffers' pages are mapped while the model's bytes are put together and ONNX Runtime builds the session
+    with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_populated, buffer_shapes) if buffer_shapes else None
+        existing = {value.name for value in model.graph.output}
+        source = with_outputs(model, [name for name in fetched if name not in existing], serialized)
+        del model, serialized  # the session holds what it needs
         # idle pool threads sleep at once: between runs the caller's numpy work needs the cores they would spin on
         # no memory pattern: planned from the first run, it is allocated anew at the second, paying its faults twice;
-        # priority order: ONNX Runtime copies each fetched tensor out of its blocked layout as soon as it is made,
-        # not after the whole graph, so fewer blocked tensors are alive at once (ResNeXt-50, batch 8: 0.5 s less)
+        # priority order: ONNX Runtime runs more of its copies of fetched tensors out of its blocked layout early,
+        # so fewer blocked tensors are alive at once (ResNeXt-50, batch 8: about 100K page faults at the first run,
+        # not 120K)
         session = open_session(
             source, allow_spinning=False, memory_pattern=False, priority_order=True, origin=model_path
         )
@@ -565,19 +571,32 @@ def _static_batch(model: Any) -> int | None:
 
 
 def _populated(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Float32 arrays of ``shapes``, 64-byte aligned, in one anonymous mapping whose pages the kernel maps at once.
+    """Float32 arrays of ``shapes``, 64-byte aligned, in one anonymous mapping whose pages are mapped at once.
 
-    With ``MAP_POPULATE`` (Linux) one call maps every page; otherwise ONNX Runtime's first writes fault them in
-    one at a time (at batch 8 on ResNeXt-50 about 160,000 faults, a second in a VM). Elsewhere, plain arrays.
+    On Linux one ``madvise(MADV_POPULATE_WRITE)`` maps every page (on a kernel before 5.14, a write to each page
+    does), so that ONNX Runtime's first writes do not fault them in one at a time (at batch 8 on ResNeXt-50 about
+    160,000 faults, a second in a VM). The call goes through ctypes, which lets go of the GIL: the caller builds its
+    session meanwhile (``mmap``'s own ``MAP_POPULATE`` would hold the GIL throughout). Elsewhere, plain arrays.
     """
-    populate = getattr(mmap, "MAP_POPULATE", None)
     sizes = [-(-math.prod(shape) // 16) * 16 for shape in shapes]  # whole 64-byte lines
-    if populate is None or not sum(sizes):
+    if not sys.platform.startswith("linux") or not sum(sizes):
         return [np.empty(shape, np.float32) for shape in shapes]
-    mapping = mmap.mmap(-1, 4 * sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    mapping = mmap.mmap(-1, 4 * sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     flat = np.frombuffer(mapping, np.float32)  # the arrays keep the mapping alive
+    for start in range(0, flat.nbytes, POPULATE_CHUNK):
+        if _madvise(flat.ctypes.data + start, min(POPULATE_CHUNK, flat.nbytes - start), MADV_POPULATE_WRITE) != 0:
+            flat.view(np.uint8)[start :: mmap.PAGESIZE] = 0  # numpy's fill lets go of the GIL too
+            break
     starts = np.cumsum([0, *sizes[:-1]])
     return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in zip(starts, shapes, strict=True)]
+
+
+def _madvise(address: int, length: int, advice: int) -> int:
+    """libc's ``madvise`` through ctypes (0 on success): unlike ``mmap.madvise``, the call releases the GIL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    return libc.madvise(address, length, advice)
 
 
 def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:

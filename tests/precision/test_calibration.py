@@ -284,6 +284,32 @@ def test_threaded_statistics_equal_one_tensor_at_a_time(tiny_dir: Path, batch: i
             np.testing.assert_array_equal(stats[name].histogram.counts, expected.histogram.counts)
 
 
+@pytest.mark.parametrize("kernel_maps", [True, False])
+def test_the_fetch_buffers_are_aligned_zeroed_and_apart(monkeypatch, kernel_maps: bool) -> None:
+    """One mapping cut into 64-byte aligned float32 arrays that do not overlap; where the kernel cannot map pages on
+    request (before Linux 5.14) a write to each page does it."""
+    from resnext_deploy.precision import statistics
+
+    calls: list[int] = []
+    madvise = statistics._madvise
+
+    def recorded(address: int, length: int, advice: int) -> int:
+        calls.append(length)
+        return madvise(address, length, advice) if kernel_maps else -1
+
+    monkeypatch.setattr(statistics, "_madvise", recorded)
+    monkeypatch.setattr(statistics, "POPULATE_CHUNK", 1 << 16)
+    shapes = [(3, 5, 7, 7), (3, 100), (3, 64, 16, 16)]
+    buffers = statistics._populated(shapes)
+    assert [buffer.shape for buffer in buffers] == shapes
+    assert all(buffer.ctypes.data % 64 == 0 and not buffer.any() for buffer in buffers)
+    for index, buffer in enumerate(buffers):
+        buffer[...] = index + 1
+    assert [float(buffer.min()) for buffer in buffers] == [1.0, 2.0, 3.0]
+    total = sum(-(-math.prod(shape) // 16) * 16 * 4 for shape in shapes)
+    assert sum(calls) == total if kernel_maps else calls == [1 << 16]
+
+
 def test_shapes_inferred_without_the_weights_are_those_with_them(tiny_dir: Path) -> None:
     """activation_tensors infers shapes on a weight-less copy: the same byte count, and the model keeps its weights."""
     from onnx import shape_inference
@@ -550,3 +576,27 @@ def test_the_sampling_script_finds_no_difference_where_every_value_is_counted(
     rows = json.loads(out.read_text())["differences"]
     assert all(value == 0.0 for figures in rows["sample vs every value"].values() for value in figures.values())
     assert rows["other images vs these"]["entropy"]["max"] > 0 and rows["other images vs these"]["minmax"]["max"] > 0
+
+
+def test_the_cost_script_times_each_step_every_round_and_pairs_the_ratios(
+    tiny_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """scripts/calibration_cost.py on a copy of the tiny model: every step timed every round, the medians, and each
+    round's own ratio to the plain loop (plain's own is 1)."""
+    import shutil
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "scripts"))
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_dir, directory)
+    out = tmp_path / "cost.json"
+    arguments = ["--dir", str(directory), "--count", "4", "--batch-size", "2", "--rounds", "2", "--json", str(out)]
+    assert load_script("calibration_cost").main(arguments) == 0
+    record = json.loads(out.read_text())
+    assert {name: len(values) for name, values in record["seconds"].items()} == {
+        "plain": 2,
+        "fetch": 2,
+        "calibration": 2,
+    }
+    assert all(value > 0 for values in record["seconds"].values() for value in values)
+    assert record["paired_ratio_median"]["plain"] == 1.0 and record["paired_ratio_median"]["calibration"] > 0
+    assert "each round's own ratio" in capsys.readouterr().out
