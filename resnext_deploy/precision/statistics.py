@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -593,10 +593,16 @@ def _populated(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
 
 def _madvise(address: int, length: int, advice: int) -> int:
     """libc's ``madvise`` through ctypes (0 on success): unlike ``mmap.madvise``, the call releases the GIL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.restype = ctypes.c_int
-    return libc.madvise(address, length, advice)
+    return _libc_madvise()(address, length, advice)
+
+
+@cache
+def _libc_madvise() -> Any:
+    """libc's ``madvise``, looked up and typed once."""
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
 
 
 def _check_fits(feed: Any, images: np.ndarray, model_path: str | Path) -> None:
