@@ -346,8 +346,10 @@ def test_verify_and_bench_record_a_refused_engine_as_skipped(
     expected = ENGINE_CASES[case] if tensorrt_present else probe.tensorrt_status() or ENGINE_CASES[case]
     plant_engine(tiny_dir, case)
     before = snapshot(tiny_dir)
-    assert cli(capsys, "verify", "--dir", tiny_dir, "--count", "4").code == ExitCode.OK
-    assert cli(capsys, "bench", "--dir", tiny_dir, *QUICK_BENCH).code == ExitCode.OK
+    # one runner that works beside the engine, so the run goes on (a TensorRT named where it is absent is an error)
+    only = ("--backends", "onnxruntime,tensorrt") if tensorrt_present else ()
+    assert cli(capsys, "verify", "--dir", tiny_dir, "--count", "4", *only).code == ExitCode.OK
+    assert cli(capsys, "bench", "--dir", tiny_dir, *QUICK_BENCH, *only).code == ExitCode.OK
     for report in ("verify.json", "bench.json"):
         [skipped] = [s for s in json.loads((tiny_dir / report).read_text())["skipped"] if s["backend"] == "tensorrt"]
         # bench opens each runner in a worker process of its own, where this test's stand-in for TensorRT does
