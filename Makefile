@@ -53,7 +53,8 @@ test: lint test-core test-triton
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# mypy on the TensorRT backend against NVIDIA's real bindings of TensorRT 10.x and 11.x (needs PyPI and cc).
+# mypy on the whole package, the TensorRT backend against NVIDIA's real bindings of TensorRT 10.x and 11.x (needs
+# PyPI and cc).
 trt-typecheck: setup
 	$(BIN)/python scripts/trt_typecheck.py
 

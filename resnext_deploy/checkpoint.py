@@ -44,6 +44,7 @@ def read_state_dict(path: str | Path, arch: str | None = None) -> dict[str, torc
         raise BadInputError(f"checkpoint {path} does not exist; check the --checkpoint path")
     if path.stat().st_size == 0:
         raise BadInputError(f"checkpoint {path} is empty (0 bytes); re-download or re-save it")
+    raw: object
     if path.suffix == ".safetensors":
         raw = _read_safetensors(path)
     else:

@@ -140,7 +140,7 @@ class BackendGroup(Group):
     def flags(self) -> tuple[Flag, ...]:
         flags = []
         for backend, option in self._declared():
-            kind = Literal[option.choices] if option.choices else type(option.default)  # type: ignore[valid-type]
+            kind = Literal[option.choices] if option.choices else type(option.default)
             text = f"{option.help} ({backend})"
             flags.append(Flag(f"{backend}__{option.name}", option.flag, text, kind))
         return tuple(flags)
@@ -342,7 +342,7 @@ PRECISION = Group(
             Path,
         ),
         Flag("calib_count", "--calib-count", "Calibration images, seeded, class-balanced.", int),
-        Flag("calib_method", "--calib-method", "Calibration method.", Literal[METHODS]),  # type: ignore[valid-type]
+        Flag("calib_method", "--calib-method", "Calibration method.", Literal[METHODS]),
         Flag("percentile", "--percentile", "For --calib-method percentile.", float),
         Flag("exclude", "--exclude", "Node-name glob left unquantized (repeatable).", list[str], tuple),
         Flag("high_precision", "--high-precision", "What INT8 leaves unquantized runs in.", Literal["fp16", "fp32"]),

@@ -29,8 +29,7 @@ def decode_rgb(handle: BinaryIO):
         with Image.open(handle) as image:
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(ImageOps.exif_transpose(image))
 
 
 def _peak(array: np.ndarray, mode: str) -> float:
@@ -91,7 +90,7 @@ def image_to_tensor(
     left = int(round((new_size[0] - image_size) / 2.0))
     top = int(round((new_size[1] - image_size) / 2.0))
     image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
     array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 

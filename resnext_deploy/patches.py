@@ -21,11 +21,11 @@ def _swapped(cls: type, methods: dict[str, Callable[..., Any]]) -> Iterator[None
     try:
         yield
     finally:
-        for name, method in originals.items():
-            if method is None:
+        for name, original in originals.items():
+            if original is None:
                 delattr(cls, name)
             else:
-                setattr(cls, name, method)
+                setattr(cls, name, original)
 
 
 def typer_help(default_for: Callable[[str | None], Any]) -> contextlib.AbstractContextManager[None]:

@@ -51,7 +51,7 @@ def _strict_int(value: Any, _: type) -> int:
     return value
 
 
-def _strict_str(value: Any, kind: type) -> str:
+def _strict_str(value: Any, kind: type) -> str | Enum:
     if _is_enum(kind):  # a str-valued Enum dispatches here (str comes first in its MRO)
         return _enum_member(value, kind)
     if not isinstance(value, str):
@@ -135,15 +135,15 @@ def _structure_record(kind: type, converter: cattrs.Converter) -> Callable[[Any,
     hints = typing.get_type_hints(kind) if any("serde_inline" in f.metadata for f in fields) else {}
     inline = {f.name: _inline_record(hints[f.name]) for f in fields if "serde_inline" in f.metadata}
     renamed = _renamed(kind)
-    overrides = {name: override(rename=key) for name, key in renamed.items()}
+    overrides: dict[str, Any] = {name: override(rename=key) for name, key in renamed.items()}
     overrides.update({name: override(struct_hook=lambda value, _: value) for name in inline})
-    generated = make_dict_structure_fn(kind, converter, **overrides)
+    generated: Callable[[Any, type], Any] = make_dict_structure_fn(kind, converter, **overrides)
     own = _own_keys(kind)
 
     def structure(data: Any, _: type) -> Any:
         if not isinstance(data, dict):
             raise TypeError(f"expected an object for {kind.__name__}, got {type(data).__name__}")
-        records = {}
+        records: dict[str, Any] = {}
         for name, (record, optional) in inline.items():
             keys = [f.name for f in dataclasses.fields(record) if f.name not in own]
             absent = optional and all(data.get(key) is None for key in keys)
@@ -170,8 +170,8 @@ def _unstructure_layout(kind: type, converter: cattrs.Converter) -> Callable[[An
     fields = dataclasses.fields(kind)
     hints = typing.get_type_hints(kind)
     inline = {f.name: _inline_record(hints[f.name])[0] for f in fields if "serde_inline" in f.metadata}
-    overrides = {name: override(rename=key) for name, key in _renamed(kind).items()}
-    generated = make_dict_unstructure_fn(kind, converter, **overrides)
+    overrides: dict[str, Any] = {name: override(rename=key) for name, key in _renamed(kind).items()}
+    generated: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(kind, converter, **overrides)
     own = _own_keys(kind)
 
     def unstructure(record: Any) -> dict[str, Any]:

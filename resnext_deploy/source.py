@@ -168,7 +168,7 @@ def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | No
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise BadInputError(f"{flag} takes three comma-separated numbers (R,G,B); got {text!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def resolve_preprocessing(

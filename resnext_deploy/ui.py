@@ -55,7 +55,10 @@ def progress(total: float, description: str, unit: str = "samples") -> Iterator[
         bar.refresh()
 
         def advance(amount: float, description: str | None = None) -> None:
-            bar.update(task, advance=amount, **({"description": description} if description else {}))
+            if description:
+                bar.update(task, advance=amount, description=description)
+            else:
+                bar.update(task, advance=amount)
             bar.refresh()
 
         yield advance

@@ -13,7 +13,8 @@ each version this script:
 4. patches them: three fixes mypy needs to parse them, and what pybind11 does that the generated signatures
    do not say (tuples and lists convert to ``Dims``, ``Dims`` iterates, ``IHostMemory`` is a buffer, and
    the methods whose C++ result may be NULL can return ``None``);
-5. runs mypy, configured in the project's ``pyproject.toml`` (``[tool.mypy]``), with those stubs.
+5. runs mypy, configured in the project's ``pyproject.toml`` (``[tool.mypy]``: the whole package), with those
+   stubs.
 
 Exit status: 0 when mypy passes against every version, 1 when it reports an error, 2 when the bindings or
 tools could not be prepared (no network to PyPI, no C compiler).
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"trt-typecheck: mypy found errors against TensorRT {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"trt-typecheck: the TensorRT code type-checks against TensorRT {', '.join(versions)}")
+    print(f"trt-typecheck: the package type-checks, its TensorRT code against TensorRT {', '.join(versions)}")
     return 0
 
 

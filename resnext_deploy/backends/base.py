@@ -269,7 +269,8 @@ class Backend:
         return None
 
     def candidates(self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None) -> list[Candidate]:
-        """The (artifact, device) pairs this backend runs here; a backend with knobs takes each as a keyword."""
+        """The (artifact, device) pairs this backend runs here; a backend with knobs takes each as a keyword
+        argument defaulting to its :class:`BackendOption`'s default."""
         raise NotImplementedError
 
     def build(self, directory: Path, options: Any, log: Callable[[str], None]) -> dict[str, str]:

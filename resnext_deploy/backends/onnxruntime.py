@@ -32,6 +32,7 @@ GPU_HINT = "pip install 'resnext-deploy[gpu]' (onnxruntime-gpu, after pip uninst
 
 
 SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+SPINNING_DEFAULT = True  # ONNX Runtime's own: idle pool threads spin
 
 
 def physical_cores() -> int:
@@ -190,7 +191,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider; CUDA and TensorRT providers with onnxruntime-gpu)"
     # No flag: bench turns spinning off for every backend with this knob with --passive-pools.
-    options = (BackendOption("allow_spinning", True, "Idle pool threads spin for the next call."),)
+    options = (BackendOption("allow_spinning", SPINNING_DEFAULT, "Idle pool threads spin for the next call."),)
     int8_note = {
         "cpu": "ONNX Runtime's CPU provider fuses model.int8.ort.onnx into QLinearConv/QLinearAdd kernels; it runs "
         "TensorRT's model.int8.onnx (used when the ONNX Runtime file is absent) through quantize/dequantize pairs "
@@ -201,7 +202,12 @@ class OnnxRuntimeBackend(Backend):
     }
 
     def candidates(
-        self, artifacts: ArtifactSet, precisions: Sequence[str], threads: int | None, allow_spinning: bool
+        self,
+        artifacts: ArtifactSet,
+        precisions: Sequence[str],
+        threads: int | None,
+        *,
+        allow_spinning: bool = SPINNING_DEFAULT,
     ) -> list[Candidate]:
         import onnxruntime
 

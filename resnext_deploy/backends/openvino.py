@@ -24,6 +24,7 @@ from ..errors import BadInputError, one_line
 from .base import ArtifactSet, Backend, BackendOption, Candidate, Runner, TritonModel, usable_runtime_files
 
 PERFORMANCE_HINTS = ("latency", "throughput")
+DEFAULT_HINT = "latency"
 CACHE_DIR = "openvino_cache"
 CACHE_SEAL = "compiled.json"  # sha256 of each blob OpenVINO wrote, taken right after it compiled
 # The ONNX file each precision runs; bf16 is the FP32 file computed in bf16.
@@ -139,7 +140,7 @@ class OpenVINORunner(Runner):
         if self.queue is None or len(batch) == 1:
             return np.array(self.request.infer({0: batch})[0], dtype=np.float32)
         chunks = np.array_split(batch, min(self.requests, len(batch)))
-        outputs: list[np.ndarray | None] = [None] * len(chunks)
+        outputs: dict[int, np.ndarray] = {}
 
         def done(request: Any, index: int) -> None:
             outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
@@ -148,7 +149,7 @@ class OpenVINORunner(Runner):
         for index, chunk in enumerate(chunks):
             self.queue.start_async({0: chunk}, index)
         self.queue.wait_all()
-        return np.concatenate(outputs)
+        return np.concatenate([outputs[index] for index in range(len(chunks))])
 
     def close(self) -> None:
         self.queue = self.request = self.compiled = None
@@ -209,7 +210,7 @@ class OpenVINOBackend(Backend):
     options = (
         BackendOption(
             "performance_hint",
-            "latency",
+            DEFAULT_HINT,
             "OpenVINO performance hint (bench rows record it; triton-repo writes it as PERFORMANCE_HINT).",
             flag="--ov-hint",
             choices=PERFORMANCE_HINTS,
@@ -229,7 +230,8 @@ class OpenVINOBackend(Backend):
         artifacts: ArtifactSet,
         precisions: Sequence[str],
         threads: int | None,
-        performance_hint: str,
+        *,
+        performance_hint: str = DEFAULT_HINT,
     ) -> list[Candidate]:
         missing = self.unavailable()
         found = []

@@ -67,8 +67,10 @@ def load_split(folder: str | Path, pre: Preprocessing, limit: int | None = None)
     dataset = open_dataset(folder, pre, count=limit, seed=0)
     if not dataset.has_labels:
         raise BadInputError(f"{folder} has no class subfolders; training needs labeled images (<class>/<image>)")
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for batch in dataset.batches(256):
+        assert batch.labels is not None  # has_labels
         images.append(batch.images)
         labels.append(batch.labels)
     if dataset.skipped:

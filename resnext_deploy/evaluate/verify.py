@@ -60,7 +60,8 @@ def tolerance_overrides(values: Mapping[str, float | None]) -> dict[str, Toleran
         precision, name, low, high = TOLERANCE_FLAGS[flag]
         if not low <= value <= high:
             raise BadInputError(f"--{flag.replace('_', '-')} must be between {low:g} and {high:g}, got {value:g}")
-        result[precision] = replace(result[precision], **{name: value})
+        changed: dict[str, Any] = {name: value}
+        result[precision] = replace(result[precision], **changed)
     return result
 
 

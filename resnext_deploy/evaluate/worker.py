@@ -189,18 +189,18 @@ class RunnerProcess:
         ``timeout_s`` bounds each of the two waits: the imports, then the opening.
         """
         self._reply(timeout_s)  # imports done
-        return self._ask("open", timeout_s=timeout_s)  # type: ignore[no-any-return]
+        return self._ask("open", timeout_s=timeout_s)
 
     def run(self, batch_size: int, seconds: float, min_calls: int, timeout_s: float | None = None) -> SliceTimes:
         """Call the runner on a batch of ``batch_size`` until ``seconds`` passed and ``min_calls`` calls were made.
 
         A reply not back within ``timeout_s`` ends the worker (:class:`WorkerError` ``timeout``).
         """
-        return self._ask("run", batch_size, seconds, min_calls, timeout_s=timeout_s)  # type: ignore[no-any-return]
+        return self._ask("run", batch_size, seconds, min_calls, timeout_s=timeout_s)
 
     def describe(self, timeout_s: float | None = None) -> WorkerInfo:
         """What the worker sees from inside (:class:`WorkerInfo`); after :meth:`open`."""
-        return self._ask("describe", timeout_s=timeout_s)  # type: ignore[no-any-return]
+        return self._ask("describe", timeout_s=timeout_s)
 
     def close(self, timeout_s: float | None = 10.0) -> float | None:
         """Close the runner and end the worker; its own peak resident memory in MB, or None if unknown or dead."""
@@ -210,7 +210,7 @@ class RunnerProcess:
             peak = None
         self._process.join(10)
         self.kill()
-        return peak  # type: ignore[no-any-return]
+        return peak
 
     def kill(self) -> None:
         if self._process.is_alive():

@@ -41,7 +41,8 @@ def run_inspect(
             f"--backends: no layer profiler for {', '.join(unknown)}; choose from {', '.join(BACKENDS)} or none"
         )
     chosen = list(dict.fromkeys(artifacts or [name for name in (*TYPED, *TIMED) if manifest.entry(name)]))
-    missing = [name for name in chosen if manifest.entry(name) is None]
+    entries = {name: entry for name in chosen if (entry := manifest.entry(name)) is not None}
+    missing = [name for name in chosen if name not in entries]
     if missing:
         raise BadInputError(f"--artifacts: {', '.join(missing)} not in {directory}/manifest.json; make it first")
     source = recorded_source(manifest)
@@ -55,7 +56,7 @@ def run_inspect(
     float_model = load_onnx(directory / "model.onnx")
     started = time.perf_counter()
     for name in [n for n in chosen if n in TYPED]:
-        entry = manifest.entry(name)
+        entry = entries[name]
         log(f"inspect: {name} site by site on {len(images)} images")
         search = entry.search
         accuracy, _passes = artifact_accuracy(
@@ -64,7 +65,7 @@ def run_inspect(
         record.accuracy.append(accuracy)
     record.seconds["accuracy"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    timed = {n: manifest.entry(n).precision or "fp32" for n in chosen if n.endswith(".onnx")}
+    timed = {n: entries[n].precision or "fp32" for n in chosen if n.endswith(".onnx")}
     if backends is None or backends:
         record.latency, notes = profile_all(
             directory, timed if artifacts else {n: timed[n] for n in timed if n in TIMED},

@@ -206,7 +206,7 @@ def _record(errors: SiteErrors, search: Mapping[str, Any] | None, remedies: Sequ
 
 def _ranked(records: list[SiteRecord]) -> list[SiteRecord]:
     """Local view: lowest SQNR first; accumulated view: the largest share of error added at the site first."""
-    local = sorted((r for r in records if r.local_sqnr_db is not None), key=lambda r: r.local_sqnr_db)
+    local = sorted((r for r in records if r.local_sqnr_db is not None), key=lambda r: r.local_sqnr_db or 0.0)
     added = sorted((r for r in records if r.added is not None), key=lambda r: -(r.added or 0.0))
     local_rank = {r.tensor: i for i, r in enumerate(local, start=1)}
     added_rank = {r.tensor: i for i, r in enumerate(added, start=1)}

@@ -37,7 +37,7 @@ def equalization_pairs(model) -> list[tuple[str, str]]:
     for node in graph.node:
         for index, name in enumerate(node.input):
             consumers[name].append((node, index))
-    uses = defaultdict(int)
+    uses: defaultdict[str, int] = defaultdict(int)
     for node in graph.node:
         for name in node.input:
             uses[name] += 1

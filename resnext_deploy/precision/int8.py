@@ -116,7 +116,9 @@ def quantization_shortfall(model, layers: Sequence[str] | None, tensors: Sequenc
         missing = sorted(set(recorded or ()) - present)
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            problems.append(f"{len(missing)} of the {len(recorded)} {what} its manifest records are not INT8 ({shown})")
+            problems.append(
+                f"{len(missing)} of the {len(recorded or ())} {what} its manifest records are not INT8 ({shown})"
+            )
     return "; ".join(problems) or None
 
 
@@ -203,8 +205,8 @@ def _residual_input(add, producers: dict, quantized: set[str], initializers: set
     """
     if len(add.input) != 2 or any(name in initializers for name in add.input):
         return None
-    parents = [producers.get(name) for name in add.input]
-    if any(p is None for p in parents):
+    parents = [producers[name] for name in add.input if name in producers]
+    if len(parents) != 2:  # a graph input
         return None
     is_conv = [(p.op_type == "Conv" and p.name in quantized) or is_gate(p, producers) for p in parents]
     if not any(is_conv):
@@ -344,6 +346,7 @@ def int8_model(
         node = nodes[node_name]
         weight_name = node.input[1]
         axis = _weight_axis(node)
+        assert axis is not None  # qdq_plan weights only nodes with one
         weight = numpy_helper.to_array(initializers[weight_name])
         q, scale = quantize_weight(weight, axis, scale_type([node_name]))
         base = f"{weight_name}_{node_name}" if sum(weight_name in n.input for n in graph.node) > 1 else weight_name

@@ -100,6 +100,7 @@ def int8_ort_model(
         node = nodes[node_name]
         weight_name = node.input[1]
         axis = _weight_axis(node)
+        assert axis is not None  # qdq_plan weights only nodes with one
         q, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis, np.float32, WEIGHT_MAX)
         base = f"{weight_name}_{node_name}" if sum(weight_name in n.input for n in graph.node) > 1 else weight_name
         new_inits += [

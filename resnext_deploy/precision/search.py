@@ -102,7 +102,8 @@ class RemedyTrial(TrialSummary):
 
     @classmethod
     def made(cls, size: int, summary: TrialSummary, chosen: bool) -> RemedyTrial:
-        return cls(**asdict(summary), chosen=chosen, **{cls.SIZE: size})
+        values: dict[str, Any] = {**asdict(summary), "chosen": chosen, cls.SIZE: size}
+        return cls(**values)
 
     @property
     def size(self) -> int:

@@ -346,15 +346,10 @@ def activation_tensors(model) -> Activations:
     histogram = {
         name for node in model.graph.node if node.op_type in HISTOGRAM_OPS for name in node.input if name in wanted
     }
-    shapes: dict[str, tuple[int, ...]] | None = {}
-    for name in tensors:
-        dims = tuple(d.dim_value for d in types[name].shape.dim[1:])
-        if not types[name].HasField("shape") or any(d <= 0 for d in dims):
-            shapes = None
-            break
-        shapes[name] = dims
+    shapes = {name: tuple(d.dim_value for d in types[name].shape.dim[1:]) for name in tensors}
+    known = all(types[name].HasField("shape") and all(d > 0 for d in shapes[name]) for name in tensors)
     kept = [name for name in tensors if name in histogram]
-    return Activations(tensors, kept, shapes, frozenset(nonnegative_tensors(model) & wanted))
+    return Activations(tensors, kept, shapes if known else None, frozenset(nonnegative_tensors(model) & wanted))
 
 
 def nonnegative_tensors(model) -> set[str]:

@@ -216,14 +216,14 @@ class HttpFront:
             raise BadInputError(
                 f"cannot listen on {self.host}:{self.port} ({exc.strerror}); choose another --port"
             ) from None
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._client, sock=sock))
+            asyncio.set_event_loop(loop)
+            self._server = loop.run_until_complete(asyncio.start_server(self._client, sock=sock))
             ready.set()
-            self._loop.run_forever()
+            loop.run_forever()
 
         self._thread = threading.Thread(target=run, name="http-front", daemon=True)
         self._thread.start()

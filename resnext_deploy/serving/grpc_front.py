@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import BadInputError
 
@@ -78,6 +78,12 @@ def _timeout(context: Any) -> float | None:
     return remaining if remaining is not None and remaining < NO_DEADLINE_S else None
 
 
+def _abort(context: Any, error: Any) -> NoReturn:
+    """End the call with the upstream's status and details (gRPC's ``abort`` raises; it never returns)."""
+    context.abort(error.code(), error.details() or "")
+    raise AssertionError("grpc's ServicerContext.abort returned")
+
+
 def _metadata(context: Any) -> list[tuple[str, str | bytes]]:
     return [(k, v) for k, v in context.invocation_metadata() if not k.startswith(RESERVED_METADATA)]
 
@@ -99,7 +105,7 @@ class _Forward:
                 try:
                     yield from call(requests, metadata=_metadata(context), timeout=_timeout(context))
                 except grpc.RpcError as exc:
-                    context.abort(exc.code(), exc.details() or "")
+                    _abort(context, exc)
 
             return grpc.stream_stream_rpc_method_handler(stream)
         unary = self.channel.unary_unary(method)
@@ -108,6 +114,6 @@ class _Forward:
             try:
                 return unary(request, metadata=_metadata(context), timeout=_timeout(context))
             except grpc.RpcError as exc:
-                context.abort(exc.code(), exc.details() or "")
+                _abort(context, exc)
 
         return grpc.unary_unary_rpc_method_handler(forward)
