@@ -55,10 +55,7 @@ def progress(total: float, description: str, unit: str = "samples") -> Iterator[
         bar.refresh()
 
         def advance(amount: float, description: str | None = None) -> None:
-            if description:
-                bar.update(task, advance=amount, description=description)
-            else:
-                bar.update(task, advance=amount)
+            bar.update(task, advance=amount, description=description or None)  # None: the description stays
             bar.refresh()
 
         yield advance
